@@ -1,0 +1,69 @@
+// The host configuration, /etc/vmlaunch/vmlaunch.toml.
+//
+// Root-owned and authoritative: the helper re-reads it for every privileged decision (which
+// bridges are zones, which uids VMs get, where disks may live, which emulators may run).
+// Parsing is strict: an unknown key, a wrong type, a relative path or an overlapping range is
+// an error naming the file, the line and the key.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "common/vm_name.h"
+
+namespace vl {
+
+/// A security zone: a name operators use and the bridge its VMs are attached to.
+struct Zone {
+  std::string name;
+  std::string bridge;
+};
+
+/// The uids handed out to VMs: [first, first + count).
+struct UidRange {
+  uint32_t first = 70000;
+  uint32_t count = 10000;
+  bool contains(uint32_t uid) const { return uid >= first && uid - first < count; }
+};
+
+/// Everything vmlaunch.toml can say, with the documented defaults filled in.
+struct HostConfig {
+  std::string source;  ///< the file it was read from, for messages
+
+  std::string domains_dir = "/etc/vmlaunch/domains";
+  std::string runtime_dir = "/run/vmlaunch";
+  std::string state_dir = "/var/lib/vmlaunch";
+  std::string cache_dir = "/var/cache/vmlaunch";
+
+  std::string daemon_user = "vmlaunch";
+  std::string daemon_group = "vmlaunch";
+  std::string admin_group = "vmlaunch-admin";
+  std::string vm_group = "kvm";
+
+  UidRange uids;
+  std::vector<std::string> storage_roots = {"/var/lib/vmlaunch/images"};
+  std::vector<std::string> emulators = {"/usr/bin/qemu-system-x86_64"};
+  std::vector<Zone> zones;
+
+  const Zone* zone_named(std::string_view name) const;
+  const Zone* zone_of_bridge(std::string_view bridge) const;
+  bool emulator_allowed(std::string_view path) const;
+
+  std::string domain_xml_path(const VmName& vm) const { return domains_dir + "/" + vm.str() + ".xml"; }
+  std::string control_socket() const { return runtime_dir + "/control.sock"; }
+  std::string helper_socket() const { return runtime_dir + "/helper.sock"; }
+  std::string vm_runtime_dir(const VmName& vm) const { return runtime_dir + "/vms/" + vm.str(); }
+};
+
+/// Parses TOML text; `source` names the file in messages.
+Result<HostConfig> parse_config(std::string_view text, const std::string& source);
+/// Reads and parses the file at path.
+Result<HostConfig> load_config(const std::string& path);
+
+/// True for a network interface name the kernel accepts: 1-15 bytes of [A-Za-z0-9_.-],
+/// not "." or "..".
+bool is_valid_ifname(std::string_view name);
+
+}  // namespace vl

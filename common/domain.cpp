@@ -1,0 +1,413 @@
+#include "common/domain.h"
+
+#include <libxml/parser.h>
+#include <libxml/tree.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+
+#include "common/sys.h"
+
+namespace vl {
+
+namespace {
+
+constexpr size_t kMaxDomainBytes = 1 << 20;
+
+struct XmlDocFree {
+  void operator()(xmlDoc* d) const { xmlFreeDoc(d); }
+};
+struct XmlCtxtFree {
+  void operator()(xmlParserCtxt* c) const { xmlFreeParserCtxt(c); }
+};
+
+// libxml2 prints to stderr by default; errors are read back from the context instead.
+void ignore_xml_error(void*, xmlError*) {}
+
+std::string name_of(const xmlNode* n) { return reinterpret_cast<const char*>(n->name); }
+
+bool has_vmlaunch_ns(const xmlNode* n) {
+  return n->ns && n->ns->href &&
+         std::string_view(reinterpret_cast<const char*>(n->ns->href)) == kVmlaunchXmlns;
+}
+
+std::optional<std::string> attr(const xmlNode* n, const char* name) {
+  xmlChar* v = xmlGetNoNsProp(n, reinterpret_cast<const xmlChar*>(name));
+  if (!v) return std::nullopt;
+  std::string s(reinterpret_cast<char*>(v));
+  xmlFree(v);
+  return s;
+}
+
+std::string text_of(const xmlNode* n) {
+  xmlChar* v = xmlNodeGetContent(n);
+  if (!v) return {};
+  std::string s(reinterpret_cast<char*>(v));
+  xmlFree(v);
+  // Trim the whitespace of pretty-printed XML.
+  auto first = s.find_first_not_of(" \t\r\n");
+  if (first == std::string::npos) return {};
+  auto last = s.find_last_not_of(" \t\r\n");
+  return s.substr(first, last - first + 1);
+}
+
+template <class F>
+void for_each_element(const xmlNode* parent, F&& f) {
+  for (const xmlNode* c = parent->children; c; c = c->next)
+    if (c->type == XML_ELEMENT_NODE) f(c);
+}
+
+// Builds "file:line: message" errors and walks the document.
+class DomainParser {
+ public:
+  explicit DomainParser(const std::string& source) : source_(source) {}
+
+  Result<Domain> parse(const xmlNode* root);
+
+ private:
+  Error error(const xmlNode* n, std::string_view what, ErrorCode code = ErrorCode::kInvalid) const {
+    return Error::make(code, source_ + ":" + std::to_string(n ? xmlGetLineNo(n) : 0) + ": " +
+                                 std::string(what));
+  }
+  Error unsupported(const xmlNode* n, std::string_view what) const {
+    return error(n, what, ErrorCode::kUnsupported);
+  }
+
+  Result<void> parse_devices(const xmlNode* devices);
+  Result<void> parse_interface(const xmlNode* n);
+  Result<void> parse_disk(const xmlNode* n);
+  Result<void> parse_graphics(const xmlNode* n);
+  Result<void> parse_serial(const xmlNode* n);
+  Result<void> parse_metadata(const xmlNode* n);
+  Result<std::string> absolute_path(const xmlNode* n, const std::string& path);
+
+  const std::string& source_;
+  std::string name_, uuid_, type_, emulator_;
+  std::vector<Nic> nics_;
+  std::vector<Disk> disks_;
+  std::optional<Vnc> vnc_;
+  int serial_ptys_ = 0;
+  VmlaunchMeta meta_;
+};
+
+// Top-level elements either map to qemu arguments libvirt derives (fine), or are applied by
+// libvirtd at runtime (cgroups, NUMA policy, ...), which vmlaunch would silently lose.
+constexpr const char* kTopLevelSupported[] = {
+    "name", "uuid", "genid", "title", "description", "metadata", "memory", "currentMemory",
+    "maxMemory", "vcpu", "vcpus", "iothreads", "cpu", "os", "features", "clock", "on_poweroff",
+    "on_reboot", "on_crash", "pm", "devices", "sysinfo", "memoryBacking", "commandline"};
+constexpr std::pair<const char*, const char*> kTopLevelRefused[] = {
+    {"cputune", "CPU tuning is applied by libvirtd through cgroups"},
+    {"numatune", "NUMA policy is applied by libvirtd at runtime"},
+    {"blkiotune", "block I/O tuning is applied by libvirtd through cgroups"},
+    {"memtune", "memory tuning is applied by libvirtd through cgroups"},
+    {"resource", "resource partitions are libvirtd cgroups"},
+    {"seclabel", "vmlaunch isolates VMs by uid, not by libvirt security labels"},
+    {"idmap", "container id maps do not apply to QEMU"},
+    {"launchSecurity", "confidential-computing launch needs libvirtd"},
+};
+
+// Devices vmlaunch can run as an unprivileged uid; everything else needs host access
+// (hostdev, direct interfaces) or libvirtd helpers (channels, filesystems via virtiofsd, TPM).
+constexpr const char* kDevicesSupported[] = {
+    "emulator", "disk", "interface", "serial", "console", "graphics", "video", "input",
+    "controller", "memballoon", "rng", "sound", "audio", "watchdog", "panic"};
+
+Result<Domain> DomainParser::parse(const xmlNode* root) {
+  if (name_of(root) != "domain" || root->ns)
+    return error(root, "root element is <" + name_of(root) + ">, expected <domain>");
+  type_ = attr(root, "type").value_or("");
+  if (type_ != "kvm" && type_ != "qemu")
+    return unsupported(root, "domain type '" + type_ + "' is not supported (use 'kvm' or 'qemu')");
+
+  bool have_devices = false;
+  Result<void> status;
+  for_each_element(root, [&](const xmlNode* n) {
+    if (!status) return;
+    std::string el = name_of(n);
+    for (const auto& [refused, why] : kTopLevelRefused)
+      if (el == refused) {
+        status = unsupported(n, "<" + el + "> is not supported: " + why);
+        return;
+      }
+    if (std::find_if(std::begin(kTopLevelSupported), std::end(kTopLevelSupported),
+                     [&](const char* s) { return el == s; }) == std::end(kTopLevelSupported)) {
+      status = unsupported(n, "unknown or unsupported element <" + el + ">");
+      return;
+    }
+    if (el == "name") name_ = text_of(n);
+    if (el == "uuid") uuid_ = text_of(n);
+    if (el == "metadata") status = parse_metadata(n);
+    if (el == "devices") {
+      have_devices = true;
+      status = parse_devices(n);
+    }
+  });
+  VL_CHECK(status);
+
+  auto name = VmName::parse(name_);
+  if (!name) return error(root, name.error().context);
+  if (!have_devices || emulator_.empty())
+    return error(root, "<devices><emulator> is required: vmlaunch only runs allowed emulators");
+
+  for (size_t i = 0; i < nics_.size(); ++i)
+    for (size_t j = 0; j < i; ++j)
+      if (nics_[i].mac == nics_[j].mac)
+        return error(nullptr, "line " + std::to_string(nics_[i].line) + ": MAC " +
+                                  nics_[i].mac.str() + " is used by two interfaces");
+  if (nics_.size() > VmName::kMaxNics)
+    return unsupported(root, "more than " + std::to_string(VmName::kMaxNics) + " interfaces");
+
+  return Domain{std::move(name).value(), uuid_, type_, emulator_, std::move(nics_),
+                std::move(disks_), std::move(vnc_), serial_ptys_, meta_};
+}
+
+Result<void> DomainParser::parse_devices(const xmlNode* devices) {
+  Result<void> status;
+  for_each_element(devices, [&](const xmlNode* n) {
+    if (!status) return;
+    std::string el = name_of(n);
+    if (std::find_if(std::begin(kDevicesSupported), std::end(kDevicesSupported),
+                     [&](const char* s) { return el == s; }) == std::end(kDevicesSupported)) {
+      status = unsupported(n, "device <" + el + "> is not supported by vmlaunch");
+      return;
+    }
+    if (el == "emulator") {
+      auto path = absolute_path(n, text_of(n));
+      if (!path) status = std::move(path).error();
+      else emulator_ = *path;
+    }
+    if (el == "interface") status = parse_interface(n);
+    if (el == "disk") status = parse_disk(n);
+    if (el == "graphics") status = parse_graphics(n);
+    if (el == "serial") status = parse_serial(n);
+  });
+  return status;
+}
+
+Result<void> DomainParser::parse_interface(const xmlNode* n) {
+  std::string type = attr(n, "type").value_or("");
+  if (type != "bridge")
+    return unsupported(n, "<interface type='" + type + "'> is not supported (only 'bridge': the "
+                          "tap is created by vmlaunch and filtered on the zone bridge)");
+  Nic nic;
+  nic.line = xmlGetLineNo(n);
+  bool have_mac = false;
+  Result<void> status;
+  for_each_element(n, [&](const xmlNode* c) {
+    if (!status) return;
+    std::string el = name_of(c);
+    if (el == "mac") {
+      auto mac = MacAddress::parse(attr(c, "address").value_or(""));
+      if (!mac) status = error(c, mac.error().context);
+      else nic.mac = *mac, have_mac = true;
+    } else if (el == "source") {
+      nic.bridge = attr(c, "bridge").value_or("");
+    } else if (el == "model") {
+      nic.model = attr(c, "type").value_or("");
+    } else if (el == "ip") {
+      std::string ip = attr(c, "address").value_or("");
+      if (ip.empty()) status = error(c, "<ip> needs an address attribute");
+      nic.ips.push_back(ip);
+    } else if (el == "driver") {
+      if (attr(c, "name").value_or("") == "vhost")
+        status = unsupported(c, "<driver name='vhost'> is not supported yet");
+    } else if (el == "target") {
+      status = unsupported(c, "<target dev=...> is not supported: vmlaunch names taps NAME-N");
+    } else if (el != "address" && el != "alias" && el != "boot" && el != "rom" && el != "mtu") {
+      status = unsupported(c, "<interface><" + el + "> is not supported (libvirtd applies it)");
+    }
+  });
+  VL_CHECK(status);
+  if (!have_mac)
+    return error(n, "interface has no <mac address=...>: the anti-spoofing filter needs a fixed MAC");
+  if (nic.bridge.empty()) return error(n, "interface has no <source bridge=...>");
+  nics_.push_back(std::move(nic));
+  return {};
+}
+
+Result<std::string> DomainParser::absolute_path(const xmlNode* n, const std::string& path) {
+  if (path.empty() || path.front() != '/')
+    return error(n, "path '" + path + "' is not absolute");
+  if (path.find("/../") != std::string::npos || path.ends_with("/..") ||
+      path.find("/./") != std::string::npos || path.find("//") != std::string::npos)
+    return error(n, "path '" + path + "' has '.', '..' or empty components");
+  return path;
+}
+
+Result<void> DomainParser::parse_disk(const xmlNode* n) {
+  Disk disk;
+  disk.line = xmlGetLineNo(n);
+  std::string type = attr(n, "type").value_or("file");
+  if (type == "file") disk.kind = Disk::Kind::kFile;
+  else if (type == "block") disk.kind = Disk::Kind::kBlock;
+  else return unsupported(n, "<disk type='" + type + "'> is not supported (only 'file' and 'block')");
+  disk.device = attr(n, "device").value_or("disk");
+  if (disk.device != "disk" && disk.device != "cdrom")
+    return unsupported(n, "<disk device='" + disk.device + "'> is not supported");
+  Result<void> status;
+  for_each_element(n, [&](const xmlNode* c) {
+    if (!status) return;
+    std::string el = name_of(c);
+    if (el == "source") {
+      auto p = attr(c, disk.kind == Disk::Kind::kFile ? "file" : "dev");
+      if (!p) return;
+      auto path = absolute_path(c, *p);
+      if (!path) status = std::move(path).error();
+      else disk.source = *path;
+    } else if (el == "driver") {
+      disk.format = attr(c, "type").value_or("");
+    } else if (el == "target") {
+      disk.target = attr(c, "dev").value_or("");
+    } else if (el == "readonly") {
+      disk.read_only = true;
+    } else if (el == "shareable") {
+      disk.shareable = true;
+    } else if (el == "iotune") {
+      status = unsupported(c, "<iotune> is applied by libvirtd over the monitor; not supported");
+    } else if (el == "encryption" || el == "auth") {
+      status = unsupported(c, "<" + el + "> needs libvirt secrets; not supported");
+    } else if (el == "backingStore") {
+      if (c->children) status = unsupported(c, "explicit <backingStore> chains are not supported");
+    } else if (el != "address" && el != "alias" && el != "boot" && el != "serial" &&
+               el != "wwn" && el != "vendor" && el != "product" && el != "geometry" &&
+               el != "blockio") {
+      status = unsupported(c, "<disk><" + el + "> is not supported");
+    }
+  });
+  VL_CHECK(status);
+  if (disk.source.empty() && disk.device != "cdrom") return error(n, "disk has no <source>");
+  if (disk.format != "raw" && disk.format != "qcow2" && !disk.source.empty())
+    return unsupported(n, "disk format '" + disk.format +
+                              "' is not supported (set <driver type='raw'|'qcow2'/>: probing "
+                              "formats is unsafe)");
+  disks_.push_back(std::move(disk));
+  return {};
+}
+
+Result<void> DomainParser::parse_graphics(const xmlNode* n) {
+  std::string type = attr(n, "type").value_or("");
+  if (type != "vnc") return unsupported(n, "<graphics type='" + type + "'> is not supported (only 'vnc')");
+  if (vnc_) return unsupported(n, "more than one <graphics> is not supported");
+  if (attr(n, "socket") || attr(n, "websocket"))
+    return unsupported(n, "VNC sockets and websockets are not supported");
+  Vnc vnc;
+  if (auto listen = attr(n, "listen")) vnc.listen = *listen;
+  for_each_element(n, [&](const xmlNode* c) {
+    if (name_of(c) == "listen" && attr(c, "address")) vnc.listen = *attr(c, "address");
+  });
+  if (vnc.listen.empty() || vnc.listen.find_first_of(",:") != std::string::npos)
+    return unsupported(n, "VNC listen address '" + vnc.listen + "' is not supported (IPv4 only)");
+  if (attr(n, "autoport").value_or("yes") == "no") {
+    std::string port = attr(n, "port").value_or("");
+    char* end = nullptr;
+    long p = std::strtol(port.c_str(), &end, 10);
+    if (port.empty() || *end != '\0' || p < 5900 || p > 65535)
+      return error(n, "VNC port '" + port + "' must be 5900-65535 when autoport='no'");
+    vnc.port = static_cast<int>(p);
+  }
+  vnc.password = attr(n, "passwd").value_or("");
+  vnc_ = vnc;
+  return {};
+}
+
+Result<void> DomainParser::parse_serial(const xmlNode* n) {
+  std::string type = attr(n, "type").value_or("");
+  if (type != "pty") return unsupported(n, "<serial type='" + type + "'> is not supported (only 'pty')");
+  ++serial_ptys_;
+  return {};
+}
+
+Result<void> DomainParser::parse_metadata(const xmlNode* n) {
+  Result<void> status;
+  for_each_element(n, [&](const xmlNode* vm) {
+    if (!has_vmlaunch_ns(vm)) return;  // other tools' metadata is theirs
+    if (name_of(vm) != "vm") {
+      status = error(vm, "unknown vmlaunch metadata element <" + name_of(vm) + ">");
+      return;
+    }
+    for_each_element(vm, [&](const xmlNode* c) {
+      if (!status) return;
+      std::string el = name_of(c), value = text_of(c);
+      if (!has_vmlaunch_ns(c)) {
+        status = error(c, "element <" + el + "> inside <vmlaunch:vm> must be in its namespace");
+      } else if (el == "zone") {
+        meta_.zone = value;
+      } else if (el == "autostart") {
+        if (value != "yes" && value != "no") status = error(c, "autostart must be 'yes' or 'no'");
+        meta_.autostart = value == "yes";
+      } else if (el == "start-order") {
+        char* end = nullptr;
+        long v = std::strtol(value.c_str(), &end, 10);
+        if (value.empty() || *end != '\0' || v < 0 || v > 1000000)
+          status = error(c, "start-order must be an integer 0-1000000");
+        meta_.start_order = static_cast<int>(v);
+      } else {
+        status = error(c, "unknown vmlaunch metadata element <" + el + ">");
+      }
+    });
+  });
+  return status;
+}
+
+}  // namespace
+
+Result<MacAddress> MacAddress::parse(std::string_view text) {
+  MacAddress mac;
+  auto hex = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  if (text.size() != 17) return Error::invalid("MAC address " + quote_for_message(text) + " is malformed");
+  for (size_t i = 0; i < 6; ++i) {
+    int hi = hex(text[i * 3]), lo = hex(text[i * 3 + 1]);
+    if (hi < 0 || lo < 0 || (i < 5 && text[i * 3 + 2] != ':'))
+      return Error::invalid("MAC address " + quote_for_message(text) + " is malformed");
+    mac.bytes[i] = static_cast<uint8_t>(hi * 16 + lo);
+  }
+  if (mac.bytes[0] & 1) return Error::invalid("MAC address " + std::string(text) + " is multicast");
+  if (mac == MacAddress{}) return Error::invalid("MAC address 00:00:00:00:00:00 is not usable");
+  return mac;
+}
+
+std::string MacAddress::str() const {
+  char buf[18];
+  std::snprintf(buf, sizeof buf, "%02x:%02x:%02x:%02x:%02x:%02x", bytes[0], bytes[1], bytes[2],
+                bytes[3], bytes[4], bytes[5]);
+  return buf;
+}
+
+Result<Domain> parse_domain(std::string_view xml, const std::string& source) {
+  if (xml.find('\0') != std::string_view::npos) return Error::invalid(source + ": contains a NUL byte");
+  if (xml.size() > kMaxDomainBytes) return Error::invalid(source + ": larger than 1 MiB");
+  xmlSetStructuredErrorFunc(nullptr, ignore_xml_error);
+  std::unique_ptr<xmlParserCtxt, XmlCtxtFree> ctxt(xmlNewParserCtxt());
+  if (!ctxt) return Error::make(ErrorCode::kInternal, source + ": out of memory");
+  // No XML_PARSE_NOENT, DTDLOAD, DTDATTR or XINCLUDE: nothing outside the document is read.
+  constexpr int kOptions = XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING;
+  std::unique_ptr<xmlDoc, XmlDocFree> doc(xmlCtxtReadMemory(
+      ctxt.get(), xml.data(), static_cast<int>(xml.size()), source.c_str(), nullptr, kOptions));
+  if (!doc) {
+    const xmlError* e = xmlCtxtGetLastError(ctxt.get());
+    std::string msg = e && e->message ? e->message : "not well-formed XML";
+    while (!msg.empty() && msg.back() == '\n') msg.pop_back();
+    return Error::invalid(source + ":" + std::to_string(e ? e->line : 0) + ": " + msg);
+  }
+  if (doc->intSubset || doc->extSubset)
+    return Error::invalid(source + ": a DOCTYPE is not allowed in domain XML (no DTDs, no entities)");
+  const xmlNode* root = xmlDocGetRootElement(doc.get());
+  if (!root) return Error::invalid(source + ": empty document");
+  DomainParser parser(source);
+  return parser.parse(root);
+}
+
+Result<Domain> load_domain(const std::string& path) {
+  std::string xml = VL_TRY(sys::read_file(path, kMaxDomainBytes));
+  return parse_domain(xml, path);
+}
+
+}  // namespace vl

@@ -1,0 +1,43 @@
+#include "common/error.h"
+
+#include <cstring>
+
+namespace vl {
+
+namespace {
+constexpr std::pair<ErrorCode, const char*> kCodeNames[] = {
+    {ErrorCode::kSystem, "system"},         {ErrorCode::kInvalid, "invalid"},
+    {ErrorCode::kUnsupported, "unsupported"}, {ErrorCode::kNotFound, "not-found"},
+    {ErrorCode::kConflict, "conflict"},     {ErrorCode::kDenied, "denied"},
+    {ErrorCode::kInternal, "internal"},
+};
+}  // namespace
+
+const char* error_code_name(ErrorCode code) {
+  for (const auto& [c, name] : kCodeNames)
+    if (c == code) return name;
+  return "internal";
+}
+
+ErrorCode error_code_from_name(std::string_view name) {
+  for (const auto& [c, n] : kCodeNames)
+    if (name == n) return c;
+  return ErrorCode::kInternal;
+}
+
+std::string Error::message() const {
+  if (sys_errno == 0) return context;
+  return context + ": " + std::strerror(sys_errno);
+}
+
+Error Error::wrap(std::string_view outer) const& {
+  Error e = *this;
+  return std::move(e).wrap(outer);
+}
+
+Error Error::wrap(std::string_view outer) && {
+  context = std::string(outer) + ": " + context;
+  return std::move(*this);
+}
+
+}  // namespace vl

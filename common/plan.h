@@ -1,0 +1,58 @@
+// The launch plan: the exact program, argv and fd layout that starts one VM.
+//
+// The daemon computes it (daemon/planner.h); the helper receives it as untrusted input,
+// re-validates it against the root-owned domain XML, and execs it as the VM's uid. Whatever
+// the argv says, the process can only reach what that uid can reach.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+
+namespace vl {
+
+/// One fd the emulator expects at a fixed number.
+struct FdSlot {
+  enum class Kind { kMonitor, kTap };
+  Kind kind = Kind::kMonitor;
+  int fd = -1;
+  int nic = -1;  ///< for kTap: index of the <interface> in the domain XML
+  friend bool operator==(const FdSlot&, const FdSlot&) = default;
+};
+
+/// What the supervisor must do over QMP before `cont`, because libvirt would have.
+struct VncSetup {
+  std::string listen;
+  int display = 0;
+  bool has_password = false;  ///< password comes from the XML at runtime, never in the plan
+  friend bool operator==(const VncSetup&, const VncSetup&) = default;
+};
+
+struct Plan {
+  std::string vm;
+  std::string emulator;            ///< absolute path; argv[0] is the same
+  std::vector<std::string> argv;
+  std::vector<FdSlot> fds;
+  std::optional<VncSetup> vnc;
+  int serial_ptys = 0;
+  std::string cache_key;           ///< identifies the conversion the argv came from
+  friend bool operator==(const Plan&, const Plan&) = default;
+};
+
+/// Hard caps on an untrusted plan.
+inline constexpr size_t kMaxPlanBytes = 256 * 1024;
+inline constexpr size_t kMaxPlanArgs = 1024;
+inline constexpr int kFirstPlanFd = 3;
+
+/// Serializes a plan as one JSON object (stable key order).
+std::string plan_to_json(const Plan& plan, bool pretty);
+/// Parses and structurally checks a plan: types, sizes, fd numbers and NIC indices in range,
+/// no duplicate fds. Does not check it against a domain; the helper does that.
+Result<Plan> plan_from_json(std::string_view text);
+
+/// Name of an fd slot kind on the wire ("monitor", "tap").
+const char* fd_kind_name(FdSlot::Kind kind);
+
+}  // namespace vl

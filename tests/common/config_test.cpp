@@ -1,0 +1,118 @@
+#include "common/config.h"
+
+#include <doctest/doctest.h>
+
+using vl::parse_config;
+
+namespace {
+std::string error_of(std::string_view toml) {
+  auto r = parse_config(toml, "/etc/vmlaunch/vmlaunch.toml");
+  REQUIRE_FALSE(r.ok());
+  return r.error().context;
+}
+}  // namespace
+
+TEST_SUITE("common/config") {
+  TEST_CASE("an empty file gives the documented defaults") {
+    auto r = parse_config("", "x.toml");
+    REQUIRE(r.ok());
+    CHECK(r->domains_dir == "/etc/vmlaunch/domains");
+    CHECK(r->runtime_dir == "/run/vmlaunch");
+    CHECK(r->control_socket() == "/run/vmlaunch/control.sock");
+    CHECK(r->uids.first == 70000);
+    CHECK(r->emulators == std::vector<std::string>{"/usr/bin/qemu-system-x86_64"});
+    CHECK(r->zones.empty());
+  }
+
+  TEST_CASE("a full file is read") {
+    auto r = parse_config(R"(
+[paths]
+domains = "/srv/vm/domains"
+runtime = "/run/vl"
+state = "/var/lib/vl"
+cache = "/var/cache/vl"
+
+[users]
+daemon_user = "vld"
+daemon_group = "vld"
+admin_group = "vmadmin"
+vm_uid_first = 200000
+vm_uid_count = 500
+
+[storage]
+roots = ["/srv/images", "/dev/vg0"]
+
+[emulators]
+allowed = ["/usr/bin/qemu-system-x86_64", "/usr/bin/qemu-system-aarch64"]
+
+[zones.dmz]
+bridge = "br-dmz"
+
+[zones.intranet]
+bridge = "br-lan"
+)", "x.toml");
+    REQUIRE(r.ok());
+    CHECK(r->domains_dir == "/srv/vm/domains");
+    CHECK(r->admin_group == "vmadmin");
+    CHECK(r->uids.first == 200000);
+    CHECK(r->uids.contains(200499));
+    CHECK_FALSE(r->uids.contains(200500));
+    CHECK(r->storage_roots.size() == 2);
+    REQUIRE(r->zone_named("dmz"));
+    CHECK(r->zone_named("dmz")->bridge == "br-dmz");
+    CHECK(r->zone_of_bridge("br-lan")->name == "intranet");
+    CHECK(r->emulator_allowed("/usr/bin/qemu-system-aarch64"));
+    CHECK_FALSE(r->emulator_allowed("/bin/sh"));
+  }
+
+  TEST_CASE("errors name file, line and key") {
+    struct Case {
+      const char* toml;
+      const char* expected;
+    };
+    const Case cases[] = {
+        {"[paths]\ndomain = \"/x\"\n", "vmlaunch.toml:2: key 'paths.domain': unknown key"},
+        {"\n\n[storage]\nroots = \"/srv\"\n", ":4: key 'storage.roots': expected an array"},
+        {"[paths]\nruntime = 5\n", ":2: key 'paths.runtime': expected a string"},
+        {"[paths]\ncache = \"var/cache\"\n", ":2: key 'paths.cache': expected an absolute path"},
+        {"[paths]\ncache = \"/var/../etc\"\n", "absolute path"},
+        {"bogus = 1\n", ":1: key 'bogus': unknown key"},
+        {"[zones.dmz]\nbridge = \"br0\"\n[zones.lan]\nbridge = \"br0\"\n", "already zone 'dmz'"},
+        {"[zones.dmz]\nbridge = \"this-name-is-too-long\"\n", "not a valid interface name"},
+        {"[zones.dmz]\nbrige = \"br0\"\n", "key 'zones.dmz.brige': unknown key"},
+        {"[zones.DMZ]\nbridge = \"br0\"\n", "zone names are"},
+        {"[users]\nvm_uid_first = 500\n", "overlaps system users"},
+        {"[users]\nvm_uid_first = 60000\nvm_uid_count = 5000\n", "overlaps systemd dynamic users"},
+        {"[users]\nvm_uid_first = 65000\nvm_uid_count = 1000\n", "overlaps"},
+        {"[users]\nvm_uid_count = 0\n", "at least 1"},
+        {"[users]\nvm_uid_first = -3\n", "out of range"},
+        {"[storage]\nroots = [\"/\"]\n", "system directory"},
+        {"[storage]\nroots = [\"/etc\"]\n", "system directory"},
+        {"[storage]\nroots = [\"/srv\", \"/srv\"]\n", "listed twice"},
+        {"[users]\nadmin_group = \"bad group\"\n", "not a valid user or group name"},
+        {"[paths\n", "vmlaunch.toml:1:"},
+    };
+    for (const auto& c : cases) {
+      CAPTURE(c.toml);
+      std::string err = error_of(c.toml);
+      CAPTURE(err);
+      CHECK(err.find(c.expected) != std::string::npos);
+      CHECK(err.rfind("/etc/vmlaunch/vmlaunch.toml:", 0) == 0);
+    }
+  }
+
+  TEST_CASE("NUL bytes and invalid UTF-8 are rejected") {
+    CHECK(error_of(std::string_view("a = 1\0", 6)).find("NUL") != std::string::npos);
+    error_of("[zones.dmz]\nbridge = \"br\xff\"\n");
+  }
+
+  TEST_CASE("interface name validation") {
+    CHECK(vl::is_valid_ifname("br-dmz"));
+    CHECK(vl::is_valid_ifname("abcdefghijklmno"));
+    CHECK_FALSE(vl::is_valid_ifname("abcdefghijklmnop"));
+    CHECK_FALSE(vl::is_valid_ifname(""));
+    CHECK_FALSE(vl::is_valid_ifname(".."));
+    CHECK_FALSE(vl::is_valid_ifname("br/0"));
+    CHECK_FALSE(vl::is_valid_ifname("br 0"));
+  }
+}

@@ -1,0 +1,187 @@
+#include "common/domain.h"
+
+#include <doctest/doctest.h>
+
+#include <unistd.h>
+
+#include <fstream>
+
+using vl::parse_domain;
+
+namespace {
+
+std::string domain_xml(std::string_view devices, std::string_view extra = "") {
+  return std::string(R"(<domain type='qemu'>
+  <name>web1</name>
+  <uuid>6c0e0c8e-3f7a-4b0b-9d7e-1b2a3c4d5e6f</uuid>
+  <memory unit='MiB'>64</memory>
+)") + std::string(extra) + R"(  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+)" + std::string(devices) + "  </devices>\n</domain>\n";
+}
+
+constexpr std::string_view kNic = R"(    <interface type='bridge'>
+      <mac address='52:54:00:12:34:56'/>
+      <source bridge='br-dmz'/>
+      <model type='virtio'/>
+    </interface>
+)";
+
+std::string error_of(const std::string& xml) {
+  auto r = parse_domain(xml, "web1.xml");
+  REQUIRE_FALSE(r.ok());
+  return r.error().context;
+}
+
+}  // namespace
+
+TEST_SUITE("common/domain") {
+  TEST_CASE("a typical domain is read completely") {
+    auto r = parse_domain(domain_xml(std::string(kNic) + R"(
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='/srv/images/web 1,a.img'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='block' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source dev='/dev/vg0/web1-data'/>
+      <target dev='vdb' bus='virtio'/>
+      <shareable/>
+    </disk>
+    <disk type='file' device='cdrom'><target dev='hdc' bus='ide'/><readonly/></disk>
+    <serial type='pty'><target port='0'/></serial>
+    <graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1' passwd='secret12'/>
+)", R"(  <metadata>
+    <other:thing xmlns:other="urn:other">ignored</other:thing>
+    <vl:vm xmlns:vl="urn:vmlaunch:domain:1">
+      <vl:zone>dmz</vl:zone>
+      <vl:autostart>yes</vl:autostart>
+      <vl:start-order>20</vl:start-order>
+    </vl:vm>
+  </metadata>
+)"), "web1.xml");
+    REQUIRE_MESSAGE(r.ok(), r.error().context);
+    CHECK(r->name.str() == "web1");
+    CHECK(r->type == "qemu");
+    CHECK(r->emulator == "/usr/bin/qemu-system-x86_64");
+    REQUIRE(r->nics.size() == 1);
+    CHECK(r->nics[0].mac.str() == "52:54:00:12:34:56");
+    CHECK(r->nics[0].bridge == "br-dmz");
+    CHECK(r->nics[0].model == "virtio");
+    REQUIRE(r->disks.size() == 3);
+    CHECK(r->disks[0].source == "/srv/images/web 1,a.img");
+    CHECK(r->disks[0].format == "raw");
+    CHECK(r->disks[1].kind == vl::Disk::Kind::kBlock);
+    CHECK(r->disks[1].shareable);
+    CHECK(r->disks[2].device == "cdrom");
+    CHECK(r->disks[2].read_only);
+    REQUIRE(r->vnc);
+    CHECK(r->vnc->password == "secret12");
+    CHECK(r->vnc->listen == "127.0.0.1");
+    CHECK_FALSE(r->vnc->port);
+    CHECK(r->serial_ptys == 1);
+    CHECK(r->meta.zone == "dmz");
+    CHECK(r->meta.autostart);
+    CHECK(r->meta.start_order == 20);
+  }
+
+  TEST_CASE("malformed XML names file and line") {
+    std::string err = error_of("<domain type='qemu'>\n<name>x</name>\n<devices>\n</devicess>\n</domain>\n");
+    CHECK(err.find("mismatch") != std::string::npos);
+    CHECK(err.rfind("web1.xml:4: ", 0) == 0);
+  }
+
+  TEST_CASE("DTDs and entities are refused, external entities never loaded") {
+    std::string xxe = "<?xml version='1.0'?>\n<!DOCTYPE domain [<!ENTITY x SYSTEM 'file:///etc/shadow'>]>\n"
+                      "<domain type='qemu'><name>&x;</name></domain>\n";
+    CHECK(error_of(xxe).find("DOCTYPE is not allowed") != std::string::npos);
+    std::string billion = "<!DOCTYPE d [<!ENTITY a 'aaaaaaaaaa'><!ENTITY b '&a;&a;&a;&a;'>]><domain>&b;</domain>";
+    CHECK(error_of(billion).find("DOCTYPE") != std::string::npos);
+    CHECK(error_of("<domain type='qemu'><name>&undefined;</name></domain>").find("web1.xml:1:") == 0);
+  }
+
+  TEST_CASE("NUL bytes and invalid UTF-8 are refused") {
+    std::string nul = domain_xml(kNic);
+    nul.insert(20, 1, '\0');
+    CHECK(error_of(nul).find("NUL byte") != std::string::npos);
+    std::string bad = domain_xml(kNic);
+    bad.replace(bad.find("web1"), 4, "we\xff\xfe");
+    CHECK(error_of(bad).find("web1.xml:") == 0);
+  }
+
+  TEST_CASE("hostile or over-long names are refused") {
+    std::string x = domain_xml(kNic);
+    x.replace(x.find("<name>web1"), 10, "<name>../x");
+    CHECK(error_of(x).find("invalid VM name '../x'") != std::string::npos);
+    x = domain_xml(kNic);
+    x.replace(x.find("<name>web1"), 10, "<name>abcdefghijklmnopq");
+    CHECK(error_of(x).find("longer than 13") != std::string::npos);
+  }
+
+  TEST_CASE("MAC rules: required, unicast, unique") {
+    std::string nomac = domain_xml("<interface type='bridge'><source bridge='br0'/></interface>\n");
+    CHECK(error_of(nomac).find("needs a fixed MAC") != std::string::npos);
+    std::string multicast = domain_xml(
+        "<interface type='bridge'><mac address='01:00:5e:00:00:01'/><source bridge='br0'/></interface>\n");
+    CHECK(error_of(multicast).find("multicast") != std::string::npos);
+    std::string dup = domain_xml(std::string(kNic) + std::string(kNic));
+    CHECK(error_of(dup).find("used by two interfaces") != std::string::npos);
+    std::string junk = domain_xml(
+        "<interface type='bridge'><mac address='52:54:00:12:34'/><source bridge='br0'/></interface>\n");
+    CHECK(error_of(junk).find("malformed") != std::string::npos);
+  }
+
+  TEST_CASE("constructs needing privileges vmlaunch does not grant are refused") {
+    struct Case {
+      std::string devices, extra, expected;
+    };
+    const Case cases[] = {
+        {"<hostdev mode='subsystem' type='pci'/>\n", "", "device <hostdev> is not supported"},
+        {"<interface type='direct'><mac address='52:54:00:00:00:01'/></interface>\n", "",
+         "<interface type='direct'> is not supported"},
+        {"<interface type='network'><mac address='52:54:00:00:00:01'/></interface>\n", "",
+         "<interface type='network'>"},
+        {"<filesystem type='mount'/>\n", "", "device <filesystem>"},
+        {"<disk type='network'/>\n", "", "<disk type='network'>"},
+        {"<disk type='file'><driver type='raw'/><source file='/x'/><iotune/></disk>\n", "", "<iotune>"},
+        {"<disk type='file'><source file='/x'/></disk>\n", "", "probing formats is unsafe"},
+        {"<disk type='file'><driver type='raw'/><source file='x.img'/></disk>\n", "", "not absolute"},
+        {"<disk type='file'><driver type='raw'/><source file='/srv/../etc/shadow'/></disk>\n", "", "'..'"},
+        {"<graphics type='spice'/>\n", "", "<graphics type='spice'>"},
+        {"<serial type='file'/>\n", "", "<serial type='file'>"},
+        {std::string(kNic).replace(std::string(kNic).find("<model"), 0, "<bandwidth/>"), "", "<interface><bandwidth>"},
+        {"", "<cputune/>\n", "<cputune> is not supported"},
+        {"", "<frobnicate/>\n", "unknown or unsupported element <frobnicate>"},
+    };
+    for (const auto& c : cases) {
+      CAPTURE(c.devices);
+      CAPTURE(c.extra);
+      auto r = parse_domain(domain_xml(c.devices, c.extra), "web1.xml");
+      REQUIRE_FALSE(r.ok());
+      CAPTURE(r.error().context);
+      CHECK(r.error().context.find(c.expected) != std::string::npos);
+      CHECK(r.error().context.rfind("web1.xml:", 0) == 0);
+    }
+  }
+
+  TEST_CASE("domain type, emulator and metadata are checked") {
+    std::string xen = domain_xml(kNic);
+    xen.replace(xen.find("'qemu'"), 6, "'xen'");
+    CHECK(error_of(xen).find("domain type 'xen'") != std::string::npos);
+    std::string noemu = domain_xml(kNic);
+    noemu.erase(noemu.find("<emulator>"), noemu.find("</emulator>") + 11 - noemu.find("<emulator>"));
+    CHECK(error_of(noemu).find("<emulator> is required") != std::string::npos);
+    CHECK(error_of(domain_xml(kNic, "<metadata><vl:vm xmlns:vl='urn:vmlaunch:domain:1'><vl:colour>red</vl:colour></vl:vm></metadata>\n"))
+              .find("unknown vmlaunch metadata element <colour>") != std::string::npos);
+    CHECK(error_of(domain_xml(kNic, "<metadata><vl:vm xmlns:vl='urn:vmlaunch:domain:1'><vl:start-order>x</vl:start-order></vl:vm></metadata>\n"))
+              .find("start-order") != std::string::npos);
+  }
+
+  TEST_CASE("load_domain names a missing file") {
+    auto r = vl::load_domain("/nonexistent/web1.xml");
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().message().find("/nonexistent/web1.xml") != std::string::npos);
+    CHECK(r.error().sys_errno == ENOENT);
+  }
+}
