@@ -1,0 +1,85 @@
+// vmlaunchd: the unprivileged vmlaunch daemon. This file only parses the command line.
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "common/config.h"
+#include "common/domain.h"
+#include "common/sys.h"
+#include "daemon/planner.h"
+#include "vmlaunch_build_config.h"
+
+namespace {
+
+constexpr char kUsage[] =
+    "Usage: vmlaunchd [--config PATH] COMMAND [ARGS]\n"
+    "\n"
+    "Commands:\n"
+    "  plan FILE.xml   Print the launch plan of a libvirt domain XML file as JSON: the\n"
+    "                  exec-ready qemu argv and the fds it expects. Needs no running daemon.\n"
+    "\n"
+    "Options:\n"
+    "  --config PATH   Host configuration (default " VMLAUNCH_DEFAULT_CONFIG ")\n"
+    "  --help          Show this help\n"
+    "  --version       Show the version\n"
+    "\n"
+    "Exit status: 0 on success, 1 on failure, 2 on a usage error.\n";
+
+int usage_error(const char* what) {
+  std::fprintf(stderr, "vmlaunchd: %s\nTry 'vmlaunchd --help'.\n", what);
+  return 2;
+}
+
+int fail(const vl::Error& e) {
+  std::fprintf(stderr, "vmlaunchd: %s\n", e.message().c_str());
+  return 1;
+}
+
+int run_plan(const std::string& config_path, const std::string& xml_path) {
+  auto config = vl::load_config(config_path);
+  if (!config) return fail(config.error());
+  auto xml = vl::sys::read_file(xml_path, 1 << 20);
+  if (!xml) return fail(xml.error());
+  auto domain = vl::parse_domain(*xml, xml_path);
+  if (!domain) return fail(domain.error());
+  vl::Planner planner(*config);
+  auto plan = planner.plan(*domain, *xml);
+  if (!plan) return fail(plan.error().wrap(xml_path));
+  std::printf("%s\n", vl::plan_to_json(*plan, true).c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string config_path = VMLAUNCH_DEFAULT_CONFIG;
+  int i = 1;
+  for (; i < argc && argv[i][0] == '-'; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    if (arg == "--version") {
+      std::printf("vmlaunchd %s\n", VMLAUNCH_VERSION);
+      return 0;
+    }
+    if (arg == "--config") {
+      if (++i >= argc) return usage_error("--config needs a path");
+      config_path = argv[i];
+    } else if (arg.rfind("--config=", 0) == 0) {
+      config_path = arg.substr(9);
+    } else {
+      return usage_error(("unknown option " + arg).c_str());
+    }
+  }
+  if (i >= argc) return usage_error("no command given");
+  std::string command = argv[i++];
+  if (command == "plan") {
+    if (argc - i != 1) return usage_error("plan takes exactly one FILE.xml");
+    return run_plan(config_path, argv[i]);
+  }
+  return usage_error(("unknown command '" + command + "'").c_str());
+}

@@ -1,0 +1,120 @@
+#include "daemon/planner.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include "common/sys.h"
+#include "daemon/converter.h"
+#include "daemon/qemu_argv.h"
+#include "daemon/shell_words.h"
+
+namespace vl {
+
+namespace {
+
+constexpr auto kConvertTimeout = std::chrono::seconds(120);
+constexpr int kEmbedRoots = 4;
+
+// One embed root per concurrent conversion (libvirt holds a pid-file lock in it). Roots are
+// kept between runs: a fresh one costs a ~2 s QEMU capabilities probe.
+struct LockedRoot {
+  std::string path;
+  UniqueFd lock;
+};
+
+Result<LockedRoot> lock_embed_root(const std::string& cache_dir) {
+  std::string base = cache_dir + "/embed";
+  if (::mkdir(cache_dir.c_str(), 0700) < 0 && errno != EEXIST)
+    return Error::from_errno("create cache directory '" + cache_dir + "'");
+  if (::mkdir(base.c_str(), 0700) < 0 && errno != EEXIST)
+    return Error::from_errno("create '" + base + "'");
+  for (int pass = 0; pass < 2; ++pass) {
+    for (int i = 0; i < kEmbedRoots; ++i) {
+      std::string lock_path = base + "/" + std::to_string(i) + ".lock";
+      UniqueFd fd = VL_TRY(sys::check_fd(
+          ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600), "open '" + lock_path + "'"));
+      // First pass: any free root; second pass: wait for root 0.
+      int how = pass == 0 ? LOCK_EX | LOCK_NB : LOCK_EX;
+      if (sys::retry_eintr([&] { return ::flock(fd.get(), how); }) == 0)
+        return LockedRoot{base + "/" + std::to_string(i), std::move(fd)};
+      if (errno != EWOULDBLOCK) return Error::from_errno("lock '" + lock_path + "'");
+      if (pass == 1) break;
+    }
+  }
+  return Error::make(ErrorCode::kInternal, "no conversion root could be locked");
+}
+
+}  // namespace
+
+Result<void> check_tun_access() {
+  int fd = ::open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+  if (fd >= 0) {
+    ::close(fd);
+    return {};
+  }
+  return Error::from_errno("cannot open /dev/net/tun, which libvirt needs to describe "
+                           "<interface> devices; it must be mode 0666 (the Debian default set "
+                           "by udev: chmod 0666 /dev/net/tun)");
+}
+
+Result<int> find_free_vnc_display(const std::string& listen) {
+  in_addr addr{};
+  if (::inet_pton(AF_INET, listen.c_str(), &addr) != 1)
+    return Error::invalid("VNC listen address '" + listen + "' is not an IPv4 address");
+  for (int display = 0; display < 100; ++display) {
+    UniqueFd s = VL_TRY(sys::check_fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket"));
+    int one = 1;
+    ::setsockopt(s.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);  // ignore TIME_WAIT
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_addr = addr;
+    sa.sin_port = htons(static_cast<uint16_t>(5900 + display));
+    if (::bind(s.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0) return display;
+    if (errno != EADDRINUSE) return Error::from_errno("probe VNC port on " + listen);
+  }
+  return Error::make(ErrorCode::kConflict, "no free VNC display 0-99 on " + listen);
+}
+
+Planner::Planner(const HostConfig& config)
+    : config_(config), cache_(config.cache_dir + "/plans"), libvirt_id_(libvirt_identity()) {}
+
+Result<std::string> Planner::native_command_line(const Domain& domain, std::string_view xml,
+                                                 const std::string& key, PlanStats* stats) {
+  if (auto cached = cache_.find(key)) {
+    if (stats) stats->cache_hit = true;
+    return std::move(*cached);
+  }
+  if (!domain.nics.empty()) VL_CHECK(check_tun_access());
+  LockedRoot root = VL_TRY(lock_embed_root(config_.cache_dir));
+  auto start = std::chrono::steady_clock::now();
+  std::string native = VL_TRY(convert_to_native(std::string(xml), root.path, kConvertTimeout));
+  if (stats)
+    stats->convert = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start);
+  // The cached text still names its embed root; remember which, so the rewrite can check.
+  std::string entry = root.path + "\n" + native;
+  VL_CHECK(cache_.store(key, entry));
+  return entry;
+}
+
+Result<Plan> Planner::plan(const Domain& domain, std::string_view xml, PlanStats* stats) {
+  if (!config_.emulator_allowed(domain.emulator))
+    return Error::make(ErrorCode::kDenied, "emulator '" + domain.emulator +
+                                               "' is not in [emulators] allowed of " + config_.source);
+  std::string key = VL_TRY(plan_cache_key(xml, domain.emulator, libvirt_id_));
+  std::string entry = VL_TRY(native_command_line(domain, xml, key, stats));
+  size_t newline = entry.find('\n');
+  if (newline == std::string::npos) return Error::make(ErrorCode::kInternal, "corrupt plan cache entry " + key);
+  std::string root = entry.substr(0, newline);
+  std::vector<std::string> words = VL_TRY(split_shell_words(std::string_view(entry).substr(newline + 1)));
+  int display = 0;
+  if (domain.vnc && !domain.vnc->port) display = VL_TRY(find_free_vnc_display(domain.vnc->listen));
+  Plan plan = VL_TRY(rewrite_native_argv(words, domain, root, display));
+  plan.cache_key = key;
+  return plan;
+}
+
+}  // namespace vl

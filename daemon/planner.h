@@ -1,0 +1,46 @@
+// Domain XML -> launch plan: conversion (cached), rewrite, VNC display.
+#pragma once
+
+#include <chrono>
+#include <string>
+
+#include "common/config.h"
+#include "common/domain.h"
+#include "common/plan.h"
+#include "daemon/plan_cache.h"
+
+namespace vl {
+
+/// Where the time of a plan went, for benchmarks and logs.
+struct PlanStats {
+  bool cache_hit = false;
+  std::chrono::microseconds convert{0};
+};
+
+/// Computes plans for the domains of one host configuration. Single-threaded; libvirt runs
+/// only in forked converter children (see converter.h).
+class Planner {
+ public:
+  explicit Planner(const HostConfig& config);
+
+  /// The plan for `domain`, parsed from `xml`. Fails clearly if the emulator is not allowed,
+  /// libvirt cannot convert the XML, or the result cannot be made exec-ready.
+  Result<Plan> plan(const Domain& domain, std::string_view xml, PlanStats* stats = nullptr);
+
+ private:
+  Result<std::string> native_command_line(const Domain& domain, std::string_view xml,
+                                          const std::string& key, PlanStats* stats);
+
+  const HostConfig& config_;
+  PlanCache cache_;
+  std::string libvirt_id_;
+};
+
+/// The first VNC display (0-99) on which nothing listens at `listen`:5900+display.
+/// Racy by nature (qemu binds later); qemu then fails with a clear "address in use".
+Result<int> find_free_vnc_display(const std::string& listen);
+
+/// A clear error if /dev/net/tun cannot be opened, which libvirt needs to describe taps.
+Result<void> check_tun_access();
+
+}  // namespace vl

@@ -1,0 +1,268 @@
+#include "daemon/qemu_argv.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+
+namespace vl {
+
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+// QEMU options libvirt emits that take no value; every other option takes exactly one.
+constexpr std::string_view kFlagOptions[] = {
+    "-S", "-no-user-config", "-nodefaults", "-no-shutdown", "-no-acpi", "-no-hpet",
+    "-enable-kvm", "-nographic", "-no-reboot", "-snapshot", "-enable-fips", "-full-screen",
+    "-no-fd-bootchk", "-nodefconfig", "-daemonize", "-no-kvm"};
+
+// Options that would make the emulator do something outside the plan's control.
+constexpr std::pair<std::string_view, const char*> kRefusedOptions[] = {
+    {"-daemonize", "the supervisor needs qemu in the foreground"},
+    {"-runas", "vmlaunch changes the uid itself before exec"},
+    {"-chroot", "vmlaunch does not chroot qemu"},
+    {"-incoming", "incoming migration is not supported"},
+    {"-loadvm", "loading snapshots at start is not supported"},
+};
+
+struct Option {
+  std::string name;
+  std::string value;
+  bool has_value = false;
+};
+
+bool is_flag(std::string_view opt) {
+  return std::find(std::begin(kFlagOptions), std::end(kFlagOptions), opt) != std::end(kFlagOptions);
+}
+
+bool is_env_assignment(std::string_view w) {
+  size_t eq = w.find('=');
+  if (eq == 0 || eq == std::string_view::npos) return false;
+  if (!(std::isalpha(static_cast<unsigned char>(w[0])) || w[0] == '_')) return false;
+  return std::all_of(w.begin(), w.begin() + static_cast<ptrdiff_t>(eq),
+                     [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; });
+}
+
+std::string keyval_get(const std::vector<std::string>& parts, std::string_view key) {
+  for (const auto& p : parts)
+    if (p.size() > key.size() && p.compare(0, key.size(), key) == 0 && p[key.size()] == '=')
+      return p.substr(key.size() + 1);
+  return {};
+}
+
+class Rewriter {
+ public:
+  Rewriter(const Domain& domain, const std::string& root, int vnc_display)
+      : domain_(domain), root_(root), vnc_display_(vnc_display) {}
+
+  Result<Plan> run(const std::vector<std::string>& words);
+
+ private:
+  Result<void> rewrite(Option& opt, bool& keep);
+  Result<void> rewrite_object(Option& opt, bool& keep);
+  Result<void> rewrite_chardev(Option& opt);
+  Result<void> rewrite_netdev(Option& opt);
+  Result<void> rewrite_vnc(Option& opt);
+
+  const Domain& domain_;
+  const std::string& root_;
+  int vnc_display_;
+  Plan plan_;
+  bool have_monitor_ = false;
+};
+
+Result<Plan> Rewriter::run(const std::vector<std::string>& words) {
+  // Leading NAME=VALUE words are libvirt's copy of its caller's environment (LD_PRELOAD
+  // included, if set). They are dropped; the helper builds a clean environment itself.
+  size_t i = 0;
+  while (i < words.size() && is_env_assignment(words[i])) ++i;
+  if (i >= words.size()) return Error::invalid("native command line has no program");
+  if (words[i] != domain_.emulator)
+    return Error::invalid("native command line runs '" + words[i] + "', the domain's emulator is '" +
+                          domain_.emulator + "'");
+  std::vector<Option> options;
+  for (++i; i < words.size(); ++i) {
+    const std::string& w = words[i];
+    if (w.size() < 2 || w[0] != '-') return Error::invalid("unexpected non-option word '" + w + "'");
+    Option opt{w, "", false};
+    if (!is_flag(w)) {
+      if (i + 1 >= words.size()) return Error::invalid("option " + w + " lacks its value");
+      opt.value = words[++i];
+      opt.has_value = true;
+    }
+    options.push_back(std::move(opt));
+  }
+
+  plan_.vm = domain_.name.str();
+  plan_.emulator = domain_.emulator;
+  plan_.argv.push_back(domain_.emulator);
+  plan_.serial_ptys = domain_.serial_ptys;
+  bool have_s = false, have_no_shutdown = false, have_sandbox = false;
+  for (Option& opt : options) {
+    bool keep = true;
+    VL_CHECK(rewrite(opt, keep));
+    if (!keep) continue;
+    have_s |= opt.name == "-S";
+    have_no_shutdown |= opt.name == "-no-shutdown";
+    have_sandbox |= opt.name == "-sandbox";
+    plan_.argv.push_back(opt.name);
+    if (opt.has_value) plan_.argv.push_back(opt.value);
+  }
+  // The supervisor's protocol depends on these: -S (it sends `cont` after setup),
+  // -no-shutdown (a guest poweroff becomes a SHUTDOWN event it answers with `quit`).
+  if (!have_s) plan_.argv.push_back("-S");
+  if (!have_no_shutdown) plan_.argv.push_back("-no-shutdown");
+  if (!have_sandbox) {
+    plan_.argv.push_back("-sandbox");
+    plan_.argv.push_back("on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
+  }
+  if (!have_monitor_) return Error::invalid("native command line has no QMP monitor chardev");
+
+  size_t taps = std::count_if(plan_.fds.begin(), plan_.fds.end(),
+                              [](const FdSlot& s) { return s.kind == FdSlot::Kind::kTap; });
+  if (taps != domain_.nics.size())
+    return Error::invalid("native command line has " + std::to_string(taps) + " tap netdevs for " +
+                          std::to_string(domain_.nics.size()) + " interfaces");
+  if (domain_.vnc && !plan_.vnc) return Error::invalid("native command line has no -vnc option");
+
+  for (const std::string& w : plan_.argv) {
+    if (w.find(root_) != std::string::npos)
+      return Error::unsupported("the command line still refers to the conversion root in '" + w +
+                                "' (a device that needs libvirtd-managed files?)");
+    if (w.find("keyid") != std::string::npos)
+      return Error::unsupported("the command line references a secret ('" + w +
+                                "') that vmlaunch does not supply");
+  }
+  std::sort(plan_.fds.begin(), plan_.fds.end(),
+            [](const FdSlot& a, const FdSlot& b) { return a.fd < b.fd; });
+  return std::move(plan_);
+}
+
+Result<void> Rewriter::rewrite(Option& opt, bool& keep) {
+  for (const auto& [name, why] : kRefusedOptions)
+    if (opt.name == name) return Error::unsupported("option " + opt.name + " is refused: " + why);
+  if (opt.name == "-pidfile") {
+    keep = false;  // pid is known from fork/exec; the file would live in the conversion root
+    return {};
+  }
+  if (opt.name == "-object") return rewrite_object(opt, keep);
+  if (opt.name == "-chardev") return rewrite_chardev(opt);
+  if (opt.name == "-netdev") return rewrite_netdev(opt);
+  if (opt.name == "-vnc") return rewrite_vnc(opt);
+  return {};
+}
+
+Result<void> Rewriter::rewrite_object(Option& opt, bool& keep) {
+  if (opt.value.empty() || opt.value[0] != '{') return {};
+  Json obj = Json::parse(opt.value, nullptr, false);
+  if (obj.is_discarded() || !obj.is_object()) return Error::invalid("-object is not valid JSON: " + opt.value);
+  if (obj.value("qom-type", "") != "secret") return {};
+  // libvirt's master key encrypts secrets it passes over the monitor; the dry run names a
+  // file it never writes. vmlaunch passes no secrets that way (anything using keyid is
+  // refused below), so the object is dropped.
+  if (obj.value("id", "") != "masterKey0")
+    return Error::unsupported("secret object '" + obj.value("id", "") + "' is not supported");
+  keep = false;
+  return {};
+}
+
+Result<void> Rewriter::rewrite_chardev(Option& opt) {
+  std::vector<std::string> parts = split_keyval(opt.value);
+  if (parts.empty()) return Error::invalid("empty -chardev");
+  std::string id = keyval_get(parts, "id");
+  if (id == "charmonitor") {
+    if (have_monitor_) return Error::invalid("two monitor chardevs");
+    // A listening socket bound by root and passed as an fd: QEMU accepts a new client on it
+    // after the daemon restarts, unlike a connected socketpair.
+    opt.value = join_keyval({"socket", "id=charmonitor", "fd=" + std::to_string(kMonitorFd),
+                             "server=on", "wait=off"});
+    plan_.fds.push_back({FdSlot::Kind::kMonitor, kMonitorFd, -1});
+    have_monitor_ = true;
+    return {};
+  }
+  if (parts[0] != "pty" && parts[0] != "null" && parts[0] != "spicevmc")
+    return Error::unsupported("chardev '" + id + "' of backend '" + parts[0] + "' is not supported");
+  return {};
+}
+
+Result<void> Rewriter::rewrite_netdev(Option& opt) {
+  Json nd = Json::parse(opt.value, nullptr, false);
+  if (nd.is_discarded() || !nd.is_object())
+    return Error::unsupported("-netdev in non-JSON form is not supported: " + opt.value);
+  if (nd.value("type", "") != "tap") return Error::unsupported("netdev type '" + nd.value("type", "") + "'");
+  std::string id = nd.value("id", "");
+  for (const auto& [key, value] : nd.items()) {
+    if (key == "type" || key == "id" || key == "fd") continue;
+    if (key == "vhost" || key == "vhostfd" || key == "vhostfds")
+      return Error::unsupported("netdev " + id + ": vhost-net is not supported yet");
+    return Error::unsupported("netdev " + id + ": key '" + key + "' is not supported");
+  }
+  if (id.rfind("hostnet", 0) != 0 || id.size() != 8 || !std::isdigit(static_cast<unsigned char>(id[7])))
+    return Error::invalid("unexpected netdev id '" + id + "'");
+  int nic = id[7] - '0';
+  if (static_cast<size_t>(nic) >= domain_.nics.size())
+    return Error::invalid("netdev " + id + " has no matching <interface>");
+  for (const FdSlot& s : plan_.fds)
+    if (s.kind == FdSlot::Kind::kTap && s.nic == nic) return Error::invalid("netdev " + id + " appears twice");
+  int fd = kFirstTapFd + nic;
+  nd["fd"] = std::to_string(fd);  // QEMU wants the fd number as a JSON string
+  opt.value = nd.dump();
+  plan_.fds.push_back({FdSlot::Kind::kTap, fd, nic});
+  return {};
+}
+
+Result<void> Rewriter::rewrite_vnc(Option& opt) {
+  if (!domain_.vnc) return Error::invalid("-vnc without <graphics type='vnc'>");
+  std::vector<std::string> parts = split_keyval(opt.value);
+  if (parts.empty()) return Error::invalid("empty -vnc");
+  for (size_t i = 1; i < parts.size(); ++i) {
+    std::string key = parts[i].substr(0, parts[i].find('='));
+    if (key != "password" && key != "audiodev" && key != "share" && key != "lossy" &&
+        key != "non-adaptive" && key != "power-control")
+      return Error::unsupported("VNC option '" + key + "' is not supported");
+  }
+  int display = domain_.vnc->port ? *domain_.vnc->port - 5900 : vnc_display_;
+  parts[0] = domain_.vnc->listen + ":" + std::to_string(display);
+  opt.value = join_keyval(parts);
+  plan_.vnc = VncSetup{domain_.vnc->listen, display, !domain_.vnc->password.empty()};
+  return {};
+}
+
+}  // namespace
+
+std::vector<std::string> split_keyval(std::string_view value) {
+  std::vector<std::string> parts(1);
+  for (size_t i = 0; i < value.size(); ++i) {
+    if (value[i] != ',') {
+      parts.back() += value[i];
+    } else if (i + 1 < value.size() && value[i + 1] == ',') {
+      parts.back() += ',';
+      ++i;
+    } else {
+      parts.emplace_back();
+    }
+  }
+  if (parts.size() == 1 && parts[0].empty()) parts.clear();
+  return parts;
+}
+
+std::string join_keyval(const std::vector<std::string>& parts) {
+  std::string out;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (i) out += ',';
+    for (char c : parts[i]) {
+      out += c;
+      if (c == ',') out += ',';
+    }
+  }
+  return out;
+}
+
+Result<Plan> rewrite_native_argv(const std::vector<std::string>& words, const Domain& domain,
+                                 const std::string& conversion_root, int vnc_display) {
+  if (conversion_root.size() < 2) return Error::make(ErrorCode::kInternal, "conversion root unset");
+  Rewriter rewriter(domain, conversion_root, vnc_display);
+  return rewriter.run(words);
+}
+
+}  // namespace vl

@@ -1,0 +1,37 @@
+// Turning libvirt's dry-run QEMU command line into an exec-ready launch plan.
+//
+// libvirt's domxml-to-native output is "not trivially usable outside of libvirt": it carries
+// the caller's environment, a master-key secret file that never gets written, a monitor socket
+// path inside the conversion root, tap fd numbers of a process that never existed, and always
+// VNC display 0. The rewrite works on parsed structure (options, keyval lists with ',,'
+// escapes, JSON objects), never on substrings, and refuses what it cannot make safe.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "common/domain.h"
+#include "common/plan.h"
+
+namespace vl {
+
+/// The fd numbers the plan uses: the monitor first, then one tap per NIC in XML order.
+inline constexpr int kMonitorFd = 3;
+inline constexpr int kFirstTapFd = 4;
+
+/// The rewrite's own version: part of the plan cache key, bump it when the output changes.
+inline constexpr int kRewriteVersion = 1;
+
+/// Splits a QEMU keyval option value ("socket,id=x,path=/a,,b") into its parts, undoing the
+/// ',,' escape ("socket", "id=x", "path=/a,b").
+std::vector<std::string> split_keyval(std::string_view value);
+/// Joins parts into a keyval value, escaping ',' as ',,'.
+std::string join_keyval(const std::vector<std::string>& parts);
+
+/// Rewrites the words of a native command line (environment assignments included) into a
+/// plan for `domain`. `conversion_root` is the embed root the words came from: no word of the
+/// result may mention it. `vnc_display` is used when the domain has VNC without a fixed port.
+Result<Plan> rewrite_native_argv(const std::vector<std::string>& words, const Domain& domain,
+                                 const std::string& conversion_root, int vnc_display);
+
+}  // namespace vl

@@ -1,0 +1,107 @@
+// The planner against real libvirt: conversion in a private user+network namespace, cache.
+#include "daemon/planner.h"
+
+#include <doctest/doctest.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+
+#include <filesystem>
+
+#include "common/unique_fd.h"
+#include "tests/support/temp_dir.h"
+
+namespace {
+
+std::string sample_xml(std::string_view name, std::string_view disk, std::string_view extra = "") {
+  return "<domain type='qemu'><name>" + std::string(name) +
+         "</name><memory unit='MiB'>64</memory><os><type arch='x86_64' machine='pc'>hvm</type></os>"
+         "<devices><emulator>/usr/bin/qemu-system-x86_64</emulator>"
+         "<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='" + std::string(disk) +
+         "'/><target dev='vda' bus='virtio'/></disk>"
+         "<interface type='bridge'><mac address='52:54:00:12:34:56'/><source bridge='br0'/>"
+         "<model type='virtio'/></interface><serial type='pty'/>"
+         "<graphics type='vnc' autoport='yes' listen='127.0.0.1' passwd='secret12'/>" +
+         std::string(extra) + "</devices></domain>";
+}
+
+}  // namespace
+
+TEST_SUITE("daemon/planner") {
+  TEST_CASE("a real domain converts, then comes from the cache") {
+    vl::test::TempDir tmp;
+    vl::HostConfig config;
+    config.cache_dir = tmp.path() + "/cache";
+    vl::Planner planner(config);
+    std::string xml = sample_xml("web1", tmp.path() + "/disk one,a.img");
+    auto domain = vl::parse_domain(xml, "web1.xml");
+    REQUIRE(domain.ok());
+
+    vl::PlanStats cold, warm;
+    auto first = planner.plan(*domain, xml, &cold);
+    REQUIRE_MESSAGE(first.ok(), first.error().message());
+    CHECK_FALSE(cold.cache_hit);
+    auto second = planner.plan(*domain, xml, &warm);
+    REQUIRE(second.ok());
+    CHECK(warm.cache_hit);
+    CHECK(first->argv == second->argv);
+    CHECK(first->cache_key.size() == 64);
+    bool has_disk = false;
+    for (const auto& w : first->argv) has_disk |= w.find(tmp.path() + "/disk one,a.img") != std::string::npos;
+    CHECK(has_disk);
+
+    // A different XML is a different key: never a stale plan.
+    std::string xml2 = sample_xml("web1", tmp.path() + "/other.img");
+    auto domain2 = vl::parse_domain(xml2, "web1.xml");
+    vl::PlanStats third;
+    auto changed = planner.plan(*domain2, xml2, &third);
+    REQUIRE(changed.ok());
+    CHECK_FALSE(third.cache_hit);
+    CHECK(changed->cache_key != first->cache_key);
+  }
+
+  TEST_CASE("XML libvirt cannot convert fails with libvirt's reason") {
+    vl::test::TempDir tmp;
+    vl::HostConfig config;
+    config.cache_dir = tmp.path() + "/cache";
+    vl::Planner planner(config);
+    std::string xml = sample_xml("web1", "/srv/a.img");
+    xml.replace(xml.find("secret12"), 8, "much-too-long-password");
+    auto domain = vl::parse_domain(xml, "web1.xml");
+    REQUIRE(domain.ok());
+    auto plan = planner.plan(*domain, xml);
+    REQUIRE_FALSE(plan.ok());
+    CHECK(plan.error().code == vl::ErrorCode::kUnsupported);
+    CHECK(plan.error().context.find("VNC password") != std::string::npos);
+  }
+
+  TEST_CASE("an emulator outside the allowed list is refused before libvirt runs") {
+    vl::test::TempDir tmp;
+    vl::HostConfig config;
+    config.cache_dir = tmp.path() + "/cache";
+    config.emulators = {"/usr/bin/qemu-system-aarch64"};
+    vl::Planner planner(config);
+    std::string xml = sample_xml("web1", "/srv/a.img");
+    auto domain = vl::parse_domain(xml, "web1.xml");
+    auto plan = planner.plan(*domain, xml);
+    REQUIRE_FALSE(plan.ok());
+    CHECK(plan.error().code == vl::ErrorCode::kDenied);
+    CHECK_FALSE(std::filesystem::exists(config.cache_dir + "/embed"));
+  }
+
+  TEST_CASE("VNC displays in use are skipped") {
+    auto first = vl::find_free_vnc_display("127.0.0.1");
+    REQUIRE(first.ok());
+    vl::UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(static_cast<uint16_t>(5900 + *first));
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(s.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
+    REQUIRE(::listen(s.get(), 1) == 0);
+    auto next = vl::find_free_vnc_display("127.0.0.1");
+    REQUIRE(next.ok());
+    CHECK(*next > *first);
+    CHECK_FALSE(vl::find_free_vnc_display("::1").ok());
+  }
+}

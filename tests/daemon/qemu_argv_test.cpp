@@ -1,0 +1,147 @@
+#include "daemon/qemu_argv.h"
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+
+#include "daemon/shell_words.h"
+
+namespace {
+
+constexpr char kRoot[] = "/var/cache/vmlaunch/embed/0";
+
+vl::Domain test_domain(int nics = 1, bool vnc = true) {
+  std::string xml = "<domain type='qemu'><name>web1</name><devices>"
+                    "<emulator>/usr/bin/qemu-system-x86_64</emulator>";
+  for (int i = 0; i < nics; ++i)
+    xml += "<interface type='bridge'><mac address='52:54:00:00:00:0" + std::to_string(i + 1) +
+           "'/><source bridge='br0'/></interface>";
+  if (vnc) xml += "<graphics type='vnc' passwd='abc'/>";
+  xml += "<serial type='pty'/></devices></domain>";
+  auto d = vl::parse_domain(xml, "t.xml");
+  REQUIRE_MESSAGE(d.ok(), d.error().context);
+  return std::move(d).value();
+}
+
+// A command line shaped like libvirt 9's dry run, with its quoting.
+std::string native_line(std::string extra = "") {
+  return std::string("LC_ALL=C PATH=/usr/bin HOME=/root LD_PRELOAD=/evil.so XDG_CACHE_HOME=") + kRoot +
+         "/lib/qemu/domain--1-web1/.cache /usr/bin/qemu-system-x86_64 -name guest=web1,debug-threads=on -S "
+         "-object '{\"qom-type\":\"secret\",\"id\":\"masterKey0\",\"format\":\"raw\",\"file\":\"" +
+         kRoot + "/lib/qemu/domain--1-web1/master-key.aes\"}' "
+         "-machine pc-i440fx-7.2,usb=off -accel tcg -m 64 -no-user-config -nodefaults "
+         "-chardev socket,id=charmonitor,path=" + kRoot + "/lib/qemu/domain--1-web1/monitor.sock,server=on,wait=off "
+         "-mon chardev=charmonitor,id=monitor,mode=control -no-shutdown "
+         "-blockdev '{\"driver\":\"file\",\"filename\":\"/srv/it'\\''s a \\\"disk\\\", $1.img\",\"node-name\":\"s\"}' "
+         "-netdev '{\"type\":\"tap\",\"fd\":\"5\",\"id\":\"hostnet0\"}' "
+         "-device '{\"driver\":\"virtio-net-pci\",\"netdev\":\"hostnet0\",\"mac\":\"52:54:00:00:00:01\"}' "
+         "-chardev pty,id=charserial0 "
+         "-vnc 127.0.0.1:0,password=on,audiodev=audio1 " + extra +
+         "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -msg timestamp=on";
+}
+
+vl::Result<vl::Plan> rewrite(const std::string& line, const vl::Domain& d, int display = 7) {
+  auto words = vl::split_shell_words(line);
+  REQUIRE_MESSAGE(words.ok(), words.error().context);
+  return vl::rewrite_native_argv(*words, d, kRoot, display);
+}
+
+bool contains(const std::vector<std::string>& v, std::string_view w) {
+  return std::find(v.begin(), v.end(), w) != v.end();
+}
+
+}  // namespace
+
+TEST_SUITE("daemon/qemu_argv") {
+  TEST_CASE("keyval split and join undo and redo the ',,' escape") {
+    CHECK(vl::split_keyval("socket,id=x,path=/a,,b") == std::vector<std::string>{"socket", "id=x", "path=/a,b"});
+    CHECK(vl::join_keyval({"file", "path=/a,b"}) == "file,path=/a,,b");
+    CHECK(vl::split_keyval(",,,") == std::vector<std::string>{",", ""});
+    CHECK(vl::split_keyval("").empty());
+  }
+
+  TEST_CASE("libvirt's dry run becomes an exec-ready plan") {
+    auto plan = rewrite(native_line(), test_domain());
+    REQUIRE_MESSAGE(plan.ok(), plan.error().context);
+    const auto& argv = plan->argv;
+    CHECK(argv.front() == "/usr/bin/qemu-system-x86_64");
+    // The environment is gone, and with it LD_PRELOAD.
+    for (const auto& w : argv) {
+      CHECK(w.find("LD_PRELOAD") == std::string::npos);
+      CHECK(w.find(kRoot) == std::string::npos);
+      CHECK(w.find("masterKey0") == std::string::npos);
+    }
+    CHECK(contains(argv, "socket,id=charmonitor,fd=3,server=on,wait=off"));
+    CHECK(contains(argv, "{\"type\":\"tap\",\"fd\":\"4\",\"id\":\"hostnet0\"}"));
+    CHECK(contains(argv, "127.0.0.1:7,password=on,audiodev=audio1"));
+    // Paths with quotes, commas, spaces and '$' pass through untouched.
+    CHECK(contains(argv, "{\"driver\":\"file\",\"filename\":\"/srv/it's a \\\"disk\\\", $1.img\",\"node-name\":\"s\"}"));
+    CHECK(contains(argv, "-S"));
+    CHECK(contains(argv, "-no-shutdown"));
+    CHECK(contains(argv, "-sandbox"));
+    REQUIRE(plan->fds.size() == 2);
+    CHECK(plan->fds[0] == vl::FdSlot{vl::FdSlot::Kind::kMonitor, 3, -1});
+    CHECK(plan->fds[1] == vl::FdSlot{vl::FdSlot::Kind::kTap, 4, 0});
+    REQUIRE(plan->vnc);
+    CHECK(plan->vnc->display == 7);
+    CHECK(plan->vnc->has_password);
+    CHECK(plan->serial_ptys == 1);
+  }
+
+  TEST_CASE("-S, -no-shutdown and -sandbox are ensured") {
+    std::string line = native_line();
+    for (std::string drop : {" -S", " -no-shutdown", " -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"})
+      line.erase(line.find(drop), drop.size());
+    auto plan = rewrite(line, test_domain());
+    REQUIRE_MESSAGE(plan.ok(), plan.error().context);
+    CHECK(contains(plan->argv, "-S"));
+    CHECK(contains(plan->argv, "-no-shutdown"));
+    CHECK(contains(plan->argv, "-sandbox"));
+  }
+
+  TEST_CASE("unsafe or unusable command lines are refused with a reason") {
+    struct Case {
+      std::string line;
+      const char* expected;
+    };
+    std::string root = kRoot;
+    const Case cases[] = {
+        {native_line("-chardev socket,id=charchannel0,path=" + root + "/ch.sock,server=on,wait=off "),
+         "not supported"},
+        {native_line("-add-fd '{\"file\":\"" + root + "/x\"}' "), "conversion root"},
+        {native_line("-object '{\"qom-type\":\"secret\",\"id\":\"sec0\",\"data\":\"x\"}' "), "secret object 'sec0'"},
+        {native_line("-blockdev '{\"driver\":\"luks\",\"key-secret\":\"x\",\"keyid\":\"masterKey0\"}' "), "references a secret"},
+        {native_line("-daemonize "), "-daemonize is refused"},
+        {native_line("-runas nobody "), "-runas is refused"},
+        {native_line("-netdev '{\"type\":\"tap\",\"fd\":\"6\",\"id\":\"hostnet0\"}' "), "appears twice"},
+        {native_line("-netdev '{\"type\":\"tap\",\"fds\":\"6:7\",\"id\":\"hostnet1\"}' "), "key 'fds'"},
+        {native_line("-netdev '{\"type\":\"tap\",\"fd\":\"6\",\"id\":\"hostnet1\",\"script\":\"/x\"}' "), "key 'script'"},
+        {native_line("-netdev '{\"type\":\"tap\",\"fd\":\"6\",\"id\":\"hostnet1\",\"vhost\":true}' "), "vhost-net"},
+        {native_line("-netdev '{\"type\":\"user\",\"id\":\"hostnet1\"}' "), "netdev type 'user'"},
+        {native_line("-netdev tap,fd=6,id=hostnet1 "), "non-JSON"},
+        {native_line("stray "), "non-option word"},
+        {native_line("-vnc 127.0.0.1:1,websocket=5700 "), "VNC option 'websocket'"},
+    };
+    for (const auto& c : cases) {
+      CAPTURE(c.line);
+      auto plan = rewrite(c.line, test_domain());
+      REQUIRE_FALSE(plan.ok());
+      CAPTURE(plan.error().context);
+      CHECK(plan.error().context.find(c.expected) != std::string::npos);
+    }
+  }
+
+  TEST_CASE("the command line must match the domain") {
+    auto two_nics = rewrite(native_line(), test_domain(2));
+    REQUIRE_FALSE(two_nics.ok());
+    CHECK(two_nics.error().context.find("1 tap netdevs for 2 interfaces") != std::string::npos);
+    std::string other = native_line();
+    other.replace(other.find("/usr/bin/qemu-system-x86_64"), 27, "/usr/bin/qemu-system-ppc64");
+    auto wrong_emulator = rewrite(other, test_domain());
+    REQUIRE_FALSE(wrong_emulator.ok());
+    CHECK(wrong_emulator.error().context.find("runs '/usr/bin/qemu-system-ppc64'") != std::string::npos);
+    std::string no_monitor = native_line();
+    no_monitor.replace(no_monitor.find("id=charmonitor"), 14, "id=charmonitoX");
+    CHECK_FALSE(rewrite(no_monitor, test_domain()).ok());
+  }
+}
