@@ -10,6 +10,10 @@ const char* fd_kind_name(FdSlot::Kind kind) {
   return kind == FdSlot::Kind::kMonitor ? "monitor" : "tap";
 }
 
+std::vector<std::string> emulator_environment() {
+  return {"LC_ALL=C", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/nonexistent"};
+}
+
 std::string plan_to_json(const Plan& plan, bool pretty) {
   Json j;
   j["vm"] = plan.vm;

@@ -52,6 +52,10 @@ std::string plan_to_json(const Plan& plan, bool pretty);
 /// no duplicate fds. Does not check it against a domain; the helper does that.
 Result<Plan> plan_from_json(std::string_view text);
 
+/// The complete environment the emulator runs with. Never taken from a plan or from libvirt's
+/// output (which copies its caller's, LD_PRELOAD included).
+std::vector<std::string> emulator_environment();
+
 /// Name of an fd slot kind on the wire ("monitor", "tap").
 const char* fd_kind_name(FdSlot::Kind kind);
 
