@@ -36,6 +36,7 @@ struct HostConfig {
   std::string runtime_dir = "/run/vmlaunch";
   std::string state_dir = "/var/lib/vmlaunch";
   std::string cache_dir = "/var/cache/vmlaunch";
+  std::string udev_rules_dir = "/run/udev/rules.d";
 
   std::string daemon_user = "vmlaunch";
   std::string daemon_group = "vmlaunch";
@@ -55,6 +56,11 @@ struct HostConfig {
   std::string control_socket() const { return runtime_dir + "/control.sock"; }
   std::string helper_socket() const { return runtime_dir + "/helper.sock"; }
   std::string vm_runtime_dir(const VmName& vm) const { return runtime_dir + "/vms/" + vm.str(); }
+  std::string uid_map_path() const { return state_dir + "/uids"; }
+  std::string disk_journal_path(const VmName& vm) const { return state_dir + "/disks/" + vm.str() + ".json"; }
+  std::string udev_rule_path(const VmName& vm) const {
+    return udev_rules_dir + "/90-vmlaunch-" + vm.str() + ".rules";
+  }
 };
 
 /// Parses TOML text; `source` names the file in messages.

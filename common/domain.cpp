@@ -234,6 +234,9 @@ Result<std::string> DomainParser::absolute_path(const xmlNode* n, const std::str
   if (path.find("/../") != std::string::npos || path.ends_with("/..") ||
       path.find("/./") != std::string::npos || path.find("//") != std::string::npos)
     return error(n, "path '" + path + "' has '.', '..' or empty components");
+  for (char c : path)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f)
+      return error(n, "path " + quote_for_message(path) + " contains control characters");
   return path;
 }
 

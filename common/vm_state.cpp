@@ -1,0 +1,65 @@
+#include "common/vm_state.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstring>
+
+#include "common/sys.h"
+
+namespace vl {
+
+using Json = nlohmann::json;
+
+std::string vm_state_to_json(const VmState& s) {
+  Json j = {{"vm", s.vm},       {"pid", s.pid},   {"start_time", s.start_time}, {"uid", s.uid},
+            {"emulator", s.emulator}, {"taps", s.taps}, {"disks", s.disks}, {"zone", s.zone},
+            {"started_at", s.started_at}};
+  return j.dump(2) + "\n";
+}
+
+Result<VmState> vm_state_from_json(std::string_view text) {
+  Json j = Json::parse(text, nullptr, false);
+  auto bad = [] { return Error::invalid("VM state file is malformed"); };
+  if (j.is_discarded() || !j.is_object()) return bad();
+  VmState s;
+  auto str = [&](const char* k, std::string& out) {
+    if (!j.contains(k) || !j[k].is_string()) return false;
+    out = j[k].get<std::string>();
+    return true;
+  };
+  auto list = [&](const char* k, std::vector<std::string>& out) {
+    if (!j.contains(k) || !j[k].is_array()) return false;
+    for (const Json& v : j[k]) {
+      if (!v.is_string()) return false;
+      out.push_back(v.get<std::string>());
+    }
+    return true;
+  };
+  if (!str("vm", s.vm) || !str("emulator", s.emulator) || !str("zone", s.zone) || !list("taps", s.taps) ||
+      !list("disks", s.disks))
+    return bad();
+  for (const char* k : {"pid", "start_time", "uid", "started_at"})
+    if (!j.contains(k) || !j[k].is_number_integer()) return bad();
+  s.pid = j["pid"].get<pid_t>();
+  s.start_time = j["start_time"].get<uint64_t>();
+  s.uid = j["uid"].get<uid_t>();
+  s.started_at = j["started_at"].get<int64_t>();
+  if (s.pid <= 1) return bad();
+  return s;
+}
+
+Result<uint64_t> process_start_time(pid_t pid) {
+  std::string stat = VL_TRY(sys::read_file("/proc/" + std::to_string(pid) + "/stat", 4096));
+  // The command name (field 2) may contain spaces and parentheses: parse after the last ')'.
+  size_t close = stat.rfind(')');
+  if (close == std::string::npos) return Error::invalid("unreadable /proc stat of " + std::to_string(pid));
+  const char* p = stat.c_str() + close + 2;
+  for (int field = 3; field < 22; ++field) {
+    p = std::strchr(p, ' ');
+    if (!p) return Error::invalid("short /proc stat of " + std::to_string(pid));
+    ++p;
+  }
+  return std::strtoull(p, nullptr, 10);
+}
+
+}  // namespace vl

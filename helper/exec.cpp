@@ -1,0 +1,82 @@
+#include "helper/exec.h"
+
+#include <cap-ng.h>
+#include <grp.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/sys.h"
+
+namespace vl::helper {
+
+namespace {
+
+Result<void> clear_bounding_and_ambient() {
+  // PRIV: only removes capabilities.
+  VL_TRY(sys::check(::prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clear ambient capabilities"));
+  capng_clear(CAPNG_SELECT_BOUNDS);
+  if (capng_apply(CAPNG_SELECT_BOUNDS) != 0) return Error::make(ErrorCode::kSystem, "clear capability bounding set");
+  return {};
+}
+
+Result<void> change_ids(const VmCredentials& c) {
+  // PRIV: the ids come from the root-owned uid map and the configured VM group; the order
+  // (groups, gid, uid) is the only one in which each call is still permitted.
+  VL_TRY(sys::check(::setgroups(1, &c.vm_group), "setgroups"));
+  VL_TRY(sys::check(::setresgid(c.gid, c.gid, c.gid), "setresgid"));
+  VL_TRY(sys::check(::setresuid(c.uid, c.uid, c.uid), "setresuid"));
+  // setresuid from root clears permitted and effective sets but keeps inheritable ones.
+  capng_clear(CAPNG_SELECT_CAPS);
+  if (capng_apply(CAPNG_SELECT_CAPS) != 0) return Error::make(ErrorCode::kSystem, "clear capabilities");
+  return {};
+}
+
+Result<void> verify_ids(const VmCredentials& c) {
+  uid_t ru, eu, su;
+  gid_t rg, eg, sg;
+  gid_t groups[2];
+  if (::getresuid(&ru, &eu, &su) < 0 || ::getresgid(&rg, &eg, &sg) < 0)
+    return Error::from_errno("read back ids");
+  int n = ::getgroups(2, groups);
+  if (ru != c.uid || eu != c.uid || su != c.uid || rg != c.gid || eg != c.gid || sg != c.gid || n != 1 ||
+      groups[0] != c.vm_group)
+    return Error::make(ErrorCode::kInternal, "privilege drop did not take effect");
+  if (::setuid(0) == 0) return Error::make(ErrorCode::kInternal, "could regain root after the privilege drop");
+  capng_get_caps_process();
+  if (capng_have_capabilities(CAPNG_SELECT_CAPS) != CAPNG_NONE)
+    return Error::make(ErrorCode::kInternal, "capabilities left after the privilege drop");
+  return {};
+}
+
+}  // namespace
+
+Result<void> check_emulator(const std::string& path) {
+  struct stat st {};
+  VL_TRY(sys::check(::stat(path.c_str(), &st), "emulator '" + path + "'"));
+  if (!S_ISREG(st.st_mode) || st.st_uid != 0 || (st.st_mode & (S_IWGRP | S_IWOTH)) || !(st.st_mode & S_IXOTH))
+    return Error::make(ErrorCode::kDenied, "emulator '" + path + "' must be a root-owned executable "
+                                           "not writable by group or others");
+  return {};
+}
+
+Error drop_privileges_and_exec(const ExecSpec& spec, const VmCredentials& creds) {
+  if (auto v = validate_fd_mappings(spec.fds); !v) return std::move(v).error();
+  std::vector<char*> argv, env;
+  for (const auto& a : spec.argv) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  for (const auto& e : spec.env) env.push_back(const_cast<char*>(e.c_str()));
+  env.push_back(nullptr);
+
+  if (int r = place_fds(spec.fds.data(), spec.fds.size()); r < 0)
+    return Error::from_errno(-r, "place fds for the emulator");
+  if (auto r = clear_bounding_and_ambient(); !r) return std::move(r).error();
+  if (auto r = change_ids(creds); !r) return std::move(r).error();
+  if (auto r = verify_ids(creds); !r) return std::move(r).error();
+  if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) return Error::from_errno("set no_new_privs");
+  if (auto r = install_seccomp_baseline(); !r) return std::move(r).error();
+  ::execve(spec.path.c_str(), argv.data(), env.data());
+  return Error::from_errno("execute '" + spec.path + "'");
+}
+
+}  // namespace vl::helper

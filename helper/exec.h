@@ -1,0 +1,40 @@
+// The last steps of a launch: become the VM's user, lock the process down, exec the emulator.
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "common/spawn.h"
+
+namespace vl::helper {
+
+/// Who the emulator runs as: the VM's uid, its gid (same number), and the one supplementary
+/// group (kvm).
+struct VmCredentials {
+  uid_t uid = 0;
+  gid_t gid = 0;
+  gid_t vm_group = 0;
+};
+
+/// Checks the emulator before anything irreversible: a regular file owned by root, not
+/// writable by group or others, and executable.
+Result<void> check_emulator(const std::string& path);
+
+/// Replaces the current (root) process with the emulator:
+///  1. fds moved to their plan numbers, everything else closed;
+///  2. capability bounding and ambient sets cleared;
+///  3. setgroups([vm_group]), setresgid(gid), setresuid(uid), then verified, with every
+///     capability set (inheritable included) emptied;
+///  4. no_new_privs and the baseline seccomp filter (see seccomp.cpp);
+///  5. execve with the clean emulator environment.
+/// Returns only on failure, possibly after the uid change (nothing can then be undone by this
+/// process: `vmlaunch-helper cleanup` does it).
+Error drop_privileges_and_exec(const ExecSpec& spec, const VmCredentials& creds);
+
+/// Installs the baseline seccomp filter in the current process.
+Result<void> install_seccomp_baseline();
+
+}  // namespace vl::helper

@@ -1,0 +1,224 @@
+#include "helper/launch.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <unistd.h>
+
+#include <ctime>
+
+#include "common/domain.h"
+#include "common/plan.h"
+#include "common/sys.h"
+#include "common/vm_state.h"
+#include "helper/disk_owner.h"
+#include "helper/exec.h"
+#include "helper/netlink.h"
+#include "helper/nft_filter.h"
+#include "helper/runtime_dir.h"
+#include "helper/tap.h"
+#include "helper/transaction.h"
+#include "helper/uid_map.h"
+
+namespace vl::helper {
+
+namespace {
+
+// Everything the launch needs, read and validated before the first change (Firecracker's Env).
+struct LaunchEnv {
+  const HostConfig& config;
+  Domain domain;
+  Plan plan;
+  std::string zone;
+  std::vector<unsigned> bridge_mtus;
+  gid_t daemon_gid = 0;
+  gid_t vm_group = 0;
+};
+
+Result<gid_t> group_id(const std::string& name, const char* role) {
+  const group* g = ::getgrnam(name.c_str());
+  if (!g) return Error::make(ErrorCode::kNotFound, std::string(role) + " group '" + name + "' does not exist");
+  return g->gr_gid;
+}
+
+Result<void> check_plan(const Plan& plan, const Domain& domain) {
+  if (plan.vm != domain.name.str()) return Error::invalid("plan is for VM '" + plan.vm + "', not '" + domain.name.str() + "'");
+  if (plan.emulator != domain.emulator)
+    return Error::make(ErrorCode::kDenied, "plan runs '" + plan.emulator + "', the domain XML says '" + domain.emulator + "'");
+  size_t monitors = 0;
+  std::vector<bool> nic_seen(domain.nics.size(), false);
+  for (const FdSlot& slot : plan.fds) {
+    if (slot.kind == FdSlot::Kind::kMonitor) {
+      ++monitors;
+      continue;
+    }
+    if (slot.nic < 0 || static_cast<size_t>(slot.nic) >= domain.nics.size() || nic_seen[slot.nic])
+      return Error::invalid("plan has a tap fd for interface " + std::to_string(slot.nic) + " that the domain lacks");
+    nic_seen[slot.nic] = true;
+  }
+  if (monitors != 1) return Error::invalid("plan must have exactly one monitor fd");
+  for (size_t i = 0; i < nic_seen.size(); ++i)
+    if (!nic_seen[i]) return Error::invalid("plan has no tap fd for interface " + std::to_string(i));
+  return {};
+}
+
+Result<std::string> check_zones(const HostConfig& config, const Domain& domain) {
+  std::string zone = domain.meta.zone;
+  if (!zone.empty() && !config.zone_named(zone))
+    return Error::make(ErrorCode::kNotFound, "zone '" + zone + "' of VM '" + domain.name.str() + "' is not declared in " + config.source);
+  for (const Nic& nic : domain.nics) {
+    const Zone* z = config.zone_of_bridge(nic.bridge);
+    if (!z) return Error::make(ErrorCode::kDenied, "bridge '" + nic.bridge + "' is not the bridge of any zone in " + config.source);
+    if (!zone.empty() && z->name != zone)
+      return Error::make(ErrorCode::kDenied, "bridge '" + nic.bridge + "' belongs to zone '" + z->name + "', but VM '" +
+                                                 domain.name.str() + "' is in zone '" + zone + "'");
+    if (zone.empty()) zone = z->name;
+    else if (z->name != zone)
+      return Error::make(ErrorCode::kDenied, "VM '" + domain.name.str() + "' has interfaces in zones '" + zone + "' and '" + z->name + "'");
+  }
+  return zone;
+}
+
+Result<std::vector<unsigned>> check_bridges(const Domain& domain) {
+  Netlink nl = VL_TRY(Netlink::open());
+  std::vector<unsigned> mtus;
+  for (const Nic& nic : domain.nics) {
+    auto link = VL_TRY(nl.find(nic.bridge));
+    if (!link) return Error::make(ErrorCode::kNotFound, "zone bridge '" + nic.bridge + "' does not exist");
+    if (link->kind != "bridge") return Error::make(ErrorCode::kDenied, "interface '" + nic.bridge + "' is not a bridge");
+    mtus.push_back(link->mtu);
+  }
+  return mtus;
+}
+
+// A MAC may belong to one VM only, or one VM could impersonate another past the filter.
+Result<void> check_macs_unique(const HostConfig& config, const Domain& domain) {
+  DIR* d = ::opendir(config.domains_dir.c_str());
+  if (!d) return Error::from_errno("open domains directory '" + config.domains_dir + "'");
+  std::unique_ptr<DIR, int (*)(DIR*)> closer(d, ::closedir);
+  while (dirent* e = ::readdir(d)) {
+    std::string file = e->d_name;
+    if (file.size() < 5 || file.substr(file.size() - 4) != ".xml" || file == domain.name.str() + ".xml") continue;
+    auto other = load_domain(config.domains_dir + "/" + file);
+    if (!other) continue;  // a broken definition cannot be started, so it cannot collide
+    for (const Nic& mine : domain.nics)
+      for (const Nic& theirs : other->nics)
+        if (mine.mac == theirs.mac)
+          return Error::make(ErrorCode::kConflict, "MAC " + mine.mac.str() + " is also used by VM '" + other->name.str() + "'");
+  }
+  return {};
+}
+
+Result<LaunchEnv> read_and_validate(const HostConfig& config, const VmName& vm, const std::string& plan_json) {
+  std::string xml_path = config.domain_xml_path(vm);
+  Domain domain = VL_TRY(load_domain(xml_path));
+  if (domain.name != vm) return Error::invalid(xml_path + ": <name> is '" + domain.name.str() + "', expected '" + vm.str() + "'");
+  auto plan = plan_from_json(plan_json);
+  if (!plan) return std::move(plan).error();
+  VL_CHECK(check_plan(*plan, domain));
+  if (!config.emulator_allowed(domain.emulator))
+    return Error::make(ErrorCode::kDenied, "emulator '" + domain.emulator + "' is not allowed by " + config.source);
+  VL_CHECK(check_emulator(domain.emulator));
+  std::string zone = VL_TRY(check_zones(config, domain));
+  std::vector<unsigned> mtus = VL_TRY(check_bridges(domain));
+  VL_CHECK(check_macs_unique(config, domain));
+  gid_t daemon_gid = VL_TRY(group_id(config.daemon_group, "daemon"));
+  gid_t vm_group = VL_TRY(group_id(config.vm_group, "VM"));
+  return LaunchEnv{config, std::move(domain), std::move(plan).value(), zone, mtus, daemon_gid, vm_group};
+}
+
+}  // namespace
+
+Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& plan_json) {
+  log_set_vm(vm.str());
+  auto env_or = read_and_validate(config, vm, plan_json);
+  if (!env_or) return log_error(std::move(env_or).error());
+  LaunchEnv& env = *env_or;
+  auto claims_or = resolve_disks(config, env.domain);
+  if (!claims_or) return log_error(std::move(claims_or).error());
+  std::vector<DiskClaim>& claims = *claims_or;
+  if (auto r = check_disks_unclaimed(config, vm, claims); !r) return log_error(std::move(r).error());
+
+  Transaction tx;
+  uid_t uid = 0;
+  std::vector<UniqueFd> taps;
+  UniqueFd monitor;
+  VmState state;
+  auto run = [&]() -> Result<void> {
+    VL_CHECK(tx.step("runtime-dir", [&] { return create_runtime_dir(config, vm, env.daemon_gid); },
+                     [&] { (void)remove_runtime_dir(config, vm); }));
+    VL_CHECK(tx.step("uid", [&]() -> Result<void> {
+      uid = VL_TRY(uid_for_vm(config, vm));
+      return {};
+    }, nullptr));  // the assignment is permanent by design (uid_map.h)
+    VL_CHECK(tx.step("disk-journal", [&] { return write_disk_journal(config, vm, claims); },
+                     [&] { ::unlink(config.disk_journal_path(vm).c_str()); }));
+    VL_CHECK(tx.step("disk-owner", [&] { return chown_disks(claims, uid, uid); }, [&] {
+      if (auto r = restore_disks(config, vm); !r) log_error(r.error());
+    }));
+    VL_CHECK(tx.step("udev-rule", [&] { return write_udev_rule(config, vm, claims, uid, uid); },
+                     [&] { (void)remove_udev_rule(config, vm); }));
+    std::vector<NicFilter> filters;
+    for (size_t i = 0; i < env.domain.nics.size(); ++i)
+      filters.push_back({vm.tap_name(static_cast<unsigned>(i)), env.domain.nics[i].mac, env.domain.nics[i].ips});
+    VL_CHECK(tx.step("nft-filter", [&] { return install_vm_filter(vm.str(), filters); }, [&] {
+      if (auto r = remove_vm_filter(vm.str()); !r) log_error(r.error());
+    }));
+    Netlink nl = VL_TRY(Netlink::open());
+    for (size_t i = 0; i < filters.size(); ++i) {
+      const std::string& tap = filters[i].tap;
+      // Not persistent: closing the fd on rollback deletes the device.
+      VL_CHECK(tx.step("tap", [&]() -> Result<void> {
+        taps.push_back(VL_TRY(create_tap(tap, uid, uid)));
+        return nl.set_mtu(tap, env.bridge_mtus[i]);
+      }, [&taps] { taps.pop_back(); }));
+      log_info("created tap '" + tap + "' owned by uid " + std::to_string(uid));
+    }
+    VL_CHECK(tx.step("bridge-attach", [&]() -> Result<void> {
+      for (size_t i = 0; i < filters.size(); ++i) {
+        const Nic& nic = env.domain.nics[i];
+        auto bridge = VL_TRY(nl.find(nic.bridge));
+        auto tap = VL_TRY(nl.find(filters[i].tap));
+        if (!bridge || !tap) return Error::make(ErrorCode::kNotFound, "bridge or tap vanished during launch");
+        VL_CHECK(nl.enslave(bridge->ifindex, tap->ifindex,
+                            "attach tap '" + filters[i].tap + "' to bridge '" + nic.bridge + "'"));
+        VL_CHECK(nl.set_up(filters[i].tap, 0));
+        log_info("tap '" + filters[i].tap + "' attached to bridge '" + nic.bridge + "' of zone '" + env.zone + "' and up");
+      }
+      return {};
+    }, nullptr));  // closing the tap fds removes the ports
+    VL_CHECK(tx.step("monitor-socket", [&]() -> Result<void> {
+      monitor = VL_TRY(bind_monitor_socket(config, vm, env.daemon_gid));
+      return {};
+    }, [&] { monitor.reset(); }));
+    VL_CHECK(tx.step("state-file", [&]() -> Result<void> {
+      state.vm = vm.str();
+      state.pid = ::getpid();
+      state.start_time = VL_TRY(process_start_time(state.pid));
+      state.uid = uid;
+      state.emulator = env.domain.emulator;
+      for (const NicFilter& f : filters) state.taps.push_back(f.tap);
+      for (const DiskClaim& c : claims) state.disks.push_back(c.path);
+      state.zone = env.zone;
+      state.started_at = ::time(nullptr);
+      return write_vm_state(config, state, env.daemon_gid);
+    }, nullptr));  // removed with the runtime directory
+    return maybe_fail("exec");
+  };
+  if (auto r = run(); !r) return log_error(std::move(r).error());
+
+  ExecSpec spec{env.domain.emulator, env.plan.argv, emulator_environment(), {}};
+  for (const FdSlot& slot : env.plan.fds)
+    spec.fds.push_back({slot.kind == FdSlot::Kind::kMonitor ? monitor.get() : taps[slot.nic].get(), slot.fd});
+  UniqueFd null_fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  if (null_fd) spec.fds.push_back({null_fd.get(), 0});
+  log_info("executing '" + spec.path + "' as uid " + std::to_string(uid) + " (pid " + std::to_string(state.pid) + ")");
+  Error failed = drop_privileges_and_exec(spec, {uid, uid, env.vm_group});
+  if (::geteuid() != 0) {
+    tx.commit();  // no longer root: nothing can be undone from here
+    failed = failed.wrap("after the privilege drop; run 'vmlaunch-helper cleanup " + vm.str() + "'");
+  }
+  return log_error(std::move(failed));
+}
+
+}  // namespace vl::helper

@@ -1,0 +1,24 @@
+// vmlaunch-helper launch: everything root does to start one VM, then exec.
+//
+// THE INVARIANT OF THIS DIRECTORY: root decides only from root-owned inputs. The host
+// configuration and the domain XML are re-read here; from the unprivileged daemon the helper
+// takes nothing but a VM name (validated against the grammar and the domains directory) and a
+// launch plan (an argv and fd numbers), which it treats as hostile: the argv is executed only
+// as the VM's own uid, without capabilities, under no_new_privs and seccomp, with the fds the
+// helper chose itself. Paths, bridges, MACs, uids and the emulator binary all come from root's
+// files.
+#pragma once
+
+#include <string>
+
+#include "common/config.h"
+#include "common/vm_name.h"
+
+namespace vl::helper {
+
+/// Prepares everything for `vm` and execs its emulator in place. Returns only on failure,
+/// after undoing every step it completed (unless the failure came after the uid change, in
+/// which case `cleanup` undoes it; systemd's ExecStopPost and the broker always run it).
+Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& plan_json);
+
+}  // namespace vl::helper

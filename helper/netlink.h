@@ -1,0 +1,61 @@
+// A route-netlink socket (libnl-route) and link lookups shared by tap.cpp and bridge.cpp.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <utility>
+#include <string>
+
+#include "common/error.h"
+
+struct nl_sock;
+struct rtnl_link;
+
+namespace vl::helper {
+
+struct LinkFree {
+  void operator()(rtnl_link* link) const;
+};
+using LinkPtr = std::unique_ptr<rtnl_link, LinkFree>;
+
+/// What the helper needs to know about one network interface.
+struct LinkInfo {
+  int ifindex = 0;
+  std::string kind;  ///< IFLA_INFO_KIND: "bridge", "tun", "veth", ... or empty
+  unsigned mtu = 0;
+  int master = 0;    ///< ifindex of the bridge it is a port of, 0 if none
+  bool up = false;
+};
+
+/// An owned, connected NETLINK_ROUTE socket.
+class Netlink final {
+ public:
+  static Result<Netlink> open();
+  ~Netlink();
+  Netlink(Netlink&& other) noexcept : sock_(std::exchange(other.sock_, nullptr)) {}
+  Netlink(const Netlink&) = delete;
+  Netlink& operator=(const Netlink&) = delete;
+  Netlink& operator=(Netlink&&) = delete;
+
+  /// The link called `name`, or nullopt if there is none (any other failure is an error).
+  Result<std::optional<LinkInfo>> find(const std::string& name);
+  /// Makes `port` a port of `bridge` (both ifindexes).
+  Result<void> enslave(int bridge, int port, const std::string& what);
+  /// Sets the link up (and its MTU, if mtu > 0).
+  Result<void> set_up(const std::string& name, unsigned mtu);
+  /// Sets the MTU of a link that is down.
+  Result<void> set_mtu(const std::string& name, unsigned mtu);
+  /// Deletes the link called `name`; "no such link" counts as success.
+  Result<void> remove(const std::string& name);
+
+ private:
+  explicit Netlink(nl_sock* sock) : sock_(sock) {}
+  Result<LinkPtr> get(const std::string& name);
+  Result<void> change(const std::string& name, unsigned mtu, bool up);
+  nl_sock* sock_;
+};
+
+/// An Error for a libnl return code (negative NLE_*), with context.
+Error netlink_error(int nl_code, const std::string& context);
+
+}  // namespace vl::helper

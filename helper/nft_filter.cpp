@@ -1,0 +1,214 @@
+#include "helper/nft_filter.h"
+
+#include <arpa/inet.h>
+#include <nftables/libnftables.h>
+
+#include <memory>
+#include <nlohmann/json.hpp>
+
+namespace vl::helper {
+
+namespace {
+
+using Json = nlohmann::json;
+
+struct NftFree {
+  void operator()(nft_ctx* ctx) const { nft_ctx_free(ctx); }
+};
+
+std::string chain_name(const std::string& vm) { return "vm-" + vm; }
+
+// Runs one JSON batch (atomic) or one text command; returns the JSON output, if any.
+Result<std::string> run_nft(const std::string& input, bool json_output) {
+  std::unique_ptr<nft_ctx, NftFree> ctx(nft_ctx_new(NFT_CTX_DEFAULT));
+  if (!ctx) return Error::make(ErrorCode::kSystem, "nftables: cannot create context");
+  // libnftables 1.0.6 parses JSON input only while JSON output is on.
+  nft_ctx_output_set_flags(ctx.get(), NFT_CTX_OUTPUT_JSON);
+  (void)json_output;
+  nft_ctx_buffer_output(ctx.get());
+  nft_ctx_buffer_error(ctx.get());
+  if (nft_run_cmd_from_buffer(ctx.get(), input.c_str()) != 0) {
+    std::string err = nft_ctx_get_error_buffer(ctx.get());
+    while (!err.empty() && err.back() == '\n') err.pop_back();
+    return Error::make(ErrorCode::kSystem, "nftables: " + err);
+  }
+  return std::string(nft_ctx_get_output_buffer(ctx.get()));
+}
+
+Json table_ref() { return {{"family", "bridge"}, {"table", kNftTable}}; }
+
+Json with(Json base, const Json& extra) {
+  for (auto& [k, v] : extra.items()) base[k] = v;
+  return base;
+}
+
+// {"VERB": {"KIND": OBJECT}}: one command of a batch.
+Json command(const char* verb, const char* kind, Json object) {
+  Json inner = Json::object();
+  inner[kind] = std::move(object);
+  Json outer = Json::object();
+  outer[verb] = std::move(inner);
+  return outer;
+}
+
+Json match(Json left, const std::string& op, Json right) {
+  return {{"match", {{"op", op}, {"left", std::move(left)}, {"right", std::move(right)}}}};
+}
+
+Json meta_iifname() { return {{"meta", {{"key", "iifname"}}}}; }
+Json payload(const char* protocol, const char* field) {
+  return {{"payload", {{"protocol", protocol}, {"field", field}}}};
+}
+
+// One drop rule for traffic entering from `tap`; `comment` names it for counters.
+Json drop_rule(const std::string& vm, const std::string& tap, Json condition, const std::string& what) {
+  Json expr = Json::array({match(meta_iifname(), "==", tap), std::move(condition),
+                           {{"counter", nullptr}}, {{"drop", nullptr}}});
+  return command("add", "rule", with(table_ref(), {{"chain", chain_name(vm)},
+                                                   {"comment", tap + " " + what},
+                                                   {"expr", std::move(expr)}}));
+}
+
+Json ip_set(const std::vector<std::string>& ips) {
+  if (ips.size() == 1) return ips[0];
+  return {{"set", ips}};
+}
+
+// The table, map and base chains; "add" of existing objects is a no-op. The base chains are
+// flushed and refilled in the same transaction, so they always hold exactly one rule.
+void add_skeleton(Json& batch) {
+  batch.push_back(command("add", "table", {{"family", "bridge"}, {"name", kNftTable}}));
+  batch.push_back(command("add", "map", with(table_ref(), {{"name", "taps"}, {"type", "ifname"}, {"map", "verdict"}})));
+  for (const char* hook : {"forward", "input"}) {
+    batch.push_back(command("add", "chain", with(table_ref(), {{"name", hook}, {"type", "filter"}, {"hook", hook},
+                                                               {"prio", -200}, {"policy", "accept"}})));
+    batch.push_back(command("flush", "chain", with(table_ref(), {{"name", hook}})));
+    Json vmap = {{"vmap", {{"key", meta_iifname()}, {"data", "@taps"}}}};
+    batch.push_back(command("add", "rule", with(table_ref(), {{"chain", hook}, {"expr", Json::array({vmap})}})));
+  }
+}
+
+struct VmObjects {
+  bool table = false;
+  bool others = false;  // other VMs' chains or map elements
+  bool chain = false;
+  std::vector<std::string> taps;  // map keys that jump to the VM's chain
+  Json rules = Json::array();
+};
+
+Result<VmObjects> find_vm_objects(const std::string& vm) {
+  VmObjects found;
+  auto listed = run_nft(std::string("list table bridge ") + kNftTable, true);
+  if (!listed) {
+    if (listed.error().context.find("No such file or directory") != std::string::npos) return found;
+    return std::move(listed).error();
+  }
+  Json j = Json::parse(*listed, nullptr, false);
+  if (j.is_discarded() || !j.contains("nftables")) return Error::make(ErrorCode::kSystem, "nftables: unreadable listing");
+  found.table = true;
+  for (const Json& item : j["nftables"]) {
+    if (item.contains("chain")) {
+      std::string name = item["chain"].value("name", "");
+      if (name == chain_name(vm)) found.chain = true;
+      else if (name.rfind("vm-", 0) == 0) found.others = true;
+    }
+    if (item.contains("rule") && item["rule"].value("chain", "") == chain_name(vm)) found.rules.push_back(item["rule"]);
+    if (item.contains("map") && item["map"].value("name", "") == "taps" && item["map"].contains("elem")) {
+      for (const Json& elem : item["map"]["elem"]) {
+        if (!elem.is_array() || elem.size() != 2 || !elem[0].is_string()) continue;
+        const Json& verdict = elem[1];
+        if (verdict.contains("jump") && verdict["jump"].value("target", "") == chain_name(vm))
+          found.taps.push_back(elem[0].get<std::string>());
+        else
+          found.others = true;
+      }
+    }
+  }
+  return found;
+}
+
+void add_removal(Json& batch, const std::string& vm, const VmObjects& objects) {
+  if (!objects.taps.empty()) {
+    Json elems = Json::array();
+    for (const auto& t : objects.taps) elems.push_back(t);
+    batch.push_back(command("delete", "element", with(table_ref(), {{"name", "taps"}, {"elem", elems}})));
+  }
+  if (objects.chain) {
+    batch.push_back(command("flush", "chain", with(table_ref(), {{"name", chain_name(vm)}})));
+    batch.push_back(command("delete", "chain", with(table_ref(), {{"name", chain_name(vm)}})));
+  }
+}
+
+}  // namespace
+
+Result<void> install_vm_filter(const std::string& vm, const std::vector<NicFilter>& nics) {
+  for (const NicFilter& nic : nics)
+    for (const std::string& ip : nic.ips) {
+      in_addr a{};
+      if (::inet_pton(AF_INET, ip.c_str(), &a) != 1)
+        return Error::unsupported("interface " + nic.tap + ": <ip address='" + ip + "'> is not an IPv4 address");
+    }
+  VmObjects existing = VL_TRY(find_vm_objects(vm));
+  Json batch = Json::array();
+  add_skeleton(batch);
+  add_removal(batch, vm, existing);  // replace, never merge with a stale chain
+  batch.push_back(command("add", "chain", with(table_ref(), {{"name", chain_name(vm)}})));
+  for (const NicFilter& nic : nics) {
+    std::string mac = nic.mac.str();
+    // VLAN tags from a guest could hop into other VLANs on a VLAN-aware bridge.
+    batch.push_back(drop_rule(vm, nic.tap, match(payload("ether", "type"), "==", {{"set", {"8021q", "8021ad"}}}), "vlan"));
+    batch.push_back(drop_rule(vm, nic.tap, match(payload("ether", "saddr"), "!=", mac), "mac"));
+    batch.push_back(drop_rule(vm, nic.tap, match(payload("arp", "saddr ether"), "!=", mac), "arp-mac"));
+    if (!nic.ips.empty()) {
+      batch.push_back(drop_rule(vm, nic.tap, match(payload("ip", "saddr"), "!=", ip_set(nic.ips)), "ip"));
+      batch.push_back(drop_rule(vm, nic.tap, match(payload("arp", "saddr ip"), "!=", ip_set(nic.ips)), "arp-ip"));
+    }
+  }
+  Json elems = Json::array();
+  for (const NicFilter& nic : nics) elems.push_back(Json::array({nic.tap, {{"jump", {{"target", chain_name(vm)}}}}}));
+  if (!nics.empty())
+    batch.push_back(command("add", "element", with(table_ref(), {{"name", "taps"}, {"elem", elems}})));
+  Json doc = {{"nftables", batch}};
+  auto ran = run_nft(doc.dump(), false);
+  if (!ran) return ran.error().wrap("install anti-spoofing rules of '" + vm + "'");
+  return {};
+}
+
+Result<void> remove_vm_filter(const std::string& vm) {
+  VmObjects existing = VL_TRY(find_vm_objects(vm));
+  if (!existing.table) return {};
+  Json batch = Json::array();
+  if (existing.others) {
+    if (!existing.chain && existing.taps.empty()) return {};
+    add_removal(batch, vm, existing);
+  } else {
+    // The last VM is gone: leave no vmlaunch table behind.
+    batch.push_back(command("delete", "table", {{"family", "bridge"}, {"name", kNftTable}}));
+  }
+  Json doc = {{"nftables", batch}};
+  auto ran = run_nft(doc.dump(), false);
+  if (!ran) return ran.error().wrap("remove anti-spoofing rules of '" + vm + "'");
+  return {};
+}
+
+Result<bool> vm_filter_exists(const std::string& vm) {
+  VmObjects existing = VL_TRY(find_vm_objects(vm));
+  return existing.chain;
+}
+
+Result<std::vector<DropCounter>> read_vm_counters(const std::string& vm) {
+  VmObjects existing = VL_TRY(find_vm_objects(vm));
+  std::vector<DropCounter> counters;
+  for (const Json& rule : existing.rules) {
+    std::string comment = rule.value("comment", "");
+    size_t space = comment.find(' ');
+    if (space == std::string::npos) continue;
+    DropCounter c{comment.substr(0, space), comment.substr(space + 1), 0};
+    for (const Json& e : rule.value("expr", Json::array()))
+      if (e.contains("counter") && e["counter"].is_object()) c.packets = e["counter"].value("packets", uint64_t{0});
+    counters.push_back(std::move(c));
+  }
+  return counters;
+}
+
+}  // namespace vl::helper

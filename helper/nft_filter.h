@@ -1,0 +1,47 @@
+// Layer-2 anti-spoofing with nftables (bridge family), through libnftables' JSON input.
+//
+// Layout, in the table `bridge vmlaunch` that vmlaunch owns:
+//   map taps { type ifname : verdict }            tap name -> jump vm-NAME
+//   chain forward { hook forward; iifname vmap @taps }
+//   chain input   { hook input;   iifname vmap @taps }
+//   chain vm-NAME { per-NIC drop rules with counters }
+// Rules match the tap by name, so they are in place before the tap exists or joins the bridge:
+// there is no moment at which a VM can send a frame unfiltered. Adding or removing a VM is one
+// atomic nftables transaction.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/domain.h"
+#include "common/error.h"
+
+namespace vl::helper {
+
+inline constexpr char kNftTable[] = "vmlaunch";
+
+/// What one NIC may send: its tap, its MAC and (optionally) its IP addresses.
+struct NicFilter {
+  std::string tap;
+  MacAddress mac;
+  std::vector<std::string> ips;  ///< IPv4 addresses; empty: IPs are not filtered
+};
+
+/// A drop rule's counter, for status output.
+struct DropCounter {
+  std::string tap;
+  std::string what;  ///< "mac", "arp-mac", "ip", "arp-ip", "vlan"
+  uint64_t packets = 0;
+};
+
+/// Installs (or replaces) the chain of `vm` and maps its taps to it, in one transaction.
+Result<void> install_vm_filter(const std::string& vm, const std::vector<NicFilter>& nics);
+/// Removes the VM's map elements and chain. Nothing to remove counts as success.
+Result<void> remove_vm_filter(const std::string& vm);
+/// The drop counters of the VM's chain (empty if it has none).
+Result<std::vector<DropCounter>> read_vm_counters(const std::string& vm);
+/// True if the VM has a chain.
+Result<bool> vm_filter_exists(const std::string& vm);
+
+}  // namespace vl::helper

@@ -1,0 +1,74 @@
+// The baseline seccomp filter under every emulator, beneath QEMU's own -sandbox.
+//
+// Default allow, with a deny list of what a VM process never needs and what would widen an
+// escape from a compromised emulator (each fails with EPERM, so qemu reports a clear error
+// rather than dying on SIGSYS):
+//   ptrace, process_vm_readv/writev   inspecting or changing other processes of the same uid
+//   kexec_load, kexec_file_load       replacing the host kernel
+//   init_module, finit_module,        loading kernel code
+//     delete_module
+//   bpf, perf_event_open              kernel attack surface with a history of escalations
+//   keyctl, add_key, request_key      the kernel keyring, shared per uid
+//   mount, umount2, pivot_root,       reshaping the filesystem view
+//     chroot, fsopen, fsmount,
+//     fsconfig, fspick, move_mount,
+//     open_tree
+//   unshare, setns                    namespaces (also clone() with any CLONE_NEW* flag)
+//   reboot, swapon, swapoff, acct     host administration
+//   iopl, ioperm                      raw port I/O
+//   settimeofday, clock_settime,      the host clock
+//     clock_adjtime, adjtimex
+//   syslog, quotactl, lookup_dcookie, host information and legacy interfaces
+//     uselib, open_by_handle_at,
+//     name_to_handle_at, userfaultfd
+// clone3 fails with ENOSYS instead: its flags live in memory seccomp cannot read, and glibc
+// then falls back to clone(), whose flags the filter does check.
+#include <linux/sched.h>
+#include <seccomp.h>
+
+#include <memory>
+
+#include "helper/exec.h"
+
+namespace vl::helper {
+
+namespace {
+
+struct SeccompFree {
+  void operator()(void* ctx) const { seccomp_release(ctx); }
+};
+
+constexpr const char* kDenied[] = {
+    "ptrace", "process_vm_readv", "process_vm_writev", "kexec_load", "kexec_file_load",
+    "init_module", "finit_module", "delete_module", "bpf", "perf_event_open", "keyctl", "add_key",
+    "request_key", "mount", "umount2", "pivot_root", "chroot", "fsopen", "fsmount", "fsconfig",
+    "fspick", "move_mount", "open_tree", "unshare", "setns", "reboot", "swapon", "swapoff", "acct",
+    "iopl", "ioperm", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "syslog",
+    "quotactl", "lookup_dcookie", "uselib", "open_by_handle_at", "name_to_handle_at", "userfaultfd"};
+
+constexpr uint64_t kNamespaceFlags[] = {CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER,
+                                        CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWCGROUP, CLONE_NEWTIME};
+
+}  // namespace
+
+Result<void> install_seccomp_baseline() {
+  std::unique_ptr<void, SeccompFree> ctx(seccomp_init(SCMP_ACT_ALLOW));
+  if (!ctx) return Error::make(ErrorCode::kSystem, "seccomp_init");
+  auto fail = [](int rc, const std::string& what) { return Error::from_errno(-rc, "seccomp: " + what); };
+  for (const char* name : kDenied) {
+    int nr = seccomp_syscall_resolve_name(name);
+    if (nr == __NR_SCMP_ERROR) continue;  // not on this architecture
+    if (int rc = seccomp_rule_add(ctx.get(), SCMP_ACT_ERRNO(EPERM), nr, 0); rc < 0) return fail(rc, name);
+  }
+  for (uint64_t flag : kNamespaceFlags)
+    if (int rc = seccomp_rule_add(ctx.get(), SCMP_ACT_ERRNO(EPERM), SCMP_SYS(clone), 1,
+                                  SCMP_A0(SCMP_CMP_MASKED_EQ, flag, flag));
+        rc < 0)
+      return fail(rc, "clone namespace flags");
+  if (int rc = seccomp_rule_add(ctx.get(), SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0); rc < 0)
+    return fail(rc, "clone3");
+  if (int rc = seccomp_load(ctx.get()); rc < 0) return fail(rc, "load filter");
+  return {};
+}
+
+}  // namespace vl::helper

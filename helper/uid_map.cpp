@@ -1,0 +1,78 @@
+#include "helper/uid_map.h"
+
+#include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+
+#include <set>
+#include <sstream>
+
+#include "common/sys.h"
+#include "helper/log.h"
+
+namespace vl::helper {
+
+namespace {
+
+Result<std::map<std::string, uid_t>> parse_map(const std::string& text, const std::string& path,
+                                               const UidRange& range) {
+  std::map<std::string, uid_t> map;
+  std::set<uid_t> used;
+  std::istringstream in(text);
+  std::string line;
+  int lineno = 0;
+  while (std::getline(in, line)) {
+    ++lineno;
+    std::istringstream fields(line);
+    std::string name;
+    long long uid = -1;
+    std::string rest;
+    if (!(fields >> name >> uid) || (fields >> rest) || !VmName::parse(name).ok() || uid < 0 ||
+        !range.contains(static_cast<uint32_t>(uid)) || map.count(name) || used.count(static_cast<uid_t>(uid)))
+      return Error::invalid(path + ":" + std::to_string(lineno) + ": corrupt uid map entry");
+    map[name] = static_cast<uid_t>(uid);
+    used.insert(static_cast<uid_t>(uid));
+  }
+  return map;
+}
+
+}  // namespace
+
+Result<std::map<std::string, uid_t>> read_uid_map(const HostConfig& config) {
+  auto text = sys::read_file(config.uid_map_path(), 1 << 20);
+  if (!text) {
+    if (text.error().sys_errno == ENOENT) return std::map<std::string, uid_t>();
+    return std::move(text).error();
+  }
+  return parse_map(*text, config.uid_map_path(), config.uids);
+}
+
+Result<uid_t> uid_for_vm(const HostConfig& config, const VmName& vm) {
+  if (::mkdir(config.state_dir.c_str(), 0700) < 0 && errno != EEXIST)
+    return Error::from_errno("create state directory '" + config.state_dir + "'");
+  std::string lock_path = config.uid_map_path() + ".lock";
+  UniqueFd lock = VL_TRY(sys::check_fd(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600),
+                                       "open '" + lock_path + "'"));
+  VL_TRY(sys::check(sys::retry_eintr([&] { return ::flock(lock.get(), LOCK_EX); }), "lock '" + lock_path + "'"));
+
+  auto map = VL_TRY(read_uid_map(config));
+  if (auto it = map.find(vm.str()); it != map.end()) return it->second;
+  std::set<uid_t> used;
+  for (const auto& [name, uid] : map) used.insert(uid);
+  for (uint32_t i = 0; i < config.uids.count; ++i) {
+    uid_t uid = config.uids.first + i;
+    // Skip ids an account or group already has: their files must never become a VM's.
+    if (used.count(uid) || ::getpwuid(uid) || ::getgrgid(uid)) continue;
+    std::string text;
+    for (const auto& [name, u] : map) text += name + " " + std::to_string(u) + "\n";
+    text += vm.str() + " " + std::to_string(uid) + "\n";
+    VL_CHECK(sys::write_file_atomic(config.uid_map_path(), text, 0644));
+    log_info("assigned uid " + std::to_string(uid));
+    return uid;
+  }
+  return Error::make(ErrorCode::kConflict, "no free uid left in the range of " + config.source);
+}
+
+}  // namespace vl::helper
