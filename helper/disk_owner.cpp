@@ -77,6 +77,8 @@ Result<std::vector<DiskClaim>> resolve_disks(const HostConfig& config, const Dom
     claim.path = disk.source;
     claim.fd = VL_TRY(open_beneath(*root, disk.source));
     VL_TRY(sys::check(::fstat(claim.fd.get(), &claim.st), "stat disk '" + disk.source + "'"));
+    if (S_ISLNK(claim.st.st_mode))  // RESOLVE_NO_SYMLINKS hands back O_PATH|O_NOFOLLOW links
+      return Error::make(ErrorCode::kDenied, "disk '" + disk.source + "' is a symlink; refusing to follow it");
     claim.block = S_ISBLK(claim.st.st_mode);
     if (!S_ISREG(claim.st.st_mode) && !claim.block)
       return Error::make(ErrorCode::kDenied, "disk '" + disk.source + "' is neither a regular file nor a block device");
