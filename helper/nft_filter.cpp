@@ -148,11 +148,11 @@ Result<void> install_vm_filter(const std::string& vm, const std::vector<NicFilte
       if (::inet_pton(AF_INET, ip.c_str(), &a) != 1)
         return Error::unsupported("interface " + nic.tap + ": <ip address='" + ip + "'> is not an IPv4 address");
     }
-  VmObjects existing = VL_TRY(find_vm_objects(vm));
   Json batch = Json::array();
   add_skeleton(batch);
-  add_removal(batch, vm, existing);  // replace, never merge with a stale chain
+  // add + flush replaces a chain a crashed launch may have left, in the same transaction.
   batch.push_back(command("add", "chain", with(table_ref(), {{"name", chain_name(vm)}})));
+  batch.push_back(command("flush", "chain", with(table_ref(), {{"name", chain_name(vm)}})));
   for (const NicFilter& nic : nics) {
     std::string mac = nic.mac.str();
     // VLAN tags from a guest could hop into other VLANs on a VLAN-aware bridge.
