@@ -48,6 +48,17 @@ Result<VmState> vm_state_from_json(std::string_view text) {
   return s;
 }
 
+bool process_matches(pid_t pid, uint64_t start_time) {
+  auto stat = sys::read_file("/proc/" + std::to_string(pid) + "/stat", 4096);
+  if (!stat) return false;
+  size_t close = stat->rfind(')');
+  if (close == std::string::npos || close + 2 >= stat->size()) return false;
+  char state = (*stat)[close + 2];
+  if (state == 'Z' || state == 'X') return false;
+  auto start = process_start_time(pid);
+  return start && *start == start_time;
+}
+
 Result<uint64_t> process_start_time(pid_t pid) {
   std::string stat = VL_TRY(sys::read_file("/proc/" + std::to_string(pid) + "/stat", 4096));
   // The command name (field 2) may contain spaces and parentheses: parse after the last ')'.

@@ -31,4 +31,8 @@ Result<VmState> vm_state_from_json(std::string_view text);
 /// The start time (clock ticks since boot) of process pid, from /proc/PID/stat.
 Result<uint64_t> process_start_time(pid_t pid);
 
+/// True if pid is a live (not zombie) process that started at start_time: the process the
+/// state file describes, not a recycled pid or an unreaped corpse.
+bool process_matches(pid_t pid, uint64_t start_time);
+
 }  // namespace vl

@@ -48,9 +48,28 @@ std::string last_libvirt_error(const char* fallback) {
 
 void ignore_libvirt_error(void*, virErrorPtr) {}
 
+// libvirt keeps per-user state under $HOME and the XDG directories; the converter's belong in
+// its embed root, whoever the daemon user is and whatever environment it was started with.
+void isolate_environment(const std::string& root) {
+  ::clearenv();
+  ::setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin", 1);
+  ::setenv("LC_ALL", "C", 1);
+  for (const auto& [var, dir] : {std::pair{"HOME", "/home"}, {"XDG_CACHE_HOME", "/xdg/cache"},
+                                 {"XDG_CONFIG_HOME", "/xdg/config"}, {"XDG_RUNTIME_DIR", "/xdg/run"}}) {
+    std::string path = root + dir;
+    ::setenv(var, path.c_str(), 1);
+  }
+  for (const char* dir : {"/home", "/xdg", "/xdg/cache", "/xdg/config", "/xdg/run"})
+    ::mkdir((root + dir).c_str(), 0700);
+  // libvirt logs its errors to stderr as well; they reach the caller through the reply.
+  int null_fd = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
+  if (null_fd >= 0) ::dup2(null_fd, 2);
+}
+
 // The child: namespaces, libvirt, one reply on `out`: 'K' + argv or 'E' + message.
 [[noreturn]] void run_converter_child(int out, const std::string& xml, const std::string& root) {
   std::string reply;
+  isolate_environment(root);
   if (auto ns = enter_private_namespaces(); !ns) {
     reply = "E" + ns.error().message();
   } else {

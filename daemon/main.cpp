@@ -8,6 +8,10 @@
 #include "common/config.h"
 #include "common/domain.h"
 #include "common/sys.h"
+#include "daemon/asio.h"
+
+#include "daemon/control_server.h"
+#include "daemon/manager.h"
 #include "daemon/planner.h"
 #include "vmlaunch_build_config.h"
 
@@ -17,6 +21,8 @@ constexpr char kUsage[] =
     "Usage: vmlaunchd [--config PATH] COMMAND [ARGS]\n"
     "\n"
     "Commands:\n"
+    "  run             Run the daemon: serve the control socket, supervise every VM, re-adopt\n"
+    "                  VMs that are already running. Refuses to run as root.\n"
     "  plan FILE.xml   Print the launch plan of a libvirt domain XML file as JSON: the\n"
     "                  exec-ready qemu argv and the fds it expects. Needs no running daemon.\n"
     "\n"
@@ -51,6 +57,29 @@ int run_plan(const std::string& config_path, const std::string& xml_path) {
   return 0;
 }
 
+int run_daemon(const std::string& config_path) {
+  if (::geteuid() == 0) {
+    std::fprintf(stderr, "vmlaunchd: refusing to run as root; run it as the configured daemon user\n");
+    return 1;
+  }
+  auto config = vl::load_config(config_path);
+  if (!config) return fail(config.error());
+  boost::asio::io_context io;
+  vl::Manager manager(io, *config);
+  vl::ControlServer server(io, *config, manager);
+  if (auto listening = server.listen(); !listening) return fail(listening.error());
+  manager.adopt_running();
+  // VMs are not our children and keep running: stopping the daemon only stops serving.
+  boost::asio::signal_set signals(io, SIGTERM, SIGINT);
+  signals.async_wait([&](boost::system::error_code, int) {
+    server.close();
+    io.stop();
+  });
+  std::fprintf(stderr, "vmlaunchd: listening on %s\n", config->control_socket().c_str());
+  io.run();
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -77,6 +106,10 @@ int main(int argc, char** argv) {
   }
   if (i >= argc) return usage_error("no command given");
   std::string command = argv[i++];
+  if (command == "run") {
+    if (argc != i) return usage_error("run takes no arguments");
+    return run_daemon(config_path);
+  }
   if (command == "plan") {
     if (argc - i != 1) return usage_error("plan takes exactly one FILE.xml");
     return run_plan(config_path, argv[i]);

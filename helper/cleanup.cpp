@@ -13,11 +13,7 @@ namespace vl::helper {
 namespace {
 
 // The state names a process that is still the VM's emulator (same pid, same start time).
-bool emulator_running(const VmState& state) {
-  if (::kill(state.pid, 0) < 0 && errno == ESRCH) return false;
-  auto start = process_start_time(state.pid);
-  return start && *start == state.start_time;
-}
+bool emulator_running(const VmState& state) { return process_matches(state.pid, state.start_time); }
 
 Result<void> remove_taps(const VmName& vm) {
   Netlink nl = VL_TRY(Netlink::open());

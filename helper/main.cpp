@@ -1,4 +1,5 @@
 // vmlaunch-helper: the root side of vmlaunch. This file parses the command line only.
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <climits>
@@ -9,7 +10,10 @@
 
 #include "common/config.h"
 #include "common/sys.h"
+#include "common/broker_protocol.h"
+#include "helper/broker.h"
 #include "helper/cleanup.h"
+#include "helper/plan_client.h"
 #include "helper/fault.h"
 #include "helper/launch.h"
 #include "helper/log.h"
@@ -18,17 +22,21 @@
 namespace {
 
 constexpr char kUsage[] =
-    "Usage: vmlaunch-helper [--config PATH] launch NAME --plan FILE\n"
+    "Usage: vmlaunch-helper [--config PATH] launch NAME [--plan FILE]\n"
     "       vmlaunch-helper [--config PATH] cleanup NAME\n"
+    "       vmlaunch-helper [--config PATH] serve\n"
     "\n"
     "The root side of vmlaunch. Must run as root.\n"
     "\n"
     "Commands:\n"
-    "  launch NAME --plan FILE  Prepare VM NAME (uid, taps on its zone bridge, anti-spoofing\n"
+    "  launch NAME [--plan FILE]\n"
+    "                           Prepare VM NAME (uid, taps on its zone bridge, anti-spoofing\n"
     "                           rules, disk ownership, runtime directory) and exec its emulator\n"
-    "                           in place as the VM's uid. FILE is a launch plan as printed by\n"
-    "                           'vmlaunchd plan'; it is validated against the domain XML.\n"
+    "                           in place as the VM's uid. The plan comes from vmlaunchd, or from\n"
+    "                           FILE as printed by 'vmlaunchd plan'; either way it is validated\n"
+    "                           against the domain XML.\n"
     "  cleanup NAME             Undo everything launch did. Idempotent.\n"
+    "  serve                    Run the broker vmlaunchd talks to (start, kill, cleanup).\n"
     "\n"
     "Options:\n"
     "  --config PATH            Host configuration (default " VMLAUNCH_DEFAULT_CONFIG ")\n"
@@ -41,10 +49,16 @@ int usage_error(const std::string& what) {
   return 2;
 }
 
-// Start from a known state: no inherited fds beyond stdio, no inherited environment, a
-// umask that never creates anything group- or world-writable.
-void sanitize_process() {
-  ::close_range(3, UINT_MAX, 0);
+// Start from a known state: no inherited fds beyond stdio (and the launch report fd), no
+// inherited environment, a umask that never creates anything group- or world-writable.
+void sanitize_process(int keep_fd) {
+  if (keep_fd >= 3) {
+    if (keep_fd > 3) ::close_range(3, static_cast<unsigned>(keep_fd) - 1, 0);
+    ::close_range(static_cast<unsigned>(keep_fd) + 1, UINT_MAX, 0);
+    ::fcntl(keep_fd, F_SETFD, FD_CLOEXEC);  // closed by the emulator's execve: EOF means success
+  } else {
+    ::close_range(3, UINT_MAX, 0);
+  }
   vl::helper::fault_injection_init();
   ::clearenv();
   ::setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin", 1);
@@ -56,6 +70,7 @@ void sanitize_process() {
 int main(int argc, char** argv) {
   std::string config_path = VMLAUNCH_DEFAULT_CONFIG;
   std::string plan_path;
+  int report_fd = -1;
   std::vector<std::string> args;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
@@ -67,7 +82,11 @@ int main(int argc, char** argv) {
       std::printf("vmlaunch-helper %s\n", VMLAUNCH_VERSION);
       return 0;
     }
-    if (arg == "--config" || arg == "--plan") {
+    if (arg == "--report-fd") {
+      if (++i >= argc) return usage_error("--report-fd needs a number");
+      report_fd = std::atoi(argv[i]);
+      if (report_fd < 3) return usage_error("--report-fd must be 3 or more");
+    } else if (arg == "--config" || arg == "--plan") {
       if (++i >= argc) return usage_error(arg + " needs a path");
       (arg == "--config" ? config_path : plan_path) = argv[i];
     } else if (arg.size() > 1 && arg[0] == '-') {
@@ -76,25 +95,35 @@ int main(int argc, char** argv) {
       args.push_back(arg);
     }
   }
-  if (args.size() != 2) return usage_error("expected a command and a VM name");
+  if (args.empty()) return usage_error("no command given");
   const std::string& command = args[0];
-  if (command != "launch" && command != "cleanup") return usage_error("unknown command '" + command + "'");
+  if (command != "launch" && command != "cleanup" && command != "serve")
+    return usage_error("unknown command '" + command + "'");
+  if (args.size() != (command == "serve" ? 1u : 2u))
+    return usage_error(command == "serve" ? "serve takes no arguments" : command + " takes exactly one VM name");
   if (::geteuid() != 0) {
     std::fprintf(stderr, "vmlaunch-helper: must run as root\n");
     return 1;
   }
-  sanitize_process();
+  sanitize_process(report_fd);
+  // Tell whoever started `launch` why it failed (the broker relays it to the daemon).
+  auto fail = [&](const vl::Error& e) {
+    if (report_fd >= 3) (void)vl::sys::write_all(report_fd, vl::encode_broker_reply({false, 0, e}));
+    return 1;
+  };
 
-  auto vm = vl::VmName::parse(args[1]);
-  if (!vm) return (vl::helper::log_error(vm.error()), 1);
   auto config = vl::load_config(config_path);
-  if (!config) return (vl::helper::log_error(config.error()), 1);
-
+  if (!config) return fail(vl::helper::log_error(config.error()));
+  if (command == "serve") {
+    auto served = vl::helper::serve_broker(*config, config_path);
+    return served ? 0 : (vl::helper::log_error(served.error()), 1);
+  }
+  auto vm = vl::VmName::parse(args[1]);
+  if (!vm) return fail(vl::helper::log_error(vm.error()));
   if (command == "cleanup") return vl::helper::cleanup_vm(*config, *vm) ? 0 : 1;
 
-  if (plan_path.empty()) return usage_error("launch needs --plan FILE");
-  auto plan = vl::sys::read_file(plan_path, 256 * 1024);
-  if (!plan) return (vl::helper::log_error(plan.error()), 1);
-  vl::helper::launch_vm(*config, *vm, *plan);  // returns only on failure, already logged
-  return 1;
+  auto plan = plan_path.empty() ? vl::helper::fetch_plan_from_daemon(*config, *vm)
+                                : vl::sys::read_file(plan_path, 256 * 1024);
+  if (!plan) return fail(vl::helper::log_error(plan.error()));
+  return fail(vl::helper::launch_vm(*config, *vm, *plan));  // returns only on failure, already logged
 }

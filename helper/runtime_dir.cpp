@@ -26,6 +26,13 @@ Result<void> unlink_if_present(const std::string& path) {
 Result<void> create_runtime_dir(const HostConfig& config, const VmName& vm, gid_t daemon_gid) {
   VL_CHECK(ensure_dir(config.runtime_dir, 0755));
   VL_CHECK(ensure_dir(config.runtime_dir + "/vms", 0755));
+  // RUNTIME may be writable by the daemon's group: vms/ must be root's own directory, not a
+  // symlink someone put there.
+  struct stat st {};
+  std::string vms = config.runtime_dir + "/vms";
+  VL_TRY(sys::check(::lstat(vms.c_str(), &st), "stat '" + vms + "'"));
+  if (!S_ISDIR(st.st_mode) || st.st_uid != 0 || (st.st_mode & 022))
+    return Error::make(ErrorCode::kDenied, "'" + vms + "' must be a root-owned directory writable only by root");
   std::string dir = config.vm_runtime_dir(vm);
   if (::mkdir(dir.c_str(), 0700) < 0) {
     if (errno == EEXIST)

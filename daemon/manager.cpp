@@ -1,0 +1,181 @@
+#include "daemon/manager.h"
+
+#include <dirent.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+
+#include "common/plan.h"
+#include "common/sys.h"
+
+namespace vl {
+
+std::vector<VmName> DomainCatalog::names() {
+  std::vector<VmName> out;
+  DIR* d = ::opendir(dir_.c_str());
+  if (!d) return out;
+  while (dirent* e = ::readdir(d)) {
+    std::string file = e->d_name;
+    if (file.size() < 5 || file.compare(file.size() - 4, 4, ".xml") != 0) continue;
+    if (auto vm = VmName::parse(file.substr(0, file.size() - 4))) out.push_back(*vm);
+  }
+  ::closedir(d);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+Result<const DomainCatalog::Entry*> DomainCatalog::refresh(const VmName& vm) {
+  std::string path = dir_ + "/" + vm.str() + ".xml";
+  struct stat st {};
+  if (::stat(path.c_str(), &st) < 0) {
+    entries_.erase(vm.str());
+    return Error::make(ErrorCode::kNotFound, "VM '" + vm.str() + "' is not defined (no " + path + ")");
+  }
+  Entry& entry = entries_[vm.str()];
+  int64_t mtime = int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec;
+  if (entry.mtime_ns == mtime && entry.size == st.st_size) return &entry;
+  entry = Entry{mtime, st.st_size, "", std::nullopt, Error{}};
+  auto xml = sys::read_file(path, 1 << 20);
+  if (!xml) {
+    entry.error = xml.error();
+    return &entry;
+  }
+  entry.xml = *xml;
+  auto domain = parse_domain(entry.xml, path);
+  if (domain) entry.domain = std::move(domain).value();
+  else entry.error = domain.error();
+  return &entry;
+}
+
+Result<Domain> DomainCatalog::get(const VmName& vm) {
+  const Entry* entry = VL_TRY(refresh(vm));
+  if (!entry->domain) return entry->error;
+  return *entry->domain;
+}
+
+Result<std::string> DomainCatalog::xml(const VmName& vm) {
+  const Entry* entry = VL_TRY(refresh(vm));
+  if (!entry->domain) return entry->error;
+  return entry->xml;
+}
+
+Manager::Manager(boost::asio::io_context& io, const HostConfig& config)
+    : io_(io),
+      config_(config),
+      broker_(io, config.helper_socket()),
+      planner_(config),
+      catalog_(config.domains_dir),
+      context_{io, config, broker_, nullptr, nullptr} {
+  context_.vnc_password = [this](const VmName& vm) {
+    auto domain = catalog_.get(vm);
+    return domain && domain->vnc ? domain->vnc->password : std::string();
+  };
+  context_.state_changed = [this](const VmInfo& info) {
+    if (on_state_changed) on_state_changed(info);
+  };
+}
+
+Result<Supervisor*> Manager::supervisor(const std::string& name, bool must_be_defined) {
+  VmName vm = VL_TRY(VmName::parse(name));
+  if (must_be_defined) {
+    auto domain = catalog_.get(vm);
+    if (!domain) return domain.error();
+  }
+  auto& slot = vms_[vm.str()];
+  if (!slot) slot = std::make_unique<Supervisor>(context_, vm);
+  return slot.get();
+}
+
+void Manager::adopt_running() {
+  std::string dir = config_.runtime_dir + "/vms";
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return;
+  std::vector<std::string> names;
+  while (dirent* e = ::readdir(d))
+    if (e->d_name[0] != '.') names.emplace_back(e->d_name);
+  ::closedir(d);
+  for (const std::string& name : names) {
+    auto vm = VmName::parse(name);
+    if (!vm) continue;
+    auto text = sys::read_file(dir + "/" + name + "/state.json", 1 << 16);
+    auto state = text ? vm_state_from_json(*text) : Result<VmState>(text.error());
+    Supervisor* s = supervisor(name, false).value();
+    if (state) s->adopt(*state);
+    else broker_.call({BrokerOp::kCleanup, *vm, 0}, [](Result<int>) {});  // a launch that never finished
+  }
+}
+
+std::vector<VmInfo> Manager::list() {
+  std::vector<VmInfo> out;
+  std::vector<VmName> defined = catalog_.names();
+  for (const VmName& vm : defined) {
+    auto it = vms_.find(vm.str());
+    VmInfo info;
+    if (it != vms_.end()) info = it->second->info();
+    else info.name = vm.str();
+    auto domain = catalog_.get(vm);
+    if (!domain) {
+      if (info.reason.empty()) info.reason = domain.error().message();
+    } else {
+      if (info.zone.empty()) info.zone = domain->meta.zone;
+      info.autostart = domain->meta.autostart;
+      info.start_order = domain->meta.start_order;
+    }
+    out.push_back(std::move(info));
+  }
+  // Running VMs whose definition was removed are still listed.
+  for (const auto& [name, s] : vms_)
+    if (!std::binary_search(defined.begin(), defined.end(), VmName::parse(name).value()) &&
+        s->info().status != VmStatus::kStopped)
+      out.push_back(s->info());
+  return out;
+}
+
+Result<VmInfo> Manager::status(const std::string& name) {
+  VmName vm = VL_TRY(VmName::parse(name));
+  if (auto it = vms_.find(vm.str()); it != vms_.end()) return it->second->info();
+  auto domain = catalog_.get(vm);
+  if (!domain) return domain.error();
+  VmInfo info;
+  info.name = vm.str();
+  info.zone = domain->meta.zone;
+  return info;
+}
+
+void Manager::start(const std::string& name, Done done) {
+  auto s = supervisor(name, true);
+  if (!s) return done(s.error());
+  (*s)->start(std::move(done));
+}
+
+void Manager::stop(const std::string& name, std::chrono::seconds timeout, bool force, Done done) {
+  auto s = supervisor(name, false);
+  if (!s) return done(s.error());
+  (*s)->stop(timeout, force, std::move(done));
+}
+
+void Manager::restart(const std::string& name, std::chrono::seconds timeout, Done done) {
+  auto s = supervisor(name, true);
+  if (!s) return done(s.error());
+  Supervisor* sup = *s;
+  sup->stop(timeout, false, [sup, done = std::move(done)](Result<void> stopped) mutable {
+    if (!stopped) return done(stopped);
+    sup->start(std::move(done));
+  });
+}
+
+void Manager::kill(const std::string& name, int signal, Done done) {
+  auto s = supervisor(name, false);
+  if (!s) return done(s.error());
+  (*s)->kill(signal, std::move(done));
+}
+
+Result<std::string> Manager::launch_plan(const std::string& name) {
+  VmName vm = VL_TRY(VmName::parse(name));
+  Domain domain = VL_TRY(catalog_.get(vm));
+  std::string xml = VL_TRY(catalog_.xml(vm));
+  Plan plan = VL_TRY(planner_.plan(domain, xml));
+  return plan_to_json(plan, false);
+}
+
+}  // namespace vl

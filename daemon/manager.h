@@ -1,0 +1,76 @@
+// The daemon's model: every defined VM, its supervisor, and the operations on them.
+#pragma once
+
+#include "daemon/asio.h"
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/config.h"
+#include "common/domain.h"
+#include "daemon/broker_client.h"
+#include "daemon/planner.h"
+#include "daemon/supervisor.h"
+
+namespace vl {
+
+/// Domain XML files, parsed once and re-parsed only when their mtime or size changes, so
+/// that listing a thousand VMs costs a directory scan, not a thousand parses.
+class DomainCatalog final {
+ public:
+  explicit DomainCatalog(std::string dir) : dir_(std::move(dir)) {}
+  /// Names of all *.xml files with a valid VM name, sorted.
+  std::vector<VmName> names();
+  /// The parsed domain (or its parse error).
+  Result<Domain> get(const VmName& vm);
+  /// The raw XML of the last successful get().
+  Result<std::string> xml(const VmName& vm);
+
+ private:
+  struct Entry {
+    int64_t mtime_ns = -1;
+    int64_t size = -1;
+    std::string xml;
+    std::optional<Domain> domain;
+    Error error;
+  };
+  Result<const Entry*> refresh(const VmName& vm);
+  std::string dir_;
+  std::map<std::string, Entry> entries_;
+};
+
+class Manager final {
+ public:
+  using Done = Supervisor::Done;
+
+  Manager(boost::asio::io_context& io, const HostConfig& config);
+  Manager(const Manager&) = delete;
+  Manager& operator=(const Manager&) = delete;
+
+  /// Re-adopts every VM that has runtime state (daemon start).
+  void adopt_running();
+
+  std::vector<VmInfo> list();
+  Result<VmInfo> status(const std::string& name);
+  void start(const std::string& name, Done done);
+  void stop(const std::string& name, std::chrono::seconds timeout, bool force, Done done);
+  void restart(const std::string& name, std::chrono::seconds timeout, Done done);
+  void kill(const std::string& name, int signal, Done done);
+  Result<std::string> launch_plan(const std::string& name);
+
+  std::function<void(const VmInfo&)> on_state_changed;
+
+ private:
+  Result<Supervisor*> supervisor(const std::string& name, bool must_be_defined);
+
+  boost::asio::io_context& io_;
+  const HostConfig& config_;
+  BrokerClient broker_;
+  Planner planner_;
+  DomainCatalog catalog_;
+  SupervisorContext context_;
+  std::map<std::string, std::unique_ptr<Supervisor>> vms_;
+};
+
+}  // namespace vl

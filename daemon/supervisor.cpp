@@ -1,0 +1,265 @@
+#include "daemon/supervisor.h"
+
+#include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "common/sys.h"
+
+namespace vl {
+
+namespace asio = boost::asio;
+using Json = nlohmann::json;
+
+const char* vm_status_name(VmStatus status) {
+  switch (status) {
+    case VmStatus::kStopped: return "stopped";
+    case VmStatus::kStarting: return "starting";
+    case VmStatus::kRunning: return "running";
+    case VmStatus::kStopping: return "stopping";
+    case VmStatus::kFailed: return "failed";
+  }
+  return "unknown";
+}
+
+namespace {
+
+constexpr auto kKillGrace = std::chrono::seconds(5);
+
+Result<VmState> read_state(const HostConfig& config, const VmName& vm) {
+  std::string path = config.vm_runtime_dir(vm) + "/state.json";
+  std::string text = VL_TRY(sys::read_file(path, 1 << 16));
+  auto state = vm_state_from_json(text);
+  if (!state) return state.error().wrap(path);
+  return state;
+}
+
+bool same_process(const VmState& state) { return process_matches(state.pid, state.start_time); }
+
+}  // namespace
+
+Supervisor::Supervisor(SupervisorContext& ctx, VmName name) : ctx_(ctx), name_(std::move(name)), stop_timer_(ctx.io) {
+  info_.name = name_.str();
+}
+
+Supervisor::~Supervisor() {
+  if (qmp_) qmp_->close();
+  if (pidfd_) pidfd_->close();
+}
+
+void Supervisor::enqueue(std::function<void()> op) {
+  ops_.push_back(std::move(op));
+  if (!busy_) finish_op();
+}
+
+void Supervisor::finish_op() {
+  if (ops_.empty()) {
+    busy_ = false;
+    return;
+  }
+  busy_ = true;
+  auto op = std::move(ops_.front());
+  ops_.pop_front();
+  op();
+}
+
+void Supervisor::set_status(VmStatus status, std::string reason) {
+  info_.status = status;
+  info_.reason = std::move(reason);
+  if (status == VmStatus::kStopped || status == VmStatus::kFailed) {
+    info_.pid = 0;
+    info_.taps.clear();
+    info_.vnc_display = -1;
+  }
+  if (ctx_.state_changed) ctx_.state_changed(info_);
+}
+
+void Supervisor::start(Done done) {
+  enqueue([this, done = std::move(done)]() mutable {
+    if (info_.status == VmStatus::kRunning) {
+      done(Error::make(ErrorCode::kConflict, "VM '" + name_.str() + "' is already running"));
+      return finish_op();
+    }
+    set_status(VmStatus::kStarting, "");
+    guest_shutdown_ = false;
+    stop_requested_ = false;
+    ctx_.broker.call({BrokerOp::kStart, name_, 0}, [this, done = std::move(done)](Result<int> pid) mutable {
+      if (!pid) return fail_start(pid.error(), std::move(done));
+      auto state = read_state(ctx_.config, name_);
+      if (!state) return fail_start(state.error(), std::move(done));
+      attach(*state, true, std::move(done));
+    });
+  });
+}
+
+void Supervisor::fail_start(const Error& error, Done done) {
+  set_status(VmStatus::kFailed, error.message());
+  done(error);
+  finish_op();
+}
+
+void Supervisor::attach(const VmState& state, bool fresh, Done done) {
+  info_.pid = state.pid;
+  info_.uid = state.uid;
+  info_.zone = state.zone;
+  info_.taps = state.taps;
+  int fd = static_cast<int>(::syscall(SYS_pidfd_open, state.pid, 0));
+  if (fd < 0 || !same_process(state)) {
+    if (fd >= 0) ::close(fd);
+    Error e = Error::make(ErrorCode::kSystem, "the emulator (pid " + std::to_string(state.pid) + ") is gone");
+    if (fresh) return fail_start(e, std::move(done));
+    return exited();
+  }
+  pidfd_ = std::make_unique<asio::posix::stream_descriptor>(ctx_.io, fd);
+  watch_exit();
+  qmp_ = std::make_shared<QmpClient>(ctx_.io);
+  qmp_->on_event = [this](const Json& event) {
+    std::string name = event.value("event", "");
+    if (name == "SHUTDOWN") {
+      // -no-shutdown keeps qemu alive after a guest poweroff; the supervisor ends it.
+      guest_shutdown_ = event.contains("data") && event["data"].value("guest", false);
+      if (qmp_) qmp_->execute("quit", nullptr, [](Result<Json>) {});
+    }
+  };
+  auto monitor = ctx_.config.vm_runtime_dir(name_) + "/qmp.sock";
+  qmp_->connect(monitor, [this, fresh, done = std::move(done)](Result<void> ready) mutable {
+    if (!ready) {
+      Error e = ready.error().wrap("VM '" + name_.str() + "'");
+      if (!fresh) {  // adopted: keep watching the process, report the monitor trouble
+        info_.reason = e.message();
+        return;
+      }
+      ctx_.broker.call({BrokerOp::kKill, name_, SIGKILL}, [](Result<int>) {});
+      return fail_start(e, std::move(done));
+    }
+    after_monitor_ready(fresh, std::move(done));
+  });
+}
+
+void Supervisor::after_monitor_ready(bool fresh, Done done) {
+  auto vnc = std::make_shared<int>(-1);
+  qmp_->execute("query-vnc", nullptr, [this, vnc](Result<Json> r) {
+    if (r && r->value("enabled", false)) {
+      std::string service = r->value("service", "");
+      if (!service.empty()) info_.vnc_display = std::atoi(service.c_str()) - 5900;
+    }
+  });
+  std::string password = fresh ? ctx_.vnc_password(name_) : "";
+  auto go_on = [this, fresh, done = std::move(done)]() mutable {
+    qmp_->execute("query-status", nullptr, [this, fresh, done = std::move(done)](Result<Json> status) mutable {
+      std::string s = status ? status->value("status", "") : "";
+      auto running = [this, done = std::move(done)](Result<Json> r) mutable {
+        if (!r) {
+          if (done) {
+            ctx_.broker.call({BrokerOp::kKill, name_, SIGKILL}, [](Result<int>) {});
+            fail_start(r.error(), std::move(done));
+          }
+          return;
+        }
+        set_status(VmStatus::kRunning, "");
+        if (done) {
+          done({});
+          finish_op();
+        }
+      };
+      // A VM adopted in prelaunch was launched, but its `cont` never came.
+      if (s == "prelaunch" || (fresh && s != "running")) qmp_->execute("cont", nullptr, std::move(running));
+      else running(Json::object());
+    });
+  };
+  if (password.empty()) return go_on();
+  qmp_->execute("set_password", {{"protocol", "vnc"}, {"password", password}},
+                [this, go_on = std::move(go_on)](Result<Json> r) mutable {
+                  if (!r) info_.reason = "VNC password not set: " + r.error().message();
+                  go_on();
+                });
+}
+
+void Supervisor::watch_exit() {
+  pidfd_->async_wait(asio::posix::stream_descriptor::wait_read, [this](boost::system::error_code ec) {
+    if (ec == asio::error::operation_aborted) return;
+    exited();
+  });
+}
+
+void Supervisor::exited() {
+  if (qmp_) {
+    qmp_->on_event = nullptr;
+    qmp_->close();
+    qmp_.reset();
+  }
+  if (pidfd_) {
+    pidfd_->close();
+    pidfd_.reset();
+  }
+  stop_timer_.cancel();
+  bool expected = stop_requested_ || guest_shutdown_;
+  std::string reason = stop_requested_ ? "" : guest_shutdown_ ? "guest powered off" : "emulator exited unexpectedly";
+  ctx_.broker.call({BrokerOp::kCleanup, name_, 0}, [this, expected, reason](Result<int> cleaned) {
+    if (!cleaned) set_status(VmStatus::kFailed, "cleanup failed: " + cleaned.error().message());
+    else set_status(expected ? VmStatus::kStopped : VmStatus::kFailed, reason);
+    auto waiters = std::move(stop_waiters_);
+    stop_waiters_.clear();
+    for (auto& w : waiters) w(cleaned ? Result<void>() : Result<void>(cleaned.error()));
+    stop_requested_ = false;
+    if (!waiters.empty()) finish_op();
+  });
+}
+
+void Supervisor::stop(std::chrono::seconds timeout, bool force, Done done) {
+  enqueue([this, timeout, force, done = std::move(done)]() mutable {
+    if (info_.status != VmStatus::kRunning || !pidfd_) {
+      done({});  // stopping a stopped VM is not an error
+      return finish_op();
+    }
+    set_status(VmStatus::kStopping, force ? "forced" : "");
+    stop_requested_ = true;
+    stop_waiters_.push_back(std::move(done));
+    auto escalate_to_kill = [this] {
+      stop_timer_.expires_after(kKillGrace);
+      stop_timer_.async_wait([this](boost::system::error_code ec) {
+        if (!ec) ctx_.broker.call({BrokerOp::kKill, name_, SIGKILL}, [](Result<int>) {});
+      });
+    };
+    if (force || !qmp_) {
+      if (qmp_) qmp_->execute("quit", nullptr, [](Result<Json>) {});
+      else ctx_.broker.call({BrokerOp::kKill, name_, SIGTERM}, [](Result<int>) {});
+      return escalate_to_kill();
+    }
+    qmp_->execute("system_powerdown", nullptr, [](Result<Json>) {});
+    stop_timer_.expires_after(timeout);
+    stop_timer_.async_wait([this, escalate_to_kill](boost::system::error_code ec) {
+      if (ec) return;
+      info_.reason = "did not power off in time; quitting";
+      if (qmp_) qmp_->execute("quit", nullptr, [](Result<Json>) {});
+      escalate_to_kill();
+    });
+  });
+}
+
+void Supervisor::kill(int signal, Done done) {
+  if (info_.status != VmStatus::kRunning && info_.status != VmStatus::kStopping)
+    return done(Error::make(ErrorCode::kConflict, "VM '" + name_.str() + "' is not running"));
+  stop_requested_ = true;
+  ctx_.broker.call({BrokerOp::kKill, name_, signal}, [done = std::move(done)](Result<int> r) {
+    done(r ? Result<void>() : Result<void>(r.error()));
+  });
+}
+
+void Supervisor::adopt(const VmState& state) {
+  enqueue([this, state] {
+    if (!same_process(state)) {
+      // Died while nobody watched: undo its launch now.
+      ctx_.broker.call({BrokerOp::kCleanup, name_, 0}, [this](Result<int> r) {
+        set_status(r ? VmStatus::kStopped : VmStatus::kFailed, r ? "" : r.error().message());
+        finish_op();
+      });
+      return;
+    }
+    set_status(VmStatus::kRunning, "adopted");
+    attach(state, false, nullptr);  // nobody waits on an adoption
+    finish_op();
+  });
+}
+
+}  // namespace vl

@@ -1,0 +1,93 @@
+// One VM under supervision: its state machine, its QMP connection and its pidfd.
+//
+//   stopped/failed --start--> starting --cont--> running --stop--> stopping --exit--> stopped
+//                                 \--error--> failed        \--exit (not asked)--> failed
+// Operations on one VM run one at a time, in the order they were asked for; a start of a
+// running VM and similar conflicts fail at once with a clear reason.
+#pragma once
+
+#include "daemon/asio.h"
+#include <chrono>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "common/config.h"
+#include "common/vm_state.h"
+#include "daemon/broker_client.h"
+#include "daemon/qmp_client.h"
+
+namespace vl {
+
+enum class VmStatus { kStopped, kStarting, kRunning, kStopping, kFailed };
+const char* vm_status_name(VmStatus status);
+
+/// What List and Status report about one VM.
+struct VmInfo {
+  std::string name;
+  VmStatus status = VmStatus::kStopped;
+  std::string reason;
+  pid_t pid = 0;
+  uid_t uid = 0;
+  std::string zone;
+  int vnc_display = -1;
+  std::vector<std::string> taps;
+  bool autostart = false;
+  int start_order = 0;
+};
+
+/// What a supervisor needs from the daemon around it.
+struct SupervisorContext {
+  boost::asio::io_context& io;
+  const HostConfig& config;
+  BrokerClient& broker;
+  /// The VNC password of the VM's domain XML ("" if none).
+  std::function<std::string(const VmName&)> vnc_password;
+  /// Called on every state change.
+  std::function<void(const VmInfo&)> state_changed;
+};
+
+class Supervisor final {
+ public:
+  using Done = std::function<void(Result<void>)>;
+
+  Supervisor(SupervisorContext& ctx, VmName name);
+  ~Supervisor();
+  Supervisor(const Supervisor&) = delete;
+  Supervisor& operator=(const Supervisor&) = delete;
+
+  void start(Done done);
+  /// Graceful: ACPI power button, `quit` after `timeout`, SIGKILL 5 s later. Forced: `quit`.
+  void stop(std::chrono::seconds timeout, bool force, Done done);
+  void kill(int signal, Done done);
+  /// Takes over a VM found running at daemon start; a dead one is cleaned up.
+  void adopt(const VmState& state);
+
+  const VmInfo& info() const { return info_; }
+
+ private:
+  void enqueue(std::function<void()> op);
+  void finish_op();
+  void set_status(VmStatus status, std::string reason);
+  void attach(const VmState& state, bool fresh, Done done);
+  void after_monitor_ready(bool fresh, Done done);
+  void watch_exit();
+  void exited();
+  void fail_start(const Error& error, Done done);
+
+  SupervisorContext& ctx_;
+  VmName name_;
+  VmInfo info_;
+  std::deque<std::function<void()>> ops_;
+  bool busy_ = false;
+  std::shared_ptr<QmpClient> qmp_;
+  std::unique_ptr<boost::asio::posix::stream_descriptor> pidfd_;
+  boost::asio::steady_timer stop_timer_;
+  std::vector<Done> stop_waiters_;
+  bool stop_requested_ = false;
+  bool guest_shutdown_ = false;
+};
+
+}  // namespace vl

@@ -1,0 +1,219 @@
+#include "helper/broker.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <pwd.h>
+#include <grp.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <systemd/sd-bus.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include <climits>
+#include <memory>
+
+#include "common/broker_protocol.h"
+#include "common/spawn.h"
+#include "common/sys.h"
+#include "common/vm_state.h"
+#include "helper/cleanup.h"
+#include "helper/log.h"
+#include "helper/runtime_dir.h"
+
+namespace vl::helper {
+
+namespace {
+
+struct BrokerContext {
+  const HostConfig& config;
+  std::string config_path;
+  std::string self_exe;
+};
+
+Result<int> start_with_systemd(const VmName& vm) {
+  sd_bus* raw = nullptr;
+  if (int r = sd_bus_open_system(&raw); r < 0) return Error::from_errno(-r, "connect to the system bus");
+  std::unique_ptr<sd_bus, sd_bus*(*)(sd_bus*)> bus(raw, sd_bus_flush_close_unref);
+  sd_bus_error error = SD_BUS_ERROR_NULL;
+  sd_bus_message* reply = nullptr;
+  std::string unit = "kvm-vm@" + vm.str() + ".service";
+  int r = sd_bus_call_method(bus.get(), "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
+                             "org.freedesktop.systemd1.Manager", "StartUnit", &error, &reply, "ss",
+                             unit.c_str(), "replace");
+  std::string message = error.message ? error.message : "";
+  sd_bus_error_free(&error);
+  sd_bus_message_unref(reply);
+  if (r < 0) return Error::from_errno(-r, "start unit " + unit + (message.empty() ? "" : ": " + message));
+  return 0;
+}
+
+// Standalone: run `vmlaunch-helper launch NAME` in its own session, with a close-on-exec
+// report pipe: EOF means the emulator was exec'd, anything else is the launch's error. The
+// broker ignores SIGCHLD, so the kernel reaps its VMs; they outlive the broker.
+Result<int> start_detached(const BrokerContext& ctx, const VmName& vm) {
+  int fds[2];
+  VL_TRY(sys::check(::pipe2(fds, O_CLOEXEC), "pipe2"));
+  UniqueFd report_read(fds[0]), report_write(fds[1]);
+  std::string log_dir = ctx.config.state_dir + "/logs";
+  if (::mkdir(ctx.config.state_dir.c_str(), 0700) < 0 && errno != EEXIST)
+    return Error::from_errno("create '" + ctx.config.state_dir + "'");
+  if (::mkdir(log_dir.c_str(), 0750) < 0 && errno != EEXIST) return Error::from_errno("create '" + log_dir + "'");
+  std::string log_path = log_dir + "/" + vm.str() + ".log";
+  UniqueFd log = VL_TRY(sys::check_fd(::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0640),
+                                      "open '" + log_path + "'"));
+  UniqueFd null_fd = VL_TRY(sys::check_fd(::open("/dev/null", O_RDONLY | O_CLOEXEC), "open /dev/null"));
+  ExecSpec spec{ctx.self_exe,
+                {"vmlaunch-helper", "--config", ctx.config_path, "launch", vm.str(), "--report-fd", "3"},
+                {},
+                {{null_fd.get(), 0}, {log.get(), 1}, {log.get(), 2}, {report_write.get(), 3}}};
+  pid_t pid = VL_TRY(spawn(spec));
+  report_write.reset();
+  std::string report = VL_TRY(sys::read_all(report_read.get(), kMaxBrokerMessage));
+  if (report.empty()) return static_cast<int>(pid);
+  auto reply = parse_broker_reply(report);
+  if (!reply) return Error::make(ErrorCode::kInternal, "launch of '" + vm.str() + "' failed; see " + log_path);
+  return std::move(reply->error);
+}
+
+Result<int> handle_start(const BrokerContext& ctx, const BrokerRequest& req) {
+  if (::access(ctx.config.domain_xml_path(req.vm).c_str(), F_OK) != 0)
+    return Error::make(ErrorCode::kNotFound, "VM '" + req.vm.str() + "' is not defined in " + ctx.config.domains_dir);
+  log_info("start requested");
+  if (sd_booted() > 0) return start_with_systemd(req.vm);
+  return start_detached(ctx, req.vm);
+}
+
+Result<int> handle_kill(const BrokerContext& ctx, const BrokerRequest& req) {
+  VmState state = VL_TRY(read_vm_state(ctx.config, req.vm));
+  // The pid is only trusted together with its start time: a recycled pid is someone else.
+  if (!process_matches(state.pid, state.start_time))
+    return Error::make(ErrorCode::kNotFound, "VM '" + req.vm.str() + "' is not running");
+  log_info("sending signal " + std::to_string(req.signal) + " to pid " + std::to_string(state.pid));
+  // PRIV: pid verified against the root-owned state file; signal from a fixed set.
+  VL_TRY(sys::check(::kill(state.pid, req.signal), "signal pid " + std::to_string(state.pid)));
+  return 0;
+}
+
+Result<int> handle_cleanup(const BrokerContext& ctx, const BrokerRequest& req) {
+  VL_CHECK(cleanup_vm(ctx.config, req.vm));
+  return 0;
+}
+
+// The closed request set: one handler per op, nothing else dispatches.
+struct OpEntry {
+  BrokerOp op;
+  Result<int> (*handle)(const BrokerContext&, const BrokerRequest&);
+};
+constexpr OpEntry kOps[] = {
+    {BrokerOp::kStart, handle_start},
+    {BrokerOp::kKill, handle_kill},
+    {BrokerOp::kCleanup, handle_cleanup},
+};
+
+void serve_connection(const BrokerContext& ctx, int fd) {
+  for (;;) {
+    char buf[kMaxBrokerMessage + 1];
+    ssize_t n = sys::retry_eintr([&] { return ::recv(fd, buf, sizeof buf, MSG_TRUNC); });
+    if (n <= 0) return;
+    BrokerReply reply;
+    auto request = n > static_cast<ssize_t>(kMaxBrokerMessage) ? Result<BrokerRequest>(Error::invalid("request too large"))
+                                                              : parse_broker_request(std::string_view(buf, n));
+    if (!request) {
+      log_error(request.error().wrap("malformed broker request; closing the connection"));
+      reply.error = request.error();
+      (void)sys::write_all(fd, encode_broker_reply(reply));
+      return;
+    }
+    log_set_vm(request->vm.str());
+    for (const OpEntry& entry : kOps) {
+      if (entry.op != request->op) continue;
+      auto result = entry.handle(ctx, *request);
+      reply.ok = result.ok();
+      if (result) reply.pid = *result;
+      else reply.error = log_error(result.error());
+    }
+    log_set_vm("");
+    std::string out = encode_broker_reply(reply);
+    if (::send(fd, out.data(), out.size(), MSG_NOSIGNAL) < 0) return;
+  }
+}
+
+// RUNTIME is root:daemon-group 01775: the daemon may create its control socket there, and the
+// sticky bit keeps it from removing or renaming what root put there (vms/, helper.sock).
+Result<void> prepare_runtime_dir(const HostConfig& config, gid_t daemon_gid) {
+  const std::string& dir = config.runtime_dir;
+  if (::mkdir(dir.c_str(), 0755) < 0 && errno != EEXIST) return Error::from_errno("create '" + dir + "'");
+  struct stat st {};
+  VL_TRY(sys::check(::lstat(dir.c_str(), &st), "stat '" + dir + "'"));
+  if (!S_ISDIR(st.st_mode) || st.st_uid != 0)
+    return Error::make(ErrorCode::kDenied, "'" + dir + "' must be a directory owned by root");
+  VL_TRY(sys::check(::chown(dir.c_str(), 0, daemon_gid), "chown '" + dir + "'"));
+  VL_TRY(sys::check(::chmod(dir.c_str(), 01775), "chmod '" + dir + "'"));
+  std::string vms = dir + "/vms";
+  if (::mkdir(vms.c_str(), 0755) < 0 && errno != EEXIST) return Error::from_errno("create '" + vms + "'");
+  return {};
+}
+
+Result<UniqueFd> listen_broker_socket(const HostConfig& config, gid_t daemon_gid) {
+  VL_CHECK(prepare_runtime_dir(config, daemon_gid));
+  std::string path = config.helper_socket();
+  sockaddr_un sa{};
+  if (path.size() >= sizeof sa.sun_path) return Error::invalid("socket path '" + path + "' too long");
+  sa.sun_family = AF_UNIX;
+  path.copy(sa.sun_path, sizeof sa.sun_path - 1);
+  UniqueFd fd = VL_TRY(sys::check_fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0), "socket"));
+  ::unlink(path.c_str());
+  VL_TRY(sys::check(::bind(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa), "bind '" + path + "'"));
+  VL_TRY(sys::check(::chown(path.c_str(), 0, daemon_gid), "chown '" + path + "'"));
+  VL_TRY(sys::check(::chmod(path.c_str(), 0660), "chmod '" + path + "'"));
+  VL_TRY(sys::check(::listen(fd.get(), 8), "listen '" + path + "'"));
+  return fd;
+}
+
+}  // namespace
+
+Result<void> serve_broker(const HostConfig& config, const std::string& config_path) {
+  const passwd* daemon_user = ::getpwnam(config.daemon_user.c_str());
+  if (!daemon_user) return Error::make(ErrorCode::kNotFound, "daemon user '" + config.daemon_user + "' does not exist");
+  uid_t daemon_uid = daemon_user->pw_uid;
+  const group* daemon_group = ::getgrnam(config.daemon_group.c_str());
+  if (!daemon_group) return Error::make(ErrorCode::kNotFound, "daemon group '" + config.daemon_group + "' does not exist");
+  char exe[PATH_MAX];
+  ssize_t len = ::readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (len < 0) return Error::from_errno("readlink /proc/self/exe");
+  BrokerContext ctx{config, config_path, std::string(exe, static_cast<size_t>(len))};
+
+  UniqueFd listener = VL_TRY(listen_broker_socket(config, daemon_group->gr_gid));
+  ::signal(SIGCHLD, SIG_IGN);
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGTERM);
+  sigaddset(&stop, SIGINT);
+  sigprocmask(SIG_BLOCK, &stop, nullptr);
+  int sfd = ::signalfd(-1, &stop, SFD_CLOEXEC);
+  UniqueFd signals(sfd);
+  log_info("broker listening on " + config.helper_socket() + " for uid " + std::to_string(daemon_uid));
+  for (;;) {
+    pollfd p[2] = {{listener.get(), POLLIN, 0}, {signals.get(), POLLIN, 0}};
+    if (sys::retry_eintr([&] { return ::poll(p, 2, -1); }) < 0) return Error::from_errno("poll");
+    if (p[1].revents) break;
+    UniqueFd conn(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (!conn) continue;
+    ucred cred{};
+    socklen_t cred_len = sizeof cred;
+    if (::getsockopt(conn.get(), SOL_SOCKET, SO_PEERCRED, &cred, &cred_len) < 0 || cred.uid != daemon_uid) {
+      log_warning("refused a connection from uid " + std::to_string(cred.uid) + " (only the daemon's uid may connect)");
+      continue;
+    }
+    serve_connection(ctx, conn.get());
+  }
+  ::unlink(config.helper_socket().c_str());
+  log_info("broker stopped");
+  return {};
+}
+
+}  // namespace vl::helper

@@ -1,0 +1,18 @@
+// vmlaunch-helper serve: the root broker the unprivileged daemon talks to.
+//
+// It listens on RUNTIME/helper.sock (root:daemon-group 0660), accepts connections only from
+// the daemon's uid (SO_PEERCRED), and answers exactly three requests (common/broker_protocol.h):
+//   start NAME    launch VM NAME (systemd unit when systemd runs, else `launch` detached)
+//   kill NAME SIG signal the VM's emulator (pid and start time from its root-owned state)
+//   cleanup NAME  undo a launch (helper/cleanup.h)
+// Any malformed request ends the connection. Connections are served one at a time.
+#pragma once
+
+#include "common/config.h"
+
+namespace vl::helper {
+
+/// Runs the broker until SIGTERM/SIGINT. Returns the reason it stopped, or success.
+Result<void> serve_broker(const HostConfig& config, const std::string& config_path);
+
+}  // namespace vl::helper

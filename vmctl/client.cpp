@@ -1,0 +1,187 @@
+#include "vmctl/client.h"
+
+#include <systemd/sd-bus.h>
+
+#include <cstring>
+#include <map>
+
+#include "common/control_protocol.h"
+
+namespace vl::ctl {
+
+namespace {
+
+// A D-Bus error from the daemon back into an Error: its name carries the code.
+Error from_bus_error(int r, const sd_bus_error& e, const std::string& what) {
+  std::string name = e.name ? e.name : "";
+  std::string message = e.message ? e.message : std::string(std::strerror(-r));
+  ErrorCode code = ErrorCode::kSystem;
+  for (ErrorCode c : {ErrorCode::kInvalid, ErrorCode::kUnsupported, ErrorCode::kNotFound, ErrorCode::kConflict,
+                      ErrorCode::kDenied, ErrorCode::kInternal})
+    if (name == control_error_name(c)) code = c;
+  if (name.empty() && what.size()) message = what + ": " + message;
+  return Error::make(code, message);
+}
+
+}  // namespace
+
+Result<Client> Client::connect(const std::string& socket_path) {
+  sd_bus* bus = nullptr;
+  int r = sd_bus_new(&bus);
+  std::string address = "unix:path=" + socket_path;
+  if (r >= 0) r = sd_bus_set_address(bus, address.c_str());
+  if (r >= 0) r = sd_bus_start(bus);
+  if (r < 0) {
+    sd_bus_unref(bus);
+    if (r == -ENOENT || r == -ECONNREFUSED)
+      return Error::from_errno(-r, "vmlaunchd is not running (no daemon at " + socket_path +
+                                       "); start it with 'systemctl start vmlaunchd'");
+    if (r == -EACCES) return Error::from_errno(-r, "cannot open " + socket_path);
+    return Error::from_errno(-r, "connect to vmlaunchd at " + socket_path);
+  }
+  return Client(bus);
+}
+
+Client::Client(Client&& other) noexcept : bus_(other.bus_) { other.bus_ = nullptr; }
+Client::~Client() {
+  if (bus_) sd_bus_flush_close_unref(bus_);
+}
+
+Result<std::vector<VmRow>> Client::list() {
+  sd_bus_error error = SD_BUS_ERROR_NULL;
+  sd_bus_message* reply = nullptr;
+  int r = sd_bus_call_method(bus_, nullptr, kControlPath, kControlInterface, "List", &error, &reply, "");
+  if (r < 0) {
+    Error e = from_bus_error(r, error, "List");
+    sd_bus_error_free(&error);
+    return e;
+  }
+  std::vector<VmRow> rows;
+  r = sd_bus_message_enter_container(reply, 'a', "(sssuusibi)");
+  while (r > 0) {
+    const char *name, *state, *reason, *zone;
+    VmRow row;
+    int autostart = 0;
+    r = sd_bus_message_read(reply, "(sssuusibi)", &name, &state, &reason, &row.pid, &row.uid, &zone,
+                            &row.vnc_display, &autostart, &row.start_order);
+    if (r <= 0) break;
+    row.name = name, row.state = state, row.reason = reason, row.zone = zone, row.autostart = autostart;
+    rows.push_back(std::move(row));
+  }
+  sd_bus_message_unref(reply);
+  if (r < 0) return Error::from_errno(-r, "read List reply");
+  return rows;
+}
+
+Result<std::vector<std::pair<std::string, std::string>>> Client::status(const std::string& vm) {
+  sd_bus_error error = SD_BUS_ERROR_NULL;
+  sd_bus_message* reply = nullptr;
+  int r = sd_bus_call_method(bus_, nullptr, kControlPath, kControlInterface, "Status", &error, &reply, "s", vm.c_str());
+  if (r < 0) {
+    Error e = from_bus_error(r, error, "Status");
+    sd_bus_error_free(&error);
+    return e;
+  }
+  std::vector<std::pair<std::string, std::string>> fields;
+  r = sd_bus_message_enter_container(reply, 'a', "{ss}");
+  while (r > 0) {
+    const char *k, *v;
+    r = sd_bus_message_read(reply, "{ss}", &k, &v);
+    if (r > 0) fields.emplace_back(k, v);
+  }
+  sd_bus_message_unref(reply);
+  if (r < 0) return Error::from_errno(-r, "read Status reply");
+  return fields;
+}
+
+Result<std::string> Client::launch_plan(const std::string& vm) {
+  sd_bus_error error = SD_BUS_ERROR_NULL;
+  sd_bus_message* reply = nullptr;
+  int r = sd_bus_call_method(bus_, nullptr, kControlPath, kControlInterface, "GetLaunchPlan", &error, &reply, "s",
+                             vm.c_str());
+  if (r < 0) {
+    Error e = from_bus_error(r, error, "GetLaunchPlan");
+    sd_bus_error_free(&error);
+    return e;
+  }
+  const char* plan = nullptr;
+  r = sd_bus_message_read(reply, "s", &plan);
+  std::string out = r >= 0 && plan ? plan : "";
+  sd_bus_message_unref(reply);
+  return out;
+}
+
+namespace {
+
+struct BatchState {
+  std::vector<Result<void>>* results;
+  size_t index;
+  unsigned* in_flight;
+  const std::function<void(const std::string&, const std::string&, const std::string&)>* progress;
+  std::string vm;
+};
+
+int on_reply(sd_bus_message* m, void* userdata, sd_bus_error*) {
+  auto* s = static_cast<BatchState*>(userdata);
+  const sd_bus_error* e = sd_bus_message_get_error(m);
+  if (e) (*s->results)[s->index] = from_bus_error(-EIO, *e, "");
+  else (*s->results)[s->index] = Result<void>();
+  --*s->in_flight;
+  delete s;
+  return 0;
+}
+
+int on_state(sd_bus_message* m, void* userdata, sd_bus_error*) {
+  auto* progress = static_cast<const std::function<void(const std::string&, const std::string&, const std::string&)>*>(userdata);
+  const char *vm, *state, *reason;
+  if (sd_bus_message_read(m, "sss", &vm, &state, &reason) >= 0 && *progress) (*progress)(vm, state, reason);
+  return 0;
+}
+
+}  // namespace
+
+std::vector<Result<void>> Client::run_batch(
+    const std::vector<BatchCall>& calls, unsigned parallel,
+    const std::function<void(const std::string&, const std::string&, const std::string&)>& progress) {
+  std::vector<Result<void>> results(calls.size(), Error::make(ErrorCode::kInternal, "not run"));
+  sd_bus_slot* match = nullptr;
+  sd_bus_match_signal(bus_, &match, nullptr, kControlPath, kControlInterface, "StateChanged", on_state,
+                      const_cast<void*>(static_cast<const void*>(&progress)));
+  unsigned in_flight = 0;
+  size_t next = 0;
+  // Calls wait as long as the operation takes (a graceful stop may take minutes).
+  constexpr uint64_t kNoTimeout = UINT64_MAX - 1;
+  while (next < calls.size() || in_flight > 0) {
+    while (next < calls.size() && in_flight < std::max(parallel, 1u)) {
+      const BatchCall& c = calls[next];
+      sd_bus_message* msg = nullptr;
+      int r = sd_bus_message_new_method_call(bus_, &msg, nullptr, kControlPath, kControlInterface, c.method.c_str());
+      if (r >= 0) r = sd_bus_message_append(msg, "s", c.vm.c_str());
+      if (r >= 0 && c.method == "Stop") r = sd_bus_message_append(msg, "ub", c.timeout, static_cast<int>(c.force));
+      if (r >= 0 && c.method == "Restart") r = sd_bus_message_append(msg, "u", c.timeout);
+      if (r >= 0 && c.method == "Kill") r = sd_bus_message_append(msg, "i", c.signal);
+      auto* state = new BatchState{&results, next, &in_flight, &progress, c.vm};
+      if (r >= 0) r = sd_bus_call_async(bus_, nullptr, msg, on_reply, state, kNoTimeout);
+      sd_bus_message_unref(msg);
+      if (r < 0) {
+        delete state;
+        results[next] = Error::from_errno(-r, "send " + c.method);
+      } else {
+        ++in_flight;
+      }
+      ++next;
+    }
+    int r = sd_bus_process(bus_, nullptr);
+    if (r < 0) {
+      for (size_t i = 0; i < calls.size(); ++i)
+        if (!results[i] && results[i].error().code == ErrorCode::kInternal)
+          results[i] = Error::from_errno(-r, "lost the connection to vmlaunchd");
+      break;
+    }
+    if (r == 0) sd_bus_wait(bus_, UINT64_MAX);
+  }
+  sd_bus_slot_unref(match);
+  return results;
+}
+
+}  // namespace vl::ctl

@@ -1,0 +1,58 @@
+// vmctl's connection to vmlaunchd: one sd-bus peer-to-peer connection, synchronous queries
+// and bounded-parallel batches of long operations.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+
+struct sd_bus;
+
+namespace vl::ctl {
+
+struct VmRow {
+  std::string name, state, reason, zone;
+  uint32_t pid = 0, uid = 0;
+  int vnc_display = -1;
+  bool autostart = false;
+  int start_order = 0;
+};
+
+/// One operation of a batch: the method, its VM, and how to append its arguments.
+struct BatchCall {
+  std::string vm;
+  std::string method;      // "Start", "Stop", "Restart", "Kill"
+  uint32_t timeout = 0;    // Stop, Restart
+  bool force = false;      // Stop
+  int signal = 0;          // Kill
+};
+
+class Client final {
+ public:
+  /// Connects to the control socket; the error says what to do if the daemon is not there.
+  static Result<Client> connect(const std::string& socket_path);
+  Client(Client&&) noexcept;
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+  Client& operator=(Client&&) = delete;
+
+  Result<std::vector<VmRow>> list();
+  Result<std::vector<std::pair<std::string, std::string>>> status(const std::string& vm);
+  Result<std::string> launch_plan(const std::string& vm);
+
+  /// Runs calls with at most `parallel` in flight, in order. `progress` sees every state
+  /// change signal and every finished call; the results come back in the calls' order.
+  std::vector<Result<void>> run_batch(const std::vector<BatchCall>& calls, unsigned parallel,
+                                      const std::function<void(const std::string& vm, const std::string& state,
+                                                               const std::string& reason)>& progress);
+
+ private:
+  explicit Client(sd_bus* bus) : bus_(bus) {}
+  sd_bus* bus_;
+};
+
+}  // namespace vl::ctl

@@ -1,0 +1,261 @@
+// vmctl: the operator's command line for vmlaunchd. This file parses arguments and prints.
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "common/config.h"
+#include "vmctl/client.h"
+#include "vmlaunch_build_config.h"
+
+namespace {
+
+constexpr char kUsage[] =
+    "Usage: vmctl [OPTIONS] COMMAND [NAME...]\n"
+    "\n"
+    "Commands:\n"
+    "  list                 List every defined VM with its state\n"
+    "  status NAME...       Show one VM: state, pid, uid, zone, taps, VNC display\n"
+    "  start NAME...        Start VMs and wait until they run (--all: every autostart VM,\n"
+    "                       in ascending start order, each order group in parallel)\n"
+    "  stop NAME...         Power VMs off and wait until they are stopped (--all: all)\n"
+    "  restart NAME...      Stop, then start\n"
+    "  kill NAME...         Send a signal to the emulator (--signal, default SIGTERM)\n"
+    "  vncdisplay NAME      Print the VM's VNC display (\"127.0.0.1:3\")\n"
+    "  plan NAME            Print the VM's launch plan (root only)\n"
+    "\n"
+    "Options:\n"
+    "  --config PATH        Host configuration (default " VMLAUNCH_DEFAULT_CONFIG ")\n"
+    "  --socket PATH        Control socket (default: from the configuration)\n"
+    "  --all                All defined VMs (start: all marked autostart)\n"
+    "  --json               Machine-readable output\n"
+    "  --timeout SECONDS    Graceful stop deadline before 'quit' (default 120)\n"
+    "  --force              stop: quit at once instead of pressing the power button\n"
+    "  --signal NAME        kill: TERM, KILL or INT (default TERM)\n"
+    "  --parallel N         At most N operations at once (default 4)\n"
+    "  --help, --version\n"
+    "\n"
+    "start and stop always wait for the operation to finish.\n"
+    "Exit status: 0 all succeeded, 1 some failed, 2 usage error.\n";
+
+struct Options {
+  std::string config = VMLAUNCH_DEFAULT_CONFIG;
+  std::string socket;
+  std::string command;
+  std::vector<std::string> names;
+  bool all = false, json = false, force = false;
+  unsigned timeout = 120, parallel = 4;
+  int signal = SIGTERM;
+};
+
+int usage_error(const std::string& what) {
+  std::fprintf(stderr, "vmctl: %s\nTry 'vmctl --help'.\n", what.c_str());
+  return 2;
+}
+
+int fail(const vl::Error& e) {
+  std::fprintf(stderr, "vmctl: %s\n", e.message().c_str());
+  return 1;
+}
+
+bool parse_unsigned(const char* s, unsigned& out) {
+  char* end = nullptr;
+  unsigned long v = std::strtoul(s, &end, 10);
+  if (!*s || *end || v > 1000000) return false;
+  out = static_cast<unsigned>(v);
+  return true;
+}
+
+nlohmann::json row_json(const vl::ctl::VmRow& r) {
+  return {{"name", r.name}, {"state", r.state}, {"reason", r.reason}, {"pid", r.pid}, {"uid", r.uid},
+          {"zone", r.zone}, {"vnc_display", r.vnc_display}, {"autostart", r.autostart}, {"start_order", r.start_order}};
+}
+
+int cmd_list(vl::ctl::Client& client, const Options& o) {
+  auto rows = client.list();
+  if (!rows) return fail(rows.error());
+  if (o.json) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& r : *rows) out.push_back(row_json(r));
+    std::printf("%s\n", out.dump(2).c_str());
+    return 0;
+  }
+  std::printf("%-14s %-9s %8s %7s %-10s %-4s %s\n", "NAME", "STATE", "PID", "UID", "ZONE", "VNC", "REASON");
+  for (const auto& r : *rows)
+    std::printf("%-14s %-9s %8s %7s %-10s %-4s %s\n", r.name.c_str(), r.state.c_str(),
+                r.pid ? std::to_string(r.pid).c_str() : "-", r.uid ? std::to_string(r.uid).c_str() : "-",
+                r.zone.empty() ? "-" : r.zone.c_str(), r.vnc_display >= 0 ? (":" + std::to_string(r.vnc_display)).c_str() : "-",
+                r.reason.c_str());
+  return 0;
+}
+
+int cmd_status(vl::ctl::Client& client, const Options& o) {
+  int status = 0;
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& name : o.names) {
+    auto fields = client.status(name);
+    if (!fields) {
+      status = fail(fields.error());
+      continue;
+    }
+    nlohmann::json j;
+    for (const auto& [k, v] : *fields) j[k] = v;
+    if (o.json) {
+      out.push_back(j);
+      continue;
+    }
+    for (const auto& [k, v] : *fields) std::printf("%-12s %s\n", (k + ":").c_str(), v.c_str());
+    if (o.names.size() > 1) std::printf("\n");
+  }
+  if (o.json) std::printf("%s\n", out.dump(2).c_str());
+  return status;
+}
+
+// start/stop/restart/kill over a set of VMs, with live progress and a summary.
+int cmd_batch(vl::ctl::Client& client, const Options& o) {
+  std::vector<std::string> names = o.names;
+  std::map<std::string, int> order;
+  if (o.all) {
+    auto rows = client.list();
+    if (!rows) return fail(rows.error());
+    names.clear();
+    for (const auto& r : *rows) {
+      if (o.command == "start" && !r.autostart) continue;
+      names.push_back(r.name);
+      order[r.name] = r.start_order;
+    }
+  }
+  std::string method = o.command == "start" ? "Start" : o.command == "stop" ? "Stop"
+                       : o.command == "restart" ? "Restart" : "Kill";
+  // Start in ascending declared order, group by group; stop in the reverse order.
+  std::vector<int> groups;
+  for (const auto& n : names) groups.push_back(order[n]);
+  std::sort(groups.begin(), groups.end());
+  groups.erase(std::unique(groups.begin(), groups.end()), groups.end());
+  if (o.command == "stop") std::reverse(groups.begin(), groups.end());
+
+  bool tty = ::isatty(1);
+  auto progress = [&](const std::string& vm, const std::string& state, const std::string& reason) {
+    if (o.json || std::find(names.begin(), names.end(), vm) == names.end()) return;
+    std::printf(tty ? "  %-14s \033[1m%s\033[0m%s%s\n" : "%s %s%s%s\n", vm.c_str(), state.c_str(),
+                reason.empty() ? "" : ": ", reason.c_str());
+    std::fflush(stdout);
+  };
+  size_t failed = 0;
+  nlohmann::json out = nlohmann::json::array();
+  for (int group : groups) {
+    std::vector<vl::ctl::BatchCall> calls;
+    for (const auto& n : names)
+      if (order[n] == group) calls.push_back({n, method, o.timeout, o.force, o.signal});
+    auto results = client.run_batch(calls, o.parallel, progress);
+    for (size_t i = 0; i < calls.size(); ++i) {
+      const auto& r = results[i];
+      if (!r) {
+        ++failed;
+        if (!o.json) std::fprintf(stderr, "vmctl: %s %s: %s\n", o.command.c_str(), calls[i].vm.c_str(), r.error().message().c_str());
+      }
+      out.push_back({{"name", calls[i].vm}, {"ok", r.ok()}, {"error", r ? "" : r.error().message()}});
+    }
+  }
+  if (o.json) std::printf("%s\n", out.dump(2).c_str());
+  else if (names.size() > 1 || failed) std::printf("%s: %zu succeeded, %zu failed\n", o.command.c_str(), names.size() - failed, failed);
+  return failed ? 1 : 0;
+}
+
+int cmd_vncdisplay(vl::ctl::Client& client, const Options& o) {
+  auto fields = client.status(o.names[0]);
+  if (!fields) return fail(fields.error());
+  for (const auto& [k, v] : *fields)
+    if (k == "vnc_display" && !v.empty()) {
+      std::printf("127.0.0.1:%s\n", v.c_str());
+      return 0;
+    }
+  return fail(vl::Error::make(vl::ErrorCode::kNotFound, "VM '" + o.names[0] + "' has no VNC display (is it running?)"));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&](const char* opt) -> const char* {
+      if (i + 1 >= argc) return nullptr;
+      (void)opt;
+      return argv[++i];
+    };
+    if (a == "--help" || a == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    } else if (a == "--version") {
+      std::printf("vmctl %s\n", VMLAUNCH_VERSION);
+      return 0;
+    } else if (a == "--config" || a == "--socket") {
+      const char* v = value(a.c_str());
+      if (!v) return usage_error(a + " needs a path");
+      (a == "--config" ? o.config : o.socket) = v;
+    } else if (a == "--timeout" || a == "--parallel") {
+      const char* v = value(a.c_str());
+      unsigned n = 0;
+      if (!v || !parse_unsigned(v, n) || (a == "--parallel" && n == 0)) return usage_error(a + " needs a positive number");
+      (a == "--timeout" ? o.timeout : o.parallel) = n;
+    } else if (a == "--signal") {
+      const char* v = value("--signal");
+      std::string s = v ? v : "";
+      if (s.rfind("SIG", 0) == 0) s = s.substr(3);
+      if (s == "TERM") o.signal = SIGTERM;
+      else if (s == "KILL") o.signal = SIGKILL;
+      else if (s == "INT") o.signal = SIGINT;
+      else return usage_error("--signal takes TERM, KILL or INT");
+    } else if (a == "--all") {
+      o.all = true;
+    } else if (a == "--json") {
+      o.json = true;
+    } else if (a == "--force") {
+      o.force = true;
+    } else if (a.size() > 1 && a[0] == '-') {
+      return usage_error("unknown option " + a);
+    } else if (o.command.empty()) {
+      o.command = a;
+    } else {
+      o.names.push_back(a);
+    }
+  }
+  static const std::vector<std::string> kBatch = {"start", "stop", "restart", "kill"};
+  bool batch = std::find(kBatch.begin(), kBatch.end(), o.command) != kBatch.end();
+  if (o.command.empty()) return usage_error("no command given");
+  if (o.command == "list") {
+    if (!o.names.empty()) return usage_error("list takes no names");
+  } else if (o.command == "status" || batch) {
+    if (o.names.empty() == !o.all && !(o.command == "status" && !o.names.empty()))
+      return usage_error(o.command + " needs VM names or --all");
+    if (o.command == "status" && o.all) return usage_error("status takes VM names; use 'list' for all");
+  } else if (o.command == "vncdisplay" || o.command == "plan") {
+    if (o.names.size() != 1) return usage_error(o.command + " takes exactly one VM name");
+  } else {
+    return usage_error("unknown command '" + o.command + "'");
+  }
+  if (o.socket.empty()) {
+    auto config = vl::load_config(o.config);
+    if (!config) return fail(config.error());
+    o.socket = config->control_socket();
+  }
+  auto client = vl::ctl::Client::connect(o.socket);
+  if (!client) return fail(client.error());
+  if (o.command == "list") return cmd_list(*client, o);
+  if (o.command == "status") return cmd_status(*client, o);
+  if (o.command == "vncdisplay") return cmd_vncdisplay(*client, o);
+  if (o.command == "plan") {
+    auto plan = client->launch_plan(o.names[0]);
+    if (!plan) return fail(plan.error());
+    std::printf("%s\n", nlohmann::json::parse(*plan, nullptr, false).dump(2).c_str());
+    return 0;
+  }
+  return cmd_batch(*client, o);
+}
