@@ -25,6 +25,7 @@ const char* vm_status_name(VmStatus status) {
 namespace {
 
 constexpr auto kKillGrace = std::chrono::seconds(5);
+constexpr auto kPowerButtonRepeat = std::chrono::seconds(2);
 
 Result<VmState> read_state(const HostConfig& config, const VmName& vm) {
   std::string path = config.vm_runtime_dir(vm) + "/state.json";
@@ -226,14 +227,25 @@ void Supervisor::stop(std::chrono::seconds timeout, bool force, Done done) {
       else ctx_.broker.call({BrokerOp::kKill, name_, SIGTERM}, [](Result<int>) {});
       return escalate_to_kill();
     }
-    qmp_->execute("system_powerdown", nullptr, [](Result<Json>) {});
-    stop_timer_.expires_after(timeout);
-    stop_timer_.async_wait([this, escalate_to_kill](boost::system::error_code ec) {
-      if (ec) return;
-      info_.reason = "did not power off in time; quitting";
-      if (qmp_) qmp_->execute("quit", nullptr, [](Result<Json>) {});
-      escalate_to_kill();
-    });
+    deadline_ = std::chrono::steady_clock::now() + timeout;
+    press_power_button(escalate_to_kill);
+  });
+}
+
+// A guest that is still booting has not enabled its power button event yet and misses the
+// press (QEMU latches the button only when the guest enabled it): press again every few
+// seconds until the deadline, then quit.
+void Supervisor::press_power_button(std::function<void()> escalate_to_kill) {
+  if (qmp_) qmp_->execute("system_powerdown", nullptr, [](Result<Json>) {});
+  auto now = std::chrono::steady_clock::now();
+  if (now >= deadline_) {
+    info_.reason = "did not power off in time; quitting";
+    if (qmp_) qmp_->execute("quit", nullptr, [](Result<Json>) {});
+    return escalate_to_kill();
+  }
+  stop_timer_.expires_after(std::min<std::chrono::steady_clock::duration>(kPowerButtonRepeat, deadline_ - now));
+  stop_timer_.async_wait([this, escalate_to_kill](boost::system::error_code ec) {
+    if (!ec) press_power_button(escalate_to_kill);
   });
 }
 

@@ -59,7 +59,8 @@ class Supervisor final {
   Supervisor& operator=(const Supervisor&) = delete;
 
   void start(Done done);
-  /// Graceful: ACPI power button, `quit` after `timeout`, SIGKILL 5 s later. Forced: `quit`.
+  /// Graceful: ACPI power button (pressed again every 2 s), `quit` after `timeout`, SIGKILL
+  /// 5 s later. Forced: `quit`.
   void stop(std::chrono::seconds timeout, bool force, Done done);
   void kill(int signal, Done done);
   /// Takes over a VM found running at daemon start; a dead one is cleaned up.
@@ -76,6 +77,7 @@ class Supervisor final {
   void watch_exit();
   void exited();
   void fail_start(const Error& error, Done done);
+  void press_power_button(std::function<void()> escalate_to_kill);
 
   SupervisorContext& ctx_;
   VmName name_;
@@ -85,6 +87,7 @@ class Supervisor final {
   std::shared_ptr<QmpClient> qmp_;
   std::unique_ptr<boost::asio::posix::stream_descriptor> pidfd_;
   boost::asio::steady_timer stop_timer_;
+  std::chrono::steady_clock::time_point deadline_;
   std::vector<Done> stop_waiters_;
   bool stop_requested_ = false;
   bool guest_shutdown_ = false;

@@ -86,9 +86,9 @@ class HelperEnv {
         << "domains = \"" << root_ << "/domains\"\n"
         << "runtime = \"" << root_ << "/run\"\n"
         << "state = \"" << root_ << "/state\"\n"
-        << "cache = \"" << shared_cache_dir() << "\"\n"
+        << "cache = \"" << cache_dir_ << "\"\n"
         << "udev_rules = \"" << root_ << "/udev\"\n"
-        << "[users]\ndaemon_group = \"root\"\n"
+        << users_
         << "[storage]\nroots = [\"" << root_ << "/images\"]\n"
         << "[zones.dmz]\nbridge = \"br-dmz\"\n[zones.lan]\nbridge = \"br-lan\"\n" << extra;
     auto config = load_config(root_ + "/vmlaunch.toml");
@@ -241,6 +241,10 @@ class HelperEnv {
   std::string root_;
   HostConfig config_;
   std::vector<pid_t> running_;
+
+ protected:
+  std::string cache_dir_ = shared_cache_dir();
+  std::string users_ = "[users]\ndaemon_group = \"root\"\n";
 };
 
 /// The entries that differ between two snapshots, one per line; empty if they are equal.

@@ -1,0 +1,235 @@
+// End to end: vmctl -> vmlaunchd (as nobody) -> broker (root) -> helper launch -> qemu (TCG),
+// all real processes in a private network namespace.
+#include <doctest/doctest.h>
+#include <signal.h>
+#include <systemd/sd-bus.h>
+
+#include <chrono>
+#include <nlohmann/json.hpp>
+#include <future>
+#include <set>
+#include <net/if.h>
+
+#include "common/control_protocol.h"
+#include "common/vm_state.h"
+#include "tests/support/system_env.h"
+
+using vl::test::DomainSpec;
+using vl::test::SystemEnv;
+using Json = nlohmann::json;
+
+namespace {
+
+std::string mac_of(int i) {
+  char buf[18];
+  std::snprintf(buf, sizeof buf, "52:54:00:00:10:%02x", i);
+  return buf;
+}
+
+Json list_json(SystemEnv& env) {
+  auto r = env.vmctl({"list", "--json"});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.out);
+  Json j = Json::parse(r.out, nullptr, false);
+  REQUIRE(j.is_array());
+  return j;
+}
+
+Json vm_row(SystemEnv& env, const std::string& name) {
+  for (const Json& row : list_json(env))
+    if (row["name"] == name) return row;
+  FAIL("no row for " << name);
+  return {};
+}
+
+bool alive(pid_t pid) {
+  auto start = vl::process_start_time(pid);
+  return start && vl::process_matches(pid, *start);
+}
+
+}  // namespace
+
+TEST_SUITE("root/system") {
+  TEST_CASE("five VMs start in parallel, are listed with their own uids, and stop") {
+    SystemEnv env;
+    std::vector<std::string> names;
+    for (int i = 1; i <= 5; ++i) {
+      names.push_back("vm" + std::to_string(i));
+      env.define({.name = names.back(), .mac = mac_of(i), .zone = "dmz"});
+    }
+    auto before = env.snapshot();
+    std::vector<std::string> args = {"start", "--parallel", "3"};
+    args.insert(args.end(), names.begin(), names.end());
+    auto started = env.vmctl(args);
+    REQUIRE_MESSAGE(started.exit_code == 0, started.out << env.log());
+    CHECK(started.out.find("start: 5 succeeded, 0 failed") != std::string::npos);
+
+    std::set<int> uids, pids;
+    for (const Json& row : list_json(env)) {
+      CHECK(row["state"] == "running");
+      CHECK(row["zone"] == "dmz");
+      uids.insert(row["uid"].get<int>());
+      pids.insert(row["pid"].get<int>());
+      auto status = vl::test::proc_status(row["pid"].get<int>());
+      CHECK(status["Uid"].rfind(std::to_string(row["uid"].get<int>()) + "\t", 0) == 0);
+    }
+    CHECK(uids.size() == 5);
+    CHECK(pids.size() == 5);
+
+    auto status = env.vmctl({"status", "vm3"});
+    CHECK(status.exit_code == 0);
+    CHECK(status.out.find("taps:        vm3-0") != std::string::npos);
+    auto vnc = env.vmctl({"vncdisplay", "vm1"});
+    CHECK(vnc.exit_code == 1);  // defined without graphics
+    CHECK(vnc.out.find("has no VNC display") != std::string::npos);
+
+    auto stopped = env.vmctl({"stop", "--all", "--timeout", "30"});
+    REQUIRE_MESSAGE(stopped.exit_code == 0, stopped.out << env.log());
+    for (const Json& row : list_json(env)) CHECK(row["state"] == "stopped");
+    for (int pid : pids) CHECK_FALSE(alive(pid));
+    auto after = env.snapshot();
+    for (auto* s : {&before, &after})
+      for (auto it = s->begin(); it != s->end();)
+        it = (it->first.find("/state/logs") != std::string::npos || it->first.find("/cache") != std::string::npos ||
+              it->first.ends_with("system.log") || it->first.find("/run/") != std::string::npos)
+                 ? s->erase(it)
+                 : std::next(it);
+    CHECK_MESSAGE(vl::test::snapshot_diff(before, after).empty(), vl::test::snapshot_diff(before, after));
+  }
+
+  TEST_CASE("concurrent starts of one VM: one starts it, the other is told it runs") {
+    SystemEnv env;
+    env.define({.name = "web1", .mac = mac_of(1)});
+    std::vector<pid_t> clients;
+    std::vector<std::string> outputs(2);
+    auto a = std::async(std::launch::async, [&] { return env.vmctl({"start", "web1"}); });
+    auto b = std::async(std::launch::async, [&] { return env.vmctl({"start", "web1"}); });
+    auto ra = a.get(), rb = b.get();
+    std::multiset<int> codes = {ra.exit_code, rb.exit_code};
+    CHECK(codes == std::multiset<int>{0, 1});
+    CHECK((ra.out + rb.out).find("already running") != std::string::npos);
+    CHECK(vm_row(env, "web1")["state"] == "running");
+  }
+
+  TEST_CASE("graceful stop of a guest that powers off, forced stop of one that ignores the button") {
+    SystemEnv env;
+    env.define({.name = "polite", .mac = mac_of(1)});
+    env.define({.name = "stubborn", .mac = mac_of(2)});
+    std::filesystem::copy_file(vl::test::build_path("VMLAUNCH_GUEST_STUBBORN_IMG"), env.root() + "/images/stubborn.img",
+                               std::filesystem::copy_options::overwrite_existing);
+    REQUIRE(env.vmctl({"start", "polite", "stubborn"}).exit_code == 0);
+
+    auto t0 = std::chrono::steady_clock::now();
+    auto polite = env.vmctl({"stop", "polite", "--timeout", "60"});
+    auto polite_secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    CHECK_MESSAGE(polite.exit_code == 0, polite.out);
+    CHECK(polite_secs < 30);  // it powered off by itself, long before the deadline
+    CHECK(vm_row(env, "polite")["state"] == "stopped");
+    CHECK(vm_row(env, "polite")["reason"] == "");
+
+    t0 = std::chrono::steady_clock::now();
+    auto stubborn = env.vmctl({"stop", "stubborn", "--timeout", "2"});
+    auto stubborn_secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    CHECK_MESSAGE(stubborn.exit_code == 0, stubborn.out);
+    CHECK(stubborn_secs >= 2);
+    CHECK(stubborn_secs < 10);
+    CHECK(vm_row(env, "stubborn")["state"] == "stopped");
+
+    // A guest that powers itself off is noticed too.
+    REQUIRE(env.vmctl({"start", "polite"}).exit_code == 0);
+    REQUIRE(env.vmctl({"kill", "polite", "--signal", "KILL"}).exit_code == 0);
+  }
+
+  TEST_CASE("VMs survive a daemon killed with SIGKILL and are re-adopted") {
+    SystemEnv env;
+    env.define({.name = "web1", .mac = mac_of(1)});
+    env.define({.name = "web2", .mac = mac_of(2)});
+    REQUIRE(env.vmctl({"start", "web1", "web2"}).exit_code == 0);
+    int pid1 = vm_row(env, "web1")["pid"].get<int>(), pid2 = vm_row(env, "web2")["pid"].get<int>();
+
+    env.kill_daemon();
+    CHECK(alive(pid1));
+    CHECK(alive(pid2));
+    auto down = env.vmctl({"list"});
+    CHECK(down.exit_code == 1);
+    CHECK(down.out.find("vmlaunchd is not running") != std::string::npos);
+
+    env.start_daemon();
+    Json row1 = vm_row(env, "web1");
+    CHECK(row1["state"] == "running");
+    CHECK(row1["pid"] == pid1);
+    CHECK(vm_row(env, "web2")["pid"] == pid2);
+    // The monitor connection is back: a graceful stop goes through QMP.
+    auto stopped = env.vmctl({"stop", "web1", "web2", "--timeout", "30"});
+    CHECK_MESSAGE(stopped.exit_code == 0, stopped.out << env.log());
+    CHECK_FALSE(alive(pid1));
+    CHECK(::if_nametoindex("web1-0") == 0);
+  }
+
+  TEST_CASE("a VM that died while the daemon was down is cleaned up at its restart") {
+    SystemEnv env;
+    env.define({.name = "web1", .mac = mac_of(1)});
+    REQUIRE(env.vmctl({"start", "web1"}).exit_code == 0);
+    int pid = vm_row(env, "web1")["pid"].get<int>();
+    env.kill_daemon();
+    ::kill(pid, SIGKILL);
+    for (int i = 0; i < 400 && alive(pid); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    while (::waitpid(-1, nullptr, WNOHANG) > 0) {
+    }
+    env.start_daemon();
+    // Adoption runs on the daemon's loop; the cleanup it triggers ends in 'stopped'.
+    Json row;
+    for (int i = 0; i < 400; ++i) {
+      row = vm_row(env, "web1");
+      if (row["state"] == "stopped") break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    CHECK(row["state"] == "stopped");
+    CHECK_FALSE(std::filesystem::exists(env.root() + "/run/vms/web1"));
+    CHECK(::if_nametoindex("web1-0") == 0);
+  }
+
+  TEST_CASE("clients outside the admin group are refused; errors say what to do") {
+    SystemEnv env;
+    env.define({.name = "web1", .mac = mac_of(1)});
+    auto stranger = vl::test::run_program("/usr/bin/setpriv", {"setpriv", "--reuid=4242", "--regid=4242", "--clear-groups",
+                                                               vl::test::build_path("VMLAUNCH_VMCTL"), "--config",
+                                                               env.config_path(), "start", "web1"});
+    CHECK(stranger.exit_code == 1);
+    CHECK(stranger.out.find("permission denied") != std::string::npos);
+    CHECK(stranger.out.find("vmlaunch-admin") != std::string::npos);
+    CHECK(vm_row(env, "web1")["state"] == "stopped");
+
+    auto unknown = env.vmctl({"start", "nosuchvm"});
+    CHECK(unknown.exit_code == 1);
+    CHECK(unknown.out.find("not defined") != std::string::npos);
+    auto usage = env.vmctl({"frobnicate"});
+    CHECK(usage.exit_code == 2);
+    auto bad = env.vmctl({"start", "../etc"});
+    CHECK(bad.exit_code == 1);
+    CHECK(bad.out.find("invalid VM name") != std::string::npos);
+    // GetLaunchPlan is for root only, and even root gets a validated plan.
+    auto plan = env.vmctl({"plan", "web1"});
+    CHECK_MESSAGE(plan.exit_code == 0, plan.out);
+    CHECK(plan.out.find("\"kind\": \"monitor\"") != std::string::npos);
+  }
+
+  TEST_CASE("the control socket speaks D-Bus: introspection works") {
+    SystemEnv env;
+    sd_bus* bus = nullptr;
+    REQUIRE(sd_bus_new(&bus) >= 0);
+    REQUIRE(sd_bus_set_address(bus, ("unix:path=" + env.config().control_socket()).c_str()) >= 0);
+    REQUIRE(sd_bus_start(bus) >= 0);
+    sd_bus_message* reply = nullptr;
+    sd_bus_error error = SD_BUS_ERROR_NULL;
+    REQUIRE(sd_bus_call_method(bus, nullptr, vl::kControlPath, "org.freedesktop.DBus.Introspectable", "Introspect",
+                               &error, &reply, "") >= 0);
+    const char* xml = nullptr;
+    REQUIRE(sd_bus_message_read(reply, "s", &xml) >= 0);
+    std::string text = xml;
+    CHECK(text.find("org.vmlaunch.Manager1") != std::string::npos);
+    CHECK(text.find("<method name=\"Start\">") != std::string::npos);
+    CHECK(text.find("<signal name=\"StateChanged\">") != std::string::npos);
+    sd_bus_message_unref(reply);
+    sd_bus_flush_close_unref(bus);
+  }
+}
