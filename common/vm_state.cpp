@@ -48,6 +48,13 @@ Result<VmState> vm_state_from_json(std::string_view text) {
   return s;
 }
 
+Result<VmState> read_vm_state_file(const std::string& path) {
+  std::string text = VL_TRY(sys::read_file(path, 1 << 16));
+  auto state = vm_state_from_json(text);
+  if (!state) return state.error().wrap(path);
+  return state;
+}
+
 bool process_matches(pid_t pid, uint64_t start_time) {
   auto stat = sys::read_file("/proc/" + std::to_string(pid) + "/stat", 4096);
   if (!stat) return false;

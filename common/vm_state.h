@@ -27,6 +27,8 @@ struct VmState {
 
 std::string vm_state_to_json(const VmState& state);
 Result<VmState> vm_state_from_json(std::string_view text);
+/// Reads and parses a state file; errors name the path.
+Result<VmState> read_vm_state_file(const std::string& path);
 
 /// The start time (clock ticks since boot) of process pid, from /proc/PID/stat.
 Result<uint64_t> process_start_time(pid_t pid);

@@ -97,8 +97,7 @@ void Manager::adopt_running() {
   for (const std::string& name : names) {
     auto vm = VmName::parse(name);
     if (!vm) continue;
-    auto text = sys::read_file(dir + "/" + name + "/state.json", 1 << 16);
-    auto state = text ? vm_state_from_json(*text) : Result<VmState>(text.error());
+    auto state = read_vm_state_file(dir + "/" + name + "/state.json");
     Supervisor* s = supervisor(name, false).value();
     if (state) s->adopt(*state);
     else broker_.call({BrokerOp::kCleanup, *vm, 0}, [](Result<int>) {});  // a launch that never finished

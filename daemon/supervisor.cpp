@@ -28,11 +28,7 @@ constexpr auto kKillGrace = std::chrono::seconds(5);
 constexpr auto kPowerButtonRepeat = std::chrono::seconds(2);
 
 Result<VmState> read_state(const HostConfig& config, const VmName& vm) {
-  std::string path = config.vm_runtime_dir(vm) + "/state.json";
-  std::string text = VL_TRY(sys::read_file(path, 1 << 16));
-  auto state = vm_state_from_json(text);
-  if (!state) return state.error().wrap(path);
-  return state;
+  return read_vm_state_file(config.vm_runtime_dir(vm) + "/state.json");
 }
 
 bool same_process(const VmState& state) { return process_matches(state.pid, state.start_time); }

@@ -77,11 +77,7 @@ Result<void> write_vm_state(const HostConfig& config, const VmState& state, gid_
 }
 
 Result<VmState> read_vm_state(const HostConfig& config, const VmName& vm) {
-  std::string path = config.vm_runtime_dir(vm) + "/state.json";
-  std::string text = VL_TRY(sys::read_file(path, 1 << 16));
-  auto state = vm_state_from_json(text);
-  if (!state) return state.error().wrap(path);
-  return state;
+  return read_vm_state_file(config.vm_runtime_dir(vm) + "/state.json");
 }
 
 Result<void> remove_runtime_dir(const HostConfig& config, const VmName& vm) {
