@@ -163,12 +163,12 @@ Result<void> check_uid_range(const HostConfig& config, const toml::node& node,
                                     {65534, 65535, "nobody/overflow ids 65534-65535"},
                                     {0xfffffffe, 0xffffffff, "(uid_t)-1"}};
   const UidRange& r = config.uids;
-  if (r.count == 0) return reader.error_at(node, "count", "must be at least 1");
+  if (r.count == 0) return reader.error_at(node, "vm_uid_count", "must be at least 1");
   uint64_t last = uint64_t{r.first} + r.count - 1;
-  if (last >= 0xfffffffeULL) return reader.error_at(node, "count", "range ends past the largest uid");
+  if (last >= 0xfffffffeULL) return reader.error_at(node, "vm_uid_count", "range ends past the largest uid");
   for (const auto& res : kReserved)
     if (r.first <= res.last && last >= res.first)
-      return reader.error_at(node, "first", std::string("range overlaps ") + res.what);
+      return reader.error_at(node, "vm_uid_first", std::string("range overlaps ") + res.what);
   return {};
 }
 
@@ -234,10 +234,10 @@ Result<HostConfig> parse_config(std::string_view text, const std::string& source
     VL_CHECK(r.read_u32("vm_uid_count", count));
     config.uids = {first, count};
     VL_CHECK(r.finish());
-    for (const std::string* n : {&config.daemon_user, &config.daemon_group, &config.admin_group,
-                                 &config.vm_group})
+    for (const auto& [key, n] : {std::pair{"daemon_user", &config.daemon_user}, {"daemon_group", &config.daemon_group},
+                                 {"admin_group", &config.admin_group}, {"vm_group", &config.vm_group}})
       if (!is_valid_name(*n, 32))
-        return r.error_at(*t, "", "'" + *n + "' is not a valid user or group name");
+        return r.error_at(*t, key, "'" + *n + "' is not a valid user or group name");
     VL_CHECK(check_uid_range(config, *t, r));
   }
   VL_CHECK(status);

@@ -137,6 +137,13 @@ Result<Domain> DomainParser::parse(const xmlNode* root) {
       status = unsupported(n, "unknown or unsupported element <" + el + ">");
       return;
     }
+    if (el == "commandline") {
+      // Extra arguments are harmless (they run as the VM's uid); an environment is not
+      // passed through libvirt's dry run at all, so a VM relying on it would start different.
+      for_each_element(n, [&](const xmlNode* c) {
+        if (status && name_of(c) == "env") status = unsupported(c, "<qemu:env> is not supported: vmlaunch builds the emulator's environment itself");
+      });
+    }
     if (el == "name") name_ = text_of(n);
     if (el == "uuid") uuid_ = text_of(n);
     if (el == "metadata") status = parse_metadata(n);
@@ -155,8 +162,8 @@ Result<Domain> DomainParser::parse(const xmlNode* root) {
   for (size_t i = 0; i < nics_.size(); ++i)
     for (size_t j = 0; j < i; ++j)
       if (nics_[i].mac == nics_[j].mac)
-        return error(nullptr, "line " + std::to_string(nics_[i].line) + ": MAC " +
-                                  nics_[i].mac.str() + " is used by two interfaces");
+        return Error::invalid(source_ + ":" + std::to_string(nics_[i].line) + ": MAC " + nics_[i].mac.str() +
+                              " is used by two interfaces");
   if (nics_.size() > VmName::kMaxNics)
     return unsupported(root, "more than " + std::to_string(VmName::kMaxNics) + " interfaces");
 

@@ -1,8 +1,8 @@
 // The one error type of vmlaunch, and Result<T>, the value-or-error every fallible call returns.
 //
 // Errors are values, never exceptions: common/ and helper/ build without exception support.
-// An Error crosses a process boundary only serialized (see to_json/from_json in wire.h users):
-// its code, its errno and its context string, nothing else.
+// An Error crosses a process boundary only serialized (encode_error in broker_protocol.h, or a
+// D-Bus error named after its code): its code, its errno and its context, nothing else.
 #pragma once
 
 #include <cerrno>

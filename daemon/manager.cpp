@@ -1,6 +1,7 @@
 #include "daemon/manager.h"
 
 #include <dirent.h>
+#include <signal.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -164,6 +165,8 @@ void Manager::restart(const std::string& name, std::chrono::seconds timeout, Don
 }
 
 void Manager::kill(const std::string& name, int signal, Done done) {
+  if (signal != SIGTERM && signal != SIGKILL && signal != SIGINT)
+    return done(Error::invalid("signal " + std::to_string(signal) + " is not allowed (SIGTERM, SIGKILL or SIGINT)"));
   auto s = supervisor(name, false);
   if (!s) return done(s.error());
   (*s)->kill(signal, std::move(done));

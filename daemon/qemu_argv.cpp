@@ -129,7 +129,7 @@ Result<Plan> Rewriter::run(const std::vector<std::string>& words) {
     if (w.find(root_) != std::string::npos)
       return Error::unsupported("the command line still refers to the conversion root in '" + w +
                                 "' (a device that needs libvirtd-managed files?)");
-    if (w.find("keyid") != std::string::npos)
+    if (w.find("\"keyid\"") != std::string::npos || w.find("keyid=") != std::string::npos)
       return Error::unsupported("the command line references a secret ('" + w +
                                 "') that vmlaunch does not supply");
   }

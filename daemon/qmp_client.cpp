@@ -4,6 +4,18 @@ namespace vl {
 
 namespace asio = boost::asio;
 
+std::string QmpClient::string_field(const Json& message, const char* key) {
+  if (!message.is_object()) return {};
+  auto it = message.find(key);
+  return it != message.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+bool QmpClient::bool_field(const Json& message, const char* key) {
+  if (!message.is_object()) return false;
+  auto it = message.find(key);
+  return it != message.end() && it->is_boolean() && it->get<bool>();
+}
+
 void QmpClient::connect(const std::string& path, std::function<void(Result<void>)> ready) {
   greeting_ = [self = shared_from_this(), ready = std::move(ready)](Result<void> r) {
     if (!r) return ready(r);
@@ -59,6 +71,7 @@ void QmpClient::read_next() {
 }
 
 void QmpClient::dispatch(const Json& message) {
+  if (!message.is_object()) return;
   if (message.contains("QMP")) {
     if (auto g = std::move(greeting_)) {
       greeting_ = nullptr;
@@ -67,7 +80,7 @@ void QmpClient::dispatch(const Json& message) {
     return;
   }
   if (message.contains("event")) {
-    if (on_event) on_event(message);
+    if (on_event && message["event"].is_string()) on_event(message);
     return;
   }
   if (!message.contains("id") || !message["id"].is_number_unsigned()) return;
@@ -75,10 +88,13 @@ void QmpClient::dispatch(const Json& message) {
   if (it == pending_.end()) return;
   ReplyHandler done = std::move(it->second);
   pending_.erase(it);
-  if (message.contains("error"))
-    done(Error::make(ErrorCode::kSystem, "QMP: " + message["error"].value("desc", std::string("error"))));
-  else
-    done(message.value("return", Json::object()));
+  if (message.contains("error")) {
+    std::string desc = string_field(message["error"], "desc");
+    done(Error::make(ErrorCode::kSystem, "QMP: " + (desc.empty() ? std::string("error") : desc)));
+  } else {
+    auto it = message.find("return");
+    done(it != message.end() ? *it : Json::object());
+  }
 }
 
 void QmpClient::fail_pending(const std::string& why) {

@@ -28,6 +28,11 @@ class QmpClient final : public std::enable_shared_from_this<QmpClient> {
   void close();
 
   std::function<void(const Json& event)> on_event;
+
+  /// message[key] if it is a string, else "" (QMP input comes from the guest's emulator and is
+  /// not trusted to have the documented types).
+  static std::string string_field(const Json& message, const char* key);
+  static bool bool_field(const Json& message, const char* key);
   std::function<void()> on_closed;
 
  private:

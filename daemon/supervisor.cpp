@@ -67,6 +67,7 @@ void Supervisor::set_status(VmStatus status, std::string reason) {
     info_.pid = 0;
     info_.taps.clear();
     info_.vnc_display = -1;
+    info_.vnc_listen.clear();
   }
   if (ctx_.state_changed) ctx_.state_changed(info_);
 }
@@ -90,9 +91,13 @@ void Supervisor::start(Done done) {
 }
 
 void Supervisor::fail_start(const Error& error, Done done) {
-  set_status(VmStatus::kFailed, error.message());
-  done(error);
-  finish_op();
+  // The helper rolls back its own failures, except one after its privilege drop; cleanup is
+  // idempotent, so it always runs before the failure is reported.
+  ctx_.broker.call({BrokerOp::kCleanup, name_, 0}, [this, error, done = std::move(done)](Result<int>) mutable {
+    set_status(VmStatus::kFailed, error.message());
+    done(error);
+    finish_op();
+  });
 }
 
 void Supervisor::attach(const VmState& state, bool fresh, Done done) {
@@ -111,10 +116,10 @@ void Supervisor::attach(const VmState& state, bool fresh, Done done) {
   watch_exit();
   qmp_ = std::make_shared<QmpClient>(ctx_.io);
   qmp_->on_event = [this](const Json& event) {
-    std::string name = event.value("event", "");
+    std::string name = QmpClient::string_field(event, "event");
     if (name == "SHUTDOWN") {
       // -no-shutdown keeps qemu alive after a guest poweroff; the supervisor ends it.
-      guest_shutdown_ = event.contains("data") && event["data"].value("guest", false);
+      guest_shutdown_ = event.contains("data") && QmpClient::bool_field(event["data"], "guest");
       if (qmp_) qmp_->execute("quit", nullptr, [](Result<Json>) {});
     }
   };
@@ -136,15 +141,17 @@ void Supervisor::attach(const VmState& state, bool fresh, Done done) {
 void Supervisor::after_monitor_ready(bool fresh, Done done) {
   auto vnc = std::make_shared<int>(-1);
   qmp_->execute("query-vnc", nullptr, [this, vnc](Result<Json> r) {
-    if (r && r->value("enabled", false)) {
-      std::string service = r->value("service", "");
-      if (!service.empty()) info_.vnc_display = std::atoi(service.c_str()) - 5900;
+    if (r && QmpClient::bool_field(*r, "enabled")) {
+      std::string service = QmpClient::string_field(*r, "service");
+      int port = std::atoi(service.c_str());
+      if (port >= 5900 && port <= 65535) info_.vnc_display = port - 5900;
+      info_.vnc_listen = QmpClient::string_field(*r, "host");
     }
   });
   std::string password = fresh ? ctx_.vnc_password(name_) : "";
   auto go_on = [this, fresh, done = std::move(done)]() mutable {
     qmp_->execute("query-status", nullptr, [this, fresh, done = std::move(done)](Result<Json> status) mutable {
-      std::string s = status ? status->value("status", "") : "";
+      std::string s = status ? QmpClient::string_field(*status, "status") : "";
       auto running = [this, done = std::move(done)](Result<Json> r) mutable {
         if (!r) {
           if (done) {
@@ -255,16 +262,18 @@ void Supervisor::kill(int signal, Done done) {
 }
 
 void Supervisor::adopt(const VmState& state) {
-  enqueue([this, state] {
-    if (!same_process(state)) {
-      // Died while nobody watched: undo its launch now.
+  // The state is known at once, so no listing shows a half-adopted VM as plainly stopped.
+  bool alive = same_process(state);
+  if (alive) set_status(VmStatus::kRunning, "adopted");
+  else set_status(VmStatus::kStopping, "cleaning up: the emulator exited while vmlaunchd was down");
+  enqueue([this, state, alive] {
+    if (!alive) {
       ctx_.broker.call({BrokerOp::kCleanup, name_, 0}, [this](Result<int> r) {
         set_status(r ? VmStatus::kStopped : VmStatus::kFailed, r ? "" : r.error().message());
         finish_op();
       });
       return;
     }
-    set_status(VmStatus::kRunning, "adopted");
     attach(state, false, nullptr);  // nobody waits on an adoption
     finish_op();
   });

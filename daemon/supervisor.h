@@ -33,6 +33,7 @@ struct VmInfo {
   uid_t uid = 0;
   std::string zone;
   int vnc_display = -1;
+  std::string vnc_listen;
   std::vector<std::string> taps;
   bool autostart = false;
   int start_order = 0;

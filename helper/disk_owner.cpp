@@ -29,9 +29,12 @@ const std::string* root_of(const HostConfig& config, const std::string& path) {
 bool under_dev(const std::string& root) { return root.rfind("/dev/", 0) == 0; }
 
 Result<UniqueFd> open_beneath(const std::string& root, const std::string& path) {
-  UniqueFd root_fd = VL_TRY(sys::check_fd(::open(root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC),
-                                          "open storage root '" + root + "'"));
-  std::string rel = path.substr(root.size() + 1);
+  // Below /dev, LVM names are symlinks to ../dm-N: resolve beneath /dev itself, which only the
+  // kernel and udev populate; elsewhere, beneath the storage root.
+  std::string base = under_dev(root) ? "/dev" : root;
+  UniqueFd root_fd = VL_TRY(sys::check_fd(::open(base.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC),
+                                          "open storage root '" + base + "'"));
+  std::string rel = path.substr(base.size() + 1);
   open_how how{};
   how.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC;
   // /dev entries are made by the kernel and udev only, and LVM names are symlinks there;

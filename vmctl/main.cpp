@@ -171,11 +171,15 @@ int cmd_batch(vl::ctl::Client& client, const Options& o) {
 int cmd_vncdisplay(vl::ctl::Client& client, const Options& o) {
   auto fields = client.status(o.names[0]);
   if (!fields) return fail(fields.error());
-  for (const auto& [k, v] : *fields)
-    if (k == "vnc_display" && !v.empty()) {
-      std::printf("127.0.0.1:%s\n", v.c_str());
-      return 0;
-    }
+  std::string display, listen;
+  for (const auto& [k, v] : *fields) {
+    if (k == "vnc_display") display = v;
+    if (k == "vnc_listen") listen = v;
+  }
+  if (!display.empty()) {
+    std::printf("%s:%s\n", listen.empty() ? "127.0.0.1" : listen.c_str(), display.c_str());
+    return 0;
+  }
   return fail(vl::Error::make(vl::ErrorCode::kNotFound, "VM '" + o.names[0] + "' has no VNC display (is it running?)"));
 }
 

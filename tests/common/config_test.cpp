@@ -81,7 +81,7 @@ bridge = "br-lan"
         {"[zones.dmz]\nbridge = \"this-name-is-too-long\"\n", "not a valid interface name"},
         {"[zones.dmz]\nbrige = \"br0\"\n", "key 'zones.dmz.brige': unknown key"},
         {"[zones.DMZ]\nbridge = \"br0\"\n", "zone names are"},
-        {"[users]\nvm_uid_first = 500\n", "overlaps system users"},
+        {"[users]\nvm_uid_first = 500\n", "key 'users.vm_uid_first': range overlaps system users"},
         {"[users]\nvm_uid_first = 60000\nvm_uid_count = 5000\n", "overlaps systemd dynamic users"},
         {"[users]\nvm_uid_first = 65000\nvm_uid_count = 1000\n", "overlaps"},
         {"[users]\nvm_uid_count = 0\n", "at least 1"},
@@ -89,7 +89,8 @@ bridge = "br-lan"
         {"[storage]\nroots = [\"/\"]\n", "system directory"},
         {"[storage]\nroots = [\"/etc\"]\n", "system directory"},
         {"[storage]\nroots = [\"/srv\", \"/srv\"]\n", "listed twice"},
-        {"[users]\nadmin_group = \"bad group\"\n", "not a valid user or group name"},
+        {"[users]\nadmin_group = \"bad group\"\n", "key 'users.admin_group': 'bad group' is not a valid user or group name"},
+        {"[users]\nvm_uid_count = 0\n", "key 'users.vm_uid_count'"},
         {"[paths\n", "vmlaunch.toml:1:"},
     };
     for (const auto& c : cases) {

@@ -126,7 +126,7 @@ TEST_SUITE("common/domain") {
         "<interface type='bridge'><mac address='01:00:5e:00:00:01'/><source bridge='br0'/></interface>\n");
     CHECK(error_of(multicast).find("multicast") != std::string::npos);
     std::string dup = domain_xml(std::string(kNic) + std::string(kNic));
-    CHECK(error_of(dup).find("used by two interfaces") != std::string::npos);
+    CHECK(error_of(dup).find("web1.xml:12: MAC 52:54:00:12:34:56 is used by two interfaces") != std::string::npos);
     std::string junk = domain_xml(
         "<interface type='bridge'><mac address='52:54:00:12:34'/><source bridge='br0'/></interface>\n");
     CHECK(error_of(junk).find("malformed") != std::string::npos);
@@ -153,6 +153,8 @@ TEST_SUITE("common/domain") {
         {std::string(kNic).replace(std::string(kNic).find("<model"), 0, "<bandwidth/>"), "", "<interface><bandwidth>"},
         {"", "<cputune/>\n", "<cputune> is not supported"},
         {"", "<frobnicate/>\n", "unknown or unsupported element <frobnicate>"},
+        {"", "<qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><qemu:env name='A' value='1'/></qemu:commandline>\n",
+         "<qemu:env> is not supported"},
     };
     for (const auto& c : cases) {
       CAPTURE(c.devices);

@@ -88,6 +88,12 @@ TEST_SUITE("daemon/qemu_argv") {
     CHECK(plan->serial_ptys == 1);
   }
 
+  TEST_CASE("a path that merely contains 'keyid' is not mistaken for a secret reference") {
+    std::string line = native_line("-blockdev '{\"driver\":\"file\",\"filename\":\"/srv/keyid-backup.img\",\"node-name\":\"k\"}' ");
+    auto plan = rewrite(line, test_domain());
+    CHECK_MESSAGE(plan.ok(), (plan.ok() ? "" : plan.error().context));
+  }
+
   TEST_CASE("-S, -no-shutdown and -sandbox are ensured") {
     std::string line = native_line();
     for (std::string drop : {" -S", " -no-shutdown", " -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"})
