@@ -12,7 +12,7 @@ using Json = nlohmann::json;
 
 std::string vm_state_to_json(const VmState& s) {
   Json j = {{"vm", s.vm},       {"pid", s.pid},   {"start_time", s.start_time}, {"uid", s.uid},
-            {"emulator", s.emulator}, {"taps", s.taps}, {"disks", s.disks}, {"zone", s.zone},
+            {"emulator", s.emulator}, {"taps", s.taps}, {"macs", s.macs}, {"disks", s.disks}, {"zone", s.zone},
             {"started_at", s.started_at}};
   return j.dump(2) + "\n";
 }
@@ -35,7 +35,7 @@ Result<VmState> vm_state_from_json(std::string_view text) {
     }
     return true;
   };
-  if (!str("vm", s.vm) || !str("emulator", s.emulator) || !str("zone", s.zone) || !list("taps", s.taps) ||
+  if (!str("vm", s.vm) || !str("emulator", s.emulator) || !str("zone", s.zone) || !list("taps", s.taps) || !list("macs", s.macs) ||
       !list("disks", s.disks))
     return bad();
   for (const char* k : {"pid", "start_time", "uid", "started_at"})

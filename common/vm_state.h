@@ -19,6 +19,7 @@ struct VmState {
   uid_t uid = 0;
   std::string emulator;
   std::vector<std::string> taps;
+  std::vector<std::string> macs;    ///< one per tap, in the same order
   std::vector<std::string> disks;   ///< disks whose owner was changed
   std::string zone;
   int64_t started_at = 0;           ///< seconds since the epoch

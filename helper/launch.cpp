@@ -91,20 +91,23 @@ Result<std::vector<unsigned>> check_bridges(const Domain& domain) {
   return mtus;
 }
 
-// A MAC may belong to one VM only, or one VM could impersonate another past the filter.
+// A MAC may belong to one running VM only, or one VM could impersonate another past the
+// filter. Running VMs are the ones that matter, and their root-owned state files are few and
+// small: the cost does not grow with the number of defined VMs.
 Result<void> check_macs_unique(const HostConfig& config, const Domain& domain) {
-  DIR* d = ::opendir(config.domains_dir.c_str());
-  if (!d) return Error::from_errno("open domains directory '" + config.domains_dir + "'");
+  std::string dir = config.runtime_dir + "/vms";
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return {};  // nothing runs
   std::unique_ptr<DIR, int (*)(DIR*)> closer(d, ::closedir);
   while (dirent* e = ::readdir(d)) {
-    std::string file = e->d_name;
-    if (file.size() < 5 || file.substr(file.size() - 4) != ".xml" || file == domain.name.str() + ".xml") continue;
-    auto other = load_domain(config.domains_dir + "/" + file);
-    if (!other) continue;  // a broken definition cannot be started, so it cannot collide
+    std::string name = e->d_name;
+    if (name[0] == '.' || name == domain.name.str()) continue;
+    auto other = read_vm_state_file(dir + "/" + name + "/state.json");
+    if (!other || !process_matches(other->pid, other->start_time)) continue;
     for (const Nic& mine : domain.nics)
-      for (const Nic& theirs : other->nics)
-        if (mine.mac == theirs.mac)
-          return Error::make(ErrorCode::kConflict, "MAC " + mine.mac.str() + " is also used by VM '" + other->name.str() + "'");
+      for (const std::string& theirs : other->macs)
+        if (mine.mac.str() == theirs)
+          return Error::make(ErrorCode::kConflict, "MAC " + theirs + " is in use by running VM '" + other->vm + "'");
   }
   return {};
 }
@@ -198,6 +201,7 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
       state.uid = uid;
       state.emulator = env.domain.emulator;
       for (const NicFilter& f : filters) state.taps.push_back(f.tap);
+      for (const Nic& nic : env.domain.nics) state.macs.push_back(nic.mac.str());
       for (const DiskClaim& c : claims) state.disks.push_back(c.path);
       state.zone = env.zone;
       state.started_at = ::time(nullptr);

@@ -156,9 +156,11 @@ TEST_SUITE("root/helper_launch") {
         {"bridge that is no zone", {.name = "evil", .bridge = "br-other"}, "is not the bridge of any zone"},
         {"zone mismatch", {.name = "evil", .bridge = "br-lan", .zone = "dmz"}, "belongs to zone 'lan'"},
         {"unknown zone", {.name = "evil", .zone = "partners"}, "zone 'partners'"},
-        {"MAC of another VM", {.name = "evil", .mac = "52:54:00:00:00:09"}, "also used by VM 'good'"},
+        {"MAC of a running VM", {.name = "evil", .mac = "52:54:00:00:00:09"}, "in use by running VM 'good'"},
         {"multicast MAC", {.name = "evil", .mac = "01:00:5e:00:00:01"}, "multicast"},
     };
+    auto good = env.launch("good");
+    REQUIRE_MESSAGE(good.running(), good.log);
     auto before = env.snapshot();
     for (const auto& c : cases) {
       INFO(std::string(c.what));
