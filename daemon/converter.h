@@ -1,10 +1,5 @@
-// Domain XML -> QEMU command line, by libvirt's embedded QEMU driver.
-//
-// libvirt 9 insists on creating a tap device for every <interface> even in a dry run, so the
-// conversion runs in a forked child inside a private user and network namespace, where it
-// may create (and immediately lose) taps without any host privilege. The kernel refuses
-// unshare(CLONE_NEWUSER) in a multithreaded process, and libvirt starts threads, so libvirt
-// is only ever loaded in that child; the caller stays single-threaded and libvirt-free.
+// Domain XML -> QEMU command line, by running vmlaunch-convert (libvirt's embedded QEMU
+// driver in a private user and network namespace; see convert_main.cpp).
 #pragma once
 
 #include <chrono>
@@ -14,14 +9,16 @@
 
 namespace vl {
 
-/// Runs virConnectDomainXMLToNative("qemu-argv") on `xml` with the embed root `embed_root`
-/// (created if missing; it must not be used by another conversion at the same time, the
-/// caller holds its lock). Returns the native command line as libvirt prints it.
+/// Where vmlaunch-convert is: $VMLAUNCH_CONVERTER, else next to the running program, else
+/// the installed one.
+std::string converter_path();
+
+/// Converts `xml` with the embed root `embed_root` (created if missing; the caller holds its
+/// lock). Returns the native command line as libvirt prints it.
 Result<std::string> convert_to_native(const std::string& xml, const std::string& embed_root,
                                       std::chrono::milliseconds timeout);
 
-/// Identifies the libvirt library in use (path, inode, size, mtime), for plan cache keys:
-/// a libvirt upgrade changes it without anyone calling into libvirt.
-std::string libvirt_identity();
+/// What identifies the libvirt the converter uses (version, library file), for cache keys.
+Result<std::string> libvirt_identity();
 
 }  // namespace vl

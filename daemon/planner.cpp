@@ -80,7 +80,7 @@ Result<int> find_free_vnc_display(const std::string& listen) {
 }
 
 Planner::Planner(const HostConfig& config)
-    : config_(config), cache_(config.cache_dir + "/plans"), libvirt_id_(libvirt_identity()) {}
+    : config_(config), cache_(config.cache_dir + "/plans") {}
 
 Result<std::string> Planner::native_command_line(const Domain& domain, std::string_view xml,
                                                  const std::string& key, PlanStats* stats) {
@@ -104,6 +104,7 @@ Result<Plan> Planner::plan(const Domain& domain, std::string_view xml, PlanStats
   if (!config_.emulator_allowed(domain.emulator))
     return Error::make(ErrorCode::kDenied, "emulator '" + domain.emulator +
                                                "' is not in [emulators] allowed of " + config_.source);
+  if (libvirt_id_.empty()) libvirt_id_ = VL_TRY(libvirt_identity());  // once per daemon
   std::string key = VL_TRY(plan_cache_key(xml, domain.emulator, libvirt_id_));
   std::string entry = VL_TRY(native_command_line(domain, xml, key, stats));
   size_t newline = entry.find('\n');

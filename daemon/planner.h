@@ -17,8 +17,8 @@ struct PlanStats {
   std::chrono::microseconds convert{0};
 };
 
-/// Computes plans for the domains of one host configuration. Single-threaded; libvirt runs
-/// only in forked converter children (see converter.h).
+/// Computes plans for the domains of one host configuration. libvirt runs only in the
+/// vmlaunch-convert processes it starts (see converter.h).
 class Planner {
  public:
   explicit Planner(const HostConfig& config);
