@@ -326,7 +326,7 @@ Result<void> DomainParser::parse_graphics(const xmlNode* n) {
 Result<void> DomainParser::parse_serial(const xmlNode* n) {
   std::string type = attr(n, "type").value_or("");
   if (type != "pty") return unsupported(n, "<serial type='" + type + "'> is not supported (only 'pty')");
-  ++serial_ptys_;
+  if (++serial_ptys_ > 16) return unsupported(n, "more than 16 serial ports");
   return {};
 }
 
