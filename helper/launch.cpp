@@ -149,18 +149,25 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
   VmState state;
   auto run = [&]() -> Result<void> {
     VL_CHECK(tx.step("runtime-dir", [&] { return create_runtime_dir(config, vm, env.daemon_gid); },
-                     [&] { (void)remove_runtime_dir(config, vm); }));
+                     [&] {
+                       if (auto r = remove_runtime_dir(config, vm); !r) log_error(r.error());
+                     }));
     VL_CHECK(tx.step("uid", [&]() -> Result<void> {
       uid = VL_TRY(uid_for_vm(config, vm));
       return {};
     }, nullptr));  // the assignment is permanent by design (uid_map.h)
     VL_CHECK(tx.step("disk-journal", [&] { return write_disk_journal(config, vm, claims); },
-                     [&] { ::unlink(config.disk_journal_path(vm).c_str()); }));
+                     [&] {
+                       if (::unlink(config.disk_journal_path(vm).c_str()) < 0 && errno != ENOENT)
+                         log_error(Error::from_errno("remove disk journal of '" + vm.str() + "'"));
+                     }));
     VL_CHECK(tx.step("disk-owner", [&] { return chown_disks(claims, uid, uid); }, [&] {
       if (auto r = restore_disks(config, vm); !r) log_error(r.error());
     }));
     VL_CHECK(tx.step("udev-rule", [&] { return write_udev_rule(config, vm, claims, uid, uid); },
-                     [&] { (void)remove_udev_rule(config, vm); }));
+                     [&] {
+                       if (auto r = remove_udev_rule(config, vm); !r) log_error(r.error());
+                     }));
     std::vector<NicFilter> filters;
     for (size_t i = 0; i < env.domain.nics.size(); ++i)
       filters.push_back({vm.tap_name(static_cast<unsigned>(i)), env.domain.nics[i].mac, env.domain.nics[i].ips});

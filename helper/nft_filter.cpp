@@ -18,13 +18,12 @@ struct NftFree {
 
 std::string chain_name(const std::string& vm) { return "vm-" + vm; }
 
-// Runs one JSON batch (atomic) or one text command; returns the JSON output, if any.
-Result<std::string> run_nft(const std::string& input, bool json_output) {
+// Runs one JSON batch (atomic) or one text command; returns the (JSON) output.
+Result<std::string> run_nft(const std::string& input) {
   std::unique_ptr<nft_ctx, NftFree> ctx(nft_ctx_new(NFT_CTX_DEFAULT));
   if (!ctx) return Error::make(ErrorCode::kSystem, "nftables: cannot create context");
   // libnftables 1.0.6 parses JSON input only while JSON output is on.
   nft_ctx_output_set_flags(ctx.get(), NFT_CTX_OUTPUT_JSON);
-  (void)json_output;
   nft_ctx_buffer_output(ctx.get());
   nft_ctx_buffer_error(ctx.get());
   if (nft_run_cmd_from_buffer(ctx.get(), input.c_str()) != 0) {
@@ -98,7 +97,7 @@ struct VmObjects {
 
 Result<VmObjects> find_vm_objects(const std::string& vm) {
   VmObjects found;
-  auto listed = run_nft(std::string("list table bridge ") + kNftTable, true);
+  auto listed = run_nft(std::string("list table bridge ") + kNftTable);
   if (!listed) {
     if (listed.error().context.find("No such file or directory") != std::string::npos) return found;
     return std::move(listed).error();
@@ -169,7 +168,7 @@ Result<void> install_vm_filter(const std::string& vm, const std::vector<NicFilte
   if (!nics.empty())
     batch.push_back(command("add", "element", with(table_ref(), {{"name", "taps"}, {"elem", elems}})));
   Json doc = {{"nftables", batch}};
-  auto ran = run_nft(doc.dump(), false);
+  auto ran = run_nft(doc.dump());
   if (!ran) return ran.error().wrap("install anti-spoofing rules of '" + vm + "'");
   return {};
 }
@@ -186,7 +185,7 @@ Result<void> remove_vm_filter(const std::string& vm) {
     batch.push_back(command("delete", "table", {{"family", "bridge"}, {"name", kNftTable}}));
   }
   Json doc = {{"nftables", batch}};
-  auto ran = run_nft(doc.dump(), false);
+  auto ran = run_nft(doc.dump());
   if (!ran) return ran.error().wrap("remove anti-spoofing rules of '" + vm + "'");
   return {};
 }
