@@ -37,6 +37,7 @@ struct HostConfig {
   std::string state_dir = "/var/lib/vmlaunch";
   std::string cache_dir = "/var/cache/vmlaunch";
   std::string udev_rules_dir = "/run/udev/rules.d";
+  std::string userdb_dir = "/run/userdb";
 
   std::string daemon_user = "vmlaunch";
   std::string daemon_group = "vmlaunch";

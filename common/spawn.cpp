@@ -1,6 +1,7 @@
 #include "common/spawn.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -33,6 +34,15 @@ int close_gap(unsigned first, unsigned last) {
 }
 
 }  // namespace
+
+void reset_signals() {
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  for (int s = 1; s < NSIG; ++s) ::sigaction(s, &dfl, nullptr);  // SIGKILL/SIGSTOP just fail
+  sigset_t none;
+  sigemptyset(&none);
+  ::sigprocmask(SIG_SETMASK, &none, nullptr);
+}
 
 Result<void> validate_fd_mappings(const std::vector<FdMapping>& fds) {
   if (fds.size() > kMaxMappings) return Error::invalid("too many fds to pass");
@@ -102,6 +112,7 @@ Result<pid_t> spawn(const ExecSpec& spec) {
   if (pid < 0) return Error::from_errno("fork for '" + spec.path + "'");
   if (pid == 0) {
     int err = 0;
+    reset_signals();  // a parent that blocks or ignores signals must not pass that on
     if (::setsid() < 0) err = errno;
     if (err == 0) {
       int r = place_fds(fds.data(), fds.size());

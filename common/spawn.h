@@ -37,6 +37,9 @@ Result<void> validate_fd_mappings(const std::vector<FdMapping>& fds);
 /// closes every other fd above 2. Async-signal-safe. On failure returns -errno.
 int place_fds(const FdMapping* fds, size_t count);
 
+/// Restores every signal to its default disposition and unblocks all. Async-signal-safe.
+void reset_signals();
+
 /// Replaces the current process: places fds, then execve. Returns only on failure.
 Error exec_in_place(const ExecSpec& spec);
 

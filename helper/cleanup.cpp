@@ -3,6 +3,7 @@
 #include <signal.h>
 
 #include "helper/disk_owner.h"
+#include "helper/launch.h"
 #include "helper/log.h"
 #include "helper/netlink.h"
 #include "helper/nft_filter.h"
@@ -35,6 +36,8 @@ Result<void> remove_taps(const VmName& vm) {
 
 Result<void> cleanup_vm(const HostConfig& config, const VmName& vm) {
   log_set_vm(vm.str());
+  auto lock = lock_helper(config);
+  if (!lock) return log_error(std::move(lock).error());
   if (auto state = read_vm_state(config, vm); state && emulator_running(*state))
     return log_error(Error::make(ErrorCode::kConflict, "VM '" + vm.str() + "' is still running (pid " +
                                                            std::to_string(state->pid) + "); stop it first"));

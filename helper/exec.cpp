@@ -1,12 +1,14 @@
 #include "helper/exec.h"
 
 #include <cap-ng.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/sys.h"
+#include "helper/launch.h"
 
 namespace vl::helper {
 
@@ -70,6 +72,9 @@ Error drop_privileges_and_exec(const ExecSpec& spec, const VmCredentials& creds)
 
   if (int r = place_fds(spec.fds.data(), spec.fds.size()); r < 0)
     return Error::from_errno(-r, "place fds for the emulator");
+  for (const FdMapping& m : spec.fds)  // the launch report pipe: closed by execve, meaning success
+    if (m.target == kReportFdTarget && ::fcntl(m.target, F_SETFD, FD_CLOEXEC) < 0)
+      return Error::from_errno("mark the report pipe close-on-exec");
   if (auto r = clear_bounding_and_ambient(); !r) return std::move(r).error();
   if (auto r = change_ids(creds); !r) return std::move(r).error();
   if (auto r = verify_ids(creds); !r) return std::move(r).error();

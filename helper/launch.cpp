@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <ctime>
@@ -132,8 +133,22 @@ Result<LaunchEnv> read_and_validate(const HostConfig& config, const VmName& vm, 
 
 }  // namespace
 
-Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& plan_json) {
+Result<UniqueFd> lock_helper(const HostConfig& config) {
+  if (::mkdir(config.state_dir.c_str(), 0700) < 0 && errno != EEXIST)
+    return Error::from_errno("create state directory '" + config.state_dir + "'");
+  std::string path = config.state_dir + "/helper.lock";
+  UniqueFd fd = VL_TRY(sys::check_fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600),
+                                     "open '" + path + "'"));
+  VL_TRY(sys::check(sys::retry_eintr([&] { return ::flock(fd.get(), LOCK_EX); }), "lock '" + path + "'"));
+  return fd;
+}
+
+Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& plan_json, int* report_fd) {
   log_set_vm(vm.str());
+  // Checks against other VMs (MACs, disks) and the shared nftables table must not interleave
+  // with another launch or cleanup: one helper at a time, until exec (the fd is CLOEXEC).
+  auto lock = lock_helper(config);
+  if (!lock) return log_error(std::move(lock).error());
   auto env_or = read_and_validate(config, vm, plan_json);
   if (!env_or) return log_error(std::move(env_or).error());
   LaunchEnv& env = *env_or;
@@ -142,11 +157,12 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
   std::vector<DiskClaim>& claims = *claims_or;
   if (auto r = check_disks_unclaimed(config, vm, claims); !r) return log_error(std::move(r).error());
 
-  Transaction tx;
+  // Declared before the transaction: its rollback (in its destructor) still uses them.
   uid_t uid = 0;
   std::vector<UniqueFd> taps;
   UniqueFd monitor;
   VmState state;
+  Transaction tx;
   auto run = [&]() -> Result<void> {
     VL_CHECK(tx.step("runtime-dir", [&] { return create_runtime_dir(config, vm, env.daemon_gid); },
                      [&] {
@@ -154,8 +170,8 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
                      }));
     VL_CHECK(tx.step("uid", [&]() -> Result<void> {
       uid = VL_TRY(uid_for_vm(config, vm));
-      return {};
-    }, nullptr));  // the assignment is permanent by design (uid_map.h)
+      return publish_vm_user(config, vm, uid);
+    }, nullptr));  // the assignment and its name are permanent by design (uid_map.h)
     VL_CHECK(tx.step("disk-journal", [&] { return write_disk_journal(config, vm, claims); },
                      [&] {
                        if (::unlink(config.disk_journal_path(vm).c_str()) < 0 && errno != ENOENT)
@@ -223,6 +239,12 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
     spec.fds.push_back({slot.kind == FdSlot::Kind::kMonitor ? monitor.get() : taps[slot.nic].get(), slot.fd});
   UniqueFd null_fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   if (null_fd) spec.fds.push_back({null_fd.get(), 0});
+  // The report pipe must outlive fd placement (it may sit on a plan fd number) so that a
+  // failure after it still reaches the broker; execve closes it, which means success.
+  if (report_fd && *report_fd >= 0) {
+    spec.fds.push_back({*report_fd, kReportFdTarget});
+    *report_fd = kReportFdTarget;
+  }
   log_info("executing '" + spec.path + "' as uid " + std::to_string(uid) + " (pid " + std::to_string(state.pid) + ")");
   Error failed = drop_privileges_and_exec(spec, {uid, uid, env.vm_group});
   if (::geteuid() != 0) {

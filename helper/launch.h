@@ -12,6 +12,7 @@
 #include <string>
 
 #include "common/config.h"
+#include "common/unique_fd.h"
 #include "common/vm_name.h"
 
 namespace vl::helper {
@@ -19,6 +20,14 @@ namespace vl::helper {
 /// Prepares everything for `vm` and execs its emulator in place. Returns only on failure,
 /// after undoing every step it completed (unless the failure came after the uid change, in
 /// which case `cleanup` undoes it; systemd's ExecStopPost and the broker always run it).
-Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& plan_json);
+/// `report_fd` (may be null or -1): the broker's report pipe; on return it holds the number
+/// under which the pipe now lives (it is moved out of the way of the plan's fds).
+Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& plan_json, int* report_fd);
+
+/// Above every fd number a plan may use (3..18).
+inline constexpr int kReportFdTarget = 31;
+
+/// The helpers' global lock (STATE/helper.lock): launches and cleanups run one at a time.
+Result<UniqueFd> lock_helper(const HostConfig& config);
 
 }  // namespace vl::helper

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include "common/config.h"
+#include "common/spawn.h"
 #include "common/sys.h"
 #include "common/broker_protocol.h"
 #include "helper/broker.h"
@@ -52,6 +53,7 @@ int usage_error(const std::string& what) {
 // Start from a known state: no inherited fds beyond stdio (and the launch report fd), no
 // inherited environment, a umask that never creates anything group- or world-writable.
 void sanitize_process(int keep_fd) {
+  vl::reset_signals();  // inherited blocked or ignored signals would reach the emulator
   if (keep_fd >= 3) {
     if (keep_fd > 3) ::close_range(3, static_cast<unsigned>(keep_fd) - 1, 0);
     ::close_range(static_cast<unsigned>(keep_fd) + 1, UINT_MAX, 0);
@@ -84,8 +86,10 @@ int main(int argc, char** argv) {
     }
     if (arg == "--report-fd") {
       if (++i >= argc) return usage_error("--report-fd needs a number");
-      report_fd = std::atoi(argv[i]);
-      if (report_fd < 3) return usage_error("--report-fd must be 3 or more");
+      char* end = nullptr;
+      long fd = std::strtol(argv[i], &end, 10);
+      if (*argv[i] == '\0' || *end != '\0' || fd < 3 || fd > 1023) return usage_error("--report-fd takes an fd number from 3 to 1023");
+      report_fd = static_cast<int>(fd);
     } else if (arg == "--config" || arg == "--plan") {
       if (++i >= argc) return usage_error(arg + " needs a path");
       (arg == "--config" ? config_path : plan_path) = argv[i];
@@ -125,5 +129,6 @@ int main(int argc, char** argv) {
   auto plan = plan_path.empty() ? vl::helper::fetch_plan_from_daemon(*config, *vm)
                                 : vl::sys::read_file(plan_path, 256 * 1024);
   if (!plan) return fail(vl::helper::log_error(plan.error()));
-  return fail(vl::helper::launch_vm(*config, *vm, *plan));  // returns only on failure, already logged
+  vl::Error failed = vl::helper::launch_vm(*config, *vm, *plan, &report_fd);  // returns only on failure
+  return fail(failed);
 }

@@ -19,8 +19,8 @@ class Transaction final {
   Transaction& operator=(const Transaction&) = delete;
   ~Transaction() { rollback(); }
 
-  /// Runs `action`; on success remembers `undo` for a rollback. The error of a failed step
-  /// names the step.
+  /// Runs `action`; on success remembers `undo` for a rollback. A failed step's error is the
+  /// action's own, which names the object it failed on.
   Result<void> step(const std::string& name, const std::function<Result<void>()>& action,
                     std::function<void()> undo) {
     if (auto injected = maybe_fail(name); !injected) return std::move(injected).error();

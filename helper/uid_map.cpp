@@ -49,6 +49,32 @@ Result<std::map<std::string, uid_t>> read_uid_map(const HostConfig& config) {
   return parse_map(*text, config.uid_map_path(), config.uids);
 }
 
+Result<void> publish_vm_user(const HostConfig& config, const VmName& vm, uid_t uid) {
+  std::string name = "vm-" + vm.str();
+  if (const passwd* existing = ::getpwnam(name.c_str()); existing && existing->pw_uid != uid) {
+    log_warning("user '" + name + "' already exists with uid " + std::to_string(existing->pw_uid) +
+                "; not naming uid " + std::to_string(uid) + ", ignoring");
+    return {};
+  }
+  const std::string& dir = config.userdb_dir;
+  if (::mkdir(dir.c_str(), 0755) < 0 && errno != EEXIST) return Error::from_errno("create '" + dir + "'");
+  std::string id = std::to_string(uid);
+  std::string user = "{\"userName\":\"" + name + "\",\"uid\":" + id + ",\"gid\":" + id +
+                     ",\"realName\":\"vmlaunch VM " + vm.str() + "\",\"homeDirectory\":\"/nonexistent\","
+                     "\"shell\":\"/usr/sbin/nologin\",\"disposition\":\"system\",\"locked\":true}\n";
+  std::string group = "{\"groupName\":\"" + name + "\",\"gid\":" + id + ",\"disposition\":\"system\"}\n";
+  for (const auto& [kind, record] : {std::pair{".user", user}, {".group", group}}) {
+    std::string file = dir + "/" + name + kind;
+    VL_CHECK(sys::write_file_atomic(file, record, 0644));
+    // nss-systemd looks records up by name and, through a symlink named after the id, by id.
+    std::string link = dir + "/" + id + kind, tmp = link + ".tmp";
+    ::unlink(tmp.c_str());
+    if (::symlink((name + kind).c_str(), tmp.c_str()) < 0 || ::rename(tmp.c_str(), link.c_str()) < 0)
+      return Error::from_errno("link '" + link + "'");
+  }
+  return {};
+}
+
 Result<uid_t> uid_for_vm(const HostConfig& config, const VmName& vm) {
   if (::mkdir(config.state_dir.c_str(), 0700) < 0 && errno != EEXIST)
     return Error::from_errno("create state directory '" + config.state_dir + "'");

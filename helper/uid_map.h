@@ -18,6 +18,11 @@ namespace vl::helper {
 /// The uid of `vm`, allocating the lowest free uid of the configured range on first use.
 Result<uid_t> uid_for_vm(const HostConfig& config, const VmName& vm);
 
+/// Names the VM's uid and gid for NSS: a JSON user and group record "vm-NAME" in the userdb
+/// directory (nss-systemd reads these drop-ins, so `ps` and `ls -l` show vm-NAME). Idempotent;
+/// the records live as long as the assignment, so they are never removed.
+Result<void> publish_vm_user(const HostConfig& config, const VmName& vm, uid_t uid);
+
 /// All assignments, for listings ("which VM is uid 70003?").
 Result<std::map<std::string, uid_t>> read_uid_map(const HostConfig& config);
 

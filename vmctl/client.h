@@ -45,7 +45,7 @@ class Client final {
   Result<std::string> launch_plan(const std::string& vm);
 
   /// Runs calls with at most `parallel` in flight, in order. `progress` sees every state
-  /// change signal and every finished call; the results come back in the calls' order.
+  /// change signal of the daemon; the results come back in the calls' order.
   std::vector<Result<void>> run_batch(const std::vector<BatchCall>& calls, unsigned parallel,
                                       const std::function<void(const std::string& vm, const std::string& state,
                                                                const std::string& reason)>& progress);

@@ -22,9 +22,10 @@ constexpr char kUsage[] =
     "Commands:\n"
     "  list                 List every defined VM with its state\n"
     "  status NAME...       Show one VM: state, pid, uid, zone, taps, VNC display\n"
-    "  start NAME...        Start VMs and wait until they run (--all: every autostart VM,\n"
-    "                       in ascending start order, each order group in parallel)\n"
-    "  stop NAME...         Power VMs off and wait until they are stopped (--all: all)\n"
+    "  start NAME...        Start VMs and wait until they run (--all: every autostart VM not\n"
+    "                       running, in ascending start order, each order group in parallel)\n"
+    "  stop NAME...         Power VMs off and wait until they are stopped (--all: every\n"
+    "                       running VM, in descending start order)\n"
     "  restart NAME...      Stop, then start\n"
     "  kill NAME...         Send a signal to the emulator (--signal, default SIGTERM)\n"
     "  vncdisplay NAME      Print the VM's VNC display (\"127.0.0.1:3\")\n"
@@ -125,8 +126,11 @@ int cmd_batch(vl::ctl::Client& client, const Options& o) {
     auto rows = client.list();
     if (!rows) return fail(rows.error());
     names.clear();
+    // --all means: start every autostart VM that is not running; stop, restart or kill every
+    // VM that is.
     for (const auto& r : *rows) {
-      if (o.command == "start" && !r.autostart) continue;
+      bool active = r.state == "running" || r.state == "starting" || r.state == "stopping";
+      if (o.command == "start" ? (!r.autostart || active) : !active) continue;
       names.push_back(r.name);
       order[r.name] = r.start_order;
     }
@@ -236,10 +240,12 @@ int main(int argc, char** argv) {
   if (o.command.empty()) return usage_error("no command given");
   if (o.command == "list") {
     if (!o.names.empty()) return usage_error("list takes no names");
-  } else if (o.command == "status" || batch) {
-    if (o.names.empty() == !o.all && !(o.command == "status" && !o.names.empty()))
-      return usage_error(o.command + " needs VM names or --all");
-    if (o.command == "status" && o.all) return usage_error("status takes VM names; use 'list' for all");
+  } else if (o.command == "status") {
+    if (o.all) return usage_error("status takes VM names; use 'list' for all");
+    if (o.names.empty()) return usage_error("status needs VM names");
+  } else if (batch) {
+    if (o.all && !o.names.empty()) return usage_error(o.command + " takes VM names or --all, not both");
+    if (!o.all && o.names.empty()) return usage_error(o.command + " needs VM names or --all");
   } else if (o.command == "vncdisplay" || o.command == "plan") {
     if (o.names.size() != 1) return usage_error(o.command + " takes exactly one VM name");
   } else {

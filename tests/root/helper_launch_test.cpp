@@ -66,6 +66,11 @@ TEST_SUITE("root/helper_launch") {
     CHECK(tap.find("mtu 1500") != std::string::npos);
     CHECK(vl::helper::vm_filter_exists("web1").value());
     CHECK(owner_and_mode(disk1) == u + ":" + u + " 0600");
+    // The uid has a name: a userdb record nss-systemd resolves, by name and by id.
+    std::string record = vl::sys::read_file(env.root() + "/userdb/vm-web1.user", 4096).value();
+    CHECK(record.find("\"userName\":\"vm-web1\",\"uid\":" + u) != std::string::npos);
+    CHECK(std::filesystem::read_symlink(env.root() + "/userdb/" + u + ".user") == "vm-web1.user");
+    CHECK(std::filesystem::exists(env.root() + "/userdb/vm-web1.group"));
 
     // QEMU answers on the root-bound monitor socket and runs the guest.
     auto qmp = vl::test::QmpConnection::connect(env.root() + "/run/vms/web1/qmp.sock");

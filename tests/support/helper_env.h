@@ -88,6 +88,7 @@ class HelperEnv {
         << "state = \"" << root_ << "/state\"\n"
         << "cache = \"" << cache_dir_ << "\"\n"
         << "udev_rules = \"" << root_ << "/udev\"\n"
+        << "userdb = \"" << root_ << "/userdb\"\n"
         << users_
         << "[storage]\nroots = [\"" << root_ << "/images\"]\n"
         << "[zones.dmz]\nbridge = \"br-dmz\"\n[zones.lan]\nbridge = \"br-lan\"\n" << extra;
@@ -227,7 +228,11 @@ class HelperEnv {
     s["nft"] = tables;
     for (const auto& e : std::filesystem::recursive_directory_iterator(root_)) {
       std::string p = e.path().string();
-      if (p.find("/state/uids") != std::string::npos || p.ends_with("helper.log") || p.ends_with(".plan.json")) continue;
+      // uid assignments, their userdb names and the helpers' lock file are permanent by design.
+      if (p.find("/state/uids") != std::string::npos || p.find("/userdb") != std::string::npos ||
+          p.ends_with("/state/helper.lock") ||
+          p.ends_with("helper.log") || p.ends_with(".plan.json"))
+        continue;
       struct stat st {};
       ::lstat(p.c_str(), &st);
       s[p] = std::to_string(st.st_uid) + ":" + std::to_string(st.st_gid) + " " + std::to_string(st.st_mode);
