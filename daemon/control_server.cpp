@@ -243,9 +243,14 @@ int method_plan(sd_bus_message* m, void* userdata, sd_bus_error*) {
   AUTHORIZE(m, s, true);
   const char* name = nullptr;
   if (int r = sd_bus_message_read(m, "s", &name); r < 0) return r;
-  auto plan = s->manager->launch_plan(name);
-  if (!plan) return reply_error(m, plan.error());
-  return sd_bus_reply_method_return(m, "s", plan->c_str());
+  sd_bus_message_ref(m);
+  s->manager->launch_plan(name, [m](Result<std::string> plan) {
+    if (plan) sd_bus_reply_method_return(m, "s", plan->c_str());
+    else reply_error(m, plan.error());
+    if (auto conn = connection_of(m)) conn->schedule_pump();
+    sd_bus_message_unref(m);
+  });
+  return 1;
 }
 
 // Every method is "unprivileged" for sd-bus: the checks above replace its capability test,

@@ -8,9 +8,11 @@
 #include <unistd.h>
 
 #include <climits>
+#include <optional>
 #include <cstdlib>
 
 #include "common/spawn.h"
+#include "daemon/asio.h"
 #include "common/sys.h"
 #include "vmlaunch_build_config.h"
 
@@ -20,20 +22,42 @@ namespace {
 
 constexpr size_t kMaxNativeBytes = 1 << 20;
 
-// Runs the converter with `input` as stdin; returns its stdout, killing it at the deadline.
-Result<std::string> run_converter(std::vector<std::string> args, std::string_view input,
-                                  std::chrono::milliseconds timeout) {
-  // stdin is a memfd holding the whole input: no pipe to keep fed, no SIGPIPE if it dies.
+struct RunningConverter {
+  pid_t pid;
+  UniqueFd out;  // its stdout
+};
+
+// Starts the converter with `input` as stdin. stdin is a memfd holding the whole input: no
+// pipe to keep fed, no SIGPIPE if the converter dies.
+Result<RunningConverter> start_converter(std::vector<std::string> args, std::string_view input) {
   UniqueFd in = VL_TRY(sys::check_fd(::memfd_create("vmlaunch-convert-input", MFD_CLOEXEC), "memfd_create"));
   VL_CHECK(sys::write_all(in.get(), input));
   VL_TRY(sys::check(static_cast<int>(::lseek(in.get(), 0, SEEK_SET)), "lseek"));
   int fds[2];
   VL_TRY(sys::check(::pipe2(fds, O_CLOEXEC), "pipe2"));
   UniqueFd out_read(fds[0]), out_write(fds[1]);
-  std::string path = converter_path();
   args.insert(args.begin(), "vmlaunch-convert");
-  pid_t pid = VL_TRY(spawn({path, args, {}, {{in.get(), 0}, {out_write.get(), 1}}}));
-  out_write.reset();
+  pid_t pid = VL_TRY(spawn({converter_path(), args, {}, {{in.get(), 0}, {out_write.get(), 1}}}));
+  return RunningConverter{pid, std::move(out_read)};
+}
+
+// The converter's answer: 'K' + command line, or 'E' + libvirt's reason.
+Result<std::string> parse_reply(const std::string& reply, int wait_status) {
+  if (reply.empty())
+    return Error::make(ErrorCode::kInternal, "vmlaunch-convert died without a reply (wait status " +
+                                                 std::to_string(wait_status) + ")");
+  if (reply[0] == 'K') return reply.substr(1);
+  if (reply[0] == 'E') return Error::unsupported("libvirt cannot convert this domain: " + reply.substr(1));
+  return Error::make(ErrorCode::kInternal, "malformed converter reply");
+}
+
+// Runs the converter with `input` as stdin; returns its stdout, killing it at the deadline.
+Result<std::string> run_converter(std::vector<std::string> args, std::string_view input,
+                                  std::chrono::milliseconds timeout) {
+  RunningConverter conv = VL_TRY(start_converter(std::move(args), input));
+  pid_t pid = conv.pid;
+  UniqueFd out_read = std::move(conv.out);
+  std::string path = converter_path();
 
   std::string reply;
   Result<void> status;
@@ -88,9 +112,69 @@ Result<std::string> convert_to_native(const std::string& xml, const std::string&
   if (::mkdir(embed_root.c_str(), 0700) < 0 && errno != EEXIST)
     return Error::from_errno("create conversion root '" + embed_root + "'");
   std::string reply = VL_TRY(run_converter({embed_root}, xml, timeout));
-  if (reply[0] == 'K') return reply.substr(1);
-  if (reply[0] == 'E') return Error::unsupported("libvirt cannot convert this domain: " + reply.substr(1));
-  return Error::make(ErrorCode::kInternal, "malformed converter reply");
+  return parse_reply(reply, 0);
+}
+
+namespace {
+
+// One conversion in flight: reads the converter's stdout on the event loop.
+class AsyncConversion final : public std::enable_shared_from_this<AsyncConversion> {
+ public:
+  AsyncConversion(boost::asio::io_context& io, RunningConverter conv, std::function<void(Result<std::string>)> done)
+      : pid_(conv.pid), out_(io, conv.out.release()), timer_(io), done_(std::move(done)) {}
+
+  void start(std::chrono::milliseconds timeout) {
+    timer_.expires_after(timeout);
+    timer_.async_wait([self = shared_from_this(), timeout](boost::system::error_code ec) {
+      if (ec) return;
+      ::kill(self->pid_, SIGKILL);
+      self->error_ = Error::make(ErrorCode::kSystem, "libvirt conversion timed out after " +
+                                                         std::to_string(timeout.count()) + " ms");
+    });
+    read_more();
+  }
+
+ private:
+  void read_more() {
+    out_.async_read_some(boost::asio::buffer(buf_), [self = shared_from_this()](boost::system::error_code ec, size_t n) {
+      self->reply_.append(self->buf_, n);
+      if (!ec && self->reply_.size() <= kMaxNativeBytes) return self->read_more();
+      if (self->reply_.size() > kMaxNativeBytes) {
+        ::kill(self->pid_, SIGKILL);
+        self->error_ = Error::invalid("converter reply larger than 1 MiB");
+      }
+      self->finish();
+    });
+  }
+
+  void finish() {
+    timer_.cancel();
+    out_.close();
+    // stdout is closed: the converter has exited or is about to, so this wait is short.
+    auto status = wait_for(pid_);
+    auto done = std::move(done_);
+    if (error_) done(*error_);
+    else done(parse_reply(reply_, status ? *status : -1));
+  }
+
+  pid_t pid_;
+  boost::asio::posix::stream_descriptor out_;
+  boost::asio::steady_timer timer_;
+  std::function<void(Result<std::string>)> done_;
+  std::string reply_;
+  std::optional<Error> error_;
+  char buf_[65536];
+};
+
+}  // namespace
+
+void convert_to_native_async(boost::asio::io_context& io, const std::string& xml, const std::string& embed_root,
+                             std::chrono::milliseconds timeout, std::function<void(Result<std::string>)> done) {
+  if (::mkdir(embed_root.c_str(), 0700) < 0 && errno != EEXIST)
+    return done(Error::from_errno("create conversion root '" + embed_root + "'"));
+  auto conv = start_converter({embed_root}, xml);
+  if (!conv) return done(std::move(conv).error());
+  std::make_shared<AsyncConversion>(io, std::move(conv).value(), std::move(done))->start(timeout);
 }
 
 Result<std::string> libvirt_identity() {

@@ -172,12 +172,17 @@ void Manager::kill(const std::string& name, int signal, Done done) {
   (*s)->kill(signal, std::move(done));
 }
 
-Result<std::string> Manager::launch_plan(const std::string& name) {
-  VmName vm = VL_TRY(VmName::parse(name));
-  Domain domain = VL_TRY(catalog_.get(vm));
-  std::string xml = VL_TRY(catalog_.xml(vm));
-  Plan plan = VL_TRY(planner_.plan(domain, xml));
-  return plan_to_json(plan, false);
+void Manager::launch_plan(const std::string& name, std::function<void(Result<std::string>)> done) {
+  auto vm = VmName::parse(name);
+  if (!vm) return done(vm.error());
+  auto domain = catalog_.get(*vm);
+  if (!domain) return done(domain.error());
+  auto xml = catalog_.xml(*vm);
+  if (!xml) return done(xml.error());
+  planner_.plan_async(io_, *domain, std::move(xml).value(), [done = std::move(done)](Result<Plan> plan) {
+    if (!plan) return done(plan.error());
+    done(plan_to_json(*plan, false));
+  });
 }
 
 }  // namespace vl

@@ -57,7 +57,8 @@ class Manager final {
   void stop(const std::string& name, std::chrono::seconds timeout, bool force, Done done);
   void restart(const std::string& name, std::chrono::seconds timeout, Done done);
   void kill(const std::string& name, int signal, Done done);
-  Result<std::string> launch_plan(const std::string& name);
+  /// The plan of a defined VM as JSON; a cache miss converts without blocking the loop.
+  void launch_plan(const std::string& name, std::function<void(Result<std::string>)> done);
 
   std::function<void(const VmInfo&)> on_state_changed;
 

@@ -26,7 +26,7 @@ struct LockedRoot {
   UniqueFd lock;
 };
 
-Result<LockedRoot> lock_embed_root(const std::string& cache_dir) {
+Result<LockedRoot> lock_embed_root(const std::string& cache_dir, bool wait = true) {
   std::string base = cache_dir + "/embed";
   if (::mkdir(cache_dir.c_str(), 0700) < 0 && errno != EEXIST)
     return Error::from_errno("create cache directory '" + cache_dir + "'");
@@ -44,6 +44,7 @@ Result<LockedRoot> lock_embed_root(const std::string& cache_dir) {
       if (errno != EWOULDBLOCK) return Error::from_errno("lock '" + lock_path + "'");
       if (pass == 1) break;
     }
+    if (!wait) return Error::make(ErrorCode::kConflict, "all conversion roots are busy");
   }
   return Error::make(ErrorCode::kInternal, "no conversion root could be locked");
 }
@@ -100,13 +101,60 @@ Result<std::string> Planner::native_command_line(const Domain& domain, std::stri
   return entry;
 }
 
-Result<Plan> Planner::plan(const Domain& domain, std::string_view xml, PlanStats* stats) {
+Result<std::string> Planner::cache_key_for(const Domain& domain, std::string_view xml) {
   if (!config_.emulator_allowed(domain.emulator))
     return Error::make(ErrorCode::kDenied, "emulator '" + domain.emulator +
                                                "' is not in [emulators] allowed of " + config_.source);
-  if (libvirt_id_.empty()) libvirt_id_ = VL_TRY(libvirt_identity());  // once per daemon
-  std::string key = VL_TRY(plan_cache_key(xml, domain.emulator, libvirt_id_));
+  if (libvirt_id_.empty()) libvirt_id_ = VL_TRY(libvirt_identity());  // once per process
+  return plan_cache_key(xml, domain.emulator, libvirt_id_);
+}
+
+Result<Plan> Planner::plan(const Domain& domain, std::string_view xml, PlanStats* stats) {
+  std::string key = VL_TRY(cache_key_for(domain, xml));
   std::string entry = VL_TRY(native_command_line(domain, xml, key, stats));
+  return plan_from_entry(domain, entry, key);
+}
+
+void Planner::plan_async(boost::asio::io_context& io, const Domain& domain, std::string xml,
+                         std::function<void(Result<Plan>)> done) {
+  auto key = cache_key_for(domain, xml);
+  if (!key) return done(key.error());
+  if (auto cached = cache_.find(*key)) return done(plan_from_entry(domain, *cached, *key));
+  if (!domain.nics.empty())
+    if (auto tun = check_tun_access(); !tun) return done(tun.error());
+  auto root = lock_embed_root(config_.cache_dir, /*wait=*/false);
+  if (!root) {
+    if (root.error().code != ErrorCode::kConflict) return done(root.error());
+    // Every root is converting: go on when one is free (see finish_conversion).
+    waiting_.push_back([this, &io, domain, xml = std::move(xml), done = std::move(done)]() mutable {
+      plan_async(io, domain, std::move(xml), std::move(done));
+    });
+    return;
+  }
+  auto locked = std::make_shared<LockedRoot>(std::move(root).value());
+  std::string path = locked->path;
+  convert_to_native_async(io, xml, path, kConvertTimeout,
+                          [this, locked, domain, key = *key, done = std::move(done)](Result<std::string> native) {
+                            Result<Plan> plan = native ? store_and_plan(domain, locked->path, *native, key)
+                                                       : Result<Plan>(native.error());
+                            locked->lock.reset();
+                            done(std::move(plan));
+                            if (!waiting_.empty()) {
+                              auto next = std::move(waiting_.front());
+                              waiting_.pop_front();
+                              next();
+                            }
+                          });
+}
+
+Result<Plan> Planner::store_and_plan(const Domain& domain, const std::string& root, const std::string& native,
+                                     const std::string& key) {
+  std::string entry = root + "\n" + native;
+  VL_CHECK(cache_.store(key, entry));
+  return plan_from_entry(domain, entry, key);
+}
+
+Result<Plan> Planner::plan_from_entry(const Domain& domain, const std::string& entry, const std::string& key) {
   size_t newline = entry.find('\n');
   if (newline == std::string::npos) return Error::make(ErrorCode::kInternal, "corrupt plan cache entry " + key);
   std::string root = entry.substr(0, newline);

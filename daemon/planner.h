@@ -2,11 +2,14 @@
 #pragma once
 
 #include <chrono>
+#include <deque>
+#include <functional>
 #include <string>
 
 #include "common/config.h"
 #include "common/domain.h"
 #include "common/plan.h"
+#include "daemon/asio.h"
 #include "daemon/plan_cache.h"
 
 namespace vl {
@@ -27,13 +30,23 @@ class Planner {
   /// libvirt cannot convert the XML, or the result cannot be made exec-ready.
   Result<Plan> plan(const Domain& domain, std::string_view xml, PlanStats* stats = nullptr);
 
+  /// The same for an event loop: a cache miss runs the converter without blocking `io`, and
+  /// `done` runs on it. At most one conversion per embed root is in flight; more wait.
+  void plan_async(boost::asio::io_context& io, const Domain& domain, std::string xml,
+                  std::function<void(Result<Plan>)> done);
+
  private:
+  Result<std::string> cache_key_for(const Domain& domain, std::string_view xml);
+  Result<Plan> plan_from_entry(const Domain& domain, const std::string& entry, const std::string& key);
+  Result<Plan> store_and_plan(const Domain& domain, const std::string& root, const std::string& native,
+                              const std::string& key);
   Result<std::string> native_command_line(const Domain& domain, std::string_view xml,
                                           const std::string& key, PlanStats* stats);
 
   const HostConfig& config_;
   PlanCache cache_;
   std::string libvirt_id_;
+  std::deque<std::function<void()>> waiting_;
 };
 
 /// The first VNC display (0-99) on which nothing listens at `listen`:5900+display.
