@@ -142,7 +142,7 @@ int main(int argc, char** argv) {
   ::chmod("/dev/net/tun", 0666);
   std::ofstream(g_root + "/vmlaunch.toml") << "[paths]\ndomains = \"" << g_root << "/domains\"\nruntime = \"" << g_root
       << "/run\"\nstate = \"" << g_root << "/state\"\ncache = \"" << g_root << "/cache\"\nudev_rules = \"" << g_root
-      << "/udev\"\n[users]\ndaemon_user = \"nobody\"\ndaemon_group = \"nogroup\"\nadmin_group = \"root\"\n"
+      << "/udev\"\nuserdb = \"" << g_root << "/userdb\"\n[users]\ndaemon_user = \"nobody\"\ndaemon_group = \"nogroup\"\nadmin_group = \"root\"\n"
       << "[storage]\nroots = [\"" << g_root << "/images\"]\n[zones.bench]\nbridge = \"br-bench\"\n";
   if (std::system("ip link add br-bench type bridge && ip link set br-bench up") != 0) die("bridge");
   vl::UniqueFd null_fd(::open("/dev/null", O_WRONLY | O_CLOEXEC));

@@ -84,7 +84,7 @@ int run(int argc, char** argv) {
   for (const char* d : {"domains", "images"}) std::filesystem::create_directory(root + "/" + d);
   std::ofstream(root + "/vmlaunch.toml") << "[paths]\ndomains = \"" << root << "/domains\"\nruntime = \"" << root
                                           << "/run\"\nstate = \"" << root << "/state\"\ncache = \"" << root
-                                          << "/cache\"\nudev_rules = \"" << root << "/udev\"\n[users]\ndaemon_group = \"root\"\n"
+                                          << "/cache\"\nudev_rules = \"" << root << "/udev\"\nuserdb = \"" << root << "/userdb\"\n[users]\ndaemon_group = \"root\"\n"
                                           << "[storage]\nroots = [\"" << root << "/images\"]\n[zones.bench]\nbridge = \"br-bench\"\n";
   std::filesystem::copy_file(guest, root + "/images/bench.img");
   std::string xml = "<domain type='qemu'><name>bench</name><memory unit='MiB'>32</memory>"
