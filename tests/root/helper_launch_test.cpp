@@ -286,3 +286,40 @@ TEST_SUITE("root/helper_launch") {
     vl::test::run_ok("losetup -d " + loop);
   }
 }
+
+TEST_SUITE("root/helper_report") {
+  TEST_CASE("a failure after the privilege drop still reaches the report pipe, and cleanup undoes it") {
+    HelperEnv env;
+    // An emulator root can stat but the VM's uid cannot reach: execve fails after the drop.
+    std::string hidden = env.root() + "/hidden";
+    std::filesystem::create_directory(hidden);
+    ::chmod(hidden.c_str(), 0700);
+    std::filesystem::create_symlink("/usr/bin/qemu-system-x86_64", hidden + "/qemu");
+    env.write_config("[emulators]\nallowed = [\"" + hidden + "/qemu\"]\n");
+    env.define({.name = "web1", .emulator = hidden + "/qemu"});
+    std::string plan = env.write_plan("web1", env.plan_json("web1"));
+    vl::UniqueFd log(::open((env.root() + "/launch.log").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600));
+    auto before = env.snapshot();
+
+    int fds[2];
+    REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
+    vl::UniqueFd report_read(fds[0]), report_write(fds[1]);
+    auto pid = vl::spawn({vl::test::build_path("VMLAUNCH_HELPER"),
+                          {"vmlaunch-helper", "--config", env.config_path(), "launch", "web1", "--plan", plan,
+                           "--report-fd", "3"},
+                          {}, {{report_write.get(), 3}, {log.get(), 1}, {log.get(), 2}}});
+    REQUIRE(pid.ok());
+    report_write.reset();
+    std::string report = vl::sys::read_all(report_read.get(), 4096).value();
+    int status = vl::wait_for(*pid).value();
+    CHECK(WEXITSTATUS(status) == 1);
+    CAPTURE(report);
+    CHECK(report.find("\"ok\":false") != std::string::npos);
+    CHECK(report.find("after the privilege drop") != std::string::npos);
+    CHECK(report.find("Permission denied") == std::string::npos);  // errno travels as a number
+    CHECK(report.find("\"errno\":13") != std::string::npos);
+    // The launch could not undo itself as the VM's uid; cleanup does.
+    CHECK(WEXITSTATUS(env.helper({"cleanup", "web1"}).status) == 0);
+    CHECK_MESSAGE(vl::test::snapshot_diff(before, env.snapshot()).empty(), vl::test::snapshot_diff(before, env.snapshot()));
+  }
+}
