@@ -4,6 +4,7 @@
 #include <libxml/tree.h>
 
 #include <algorithm>
+#include <initializer_list>
 #include <cstdio>
 #include <cstring>
 #include <memory>
@@ -59,6 +60,24 @@ void for_each_element(const xmlNode* parent, F&& f) {
     if (c->type == XML_ELEMENT_NODE) f(c);
 }
 
+// The element names below parent (with their namespace) that occur more than once and are
+// not in `repeatable`. libvirt reads the first of two <emulator>, <mac> or <source>; a parser
+// that read the last would validate one thing while libvirt planned another.
+const xmlNode* repeated_child(const xmlNode* parent, std::initializer_list<std::string_view> repeatable) {
+  std::vector<std::pair<std::string, std::string>> seen;
+  const xmlNode* repeated = nullptr;
+  for_each_element(parent, [&](const xmlNode* c) {
+    if (repeated) return;
+    std::string name = name_of(c);
+    std::string ns = c->ns && c->ns->href ? reinterpret_cast<const char*>(c->ns->href) : "";
+    if (std::find(repeatable.begin(), repeatable.end(), name) != repeatable.end() && ns.empty()) return;
+    std::pair<std::string, std::string> key{ns, name};
+    if (std::find(seen.begin(), seen.end(), key) != seen.end()) repeated = c;
+    seen.push_back(std::move(key));
+  });
+  return repeated;
+}
+
 // Builds "file:line: message" errors and walks the document.
 class DomainParser {
  public:
@@ -73,6 +92,11 @@ class DomainParser {
   }
   Error unsupported(const xmlNode* n, std::string_view what) const {
     return error(n, what, ErrorCode::kUnsupported);
+  }
+  Result<void> refuse_repeated(const xmlNode* parent, std::initializer_list<std::string_view> repeatable) const {
+    if (const xmlNode* c = repeated_child(parent, repeatable))
+      return error(c, "<" + name_of(c) + "> appears more than once in <" + name_of(parent) + ">");
+    return {};
   }
 
   Result<void> parse_devices(const xmlNode* devices);
@@ -122,6 +146,7 @@ Result<Domain> DomainParser::parse(const xmlNode* root) {
   if (type_ != "kvm" && type_ != "qemu")
     return unsupported(root, "domain type '" + type_ + "' is not supported (use 'kvm' or 'qemu')");
 
+  VL_CHECK(refuse_repeated(root, {"sysinfo"}));
   bool have_devices = false;
   Result<void> status;
   for_each_element(root, [&](const xmlNode* n) {
@@ -172,6 +197,8 @@ Result<Domain> DomainParser::parse(const xmlNode* root) {
 }
 
 Result<void> DomainParser::parse_devices(const xmlNode* devices) {
+  VL_CHECK(refuse_repeated(devices, {"disk", "interface", "serial", "console", "graphics", "video", "input",
+                                     "controller", "rng", "sound", "audio", "watchdog", "panic"}));
   Result<void> status;
   for_each_element(devices, [&](const xmlNode* n) {
     if (!status) return;
@@ -199,6 +226,7 @@ Result<void> DomainParser::parse_interface(const xmlNode* n) {
   if (type != "bridge")
     return unsupported(n, "<interface type='" + type + "'> is not supported (only 'bridge': the "
                           "tap is created by vmlaunch and filtered on the zone bridge)");
+  VL_CHECK(refuse_repeated(n, {"ip"}));
   Nic nic;
   nic.line = xmlGetLineNo(n);
   bool have_mac = false;
@@ -248,6 +276,7 @@ Result<std::string> DomainParser::absolute_path(const xmlNode* n, const std::str
 }
 
 Result<void> DomainParser::parse_disk(const xmlNode* n) {
+  VL_CHECK(refuse_repeated(n, {}));
   Disk disk;
   disk.line = xmlGetLineNo(n);
   std::string type = attr(n, "type").value_or("file");
@@ -301,6 +330,7 @@ Result<void> DomainParser::parse_graphics(const xmlNode* n) {
   std::string type = attr(n, "type").value_or("");
   if (type != "vnc") return unsupported(n, "<graphics type='" + type + "'> is not supported (only 'vnc')");
   if (vnc_) return unsupported(n, "more than one <graphics> is not supported");
+  VL_CHECK(refuse_repeated(n, {}));
   if (attr(n, "socket") || attr(n, "websocket"))
     return unsupported(n, "VNC sockets and websockets are not supported");
   Vnc vnc;
@@ -331,9 +361,11 @@ Result<void> DomainParser::parse_serial(const xmlNode* n) {
 }
 
 Result<void> DomainParser::parse_metadata(const xmlNode* n) {
+  VL_CHECK(refuse_repeated(n, {}));
   Result<void> status;
   for_each_element(n, [&](const xmlNode* vm) {
     if (!has_vmlaunch_ns(vm)) return;  // other tools' metadata is theirs
+    if (status) status = refuse_repeated(vm, {});
     if (name_of(vm) != "vm") {
       status = error(vm, "unknown vmlaunch metadata element <" + name_of(vm) + ">");
       return;

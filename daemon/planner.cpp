@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
+#include "common/argv_policy.h"
 #include "common/sys.h"
 #include "daemon/converter.h"
 #include "daemon/qemu_argv.h"
@@ -162,6 +163,9 @@ Result<Plan> Planner::plan_from_entry(const Domain& domain, const std::string& e
   int display = 0;
   if (domain.vnc && !domain.vnc->port) display = VL_TRY(find_free_vnc_display(domain.vnc->listen));
   Plan plan = VL_TRY(rewrite_native_argv(words, domain, root, display));
+  // The helper refuses what this refuses; saying so now puts the reason in front of the
+  // operator at plan time. It also covers cache entries, which this uid can write.
+  VL_CHECK(check_plan_argv(plan, domain));
   plan.cache_key = key;
   return plan;
 }

@@ -10,31 +10,6 @@ namespace {
 
 using Json = nlohmann::ordered_json;
 
-// QEMU options libvirt emits that take no value; every other option takes exactly one.
-constexpr std::string_view kFlagOptions[] = {
-    "-S", "-no-user-config", "-nodefaults", "-no-shutdown", "-no-acpi", "-no-hpet",
-    "-enable-kvm", "-nographic", "-no-reboot", "-snapshot", "-enable-fips", "-full-screen",
-    "-no-fd-bootchk", "-nodefconfig", "-daemonize", "-no-kvm"};
-
-// Options that would make the emulator do something outside the plan's control.
-constexpr std::pair<std::string_view, const char*> kRefusedOptions[] = {
-    {"-daemonize", "the supervisor needs qemu in the foreground"},
-    {"-runas", "vmlaunch changes the uid itself before exec"},
-    {"-chroot", "vmlaunch does not chroot qemu"},
-    {"-incoming", "incoming migration is not supported"},
-    {"-loadvm", "loading snapshots at start is not supported"},
-};
-
-struct Option {
-  std::string name;
-  std::string value;
-  bool has_value = false;
-};
-
-bool is_flag(std::string_view opt) {
-  return std::find(std::begin(kFlagOptions), std::end(kFlagOptions), opt) != std::end(kFlagOptions);
-}
-
 bool is_env_assignment(std::string_view w) {
   size_t eq = w.find('=');
   if (eq == 0 || eq == std::string_view::npos) return false;
@@ -58,11 +33,12 @@ class Rewriter {
   Result<Plan> run(const std::vector<std::string>& words);
 
  private:
-  Result<void> rewrite(Option& opt, bool& keep);
-  Result<void> rewrite_object(Option& opt, bool& keep);
-  Result<void> rewrite_chardev(Option& opt);
-  Result<void> rewrite_netdev(Option& opt);
-  Result<void> rewrite_vnc(Option& opt);
+  Result<void> rewrite(QemuOption& opt, bool& keep);
+  Result<void> rewrite_object(QemuOption& opt, bool& keep);
+  Result<void> rewrite_chardev(QemuOption& opt);
+  Result<void> rewrite_netdev(QemuOption& opt);
+  Result<void> rewrite_blockdev(QemuOption& opt);
+  Result<void> rewrite_vnc(QemuOption& opt);
 
   const Domain& domain_;
   const std::string& root_;
@@ -80,31 +56,20 @@ Result<Plan> Rewriter::run(const std::vector<std::string>& words) {
   if (words[i] != domain_.emulator)
     return Error::invalid("native command line runs '" + words[i] + "', the domain's emulator is '" +
                           domain_.emulator + "'");
-  std::vector<Option> options;
-  for (++i; i < words.size(); ++i) {
-    const std::string& w = words[i];
-    if (w.size() < 2 || w[0] != '-') return Error::invalid("unexpected non-option word '" + w + "'");
-    Option opt{w, "", false};
-    if (!is_flag(w)) {
-      if (i + 1 >= words.size()) return Error::invalid("option " + w + " lacks its value");
-      opt.value = words[++i];
-      opt.has_value = true;
-    }
-    options.push_back(std::move(opt));
-  }
+  std::vector<QemuOption> options =
+      VL_TRY(parse_qemu_options(std::vector<std::string>(words.begin() + static_cast<ptrdiff_t>(i) + 1, words.end())));
 
   plan_.vm = domain_.name.str();
   plan_.emulator = domain_.emulator;
   plan_.argv.push_back(domain_.emulator);
   plan_.serial_ptys = domain_.serial_ptys;
-  bool have_s = false, have_no_shutdown = false, have_sandbox = false;
-  for (Option& opt : options) {
+  bool have_s = false, have_no_shutdown = false;
+  for (QemuOption& opt : options) {
     bool keep = true;
     VL_CHECK(rewrite(opt, keep));
     if (!keep) continue;
     have_s |= opt.name == "-S";
     have_no_shutdown |= opt.name == "-no-shutdown";
-    have_sandbox |= opt.name == "-sandbox";
     plan_.argv.push_back(opt.name);
     if (opt.has_value) plan_.argv.push_back(opt.value);
   }
@@ -112,10 +77,6 @@ Result<Plan> Rewriter::run(const std::vector<std::string>& words) {
   // -no-shutdown (a guest poweroff becomes a SHUTDOWN event it answers with `quit`).
   if (!have_s) plan_.argv.push_back("-S");
   if (!have_no_shutdown) plan_.argv.push_back("-no-shutdown");
-  if (!have_sandbox) {
-    plan_.argv.push_back("-sandbox");
-    plan_.argv.push_back("on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
-  }
   if (!have_monitor_) return Error::invalid("native command line has no QMP monitor chardev");
 
   size_t taps = std::count_if(plan_.fds.begin(), plan_.fds.end(),
@@ -138,13 +99,14 @@ Result<Plan> Rewriter::run(const std::vector<std::string>& words) {
   return std::move(plan_);
 }
 
-Result<void> Rewriter::rewrite(Option& opt, bool& keep) {
-  for (const auto& [name, why] : kRefusedOptions)
-    if (opt.name == name) return Error::unsupported("option " + opt.name + " is refused: " + why);
-  if (opt.name == "-pidfile") {
-    keep = false;  // pid is known from fork/exec; the file would live in the conversion root
+Result<void> Rewriter::rewrite(QemuOption& opt, bool& keep) {
+  // The pid is known from fork/exec, and the file would live in the conversion root. The
+  // sandbox is the helper's to add: a plan that chose its own would be refused.
+  if (opt.name == "-pidfile" || opt.name == "-sandbox") {
+    keep = false;
     return {};
   }
+  if (opt.name == "-blockdev") return rewrite_blockdev(opt);
   if (opt.name == "-object") return rewrite_object(opt, keep);
   if (opt.name == "-chardev") return rewrite_chardev(opt);
   if (opt.name == "-netdev") return rewrite_netdev(opt);
@@ -152,7 +114,7 @@ Result<void> Rewriter::rewrite(Option& opt, bool& keep) {
   return {};
 }
 
-Result<void> Rewriter::rewrite_object(Option& opt, bool& keep) {
+Result<void> Rewriter::rewrite_object(QemuOption& opt, bool& keep) {
   if (opt.value.empty() || opt.value[0] != '{') return {};
   Json obj = Json::parse(opt.value, nullptr, false);
   if (obj.is_discarded() || !obj.is_object()) return Error::invalid("-object is not valid JSON: " + opt.value);
@@ -166,7 +128,7 @@ Result<void> Rewriter::rewrite_object(Option& opt, bool& keep) {
   return {};
 }
 
-Result<void> Rewriter::rewrite_chardev(Option& opt) {
+Result<void> Rewriter::rewrite_chardev(QemuOption& opt) {
   std::vector<std::string> parts = split_keyval(opt.value);
   if (parts.empty()) return Error::invalid("empty -chardev");
   std::string id = keyval_get(parts, "id");
@@ -185,7 +147,7 @@ Result<void> Rewriter::rewrite_chardev(Option& opt) {
   return {};
 }
 
-Result<void> Rewriter::rewrite_netdev(Option& opt) {
+Result<void> Rewriter::rewrite_netdev(QemuOption& opt) {
   Json nd = Json::parse(opt.value, nullptr, false);
   if (nd.is_discarded() || !nd.is_object())
     return Error::unsupported("-netdev in non-JSON form is not supported: " + opt.value);
@@ -211,7 +173,21 @@ Result<void> Rewriter::rewrite_netdev(Option& opt) {
   return {};
 }
 
-Result<void> Rewriter::rewrite_vnc(Option& opt) {
+// libvirt's dry run never reads the image, so for a qcow2 disk without <backingStore/> it
+// leaves "backing" out and qemu would follow whatever backing file the image header names,
+// as the VM's uid. vmlaunch does not support backing chains: every qcow2 node says null.
+Result<void> Rewriter::rewrite_blockdev(QemuOption& opt) {
+  Json bd = Json::parse(opt.value, nullptr, false);
+  if (bd.is_discarded() || !bd.is_object()) return Error::unsupported("-blockdev in non-JSON form is not supported: " + opt.value);
+  if (bd.value("driver", "") != "qcow2") return {};
+  if (bd.contains("backing") && !bd["backing"].is_null())
+    return Error::unsupported("disk node " + bd.value("node-name", "") + " has a backing chain, which vmlaunch does not support");
+  bd["backing"] = nullptr;
+  opt.value = bd.dump();
+  return {};
+}
+
+Result<void> Rewriter::rewrite_vnc(QemuOption& opt) {
   if (!domain_.vnc) return Error::invalid("-vnc without <graphics type='vnc'>");
   std::vector<std::string> parts = split_keyval(opt.value);
   if (parts.empty()) return Error::invalid("empty -vnc");
@@ -229,34 +205,6 @@ Result<void> Rewriter::rewrite_vnc(Option& opt) {
 }
 
 }  // namespace
-
-std::vector<std::string> split_keyval(std::string_view value) {
-  std::vector<std::string> parts(1);
-  for (size_t i = 0; i < value.size(); ++i) {
-    if (value[i] != ',') {
-      parts.back() += value[i];
-    } else if (i + 1 < value.size() && value[i + 1] == ',') {
-      parts.back() += ',';
-      ++i;
-    } else {
-      parts.emplace_back();
-    }
-  }
-  if (parts.size() == 1 && parts[0].empty()) parts.clear();
-  return parts;
-}
-
-std::string join_keyval(const std::vector<std::string>& parts) {
-  std::string out;
-  for (size_t i = 0; i < parts.size(); ++i) {
-    if (i) out += ',';
-    for (char c : parts[i]) {
-      out += c;
-      if (c == ',') out += ',';
-    }
-  }
-  return out;
-}
 
 Result<Plan> rewrite_native_argv(const std::vector<std::string>& words, const Domain& domain,
                                  const std::string& conversion_root, int vnc_display) {

@@ -12,6 +12,7 @@
 
 #include "common/domain.h"
 #include "common/plan.h"
+#include "common/qemu_options.h"
 
 namespace vl {
 
@@ -20,13 +21,7 @@ inline constexpr int kMonitorFd = 3;
 inline constexpr int kFirstTapFd = 4;
 
 /// The rewrite's own version: part of the plan cache key, bump it when the output changes.
-inline constexpr int kRewriteVersion = 1;
-
-/// Splits a QEMU keyval option value ("socket,id=x,path=/a,,b") into its parts, undoing the
-/// ',,' escape ("socket", "id=x", "path=/a,b").
-std::vector<std::string> split_keyval(std::string_view value);
-/// Joins parts into a keyval value, escaping ',' as ',,'.
-std::string join_keyval(const std::vector<std::string>& parts);
+inline constexpr int kRewriteVersion = 2;
 
 /// Rewrites the words of a native command line (environment assignments included) into a
 /// plan for `domain`. `conversion_root` is the embed root the words came from: no word of the

@@ -8,6 +8,7 @@
 
 #include <ctime>
 
+#include "common/argv_policy.h"
 #include "common/domain.h"
 #include "common/plan.h"
 #include "common/sys.h"
@@ -60,7 +61,8 @@ Result<void> check_plan(const Plan& plan, const Domain& domain) {
   if (monitors != 1) return Error::invalid("plan must have exactly one monitor fd");
   for (size_t i = 0; i < nic_seen.size(); ++i)
     if (!nic_seen[i]) return Error::invalid("plan has no tap fd for interface " + std::to_string(i));
-  return {};
+  // The argv is the daemon's proposal; what root executes is decided here (argv_policy.h).
+  return check_plan_argv(plan, domain);
 }
 
 Result<std::string> check_zones(const HostConfig& config, const Domain& domain) {
@@ -235,6 +237,7 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
   if (auto r = run(); !r) return log_error(std::move(r).error());
 
   ExecSpec spec{env.domain.emulator, env.plan.argv, emulator_environment(), {}};
+  for (std::string& arg : emulator_sandbox_args()) spec.argv.push_back(std::move(arg));
   for (const FdSlot& slot : env.plan.fds)
     spec.fds.push_back({slot.kind == FdSlot::Kind::kMonitor ? monitor.get() : taps[slot.nic].get(), slot.fd});
   UniqueFd null_fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));

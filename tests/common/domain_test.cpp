@@ -180,6 +180,45 @@ TEST_SUITE("common/domain") {
               .find("start-order") != std::string::npos);
   }
 
+  TEST_CASE("a singleton element given twice is refused, so libvirt and vmlaunch cannot read different ones") {
+    struct Case {
+      std::string xml;
+      const char* expected;
+    };
+    const Case cases[] = {
+        {domain_xml("", "  <name>other</name>\n"), "<name> appears more than once in <domain>"},
+        {domain_xml("", "  <uuid>6c0e0c8e-3f7a-4b0b-9d7e-1b2a3c4d5e60</uuid>\n"), "<uuid> appears more than once"},
+        {domain_xml("    <emulator>/tmp/probe.sh</emulator>\n"), "<emulator> appears more than once in <devices>"},
+        {domain_xml(R"(    <interface type='bridge'><mac address='52:54:00:12:34:56'/><mac address='52:54:00:12:34:57'/>
+      <source bridge='br-dmz'/></interface>
+)"), "<mac> appears more than once in <interface>"},
+        {domain_xml(R"(    <interface type='bridge'><mac address='52:54:00:12:34:56'/><source bridge='br-dmz'/>
+      <source bridge='br-lan'/></interface>
+)"), "<source> appears more than once in <interface>"},
+        {domain_xml(R"(    <disk type='file'><driver name='qemu' type='raw'/><source file='/srv/a.img'/><source file='/etc/shadow'/></disk>
+)"), "<source> appears more than once in <disk>"},
+        {domain_xml(R"(    <disk type='file'><driver name='qemu' type='raw'/><driver name='qemu' type='qcow2'/><source file='/srv/a.img'/></disk>
+)"), "<driver> appears more than once in <disk>"},
+        {domain_xml("", R"(  <metadata><vl:vm xmlns:vl='urn:vmlaunch:domain:1'><vl:zone>dmz</vl:zone><vl:zone>lan</vl:zone></vl:vm></metadata>
+)"), "<zone> appears more than once"},
+        {domain_xml("", R"(  <metadata><vl:vm xmlns:vl='urn:vmlaunch:domain:1'/><vl:vm xmlns:vl='urn:vmlaunch:domain:1'/></metadata>
+)"), "<vm> appears more than once"},
+        {domain_xml("    <graphics type='vnc'><listen type='address' address='127.0.0.1'/><listen type='address' address='0.0.0.0'/></graphics>\n"),
+         "<listen> appears more than once"},
+        {domain_xml("", "  <devices/>\n"), "<devices> appears more than once"},
+    };
+    for (const Case& c : cases) {
+      CAPTURE(c.xml);
+      CHECK(error_of(c.xml).find(c.expected) != std::string::npos);
+    }
+    // Repeatable ones stay repeatable.
+    auto two_ips = parse_domain(domain_xml(R"(    <interface type='bridge'><mac address='52:54:00:12:34:56'/><source bridge='br-dmz'/>
+      <ip address='192.0.2.1'/><ip address='192.0.2.2'/></interface>
+    <serial type='pty'/><serial type='pty'/>
+)"), "web1.xml");
+    CHECK_MESSAGE(two_ips.ok(), (two_ips.ok() ? "" : two_ips.error().context));
+  }
+
   TEST_CASE("load_domain names a missing file") {
     auto r = vl::load_domain("/nonexistent/web1.xml");
     REQUIRE_FALSE(r.ok());

@@ -41,6 +41,13 @@ inline std::string build_path(const char* env) {
   return p;
 }
 
+/// A uid range of this test process's own: a VM's uid may be killed wholesale by cleanup, so
+/// two test runs on one host must never hand out the same uids.
+inline std::string test_uid_range() {
+  unsigned first = 100000 + static_cast<unsigned>(::getpid() % 20000) * 1000;
+  return "vm_uid_first = " + std::to_string(first) + "\nvm_uid_count = 1000\n";
+}
+
 /// A plan cache shared by all tests of one process: the embed root's capabilities probe is
 /// paid once.
 inline const std::string& shared_cache_dir() {
@@ -54,6 +61,7 @@ struct DomainSpec {
   std::string bridge = "br-dmz";
   std::string zone;                 // metadata zone, empty: none
   std::string disk;                 // default: images/NAME.img
+  std::string disk_format = "raw";
   std::string block_disk;           // optional second disk, a block device node
   std::string emulator = "/usr/bin/qemu-system-x86_64";
   std::vector<std::string> ips;
@@ -131,7 +139,7 @@ class HelperEnv {
     if (!spec.zone.empty())
       xml += "  <metadata><vl:vm xmlns:vl='urn:vmlaunch:domain:1'><vl:zone>" + spec.zone + "</vl:zone></vl:vm></metadata>\n";
     xml += "  <devices>\n    <emulator>" + spec.emulator + "</emulator>\n"
-           "    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='" + disk +
+           "    <disk type='file' device='disk'><driver name='qemu' type='" + spec.disk_format + "'/><source file='" + disk +
            "'/><target dev='hda' bus='ide'/></disk>\n";
     if (!spec.block_disk.empty())
       xml += "    <disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='" + spec.block_disk +
@@ -249,7 +257,7 @@ class HelperEnv {
 
  protected:
   std::string cache_dir_ = shared_cache_dir();
-  std::string users_ = "[users]\ndaemon_group = \"root\"\n";
+  std::string users_ = "[users]\ndaemon_group = \"root\"\n" + test_uid_range();
 };
 
 /// The entries that differ between two snapshots, one per line; empty if they are equal.

@@ -35,7 +35,7 @@ class SystemEnv : public HelperEnv {
     cache_dir_ = root() + "/cache";
     std::filesystem::create_directory(cache_dir_);
     REQUIRE(::chown(cache_dir_.c_str(), 65534, 65534) == 0);
-    users_ = "[users]\ndaemon_user = \"nobody\"\ndaemon_group = \"nogroup\"\nadmin_group = \"vmlaunch-admin\"\n";
+    users_ = "[users]\ndaemon_user = \"nobody\"\ndaemon_group = \"nogroup\"\nadmin_group = \"vmlaunch-admin\"\n" + test_uid_range();
     write_config("");
     ::chmod("/dev/net/tun", 0666);  // the Debian default (udev); unprivileged conversion needs it
     start_broker();

@@ -1,0 +1,695 @@
+#include "common/argv_policy.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <map>
+#include <set>
+
+#include "common/qemu_options.h"
+#include "common/sys.h"
+#include "common/unique_fd.h"
+
+namespace vl {
+
+namespace {
+
+using Json = nlohmann::json;
+using Keys = std::initializer_list<std::string_view>;
+
+bool one_of(std::string_view s, Keys set) { return std::find(set.begin(), set.end(), s) != set.end(); }
+
+// A value with nothing a path, URL, list or nested option could hide in.
+bool is_token(std::string_view s, std::string_view extra = "") {
+  if (s.empty() || s.size() > 128) return false;
+  return std::all_of(s.begin(), s.end(), [&](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-' || c == '.' || extra.find(c) != std::string_view::npos;
+  });
+}
+
+bool has_control_chars(std::string_view s) {
+  return std::any_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; });
+}
+
+// Device models that reach host resources directly (host devices, host files, vhost kernel
+// interfaces, shared memory, other processes), whatever their other properties say.
+constexpr std::string_view kDeniedDevicePrefixes[] = {
+    "vfio", "vhost", "usb-host", "usb-redir", "usb-mtp", "u2f", "loader", "guest-loader",
+    "virtio-9p", "ivshmem", "pci-assign", "kvm-pci-assign", "tpm-", "nvdimm", "virtio-pmem",
+    "ccid-card-emulated", "ccid-card-passthru", "xen-"};
+
+// Device properties that name host objects instead of guest-side settings.
+constexpr std::string_view kDeniedDeviceKeys[] = {
+    "fd", "fds", "vhostfd", "vhostfds", "vhost", "host", "hostbus", "hostaddr", "hostport",
+    "hostdevice", "sysfsdev", "rootdir", "file", "filename", "kernel", "initrd", "tpmdev",
+    "fsdev", "dtb", "backend"};
+
+// The -object types that touch nothing on the host beyond anonymous memory and entropy.
+constexpr std::string_view kMemoryBackends[] = {"memory-backend-ram", "memory-backend-memfd"};
+
+class ArgvChecker {
+ public:
+  ArgvChecker(const Plan& plan, const Domain& domain) : plan_(plan), domain_(domain) {}
+
+  Result<void> run();
+
+ private:
+  // Every option, its rule. Options not in the table are refused.
+  using Check = Result<void> (ArgvChecker::*)(const QemuOption&);
+  struct Rule {
+    std::string_view name;
+    Check check;  // nullptr: a flag, nothing to check
+  };
+  static const Rule kRules[];
+  // Options refused by name, with the reason an operator needs to hear.
+  static const std::pair<std::string_view, const char*> kRefused[];
+
+  Error refuse(const QemuOption& opt, const std::string& why) const {
+    std::string shown = opt.has_value ? opt.name + " " + quote_for_message(opt.value) : opt.name;
+    return Error::make(ErrorCode::kDenied, "the emulator command line is refused: " + shown + ": " + why);
+  }
+  Result<Json> json_object(const QemuOption& opt) const;
+  Result<void> keyval_tokens(const QemuOption& opt, Keys keys, std::string_view extra = "", bool bare_first = false);
+  Result<void> reference(const QemuOption& opt, const std::set<std::string>& ids, const std::string& id,
+                         const char* what) const;
+
+  // First pass: backends other options refer to.
+  Result<void> declare(const QemuOption& opt);
+  Result<void> declare_chardev(const QemuOption& opt);
+  Result<void> declare_netdev(const QemuOption& opt);
+  Result<void> declare_blockdev(const QemuOption& opt);
+  Result<void> declare_object(const QemuOption& opt);
+  Result<void> declare_audiodev(const QemuOption& opt);
+  Result<void> check_disk_nodes();
+
+  // Second pass: one function per option.
+  Result<void> check_declared(const QemuOption&) { return {}; }
+  Result<void> check_name(const QemuOption& opt);
+  Result<void> check_machine(const QemuOption& opt);
+  Result<void> check_accel(const QemuOption& opt);
+  Result<void> check_cpu(const QemuOption& opt);
+  Result<void> check_memory(const QemuOption& opt);
+  Result<void> check_overcommit(const QemuOption& opt);
+  Result<void> check_smp(const QemuOption& opt);
+  Result<void> check_uuid(const QemuOption& opt);
+  Result<void> check_mon(const QemuOption& opt);
+  Result<void> check_rtc(const QemuOption& opt);
+  Result<void> check_boot(const QemuOption& opt);
+  Result<void> check_device(const QemuOption& opt);
+  Result<void> check_vnc(const QemuOption& opt);
+  Result<void> check_watchdog_action(const QemuOption& opt);
+  Result<void> check_msg(const QemuOption& opt);
+  Result<void> check_global(const QemuOption& opt);
+  Result<void> check_smbios(const QemuOption& opt);
+  Result<void> check_display(const QemuOption& opt);
+  Result<void> check_keyboard(const QemuOption& opt);
+  Result<void> check_action(const QemuOption& opt);
+  Result<void> check_numa(const QemuOption& opt);
+  Result<void> check_boot_file(const QemuOption& opt);
+  Result<void> check_append(const QemuOption& opt);
+  Result<void> check_fw_cfg(const QemuOption& opt);
+
+  const Plan& plan_;
+  const Domain& domain_;
+  std::set<std::string> chardevs_, netdevs_, audiodevs_, rngs_, memdevs_, iothreads_;
+  bool have_monitor_chardev_ = false, have_monitor_ = false;
+  std::set<int> nics_seen_;
+  // -blockdev nodes: protocol nodes by name (with the disk they open, -1 for firmware), and
+  // format nodes that devices may use as a drive.
+  struct ProtocolNode {
+    int disk = -1;
+    bool read_only = false;
+    bool used = false;
+  };
+  std::map<std::string, ProtocolNode> protocol_nodes_;
+  std::set<std::string> format_nodes_;
+  std::set<int> disks_opened_;
+};
+
+const ArgvChecker::Rule ArgvChecker::kRules[] = {
+    {"-S", nullptr},
+    {"-no-shutdown", nullptr},
+    {"-no-user-config", nullptr},
+    {"-nodefaults", nullptr},
+    {"-no-acpi", nullptr},
+    {"-no-hpet", nullptr},
+    {"-no-reboot", nullptr},
+    {"-enable-kvm", nullptr},
+    {"-name", &ArgvChecker::check_name},
+    {"-machine", &ArgvChecker::check_machine},
+    {"-accel", &ArgvChecker::check_accel},
+    {"-cpu", &ArgvChecker::check_cpu},
+    {"-m", &ArgvChecker::check_memory},
+    {"-overcommit", &ArgvChecker::check_overcommit},
+    {"-smp", &ArgvChecker::check_smp},
+    {"-uuid", &ArgvChecker::check_uuid},
+    {"-chardev", &ArgvChecker::check_declared},
+    {"-netdev", &ArgvChecker::check_declared},
+    {"-blockdev", &ArgvChecker::check_declared},
+    {"-object", &ArgvChecker::check_declared},
+    {"-audiodev", &ArgvChecker::check_declared},
+    {"-mon", &ArgvChecker::check_mon},
+    {"-rtc", &ArgvChecker::check_rtc},
+    {"-boot", &ArgvChecker::check_boot},
+    {"-device", &ArgvChecker::check_device},
+    {"-vnc", &ArgvChecker::check_vnc},
+    {"-watchdog-action", &ArgvChecker::check_watchdog_action},
+    {"-msg", &ArgvChecker::check_msg},
+    {"-global", &ArgvChecker::check_global},
+    {"-smbios", &ArgvChecker::check_smbios},
+    {"-display", &ArgvChecker::check_display},
+    {"-k", &ArgvChecker::check_keyboard},
+    {"-action", &ArgvChecker::check_action},
+    {"-numa", &ArgvChecker::check_numa},
+    {"-kernel", &ArgvChecker::check_boot_file},
+    {"-initrd", &ArgvChecker::check_boot_file},
+    {"-dtb", &ArgvChecker::check_boot_file},
+    {"-bios", &ArgvChecker::check_boot_file},
+    {"-append", &ArgvChecker::check_append},
+    {"-fw_cfg", &ArgvChecker::check_fw_cfg},
+};
+
+const std::pair<std::string_view, const char*> ArgvChecker::kRefused[] = {
+    {"-sandbox", "the helper adds QEMU's sandbox itself; a plan may not choose it"},
+    {"-net", "networking is the plan's tap fds only"},
+    {"-nic", "networking is the plan's tap fds only"},
+    {"-plugin", "loads code into the emulator"},
+    {"-incoming", "incoming migration streams are not accepted"},
+    {"-daemonize", "the emulator must stay in the foreground"},
+    {"-runas", "the helper changes the uid itself"},
+    {"-chroot", "the helper sets up the emulator's environment itself"},
+    {"-readconfig", "reads options from a file the helper has not checked"},
+    {"-add-fd", "fds are the plan's slots only"},
+    {"-D", "writes a log file the helper does not control"},
+    {"-d", "debug logging is not allowed"},
+    {"-trace", "tracing can write files the helper does not control"},
+    {"-L", "firmware comes from QEMU's own data directory only"},
+    {"-gdb", "opens a debugger endpoint"},
+    {"-s", "opens a debugger endpoint"},
+    {"-spice", "SPICE is not supported"},
+    {"-serial", "serial ports are pty chardevs only"},
+    {"-parallel", "character devices are pty chardevs only"},
+    {"-monitor", "the only monitor is the plan's QMP fd"},
+    {"-qmp", "the only monitor is the plan's QMP fd"},
+    {"-qmp-pretty", "the only monitor is the plan's QMP fd"},
+    {"-debugcon", "character devices are pty chardevs only"},
+    {"-drive", "disks are -blockdev nodes of the domain's disks only"},
+    {"-mem-path", "guest memory is anonymous memory only"},
+    {"-set", "rewrites options after they were checked"},
+    {"-loadvm", "loading snapshots at start is not supported"},
+    {"-pidfile", "the helper knows the pid; the file would be written as the VM's uid"},
+    {"-virtfs", "host filesystem sharing is not supported"},
+    {"-fsdev", "host filesystem sharing is not supported"},
+    {"-tpmdev", "TPM backends are not supported"},
+    {"-option-rom", "ROM images from host paths are not supported"},
+    {"-nographic", "redirects the serial port and a monitor to stdio"},
+    {"-snapshot", "writes temporary images outside the storage roots"},
+    {"-writeconfig", "writes a file the helper does not control"},
+    {"-preconfig", "the supervisor expects the -S protocol"},
+};
+
+Result<Json> ArgvChecker::json_object(const QemuOption& opt) const {
+  if (opt.value.empty() || opt.value[0] != '{') return refuse(opt, "must be a JSON object");
+  Json j = Json::parse(opt.value, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return refuse(opt, "must be a JSON object");
+  return j;
+}
+
+// keyval options: every part KEY=VALUE with KEY from `keys` and VALUE a token; with
+// bare_first, the first part may be a bare token (the "default key" QEMU allows).
+Result<void> ArgvChecker::keyval_tokens(const QemuOption& opt, Keys keys, std::string_view extra, bool bare_first) {
+  std::vector<std::string> parts = split_keyval(opt.value);
+  if (parts.empty()) return refuse(opt, "empty value");
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const std::string& p = parts[i];
+    if (i == 0 && bare_first && p.find('=') == std::string::npos) {
+      if (!is_token(p, extra)) return refuse(opt, "unexpected value '" + p + "'");
+      continue;
+    }
+    if (p.find('=') == std::string::npos || !one_of(keyval_key(p), keys))
+      return refuse(opt, "property '" + std::string(keyval_key(p)) + "' is not allowed");
+    if (!is_token(keyval_value(p), extra))
+      return refuse(opt, "value of '" + std::string(keyval_key(p)) + "' is not a plain token");
+  }
+  return {};
+}
+
+Result<void> ArgvChecker::reference(const QemuOption& opt, const std::set<std::string>& ids, const std::string& id,
+                                    const char* what) const {
+  if (!ids.count(id)) return refuse(opt, std::string("refers to ") + what + " '" + id + "' that the plan does not declare");
+  return {};
+}
+
+Result<void> ArgvChecker::run() {
+  if (plan_.argv.empty()) return Error::invalid("plan: empty argv");
+  std::vector<std::string> words(plan_.argv.begin() + 1, plan_.argv.end());
+  std::vector<QemuOption> options = VL_TRY(parse_qemu_options(words));
+  std::map<std::string_view, int> counts;
+  for (const QemuOption& opt : options) {
+    for (const auto& [name, why] : kRefused)
+      if (opt.name == name) return refuse(opt, why);
+    const Rule* rule = nullptr;
+    for (const Rule& r : kRules)
+      if (r.name == opt.name) rule = &r;
+    if (!rule) return refuse(opt, "not an option vmlaunch allows");
+    if ((rule->check == nullptr) == opt.has_value)
+      return refuse(opt, "malformed option");  // the parser's flag table and ours disagree
+    if (has_control_chars(opt.value)) return refuse(opt, "contains control characters");
+    ++counts[rule->name];
+    VL_CHECK(declare(opt));
+  }
+  // Options that configure one thing: a second occurrence would silently override the first.
+  for (std::string_view once : {"-name", "-machine", "-accel", "-cpu", "-m", "-smp", "-uuid", "-mon", "-vnc",
+                                "-kernel", "-initrd", "-dtb", "-bios", "-append", "-display", "-rtc", "-boot"})
+    if (counts[once] > 1) return Error::make(ErrorCode::kDenied, "the emulator command line is refused: " + std::string(once) + " appears more than once");
+  if (counts["-S"] != 1 || counts["-no-shutdown"] != 1)
+    return Error::make(ErrorCode::kDenied, "the emulator command line is refused: it must have -S and -no-shutdown once "
+                                           "(the supervisor starts and stops the guest over QMP)");
+  for (const QemuOption& opt : options) {
+    for (const Rule& r : kRules)
+      if (r.name == opt.name && r.check) VL_CHECK((this->*r.check)(opt));
+  }
+  if (!have_monitor_chardev_ || !have_monitor_)
+    return Error::make(ErrorCode::kDenied, "the emulator command line is refused: it has no QMP monitor on the plan's monitor fd");
+  return check_disk_nodes();
+}
+
+Result<void> ArgvChecker::declare(const QemuOption& opt) {
+  if (opt.name == "-chardev") return declare_chardev(opt);
+  if (opt.name == "-netdev") return declare_netdev(opt);
+  if (opt.name == "-blockdev") return declare_blockdev(opt);
+  if (opt.name == "-object") return declare_object(opt);
+  if (opt.name == "-audiodev") return declare_audiodev(opt);
+  return {};
+}
+
+Result<void> ArgvChecker::declare_chardev(const QemuOption& opt) {
+  std::vector<std::string> parts = split_keyval(opt.value);
+  if (parts.size() < 2 || parts[1].rfind("id=", 0) != 0 || !is_token(keyval_value(parts[1])))
+    return refuse(opt, "expected BACKEND,id=ID");
+  std::string id(keyval_value(parts[1]));
+  if (parts[0] == "socket") {
+    // Only the monitor, exactly on the fd root bound: any other socket reaches the network
+    // or another process.
+    const FdSlot* monitor = nullptr;
+    for (const FdSlot& s : plan_.fds)
+      if (s.kind == FdSlot::Kind::kMonitor) monitor = &s;
+    std::vector<std::string> expected = {"socket", "id=charmonitor", "fd=" + std::to_string(monitor ? monitor->fd : -1),
+                                         "server=on", "wait=off"};
+    if (!monitor || parts != expected || have_monitor_chardev_)
+      return refuse(opt, "the only socket chardev is the QMP monitor on the plan's monitor fd");
+    have_monitor_chardev_ = true;
+  } else if (parts[0] == "pty" || parts[0] == "null") {
+    if (parts.size() != 2) return refuse(opt, "pty and null chardevs take no options");
+  } else {
+    return refuse(opt, "chardev backend '" + parts[0] + "' is not allowed (only pty, null and the monitor)");
+  }
+  if (!chardevs_.insert(id).second) return refuse(opt, "chardev id '" + id + "' declared twice");
+  return {};
+}
+
+Result<void> ArgvChecker::declare_netdev(const QemuOption& opt) {
+  Json nd = VL_TRY(json_object(opt));
+  for (const auto& [key, value] : nd.items())
+    if (!one_of(key, {"type", "id", "fd"}) || !value.is_string())
+      return refuse(opt, "netdev property '" + key + "' is not allowed (only type, id and fd)");
+  if (nd.size() != 3 || nd["type"] != "tap") return refuse(opt, "only tap netdevs on the plan's tap fds are allowed");
+  std::string id = nd["id"], fd = nd["fd"];
+  const FdSlot* slot = nullptr;
+  for (const FdSlot& s : plan_.fds)
+    if (s.kind == FdSlot::Kind::kTap && std::to_string(s.fd) == fd) slot = &s;
+  if (!slot) return refuse(opt, "fd " + fd + " is not one of the plan's tap fds");
+  if (!nics_seen_.insert(slot->nic).second) return refuse(opt, "tap fd " + fd + " is used twice");
+  if (!is_token(id) || !netdevs_.insert(id).second) return refuse(opt, "netdev id '" + id + "' is malformed or declared twice");
+  return {};
+}
+
+Result<void> ArgvChecker::declare_blockdev(const QemuOption& opt) {
+  Json bd = VL_TRY(json_object(opt));
+  std::string driver = bd.value("driver", ""), node = bd.value("node-name", "");
+  if (!is_token(node)) return refuse(opt, "a blockdev needs a plain node-name");
+  if (protocol_nodes_.count(node) || format_nodes_.count(node)) return refuse(opt, "node '" + node + "' declared twice");
+  auto only_keys = [&](Keys keys) -> Result<void> {
+    for (const auto& [key, value] : bd.items()) {
+      if (!one_of(key, keys)) return refuse(opt, "blockdev property '" + key + "' is not allowed");
+      if (key == "cache") {
+        if (!value.is_object()) return refuse(opt, "'cache' must be an object");
+        for (const auto& [k, v] : value.items())
+          if (!one_of(k, {"direct", "no-flush"}) || !v.is_boolean()) return refuse(opt, "cache property '" + k + "' is not allowed");
+      } else if (key == "backing") {
+        if (!value.is_null()) return refuse(opt, "backing files are not allowed; a qcow2 node must say \"backing\": null");
+      } else if (value.is_object() || value.is_array()) {
+        return refuse(opt, "property '" + key + "' must be a plain value");
+      }
+    }
+    return {};
+  };
+  bool read_only = bd.value("read-only", false);
+  if (driver == "file" || driver == "host_device" || driver == "host_cdrom") {
+    VL_CHECK(only_keys({"driver", "filename", "node-name", "auto-read-only", "discard", "read-only", "aio", "cache"}));
+    if (bd.contains("aio") && !one_of(bd.value("aio", ""), {"threads", "native"}))
+      return refuse(opt, "aio mode must be threads or native");
+    if (!bd.contains("filename") || !bd["filename"].is_string()) return refuse(opt, "a protocol node needs a filename");
+    std::string filename = bd["filename"];
+    ProtocolNode pn;
+    pn.read_only = read_only;
+    for (size_t i = 0; i < domain_.disks.size(); ++i)
+      if (domain_.disks[i].source == filename) pn.disk = static_cast<int>(i);
+    if (pn.disk >= 0) {
+      const Disk& disk = domain_.disks[pn.disk];
+      bool block = driver != "file";
+      if (block != (disk.kind == Disk::Kind::kBlock))
+        return refuse(opt, "driver '" + driver + "' does not match the domain's disk type for '" + filename + "'");
+      if (!disks_opened_.insert(pn.disk).second) return refuse(opt, "disk '" + filename + "' is opened twice");
+    } else {
+      // Not a disk of the domain: only read-only firmware that root installed (a UEFI code
+      // image, say), never anything a user could have written.
+      if (driver != "file" || !read_only)
+        return refuse(opt, "'" + filename + "' is not a disk of the domain XML");
+      if (auto r = check_root_owned_file(filename); !r) return refuse(opt, r.error().context);
+    }
+    protocol_nodes_[node] = pn;
+    return {};
+  }
+  if (driver == "raw" || driver == "qcow2") {
+    VL_CHECK(only_keys({"node-name", "read-only", "driver", "file", "backing", "cache", "discard", "detect-zeroes"}));
+    if (!bd.contains("file") || !bd["file"].is_string())
+      return refuse(opt, "a format node's file must name a protocol node declared before it");
+    auto proto = protocol_nodes_.find(bd["file"].get<std::string>());
+    if (proto == protocol_nodes_.end() || proto->second.used)
+      return refuse(opt, "a format node's file must name a protocol node declared before it, once");
+    proto->second.used = true;
+    // The image header names a backing file that qemu would open as the VM's uid: anything
+    // readable, or an nbd:/http: URL. Only an explicit null keeps it from looking.
+    if (driver == "qcow2" && !(bd.contains("backing") && bd["backing"].is_null()))
+      return refuse(opt, "a qcow2 node must say \"backing\": null (backing files are not allowed)");
+    if (driver == "raw" && bd.contains("backing")) return refuse(opt, "raw nodes have no backing");
+    if (proto->second.disk >= 0) {
+      const Disk& disk = domain_.disks[proto->second.disk];
+      if (disk.format != driver)
+        return refuse(opt, "disk '" + disk.source + "' is declared '" + disk.format + "', not '" + driver + "'");
+      if (disk.read_only && !read_only) return refuse(opt, "disk '" + disk.source + "' is read-only in the domain XML");
+    } else if (!read_only || driver != "raw") {
+      return refuse(opt, "firmware must be opened read-only as raw");
+    }
+    format_nodes_.insert(node);
+    return {};
+  }
+  return refuse(opt, "blockdev driver '" + driver + "' is not allowed (only file, host_device, host_cdrom, raw, qcow2)");
+}
+
+Result<void> ArgvChecker::check_disk_nodes() {
+  for (const auto& [name, node] : protocol_nodes_)
+    if (!node.used)
+      return Error::make(ErrorCode::kDenied, "the emulator command line is refused: protocol node '" + name +
+                                                 "' has no format node (disks are opened with a declared format only)");
+  return {};
+}
+
+Result<void> ArgvChecker::declare_object(const QemuOption& opt) {
+  Json obj = VL_TRY(json_object(opt));
+  std::string type = obj.value("qom-type", ""), id = obj.value("id", "");
+  if (!is_token(id)) return refuse(opt, "an object needs a plain id");
+  for (const auto& [key, value] : obj.items())
+    if (value.is_object() || value.is_array()) return refuse(opt, "property '" + key + "' must be a plain value");
+  if (std::find(std::begin(kMemoryBackends), std::end(kMemoryBackends), type) != std::end(kMemoryBackends)) {
+    for (const auto& [key, value] : obj.items())
+      if (!one_of(key, {"qom-type", "id", "size", "share", "prealloc", "merge", "dump", "hugetlb", "hugetlbsize", "seal",
+                        "x-use-canonical-path-for-ramblock-id"}))
+        return refuse(opt, "memory backend property '" + key + "' is not allowed");
+    memdevs_.insert(id);
+  } else if (type == "rng-random") {
+    for (const auto& [key, value] : obj.items())
+      if (!one_of(key, {"qom-type", "id", "filename"})) return refuse(opt, "rng property '" + key + "' is not allowed");
+    if (!one_of(obj.value("filename", ""), {"/dev/urandom", "/dev/random", "/dev/hwrng"}))
+      return refuse(opt, "an rng reads /dev/urandom, /dev/random or /dev/hwrng only");
+    rngs_.insert(id);
+  } else if (type == "rng-builtin") {
+    if (obj.size() != 2) return refuse(opt, "rng-builtin takes no properties");
+    rngs_.insert(id);
+  } else if (type == "iothread") {
+    for (const auto& [key, value] : obj.items())
+      if (!one_of(key, {"qom-type", "id", "poll-max-ns", "poll-grow", "poll-shrink", "aio-max-batch",
+                        "thread-pool-min", "thread-pool-max"}))
+        return refuse(opt, "iothread property '" + key + "' is not allowed");
+    iothreads_.insert(id);
+  } else {
+    return refuse(opt, "object type '" + type + "' is not allowed");
+  }
+  return {};
+}
+
+Result<void> ArgvChecker::declare_audiodev(const QemuOption& opt) {
+  Json ad = VL_TRY(json_object(opt));
+  // Every other driver reaches a host sound server or writes a file (wav).
+  if (ad.size() != 2 || ad.value("driver", "") != "none" || !is_token(ad.value("id", "")))
+    return refuse(opt, "only {\"id\":ID,\"driver\":\"none\"} audio backends are allowed");
+  audiodevs_.insert(ad["id"].get<std::string>());
+  return {};
+}
+
+Result<void> ArgvChecker::check_name(const QemuOption& opt) {
+  VL_CHECK(keyval_tokens(opt, {"guest", "debug-threads"}));
+  for (const std::string& p : split_keyval(opt.value))
+    if (keyval_key(p) == "guest" && keyval_value(p) != domain_.name.str())
+      return refuse(opt, "the guest name must be '" + domain_.name.str() + "'");
+  return {};
+}
+
+Result<void> ArgvChecker::check_machine(const QemuOption& opt) {
+  VL_CHECK(keyval_tokens(opt, {"type", "usb", "dump-guest-core", "memory-backend", "vmport", "smm", "kernel_irqchip",
+                               "kernel-irqchip", "hpet", "acpi", "pflash0", "pflash1", "graphics", "mem-merge", "sata",
+                               "i8042", "pit", "pic", "suppress-vmdesc", "max-ram-below-4g", "hmat",
+                               "smbios-entry-point-type", "sgx-epc", "pcspk-audiodev"},
+                         "", /*bare_first=*/true));
+  for (const std::string& p : split_keyval(opt.value)) {
+    std::string value(keyval_value(p));
+    if (keyval_key(p) == "memory-backend") VL_CHECK(reference(opt, memdevs_, value, "memory backend"));
+    if (keyval_key(p) == "pcspk-audiodev") VL_CHECK(reference(opt, audiodevs_, value, "audio backend"));
+    if (keyval_key(p) == "pflash0" || keyval_key(p) == "pflash1") VL_CHECK(reference(opt, format_nodes_, value, "block node"));
+  }
+  return {};
+}
+
+Result<void> ArgvChecker::check_accel(const QemuOption& opt) {
+  VL_CHECK(keyval_tokens(opt, {"thread", "tb-size", "kernel-irqchip", "dirty-ring-size"}, "", true));
+  std::string accel = split_keyval(opt.value)[0];
+  if (accel != "tcg" && accel != "kvm") return refuse(opt, "the accelerator must be tcg or kvm");
+  return {};
+}
+
+Result<void> ArgvChecker::check_cpu(const QemuOption& opt) {
+  if (!is_token(opt.value, ",=+") || opt.value.size() > 1024) return refuse(opt, "not a CPU model with flags");
+  return {};
+}
+
+Result<void> ArgvChecker::check_memory(const QemuOption& opt) {
+  return keyval_tokens(opt, {"size", "slots", "maxmem"}, "", true);
+}
+
+Result<void> ArgvChecker::check_overcommit(const QemuOption& opt) {
+  return keyval_tokens(opt, {"mem-lock", "cpu-pm"});
+}
+
+Result<void> ArgvChecker::check_smp(const QemuOption& opt) {
+  return keyval_tokens(opt, {"cpus", "sockets", "dies", "clusters", "cores", "threads", "maxcpus"}, "", true);
+}
+
+Result<void> ArgvChecker::check_uuid(const QemuOption& opt) {
+  if (!domain_.uuid.empty() && opt.value != domain_.uuid) return refuse(opt, "the UUID must be the domain's");
+  if (opt.value.size() != 36 || !is_token(opt.value)) return refuse(opt, "not a UUID");
+  return {};
+}
+
+Result<void> ArgvChecker::check_mon(const QemuOption& opt) {
+  VL_CHECK(keyval_tokens(opt, {"chardev", "id", "mode"}));
+  std::vector<std::string> parts = split_keyval(opt.value);
+  bool control = std::find(parts.begin(), parts.end(), "mode=control") != parts.end();
+  bool on_monitor = std::find(parts.begin(), parts.end(), "chardev=charmonitor") != parts.end();
+  if (!control || !on_monitor || !have_monitor_chardev_)
+    return refuse(opt, "the only monitor is QMP (mode=control) on chardev charmonitor");
+  have_monitor_ = true;
+  return {};
+}
+
+Result<void> ArgvChecker::check_rtc(const QemuOption& opt) {
+  return keyval_tokens(opt, {"base", "clock", "driftfix"}, ":");
+}
+
+Result<void> ArgvChecker::check_boot(const QemuOption& opt) {
+  // Not splash=FILE: it would read a host file.
+  return keyval_tokens(opt, {"order", "once", "menu", "strict", "reboot-timeout", "splash-time"}, "", true);
+}
+
+Result<void> ArgvChecker::check_device(const QemuOption& opt) {
+  if (opt.value.empty() || opt.value[0] != '{')
+    return refuse(opt, "-device must be a JSON object (as libvirt writes it for QEMU 7.2)");
+  Json dev = VL_TRY(json_object(opt));
+  std::string driver = dev.value("driver", "");
+  if (!is_token(driver)) return refuse(opt, "a device needs a driver");
+  for (std::string_view prefix : kDeniedDevicePrefixes)
+    if (driver.rfind(prefix, 0) == 0) return refuse(opt, "device '" + driver + "' reaches host resources");
+  for (const auto& [key, value] : dev.items()) {
+    if (value.is_object() || value.is_array()) return refuse(opt, "property '" + key + "' must be a plain value");
+    if (std::find(std::begin(kDeniedDeviceKeys), std::end(kDeniedDeviceKeys), key) != std::end(kDeniedDeviceKeys))
+      return refuse(opt, "device property '" + key + "' names a host object");
+    if (!value.is_string()) continue;
+    const std::string& s = value.get_ref<const std::string&>();
+    // libvirt writes "romfile":"" for <rom enabled='no'/>; any other ROM is a host file.
+    if (key == "romfile" && !s.empty()) return refuse(opt, "ROM files from host paths are not allowed");
+    if (!s.empty() && s[0] == '/') return refuse(opt, "device property '" + key + "' names a host path");
+    if (key == "chardev") VL_CHECK(reference(opt, chardevs_, s, "chardev"));
+    if (key == "chardev" && s == "charmonitor") return refuse(opt, "the monitor chardev is not a device backend");
+    if (key == "netdev") VL_CHECK(reference(opt, netdevs_, s, "netdev"));
+    if (key == "drive") VL_CHECK(reference(opt, format_nodes_, s, "block node"));
+    if (key == "audiodev") VL_CHECK(reference(opt, audiodevs_, s, "audio backend"));
+    if (key == "rng") VL_CHECK(reference(opt, rngs_, s, "rng backend"));
+    if (key == "memdev") VL_CHECK(reference(opt, memdevs_, s, "memory backend"));
+    if (key == "iothread") VL_CHECK(reference(opt, iothreads_, s, "iothread"));
+  }
+  return {};
+}
+
+Result<void> ArgvChecker::check_vnc(const QemuOption& opt) {
+  if (!domain_.vnc) return refuse(opt, "the domain XML has no <graphics type='vnc'>");
+  const Vnc& vnc = *domain_.vnc;
+  std::vector<std::string> parts = split_keyval(opt.value);
+  if (parts.empty()) return refuse(opt, "empty value");
+  std::string prefix = vnc.listen + ":";
+  if (parts[0].rfind(prefix, 0) != 0) return refuse(opt, "VNC must listen on " + vnc.listen + " as the domain XML says");
+  std::string display = parts[0].substr(prefix.size());
+  char* end = nullptr;
+  long d = std::strtol(display.c_str(), &end, 10);
+  if (display.empty() || *end != '\0' || d < 0 || d > 65535 - 5900 || display.size() > 5)
+    return refuse(opt, "malformed VNC display");
+  if (vnc.port && d != *vnc.port - 5900) return refuse(opt, "VNC must use port " + std::to_string(*vnc.port) + " as the domain XML says");
+  if (!plan_.vnc || plan_.vnc->listen != vnc.listen || plan_.vnc->display != d ||
+      plan_.vnc->has_password != !vnc.password.empty())
+    return refuse(opt, "the plan's VNC setup does not match its -vnc option");
+  bool password = false;
+  for (size_t i = 1; i < parts.size(); ++i) {
+    std::string_view key = keyval_key(parts[i]), value = keyval_value(parts[i]);
+    if (!one_of(key, {"password", "audiodev", "share", "lossy", "non-adaptive", "power-control"}) || !is_token(value))
+      return refuse(opt, "VNC property '" + std::string(key) + "' is not allowed");
+    if (key == "password") password = value == "on";
+    if (key == "audiodev") VL_CHECK(reference(opt, audiodevs_, std::string(value), "audio backend"));
+  }
+  if (password != !vnc.password.empty())
+    return refuse(opt, vnc.password.empty() ? "the domain XML sets no VNC password" : "the domain XML requires a VNC password");
+  return {};
+}
+
+Result<void> ArgvChecker::check_watchdog_action(const QemuOption& opt) {
+  if (!one_of(opt.value, {"reset", "shutdown", "poweroff", "pause", "debug", "none", "inject-nmi"}))
+    return refuse(opt, "unknown watchdog action");
+  return {};
+}
+
+Result<void> ArgvChecker::check_msg(const QemuOption& opt) { return keyval_tokens(opt, {"timestamp", "guest-name"}); }
+
+Result<void> ArgvChecker::check_global(const QemuOption& opt) {
+  std::vector<std::string> parts = split_keyval(opt.value);
+  if (parts.size() != 1) return refuse(opt, "expected DRIVER.PROPERTY=VALUE");
+  std::string_view key = keyval_key(parts[0]);
+  size_t dot = key.find('.');
+  if (dot == std::string_view::npos || !is_token(key)) return refuse(opt, "expected DRIVER.PROPERTY=VALUE");
+  std::string_view property = key.substr(dot + 1);
+  if (one_of(property, {"chardev", "drive", "netdev", "romfile", "memdev", "audiodev"}) ||
+      std::find(std::begin(kDeniedDeviceKeys), std::end(kDeniedDeviceKeys), property) != std::end(kDeniedDeviceKeys))
+    return refuse(opt, "global property '" + std::string(property) + "' is not allowed");
+  if (!is_token(keyval_value(parts[0]))) return refuse(opt, "the value is not a plain token");
+  return {};
+}
+
+Result<void> ArgvChecker::check_smbios(const QemuOption& opt) {
+  std::vector<std::string> parts = split_keyval(opt.value);
+  if (parts.empty() || keyval_key(parts[0]) != "type") return refuse(opt, "expected type=N,... (not file=)");
+  for (const std::string& p : parts)
+    if (p.find('=') == std::string::npos || keyval_key(p) == "file") return refuse(opt, "SMBIOS tables from files are not allowed");
+  return {};
+}
+
+Result<void> ArgvChecker::check_display(const QemuOption& opt) {
+  if (opt.value != "none") return refuse(opt, "the only display is none (or VNC)");
+  return {};
+}
+
+Result<void> ArgvChecker::check_keyboard(const QemuOption& opt) {
+  if (!is_token(opt.value)) return refuse(opt, "not a keyboard layout");
+  return {};
+}
+
+Result<void> ArgvChecker::check_action(const QemuOption& opt) {
+  return keyval_tokens(opt, {"reboot", "shutdown", "panic", "watchdog"});
+}
+
+Result<void> ArgvChecker::check_numa(const QemuOption& opt) {
+  VL_CHECK(keyval_tokens(opt, {"nodeid", "cpus", "memdev", "initiator", "node-id", "socket-id", "core-id",
+                               "thread-id", "die-id", "src", "dst", "val", "hierarchy", "data-type", "latency",
+                               "bandwidth", "size", "level", "associativity", "policy", "line"},
+                         "", true));
+  for (const std::string& p : split_keyval(opt.value))
+    if (keyval_key(p) == "memdev") VL_CHECK(reference(opt, memdevs_, std::string(keyval_value(p)), "memory backend"));
+  return {};
+}
+
+Result<void> ArgvChecker::check_boot_file(const QemuOption& opt) {
+  if (auto r = check_root_owned_file(opt.value); !r) return refuse(opt, r.error().context);
+  return {};
+}
+
+Result<void> ArgvChecker::check_append(const QemuOption&) { return {}; }  // guest kernel command line
+
+Result<void> ArgvChecker::check_fw_cfg(const QemuOption& opt) {
+  std::vector<std::string> parts = split_keyval(opt.value);
+  if (parts.size() != 2 || keyval_key(parts[0]) != "name" || keyval_key(parts[1]) != "string")
+    return refuse(opt, "only name=...,string=... is allowed (no files)");
+  return {};
+}
+
+}  // namespace
+
+Result<void> check_plan_argv(const Plan& plan, const Domain& domain) {
+  ArgvChecker checker(plan, domain);
+  return checker.run();
+}
+
+std::vector<std::string> emulator_sandbox_args() {
+  return {"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"};
+}
+
+Result<void> check_root_owned_file(const std::string& path) {
+  if (path.empty() || path[0] != '/' || path.find("/../") != std::string::npos || path.ends_with("/..") ||
+      path.find("//") != std::string::npos || path.find("/./") != std::string::npos)
+    return Error::make(ErrorCode::kDenied, "'" + path + "' is not a canonical absolute path");
+  UniqueFd dir(::open("/", O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!dir) return Error::from_errno("open /");
+  size_t start = 1;
+  for (;;) {
+    struct stat st {};
+    VL_TRY(sys::check(::fstat(dir.get(), &st), "stat a directory above '" + path + "'"));
+    if (st.st_uid != 0 || (st.st_mode & (S_IWGRP | S_IWOTH)))
+      return Error::make(ErrorCode::kDenied, "'" + path + "' is in a directory that users other than root can change");
+    size_t slash = path.find('/', start);
+    bool last = slash == std::string::npos;
+    std::string component = path.substr(start, last ? std::string::npos : slash - start);
+    UniqueFd next(::openat(dir.get(), component.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+    if (!next) return Error::from_errno("open '" + path + "'");
+    VL_TRY(sys::check(::fstat(next.get(), &st), "stat '" + path + "'"));
+    if (S_ISLNK(st.st_mode)) return Error::make(ErrorCode::kDenied, "'" + path + "' passes through symlinks");
+    if (last) {
+      if (!S_ISREG(st.st_mode) || st.st_uid != 0 || (st.st_mode & (S_IWGRP | S_IWOTH)))
+        return Error::make(ErrorCode::kDenied, "'" + path + "' must be a regular file only root can change");
+      return {};
+    }
+    dir = std::move(next);
+    start = slash + 1;
+  }
+}
+
+}  // namespace vl

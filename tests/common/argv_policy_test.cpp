@@ -1,0 +1,260 @@
+#include "common/argv_policy.h"
+
+#include <doctest/doctest.h>
+
+#include <string>
+#include <vector>
+
+using vl::FdSlot;
+using vl::Plan;
+
+namespace {
+
+constexpr char kEmulator[] = "/usr/bin/qemu-system-x86_64";
+
+vl::Domain sample_domain(const std::string& extra_devices = "") {
+  std::string xml =
+      "<domain type='qemu'><name>web1</name><uuid>6a3c5e1e-1111-2222-3333-444455556666</uuid><devices>"
+      "<emulator>/usr/bin/qemu-system-x86_64</emulator>"
+      "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/srv/vm/web1.qcow2'/>"
+      "<target dev='vda' bus='virtio'/></disk>"
+      "<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='/srv/iso/inst.iso'/>"
+      "<target dev='hdc' bus='ide'/><readonly/></disk>"
+      "<interface type='bridge'><mac address='52:54:00:00:00:01'/><source bridge='br-dmz'/></interface>"
+      "<graphics type='vnc' passwd='secret'/><serial type='pty'/>" +
+      extra_devices + "</devices></domain>";
+  auto d = vl::parse_domain(xml, "web1.xml");
+  REQUIRE_MESSAGE(d.ok(), d.error().context);
+  return std::move(d).value();
+}
+
+// The shape of a real plan for sample_domain(), as the daemon makes it from libvirt 9's output.
+std::vector<std::string> sample_args() {
+  return {
+      "-name", "guest=web1,debug-threads=on", "-S",
+      "-machine", "pc-i440fx-7.2,usb=off,dump-guest-core=off,memory-backend=pc.ram",
+      "-accel", "tcg", "-cpu", "qemu64", "-m", "256",
+      "-object", R"({"qom-type":"memory-backend-ram","id":"pc.ram","size":268435456})",
+      "-overcommit", "mem-lock=off", "-smp", "1,sockets=1,cores=1,threads=1",
+      "-uuid", "6a3c5e1e-1111-2222-3333-444455556666", "-no-user-config", "-nodefaults",
+      "-chardev", "socket,id=charmonitor,fd=3,server=on,wait=off",
+      "-mon", "chardev=charmonitor,id=monitor,mode=control",
+      "-rtc", "base=utc", "-no-shutdown", "-boot", "strict=on",
+      "-blockdev", R"({"driver":"file","filename":"/srv/vm/web1.qcow2","node-name":"libvirt-2-storage","auto-read-only":true,"discard":"unmap"})",
+      "-blockdev", R"({"node-name":"libvirt-2-format","read-only":false,"driver":"qcow2","file":"libvirt-2-storage","backing":null})",
+      "-device", R"({"driver":"virtio-blk-pci","bus":"pci.0","addr":"0x7","drive":"libvirt-2-format","id":"virtio-disk0","bootindex":1})",
+      "-blockdev", R"({"driver":"file","filename":"/srv/iso/inst.iso","node-name":"libvirt-1-storage","auto-read-only":true,"discard":"unmap"})",
+      "-blockdev", R"({"node-name":"libvirt-1-format","read-only":true,"driver":"raw","file":"libvirt-1-storage"})",
+      "-device", R"({"driver":"ide-cd","bus":"ide.1","unit":0,"drive":"libvirt-1-format","id":"ide0-1-0"})",
+      "-netdev", R"({"type":"tap","fd":"4","id":"hostnet0"})",
+      "-device", R"({"driver":"virtio-net-pci","netdev":"hostnet0","id":"net0","mac":"52:54:00:00:00:01","bus":"pci.0","addr":"0x3"})",
+      "-chardev", "pty,id=charserial0",
+      "-device", R"({"driver":"isa-serial","chardev":"charserial0","id":"serial0","index":0})",
+      "-audiodev", R"({"id":"audio1","driver":"none"})",
+      "-vnc", "127.0.0.1:2,password=on,audiodev=audio1",
+      "-device", R"({"driver":"cirrus-vga","id":"video0","bus":"pci.0","addr":"0x2"})",
+      "-object", R"({"qom-type":"rng-random","id":"objrng0","filename":"/dev/urandom"})",
+      "-device", R"({"driver":"virtio-rng-pci","rng":"objrng0","id":"rng0","bus":"pci.0","addr":"0x9"})",
+      "-watchdog-action", "reset", "-msg", "timestamp=on"};
+}
+
+Plan plan_with(const std::vector<std::string>& args) {
+  Plan p;
+  p.vm = "web1";
+  p.emulator = kEmulator;
+  p.argv = {kEmulator};
+  p.argv.insert(p.argv.end(), args.begin(), args.end());
+  p.fds = {{FdSlot::Kind::kMonitor, 3, -1}, {FdSlot::Kind::kTap, 4, 0}};
+  p.vnc = vl::VncSetup{"127.0.0.1", 2, true};
+  p.serial_ptys = 1;
+  return p;
+}
+
+std::vector<std::string> plus(std::vector<std::string> extra) {
+  std::vector<std::string> args = sample_args();
+  args.insert(args.end(), extra.begin(), extra.end());
+  return args;
+}
+
+// The sample with the value of `option`'s first occurrence replaced.
+std::vector<std::string> with_value(const std::string& option, const std::string& value, int occurrence = 0) {
+  std::vector<std::string> args = sample_args();
+  for (size_t i = 0; i + 1 < args.size(); ++i)
+    if (args[i] == option && occurrence-- == 0) {
+      args[i + 1] = value;
+      return args;
+    }
+  FAIL("no option " << option);
+  return args;
+}
+
+std::vector<std::string> without(const std::string& option) {
+  std::vector<std::string> args = sample_args();
+  for (size_t i = 0; i < args.size(); ++i)
+    if (args[i] == option) {
+      bool flag = option == "-S" || option == "-no-shutdown";
+      args.erase(args.begin() + static_cast<ptrdiff_t>(i), args.begin() + static_cast<ptrdiff_t>(i) + (flag ? 1 : 2));
+      return args;
+    }
+  FAIL("no option " << option);
+  return args;
+}
+
+}  // namespace
+
+TEST_SUITE("common/argv_policy") {
+  TEST_CASE("a plan shaped like libvirt's output for the domain is accepted") {
+    auto r = vl::check_plan_argv(plan_with(sample_args()), sample_domain());
+    CHECK_MESSAGE(r.ok(), (r.ok() ? "" : r.error().context));
+  }
+
+  TEST_CASE("the helper's own sandbox is QEMU's with every denial on") {
+    auto args = vl::emulator_sandbox_args();
+    REQUIRE(args.size() == 2);
+    CHECK(args[0] == "-sandbox");
+    CHECK(args[1] == "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
+  }
+
+  TEST_CASE("hostile command lines are refused, each with its reason") {
+    struct Case {
+      std::vector<std::string> args;
+      const char* expected;
+    };
+    const Case cases[] = {
+        // Code execution and escapes seen against the old helper.
+        {plus({"-sandbox", "off"}), "-sandbox"},
+        {plus({"-incoming", "exec:sh -c id"}), "incoming migration"},
+        {plus({"-plugin", "file=/tmp/x.so"}), "loads code"},
+        {plus({"-net", "socket,listen=:1234"}), "tap fds only"},
+        {plus({"-nic", "user"}), "tap fds only"},
+        {plus({"-netdev", R"({"type":"user","id":"n1"})"}), "netdev"},
+        {plus({"-netdev", R"({"type":"socket","id":"n1","connect":"10.0.0.1:1"})"}), "netdev property 'connect'"},
+        {plus({"-netdev", R"({"type":"tap","fd":"9","id":"n1"})"}), "not one of the plan's tap fds"},
+        {plus({"-netdev", R"({"type":"tap","fd":"4","id":"n1"})"}), "used twice"},
+        {plus({"-netdev", R"({"type":"tap","fd":"3","id":"n1"})"}), "not one of the plan's tap fds"},
+        {plus({"-netdev", R"({"type":"tap","fd":"4","id":"n1","script":"/bin/sh"})"}), "script"},
+        {plus({"-daemonize"}), "foreground"},
+        {plus({"-runas", "root"}), "-runas"},
+        {plus({"-chroot", "/"}), "-chroot"},
+        {plus({"-readconfig", "/tmp/x.cfg"}), "-readconfig"},
+        {plus({"-add-fd", "fd=5,set=1"}), "-add-fd"},
+        {plus({"-D", "/tmp/log"}), "-D"},
+        {plus({"-trace", "file=/etc/passwd"}), "-trace"},
+        {plus({"-L", "/tmp"}), "-L"},
+        {plus({"-gdb", "tcp::1234"}), "debugger"},
+        {plus({"-s"}), "debugger"},
+        {plus({"-spice", "port=5930"}), "SPICE"},
+        {plus({"-monitor", "tcp:0.0.0.0:4444,server"}), "-monitor"},
+        {plus({"-serial", "tcp:10.0.0.1:1"}), "-serial"},
+        {plus({"-set", "device.net0.mac=52:54:00:00:00:02"}), "-set"},
+        {plus({"-drive", "file=/etc/shadow,format=raw"}), "-drive"},
+        {plus({"-frobnicate", "x"}), "not an option vmlaunch allows"},
+        // Character devices: only pty, null and the monitor on its fd.
+        {plus({"-chardev", "socket,id=c1,host=10.0.0.1,port=1"}), "only socket chardev"},
+        {plus({"-chardev", "socket,id=c1,path=/tmp/s,server=on"}), "only socket chardev"},
+        {plus({"-chardev", "udp,id=c1,host=10.0.0.1,port=1"}), "backend 'udp'"},
+        {plus({"-chardev", "file,id=c1,path=/tmp/out"}), "backend 'file'"},
+        {plus({"-chardev", "pty,id=c1,logfile=/tmp/x"}), "take no options"},
+        {plus({"-chardev", "socket,id=charmonitor,fd=3,server=on,wait=off"}), "only socket chardev"},
+        {plus({"-chardev", "pty,id=c1", "-mon", "chardev=c1,mode=readline"}), "-mon"},
+        {plus({"-device", R"({"driver":"isa-serial","chardev":"nope"})"}), "does not declare"},
+        // Disks: the domain's, exactly, with their declared format and no backing file.
+        {plus({"-blockdev", R"({"driver":"file","filename":"/etc/shadow","node-name":"x"})"}), "not a disk of the domain"},
+        {plus({"-blockdev", R"({"driver":"nbd","server":{"type":"inet","host":"10.0.0.1","port":"1"},"node-name":"x"})"}), "driver 'nbd'"},
+        {plus({"-blockdev", R"({"driver":"http","url":"http://10.0.0.1/x","node-name":"x"})"}), "driver 'http'"},
+        {with_value("-blockdev", R"({"node-name":"libvirt-2-format","read-only":false,"driver":"qcow2","file":"libvirt-2-storage"})", 1),
+         "backing"},
+        {with_value("-blockdev", R"({"node-name":"libvirt-2-format","read-only":false,"driver":"qcow2","file":"libvirt-2-storage","backing":"x"})", 1),
+         "backing"},
+        {with_value("-blockdev", R"({"node-name":"libvirt-2-format","read-only":false,"driver":"raw","file":"libvirt-2-storage"})", 1),
+         "declared 'qcow2'"},
+        {with_value("-blockdev", R"({"node-name":"libvirt-2-format","driver":"qcow2","file":{"driver":"nbd"},"backing":null})", 1),
+         "plain value"},
+        {with_value("-blockdev", R"({"node-name":"libvirt-2-format","driver":"qcow2","file":"libvirt-2-storage","backing":null,"data-file":"d"})", 1),
+         "'data-file'"},
+        {with_value("-blockdev", R"({"node-name":"libvirt-1-format","read-only":false,"driver":"raw","file":"libvirt-1-storage"})", 3),
+         "read-only in the domain XML"},
+        {with_value("-blockdev", R"({"driver":"host_device","filename":"/srv/vm/web1.qcow2","node-name":"libvirt-2-storage"})", 0),
+         "does not match the domain's disk type"},
+        {plus({"-blockdev", R"({"driver":"file","filename":"/srv/vm/web1.qcow2","node-name":"again"})"}), "opened twice"},
+        // Memory, objects, audio.
+        {plus({"-object", R"({"qom-type":"memory-backend-file","id":"m","mem-path":"/dev/shm/x","size":1})"}), "memory-backend-file"},
+        {plus({"-object", R"({"qom-type":"input-linux","id":"i","evdev":"/dev/input/event0"})"}), "input-linux"},
+        {plus({"-object", R"({"qom-type":"rng-random","id":"r","filename":"/etc/shadow"})"}), "/dev/urandom"},
+        {plus({"-object", R"({"qom-type":"secret","id":"s","file":"/etc/shadow"})"}), "'secret'"},
+        {plus({"-audiodev", R"({"id":"a","driver":"wav","path":"/tmp/x.wav"})"}), "audio backends"},
+        {plus({"-mem-path", "/dev/shm"}), "anonymous memory"},
+        // Devices that reach host resources.
+        {plus({"-device", R"({"driver":"vfio-pci","host":"0000:00:1f.0"})"}), "reaches host resources"},
+        {plus({"-device", R"({"driver":"loader","file":"/etc/shadow","addr":"0"})"}), "reaches host resources"},
+        {plus({"-device", R"({"driver":"usb-mtp","rootdir":"/"})"}), "reaches host resources"},
+        {plus({"-device", R"({"driver":"vhost-vsock-pci","guest-cid":3})"}), "reaches host resources"},
+        {plus({"-device", R"({"driver":"e1000","romfile":"/tmp/evil.rom"})"}), "romfile"},
+        {plus({"-device", "e1000,netdev=hostnet0"}), "JSON object"},
+        {plus({"-global", "isa-serial.chardev=charmonitor"}), "global property 'chardev'"},
+        // VNC exactly as the XML says, password included.
+        {with_value("-vnc", "0.0.0.0:2,password=on,audiodev=audio1"), "listen on 127.0.0.1"},
+        {with_value("-vnc", "127.0.0.1:2,audiodev=audio1"), "requires a VNC password"},
+        {with_value("-vnc", "127.0.0.1:3,password=on"), "VNC setup does not match"},
+        {with_value("-vnc", "127.0.0.1:2,password=on,reverse=on"), "'reverse'"},
+        {with_value("-vnc", "127.0.0.1:2,password=on,tls-creds=t"), "'tls-creds'"},
+        // Boot files only from directories root controls; no symlinks.
+        {plus({"-kernel", "/tmp/vmlinuz"}), "root"},
+        {plus({"-bios", "/bin/true"}), "symlinks"},
+        {plus({"-kernel", "/usr/../tmp/vmlinuz"}), "canonical"},
+        {plus({"-fw_cfg", "name=opt/x,file=/etc/shadow"}), "no files"},
+        {plus({"-smbios", "file=/etc/shadow"}), "type=N"},
+        {with_value("-boot", "splash=/etc/shadow"), "'splash'"},
+        // Identity and the supervisor's protocol.
+        {with_value("-name", "guest=other"), "must be 'web1'"},
+        {with_value("-name", "guest=web1,process=sshd"), "'process'"},
+        {with_value("-uuid", "00000000-0000-0000-0000-000000000000"), "UUID"},
+        {without("-S"), "-S and -no-shutdown"},
+        {plus({"-S"}), "-S and -no-shutdown"},
+        {without("-mon"), "QMP monitor"},
+        {plus({"-machine", "pc"}), "more than once"},
+        {with_value("-machine", "pc,dumpdtb=/tmp/x"), "'dumpdtb'"},
+        {with_value("-accel", "xen"), "tcg or kvm"},
+        {with_value("-cpu", "host,x=/etc"), "CPU model"},
+        {plus({"-device", "{\"driver\":\"e1000\",\"id\":\"a\nb\"}"}), "control characters"},
+    };
+    for (const Case& c : cases) {
+      std::string shown;
+      for (const auto& a : c.args) shown += a + " ";
+      CAPTURE(shown);
+      auto r = vl::check_plan_argv(plan_with(c.args), sample_domain());
+      REQUIRE_FALSE(r.ok());
+      CAPTURE(r.error().context);
+      CHECK(r.error().context.find(c.expected) != std::string::npos);
+      CHECK(r.error().code == vl::ErrorCode::kDenied);
+    }
+  }
+
+  TEST_CASE("VNC may not appear for a domain without graphics, nor without its password") {
+    std::string xml =
+        "<domain type='qemu'><name>web1</name><devices><emulator>/usr/bin/qemu-system-x86_64</emulator>"
+        "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/srv/vm/web1.qcow2'/></disk>"
+        "<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='/srv/iso/inst.iso'/><readonly/></disk>"
+        "<interface type='bridge'><mac address='52:54:00:00:00:01'/><source bridge='br-dmz'/></interface>"
+        "</devices></domain>";
+    auto headless = vl::parse_domain(xml, "web1.xml");
+    REQUIRE(headless.ok());
+    auto r = vl::check_plan_argv(plan_with(sample_args()), *headless);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().context.find("no <graphics type='vnc'>") != std::string::npos);
+  }
+
+  TEST_CASE("read-only firmware from a root-owned directory is accepted, a user's file is not") {
+    auto firmware = plus({"-blockdev", R"({"driver":"file","filename":"/usr/bin/env","node-name":"fw","read-only":true})",
+                          "-blockdev", R"({"node-name":"fw-format","driver":"raw","file":"fw","read-only":true})",
+                          "-kernel", "/usr/bin/env"});
+    auto ok = vl::check_plan_argv(plan_with(firmware), sample_domain());
+    CHECK_MESSAGE(ok.ok(), (ok.ok() ? "" : ok.error().context));
+    auto writable = plus({"-blockdev", R"({"driver":"file","filename":"/usr/bin/env","node-name":"fw"})",
+                          "-blockdev", R"({"node-name":"fw-format","driver":"raw","file":"fw"})"});
+    CHECK_FALSE(vl::check_plan_argv(plan_with(writable), sample_domain()).ok());
+    CHECK_FALSE(vl::check_root_owned_file("/tmp").ok());
+    CHECK_FALSE(vl::check_root_owned_file("/bin/sh").ok());  // /bin is a symlink on Debian 12
+    CHECK(vl::check_root_owned_file("/usr/bin/env").ok());
+  }
+}
