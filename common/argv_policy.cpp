@@ -49,6 +49,11 @@ constexpr std::string_view kDeniedDeviceKeys[] = {
     "hostdevice", "sysfsdev", "rootdir", "file", "filename", "kernel", "initrd", "tpmdev",
     "fsdev", "dtb", "backend"};
 
+// Where Debian installs firmware for QEMU (and libvirt's autoselection finds it).
+constexpr std::string_view kFirmwareDirs[] = {"/usr/share/qemu/", "/usr/share/seabios/", "/usr/share/OVMF/",
+                                             "/usr/share/ovmf/", "/usr/share/AAVMF/", "/usr/share/qemu-efi-aarch64/",
+                                             "/usr/lib/ipxe/"};
+
 // The -object types that touch nothing on the host beyond anonymous memory and entropy.
 constexpr std::string_view kMemoryBackends[] = {"memory-backend-ram", "memory-backend-memfd"};
 
@@ -121,14 +126,24 @@ class ArgvChecker {
   std::set<int> nics_seen_;
   // -blockdev nodes: protocol nodes by name (with the disk they open, -1 for firmware), and
   // format nodes that devices may use as a drive.
-  struct ProtocolNode {
+  // An image of the domain: disk `disk` itself (layer -1) or layer `layer` of its declared
+  // backing chain. disk -1: read-only firmware.
+  struct Image {
     int disk = -1;
-    bool read_only = false;
+    int layer = -1;
+    auto operator<=>(const Image&) const = default;
+  };
+  struct ProtocolNode {
+    Image image;
     bool used = false;
   };
   std::map<std::string, ProtocolNode> protocol_nodes_;
-  std::set<std::string> format_nodes_;
-  std::set<int> disks_opened_;
+  std::set<std::string> format_nodes_;          // what devices may use as a drive
+  std::map<std::string, Image> layer_nodes_;    // format nodes of backing layers
+  std::set<Image> images_opened_;
+  Result<Image> image_of(const QemuOption& opt, const std::string& driver, const std::string& filename) const;
+  Result<void> check_backing(const QemuOption& opt, const Json& bd, const Image& image) const;
+  Result<void> check_boot_path(const QemuOption& opt, const std::string& path) const;
 };
 
 const ArgvChecker::Rule ArgvChecker::kRules[] = {
@@ -342,7 +357,7 @@ Result<void> ArgvChecker::declare_blockdev(const QemuOption& opt) {
         for (const auto& [k, v] : value.items())
           if (!one_of(k, {"direct", "no-flush"}) || !v.is_boolean()) return refuse(opt, "cache property '" + k + "' is not allowed");
       } else if (key == "backing") {
-        if (!value.is_null()) return refuse(opt, "backing files are not allowed; a qcow2 node must say \"backing\": null");
+        if (!value.is_null() && !value.is_string()) return refuse(opt, "'backing' must be null or a node name");
       } else if (value.is_object() || value.is_array()) {
         return refuse(opt, "property '" + key + "' must be a plain value");
       }
@@ -355,25 +370,13 @@ Result<void> ArgvChecker::declare_blockdev(const QemuOption& opt) {
     if (bd.contains("aio") && !one_of(bd.value("aio", ""), {"threads", "native"}))
       return refuse(opt, "aio mode must be threads or native");
     if (!bd.contains("filename") || !bd["filename"].is_string()) return refuse(opt, "a protocol node needs a filename");
-    std::string filename = bd["filename"];
-    ProtocolNode pn;
-    pn.read_only = read_only;
-    for (size_t i = 0; i < domain_.disks.size(); ++i)
-      if (domain_.disks[i].source == filename) pn.disk = static_cast<int>(i);
-    if (pn.disk >= 0) {
-      const Disk& disk = domain_.disks[pn.disk];
-      bool block = driver != "file";
-      if (block != (disk.kind == Disk::Kind::kBlock))
-        return refuse(opt, "driver '" + driver + "' does not match the domain's disk type for '" + filename + "'");
-      if (!disks_opened_.insert(pn.disk).second) return refuse(opt, "disk '" + filename + "' is opened twice");
-    } else {
-      // Not a disk of the domain: only read-only firmware that root installed (a UEFI code
-      // image, say), never anything a user could have written.
-      if (driver != "file" || !read_only)
-        return refuse(opt, "'" + filename + "' is not a disk of the domain XML");
-      if (auto r = check_root_owned_file(filename); !r) return refuse(opt, r.error().context);
-    }
-    protocol_nodes_[node] = pn;
+    Image image = VL_TRY(image_of(opt, driver, bd["filename"].get<std::string>()));
+    if (image.disk < 0 && !read_only)
+      return refuse(opt, "'" + bd["filename"].get<std::string>() + "' is not a disk of the domain XML");
+    if (image.disk < 0) VL_CHECK(check_boot_path(opt, bd["filename"].get<std::string>()));
+    if (image.disk >= 0 && !images_opened_.insert(image).second)
+      return refuse(opt, "'" + bd["filename"].get<std::string>() + "' is opened twice");
+    protocol_nodes_[node] = ProtocolNode{image, false};
     return {};
   }
   if (driver == "raw" || driver == "qcow2") {
@@ -384,23 +387,73 @@ Result<void> ArgvChecker::declare_blockdev(const QemuOption& opt) {
     if (proto == protocol_nodes_.end() || proto->second.used)
       return refuse(opt, "a format node's file must name a protocol node declared before it, once");
     proto->second.used = true;
-    // The image header names a backing file that qemu would open as the VM's uid: anything
-    // readable, or an nbd:/http: URL. Only an explicit null keeps it from looking.
-    if (driver == "qcow2" && !(bd.contains("backing") && bd["backing"].is_null()))
-      return refuse(opt, "a qcow2 node must say \"backing\": null (backing files are not allowed)");
-    if (driver == "raw" && bd.contains("backing")) return refuse(opt, "raw nodes have no backing");
-    if (proto->second.disk >= 0) {
-      const Disk& disk = domain_.disks[proto->second.disk];
-      if (disk.format != driver)
-        return refuse(opt, "disk '" + disk.source + "' is declared '" + disk.format + "', not '" + driver + "'");
-      if (disk.read_only && !read_only) return refuse(opt, "disk '" + disk.source + "' is read-only in the domain XML");
-    } else if (!read_only || driver != "raw") {
-      return refuse(opt, "firmware must be opened read-only as raw");
+    const Image image = proto->second.image;
+    VL_CHECK(check_backing(opt, bd, image));
+    if (image.disk < 0) {
+      if (!read_only || driver != "raw") return refuse(opt, "firmware must be opened read-only as raw");
+      format_nodes_.insert(node);
+      return {};
     }
-    format_nodes_.insert(node);
+    const Disk& disk = domain_.disks[image.disk];
+    const std::string& format = image.layer < 0 ? disk.format : disk.backing[image.layer].format;
+    const std::string& source = image.layer < 0 ? disk.source : disk.backing[image.layer].source;
+    if (format != driver) return refuse(opt, "'" + source + "' is declared '" + format + "', not '" + driver + "'");
+    if ((image.layer >= 0 || disk.read_only) && !read_only)
+      return refuse(opt, "'" + source + "' is read-only in the domain XML");
+    if (image.layer < 0) format_nodes_.insert(node);
+    else layer_nodes_[node] = image;
     return {};
   }
   return refuse(opt, "blockdev driver '" + driver + "' is not allowed (only file, host_device, host_cdrom, raw, qcow2)");
+}
+
+// Which of the domain's images a protocol node opens. A file that is no disk or declared
+// backing layer may only be firmware that root installed (a UEFI code image, say), never
+// anything a user could have written.
+Result<ArgvChecker::Image> ArgvChecker::image_of(const QemuOption& opt, const std::string& driver,
+                                                 const std::string& filename) const {
+  bool block = driver != "file";
+  for (size_t d = 0; d < domain_.disks.size(); ++d) {
+    const Disk& disk = domain_.disks[d];
+    if (disk.source == filename) {
+      if (block != (disk.kind == Disk::Kind::kBlock))
+        return refuse(opt, "driver '" + driver + "' does not match the domain's disk type for '" + filename + "'");
+      return Image{static_cast<int>(d), -1};
+    }
+    for (size_t l = 0; l < disk.backing.size(); ++l)
+      if (disk.backing[l].source == filename) {
+        if (block != disk.backing[l].block)
+          return refuse(opt, "driver '" + driver + "' does not match the declared layer type for '" + filename + "'");
+        return Image{static_cast<int>(d), static_cast<int>(l)};
+      }
+  }
+  if (driver != "file") return refuse(opt, "'" + filename + "' is not a disk of the domain XML");
+  return Image{};
+}
+
+// The image header names a backing file that qemu would open as the VM's uid: anything
+// readable, or an nbd:/http: URL. A qcow2 node must therefore name its backing node
+// explicitly: the next declared layer of its disk, or null where the declared chain ends.
+Result<void> ArgvChecker::check_backing(const QemuOption& opt, const Json& bd, const Image& image) const {
+  std::string driver = bd.value("driver", "");
+  if (driver == "raw") {
+    if (bd.contains("backing")) return refuse(opt, "raw nodes have no backing");
+    return {};
+  }
+  if (!bd.contains("backing"))
+    return refuse(opt, "a qcow2 node must say \"backing\": null or name its declared layer (backing files are not allowed)");
+  const Json& backing = bd["backing"];
+  size_t next = static_cast<size_t>(image.layer + 1);
+  bool chain_ends = image.disk < 0 || next >= domain_.disks[image.disk].backing.size();
+  if (backing.is_null()) {
+    if (!chain_ends) return refuse(opt, "the domain XML declares a backing layer here");
+    return {};
+  }
+  auto layer = layer_nodes_.find(backing.get<std::string>());
+  if (chain_ends || layer == layer_nodes_.end() || layer->second != Image{image.disk, static_cast<int>(next)})
+    return refuse(opt, "backing node '" + backing.get<std::string>() + "' is not the layer the domain XML declares "
+                       "(backing files are not allowed beyond the declared chain)");
+  return {};
 }
 
 Result<void> ArgvChecker::check_disk_nodes() {
@@ -638,8 +691,17 @@ Result<void> ArgvChecker::check_numa(const QemuOption& opt) {
   return {};
 }
 
-Result<void> ArgvChecker::check_boot_file(const QemuOption& opt) {
-  if (auto r = check_root_owned_file(opt.value); !r) return refuse(opt, r.error().context);
+Result<void> ArgvChecker::check_boot_file(const QemuOption& opt) { return check_boot_path(opt, opt.value); }
+
+// Firmware, kernels and device trees: files the domain's <os> names, or QEMU's own firmware
+// (what libvirt's firmware autoselection picks), and in both cases files only root can change.
+Result<void> ArgvChecker::check_boot_path(const QemuOption& opt, const std::string& path) const {
+  bool declared = std::find(domain_.boot_files.begin(), domain_.boot_files.end(), path) != domain_.boot_files.end();
+  bool system = std::any_of(std::begin(kFirmwareDirs), std::end(kFirmwareDirs),
+                            [&](std::string_view dir) { return path.rfind(dir, 0) == 0; });
+  if (!declared && !system)
+    return refuse(opt, "'" + path + "' is neither named in the domain's <os> nor QEMU firmware");
+  if (auto r = check_root_owned_file(path); !r) return refuse(opt, r.error().context);
   return {};
 }
 
@@ -663,33 +725,76 @@ std::vector<std::string> emulator_sandbox_args() {
   return {"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"};
 }
 
-Result<void> check_root_owned_file(const std::string& path) {
-  if (path.empty() || path[0] != '/' || path.find("/../") != std::string::npos || path.ends_with("/..") ||
-      path.find("//") != std::string::npos || path.find("/./") != std::string::npos)
-    return Error::make(ErrorCode::kDenied, "'" + path + "' is not a canonical absolute path");
+namespace {
+
+// "/a/./b/../c" -> "/a/c", lexically. Sound here because every prefix it shortens was walked as
+// a real directory (symlinks are substituted before the rest of the path is read).
+std::string normalize_path(const std::string& path) {
+  std::vector<std::string> parts;
+  size_t start = 0;
+  while (start <= path.size()) {
+    size_t slash = path.find('/', start);
+    std::string part = path.substr(start, slash == std::string::npos ? std::string::npos : slash - start);
+    if (part == "..") {
+      if (!parts.empty()) parts.pop_back();
+    } else if (!part.empty() && part != ".") {
+      parts.push_back(part);
+    }
+    if (slash == std::string::npos) break;
+    start = slash + 1;
+  }
+  std::string out;
+  for (const auto& p : parts) out += "/" + p;
+  return out.empty() ? "/" : out;
+}
+
+// Walks `path` from "/" one component at a time without following anything the walk has not
+// checked: every directory, and the file, owned by root and not writable by group or others.
+// A symlink found on the way was placed by root (its directory is root's alone) and is
+// substituted, at most 16 times.
+Result<void> check_root_owned_chain(const std::string& shown, const std::string& path, int hops) {
+  if (hops > 16) return Error::make(ErrorCode::kDenied, "'" + shown + "' has too many levels of symlinks");
   UniqueFd dir(::open("/", O_PATH | O_DIRECTORY | O_CLOEXEC));
   if (!dir) return Error::from_errno("open /");
+  std::string walked;
   size_t start = 1;
   for (;;) {
     struct stat st {};
-    VL_TRY(sys::check(::fstat(dir.get(), &st), "stat a directory above '" + path + "'"));
+    VL_TRY(sys::check(::fstat(dir.get(), &st), "stat a directory above '" + shown + "'"));
     if (st.st_uid != 0 || (st.st_mode & (S_IWGRP | S_IWOTH)))
-      return Error::make(ErrorCode::kDenied, "'" + path + "' is in a directory that users other than root can change");
+      return Error::make(ErrorCode::kDenied, "'" + shown + "' is in a directory that users other than root can change");
     size_t slash = path.find('/', start);
     bool last = slash == std::string::npos;
     std::string component = path.substr(start, last ? std::string::npos : slash - start);
     UniqueFd next(::openat(dir.get(), component.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
-    if (!next) return Error::from_errno("open '" + path + "'");
-    VL_TRY(sys::check(::fstat(next.get(), &st), "stat '" + path + "'"));
-    if (S_ISLNK(st.st_mode)) return Error::make(ErrorCode::kDenied, "'" + path + "' passes through symlinks");
+    if (!next) return Error::from_errno("open '" + shown + "'");
+    VL_TRY(sys::check(::fstat(next.get(), &st), "stat '" + shown + "'"));
+    if (S_ISLNK(st.st_mode)) {
+      char target[4096];
+      ssize_t n = ::readlinkat(next.get(), "", target, sizeof target - 1);
+      if (n <= 0) return Error::from_errno("read symlink in '" + shown + "'");
+      std::string t(target, static_cast<size_t>(n));
+      std::string rest = last ? "" : path.substr(slash);
+      return check_root_owned_chain(shown, normalize_path((t[0] == '/' ? t : walked + "/" + t) + rest), hops + 1);
+    }
     if (last) {
       if (!S_ISREG(st.st_mode) || st.st_uid != 0 || (st.st_mode & (S_IWGRP | S_IWOTH)))
-        return Error::make(ErrorCode::kDenied, "'" + path + "' must be a regular file only root can change");
+        return Error::make(ErrorCode::kDenied, "'" + shown + "' must be a regular file only root can change");
       return {};
     }
+    walked += "/" + component;
     dir = std::move(next);
     start = slash + 1;
   }
+}
+
+}  // namespace
+
+Result<void> check_root_owned_file(const std::string& path) {
+  if (path.empty() || path[0] != '/' || path.find("/../") != std::string::npos || path.ends_with("/..") ||
+      path.find("//") != std::string::npos || path.find("/./") != std::string::npos)
+    return Error::make(ErrorCode::kDenied, "'" + path + "' is not a canonical absolute path");
+  return check_root_owned_chain(path, path, 0);
 }
 
 }  // namespace vl

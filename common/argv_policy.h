@@ -26,7 +26,8 @@ namespace vl {
 ///  - -blockdev only for the domain's disks (exact paths, declared format, no backing file:
 ///    qcow2 nodes must say "backing": null) and read-only root-owned firmware;
 ///  - -vnc exactly as the domain's <graphics> says (listen address, port, password);
-///  - -kernel/-initrd/-bios/-dtb only root-owned files in root-owned directories;
+///  - -kernel/-initrd/-bios/-dtb and firmware images only files the domain's <os> names or
+///    QEMU's firmware directories hold, and only if root alone can change them;
 ///  - no -sandbox (the helper appends its own, see emulator_sandbox_args).
 /// The first violation is the error, naming the option and why.
 Result<void> check_plan_argv(const Plan& plan, const Domain& domain);
@@ -36,7 +37,8 @@ Result<void> check_plan_argv(const Plan& plan, const Domain& domain);
 std::vector<std::string> emulator_sandbox_args();
 
 /// Checks that path names a regular file that only root can change: the file and every
-/// directory above it owned by root and not writable by group or others, no symlinks.
+/// directory above it (and above every symlink target on the way) owned by root and not
+/// writable by group or others.
 Result<void> check_root_owned_file(const std::string& path);
 
 }  // namespace vl

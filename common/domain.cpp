@@ -102,9 +102,11 @@ class DomainParser {
   Result<void> parse_devices(const xmlNode* devices);
   Result<void> parse_interface(const xmlNode* n);
   Result<void> parse_disk(const xmlNode* n);
+  Result<void> parse_backing_store(const xmlNode* n, Disk& disk);
   Result<void> parse_graphics(const xmlNode* n);
   Result<void> parse_serial(const xmlNode* n);
   Result<void> parse_metadata(const xmlNode* n);
+  Result<void> parse_os(const xmlNode* n);
   Result<std::string> absolute_path(const xmlNode* n, const std::string& path);
 
   const std::string& source_;
@@ -113,6 +115,7 @@ class DomainParser {
   std::vector<Disk> disks_;
   std::optional<Vnc> vnc_;
   int serial_ptys_ = 0;
+  std::vector<std::string> boot_files_;
   VmlaunchMeta meta_;
 };
 
@@ -170,6 +173,7 @@ Result<Domain> DomainParser::parse(const xmlNode* root) {
       });
     }
     if (el == "name") name_ = text_of(n);
+    if (el == "os") status = parse_os(n);
     if (el == "uuid") uuid_ = text_of(n);
     if (el == "metadata") status = parse_metadata(n);
     if (el == "devices") {
@@ -193,7 +197,7 @@ Result<Domain> DomainParser::parse(const xmlNode* root) {
     return unsupported(root, "more than " + std::to_string(VmName::kMaxNics) + " interfaces");
 
   return Domain{std::move(name).value(), uuid_, type_, emulator_, std::move(nics_),
-                std::move(disks_), std::move(vnc_), serial_ptys_, meta_};
+                std::move(disks_), std::move(vnc_), serial_ptys_, std::move(boot_files_), meta_};
 }
 
 Result<void> DomainParser::parse_devices(const xmlNode* devices) {
@@ -309,7 +313,7 @@ Result<void> DomainParser::parse_disk(const xmlNode* n) {
     } else if (el == "encryption" || el == "auth") {
       status = unsupported(c, "<" + el + "> needs libvirt secrets; not supported");
     } else if (el == "backingStore") {
-      if (c->children) status = unsupported(c, "explicit <backingStore> chains are not supported");
+      status = parse_backing_store(c, disk);
     } else if (el != "address" && el != "alias" && el != "boot" && el != "serial" &&
                el != "wwn" && el != "vendor" && el != "product" && el != "geometry" &&
                el != "blockio") {
@@ -322,7 +326,52 @@ Result<void> DomainParser::parse_disk(const xmlNode* n) {
     return unsupported(n, "disk format '" + disk.format +
                               "' is not supported (set <driver type='raw'|'qcow2'/>: probing "
                               "formats is unsafe)");
+  if (disk.format == "raw" && !disk.backing.empty()) return error(n, "a raw disk has no backing file");
   disks_.push_back(std::move(disk));
+  return {};
+}
+
+// <backingStore type='file'><format type='qcow2'/><source file='...'/><backingStore .../>
+// </backingStore>, nested once per layer; an empty <backingStore/> ends the chain. Each layer
+// is opened read-only by the emulator, and only the layers declared here: the helper checks
+// them like disks, and the plan must name exactly these files.
+Result<void> DomainParser::parse_backing_store(const xmlNode* n, Disk& disk) {
+  constexpr size_t kMaxLayers = 8;
+  for (const xmlNode* layer = n; layer;) {
+    VL_CHECK(refuse_repeated(layer, {}));
+    if (!layer->children && !layer->properties) return {};  // <backingStore/>: no backing file
+    if (disk.backing.size() >= kMaxLayers)
+      return unsupported(layer, "backing chains deeper than " + std::to_string(kMaxLayers) + " layers are not supported");
+    if (!disk.backing.empty() && disk.backing.back().format == "raw")
+      return error(layer, "a raw image has no backing file");
+    BackingLayer bl;
+    std::string type = attr(layer, "type").value_or("file");
+    if (type != "file" && type != "block") return unsupported(layer, "<backingStore type='" + type + "'> is not supported");
+    bl.block = type == "block";
+    const xmlNode* next = nullptr;
+    Result<void> status;
+    for_each_element(layer, [&](const xmlNode* c) {
+      if (!status) return;
+      std::string el = name_of(c);
+      if (el == "format") {
+        bl.format = attr(c, "type").value_or("");
+      } else if (el == "source") {
+        auto path = absolute_path(c, attr(c, bl.block ? "dev" : "file").value_or(""));
+        if (!path) status = std::move(path).error();
+        else bl.source = *path;
+      } else if (el == "backingStore") {
+        next = c;
+      } else {
+        status = unsupported(c, "<backingStore><" + el + "> is not supported");
+      }
+    });
+    VL_CHECK(status);
+    if (bl.source.empty()) return error(layer, "<backingStore> needs a <source>");
+    if (bl.format != "raw" && bl.format != "qcow2")
+      return unsupported(layer, "backing format '" + bl.format + "' is not supported (set <format type='raw'|'qcow2'/>)");
+    disk.backing.push_back(std::move(bl));
+    layer = next;
+  }
   return {};
 }
 
@@ -358,6 +407,21 @@ Result<void> DomainParser::parse_serial(const xmlNode* n) {
   if (type != "pty") return unsupported(n, "<serial type='" + type + "'> is not supported (only 'pty')");
   if (++serial_ptys_ > 16) return unsupported(n, "more than 16 serial ports");
   return {};
+}
+
+Result<void> DomainParser::parse_os(const xmlNode* n) {
+  VL_CHECK(refuse_repeated(n, {"boot", "initarg"}));
+  Result<void> status;
+  for_each_element(n, [&](const xmlNode* c) {
+    std::string el = name_of(c);
+    if (!status || (el != "loader" && el != "kernel" && el != "initrd" && el != "dtb")) return;
+    std::string file = text_of(c);
+    if (file.empty()) return;  // <loader/> with only attributes: firmware autoselection
+    auto path = absolute_path(c, file);
+    if (!path) status = std::move(path).error();
+    else boot_files_.push_back(*path);
+  });
+  return status;
 }
 
 Result<void> DomainParser::parse_metadata(const xmlNode* n) {

@@ -35,6 +35,14 @@ struct Nic {
   int line = 0;
 };
 
+/// One read-only layer of a disk's declared <backingStore> chain.
+struct BackingLayer {
+  bool block = false;   ///< <backingStore type='block'>
+  std::string source;   ///< absolute path
+  std::string format;   ///< raw or qcow2
+  friend bool operator==(const BackingLayer&, const BackingLayer&) = default;
+};
+
 /// <disk type='file'|'block'>.
 struct Disk {
   enum class Kind { kFile, kBlock };
@@ -45,6 +53,9 @@ struct Disk {
   std::string target;           ///< <target dev=...>
   bool read_only = false;
   bool shareable = false;
+  /// The declared backing chain, the layer right below the disk first. Empty: the image has
+  /// no backing file, whatever its header says.
+  std::vector<BackingLayer> backing;
   int line = 0;
 };
 
@@ -72,6 +83,9 @@ struct Domain {
   std::vector<Disk> disks;
   std::optional<Vnc> vnc;
   int serial_ptys = 0;
+  /// Files named in <os> (<loader>, <kernel>, <initrd>, <dtb>): the only boot files besides
+  /// QEMU's own firmware directories that a plan may name.
+  std::vector<std::string> boot_files;
   VmlaunchMeta meta;
 };
 

@@ -173,15 +173,14 @@ Result<void> Rewriter::rewrite_netdev(QemuOption& opt) {
   return {};
 }
 
-// libvirt's dry run never reads the image, so for a qcow2 disk without <backingStore/> it
-// leaves "backing" out and qemu would follow whatever backing file the image header names,
-// as the VM's uid. vmlaunch does not support backing chains: every qcow2 node says null.
+// libvirt's dry run never reads the image, so for a qcow2 layer without a declared
+// <backingStore> below it, it leaves "backing" out and qemu would follow whatever backing file
+// the image header names, as the VM's uid. Such a layer gets "backing": null; a declared
+// chain keeps libvirt's node references, which the allowlist checks against the XML.
 Result<void> Rewriter::rewrite_blockdev(QemuOption& opt) {
   Json bd = Json::parse(opt.value, nullptr, false);
   if (bd.is_discarded() || !bd.is_object()) return Error::unsupported("-blockdev in non-JSON form is not supported: " + opt.value);
-  if (bd.value("driver", "") != "qcow2") return {};
-  if (bd.contains("backing") && !bd["backing"].is_null())
-    return Error::unsupported("disk node " + bd.value("node-name", "") + " has a backing chain, which vmlaunch does not support");
+  if (bd.value("driver", "") != "qcow2" || bd.contains("backing")) return {};
   bd["backing"] = nullptr;
   opt.value = bd.dump();
   return {};

@@ -199,9 +199,10 @@ TEST_SUITE("common/argv_policy") {
         {with_value("-vnc", "127.0.0.1:2,password=on,reverse=on"), "'reverse'"},
         {with_value("-vnc", "127.0.0.1:2,password=on,tls-creds=t"), "'tls-creds'"},
         // Boot files only from directories root controls; no symlinks.
-        {plus({"-kernel", "/tmp/vmlinuz"}), "root"},
-        {plus({"-bios", "/bin/true"}), "symlinks"},
-        {plus({"-kernel", "/usr/../tmp/vmlinuz"}), "canonical"},
+        {plus({"-kernel", "/tmp/vmlinuz"}), "neither named"},
+        {plus({"-bios", "/etc/passwd"}), "neither named in the domain's <os> nor QEMU firmware"},
+        {plus({"-blockdev", R"({"driver":"file","filename":"/etc/passwd","node-name":"fw","read-only":true})"}), "neither named"},
+        {plus({"-kernel", "/usr/share/qemu/../../../tmp/vmlinuz"}), "canonical"},
         {plus({"-fw_cfg", "name=opt/x,file=/etc/shadow"}), "no files"},
         {plus({"-smbios", "file=/etc/shadow"}), "type=N"},
         {with_value("-boot", "splash=/etc/shadow"), "'splash'"},
@@ -244,17 +245,79 @@ TEST_SUITE("common/argv_policy") {
     CHECK(r.error().context.find("no <graphics type='vnc'>") != std::string::npos);
   }
 
-  TEST_CASE("read-only firmware from a root-owned directory is accepted, a user's file is not") {
-    auto firmware = plus({"-blockdev", R"({"driver":"file","filename":"/usr/bin/env","node-name":"fw","read-only":true})",
+  TEST_CASE("boot files: those <os> names or QEMU's firmware, and only if root alone can change them") {
+    auto firmware = plus({"-blockdev", R"({"driver":"file","filename":"/usr/share/seabios/bios.bin","node-name":"fw","read-only":true})",
                           "-blockdev", R"({"node-name":"fw-format","driver":"raw","file":"fw","read-only":true})",
-                          "-kernel", "/usr/bin/env"});
+                          "-bios", "/usr/share/seabios/vgabios.bin"});
     auto ok = vl::check_plan_argv(plan_with(firmware), sample_domain());
     CHECK_MESSAGE(ok.ok(), (ok.ok() ? "" : ok.error().context));
-    auto writable = plus({"-blockdev", R"({"driver":"file","filename":"/usr/bin/env","node-name":"fw"})",
+    auto writable = plus({"-blockdev", R"({"driver":"file","filename":"/usr/share/seabios/bios.bin","node-name":"fw"})",
                           "-blockdev", R"({"node-name":"fw-format","driver":"raw","file":"fw"})"});
     CHECK_FALSE(vl::check_plan_argv(plan_with(writable), sample_domain()).ok());
+
+    // A kernel the XML names is allowed where root alone controls it.
+    std::string xml = "<domain type='qemu'><name>web1</name><uuid>6a3c5e1e-1111-2222-3333-444455556666</uuid>"
+                      "<os><type>hvm</type><kernel>/usr/bin/env</kernel><initrd>/tmp/initrd</initrd></os><devices>"
+                      "<emulator>/usr/bin/qemu-system-x86_64</emulator>"
+                      "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/srv/vm/web1.qcow2'/></disk>"
+                      "<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='/srv/iso/inst.iso'/><readonly/></disk>"
+                      "<interface type='bridge'><mac address='52:54:00:00:00:01'/><source bridge='br-dmz'/></interface>"
+                      "<graphics type='vnc' passwd='secret'/></devices></domain>";
+    auto with_kernel = vl::parse_domain(xml, "web1.xml");
+    REQUIRE_MESSAGE(with_kernel.ok(), with_kernel.error().context);
+    CHECK(vl::check_plan_argv(plan_with(plus({"-kernel", "/usr/bin/env"})), *with_kernel).ok());
+    auto tmp = vl::check_plan_argv(plan_with(plus({"-initrd", "/tmp/initrd"})), *with_kernel);
+    REQUIRE_FALSE(tmp.ok());
+    CHECK(tmp.error().context.find("users other than root") != std::string::npos);
+
     CHECK_FALSE(vl::check_root_owned_file("/tmp").ok());
-    CHECK_FALSE(vl::check_root_owned_file("/bin/sh").ok());  // /bin is a symlink on Debian 12
+    CHECK(vl::check_root_owned_file("/bin/sh").ok());  // symlinks that root placed are followed
     CHECK(vl::check_root_owned_file("/usr/bin/env").ok());
+    CHECK_FALSE(vl::check_root_owned_file("/etc").ok());
+  }
+
+  TEST_CASE("a declared backing chain is opened exactly as declared, read-only, and ends where the XML ends it") {
+    std::string xml =
+        "<domain type='qemu'><name>web1</name><uuid>6a3c5e1e-1111-2222-3333-444455556666</uuid><devices>"
+        "<emulator>/usr/bin/qemu-system-x86_64</emulator>"
+        "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/srv/vm/web1.qcow2'/>"
+        "<backingStore type='file'><format type='qcow2'/><source file='/srv/vm/base.qcow2'/><backingStore/></backingStore>"
+        "</disk>"
+        "<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='/srv/iso/inst.iso'/><readonly/></disk>"
+        "<interface type='bridge'><mac address='52:54:00:00:00:01'/><source bridge='br-dmz'/></interface>"
+        "<graphics type='vnc' passwd='secret'/></devices></domain>";
+    auto domain = vl::parse_domain(xml, "web1.xml");
+    REQUIRE_MESSAGE(domain.ok(), domain.error().context);
+    REQUIRE(domain->disks[0].backing.size() == 1);
+    CHECK(domain->disks[0].backing[0] == vl::BackingLayer{false, "/srv/vm/base.qcow2", "qcow2"});
+    // libvirt declares the layer first, then the disk naming it as its backing node.
+    auto layered = [&](const std::string& base_format, const std::string& top_backing) {
+      std::vector<std::string> args = sample_args();
+      for (size_t i = 0; i < args.size(); ++i)
+        if (args[i].find("libvirt-2-format") != std::string::npos && args[i - 1] == "-blockdev")
+          args[i] = R"({"node-name":"libvirt-2-format","read-only":false,"driver":"qcow2","file":"libvirt-2-storage","backing":)" + top_backing + "}";
+      std::vector<std::string> layer = {
+          "-blockdev", R"({"driver":"file","filename":"/srv/vm/base.qcow2","node-name":"libvirt-3-storage","auto-read-only":true})",
+          "-blockdev", R"({"node-name":"libvirt-3-format","read-only":true,"driver":"qcow2","file":"libvirt-3-storage","backing":)" + base_format + "}"};
+      args.insert(args.begin(), layer.begin(), layer.end());
+      return plan_with(args);
+    };
+    auto ok = vl::check_plan_argv(layered("null", "\"libvirt-3-format\""), *domain);
+    CHECK_MESSAGE(ok.ok(), (ok.ok() ? "" : ok.error().context));
+    auto beyond = vl::check_plan_argv(layered("\"libvirt-2-format\"", "\"libvirt-3-format\""), *domain);
+    REQUIRE_FALSE(beyond.ok());
+    CHECK(beyond.error().context.find("not the layer the domain XML declares") != std::string::npos);
+    auto skipped = vl::check_plan_argv(layered("null", "null"), *domain);
+    REQUIRE_FALSE(skipped.ok());
+    CHECK(skipped.error().context.find("declares a backing layer here") != std::string::npos);
+    auto unset = vl::check_plan_argv(plan_with([&] {
+      auto args = layered("null", "\"libvirt-3-format\"").argv;
+      args.erase(args.begin());
+      for (auto& a : args)
+        if (a.find("libvirt-3-format\",\"read-only\":true") != std::string::npos) a = R"({"node-name":"libvirt-3-format","read-only":true,"driver":"qcow2","file":"libvirt-3-storage"})";
+      return args;
+    }()), *domain);
+    REQUIRE_FALSE(unset.ok());
+    CHECK(unset.error().context.find("must say \"backing\": null") != std::string::npos);
   }
 }

@@ -57,7 +57,7 @@ TEST_SUITE("root/plan_policy") {
         {{"-blockdev", R"({"driver":"file","filename":"/etc/shadow","node-name":"x"})"}, "not a disk of the domain"},
         {{"-object", R"({"qom-type":"memory-backend-file","id":"m","mem-path":"/dev/shm/x","size":1048576})"}, "memory-backend-file"},
         {{"-readconfig", "/tmp/x.cfg"}, "-readconfig"},
-        {{"-kernel", "/tmp/vmlinuz"}, "root"},
+        {{"-kernel", "/tmp/vmlinuz"}, "neither named"},
     };
     auto before = env.snapshot();
     for (const Case& c : cases) {
