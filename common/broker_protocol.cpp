@@ -2,6 +2,8 @@
 
 #include <signal.h>
 
+#include <cstdint>
+
 #include <nlohmann/json.hpp>
 
 namespace vl {
@@ -13,7 +15,8 @@ using Json = nlohmann::json;
 constexpr std::pair<BrokerOp, const char*> kOpNames[] = {
     {BrokerOp::kStart, "start"}, {BrokerOp::kKill, "kill"}, {BrokerOp::kCleanup, "cleanup"}};
 
-bool signal_allowed(int s) { return s == SIGTERM || s == SIGKILL || s == SIGINT; }
+// Takes the number as sent: narrowing it to int first would let 2^32 + 9 pass as SIGKILL.
+bool signal_allowed(int64_t s) { return s == SIGTERM || s == SIGKILL || s == SIGINT; }
 
 Json error_json(const Error& e) {
   return {{"code", error_code_name(e.code)}, {"errno", e.sys_errno}, {"message", e.context}};
@@ -47,9 +50,11 @@ Result<BrokerRequest> parse_broker_request(std::string_view text) {
   size_t expected_keys = 2;
   if (*op == BrokerOp::kKill) {
     auto s = j.find("signal");
-    if (s == j.end() || !s->is_number_integer() || !signal_allowed(s->get<int>()))
+    // An unsigned number above INT64_MAX would wrap when read as int64: refuse it first.
+    if (s == j.end() || !s->is_number_integer() || (s->is_number_unsigned() && s->get<uint64_t>() > INT64_MAX) ||
+        !signal_allowed(s->get<int64_t>()))
       return Error::invalid("kill needs 'signal': SIGTERM, SIGKILL or SIGINT");
-    request.signal = s->get<int>();
+    request.signal = static_cast<int>(s->get<int64_t>());
     ++expected_keys;
   }
   if (j.size() != expected_keys) return Error::invalid("broker request has unknown keys");

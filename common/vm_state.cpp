@@ -1,5 +1,9 @@
 #include "common/vm_state.h"
 
+#include <poll.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <nlohmann/json.hpp>
 
 #include <cstring>
@@ -55,15 +59,32 @@ Result<VmState> read_vm_state_file(const std::string& path) {
   return state;
 }
 
-bool process_matches(pid_t pid, uint64_t start_time) {
-  auto stat = sys::read_file("/proc/" + std::to_string(pid) + "/stat", 4096);
-  if (!stat) return false;
-  size_t close = stat->rfind(')');
-  if (close == std::string::npos || close + 2 >= stat->size()) return false;
-  char state = (*stat)[close + 2];
-  if (state == 'Z' || state == 'X') return false;
+Result<UniqueFd> open_process(pid_t pid, uint64_t start_time) {
+  auto gone = [pid] { return Error::make(ErrorCode::kNotFound, "process " + std::to_string(pid) + " is gone"); };
+  UniqueFd fd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+  if (!fd) {
+    if (errno == ESRCH) return gone();
+    return Error::from_errno("open a pidfd for process " + std::to_string(pid));
+  }
+  // Checked after the pidfd exists: had pid been recycled before pidfd_open, the fd names the
+  // newer process, whose start time is later.
   auto start = process_start_time(pid);
-  return start && *start == start_time;
+  if (!start || *start != start_time) return gone();
+  return fd;
+}
+
+bool pidfd_exited(int pidfd) { return wait_pidfd_exited(pidfd, 0); }
+
+bool wait_pidfd_exited(int pidfd, int timeout_ms) {
+  // The kernel makes a pidfd readable when the whole thread group has exited, not when the
+  // leader alone has (which /proc already shows as a zombie).
+  pollfd p{pidfd, POLLIN, 0};
+  return sys::retry_eintr([&] { return ::poll(&p, 1, timeout_ms); }) == 1;
+}
+
+bool process_matches(pid_t pid, uint64_t start_time) {
+  auto fd = open_process(pid, start_time);
+  return fd && !pidfd_exited(fd->get());
 }
 
 Result<uint64_t> process_start_time(pid_t pid) {

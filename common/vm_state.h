@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "common/unique_fd.h"
 
 namespace vl {
 
@@ -34,8 +35,23 @@ Result<VmState> read_vm_state_file(const std::string& path);
 /// The start time (clock ticks since boot) of process pid, from /proc/PID/stat.
 Result<uint64_t> process_start_time(pid_t pid);
 
-/// True if pid is a live (not zombie) process that started at start_time: the process the
-/// state file describes, not a recycled pid or an unreaped corpse.
+/// A pidfd for the process the state file describes: pidfd_open() on pid, then its start time
+/// checked against start_time (after opening, so that the fd cannot name a later holder of a
+/// recycled pid). kNotFound if pid is gone or now belongs to another process. The fd is
+/// returned even if the process has exited but is not yet reaped: see pidfd_exited().
+Result<UniqueFd> open_process(pid_t pid, uint64_t start_time);
+
+/// True once every thread of the process behind pidfd has exited (the pidfd is readable),
+/// whether or not its parent has reaped it.
+bool pidfd_exited(int pidfd);
+
+/// Waits up to timeout_ms for pidfd_exited(); returns whether it did.
+bool wait_pidfd_exited(int pidfd, int timeout_ms);
+
+/// True if pid is the process that started at start_time and one of its threads still runs.
+/// A thread-group leader that exited while other threads run shows as a zombie in /proc, yet
+/// the process lives (and holds its fds): it counts as running. A process that has exited but
+/// is not yet reaped counts as gone.
 bool process_matches(pid_t pid, uint64_t start_time);
 
 }  // namespace vl

@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <systemd/sd-bus.h>
@@ -23,10 +24,15 @@
 #include "helper/cleanup.h"
 #include "helper/log.h"
 #include "helper/runtime_dir.h"
+#include "helper/uid_map.h"
+#include "helper/uid_reaper.h"
 
 namespace vl::helper {
 
 namespace {
+
+// How long a SIGKILL'd emulator may take to exit before `kill` answers anyway.
+constexpr int kKillWaitMs = 5000;
 
 struct BrokerContext {
   const HostConfig& config;
@@ -89,12 +95,27 @@ Result<int> handle_start(const BrokerContext& ctx, const BrokerRequest& req) {
 
 Result<int> handle_kill(const BrokerContext& ctx, const BrokerRequest& req) {
   VmState state = VL_TRY(read_vm_state(ctx.config, req.vm));
-  // The pid is only trusted together with its start time: a recycled pid is someone else.
-  if (!process_matches(state.pid, state.start_time))
-    return Error::make(ErrorCode::kNotFound, "VM '" + req.vm.str() + "' is not running");
+  auto uid = VL_TRY(assigned_uid(ctx.config, req.vm));
+  Error not_running = Error::make(ErrorCode::kNotFound, "VM '" + req.vm.str() + "' is not running");
+  // The pid is only trusted together with its start time, checked once the pidfd exists: the
+  // signal then reaches that process or none, never a later holder of a recycled pid.
+  auto pidfd = open_process(state.pid, state.start_time);
+  if (!pidfd) return pidfd.error().code == ErrorCode::kNotFound ? not_running : std::move(pidfd).error();
+  if (pidfd_exited(pidfd->get())) return not_running;  // any thread still running counts
+  // Only a process running as the VM's uid is the VM's: whatever a state file says, the
+  // broker never signals root or anyone else.
+  if (!uid || !process_runs_as(state.pid, *uid))
+    return Error::make(ErrorCode::kDenied, "pid " + std::to_string(state.pid) + " does not run as the uid of VM '" +
+                                               req.vm.str() + "' (not started yet?); not signalling it");
   log_info("sending signal " + std::to_string(req.signal) + " to pid " + std::to_string(state.pid));
-  // PRIV: pid verified against the root-owned state file; signal from a fixed set.
-  VL_TRY(sys::check(::kill(state.pid, req.signal), "signal pid " + std::to_string(state.pid)));
+  // PRIV: a pidfd of the VM's emulator, verified above; the signal is one of a fixed set.
+  // (A raw syscall: Debian 12's <sys/pidfd.h> lacks C linkage for C++.)
+  VL_TRY(sys::check(static_cast<int>(::syscall(SYS_pidfd_send_signal, pidfd->get(), req.signal, nullptr, 0)),
+                    "signal the emulator of VM '" + req.vm.str() + "' (pid " + std::to_string(state.pid) + ")"));
+  // After SIGKILL, answer once the process is gone, so that a cleanup sent next finds it gone.
+  if (req.signal == SIGKILL && !wait_pidfd_exited(pidfd->get(), kKillWaitMs))
+    log_warning("pid " + std::to_string(state.pid) + " has not exited " + std::to_string(kKillWaitMs / 1000) +
+                " s after SIGKILL, ignoring");
   return 0;
 }
 
@@ -143,18 +164,16 @@ void serve_connection(const BrokerContext& ctx, int fd) {
 }
 
 // RUNTIME is root:daemon-group 01775: the daemon may create its control socket there, and the
-// sticky bit keeps it from removing or renaming what root put there (vms/, helper.sock).
+// sticky bit keeps it from removing or renaming what root put there (vms/, helper.sock). vms/
+// is created and checked before RUNTIME opens to the daemon's group, which could otherwise
+// create vms/ first; if RUNTIME was opened earlier (by packaging, or a previous run) and vms/
+// is not root's alone, the broker refuses to run (runtime_dir.h).
 Result<void> prepare_runtime_dir(const HostConfig& config, gid_t daemon_gid) {
+  RuntimeDirs dirs = VL_TRY(open_runtime_dirs(config, true));
   const std::string& dir = config.runtime_dir;
-  if (::mkdir(dir.c_str(), 0755) < 0 && errno != EEXIST) return Error::from_errno("create '" + dir + "'");
-  struct stat st {};
-  VL_TRY(sys::check(::lstat(dir.c_str(), &st), "stat '" + dir + "'"));
-  if (!S_ISDIR(st.st_mode) || st.st_uid != 0)
-    return Error::make(ErrorCode::kDenied, "'" + dir + "' must be a directory owned by root");
-  VL_TRY(sys::check(::chown(dir.c_str(), 0, daemon_gid), "chown '" + dir + "'"));
-  VL_TRY(sys::check(::chmod(dir.c_str(), 01775), "chmod '" + dir + "'"));
-  std::string vms = dir + "/vms";
-  if (::mkdir(vms.c_str(), 0755) < 0 && errno != EEXIST) return Error::from_errno("create '" + vms + "'");
+  // PRIV: RUNTIME was just checked to be root's directory; the group is the daemon's.
+  VL_TRY(sys::check(::fchown(dirs.runtime.get(), 0, daemon_gid), "chown '" + dir + "'"));
+  VL_TRY(sys::check(::fchmod(dirs.runtime.get(), 01775), "chmod '" + dir + "'"));
   return {};
 }
 

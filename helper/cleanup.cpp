@@ -1,32 +1,57 @@
 #include "helper/cleanup.h"
 
-#include <signal.h>
+#include <unistd.h>
+
+#include <functional>
+#include <optional>
+#include <set>
 
 #include "helper/disk_owner.h"
+#include "helper/fault.h"
 #include "helper/launch.h"
 #include "helper/log.h"
 #include "helper/netlink.h"
 #include "helper/nft_filter.h"
 #include "helper/runtime_dir.h"
+#include "helper/uid_map.h"
+#include "helper/uid_reaper.h"
 
 namespace vl::helper {
 
 namespace {
 
-// The state names a process that is still the VM's emulator (same pid, same start time).
-bool emulator_running(const VmState& state) { return process_matches(state.pid, state.start_time); }
+constexpr auto kKillTimeout = std::chrono::seconds(10);
 
-Result<void> remove_taps(const VmName& vm) {
+// Cleanup acts only for a name vmlaunch has something of: a domain, a runtime directory or a
+// disk journal. Anything else called NAME-N on the host is none of its business.
+Result<bool> vm_is_known(const HostConfig& config, const VmName& vm) {
+  if (::access(config.domain_xml_path(vm).c_str(), F_OK) == 0 || ::access(config.disk_journal_path(vm).c_str(), F_OK) == 0)
+    return true;
+  return runtime_dir_exists(config, vm);
+}
+
+// Removes the VM's taps: devices called NAME-N (or listed in its state) that are tun/taps owned
+// by the VM's uid. A name alone proves nothing: the VM's taps vanish with its last process, and
+// another tap may have taken the name since. Owned by the uid, a tap can only be the VM's.
+Result<void> remove_taps(const VmName& vm, std::optional<uid_t> uid, const std::vector<std::string>& listed) {
   Netlink nl = VL_TRY(Netlink::open());
-  for (unsigned nic = 0; nic < VmName::kMaxNics; ++nic) {
-    std::string tap = vm.tap_name(nic);
+  std::set<std::string> names(listed.begin(), listed.end());
+  for (unsigned nic = 0; nic < VmName::kMaxNics; ++nic) names.insert(vm.tap_name(nic));
+  for (const std::string& tap : names) {
+    if (!is_valid_ifname(tap)) continue;
     auto link = VL_TRY(nl.find(tap));
     if (!link) continue;
-    if (link->kind != "tun") {
-      log_warning("interface '" + tap + "' is not a tap; leaving it alone");
+    std::optional<uid_t> owner;
+    if (link->kind == "tun") owner = VL_TRY(nl.tun_owner(link->ifindex, tap));
+    if (!uid || owner != uid) {
+      std::string whose = owner ? "a tap of uid " + std::to_string(*owner) : std::string("a tap without an owner");
+      std::string vm_uid = uid ? "the VM's uid " + std::to_string(*uid) : std::string("the VM's (it never had a uid)");
+      log_warning("interface '" + tap + "' is " + (link->kind != "tun" ? "not a tap" : whose + ", not of " + vm_uid) +
+                  "; leaving it alone");
       continue;
     }
-    VL_CHECK(nl.remove(tap));
+    // PRIV: a tun/tap owned by the VM's uid (root-owned uid map), found by ifindex just now.
+    VL_CHECK(nl.remove_index(link->ifindex, tap));
     log_info("removed tap '" + tap + "'");
   }
   return {};
@@ -38,21 +63,64 @@ Result<void> cleanup_vm(const HostConfig& config, const VmName& vm) {
   log_set_vm(vm.str());
   auto lock = lock_helper(config);
   if (!lock) return log_error(std::move(lock).error());
-  if (auto state = read_vm_state(config, vm); state && emulator_running(*state))
+  auto known = vm_is_known(config, vm);
+  if (!known) return log_error(std::move(known).error());
+  if (!*known) {
+    log_info("nothing to clean up: no domain, runtime directory or disk journal");
+    return {};
+  }
+  // The state says which process was the emulator. A malformed one names nothing; the uid
+  // reaper below still ends every process the VM had.
+  std::optional<VmState> state;
+  if (auto read = read_vm_state(config, vm)) {
+    state = std::move(read).value();
+  } else if (read.error().code == ErrorCode::kInvalid) {
+    log_warning(read.error().message() + ", ignoring");
+  } else if (!is_missing(read.error())) {
+    return log_error(std::move(read).error());
+  }
+  // A running emulator is refused, not killed: cleanup undoes a launch whose emulator has
+  // exited (ExecStopPost, the daemon after the pidfd fired), so one still running means the
+  // caller is mistaken, and killing a VM is for `kill`. Any other process of the uid is a
+  // leftover, and is killed below.
+  if (state && process_matches(state->pid, state->start_time))
     return log_error(Error::make(ErrorCode::kConflict, "VM '" + vm.str() + "' is still running (pid " +
                                                            std::to_string(state->pid) + "); stop it first"));
-  Result<void> first_failure;
-  auto attempt = [&](Result<void> r) {
-    if (!r) {
-      log_error(r.error());
-      if (first_failure) first_failure = std::move(r).error();
-    }
+  // The uid comes from the root-owned map, never from the state file.
+  auto uid = assigned_uid(config, vm);
+  if (!uid) return log_error(std::move(uid).error());
+
+  // Released in the reverse of the launch order. The first steps stop at the first failure:
+  // nothing is released while a process of the VM's uid lives, and the filter stays while any
+  // of its taps does (a tap without its filter passes forged frames). The rest depend only on
+  // the processes being gone: each is tried, and the first failure reported. A cleanup that
+  // failed part way can run again: what remains (runtime directory, disk journal, domain)
+  // keeps the VM known.
+  std::vector<std::string> listed = state ? state->taps : std::vector<std::string>();
+  using Step = std::pair<const char*, std::function<Result<void>()>>;
+  const Step ordered[] = {
+      {"kill-processes", [&] { return *uid ? kill_uid_processes(**uid, "VM '" + vm.str() + "'", kKillTimeout) : Result<void>(); }},
+      {"remove-taps", [&] { return remove_taps(vm, *uid, listed); }},
+      {"remove-filter", [&] { return remove_vm_filter(vm.str()); }},
   };
-  attempt(remove_vm_filter(vm.str()));
-  attempt(remove_taps(vm));
-  attempt(remove_udev_rule(config, vm));
-  attempt(restore_disks(config, vm));
-  attempt(remove_runtime_dir(config, vm));
+  const Step independent[] = {
+      {"remove-udev-rule", [&] { return remove_udev_rule(config, vm); }},
+      {"restore-disks", [&] { return restore_disks(config, vm); }},
+      {"remove-runtime-dir", [&] { return remove_runtime_dir(config, vm); }},
+  };
+  auto run = [](const Step& step) -> Result<void> {
+    VL_CHECK(maybe_fail(step.first));
+    return step.second();
+  };
+  for (const Step& step : ordered)
+    if (auto done = run(step); !done) return log_error(std::move(done).error().wrap("cleanup stopped at step '" + std::string(step.first) + "'"));
+  Result<void> first_failure;
+  for (const Step& step : independent) {
+    auto done = run(step);
+    if (done) continue;
+    log_error(done.error());
+    if (first_failure) first_failure = std::move(done).error();
+  }
   if (first_failure) log_info("cleaned up");
   return first_failure;
 }

@@ -6,9 +6,13 @@
 
 namespace vl::helper {
 
-/// Removes the VM's nftables chain, remaining taps, udev rule and runtime directory, and
-/// restores disk owners from the journal. Safe when nothing exists; refuses while the VM's
-/// emulator is still running. Tries every step and reports the first failure.
+/// Undoes a launch in reverse launch order: kills every remaining process of the VM's uid
+/// (uid_reaper.h), removes its taps (tun/taps owned by that uid only), its nftables chain and
+/// udev rule, restores disk owners from the journal, and removes the runtime directory. Stops
+/// at the first step that fails, so that nothing is released while an earlier step's objects
+/// remain; running it again continues. Refuses while the recorded emulator still runs (any of
+/// its threads). Does nothing, successfully, for a name with no domain XML, runtime directory
+/// or disk journal.
 Result<void> cleanup_vm(const HostConfig& config, const VmName& vm);
 
 }  // namespace vl::helper

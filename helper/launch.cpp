@@ -1,6 +1,5 @@
 #include "helper/launch.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <sys/file.h>
@@ -98,14 +97,10 @@ Result<std::vector<unsigned>> check_bridges(const Domain& domain) {
 // filter. Running VMs are the ones that matter, and their root-owned state files are few and
 // small: the cost does not grow with the number of defined VMs.
 Result<void> check_macs_unique(const HostConfig& config, const Domain& domain) {
-  std::string dir = config.runtime_dir + "/vms";
-  DIR* d = ::opendir(dir.c_str());
-  if (!d) return {};  // nothing runs
-  std::unique_ptr<DIR, int (*)(DIR*)> closer(d, ::closedir);
-  while (dirent* e = ::readdir(d)) {
-    std::string name = e->d_name;
-    if (name[0] == '.' || name == domain.name.str()) continue;
-    auto other = read_vm_state_file(dir + "/" + name + "/state.json");
+  // Read through the checked runtime directory (runtime_dir.h): only root's own state files.
+  for (const VmName& name : VL_TRY(list_runtime_dirs(config))) {
+    if (name == domain.name) continue;
+    auto other = read_vm_state(config, name);
     if (!other || !process_matches(other->pid, other->start_time)) continue;
     for (const Nic& mine : domain.nics)
       for (const std::string& theirs : other->macs)

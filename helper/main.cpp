@@ -51,7 +51,9 @@ int usage_error(const std::string& what) {
 }
 
 // Start from a known state: no inherited fds beyond stdio (and the launch report fd), no
-// inherited environment, a umask that never creates anything group- or world-writable.
+// inherited environment, a umask that never creates anything group- or world-writable, and
+// "/" as the working directory (the emulator would inherit any other, and with it a way into
+// a directory its uid may not be able to reach by path).
 void sanitize_process(int keep_fd) {
   vl::reset_signals();  // inherited blocked or ignored signals would reach the emulator
   if (keep_fd >= 3) {
@@ -65,6 +67,19 @@ void sanitize_process(int keep_fd) {
   ::clearenv();
   ::setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin", 1);
   ::umask(022);
+  if (::chdir("/") != 0) {
+    std::perror("vmlaunch-helper: chdir /");
+    std::exit(1);
+  }
+}
+
+// Paths given relative to the caller's working directory, made absolute before sanitize_process
+// leaves it.
+std::string absolute(const std::string& path) {
+  if (path.empty() || path[0] == '/') return path;
+  char cwd[PATH_MAX];
+  if (!::getcwd(cwd, sizeof cwd)) return path;  // then it fails to open, naming the path
+  return std::string(cwd) + "/" + path;
 }
 
 }  // namespace
@@ -109,6 +124,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "vmlaunch-helper: must run as root\n");
     return 1;
   }
+  config_path = absolute(config_path);
+  plan_path = absolute(plan_path);
   sanitize_process(report_fd);
   // Tell whoever started `launch` why it failed (the broker relays it to the daemon).
   auto fail = [&](const vl::Error& e) {

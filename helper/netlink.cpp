@@ -1,11 +1,34 @@
 #include "helper/netlink.h"
 
+#include <linux/if_link.h>
 #include <net/if.h>
+#include <netlink/attr.h>
 #include <netlink/errno.h>
+#include <netlink/msg.h>
 #include <netlink/netlink.h>
 #include <netlink/route/link.h>
 
 namespace vl::helper {
+
+namespace {
+
+// Finds IFLA_LINKINFO / IFLA_INFO_DATA / IFLA_TUN_OWNER in an RTM_NEWLINK message. libnl-route
+// has no "tun" link type, so it would drop these attributes: they are read here.
+int parse_tun_owner(nl_msg* msg, void* arg) {
+  auto* owner = static_cast<std::optional<uid_t>*>(arg);
+  nlattr* link[IFLA_MAX + 1];
+  nlattr* info[IFLA_INFO_MAX + 1];
+  nlattr* tun[IFLA_TUN_MAX + 1];
+  if (nlmsg_parse(nlmsg_hdr(msg), sizeof(ifinfomsg), link, IFLA_MAX, nullptr) < 0 || !link[IFLA_LINKINFO] ||
+      nla_parse_nested(info, IFLA_INFO_MAX, link[IFLA_LINKINFO], nullptr) < 0 || !info[IFLA_INFO_KIND] ||
+      nla_strcmp(info[IFLA_INFO_KIND], "tun") != 0 || !info[IFLA_INFO_DATA] ||
+      nla_parse_nested(tun, IFLA_TUN_MAX, info[IFLA_INFO_DATA], nullptr) < 0 || !tun[IFLA_TUN_OWNER])
+    return NL_OK;
+  *owner = nla_get_u32(tun[IFLA_TUN_OWNER]);
+  return NL_OK;
+}
+
+}  // namespace
 
 void LinkFree::operator()(rtnl_link* link) const { rtnl_link_put(link); }
 
@@ -81,6 +104,33 @@ Result<void> Netlink::remove(const std::string& name) {
   if (r < 0 && r != -NLE_OBJ_NOTFOUND && r != -NLE_NODEV)
     return netlink_error(r, "delete interface '" + name + "'");
   return {};
+}
+
+Result<void> Netlink::remove_index(int ifindex, const std::string& name) {
+  LinkPtr link(rtnl_link_alloc());
+  if (!link) return Error::make(ErrorCode::kSystem, "allocate netlink link");
+  rtnl_link_set_ifindex(link.get(), ifindex);
+  int r = rtnl_link_delete(sock_, link.get());
+  if (r < 0 && r != -NLE_OBJ_NOTFOUND && r != -NLE_NODEV) return netlink_error(r, "delete interface '" + name + "'");
+  return {};
+}
+
+Result<std::optional<uid_t>> Netlink::tun_owner(int ifindex, const std::string& name) {
+  std::string what = "read the owner of interface '" + name + "'";
+  ifinfomsg request{};
+  request.ifi_family = AF_UNSPEC;
+  request.ifi_index = ifindex;
+  if (int r = nl_send_simple(sock_, RTM_GETLINK, 0, &request, sizeof request); r < 0) return netlink_error(r, what);
+  nl_cb* sock_cb = nl_socket_get_cb(sock_);
+  std::unique_ptr<nl_cb, void (*)(nl_cb*)> cb(nl_cb_clone(sock_cb), nl_cb_put);
+  nl_cb_put(sock_cb);
+  if (!cb) return Error::make(ErrorCode::kSystem, "allocate netlink callbacks");
+  std::optional<uid_t> owner;
+  nl_cb_set(cb.get(), NL_CB_VALID, NL_CB_CUSTOM, parse_tun_owner, &owner);
+  // The reply, then the acknowledgement libnl asks for by default (as rtnl_link_get_kernel).
+  if (int r = nl_recvmsgs(sock_, cb.get()); r < 0) return netlink_error(r, what);
+  if (int r = nl_wait_for_ack(sock_); r < 0) return netlink_error(r, what);
+  return owner;
 }
 
 }  // namespace vl::helper

@@ -1,5 +1,7 @@
-// A route-netlink socket (libnl-route) and link lookups shared by tap.cpp and bridge.cpp.
+// A route-netlink socket (libnl-route) and link lookups shared by launch.cpp and cleanup.cpp.
 #pragma once
+
+#include <sys/types.h>
 
 #include <memory>
 #include <optional>
@@ -47,6 +49,12 @@ class Netlink final {
   Result<void> set_mtu(const std::string& name, unsigned mtu);
   /// Deletes the link called `name`; "no such link" counts as success.
   Result<void> remove(const std::string& name);
+  /// Deletes the link with this ifindex (`name` is for messages); "no such link" counts as
+  /// success. Unlike a name, an ifindex is not handed to a new link at once.
+  Result<void> remove_index(int ifindex, const std::string& name);
+  /// The owner of the tun/tap link with this ifindex (IFLA_TUN_OWNER), or nullopt if it has
+  /// none or is not a tun/tap. `name` is for messages.
+  Result<std::optional<uid_t>> tun_owner(int ifindex, const std::string& name);
 
  private:
   explicit Netlink(nl_sock* sock) : sock_(sock) {}

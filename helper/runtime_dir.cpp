@@ -1,9 +1,13 @@
 #include "helper/runtime_dir.h"
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+
+#include <memory>
 
 #include "common/sys.h"
 
@@ -11,57 +15,93 @@ namespace vl::helper {
 
 namespace {
 
-Result<void> ensure_dir(const std::string& dir, mode_t mode) {
-  if (::mkdir(dir.c_str(), mode) < 0 && errno != EEXIST) return Error::from_errno("create '" + dir + "'");
-  return {};
+constexpr char kSocket[] = "qmp.sock";
+constexpr char kState[] = "state.json";
+constexpr char kStateTmp[] = "state.json.tmp";
+
+// Who besides root may add entries to a directory root works in.
+enum class Writers {
+  kRootOnly,      // vms/ and vms/NAME
+  kStickyShared,  // RUNTIME: others too, but the sticky bit keeps root's entries root's
+};
+
+// Opens `name` below `at` as a directory, never through a symlink, and checks that only root
+// can change which entries it has. `path` names it in errors.
+Result<UniqueFd> open_root_dir(int at, const std::string& name, const std::string& path, Writers writers) {
+  UniqueFd fd(::openat(at, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd) {
+    if (errno == ELOOP || errno == ENOTDIR)
+      return Error::make(ErrorCode::kDenied, "'" + path + "' is not a directory (a symlink?); refusing to work below it");
+    return Error::from_errno("open '" + path + "'");
+  }
+  struct stat st {};
+  VL_TRY(sys::check(::fstat(fd.get(), &st), "stat '" + path + "'"));
+  bool others_write = (st.st_mode & (S_IWGRP | S_IWOTH)) != 0;
+  if (st.st_uid != 0 || (others_write && !(writers == Writers::kStickyShared && (st.st_mode & S_ISVTX))))
+    return Error::make(ErrorCode::kDenied,
+                       "'" + path + "' must be a directory owned by root and writable by root only" +
+                           (writers == Writers::kStickyShared ? " (or sticky)" : "") + "; refusing to work below it");
+  return fd;
 }
 
-Result<void> unlink_if_present(const std::string& path) {
-  if (::unlink(path.c_str()) < 0 && errno != ENOENT) return Error::from_errno("remove '" + path + "'");
-  return {};
+Result<UniqueFd> open_vm_dir(const RuntimeDirs& dirs, const HostConfig& config, const VmName& vm) {
+  return open_root_dir(dirs.vms.get(), vm.str(), config.vm_runtime_dir(vm), Writers::kRootOnly);
 }
 
 }  // namespace
 
+bool is_missing(const Error& error) { return error.code == ErrorCode::kSystem && error.sys_errno == ENOENT; }
+
+Result<RuntimeDirs> open_runtime_dirs(const HostConfig& config, bool create) {
+  const std::string& runtime = config.runtime_dir;
+  std::string vms = runtime + "/vms";
+  if (create && ::mkdir(runtime.c_str(), 0755) < 0 && errno != EEXIST) return Error::from_errno("create '" + runtime + "'");
+  RuntimeDirs dirs;
+  dirs.runtime = VL_TRY(open_root_dir(AT_FDCWD, runtime, runtime, Writers::kStickyShared));
+  // PRIV: root's own directory, created inside a directory just checked to be root's.
+  if (create && ::mkdirat(dirs.runtime.get(), "vms", 0755) < 0 && errno != EEXIST)
+    return Error::from_errno("create '" + vms + "'");
+  dirs.vms = VL_TRY(open_root_dir(dirs.runtime.get(), "vms", vms, Writers::kRootOnly));
+  return dirs;
+}
+
 Result<void> create_runtime_dir(const HostConfig& config, const VmName& vm, gid_t daemon_gid) {
-  VL_CHECK(ensure_dir(config.runtime_dir, 0755));
-  VL_CHECK(ensure_dir(config.runtime_dir + "/vms", 0755));
-  // RUNTIME may be writable by the daemon's group: vms/ must be root's own directory, not a
-  // symlink someone put there.
-  struct stat st {};
-  std::string vms = config.runtime_dir + "/vms";
-  VL_TRY(sys::check(::lstat(vms.c_str(), &st), "stat '" + vms + "'"));
-  if (!S_ISDIR(st.st_mode) || st.st_uid != 0 || (st.st_mode & 022))
-    return Error::make(ErrorCode::kDenied, "'" + vms + "' must be a root-owned directory writable only by root");
+  RuntimeDirs dirs = VL_TRY(open_runtime_dirs(config, true));
   std::string dir = config.vm_runtime_dir(vm);
-  if (::mkdir(dir.c_str(), 0700) < 0) {
+  if (::mkdirat(dirs.vms.get(), vm.str().c_str(), 0700) < 0) {
     if (errno == EEXIST)
       return Error::make(ErrorCode::kConflict, "VM '" + vm.str() + "' is already running, or its last run was "
                                                "not cleaned up ('" + dir + "' exists; run 'vmlaunch-helper cleanup " +
                                                vm.str() + "')");
     return Error::from_errno("create '" + dir + "'");
   }
-  // PRIV: a directory root just created; the group is the configured daemon group.
-  if (::chown(dir.c_str(), 0, daemon_gid) < 0 || ::chmod(dir.c_str(), 0750) < 0) {
-    Error e = Error::from_errno("set owner of '" + dir + "'");
-    ::rmdir(dir.c_str());
-    return e;
-  }
-  return {};
+  auto owned = [&]() -> Result<void> {
+    UniqueFd fd = VL_TRY(open_vm_dir(dirs, config, vm));
+    // PRIV: the directory root just created; the group is the configured daemon group.
+    VL_TRY(sys::check(::fchown(fd.get(), 0, daemon_gid), "set owner of '" + dir + "'"));
+    VL_TRY(sys::check(::fchmod(fd.get(), 0750), "set mode of '" + dir + "'"));
+    return {};
+  }();
+  if (!owned) ::unlinkat(dirs.vms.get(), vm.str().c_str(), AT_REMOVEDIR);
+  return owned;
 }
 
 Result<UniqueFd> bind_monitor_socket(const HostConfig& config, const VmName& vm, gid_t daemon_gid) {
-  std::string path = config.vm_runtime_dir(vm) + "/qmp.sock";
+  RuntimeDirs dirs = VL_TRY(open_runtime_dirs(config, false));
+  UniqueFd dir = VL_TRY(open_vm_dir(dirs, config, vm));
+  std::string path = config.vm_runtime_dir(vm) + "/" + kSocket;
   sockaddr_un sa{};
   if (path.size() >= sizeof sa.sun_path) return Error::invalid("monitor socket path '" + path + "' is too long");
   UniqueFd fd = VL_TRY(sys::check_fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), "create monitor socket"));
   sa.sun_family = AF_UNIX;
   path.copy(sa.sun_path, sizeof sa.sun_path - 1);
+  // bind() takes a path; every directory on it was just checked to be changeable by root only.
   VL_TRY(sys::check(::bind(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa), "bind '" + path + "'"));
-  // PRIV: the directory is root's own (0750), so the path cannot have been swapped.
-  if (::chown(path.c_str(), 0, daemon_gid) < 0 || ::chmod(path.c_str(), 0660) < 0 || ::listen(fd.get(), 4) < 0) {
+  // PRIV: the socket root just bound, in root's own directory; the group is the daemon's.
+  if (::fchownat(dir.get(), kSocket, 0, daemon_gid, AT_SYMLINK_NOFOLLOW) < 0 || ::fchmodat(dir.get(), kSocket, 0660, 0) < 0 ||
+      ::listen(fd.get(), 4) < 0) {
     Error e = Error::from_errno("set up monitor socket '" + path + "'");
-    ::unlink(path.c_str());
+    ::unlinkat(dir.get(), kSocket, 0);
     return e;
   }
   return fd;
@@ -70,21 +110,75 @@ Result<UniqueFd> bind_monitor_socket(const HostConfig& config, const VmName& vm,
 Result<void> write_vm_state(const HostConfig& config, const VmState& state, gid_t daemon_gid) {
   auto vm = VmName::parse(state.vm);
   if (!vm) return std::move(vm).error();
-  std::string path = config.vm_runtime_dir(*vm) + "/state.json";
-  VL_CHECK(sys::write_file_atomic(path, vm_state_to_json(state), 0640));
-  VL_TRY(sys::check(::chown(path.c_str(), 0, daemon_gid), "set owner of '" + path + "'"));
-  return {};
+  RuntimeDirs dirs = VL_TRY(open_runtime_dirs(config, false));
+  UniqueFd dir = VL_TRY(open_vm_dir(dirs, config, *vm));
+  std::string path = config.vm_runtime_dir(*vm) + "/" + kState;
+  ::unlinkat(dir.get(), kStateTmp, 0);  // left by a launch that crashed while writing
+  UniqueFd fd = VL_TRY(sys::check_fd(::openat(dir.get(), kStateTmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640),
+                                     "create '" + path + ".tmp'"));
+  auto written = sys::write_all(fd.get(), vm_state_to_json(state));
+  // PRIV: the file root just created, in root's own directory; the group is the daemon's.
+  if (written && ::fchown(fd.get(), 0, daemon_gid) < 0) written = Error::from_errno("set owner of '" + path + "'");
+  if (written && ::fsync(fd.get()) < 0) written = Error::from_errno("fsync '" + path + "'");
+  if (written && ::renameat(dir.get(), kStateTmp, dir.get(), kState) < 0) written = Error::from_errno("write '" + path + "'");
+  if (!written) ::unlinkat(dir.get(), kStateTmp, 0);
+  return written;
 }
 
 Result<VmState> read_vm_state(const HostConfig& config, const VmName& vm) {
-  return read_vm_state_file(config.vm_runtime_dir(vm) + "/state.json");
+  RuntimeDirs dirs = VL_TRY(open_runtime_dirs(config, false));
+  UniqueFd dir = VL_TRY(open_vm_dir(dirs, config, vm));
+  std::string path = config.vm_runtime_dir(vm) + "/" + kState;
+  UniqueFd fd = VL_TRY(sys::check_fd(::openat(dir.get(), kState, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC),
+                                     "open '" + path + "'"));
+  struct stat st {};
+  VL_TRY(sys::check(::fstat(fd.get(), &st), "stat '" + path + "'"));
+  if (!S_ISREG(st.st_mode) || st.st_uid != 0 || st.st_nlink != 1)
+    return Error::make(ErrorCode::kDenied, "'" + path + "' must be a regular file of root's with one link");
+  auto text = sys::read_all(fd.get(), 1 << 16);
+  if (!text) return text.error().wrap("'" + path + "'");
+  auto state = vm_state_from_json(*text);
+  if (!state) return state.error().wrap(path);
+  if (state->vm != vm.str()) return Error::invalid(path + ": the state of VM '" + state->vm + "'");
+  return state;
+}
+
+Result<bool> runtime_dir_exists(const HostConfig& config, const VmName& vm) {
+  auto dirs = open_runtime_dirs(config, false);
+  if (!dirs) return is_missing(dirs.error()) ? Result<bool>(false) : Result<bool>(std::move(dirs).error());
+  struct stat st {};
+  if (::fstatat(dirs->vms.get(), vm.str().c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) return true;
+  if (errno == ENOENT) return false;
+  return Error::from_errno("stat '" + config.vm_runtime_dir(vm) + "'");
+}
+
+Result<std::vector<VmName>> list_runtime_dirs(const HostConfig& config) {
+  auto dirs = open_runtime_dirs(config, false);
+  if (!dirs) {
+    if (is_missing(dirs.error())) return std::vector<VmName>();
+    return std::move(dirs).error();
+  }
+  std::unique_ptr<DIR, int (*)(DIR*)> dir(::fdopendir(dirs->vms.get()), ::closedir);
+  if (!dir) return Error::from_errno("list '" + config.runtime_dir + "/vms'");
+  (void)dirs->vms.release();  // the DIR owns it now
+  std::vector<VmName> names;
+  while (const dirent* e = ::readdir(dir.get()))
+    if (auto name = VmName::parse(e->d_name)) names.push_back(*name);
+  return names;
 }
 
 Result<void> remove_runtime_dir(const HostConfig& config, const VmName& vm) {
-  std::string dir = config.vm_runtime_dir(vm);
-  VL_CHECK(unlink_if_present(dir + "/qmp.sock"));
-  VL_CHECK(unlink_if_present(dir + "/state.json"));
-  if (::rmdir(dir.c_str()) < 0 && errno != ENOENT) return Error::from_errno("remove '" + dir + "'");
+  auto dirs = open_runtime_dirs(config, false);
+  if (!dirs) return is_missing(dirs.error()) ? Result<void>() : Result<void>(std::move(dirs).error());
+  auto dir = open_vm_dir(*dirs, config, vm);
+  if (!dir) return is_missing(dir.error()) ? Result<void>() : Result<void>(std::move(dir).error());
+  std::string path = config.vm_runtime_dir(vm);
+  // PRIV: names below directories just checked to be changeable by root only.
+  for (const char* name : {kSocket, kState, kStateTmp})
+    if (::unlinkat(dir->get(), name, 0) < 0 && errno != ENOENT)
+      return Error::from_errno("remove '" + path + "/" + name + "'");
+  if (::unlinkat(dirs->vms.get(), vm.str().c_str(), AT_REMOVEDIR) < 0 && errno != ENOENT)
+    return Error::from_errno("remove '" + path + "'");
   return {};
 }
 

@@ -1,5 +1,15 @@
 // RUNTIME/vms/NAME/: the VM's monitor socket and state file, readable by the daemon's group.
 //
+// RUNTIME is root:daemon-group 01775 under the broker, so that the daemon can put its control
+// socket there. Below it, root trusts only what root alone can change. Every function here
+// opens RUNTIME, vms/ and vms/NAME with O_NOFOLLOW, checks each with fstat (a directory owned by
+// root; RUNTIME writable by others only with the sticky bit, which keeps them from renaming or
+// removing root's entries; vms/ and vms/NAME writable by root only), and works below them with
+// *at() calls on those fds. Anything else is refused, naming the directory: a daemon that owned
+// vms/ (because packaging pre-created RUNTIME for it, or because it created vms/ first) could
+// otherwise make root signal any process through a forged state.json, or unlink files anywhere
+// through a symlinked vms/NAME.
+//
 // Creating the directory is also the per-VM launch lock: mkdir fails if it exists, so two
 // launches of one VM cannot both proceed, and a leftover of a crashed launch is reported
 // instead of being silently reused.
@@ -8,6 +18,7 @@
 #include <sys/types.h>
 
 #include <string>
+#include <vector>
 
 #include "common/config.h"
 #include "common/unique_fd.h"
@@ -15,14 +26,32 @@
 
 namespace vl::helper {
 
+/// RUNTIME and RUNTIME/vms, opened and checked as described above.
+struct RuntimeDirs {
+  UniqueFd runtime;
+  UniqueFd vms;
+};
+
+/// Opens RUNTIME and RUNTIME/vms and checks them; with `create`, first creates whichever is
+/// missing (root 0755). kDenied naming the directory if someone besides root could change it;
+/// a missing directory (without `create`) is an error for which is_missing() holds.
+Result<RuntimeDirs> open_runtime_dirs(const HostConfig& config, bool create);
+
+/// True for the error of a runtime directory or state file that does not exist.
+bool is_missing(const Error& error);
+
 /// Creates RUNTIME/vms/NAME (root:daemon_gid 0750); kConflict if it already exists.
 Result<void> create_runtime_dir(const HostConfig& config, const VmName& vm, gid_t daemon_gid);
 /// Binds and listens on RUNTIME/vms/NAME/qmp.sock (root:daemon_gid 0660); returns the fd.
 Result<UniqueFd> bind_monitor_socket(const HostConfig& config, const VmName& vm, gid_t daemon_gid);
-/// Writes RUNTIME/vms/NAME/state.json (root:daemon_gid 0640).
+/// Writes RUNTIME/vms/NAME/state.json (root:daemon_gid 0640), atomically.
 Result<void> write_vm_state(const HostConfig& config, const VmState& state, gid_t daemon_gid);
-/// Reads the state file, if any.
+/// Reads the state file: a regular file of root's naming this VM.
 Result<VmState> read_vm_state(const HostConfig& config, const VmName& vm);
+/// True if anything is called RUNTIME/vms/NAME (a symlink too: the other calls refuse it).
+Result<bool> runtime_dir_exists(const HostConfig& config, const VmName& vm);
+/// The VMs that have a runtime directory (entries that are no valid VM name are skipped).
+Result<std::vector<VmName>> list_runtime_dirs(const HostConfig& config);
 /// Removes the socket, the state file and the directory; missing ones count as success.
 Result<void> remove_runtime_dir(const HostConfig& config, const VmName& vm);
 

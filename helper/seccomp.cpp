@@ -21,10 +21,27 @@
 //   syslog, quotactl, lookup_dcookie, host information and legacy interfaces
 //     uselib, open_by_handle_at,
 //     name_to_handle_at, userfaultfd
+//   ioctl(TUNSETPERSIST)              a tap that outlives the emulator (and its cleanup)
 // clone3 fails with ENOSYS instead: its flags live in memory seccomp cannot read, and glibc
-// then falls back to clone(), whose flags the filter does check.
+// then falls back to clone(), whose flags the filter does check. io_uring_setup, _enter and
+// _register fail with ENOSYS too, so qemu falls back to its thread pool: io_uring runs
+// operations from kernel workers that this filter never sees, and has a long record of
+// kernel bugs. socket() is limited to AF_UNIX, AF_INET and AF_INET6 (others fail with
+// EAFNOSUPPORT): qemu reaches its monitor, VNC and migration through those; packet, netlink,
+// vsock and the rest are kernel surface a VM process does not need.
+//
+// A system call of another ABI (i386, x32) kills the whole process: libseccomp's default kills
+// only the calling thread, and an emulator whose main thread died that way would live on with
+// its taps and disks.
+//
+// Arguments the kernel reads as 32-bit ints (the ioctl request, the socket family) are
+// compared on their low 32 bits or refused outright when wider, since the kernel ignores the
+// high bits that the filter sees.
+#include <linux/if_tun.h>
 #include <linux/sched.h>
 #include <seccomp.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 
 #include <memory>
 
@@ -46,6 +63,8 @@ constexpr const char* kDenied[] = {
     "iopl", "ioperm", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "syslog",
     "quotactl", "lookup_dcookie", "uselib", "open_by_handle_at", "name_to_handle_at", "userfaultfd"};
 
+constexpr const char* kNotImplemented[] = {"clone3", "io_uring_setup", "io_uring_enter", "io_uring_register"};
+
 constexpr uint64_t kNamespaceFlags[] = {CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER,
                                         CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWCGROUP, CLONE_NEWTIME};
 
@@ -65,8 +84,27 @@ Result<void> install_seccomp_baseline() {
                                   SCMP_A0(SCMP_CMP_MASKED_EQ, flag, flag));
         rc < 0)
       return fail(rc, "clone namespace flags");
-  if (int rc = seccomp_rule_add(ctx.get(), SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0); rc < 0)
-    return fail(rc, "clone3");
+  for (const char* name : kNotImplemented) {
+    int nr = seccomp_syscall_resolve_name(name);
+    if (nr == __NR_SCMP_ERROR) continue;
+    if (int rc = seccomp_rule_add(ctx.get(), SCMP_ACT_ERRNO(ENOSYS), nr, 0); rc < 0) return fail(rc, name);
+  }
+  if (int rc = seccomp_rule_add(ctx.get(), SCMP_ACT_ERRNO(EPERM), SCMP_SYS(ioctl), 1,
+                                SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffu, TUNSETPERSIST));
+      rc < 0)
+    return fail(rc, "ioctl TUNSETPERSIST");
+  // Every family but AF_UNIX (1), AF_INET (2) and AF_INET6 (10), as the full 64-bit value: a
+  // wider number is refused even if its low 32 bits name an allowed family.
+  static_assert(AF_UNIX == 1 && AF_INET == 2 && AF_INET6 == 10);
+  auto deny_family = [&](scmp_arg_cmp cmp) {
+    return seccomp_rule_add(ctx.get(), SCMP_ACT_ERRNO(EAFNOSUPPORT), SCMP_SYS(socket), 1, cmp);
+  };
+  if (int rc = deny_family(SCMP_A0(SCMP_CMP_EQ, AF_UNSPEC)); rc < 0) return fail(rc, "socket family");
+  for (uint64_t family = AF_INET + 1; family < AF_INET6; ++family)
+    if (int rc = deny_family(SCMP_A0(SCMP_CMP_EQ, family)); rc < 0) return fail(rc, "socket family");
+  if (int rc = deny_family(SCMP_A0(SCMP_CMP_GT, AF_INET6)); rc < 0) return fail(rc, "socket family");
+  if (int rc = seccomp_attr_set(ctx.get(), SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS); rc < 0)
+    return fail(rc, "bad-architecture action");
   if (int rc = seccomp_load(ctx.get()); rc < 0) return fail(rc, "load filter");
   return {};
 }

@@ -49,6 +49,13 @@ Result<std::map<std::string, uid_t>> read_uid_map(const HostConfig& config) {
   return parse_map(*text, config.uid_map_path(), config.uids);
 }
 
+Result<std::optional<uid_t>> assigned_uid(const HostConfig& config, const VmName& vm) {
+  auto map = VL_TRY(read_uid_map(config));
+  auto it = map.find(vm.str());
+  if (it == map.end()) return std::optional<uid_t>();
+  return std::optional<uid_t>(it->second);
+}
+
 Result<void> publish_vm_user(const HostConfig& config, const VmName& vm, uid_t uid) {
   std::string name = "vm-" + vm.str();
   if (const passwd* existing = ::getpwnam(name.c_str()); existing && existing->pw_uid != uid) {

@@ -9,6 +9,7 @@
 #include <sys/types.h>
 
 #include <map>
+#include <optional>
 #include <string>
 
 #include "common/config.h"
@@ -25,5 +26,8 @@ Result<void> publish_vm_user(const HostConfig& config, const VmName& vm, uid_t u
 
 /// All assignments, for listings ("which VM is uid 70003?").
 Result<std::map<std::string, uid_t>> read_uid_map(const HostConfig& config);
+
+/// The uid assigned to `vm`, or nullopt if it never had one; never allocates.
+Result<std::optional<uid_t>> assigned_uid(const HostConfig& config, const VmName& vm);
 
 }  // namespace vl::helper
