@@ -72,9 +72,11 @@ Error drop_privileges_and_exec(const ExecSpec& spec, const VmCredentials& creds)
 
   if (int r = place_fds(spec.fds.data(), spec.fds.size()); r < 0)
     return Error::from_errno(-r, "place fds for the emulator");
-  for (const FdMapping& m : spec.fds)  // the launch report pipe: closed by execve, meaning success
-    if (m.target == kReportFdTarget && ::fcntl(m.target, F_SETFD, FD_CLOEXEC) < 0)
-      return Error::from_errno("mark the report pipe close-on-exec");
+  // The helper's own fds sit at kReportFdTarget and above (the report pipe, whose closing by
+  // execve means success, and its private log fd): they outlive fd placement, not execve.
+  for (const FdMapping& m : spec.fds)
+    if (m.target >= kReportFdTarget && ::fcntl(m.target, F_SETFD, FD_CLOEXEC) < 0)
+      return Error::from_errno("mark fd " + std::to_string(m.target) + " close-on-exec");
   if (auto r = clear_bounding_and_ambient(); !r) return std::move(r).error();
   if (auto r = change_ids(creds); !r) return std::move(r).error();
   if (auto r = verify_ids(creds); !r) return std::move(r).error();

@@ -14,6 +14,7 @@
 #include "common/vm_state.h"
 #include "helper/disk_owner.h"
 #include "helper/exec.h"
+#include "helper/log_relay.h"
 #include "helper/netlink.h"
 #include "helper/nft_filter.h"
 #include "helper/runtime_dir.h"
@@ -151,6 +152,7 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
   LaunchEnv& env = *env_or;
   auto claims_or = resolve_disks(config, env.domain);
   if (!claims_or) return log_error(std::move(claims_or).error());
+  if (auto r = check_backing_layers(config, env.domain); !r) return log_error(std::move(r).error());
   std::vector<DiskClaim>& claims = *claims_or;
   if (auto r = check_disks_unclaimed(config, vm, claims); !r) return log_error(std::move(r).error());
 
@@ -169,14 +171,14 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
       uid = VL_TRY(uid_for_vm(config, vm));
       return publish_vm_user(config, vm, uid);
     }, nullptr));  // the assignment and its name are permanent by design (uid_map.h)
+    // One undo for both steps: chown_disks may fail part way, after changing some disks, and a
+    // failed step has no undo of its own. Restoring from the journal puts back every disk
+    // (unchanged ones are a no-op) and deletes the journal only if all of them came back.
     VL_CHECK(tx.step("disk-journal", [&] { return write_disk_journal(config, vm, claims); },
                      [&] {
-                       if (::unlink(config.disk_journal_path(vm).c_str()) < 0 && errno != ENOENT)
-                         log_error(Error::from_errno("remove disk journal of '" + vm.str() + "'"));
+                       if (auto r = restore_disks(config, vm); !r) log_error(r.error());
                      }));
-    VL_CHECK(tx.step("disk-owner", [&] { return chown_disks(claims, uid, uid); }, [&] {
-      if (auto r = restore_disks(config, vm); !r) log_error(r.error());
-    }));
+    VL_CHECK(tx.step("disk-owner", [&] { return chown_disks(claims, uid, uid); }, nullptr));
     VL_CHECK(tx.step("udev-rule", [&] { return write_udev_rule(config, vm, claims, uid, uid); },
                      [&] {
                        if (auto r = remove_udev_rule(config, vm); !r) log_error(r.error());
@@ -235,6 +237,12 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
   for (std::string& arg : emulator_sandbox_args()) spec.argv.push_back(std::move(arg));
   for (const FdSlot& slot : env.plan.fds)
     spec.fds.push_back({slot.kind == FdSlot::Kind::kMonitor ? monitor.get() : taps[slot.nic].get(), slot.fd});
+  // The emulator must not hold the launch log, which it could truncate or forge lines in: it
+  // writes to a root relay instead (log_relay.h). Should the launch fail from here on, the
+  // relay sees EOF when the helper exits, and exits too: nothing to roll back.
+  auto output = start_log_relay(vm);
+  if (!output) return log_error(std::move(output).error());
+  for (const FdMapping& m : output->mappings()) spec.fds.push_back(m);
   UniqueFd null_fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   if (null_fd) spec.fds.push_back({null_fd.get(), 0});
   // The report pipe must outlive fd placement (it may sit on a plan fd number) so that a

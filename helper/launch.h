@@ -24,7 +24,8 @@ namespace vl::helper {
 /// under which the pipe now lives (it is moved out of the way of the plan's fds).
 Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& plan_json, int* report_fd);
 
-/// Above every fd number a plan may use (3..18).
+/// Above every fd number a plan may use (3..18). Targets from here up are the helper's own
+/// (this report pipe, its private log fd): placed for the emulator but closed by its execve.
 inline constexpr int kReportFdTarget = 31;
 
 /// The helpers' global lock (STATE/helper.lock): launches and cleanups run one at a time.

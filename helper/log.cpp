@@ -1,16 +1,18 @@
 #include "helper/log.h"
 
+#include <fcntl.h>
 #include <syslog.h>
 #include <systemd/sd-journal.h>
 #include <unistd.h>
 
-#include <cstdio>
+#include "common/sys.h"
 
 namespace vl::helper {
 
 namespace {
 
 std::string g_vm;
+int g_stderr = STDERR_FILENO;
 
 bool journald_present() {
   static const bool present = ::access("/run/systemd/journal/socket", W_OK) == 0;
@@ -24,7 +26,8 @@ void emit(int priority, const std::string& message) {
                     "SYSLOG_IDENTIFIER=vmlaunch-helper", nullptr);
     return;
   }
-  std::fprintf(stderr, "vmlaunch-helper: %s\n", line.c_str());
+  // One write per line: with O_APPEND it is not interleaved with another writer's lines.
+  (void)sys::write_all(g_stderr, "vmlaunch-helper: " + line + "\n");
 }
 
 }  // namespace
@@ -32,6 +35,13 @@ void emit(int priority, const std::string& message) {
 void log_set_vm(const std::string& vm) { g_vm = vm; }
 void log_info(const std::string& message) { emit(LOG_INFO, message); }
 void log_warning(const std::string& message) { emit(LOG_WARNING, message); }
+
+Result<int> log_keep_private_stderr(int min_fd) {
+  int fd = VL_TRY(sys::check(::fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, min_fd), "duplicate the log fd"));
+  if (g_stderr != STDERR_FILENO) ::close(g_stderr);
+  g_stderr = fd;
+  return fd;
+}
 
 Error log_error(Error error) {
   emit(LOG_ERR, error.message());

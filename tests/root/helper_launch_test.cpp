@@ -13,6 +13,7 @@
 
 using vl::test::DomainSpec;
 using vl::test::HelperEnv;
+using vl::test::owner_and_mode;
 
 namespace {
 
@@ -27,14 +28,6 @@ int open_as(uid_t uid, gid_t gid, const std::string& path) {
   int status = 0;
   ::waitpid(pid, &status, 0);
   return WEXITSTATUS(status);
-}
-
-std::string owner_and_mode(const std::string& path) {
-  struct stat st {};
-  ::stat(path.c_str(), &st);
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%u:%u %04o", st.st_uid, st.st_gid, st.st_mode & 07777);
-  return buf;
 }
 
 }  // namespace
@@ -270,7 +263,8 @@ TEST_SUITE("root/helper_launch") {
     env.define({.name = "web1", .block_disk = node});
     auto before = env.snapshot();
 
-    for (const char* step : {"runtime-dir", "uid", "disk-journal", "disk-owner", "udev-rule", "nft-filter", "tap",
+    // disk-chmod fails inside the disk-owner step, after the first disk's owner has changed.
+    for (const char* step : {"runtime-dir", "uid", "disk-journal", "disk-owner", "disk-chmod", "udev-rule", "nft-filter", "tap",
                              "bridge-attach", "monitor-socket", "state-file", "exec"}) {
       INFO(std::string(step));
       auto r = env.launch("web1", {std::string("VMLAUNCH_FAIL_AT=") + step});
@@ -297,12 +291,7 @@ TEST_SUITE("root/helper_report") {
   TEST_CASE("a failure after the privilege drop still reaches the report pipe, and cleanup undoes it") {
     HelperEnv env;
     // An emulator root can stat but the VM's uid cannot reach: execve fails after the drop.
-    std::string hidden = env.root() + "/hidden";
-    std::filesystem::create_directory(hidden);
-    ::chmod(hidden.c_str(), 0700);
-    std::filesystem::create_symlink("/usr/bin/qemu-system-x86_64", hidden + "/qemu");
-    env.write_config("[emulators]\nallowed = [\"" + hidden + "/qemu\"]\n");
-    env.define({.name = "web1", .emulator = hidden + "/qemu"});
+    vl::test::define_with_unreachable_emulator(env, "web1");
     std::string plan = env.write_plan("web1", env.plan_json("web1"));
     vl::UniqueFd log(::open((env.root() + "/launch.log").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600));
     auto before = env.snapshot();

@@ -129,3 +129,44 @@ TEST_SUITE("root/plan_policy") {
     CHECK_MESSAGE(tampered.error().context.find("-plugin") != std::string::npos, tampered.error().context);
   }
 }
+
+TEST_SUITE("root/plan_policy") {
+  TEST_CASE("a declared backing layer is opened read-only and checked like a disk; one outside the roots is refused") {
+    HelperEnv env;
+    std::string base = env.root() + "/images/base.img";
+    std::string overlay = env.root() + "/images/web1.qcow2";
+    std::filesystem::copy_file(vl::test::build_path("VMLAUNCH_GUEST_IMG"), base);
+    ::chmod(base.c_str(), 0644);  // shared by every VM built on it: root's, readable
+    vl::test::run_ok("qemu-img create -q -f qcow2 -b " + base + " -F raw " + overlay);
+    ::chmod(overlay.c_str(), 0644);
+    auto define_layered = [&](const std::string& layer) {
+      std::string xml = env.define({.name = "web1", .mac = "52:54:00:00:01:04", .disk = overlay, .disk_format = "qcow2"});
+      std::string source = "<source file='" + overlay + "'/>";
+      xml.replace(xml.find(source), source.size(),
+                  source + "<backingStore type='file'><format type='raw'/><source file='" + layer + "'/></backingStore>");
+      std::ofstream(env.root() + "/domains/web1.xml", std::ios::trunc) << xml;
+    };
+
+    define_layered(base);
+    auto vm = env.launch("web1");
+    REQUIRE_MESSAGE(vm.running(), vm.log);
+    auto qmp = vl::test::QmpConnection::connect(env.root() + "/run/vms/web1/qmp.sock");
+    REQUIRE_MESSAGE(qmp.ok(), qmp.error().context);
+    auto files = open_files(vm.pid);
+    CHECK(std::find(files.begin(), files.end(), base) != files.end());
+    // The layer is read by the VM's uid but stays root's: other VMs share it.
+    CHECK(vl::test::owner_and_mode(base) == "0:0 0644");
+    env.kill_vm(vm.pid);
+    CHECK(env.helper({"cleanup", "web1"}).status == 0);
+
+    // A layer outside every storage root, or one a VM user could rewrite, is refused.
+    std::filesystem::create_directory(env.root() + "/public");
+    std::string outside = env.root() + "/public/base.img";
+    std::filesystem::copy_file(base, outside);
+    define_layered(outside);
+    vl::test::check_launch_refused(env, "web1", "not below any storage root");
+    define_layered(base);
+    ::chmod(base.c_str(), 0666);
+    vl::test::check_launch_refused(env, "web1", "writable");
+  }
+}

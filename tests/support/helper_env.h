@@ -284,6 +284,44 @@ inline std::string link_details(const std::string& name) {
   return out;
 }
 
+/// "UID:GID MODE" of a file, the mode in octal ("0:0 0644").
+inline std::string owner_and_mode(const std::string& path) {
+  struct stat st {};
+  REQUIRE_MESSAGE(::stat(path.c_str(), &st) == 0, path);
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%u:%u %04o", st.st_uid, st.st_gid, st.st_mode & 07777);
+  return buf;
+}
+
+/// Launches `name` and checks that the helper refuses it (exit status 1, not a signal) with a
+/// log that says `expected`, and that nothing changed. A launch that does start fails the test
+/// and is stopped and cleaned up, so that the next case starts from a clean state.
+inline void check_launch_refused(HelperEnv& env, const std::string& name, const std::string& expected) {
+  auto before = env.snapshot();
+  auto r = env.launch(name);
+  CHECK_FALSE(r.running());
+  if (r.running()) {
+    env.kill_vm(r.pid);
+    (void)env.helper({"cleanup", name});
+    return;
+  }
+  CHECK(WIFEXITED(r.status));
+  CHECK(WEXITSTATUS(r.status) == 1);
+  CHECK_MESSAGE(r.log.find(expected) != std::string::npos, r.log);
+  CHECK_MESSAGE(snapshot_diff(before, env.snapshot()).empty(), snapshot_diff(before, env.snapshot()));
+}
+
+/// Defines VM `name` with an emulator that root can stat but the VM's uid cannot reach (a link
+/// in a root-only directory), so that its launch fails at execve, after the privilege drop.
+inline void define_with_unreachable_emulator(HelperEnv& env, const std::string& name) {
+  std::string hidden = env.root() + "/hidden";
+  std::filesystem::create_directory(hidden);
+  ::chmod(hidden.c_str(), 0700);
+  std::filesystem::create_symlink("/usr/bin/qemu-system-x86_64", hidden + "/qemu");
+  env.write_config("[emulators]\nallowed = [\"" + hidden + "/qemu\"]\n");
+  env.define({.name = name, .emulator = hidden + "/qemu"});
+}
+
 /// Fields of /proc/PID/status.
 inline std::map<std::string, std::string> proc_status(pid_t pid) {
   std::map<std::string, std::string> fields;

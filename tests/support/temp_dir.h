@@ -9,8 +9,9 @@ namespace vl::test {
 
 class TempDir final {
  public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "vmlaunch-test.XXXXXX").string();
+  /// A new directory (mode 0700) in `parent`, by default the system's temporary directory.
+  explicit TempDir(const std::filesystem::path& parent = std::filesystem::temp_directory_path()) {
+    std::string tmpl = (parent / "vmlaunch-test.XXXXXX").string();
     if (::mkdtemp(tmpl.data()) == nullptr) std::abort();
     path_ = tmpl;
   }

@@ -1,0 +1,257 @@
+// The emulator's output reaches the launch log only through a root-side relay: the emulator
+// never holds the log file, so it can neither truncate it nor write lines that pass for the
+// helper's.
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <signal.h>
+#include <sys/ptrace.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <set>
+
+#include "helper/uid_map.h"
+#include "tests/support/helper_env.h"
+
+using vl::test::HelperEnv;
+
+namespace {
+
+std::string proc_fd(pid_t pid, int fd) { return "/proc/" + std::to_string(pid) + "/fd/" + std::to_string(fd); }
+
+struct stat stat_of(const std::string& path) {
+  struct stat st {};
+  REQUIRE_MESSAGE(::stat(path.c_str(), &st) == 0, path);
+  return st;
+}
+
+bool same_file(const struct stat& a, const struct stat& b) { return a.st_dev == b.st_dev && a.st_ino == b.st_ino; }
+
+// The fd numbers a process has open.
+std::set<int> open_fds(pid_t pid) {
+  std::set<int> fds;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd"))
+    fds.insert(std::stoi(e.path().filename().string()));
+  return fds;
+}
+
+// Every process but `except` that has the object `like` refers to open (a pipe, a socket).
+std::set<pid_t> holders(const struct stat& like, pid_t except) {
+  std::set<pid_t> pids;
+  for (const auto& p : std::filesystem::directory_iterator("/proc")) {
+    std::string name = p.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    pid_t pid = std::stoi(name);
+    std::error_code ec;
+    for (const auto& f : std::filesystem::directory_iterator(p.path() / "fd", ec)) {
+      struct stat st {};
+      if (pid != except && ::stat(f.path().c_str(), &st) == 0 && same_file(st, like)) pids.insert(pid);
+    }
+  }
+  return pids;
+}
+
+bool gone_or_zombie(pid_t pid) {
+  auto status = vl::test::proc_status(pid);
+  return status.empty() || status["State"].rfind("Z", 0) == 0;
+}
+
+template <class Pred>
+bool eventually(Pred pred, std::chrono::milliseconds limit = std::chrono::seconds(10)) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return true;
+}
+
+std::string read_log(const HelperEnv& env) { return vl::sys::read_file(env.root() + "/helper.log", 8 << 20).value(); }
+
+size_t count(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+// Writes into the emulator's own stderr, exactly as the emulator would.
+vl::UniqueFd open_emulator_stderr(pid_t qemu) {
+  vl::UniqueFd fd(::open(proc_fd(qemu, 2).c_str(), O_WRONLY | O_CLOEXEC));
+  REQUIRE(fd.valid());
+  return fd;
+}
+
+void write_text(int fd, const std::string& text) { REQUIRE(vl::sys::write_all(fd, text).ok()); }
+
+// The relay: the one process besides the emulator that has the emulator's stderr pipe open.
+pid_t find_relay(pid_t qemu) {
+  auto others = holders(stat_of(proc_fd(qemu, 2)), qemu);
+  REQUIRE_MESSAGE(others.size() == 1, "processes holding the emulator's stderr pipe: " << others.size());
+  return *others.begin();
+}
+
+}  // namespace
+
+TEST_SUITE("root/log_relay") {
+  TEST_CASE("the emulator's stdout and stderr are a pipe to a locked-down root relay, never the log file") {
+    HelperEnv env;
+    env.define({.name = "web1"});
+    auto vm = env.launch("web1");
+    REQUIRE_MESSAGE(vm.running(), vm.log);
+    struct stat log = stat_of(env.root() + "/helper.log");
+
+    // Nothing the emulator holds is the log: what it has as 1 and 2 cannot be truncated.
+    struct stat out = stat_of(proc_fd(vm.pid, 1)), err = stat_of(proc_fd(vm.pid, 2));
+    CHECK(S_ISFIFO(out.st_mode));
+    CHECK(same_file(out, err));
+    for (int fd : open_fds(vm.pid)) {
+      struct stat st {};
+      if (::stat(proc_fd(vm.pid, fd).c_str(), &st) != 0) continue;  // closed since the listing (qemu is starting)
+      CHECK_MESSAGE(!same_file(st, log), "emulator fd " << fd);
+    }
+    {
+      vl::UniqueFd stderr_copy = open_emulator_stderr(vm.pid);
+      CHECK(::ftruncate(stderr_copy.get(), 0) < 0);
+    }
+
+    // The relay: root without capabilities, locked down, not the emulator's child, holding
+    // nothing but the pipe (0) and the log (1, 2): no tap, monitor socket, lock or report pipe.
+    pid_t relay = find_relay(vm.pid);
+    auto status = vl::test::proc_status(relay);
+    CHECK(status["Uid"] == "0\t0\t0\t0");
+    for (const char* cap : {"CapInh", "CapPrm", "CapEff", "CapAmb"}) CHECK(status[cap] == "0000000000000000");
+    CHECK(status["NoNewPrivs"] == "1");
+    CHECK(status["Seccomp"] == "2");
+    CHECK(std::stoi(status["PPid"]) != vm.pid);
+    CHECK(::getsid(relay) != ::getsid(vm.pid));
+    CHECK(open_fds(relay) == std::set<int>{0, 1, 2});
+    CHECK(same_file(stat_of(proc_fd(relay, 0)), err));
+    CHECK(same_file(stat_of(proc_fd(relay, 1)), log));
+    CHECK(same_file(stat_of(proc_fd(relay, 2)), log));
+    // The VM's uid can neither signal nor trace it.
+    uid_t uid = vl::helper::read_uid_map(env.config()).value().at("web1");
+    pid_t child = ::fork();
+    if (child == 0) {
+      if (::setgroups(0, nullptr) != 0 || ::setresgid(uid, uid, uid) != 0 || ::setresuid(uid, uid, uid) != 0) ::_exit(2);
+      if (::kill(relay, SIGKILL) == 0 || errno != EPERM) ::_exit(1);
+      ::_exit(::ptrace(PTRACE_ATTACH, relay, nullptr, nullptr) < 0 && errno == EPERM ? 0 : 1);
+    }
+    int child_status = 0;
+    REQUIRE(::waitpid(child, &child_status, 0) == child);
+    CHECK(WEXITSTATUS(child_status) == 0);
+
+    // What the emulator writes arrives prefixed, line by line, with control characters
+    // defused: it cannot pass for the helper's lines or rewrite them on a terminal.
+    // QEMU's own output (the serial pty it opened) arrives the same way.
+    vl::UniqueFd emulator_stderr = open_emulator_stderr(vm.pid);
+    write_text(emulator_stderr.get(), "hello from the emulator\n");
+    write_text(emulator_stderr.get(), "vmlaunch-helper: web1: cleaned up\n\x1b[1Aup\rback\n");
+    CHECK(eventually([&] {
+      std::string text = read_log(env);
+      return text.find("qemu: hello from the emulator\n") != std::string::npos &&
+             text.find("\nqemu: char device redirected to /dev/pts/") != std::string::npos;
+    }));
+    write_text(emulator_stderr.get(), "no newline yet");
+    emulator_stderr.reset();
+    env.kill_vm(vm.pid);
+    // Every writer is gone: the relay flushes the partial line and exits.
+    CHECK(eventually([&] { return gone_or_zombie(relay); }));
+    std::string text = read_log(env);
+    CAPTURE(text);
+    CHECK(text.find("qemu: vmlaunch-helper: web1: cleaned up\n") != std::string::npos);
+    CHECK(text.find("\nvmlaunch-helper: web1: cleaned up") == std::string::npos);
+    CHECK(text.find('\x1b') == std::string::npos);
+    CHECK(text.find('\r') == std::string::npos);
+    CHECK(text.find("qemu: no newline yet\n") != std::string::npos);
+    for (size_t at = 0, end; at < text.size(); at = end + 1) {
+      end = text.find('\n', at);
+      REQUIRE(end != std::string::npos);  // only whole lines
+      std::string line = text.substr(at, end - at);
+      CHECK_MESSAGE((line.rfind("qemu: ", 0) == 0 || line.rfind("vmlaunch-helper: ", 0) == 0), line);
+    }
+    CHECK(WEXITSTATUS(env.helper({"cleanup", "web1"}).status) == 0);
+  }
+
+  TEST_CASE("a flood is rate-limited, then cut at the size cap with one marker, and never blocks the emulator") {
+    HelperEnv env;
+    env.define({.name = "web1"});
+    auto vm = env.launch("web1");
+    REQUIRE_MESSAGE(vm.running(), vm.log);
+    pid_t relay = find_relay(vm.pid);
+    vl::UniqueFd emulator_stderr = open_emulator_stderr(vm.pid);
+    const std::string line(99, 'x');
+    std::string burst;
+    for (int i = 0; i < 2000; ++i) burst += line + "\n";  // 200,000 bytes: over the burst allowance
+
+    // Over the rate: lines are dropped, and the next line that gets through says how many.
+    write_text(emulator_stderr.get(), burst);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    write_text(emulator_stderr.get(), "after the pause\n");
+    CHECK(eventually([&] { return read_log(env).find("qemu: after the pause\n") != std::string::npos; }));
+    std::string text = read_log(env);
+    CHECK(count(text, "qemu: " + line + "\n") < 1000);
+    CHECK(count(text, "vmlaunch-helper: web1: dropped ") == 1);
+
+    // Past the size cap (1 MiB per launch) the rest is read and discarded: the writes
+    // complete at once, one marker says so, and nothing after it reaches the log.
+    auto started = std::chrono::steady_clock::now();
+    for (int i = 0; i < 10; ++i) write_text(emulator_stderr.get(), burst);
+    CHECK(std::chrono::steady_clock::now() - started < std::chrono::seconds(10));
+    write_text(emulator_stderr.get(), "after the cap\n");
+    CHECK(eventually([&] { return read_log(env).find("emulator output reached") != std::string::npos; }));
+    emulator_stderr.reset();
+    env.kill_vm(vm.pid);
+    CHECK(eventually([&] { return gone_or_zombie(relay); }));
+    text = read_log(env);
+    CHECK(count(text, "emulator output reached") == 1);
+    CHECK(text.find("qemu: after the cap") == std::string::npos);
+    CHECK(text.size() < 256 * 1024);
+    CHECK(WEXITSTATUS(env.helper({"cleanup", "web1"}).status) == 0);
+  }
+
+  TEST_CASE("with a socket or pipe as stderr (journald) the emulator's output passes through, no relay") {
+    HelperEnv env;
+    env.define({.name = "web1"});
+    std::string plan = env.write_plan("web1", env.plan_json("web1"));
+    int pair[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) == 0);
+    vl::UniqueFd ours(pair[0]), theirs(pair[1]);
+    struct stat stream = stat_of(proc_fd(::getpid(), theirs.get()));
+    auto pid = vl::spawn({vl::test::build_path("VMLAUNCH_HELPER"),
+                          {"vmlaunch-helper", "--config", env.config_path(), "launch", "web1", "--plan", plan},
+                          {}, {{theirs.get(), 1}, {theirs.get(), 2}}});
+    REQUIRE(pid.ok());
+    theirs.reset();
+    bool became_qemu = eventually([&] {
+      std::error_code ec;
+      return std::filesystem::read_symlink("/proc/" + std::to_string(*pid) + "/exe", ec) == "/usr/bin/qemu-system-x86_64";
+    }, std::chrono::seconds(60));
+    REQUIRE(became_qemu);
+    CHECK(same_file(stat_of(proc_fd(*pid, 1)), stream));
+    CHECK(same_file(stat_of(proc_fd(*pid, 2)), stream));
+    CHECK(holders(stream, *pid).empty());
+    ::kill(*pid, SIGKILL);
+    (void)vl::wait_for(*pid);
+    // The helper's own lines came through the same stream.
+    ::shutdown(ours.get(), SHUT_WR);
+    std::string said = vl::sys::read_all(ours.get(), 1 << 20).value();
+    CHECK_MESSAGE(said.find("vmlaunch-helper: web1: executing '/usr/bin/qemu-system-x86_64'") != std::string::npos, said);
+    CHECK(WEXITSTATUS(env.helper({"cleanup", "web1"}).status) == 0);
+  }
+
+  TEST_CASE("the helper's own lines after the privilege drop still reach the log as its own") {
+    HelperEnv env;
+    // execve fails after the drop, when fds 1 and 2 are already the relay's pipe.
+    vl::test::define_with_unreachable_emulator(env, "web1");
+    auto r = env.launch("web1");
+    CHECK_FALSE(r.running());
+    CHECK(WEXITSTATUS(r.status) == 1);
+    CHECK_MESSAGE(r.log.find("\nvmlaunch-helper: web1: after the privilege drop; run 'vmlaunch-helper cleanup web1': execute '" +
+                                 env.root() + "/hidden/qemu'") != std::string::npos, r.log);
+    CHECK_MESSAGE(r.log.find("\nqemu: ") == std::string::npos, r.log);
+    CHECK(WEXITSTATUS(env.helper({"cleanup", "web1"}).status) == 0);
+  }
+}
