@@ -21,6 +21,7 @@
 #include <fstream>
 #include <thread>
 
+#include "common/argv_policy.h"
 #include "common/plan.h"
 #include "common/spawn.h"
 #include "common/sys.h"
@@ -108,8 +109,10 @@ double bare_launch(const vl::Plan& plan, int i) {
   vl::UniqueFd null_fd(::open("/dev/null", O_WRONLY | O_CLOEXEC));
   std::vector<vl::FdMapping> fds = {{null_fd.get(), 1}, {null_fd.get(), 2}};
   for (const auto& s : plan.fds) fds.push_back({s.kind == vl::FdSlot::Kind::kMonitor ? mon.get() : tap.get(), s.fd});
+  std::vector<std::string> argv = plan.argv;  // as the helper runs it: with its sandbox
+  for (std::string& arg : vl::emulator_sandbox_args()) argv.push_back(std::move(arg));
   auto t0 = Clock::now();
-  auto pid = vl::spawn({plan.emulator, plan.argv, vl::emulator_environment(), fds});
+  auto pid = vl::spawn({plan.emulator, argv, vl::emulator_environment(), fds});
   if (!pid) die(pid.error().message());
   auto qmp = vl::test::QmpConnection::connect(sock);
   if (!qmp || !qmp->execute("qmp_capabilities") || !qmp->execute("cont")) die("bare QMP");

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "common/argv_policy.h"
 #include "common/domain.h"
 #include "common/spawn.h"
 #include "daemon/planner.h"
@@ -96,7 +97,9 @@ TEST_SUITE("root/plan_exec") {
         std::vector<vl::FdMapping> fds = {{log.get(), 1}, {log.get(), 2}};
         for (const vl::FdSlot& slot : plan->fds)
           fds.push_back({slot.kind == vl::FdSlot::Kind::kMonitor ? monitor.get() : tap.get(), slot.fd});
-        auto spawned = vl::spawn({plan->emulator, plan->argv, vl::emulator_environment(), fds});
+        std::vector<std::string> argv = plan->argv;  // as the helper runs it: with its sandbox
+        for (std::string& arg : vl::emulator_sandbox_args()) argv.push_back(std::move(arg));
+        auto spawned = vl::spawn({plan->emulator, argv, vl::emulator_environment(), fds});
         REQUIRE_MESSAGE(spawned.ok(), spawned.error().message());
         pid = *spawned;
       }
