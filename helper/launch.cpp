@@ -12,6 +12,7 @@
 #include "common/plan.h"
 #include "common/sys.h"
 #include "common/vm_state.h"
+#include "helper/bridge_port.h"
 #include "helper/disk_owner.h"
 #include "helper/exec.h"
 #include "helper/log_relay.h"
@@ -202,16 +203,12 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
     VL_CHECK(tx.step("bridge-attach", [&]() -> Result<void> {
       for (size_t i = 0; i < filters.size(); ++i) {
         const Nic& nic = env.domain.nics[i];
-        auto bridge = VL_TRY(nl.find(nic.bridge));
-        auto tap = VL_TRY(nl.find(filters[i].tap));
-        if (!bridge || !tap) return Error::make(ErrorCode::kNotFound, "bridge or tap vanished during launch");
-        VL_CHECK(nl.enslave(bridge->ifindex, tap->ifindex,
-                            "attach tap '" + filters[i].tap + "' to bridge '" + nic.bridge + "'"));
-        VL_CHECK(nl.set_up(filters[i].tap, 0));
-        log_info("tap '" + filters[i].tap + "' attached to bridge '" + nic.bridge + "' of zone '" + env.zone + "' and up");
+        VL_CHECK(attach_vm_port(nl, nic.bridge, filters[i].tap, nic.mac));
+        log_info("tap '" + filters[i].tap + "' attached to bridge '" + nic.bridge + "' of zone '" + env.zone +
+                 "' (learning off, static FDB entry " + nic.mac.str() + ") and up");
       }
       return {};
-    }, nullptr));  // closing the tap fds removes the ports
+    }, nullptr));  // closing the tap fds removes the ports, their flags and their FDB entries
     VL_CHECK(tx.step("monitor-socket", [&]() -> Result<void> {
       monitor = VL_TRY(bind_monitor_socket(config, vm, env.daemon_gid));
       return {};

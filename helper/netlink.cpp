@@ -1,6 +1,8 @@
 #include "helper/netlink.h"
 
+#include <linux/if_bridge.h>
 #include <linux/if_link.h>
+#include <linux/neighbour.h>
 #include <net/if.h>
 #include <netlink/attr.h>
 #include <netlink/errno.h>
@@ -131,6 +133,56 @@ Result<std::optional<uid_t>> Netlink::tun_owner(int ifindex, const std::string& 
   if (int r = nl_recvmsgs(sock_, cb.get()); r < 0) return netlink_error(r, what);
   if (int r = nl_wait_for_ack(sock_); r < 0) return netlink_error(r, what);
   return owner;
+}
+
+// Sends a request built here and waits for the kernel's acknowledgement; takes `msg`.
+Result<void> Netlink::send_and_ack(nl_msg* msg, const std::string& what) {
+  if (!msg) return Error::make(ErrorCode::kSystem, "allocate netlink message to " + what);
+  // nl_send_sync adds NLM_F_REQUEST and NLM_F_ACK, waits for the answer and frees the message.
+  if (int r = nl_send_sync(sock_, msg); r < 0) return netlink_error(r, what);
+  return {};
+}
+
+Result<void> Netlink::set_port_learning(int port, bool on, const std::string& name) {
+  std::string what = std::string("turn MAC learning ") + (on ? "on" : "off") + " on bridge port '" + name + "'";
+  // RTM_SETLINK in the AF_BRIDGE family goes to the port's bridge (br_setlink), which reads port
+  // flags from a nested IFLA_PROTINFO only (without NLA_F_NESTED it is the old STP state byte).
+  // libnl-route's bridge link type builds this only for links read in the AF_BRIDGE family, so
+  // the three attributes are put here.
+  nl_msg* msg = nlmsg_alloc_simple(RTM_SETLINK, 0);
+  ifinfomsg ifi{};
+  ifi.ifi_family = AF_BRIDGE;
+  ifi.ifi_index = port;
+  nlattr* protinfo = nullptr;
+  if (msg && (nlmsg_append(msg, &ifi, sizeof ifi, NLMSG_ALIGNTO) < 0 ||
+              !(protinfo = nla_nest_start(msg, IFLA_PROTINFO | NLA_F_NESTED)) ||
+              nla_put_u8(msg, IFLA_BRPORT_LEARNING, on ? 1 : 0) < 0 || nla_nest_end(msg, protinfo) < 0)) {
+    nlmsg_free(msg);
+    return Error::make(ErrorCode::kSystem, "build netlink message to " + what);
+  }
+  return send_and_ack(msg, what);
+}
+
+Result<void> Netlink::add_static_fdb(int port, const MacAddress& mac, const std::string& name) {
+  std::string what = "add static FDB entry " + mac.str() + " on bridge port '" + name + "'";
+  // NTF_MASTER: the bridge's FDB, not the port device's own address list. NUD_NOARP is the
+  // bridge's "static": NUD_PERMANENT would make it "local", an address of the bridge itself,
+  // whose frames the host takes instead of forwarding them to the port. NTF_STICKY: a frame from
+  // this MAC arriving on another (learning) port does not move the entry there.
+  // NLM_F_REPLACE: an entry the bridge learned for this MAC before belongs to no running VM
+  // (launch.cpp checks MACs are unique among them) and is overwritten.
+  nl_msg* msg = nlmsg_alloc_simple(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE);
+  ndmsg ndm{};
+  ndm.ndm_family = AF_BRIDGE;
+  ndm.ndm_ifindex = port;
+  ndm.ndm_state = NUD_NOARP;
+  ndm.ndm_flags = NTF_MASTER | NTF_STICKY;
+  if (msg && (nlmsg_append(msg, &ndm, sizeof ndm, NLMSG_ALIGNTO) < 0 ||
+              nla_put(msg, NDA_LLADDR, static_cast<int>(mac.bytes.size()), mac.bytes.data()) < 0)) {
+    nlmsg_free(msg);
+    return Error::make(ErrorCode::kSystem, "build netlink message to " + what);
+  }
+  return send_and_ack(msg, what);
 }
 
 }  // namespace vl::helper

@@ -8,8 +8,10 @@
 #include <utility>
 #include <string>
 
+#include "common/domain.h"
 #include "common/error.h"
 
+struct nl_msg;
 struct nl_sock;
 struct rtnl_link;
 
@@ -55,11 +57,19 @@ class Netlink final {
   /// The owner of the tun/tap link with this ifindex (IFLA_TUN_OWNER), or nullopt if it has
   /// none or is not a tun/tap. `name` is for messages.
   Result<std::optional<uid_t>> tun_owner(int ifindex, const std::string& name);
+  /// Turns MAC learning on or off on the bridge port with this ifindex (IFLA_BRPORT_LEARNING,
+  /// as `bridge link set dev NAME learning off`). `name` is for messages.
+  Result<void> set_port_learning(int port, bool on, const std::string& name);
+  /// Adds a static, sticky FDB entry sending frames for `mac` (VLAN 0) to the bridge port with
+  /// this ifindex, replacing any entry the bridge has for that MAC (as `bridge fdb replace MAC
+  /// dev NAME master static sticky`). The kernel removes it when the port leaves the bridge.
+  Result<void> add_static_fdb(int port, const MacAddress& mac, const std::string& name);
 
  private:
   explicit Netlink(nl_sock* sock) : sock_(sock) {}
   Result<LinkPtr> get(const std::string& name);
   Result<void> change(const std::string& name, unsigned mtu, bool up);
+  Result<void> send_and_ack(nl_msg* msg, const std::string& what);
   nl_sock* sock_;
 };
 

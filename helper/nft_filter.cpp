@@ -73,18 +73,40 @@ Json ip_set(const std::vector<std::string>& ips) {
   return {{"set", ips}};
 }
 
+Json base_chain(const char* hook) {
+  return with(table_ref(), {{"name", hook}, {"type", "filter"}, {"hook", hook}, {"prio", -200}, {"policy", "accept"}});
+}
+
 // The table, map and base chains; "add" of existing objects is a no-op. The base chains are
 // flushed and refilled in the same transaction, so they always hold exactly one rule.
+//
+// Which hooks (br_handle_frame, net/bridge/br_input.c): every frame the bridge forwards or
+// delivers to itself passes `prerouting` once, before the bridge learns its source MAC, so the
+// VM's chain is jumped to from there: a dropped frame is counted once, whether it would have been
+// flooded to every port, delivered to a promiscuous bridge, or both. Frames for the link-local
+// group addresses 01:80:c2:00:00:0X that the bridge does not forward skip prerouting; most of
+// them pass `input` instead (and go up the tap's own stack, not to any other port), so `input`
+// jumps to the VM's chain for those destinations only. A frame dropped there never passed
+// prerouting; one that passed prerouting passed the same rules already. LLDP and (with STP on)
+// BPDUs pass no hook at all: bridge_port.h is why they cannot teach the bridge anything either.
 void add_skeleton(Json& batch) {
   batch.push_back(command("add", "table", {{"family", "bridge"}, {"name", kNftTable}}));
   batch.push_back(command("add", "map", with(table_ref(), {{"name", "taps"}, {"type", "ifname"}, {"map", "verdict"}})));
-  for (const char* hook : {"forward", "input"}) {
-    batch.push_back(command("add", "chain", with(table_ref(), {{"name", hook}, {"type", "filter"}, {"hook", hook},
-                                                               {"prio", -200}, {"policy", "accept"}})));
+  Json vmap = {{"vmap", {{"key", meta_iifname()}, {"data", "@taps"}}}};
+  Json link_local = match(payload("ether", "daddr"), "==", {{"range", {"01:80:c2:00:00:00", "01:80:c2:00:00:0f"}}});
+  const std::pair<const char*, Json> hooks[] = {{"prerouting", Json::array({vmap})},
+                                                {"input", Json::array({link_local, vmap})}};
+  for (const auto& [hook, expr] : hooks) {
+    batch.push_back(command("add", "chain", base_chain(hook)));
     batch.push_back(command("flush", "chain", with(table_ref(), {{"name", hook}})));
-    Json vmap = {{"vmap", {{"key", meta_iifname()}, {"data", "@taps"}}}};
-    batch.push_back(command("add", "rule", with(table_ref(), {{"chain", hook}, {"expr", Json::array({vmap})}})));
+    batch.push_back(command("add", "rule", with(table_ref(), {{"chain", hook}, {"expr", expr}})));
   }
+  // Earlier builds jumped from `forward` too (after the bridge had learned the forged MAC, and
+  // counting a frame once per port it was flooded to): a table they left behind loses that
+  // chain here. Adding it first makes the delete valid whether it exists or not.
+  batch.push_back(command("add", "chain", base_chain("forward")));
+  batch.push_back(command("flush", "chain", with(table_ref(), {{"name", "forward"}})));
+  batch.push_back(command("delete", "chain", with(table_ref(), {{"name", "forward"}})));
 }
 
 struct VmObjects {

@@ -2,9 +2,12 @@
 //
 // Layout, in the table `bridge vmlaunch` that vmlaunch owns:
 //   map taps { type ifname : verdict }            tap name -> jump vm-NAME
-//   chain forward { hook forward; iifname vmap @taps }
-//   chain input   { hook input;   iifname vmap @taps }
-//   chain vm-NAME { per-NIC drop rules with counters }
+//   chain prerouting { hook prerouting; iifname vmap @taps }
+//   chain input      { hook input; ether daddr 01:80:c2:00:00:00-01:80:c2:00:00:0f iifname vmap @taps }
+//   chain vm-NAME    { per-NIC drop rules with counters }
+// Frames are filtered where they enter the bridge, before it learns their source MAC, and each
+// passes the VM's chain once: a drop counter counts frames (nft_filter.cpp says which frames take
+// which hook). The port itself does not learn either (bridge_port.h).
 // Rules match the tap by name, so they are in place before the tap exists or joins the bridge:
 // there is no moment at which a VM can send a frame unfiltered. Adding or removing a VM is one
 // atomic nftables transaction.

@@ -58,6 +58,9 @@ TEST_SUITE("root/helper_launch") {
     CHECK(tap.find("persist off user " + u) != std::string::npos);
     CHECK(tap.find("mtu 1500") != std::string::npos);
     CHECK(vl::helper::vm_filter_exists("web1").value());
+    // The port learns nothing; the declared MAC is a static, sticky FDB entry on it.
+    CHECK(vl::test::command_output("bridge -d link show dev web1-0").find("learning off") != std::string::npos);
+    CHECK(vl::test::bridge_fdb("br-dmz").find("52:54:00:00:00:01 dev web1-0 sticky master br-dmz static") != std::string::npos);
     CHECK(owner_and_mode(disk1) == u + ":" + u + " 0600");
     // The uid has a name: a userdb record nss-systemd resolves, by name and by id.
     std::string record = vl::sys::read_file(env.root() + "/userdb/vm-web1.user", 4096).value();
@@ -87,6 +90,8 @@ TEST_SUITE("root/helper_launch") {
       CHECK_MESSAGE(WEXITSTATUS(cleaned.status) == 0, cleaned.log);
     }
     CHECK_MESSAGE(vl::test::snapshot_diff(before, env.snapshot()).empty(), vl::test::snapshot_diff(before, env.snapshot()));
+    // The static FDB entries went with the ports.
+    CHECK(vl::test::bridge_fdb("br-dmz").find("52:54:00:00:00:0") == std::string::npos);
     // The uids stay assigned: web1 gets the same one next time.
     auto again = env.launch("web1");
     REQUIRE_MESSAGE(again.running(), again.log);

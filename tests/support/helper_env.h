@@ -274,14 +274,24 @@ inline std::string snapshot_diff(const std::map<std::string, std::string>& a,
   return out;
 }
 
-/// `ip -details link show NAME` in the current namespace ("" if there is no such link).
-inline std::string link_details(const std::string& name) {
+/// What a shell command prints on stdout (for inspection with `ip`, `bridge`, `nft`).
+inline std::string command_output(const std::string& command) {
   std::string out;
-  FILE* p = ::popen(("ip -details link show " + name + " 2>/dev/null").c_str(), "r");
+  FILE* p = ::popen(command.c_str(), "r");
   char buf[4096];
   while (p && std::fgets(buf, sizeof buf, p)) out += buf;
   if (p) ::pclose(p);
   return out;
+}
+
+/// `ip -details link show NAME` in the current namespace ("" if there is no such link).
+inline std::string link_details(const std::string& name) {
+  return command_output("ip -details link show " + name + " 2>/dev/null");
+}
+
+/// The bridge's forwarding database as `bridge fdb show` prints it, one entry a line.
+inline std::string bridge_fdb(const std::string& bridge) {
+  return command_output("bridge fdb show br " + bridge + " 2>/dev/null");
 }
 
 /// "UID:GID MODE" of a file, the mode in octal ("0:0 0644").
