@@ -9,111 +9,13 @@
 #include <map>
 
 #include "common/control_protocol.h"
+#include "daemon/bus_connection.h"
 
 namespace vl {
 
 namespace asio = boost::asio;
 
 namespace {
-
-struct Peer {
-  uid_t uid = static_cast<uid_t>(-1);
-  std::vector<gid_t> groups;
-};
-
-// One client connection: an sd-bus server object on the accepted socket, pumped by Asio.
-class BusConnection final : public std::enable_shared_from_this<BusConnection> {
- public:
-  BusConnection(asio::io_context& io, int fd, Peer peer) : fd_(io, fd), timer_(io), peer_(std::move(peer)) {}
-  ~BusConnection() {
-    if (bus_) {
-      registry().erase(bus_);
-      sd_bus_flush_close_unref(bus_);
-    }
-    fd_.release();  // sd-bus owned and closed it
-  }
-  BusConnection(const BusConnection&) = delete;
-  BusConnection& operator=(const BusConnection&) = delete;
-
-  Result<void> start(const sd_bus_vtable* vtable, void* userdata);
-  void pump();
-  /// Pumps from the event loop, never from inside sd_bus_process (which must not recurse):
-  /// for replies and signals queued by handlers.
-  void schedule_pump() {
-    asio::post(fd_.get_executor(), [self = shared_from_this()] { self->pump(); });
-  }
-  const Peer& peer() const { return peer_; }
-  sd_bus* bus() const { return bus_; }
-
-  static std::map<sd_bus*, std::weak_ptr<BusConnection>>& registry() {
-    static std::map<sd_bus*, std::weak_ptr<BusConnection>> r;
-    return r;
-  }
-
- private:
-  asio::posix::stream_descriptor fd_;
-  asio::steady_timer timer_;
-  Peer peer_;
-  sd_bus* bus_ = nullptr;
-  bool waiting_read_ = false, waiting_write_ = false;
-};
-
-Result<void> BusConnection::start(const sd_bus_vtable* vtable, void* userdata) {
-  int fd = fd_.native_handle();
-  sd_id128_t id;
-  int r = sd_id128_randomize(&id);
-  if (r >= 0) r = sd_bus_new(&bus_);
-  if (r >= 0) r = sd_bus_set_fd(bus_, fd, fd);
-  if (r >= 0) r = sd_bus_set_server(bus_, 1, id);
-  if (r >= 0) r = sd_bus_set_anonymous(bus_, 1);
-  if (r >= 0) r = sd_bus_add_object_vtable(bus_, nullptr, kControlPath, kControlInterface, vtable, userdata);
-  if (r >= 0) r = sd_bus_start(bus_);
-  if (r < 0) return Error::from_errno(-r, "set up control connection");
-  registry()[bus_] = weak_from_this();
-  return {};
-}
-
-void BusConnection::pump() {
-  for (;;) {
-    int r = sd_bus_process(bus_, nullptr);
-    if (r < 0) {  // the client went away (or broke the protocol): drop the connection
-      registry().erase(bus_);
-      fd_.cancel();
-      timer_.cancel();
-      return;
-    }
-    if (r == 0) break;
-  }
-  int events = sd_bus_get_events(bus_);
-  auto self = shared_from_this();
-  if ((events & POLLIN) && !waiting_read_) {
-    waiting_read_ = true;
-    fd_.async_wait(asio::posix::stream_descriptor::wait_read, [self](boost::system::error_code ec) {
-      self->waiting_read_ = false;
-      if (!ec) self->pump();
-    });
-  }
-  if ((events & POLLOUT) && !waiting_write_) {
-    waiting_write_ = true;
-    fd_.async_wait(asio::posix::stream_descriptor::wait_write, [self](boost::system::error_code ec) {
-      self->waiting_write_ = false;
-      if (!ec) self->pump();
-    });
-  }
-  uint64_t usec = UINT64_MAX;
-  if (sd_bus_get_timeout(bus_, &usec) >= 0 && usec != UINT64_MAX) {
-    timer_.expires_at(std::chrono::steady_clock::time_point(std::chrono::microseconds(usec)));
-    timer_.async_wait([self](boost::system::error_code ec) {
-      if (!ec) self->pump();
-    });
-  }
-}
-
-std::shared_ptr<BusConnection> connection_of(sd_bus_message* m) {
-  auto& reg = BusConnection::registry();
-  auto it = reg.find(sd_bus_message_get_bus(m));
-  return it == reg.end() ? nullptr : it->second.lock();
-}
 
 struct ServerState {
   Manager* manager;
@@ -131,13 +33,13 @@ Supervisor::Done reply_later(sd_bus_message* m) {
   return [m](Result<void> r) {
     if (r) sd_bus_reply_method_return(m, "");
     else reply_error(m, r.error());
-    if (auto conn = connection_of(m)) conn->schedule_pump();
+    if (auto conn = BusConnection::of(m)) conn->schedule_pump();
     sd_bus_message_unref(m);
   };
 }
 
 Result<void> authorize(sd_bus_message* m, const ServerState& s, bool root_only) {
-  auto conn = connection_of(m);
+  auto conn = BusConnection::of(m);
   if (!conn) return Error::make(ErrorCode::kInternal, "unknown connection");
   const Peer& peer = conn->peer();
   if (peer.uid == 0) return {};
@@ -247,7 +149,7 @@ int method_plan(sd_bus_message* m, void* userdata, sd_bus_error*) {
   s->manager->launch_plan(name, [m](Result<std::string> plan) {
     if (plan) sd_bus_reply_method_return(m, "s", plan->c_str());
     else reply_error(m, plan.error());
-    if (auto conn = connection_of(m)) conn->schedule_pump();
+    if (auto conn = BusConnection::of(m)) conn->schedule_pump();
     sd_bus_message_unref(m);
   });
   return 1;
@@ -273,21 +175,6 @@ const sd_bus_vtable kVtable[] = {
                             SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_SIGNAL_WITH_ARGS("StateChanged", SD_BUS_ARGS("s", name, "s", state, "s", reason), 0),
     SD_BUS_VTABLE_END};
-
-Peer peer_of(int fd) {
-  Peer peer;
-  ucred cred{};
-  socklen_t len = sizeof cred;
-  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
-    peer.uid = cred.uid;
-    peer.groups.push_back(cred.gid);
-  }
-  gid_t groups[256];
-  len = sizeof groups;
-  if (::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) == 0)
-    peer.groups.insert(peer.groups.end(), groups, groups + len / sizeof(gid_t));
-  return peer;
-}
 
 std::unique_ptr<ServerState> g_state;
 
@@ -336,8 +223,9 @@ void ControlServer::accept_next() {
   acceptor_->async_accept([this](boost::system::error_code ec, asio::local::stream_protocol::socket socket) {
     if (ec == asio::error::operation_aborted) return;
     if (!ec) {
-      int fd = socket.release();
-      auto conn = std::make_shared<BusConnection>(io_, fd, peer_of(fd));
+      UniqueFd fd(socket.release());
+      Peer peer = peer_of(fd.get());
+      auto conn = std::make_shared<BusConnection>(io_, std::move(fd), std::move(peer));
       if (conn->start(kVtable, g_state.get())) conn->pump();
     }
     if (acceptor_) accept_next();

@@ -4,6 +4,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <utility>
+
 #include "common/sys.h"
 
 namespace vl {
@@ -39,10 +41,7 @@ Supervisor::Supervisor(SupervisorContext& ctx, VmName name) : ctx_(ctx), name_(s
   info_.name = name_.str();
 }
 
-Supervisor::~Supervisor() {
-  if (qmp_) qmp_->close();
-  if (pidfd_) pidfd_->close();
-}
+Supervisor::~Supervisor() { end_run(); }
 
 void Supervisor::enqueue(std::function<void()> op) {
   ops_.push_back(std::move(op));
@@ -78,21 +77,34 @@ void Supervisor::start(Done done) {
       done(Error::make(ErrorCode::kConflict, "VM '" + name_.str() + "' is already running"));
       return finish_op();
     }
+    end_run();  // whatever a failed earlier run left behind is history now
     set_status(VmStatus::kStarting, "");
     guest_shutdown_ = false;
     stop_requested_ = false;
-    ctx_.broker.call({BrokerOp::kStart, name_, 0}, [this, done = std::move(done)](Result<int> pid) mutable {
-      if (!pid) return fail_start(pid.error(), std::move(done));
+    starting_ = std::move(done);
+    ctx_.broker.call({BrokerOp::kStart, name_, 0}, [this, run = run_](Result<int> pid) {
+      if (run != run_) return;
+      if (!pid) return fail_start(pid.error());
       auto state = read_state(ctx_.config, name_);
-      if (!state) return fail_start(state.error(), std::move(done));
-      attach(*state, true, std::move(done));
+      if (!state) return fail_start(state.error());
+      attach(*state, true);
     });
   });
 }
 
-void Supervisor::fail_start(const Error& error, Done done) {
+void Supervisor::complete_start(Result<void> result) {
+  if (!starting_) return;
+  Done done = std::exchange(starting_, nullptr);
+  done(std::move(result));
+  finish_op();
+}
+
+void Supervisor::fail_start(const Error& error) {
+  if (!starting_) return;  // already answered (the emulator's exit did it)
   // The helper rolls back its own failures, except one after its privilege drop; cleanup is
-  // idempotent, so it always runs before the failure is reported.
+  // idempotent, so it always runs before the failure is reported. The start's completion
+  // travels with it: it is answered whatever happens to the run meanwhile.
+  Done done = std::exchange(starting_, nullptr);
   ctx_.broker.call({BrokerOp::kCleanup, name_, 0}, [this, error, done = std::move(done)](Result<int>) mutable {
     set_status(VmStatus::kFailed, error.message());
     done(error);
@@ -100,93 +112,8 @@ void Supervisor::fail_start(const Error& error, Done done) {
   });
 }
 
-void Supervisor::attach(const VmState& state, bool fresh, Done done) {
-  info_.pid = state.pid;
-  info_.uid = state.uid;
-  info_.zone = state.zone;
-  info_.taps = state.taps;
-  int fd = static_cast<int>(::syscall(SYS_pidfd_open, state.pid, 0));
-  if (fd < 0 || !same_process(state)) {
-    if (fd >= 0) ::close(fd);
-    Error e = Error::make(ErrorCode::kSystem, "the emulator (pid " + std::to_string(state.pid) + ") is gone");
-    if (fresh) return fail_start(e, std::move(done));
-    return exited();
-  }
-  pidfd_ = std::make_unique<asio::posix::stream_descriptor>(ctx_.io, fd);
-  watch_exit();
-  qmp_ = std::make_shared<QmpClient>(ctx_.io);
-  qmp_->on_event = [this](const Json& event) {
-    std::string name = QmpClient::string_field(event, "event");
-    if (name == "SHUTDOWN") {
-      // -no-shutdown keeps qemu alive after a guest poweroff; the supervisor ends it.
-      guest_shutdown_ = event.contains("data") && QmpClient::bool_field(event["data"], "guest");
-      if (qmp_) qmp_->execute("quit", nullptr, [](Result<Json>) {});
-    }
-  };
-  auto monitor = ctx_.config.vm_runtime_dir(name_) + "/qmp.sock";
-  qmp_->connect(monitor, [this, fresh, done = std::move(done)](Result<void> ready) mutable {
-    if (!ready) {
-      Error e = ready.error().wrap("VM '" + name_.str() + "'");
-      if (!fresh) {  // adopted: keep watching the process, report the monitor trouble
-        info_.reason = e.message();
-        return;
-      }
-      ctx_.broker.call({BrokerOp::kKill, name_, SIGKILL}, [](Result<int>) {});
-      return fail_start(e, std::move(done));
-    }
-    after_monitor_ready(fresh, std::move(done));
-  });
-}
-
-void Supervisor::after_monitor_ready(bool fresh, Done done) {
-  auto vnc = std::make_shared<int>(-1);
-  qmp_->execute("query-vnc", nullptr, [this, vnc](Result<Json> r) {
-    if (r && QmpClient::bool_field(*r, "enabled")) {
-      std::string service = QmpClient::string_field(*r, "service");
-      int port = std::atoi(service.c_str());
-      if (port >= 5900 && port <= 65535) info_.vnc_display = port - 5900;
-      info_.vnc_listen = QmpClient::string_field(*r, "host");
-    }
-  });
-  std::string password = fresh ? ctx_.vnc_password(name_) : "";
-  auto go_on = [this, fresh, done = std::move(done)]() mutable {
-    qmp_->execute("query-status", nullptr, [this, fresh, done = std::move(done)](Result<Json> status) mutable {
-      std::string s = status ? QmpClient::string_field(*status, "status") : "";
-      auto running = [this, done = std::move(done)](Result<Json> r) mutable {
-        if (!r) {
-          if (done) {
-            ctx_.broker.call({BrokerOp::kKill, name_, SIGKILL}, [](Result<int>) {});
-            fail_start(r.error(), std::move(done));
-          }
-          return;
-        }
-        set_status(VmStatus::kRunning, "");
-        if (done) {
-          done({});
-          finish_op();
-        }
-      };
-      // A VM adopted in prelaunch was launched, but its `cont` never came.
-      if (s == "prelaunch" || (fresh && s != "running")) qmp_->execute("cont", nullptr, std::move(running));
-      else running(Json::object());
-    });
-  };
-  if (password.empty()) return go_on();
-  qmp_->execute("set_password", {{"protocol", "vnc"}, {"password", password}},
-                [this, go_on = std::move(go_on)](Result<Json> r) mutable {
-                  if (!r) info_.reason = "VNC password not set: " + r.error().message();
-                  go_on();
-                });
-}
-
-void Supervisor::watch_exit() {
-  pidfd_->async_wait(asio::posix::stream_descriptor::wait_read, [this](boost::system::error_code ec) {
-    if (ec == asio::error::operation_aborted) return;
-    exited();
-  });
-}
-
-void Supervisor::exited() {
+void Supervisor::end_run() {
+  ++run_;
   if (qmp_) {
     qmp_->on_event = nullptr;
     qmp_->close();
@@ -197,9 +124,119 @@ void Supervisor::exited() {
     pidfd_.reset();
   }
   stop_timer_.cancel();
+}
+
+void Supervisor::attach(const VmState& state, bool fresh) {
+  ++run_;  // a new run: its callbacks carry this generation
+  const uint64_t run = run_;
+  info_.pid = state.pid;
+  info_.uid = state.uid;
+  info_.zone = state.zone;
+  info_.taps = state.taps;
+  int fd = static_cast<int>(::syscall(SYS_pidfd_open, state.pid, 0));
+  if (fd < 0 || !same_process(state)) {
+    if (fd >= 0) ::close(fd);
+    Error e = Error::make(ErrorCode::kSystem, "the emulator (pid " + std::to_string(state.pid) + ") is gone");
+    if (fresh) return fail_start(e);
+    return exited();
+  }
+  pidfd_ = std::make_unique<asio::posix::stream_descriptor>(ctx_.io, fd);
+  watch_exit();
+  qmp_ = std::make_shared<QmpClient>(ctx_.io);
+  qmp_->on_event = [this, run](const Json& event) {
+    if (run != run_) return;
+    std::string name = QmpClient::string_field(event, "event");
+    if (name == "SHUTDOWN") {
+      // -no-shutdown keeps qemu alive after a guest poweroff; the supervisor ends it.
+      guest_shutdown_ = event.contains("data") && QmpClient::bool_field(event["data"], "guest");
+      if (qmp_) qmp_->execute("quit", nullptr, [](Result<Json>) {});
+    }
+  };
+  auto monitor = ctx_.config.vm_runtime_dir(name_) + "/qmp.sock";
+  qmp_->connect(monitor, [this, run, fresh](Result<void> ready) {
+    if (run != run_) return;
+    if (!ready) {
+      Error e = ready.error().wrap("VM '" + name_.str() + "'");
+      if (!fresh) {  // adopted: keep watching the process, report the monitor trouble
+        info_.reason = e.message();
+        return;
+      }
+      ctx_.broker.call({BrokerOp::kKill, name_, SIGKILL}, [](Result<int>) {});
+      return fail_start(e);
+    }
+    after_monitor_ready(fresh);
+  });
+}
+
+void Supervisor::after_monitor_ready(bool fresh) {
+  const uint64_t run = run_;
+  qmp_->execute("query-vnc", nullptr, [this, run](Result<Json> r) {
+    if (run != run_) return;
+    if (r && QmpClient::bool_field(*r, "enabled")) {
+      std::string service = QmpClient::string_field(*r, "service");
+      int port = std::atoi(service.c_str());
+      if (port >= 5900 && port <= 65535) info_.vnc_display = port - 5900;
+      info_.vnc_listen = QmpClient::string_field(*r, "host");
+    }
+  });
+  std::string password = fresh ? ctx_.vnc_password(name_) : "";
+  auto go_on = [this, run, fresh] {
+    qmp_->execute("query-status", nullptr, [this, run, fresh](Result<Json> status) {
+      if (run != run_) return;
+      std::string s = status ? QmpClient::string_field(*status, "status") : "";
+      auto running = [this, run, fresh](Result<Json> r) {
+        if (run != run_) return;
+        if (!r) {
+          if (fresh) {
+            ctx_.broker.call({BrokerOp::kKill, name_, SIGKILL}, [](Result<int>) {});
+            fail_start(r.error());
+          }
+          return;
+        }
+        set_status(VmStatus::kRunning, "");
+        if (fresh) complete_start({});
+      };
+      // A VM adopted in prelaunch was launched, but its `cont` never came.
+      if (s == "prelaunch" || (fresh && s != "running")) qmp_->execute("cont", nullptr, std::move(running));
+      else running(Json::object());
+    });
+  };
+  if (password.empty()) return go_on();
+  qmp_->execute("set_password", {{"protocol", "vnc"}, {"password", password}},
+                [this, run, go_on = std::move(go_on)](Result<Json> r) {
+                  // The emulator may have exited while this reply was pending: then qmp_ is
+                  // gone (or belongs to a later run) and the start was already answered.
+                  if (run != run_) return;
+                  if (!r) info_.reason = "VNC password not set: " + r.error().message();
+                  go_on();
+                });
+}
+
+void Supervisor::watch_exit() {
+  pidfd_->async_wait(asio::posix::stream_descriptor::wait_read, [this, run = run_](boost::system::error_code ec) {
+    if (ec == asio::error::operation_aborted || run != run_) return;
+    exited();
+  });
+}
+
+void Supervisor::exited() {
+  end_run();
+  const uint64_t run = run_;
   bool expected = stop_requested_ || guest_shutdown_;
   std::string reason = stop_requested_ ? "" : guest_shutdown_ ? "guest powered off" : "emulator exited unexpectedly";
-  ctx_.broker.call({BrokerOp::kCleanup, name_, 0}, [this, expected, reason](Result<int> cleaned) {
+  // An exit during a start answers the start (its QMP callbacks are stale now and dropped).
+  Done start_done = std::exchange(starting_, nullptr);
+  ctx_.broker.call({BrokerOp::kCleanup, name_, 0}, [this, run, expected, reason,
+                                                    start_done = std::move(start_done)](Result<int> cleaned) mutable {
+    if (start_done) {
+      Error e = Error::make(ErrorCode::kSystem, "VM '" + name_.str() + "': the emulator exited during its start");
+      set_status(VmStatus::kFailed, cleaned ? e.message() : "cleanup failed: " + cleaned.error().message());
+      start_done(e);
+      return finish_op();
+    }
+    // Operations are queued behind stop waiters, so a later run can only have begun if
+    // nobody waits on this outcome: then it is history and must not overwrite that run.
+    if (run != run_ && stop_waiters_.empty()) return;
     if (!cleaned) set_status(VmStatus::kFailed, "cleanup failed: " + cleaned.error().message());
     else set_status(expected ? VmStatus::kStopped : VmStatus::kFailed, reason);
     auto waiters = std::move(stop_waiters_);
@@ -219,10 +256,10 @@ void Supervisor::stop(std::chrono::seconds timeout, bool force, Done done) {
     set_status(VmStatus::kStopping, force ? "forced" : "");
     stop_requested_ = true;
     stop_waiters_.push_back(std::move(done));
-    auto escalate_to_kill = [this] {
+    auto escalate_to_kill = [this, run = run_] {
       stop_timer_.expires_after(kKillGrace);
-      stop_timer_.async_wait([this](boost::system::error_code ec) {
-        if (!ec) ctx_.broker.call({BrokerOp::kKill, name_, SIGKILL}, [](Result<int>) {});
+      stop_timer_.async_wait([this, run](boost::system::error_code ec) {
+        if (!ec && run == run_) ctx_.broker.call({BrokerOp::kKill, name_, SIGKILL}, [](Result<int>) {});
       });
     };
     if (force || !qmp_) {
@@ -247,8 +284,8 @@ void Supervisor::press_power_button(std::function<void()> escalate_to_kill) {
     return escalate_to_kill();
   }
   stop_timer_.expires_after(std::min<std::chrono::steady_clock::duration>(kPowerButtonRepeat, deadline_ - now));
-  stop_timer_.async_wait([this, escalate_to_kill](boost::system::error_code ec) {
-    if (!ec) press_power_button(escalate_to_kill);
+  stop_timer_.async_wait([this, run = run_, escalate_to_kill](boost::system::error_code ec) {
+    if (!ec && run == run_) press_power_button(escalate_to_kill);
   });
 }
 
@@ -274,7 +311,7 @@ void Supervisor::adopt(const VmState& state) {
       });
       return;
     }
-    attach(state, false, nullptr);  // nobody waits on an adoption
+    attach(state, false);  // nobody waits on an adoption
     finish_op();
   });
 }

@@ -4,6 +4,14 @@
 //                                 \--error--> failed        \--exit (not asked)--> failed
 // Operations on one VM run one at a time, in the order they were asked for; a start of a
 // running VM and similar conflicts fail at once with a clear reason.
+//
+// Runs and generations: each emulator run has a generation number (run_), bumped when a run
+// begins and again when it ends. Every asynchronous callback of a run (broker replies, QMP
+// replies, the pidfd wait, timers) carries the generation it was made in and is dropped when
+// it is stale, so a reply that arrives after the emulator exited never touches the next run's
+// monitor or state (issue 9, item 2). The one completion that is never dropped is the start
+// operation's own: it lives in starting_ and is answered exactly once, by whichever of
+// "running", "start failed" or "emulator exited" comes first.
 #pragma once
 
 #include "daemon/asio.h"
@@ -73,17 +81,24 @@ class Supervisor final {
   void enqueue(std::function<void()> op);
   void finish_op();
   void set_status(VmStatus status, std::string reason);
-  void attach(const VmState& state, bool fresh, Done done);
-  void after_monitor_ready(bool fresh, Done done);
+  void attach(const VmState& state, bool fresh);
+  void after_monitor_ready(bool fresh);
   void watch_exit();
   void exited();
-  void fail_start(const Error& error, Done done);
+  /// Closes the monitor and pidfd of the current run and makes its pending callbacks stale.
+  void end_run();
+  /// Rolls back and fails the start in progress, if one is still waiting.
+  void fail_start(const Error& error);
+  /// Answers the start in progress, if one is still waiting, and runs the next operation.
+  void complete_start(Result<void> result);
   void press_power_button(std::function<void()> escalate_to_kill);
 
   SupervisorContext& ctx_;
   VmName name_;
   VmInfo info_;
   std::deque<std::function<void()>> ops_;
+  uint64_t run_ = 0;   ///< the generation of the current run; callbacks of older ones are stale
+  Done starting_;      ///< the start operation in progress, until answered
   bool busy_ = false;
   std::shared_ptr<QmpClient> qmp_;
   std::unique_ptr<boost::asio::posix::stream_descriptor> pidfd_;

@@ -14,6 +14,8 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <climits>
 #include <memory>
 
@@ -33,6 +35,8 @@ namespace {
 
 // How long a SIGKILL'd emulator may take to exit before `kill` answers anyway.
 constexpr int kKillWaitMs = 5000;
+// How long the daemon's connection may stay silent before the broker closes it.
+constexpr int64_t kIdleMs = 60'000;
 
 struct BrokerContext {
   const HostConfig& config;
@@ -135,32 +139,33 @@ constexpr OpEntry kOps[] = {
     {BrokerOp::kCleanup, handle_cleanup},
 };
 
-void serve_connection(const BrokerContext& ctx, int fd) {
-  for (;;) {
-    char buf[kMaxBrokerMessage + 1];
-    ssize_t n = sys::retry_eintr([&] { return ::recv(fd, buf, sizeof buf, MSG_TRUNC); });
-    if (n <= 0) return;
-    BrokerReply reply;
-    auto request = n > static_cast<ssize_t>(kMaxBrokerMessage) ? Result<BrokerRequest>(Error::invalid("request too large"))
-                                                              : parse_broker_request(std::string_view(buf, n));
-    if (!request) {
-      log_error(request.error().wrap("malformed broker request; closing the connection"));
-      reply.error = request.error();
-      (void)sys::write_all(fd, encode_broker_reply(reply));
-      return;
-    }
-    log_set_vm(request->vm.str());
-    for (const OpEntry& entry : kOps) {
-      if (entry.op != request->op) continue;
-      auto result = entry.handle(ctx, *request);
-      reply.ok = result.ok();
-      if (result) reply.pid = *result;
-      else reply.error = log_error(result.error());
-    }
-    log_set_vm("");
-    std::string out = encode_broker_reply(reply);
-    if (::send(fd, out.data(), out.size(), MSG_NOSIGNAL) < 0) return;
+// Reads and answers one request; false when the connection is to be closed (EOF, error, or a
+// malformed request).
+bool serve_request(const BrokerContext& ctx, int fd) {
+  char buf[kMaxBrokerMessage + 1];
+  ssize_t n = sys::retry_eintr([&] { return ::recv(fd, buf, sizeof buf, MSG_TRUNC | MSG_DONTWAIT); });
+  if (n < 0 && errno == EAGAIN) return true;
+  if (n <= 0) return false;
+  BrokerReply reply;
+  auto request = n > static_cast<ssize_t>(kMaxBrokerMessage) ? Result<BrokerRequest>(Error::invalid("request too large"))
+                                                            : parse_broker_request(std::string_view(buf, n));
+  if (!request) {
+    log_error(request.error().wrap("malformed broker request; closing the connection"));
+    reply.error = request.error();
+    (void)sys::write_all(fd, encode_broker_reply(reply));
+    return false;
   }
+  log_set_vm(request->vm.str());
+  for (const OpEntry& entry : kOps) {
+    if (entry.op != request->op) continue;
+    auto result = entry.handle(ctx, *request);
+    reply.ok = result.ok();
+    if (result) reply.pid = *result;
+    else reply.error = log_error(result.error());
+  }
+  log_set_vm("");
+  std::string out = encode_broker_reply(reply);
+  return ::send(fd, out.data(), out.size(), MSG_NOSIGNAL) >= 0;
 }
 
 // RUNTIME is root:daemon-group 01775: the daemon may create its control socket there, and the
@@ -216,19 +221,45 @@ Result<void> serve_broker(const HostConfig& config, const std::string& config_pa
   int sfd = ::signalfd(-1, &stop, SFD_CLOEXEC);
   UniqueFd signals(sfd);
   log_info("broker listening on " + config.helper_socket() + " for uid " + std::to_string(daemon_uid));
+  // One poll over the listener, the signals and the current connection: SIGTERM is seen
+  // whenever no request is being handled, and no connection can hold the broker. The daemon
+  // keeps one connection; a new one from its uid means it reconnected (or another process of
+  // that uid is trying its luck) and replaces the current one, and a connection silent for
+  // kIdleMs is closed. The daemon resends a request the broker never read (daemon/broker_client.h).
+  UniqueFd conn;
+  auto last_heard = std::chrono::steady_clock::now();
   for (;;) {
-    pollfd p[2] = {{listener.get(), POLLIN, 0}, {signals.get(), POLLIN, 0}};
-    if (sys::retry_eintr([&] { return ::poll(p, 2, -1); }) < 0) return Error::from_errno("poll");
-    if (p[1].revents) break;
-    UniqueFd conn(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
-    if (!conn) continue;
+    int timeout = -1;
+    if (conn) {
+      auto idle = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - last_heard);
+      timeout = static_cast<int>(std::max<int64_t>(0, kIdleMs - idle.count()));
+    }
+    pollfd p[3] = {{signals.get(), POLLIN, 0}, {conn ? conn.get() : -1, POLLIN, 0}, {listener.get(), POLLIN, 0}};
+    int ready = sys::retry_eintr([&] { return ::poll(p, 3, timeout); });
+    if (ready < 0) return Error::from_errno("poll");
+    if (p[0].revents) break;
+    if (conn && ready == 0) {
+      log_info("closing the daemon's connection, silent for " + std::to_string(kIdleMs / 1000) + " s");
+      conn.reset();
+      continue;
+    }
+    if (p[1].revents) {  // a request (or EOF) first; the listener's turn comes next round
+      if (!serve_request(ctx, conn.get())) conn.reset();
+      last_heard = std::chrono::steady_clock::now();
+      continue;
+    }
+    if (!p[2].revents) continue;
+    UniqueFd fresh(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (!fresh) continue;
     ucred cred{};
     socklen_t cred_len = sizeof cred;
-    if (::getsockopt(conn.get(), SOL_SOCKET, SO_PEERCRED, &cred, &cred_len) < 0 || cred.uid != daemon_uid) {
+    if (::getsockopt(fresh.get(), SOL_SOCKET, SO_PEERCRED, &cred, &cred_len) < 0 || cred.uid != daemon_uid) {
       log_warning("refused a connection from uid " + std::to_string(cred.uid) + " (only the daemon's uid may connect)");
       continue;
     }
-    serve_connection(ctx, conn.get());
+    if (conn) log_info("a new connection from the daemon's uid replaces the current one");
+    conn = std::move(fresh);
+    last_heard = std::chrono::steady_clock::now();
   }
   ::unlink(config.helper_socket().c_str());
   log_info("broker stopped");

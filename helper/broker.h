@@ -5,7 +5,10 @@
 //   start NAME    launch VM NAME (systemd unit when systemd runs, else `launch` detached)
 //   kill NAME SIG signal the VM's emulator (pid and start time from its root-owned state)
 //   cleanup NAME  undo a launch (helper/cleanup.h)
-// Any malformed request ends the connection. Connections are served one at a time.
+// Any malformed request ends the connection. One connection is served at a time, in one
+// poll() loop with the listener and the signalfd: SIGTERM/SIGINT end the broker whenever no
+// request is being handled; a new connection from the daemon's uid replaces the current one;
+// a connection silent for 60 s is closed (the daemon reconnects on its next request).
 #pragma once
 
 #include "common/config.h"

@@ -2,7 +2,9 @@
 // (running as 'nobody'), driven through the real vmctl binary.
 #pragma once
 
+#include <poll.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 
 #include "tests/support/helper_env.h"
@@ -57,6 +59,7 @@ class SystemEnv : public HelperEnv {
   }
 
   void start_broker() {
+    ::unlink(config().helper_socket().c_str());  // a killed broker's socket is stale
     auto pid = spawn({build_path("VMLAUNCH_HELPER"), {"vmlaunch-helper", "--config", config_path(), "serve"}, {},
                       {{log_fd(), 1}, {log_fd(), 2}}});
     REQUIRE(pid.ok());
@@ -81,6 +84,25 @@ class SystemEnv : public HelperEnv {
     ::kill(daemon_, SIGKILL);
     (void)wait_for(daemon_);
     daemon_ = 0;
+  }
+
+  /// SIGKILL to the broker; its VMs live on.
+  void kill_broker() {
+    ::kill(broker_, SIGKILL);
+    (void)wait_for(broker_);
+    broker_ = 0;
+  }
+
+  pid_t broker_pid() const { return broker_; }
+
+  /// Waits up to `ms` for the broker to exit (after a signal the test sent); reaps it if so.
+  bool broker_exited_within(int ms) {
+    UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, broker_, 0)));
+    pollfd p{pidfd.get(), POLLIN, 0};
+    if (!pidfd || ::poll(&p, 1, ms) != 1) return false;
+    (void)wait_for(broker_);
+    broker_ = 0;
+    return true;
   }
 
   void stop_daemon() {

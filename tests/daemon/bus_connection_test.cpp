@@ -1,0 +1,117 @@
+// The control connection object: sd-bus and the Asio loop never share a descriptor number, so
+// a client leaving cannot take another descriptor's registration with it.
+#include "daemon/bus_connection.h"
+
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <thread>
+
+#include "common/unique_fd.h"
+
+namespace asio = boost::asio;
+using namespace std::chrono_literals;
+
+namespace {
+
+const sd_bus_vtable kEmpty[] = {SD_BUS_VTABLE_START(0), SD_BUS_VTABLE_END};
+
+// A client that authenticates, pings the server (sd-bus answers Peer.Ping itself) and leaves.
+void ping_and_leave(int fd) {
+  sd_bus* bus = nullptr;
+  REQUIRE(sd_bus_new(&bus) >= 0);
+  REQUIRE(sd_bus_set_fd(bus, fd, fd) >= 0);
+  REQUIRE(sd_bus_set_anonymous(bus, 1) >= 0);
+  REQUIRE(sd_bus_start(bus) >= 0);
+  sd_bus_error error = SD_BUS_ERROR_NULL;
+  sd_bus_message* reply = nullptr;
+  int r = sd_bus_call_method(bus, nullptr, "/", "org.freedesktop.DBus.Peer", "Ping", &error, &reply, "");
+  CHECK_MESSAGE(r >= 0, (error.message ? error.message : ""));
+  sd_bus_error_free(&error);
+  sd_bus_message_unref(reply);
+  sd_bus_flush_close_unref(bus);  // closes fd
+}
+
+bool is_open(int fd) { return ::fcntl(fd, F_GETFD) >= 0; }
+
+}  // namespace
+
+TEST_SUITE("daemon/bus_connection") {
+  TEST_CASE("a departed client's descriptor number, reused, stays watched by the event loop") {
+    asio::io_context io;
+    int fds[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0);
+    const int server_fd = fds[0];
+    auto conn = std::make_shared<vl::BusConnection>(io, vl::UniqueFd(server_fd), vl::peer_of(server_fd));
+    REQUIRE(conn->start(kEmpty, nullptr).ok());
+    conn->pump();
+    std::thread client(ping_and_leave, fds[1]);
+    for (auto until = std::chrono::steady_clock::now() + 5s; !conn->closed() && std::chrono::steady_clock::now() < until;)
+      io.run_for(10ms);
+    client.join();
+    REQUIRE(conn->closed());
+    io.restart();
+    io.poll();  // the cancelled waits complete; the test still holds the connection
+
+    // The daemon opens something else (a new client, a QMP socket, a pidfd) and the kernel
+    // hands out the number sd-bus just closed; it is watched by the same loop.
+    const bool reusable = !is_open(server_fd);
+    int other[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, other) == 0);
+    vl::UniqueFd peer(other[1]);
+    vl::UniqueFd mine(other[0]);
+    if (reusable && mine.get() != server_fd) {
+      REQUIRE(::dup3(mine.get(), server_fd, O_CLOEXEC) == server_fd);
+      mine.reset(server_fd);
+    }
+    // Either sd-bus closed the number and it is reused now, or nobody closed it (then only
+    // the connection's own copy may hold it, and the kernel hands out another number).
+    CHECK(reusable);
+    const int watched_fd = mine.release();
+    asio::posix::stream_descriptor watched(io, watched_fd);
+    bool readable = false;
+    watched.async_wait(asio::posix::stream_descriptor::wait_read, [&](boost::system::error_code ec) {
+      readable = !ec;
+    });
+    io.poll();
+
+    conn.reset();  // the old connection goes: it must not unregister the new descriptor
+    REQUIRE(::write(peer.get(), "x", 1) == 1);
+    io.restart();
+    for (auto until = std::chrono::steady_clock::now() + 2s; !readable && std::chrono::steady_clock::now() < until;)
+      io.run_for(10ms);
+    CHECK_MESSAGE(readable, "the event loop stopped watching a live descriptor");
+  }
+
+  TEST_CASE("a connection whose client left has closed every descriptor it owned") {
+    asio::io_context io;
+    int fds[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0);
+    vl::UniqueFd client(fds[1]);
+    asio::steady_timer warm_up(io);  // the loop's own descriptors (epoll, timerfd, eventfd)
+    {
+      asio::posix::stream_descriptor d(io, ::dup(fds[1]));
+    }
+    int before = 0;
+    for (int fd = 0; fd < 1024; ++fd) before += is_open(fd);
+    std::weak_ptr<vl::BusConnection> weak;
+    {
+      auto conn = std::make_shared<vl::BusConnection>(io, vl::UniqueFd(fds[0]), vl::peer_of(fds[0]));
+      REQUIRE(conn->start(kEmpty, nullptr).ok());
+      conn->pump();
+      weak = conn;
+    }
+    client.reset();
+    for (auto until = std::chrono::steady_clock::now() + 5s; !weak.expired() && std::chrono::steady_clock::now() < until;) {
+      io.restart();
+      io.run_for(10ms);
+    }
+    REQUIRE(weak.expired());  // nothing keeps a departed client's connection alive
+    int after = 0;
+    for (int fd = 0; fd < 1024; ++fd) after += is_open(fd);
+    CHECK(after == before - 2);  // the accepted socket and the client's end; no copy left behind
+  }
+}
