@@ -192,8 +192,18 @@ TEST_SUITE("root/log_relay") {
     write_text(emulator_stderr.get(), "after the pause\n");
     CHECK(eventually([&] { return read_log(env).find("qemu: after the pause\n") != std::string::npos; }));
     std::string text = read_log(env);
-    CHECK(count(text, "qemu: " + line + "\n") < 1000);
-    CHECK(count(text, "vmlaunch-helper: web1: dropped ") == 1);
+    size_t passed = count(text, "qemu: " + line + "\n");
+    CHECK(passed < 1000);
+    // A loaded machine may read the burst in pieces, letting a line through between two runs
+    // of drops: each run gets its own marker, and together they account for every line.
+    size_t dropped = 0, markers = 0;
+    const std::string marker = "vmlaunch-helper: web1: dropped ";
+    for (size_t at = text.find(marker); at != std::string::npos; at = text.find(marker, at + 1)) {
+      dropped += std::stoul(text.substr(at + marker.size()));
+      ++markers;
+    }
+    CHECK(markers >= 1);
+    CHECK(passed + dropped == 2000);
 
     // Past the size cap (1 MiB per launch) the rest is read and discarded: the writes
     // complete at once, one marker says so, and nothing after it reaches the log.
