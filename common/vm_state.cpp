@@ -69,6 +69,8 @@ Result<UniqueFd> open_process(pid_t pid, uint64_t start_time) {
   // Checked after the pidfd exists: had pid been recycled before pidfd_open, the fd names the
   // newer process, whose start time is later.
   auto start = process_start_time(pid);
+  // ENOENT/ESRCH: the process went away meanwhile. Anything else (EMFILE...) is no verdict.
+  if (!start && start.error().sys_errno != ENOENT && start.error().sys_errno != ESRCH) return start.error();
   if (!start || *start != start_time) return gone();
   return fd;
 }

@@ -6,7 +6,10 @@
 #include <sys/stat.h>
 #include <systemd/sd-bus.h>
 
+#include <chrono>
+#include <cstdio>
 #include <map>
+#include <utility>
 
 #include "common/control_protocol.h"
 #include "daemon/bus_connection.h"
@@ -16,6 +19,8 @@ namespace vl {
 namespace asio = boost::asio;
 
 namespace {
+
+constexpr auto kAcceptBackoff = std::chrono::milliseconds(100);
 
 struct ServerState {
   Manager* manager;
@@ -181,7 +186,7 @@ std::unique_ptr<ServerState> g_state;
 }  // namespace
 
 ControlServer::ControlServer(asio::io_context& io, const HostConfig& config, Manager& manager)
-    : io_(io), config_(config), manager_(manager) {
+    : io_(io), config_(config), manager_(manager), accept_backoff_(io) {
   if (const group* g = ::getgrnam(config.admin_group.c_str())) admin_gid_ = g->gr_gid;
   g_state = std::make_unique<ServerState>(ServerState{&manager_, admin_gid_, config.admin_group});
   manager_.on_state_changed = [](const VmInfo& info) {
@@ -217,11 +222,35 @@ void ControlServer::close() {
   boost::system::error_code ignored;
   acceptor_->close(ignored);
   acceptor_.reset();
+  accept_backoff_.cancel();
 }
+
+namespace {
+
+// Errors that say "no resources for a new connection now": the connection stays in the
+// backlog, so the listener stays readable and an immediate retry fails the same way.
+bool out_of_resources(const boost::system::error_code& ec) {
+  return ec == asio::error::no_descriptors || ec == boost::system::errc::too_many_files_open_in_system ||
+         ec == asio::error::no_buffer_space || ec == asio::error::no_memory;
+}
+
+}  // namespace
 
 void ControlServer::accept_next() {
   acceptor_->async_accept([this](boost::system::error_code ec, asio::local::stream_protocol::socket socket) {
     if (ec == asio::error::operation_aborted) return;
+    if (out_of_resources(ec)) {
+      if (!std::exchange(accept_starved_, true))
+        std::fprintf(stderr, "vmlaunchd: Failed to accept a control connection: %s; retrying every %lld ms\n",
+                     ec.message().c_str(), static_cast<long long>(kAcceptBackoff.count()));
+      accept_backoff_.expires_after(kAcceptBackoff);
+      accept_backoff_.async_wait([this](boost::system::error_code wait_ec) {
+        if (!wait_ec && acceptor_) accept_next();
+      });
+      return;
+    }
+    if (!ec && std::exchange(accept_starved_, false))
+      std::fprintf(stderr, "vmlaunchd: accepting control connections again\n");
     if (!ec) {
       UniqueFd fd(socket.release());
       Peer peer = peer_of(fd.get());

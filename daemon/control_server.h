@@ -37,6 +37,10 @@ class ControlServer final {
   const HostConfig& config_;
   Manager& manager_;
   std::unique_ptr<boost::asio::local::stream_protocol::acceptor> acceptor_;
+  /// Out of descriptors, the pending connection stays queued and the listener readable:
+  /// accepting again at once would spin. This timer spaces the retries (see accept_next).
+  boost::asio::steady_timer accept_backoff_;
+  bool accept_starved_ = false;  ///< logged once per episode of fd exhaustion
   gid_t admin_gid_ = static_cast<gid_t>(-1);
 };
 

@@ -72,6 +72,9 @@ Manager::Manager(boost::asio::io_context& io, const HostConfig& config)
     return domain && domain->vnc ? domain->vnc->password : std::string();
   };
   context_.state_changed = [this](const VmInfo& info) {
+    // A run that ended (or a start that failed, abandoning its plan) frees its VNC display.
+    if (info.status == VmStatus::kStopped || info.status == VmStatus::kFailed)
+      planner_.release_vnc_display(info.name);
     if (on_state_changed) on_state_changed(info);
   };
 }

@@ -45,10 +45,12 @@ Result<std::string> plan_cache_key(std::string_view xml, const std::string& emul
   return hex;
 }
 
-std::optional<std::string> PlanCache::find(const std::string& key) const {
-  auto text = sys::read_file(dir_ + "/" + key + ".argv", 1 << 20);
-  if (!text) return std::nullopt;
-  return std::move(text).value();
+Result<std::optional<std::string>> PlanCache::find(const std::string& key) const {
+  std::string path = dir_ + "/" + key + ".argv";
+  auto text = sys::read_file(path, 1 << 20);
+  if (text) return std::optional<std::string>(std::move(text).value());
+  if (text.error().sys_errno == ENOENT) return std::optional<std::string>();
+  return text.error().wrap("read plan cache entry '" + path + "'");
 }
 
 Result<void> PlanCache::store(const std::string& key, std::string_view native) const {

@@ -19,8 +19,10 @@ class PlanCache {
  public:
   explicit PlanCache(std::string dir) : dir_(std::move(dir)) {}
 
-  /// The cached command line for key, or nullopt.
-  std::optional<std::string> find(const std::string& key) const;
+  /// The cached command line for key; nullopt if there is none (ENOENT). Any other failure
+  /// to read the entry (EACCES, EISDIR, EMFILE, EIO...) is an error naming the entry: treating
+  /// it as a miss would blame whatever the conversion trips over next.
+  Result<std::optional<std::string>> find(const std::string& key) const;
   /// Stores a command line atomically (creating the directory, mode 0700).
   Result<void> store(const std::string& key, std::string_view native) const;
 

@@ -63,11 +63,12 @@ Result<void> check_tun_access() {
                            "by udev: chmod 0666 /dev/net/tun)");
 }
 
-Result<int> find_free_vnc_display(const std::string& listen) {
+Result<int> find_free_vnc_display(const std::string& listen, const std::set<int>& skip) {
   in_addr addr{};
   if (::inet_pton(AF_INET, listen.c_str(), &addr) != 1)
     return Error::invalid("VNC listen address '" + listen + "' is not an IPv4 address");
   for (int display = 0; display < 100; ++display) {
+    if (skip.contains(display)) continue;
     UniqueFd s = VL_TRY(sys::check_fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket"));
     int one = 1;
     ::setsockopt(s.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);  // ignore TIME_WAIT
@@ -86,7 +87,8 @@ Planner::Planner(const HostConfig& config)
 
 Result<std::string> Planner::native_command_line(const Domain& domain, std::string_view xml,
                                                  const std::string& key, PlanStats* stats) {
-  if (auto cached = cache_.find(key)) {
+  std::optional<std::string> cached = VL_TRY(cache_.find(key));
+  if (cached) {
     if (stats) stats->cache_hit = true;
     return std::move(*cached);
   }
@@ -120,7 +122,9 @@ void Planner::plan_async(boost::asio::io_context& io, const Domain& domain, std:
                          std::function<void(Result<Plan>)> done) {
   auto key = cache_key_for(domain, xml);
   if (!key) return done(key.error());
-  if (auto cached = cache_.find(*key)) return done(plan_from_entry(domain, *cached, *key));
+  auto cached = cache_.find(*key);
+  if (!cached) return done(cached.error());
+  if (*cached) return done(plan_from_entry(domain, **cached, *key));
   if (!domain.nics.empty())
     if (auto tun = check_tun_access(); !tun) return done(tun.error());
   auto root = lock_embed_root(config_.cache_dir, /*wait=*/false);
@@ -148,6 +152,8 @@ void Planner::plan_async(boost::asio::io_context& io, const Domain& domain, std:
                           });
 }
 
+void Planner::release_vnc_display(const std::string& vm) { vnc_reserved_.erase(vm); }
+
 Result<Plan> Planner::store_and_plan(const Domain& domain, const std::string& root, const std::string& native,
                                      const std::string& key) {
   std::string entry = root + "\n" + native;
@@ -161,12 +167,21 @@ Result<Plan> Planner::plan_from_entry(const Domain& domain, const std::string& e
   std::string root = entry.substr(0, newline);
   std::vector<std::string> words = VL_TRY(split_shell_words(std::string_view(entry).substr(newline + 1)));
   int display = 0;
-  if (domain.vnc && !domain.vnc->port) display = VL_TRY(find_free_vnc_display(domain.vnc->listen));
+  const bool autoport = domain.vnc && !domain.vnc->port;
+  if (autoport) {
+    // Displays are reserved whatever the listen address: a display is a port number, and
+    // 0.0.0.0 and 127.0.0.1 collide on it.
+    vnc_reserved_.erase(domain.name.str());  // a VM has one emulator: its new plan replaces the old
+    std::set<int> taken;
+    for (const auto& [vm, reserved] : vnc_reserved_) taken.insert(reserved);
+    display = VL_TRY(find_free_vnc_display(domain.vnc->listen, taken));
+  }
   Plan plan = VL_TRY(rewrite_native_argv(words, domain, root, display));
   // The helper refuses what this refuses; saying so now puts the reason in front of the
   // operator at plan time. It also covers cache entries, which this uid can write.
   VL_CHECK(check_plan_argv(plan, domain));
   plan.cache_key = key;
+  if (autoport) vnc_reserved_[domain.name.str()] = display;
   return plan;
 }
 

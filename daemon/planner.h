@@ -4,6 +4,8 @@
 #include <chrono>
 #include <deque>
 #include <functional>
+#include <map>
+#include <set>
 #include <string>
 
 #include "common/config.h"
@@ -35,6 +37,10 @@ class Planner {
   void plan_async(boost::asio::io_context& io, const Domain& domain, std::string xml,
                   std::function<void(Result<Plan>)> done);
 
+  /// Frees the VNC display reserved for `vm`'s latest plan: its run ended, or the plan was
+  /// abandoned (the start failed). Unknown VMs are ignored.
+  void release_vnc_display(const std::string& vm);
+
  private:
   Result<std::string> cache_key_for(const Domain& domain, std::string_view xml);
   Result<Plan> plan_from_entry(const Domain& domain, const std::string& entry, const std::string& key);
@@ -47,11 +53,18 @@ class Planner {
   PlanCache cache_;
   std::string libvirt_id_;
   std::deque<std::function<void()>> waiting_;
+  /// VNC displays handed out with plans, by VM, skipped by the probe until released. Nothing
+  /// listens on a display between the plan and the emulator's start, so the probe alone gives
+  /// concurrent starts the same display (issue 9, item 7). One entry per VM at most: a new
+  /// plan for a VM replaces its old reservation.
+  std::map<std::string, int> vnc_reserved_;
 };
 
-/// The first VNC display (0-99) on which nothing listens at `listen`:5900+display.
-/// Racy by nature (qemu binds later); qemu then fails with a clear "address in use".
-Result<int> find_free_vnc_display(const std::string& listen);
+/// The first VNC display (0-99) not in `skip` on which nothing listens at `listen`:5900+display.
+/// The probe alone is racy (qemu binds later): the Planner passes the displays it already
+/// handed out as `skip`; a display taken by another program meanwhile still fails the start
+/// with qemu's "address in use".
+Result<int> find_free_vnc_display(const std::string& listen, const std::set<int>& skip = {});
 
 /// A clear error if /dev/net/tun cannot be opened, which libvirt needs to describe taps.
 Result<void> check_tun_access();

@@ -28,12 +28,23 @@ namespace {
 
 constexpr auto kKillGrace = std::chrono::seconds(5);
 constexpr auto kPowerButtonRepeat = std::chrono::seconds(2);
+constexpr auto kWatchRetry = std::chrono::seconds(1);
 
 Result<VmState> read_state(const HostConfig& config, const VmName& vm) {
   return read_vm_state_file(config.vm_runtime_dir(vm) + "/state.json");
 }
 
-bool same_process(const VmState& state) { return process_matches(state.pid, state.start_time); }
+// A pidfd for the state's emulator. kNotFound: it is gone (ESRCH, or the pid now names
+// another process, or it has exited and awaits reaping). Any other error (EMFILE, ENFILE,
+// ENOMEM...) says nothing about the emulator, which may well be running.
+Result<UniqueFd> watch_process(const VmState& state) {
+  UniqueFd fd = VL_TRY(open_process(state.pid, state.start_time));
+  if (pidfd_exited(fd.get()))
+    return Error::make(ErrorCode::kNotFound, "process " + std::to_string(state.pid) + " is gone");
+  return fd;
+}
+
+bool gone(const Result<UniqueFd>& process) { return !process && process.error().code == ErrorCode::kNotFound; }
 
 }  // namespace
 
@@ -114,6 +125,7 @@ void Supervisor::fail_start(const Error& error) {
 
 void Supervisor::end_run() {
   ++run_;
+  watch_failed_ = false;
   if (qmp_) {
     qmp_->on_event = nullptr;
     qmp_->close();
@@ -133,14 +145,32 @@ void Supervisor::attach(const VmState& state, bool fresh) {
   info_.uid = state.uid;
   info_.zone = state.zone;
   info_.taps = state.taps;
-  int fd = static_cast<int>(::syscall(SYS_pidfd_open, state.pid, 0));
-  if (fd < 0 || !same_process(state)) {
-    if (fd >= 0) ::close(fd);
+  auto process = watch_process(state);
+  if (gone(process)) {
     Error e = Error::make(ErrorCode::kSystem, "the emulator (pid " + std::to_string(state.pid) + ") is gone");
     if (fresh) return fail_start(e);
     return exited();
   }
-  pidfd_ = std::make_unique<asio::posix::stream_descriptor>(ctx_.io, fd);
+  if (!process) {
+    // Not a verdict on the emulator (issue 9, item 11): a fresh start fails with the real
+    // error (and its emulator is killed, as nobody could supervise it); an adopted VM stays
+    // running, says why it is unwatched, and the watch is retried.
+    Error e = process.error().wrap("VM '" + name_.str() + "': cannot watch the emulator (pid " +
+                                   std::to_string(state.pid) + ")");
+    if (fresh) {
+      ctx_.broker.call({BrokerOp::kKill, name_, SIGKILL}, [](Result<int>) {});
+      return fail_start(e);
+    }
+    watch_failed_ = true;
+    set_status(info_.status, e.message() + "; retrying");
+    stop_timer_.expires_after(kWatchRetry);
+    stop_timer_.async_wait([this, run, state](boost::system::error_code ec) {
+      if (!ec && run == run_) attach(state, false);
+    });
+    return;
+  }
+  watch_failed_ = false;
+  pidfd_ = std::make_unique<asio::posix::stream_descriptor>(ctx_.io, process->release());
   watch_exit();
   qmp_ = std::make_shared<QmpClient>(ctx_.io);
   qmp_->on_event = [this, run](const Json& event) {
@@ -148,7 +178,9 @@ void Supervisor::attach(const VmState& state, bool fresh) {
     std::string name = QmpClient::string_field(event, "event");
     if (name == "SHUTDOWN") {
       // -no-shutdown keeps qemu alive after a guest poweroff; the supervisor ends it.
-      guest_shutdown_ = event.contains("data") && QmpClient::bool_field(event["data"], "guest");
+      // Sticky: the `quit` sent here (or at re-adoption) brings a second SHUTDOWN, with
+      // guest: false, which must not turn a guest poweroff into an unexpected exit.
+      if (event.contains("data") && QmpClient::bool_field(event["data"], "guest")) guest_shutdown_ = true;
       if (qmp_) qmp_->execute("quit", nullptr, [](Result<Json>) {});
     }
   };
@@ -184,6 +216,15 @@ void Supervisor::after_monitor_ready(bool fresh) {
     qmp_->execute("query-status", nullptr, [this, run, fresh](Result<Json> status) {
       if (run != run_) return;
       std::string s = status ? QmpClient::string_field(*status, "status") : "";
+      if (!fresh && s == "shutdown") {
+        // The guest powered off while nobody watched: -no-shutdown kept the emulator, and
+        // its SHUTDOWN event went to no one. Do what that event does: quit, end as stopped
+        // (issue 9, item 9).
+        guest_shutdown_ = true;
+        set_status(VmStatus::kStopping, "guest powered off while vmlaunchd was down");
+        qmp_->execute("quit", nullptr, [](Result<Json>) {});
+        return;
+      }
       auto running = [this, run, fresh](Result<Json> r) {
         if (run != run_) return;
         if (!r) {
@@ -249,6 +290,15 @@ void Supervisor::exited() {
 
 void Supervisor::stop(std::chrono::seconds timeout, bool force, Done done) {
   enqueue([this, timeout, force, done = std::move(done)]() mutable {
+    if (info_.status == VmStatus::kStopping && pidfd_) {
+      stop_waiters_.push_back(std::move(done));  // already on its way out: answered at its exit
+      return;
+    }
+    if (watch_failed_) {
+      // An adopted VM whose pidfd could not be opened yet: its end could not be seen.
+      done(Error::make(ErrorCode::kSystem, "VM '" + name_.str() + "' is not watched: " + info_.reason));
+      return finish_op();
+    }
     if (info_.status != VmStatus::kRunning || !pidfd_) {
       done({});  // stopping a stopped VM is not an error
       return finish_op();
@@ -300,7 +350,9 @@ void Supervisor::kill(int signal, Done done) {
 
 void Supervisor::adopt(const VmState& state) {
   // The state is known at once, so no listing shows a half-adopted VM as plainly stopped.
-  bool alive = same_process(state);
+  // Only a certain "gone" is cleaned up; a pidfd that cannot be opened (EMFILE...) is
+  // reported and retried by attach(), never read as the emulator's death.
+  bool alive = !gone(watch_process(state));
   if (alive) set_status(VmStatus::kRunning, "adopted");
   else set_status(VmStatus::kStopping, "cleaning up: the emulator exited while vmlaunchd was down");
   enqueue([this, state, alive] {

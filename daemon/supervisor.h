@@ -2,6 +2,9 @@
 //
 //   stopped/failed --start--> starting --cont--> running --stop--> stopping --exit--> stopped
 //                                 \--error--> failed        \--exit (not asked)--> failed
+//   adopted at daemon start: running, except a guest found powered off (QMP status `shutdown`
+//   under -no-shutdown) --quit--> stopping --exit--> stopped, as on the SHUTDOWN event; a
+//   pidfd that cannot be opened (EMFILE...) keeps it running, unwatched, retried every second.
 // Operations on one VM run one at a time, in the order they were asked for; a start of a
 // running VM and similar conflicts fail at once with a clear reason.
 //
@@ -107,6 +110,7 @@ class Supervisor final {
   std::vector<Done> stop_waiters_;
   bool stop_requested_ = false;
   bool guest_shutdown_ = false;
+  bool watch_failed_ = false;  ///< an adopted VM whose pidfd could not be opened (retrying)
 };
 
 }  // namespace vl

@@ -7,6 +7,12 @@
 #include <arpa/inet.h>
 
 #include <filesystem>
+#include <map>
+#include <optional>
+#include <set>
+
+#include "daemon/asio.h"
+#include "daemon/converter.h"
 
 #include "common/unique_fd.h"
 #include "tests/support/temp_dir.h"
@@ -103,5 +109,77 @@ TEST_SUITE("daemon/planner") {
     REQUIRE(next.ok());
     CHECK(*next > *first);
     CHECK_FALSE(vl::find_free_vnc_display("::1").ok());
+  }
+
+  TEST_CASE("concurrent plans of VNC-autoport domains get distinct displays until their run ends") {
+    // Nothing listens yet when the plans are made (the emulators bind later): the probe alone
+    // would hand display 0 to every one of them.
+    vl::test::TempDir tmp;
+    vl::HostConfig config;
+    config.cache_dir = tmp.path() + "/cache";
+    vl::Planner planner(config);
+    boost::asio::io_context io;
+    constexpr int kVms = 20;
+    std::map<std::string, vl::Result<vl::Plan>> plans;
+    for (int i = 0; i < kVms; ++i) {
+      std::string name = "vm" + std::to_string(i);
+      std::string xml = sample_xml(name, tmp.path() + "/disk.img");
+      auto domain = vl::parse_domain(xml, name + ".xml");
+      REQUIRE(domain.ok());
+      planner.plan_async(io, *domain, xml, [&plans, name](vl::Result<vl::Plan> p) { plans.emplace(name, std::move(p)); });
+    }
+    io.run_for(std::chrono::seconds(120));
+    REQUIRE(plans.size() == kVms);
+    std::set<int> displays;
+    for (auto& [name, plan] : plans) {
+      REQUIRE_MESSAGE(plan.ok(), plan.error().message());
+      REQUIRE(plan->vnc.has_value());
+      displays.insert(plan->vnc->display);
+    }
+    CHECK(displays.size() == kVms);
+
+    // A new plan for the same VM replaces its reservation; a released display is handed out again.
+    int vm3 = plans.at("vm3")->vnc->display;
+    planner.release_vnc_display("vm3");
+    std::string xml = sample_xml("vm20", tmp.path() + "/disk.img");
+    auto domain = vl::parse_domain(xml, "vm20.xml");
+    auto again = planner.plan(*domain, xml);
+    REQUIRE(again.ok());
+    CHECK(again->vnc->display == vm3);
+    auto replanned = planner.plan(*domain, xml);
+    REQUIRE(replanned.ok());
+    CHECK(replanned->vnc->display == vm3);
+  }
+
+  TEST_CASE("an unreadable plan cache entry is an error naming it, not a miss") {
+    vl::test::TempDir tmp;
+    vl::HostConfig config;
+    config.cache_dir = tmp.path() + "/cache";
+    vl::Planner planner(config);
+    std::string xml = sample_xml("web1", "/srv/a.img");
+    auto domain = vl::parse_domain(xml, "web1.xml");
+    REQUIRE(domain.ok());
+    auto id = vl::libvirt_identity();
+    REQUIRE(id.ok());
+    auto key = vl::plan_cache_key(xml, domain->emulator, *id);
+    REQUIRE(key.ok());
+    // EISDIR stands for any read failure (EACCES does not stop root).
+    std::string entry = config.cache_dir + "/plans/" + *key + ".argv";
+    std::filesystem::create_directories(entry);
+
+    auto plan = planner.plan(*domain, xml);
+    REQUIRE_FALSE(plan.ok());
+    CHECK(plan.error().sys_errno == EISDIR);
+    CHECK_MESSAGE(plan.error().message().find(entry) != std::string::npos, plan.error().message());
+    CHECK(plan.error().message().find("/dev/net/tun") == std::string::npos);
+    CHECK_FALSE(std::filesystem::exists(config.cache_dir + "/embed"));  // no conversion ran
+
+    std::optional<vl::Result<vl::Plan>> async;
+    boost::asio::io_context io;
+    planner.plan_async(io, *domain, xml, [&](vl::Result<vl::Plan> p) { async = std::move(p); });
+    io.run_for(std::chrono::seconds(30));
+    REQUIRE(async.has_value());
+    REQUIRE_FALSE(async->ok());
+    CHECK(async->error().message().find(entry) != std::string::npos);
   }
 }

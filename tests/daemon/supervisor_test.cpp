@@ -5,8 +5,10 @@
 #include <doctest/doctest.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -14,6 +16,8 @@
 #include <chrono>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <algorithm>
+#include <functional>
 #include <optional>
 #include <thread>
 
@@ -85,13 +89,13 @@ class FakeBroker final {
   std::thread thread_;
 };
 
-// A QMP monitor that greets, answers every command with an empty success, and on
-// `set_password` kills the emulator instead of answering, keeping the connection open: the
-// daemon then sees the emulator's exit before the monitor's EOF.
+// A QMP monitor that greets and answers each command with what `answer` returns for its name:
+// a "return" value, or nothing to leave the command unanswered (the connection stays open).
 class FakeMonitor final {
  public:
-  FakeMonitor(const std::string& path, pid_t emulator) : listener_(listen_unix(path, SOCK_STREAM)) {
-    thread_ = std::thread([this, emulator] {
+  using Answer = std::function<std::optional<Json>(const std::string& command)>;
+  FakeMonitor(const std::string& path, Answer answer) : listener_(listen_unix(path, SOCK_STREAM)) {
+    thread_ = std::thread([this, answer = std::move(answer)] {
       vl::UniqueFd conn = accept_within(listener_.get(), stop_);
       if (!conn) return;
       std::string greeting = R"({"QMP": {"version": {}, "capabilities": []}})" "\n";
@@ -107,11 +111,9 @@ class FakeMonitor final {
         for (size_t nl; (nl = buffer.find('\n')) != std::string::npos;) {
           Json cmd = Json::parse(buffer.substr(0, nl), nullptr, false);
           buffer.erase(0, nl + 1);
-          if (cmd.value("execute", "") == "set_password") {
-            ::kill(emulator, SIGKILL);
-            continue;
-          }
-          Json reply = {{"return", Json::object()}, {"id", cmd["id"]}};
+          std::optional<Json> ret = answer(cmd.value("execute", ""));
+          if (!ret) continue;
+          Json reply = {{"return", *ret}, {"id", cmd["id"]}};
           (void)vl::sys::write_all(conn.get(), reply.dump() + "\n");
         }
       }
@@ -128,6 +130,17 @@ class FakeMonitor final {
   std::thread thread_;
 };
 
+// State files as the helper writes them, for a real child standing in for the emulator.
+vl::VmState write_state(const vl::HostConfig& config, const vl::VmName& vm, pid_t emulator) {
+  std::filesystem::create_directories(config.vm_runtime_dir(vm));
+  vl::VmState state;
+  state.vm = vm.str();
+  state.pid = emulator;
+  state.start_time = vl::process_start_time(emulator).value();
+  REQUIRE(vl::sys::write_file_atomic(config.vm_runtime_dir(vm) + "/state.json", vl::vm_state_to_json(state), 0644));
+  return state;
+}
+
 pid_t fork_emulator() {
   pid_t pid = ::fork();
   REQUIRE(pid >= 0);
@@ -136,6 +149,26 @@ pid_t fork_emulator() {
   }
   return pid;
 }
+
+// A VM found at daemon start: its state file, and a real child standing in for its emulator
+// (killed and reaped at the end).
+struct AdoptableVm {
+  pid_t emulator = fork_emulator();  // before any thread starts
+  vl::test::TempDir dir;
+  vl::HostConfig config = config_in(dir);
+  vl::VmName vm = vl::VmName::parse("web1").value();
+  vl::VmState state = write_state(config, vm, emulator);
+
+  static vl::HostConfig config_in(const vl::test::TempDir& d) {
+    vl::HostConfig c;
+    c.runtime_dir = d.path() + "/run";
+    return c;
+  }
+  ~AdoptableVm() {
+    ::kill(emulator, SIGKILL);
+    ::waitpid(emulator, nullptr, 0);
+  }
+};
 
 template <typename Pred>
 bool run_until(asio::io_context& io, Pred done, std::chrono::milliseconds limit = 5000ms) {
@@ -157,17 +190,17 @@ TEST_SUITE("daemon/supervisor") {
     vl::HostConfig config;
     config.runtime_dir = dir.path() + "/run";
     auto vm = vl::VmName::parse("web1").value();
-    std::filesystem::create_directories(config.vm_runtime_dir(vm));
-    vl::VmState state;
-    state.vm = "web1";
-    state.pid = emulator;
-    state.start_time = vl::process_start_time(emulator).value();
-    REQUIRE(vl::sys::write_file_atomic(config.vm_runtime_dir(vm) + "/state.json", vl::vm_state_to_json(state), 0644));
+    write_state(config, vm, emulator);
 
     asio::io_context io;
     {
       FakeBroker broker(config.helper_socket(), emulator);
-      FakeMonitor monitor(config.vm_runtime_dir(vm) + "/qmp.sock", emulator);
+      // On set_password the emulator dies instead of answering, the connection staying open:
+      // the daemon then sees the emulator's exit before the monitor's EOF.
+      FakeMonitor monitor(config.vm_runtime_dir(vm) + "/qmp.sock", [emulator](const std::string& command) {
+        if (command == "set_password") ::kill(emulator, SIGKILL);
+        return command == "set_password" ? std::nullopt : std::optional<Json>(Json::object());
+      });
       vl::BrokerClient client(io, config.helper_socket());
       vl::SupervisorContext ctx{io, config, client, [](const vl::VmName&) { return std::string("secret"); }, nullptr};
       vl::Supervisor supervisor(ctx, vm);
@@ -189,5 +222,74 @@ TEST_SUITE("daemon/supervisor") {
     }
     int status = 0;
     CHECK(::waitpid(emulator, &status, 0) == emulator);
+  }
+
+  TEST_CASE("an adopted guest that powered off while the daemon was down is quit and ends stopped") {
+    AdoptableVm fixture;
+    auto& [emulator, dir, config, vm, state] = fixture;
+
+    asio::io_context io;
+    {
+      FakeBroker broker(config.helper_socket(), emulator);
+      // A guest that powered off under -no-shutdown while nobody watched: status `shutdown`;
+      // on `quit` the emulator ends, as qemu does.
+      std::atomic<bool> quit{false};
+      FakeMonitor monitor(config.vm_runtime_dir(vm) + "/qmp.sock", [&quit, emulator](const std::string& command) {
+        if (command == "quit") {
+          quit = true;
+          ::kill(emulator, SIGKILL);
+        }
+        return command == "query-status" ? Json{{"status", "shutdown"}, {"running", false}} : Json::object();
+      });
+      vl::BrokerClient client(io, config.helper_socket());
+      std::vector<vl::VmStatus> seen;
+      vl::SupervisorContext ctx{io, config, client, [](const vl::VmName&) { return std::string(); },
+                                [&](const vl::VmInfo& i) { seen.push_back(i.status); }};
+      vl::Supervisor supervisor(ctx, vm);
+      supervisor.adopt(state);
+      run_until(io, [&] { return supervisor.info().status == vl::VmStatus::kStopped; });
+      CHECK(quit);
+      CHECK(supervisor.info().status == vl::VmStatus::kStopped);
+      CHECK(supervisor.info().reason == "guest powered off");
+      REQUIRE_FALSE(seen.empty());
+      CHECK(seen.back() == vl::VmStatus::kStopped);
+      run_until(io, [] { return false; }, 100ms);
+      CHECK(std::find(broker.requests().begin(), broker.requests().end(), vl::BrokerOp::kCleanup) !=
+            broker.requests().end());
+    }
+  }
+
+  TEST_CASE("an adoption that cannot open a pidfd (EMFILE) reports the error and does not declare the VM dead") {
+    AdoptableVm fixture;
+    auto& [emulator, dir, config, vm, state] = fixture;
+
+    asio::io_context io;
+    {
+      vl::BrokerClient client(io, config.helper_socket());
+      vl::SupervisorContext ctx{io, config, client, [](const vl::VmName&) { return std::string(); }, nullptr};
+      vl::Supervisor supervisor(ctx, vm);
+
+      // Fill the fd table: pidfd_open now fails with EMFILE.
+      rlimit saved{};
+      REQUIRE(::getrlimit(RLIMIT_NOFILE, &saved) == 0);
+      rlimit low = saved;
+      low.rlim_cur = 512;
+      REQUIRE(::setrlimit(RLIMIT_NOFILE, &low) == 0);
+      std::vector<vl::UniqueFd> filler;
+      for (;;) {
+        vl::UniqueFd fd(::fcntl(0, F_DUPFD_CLOEXEC, 0));
+        if (!fd) break;
+        filler.push_back(std::move(fd));
+      }
+      supervisor.adopt(state);
+      run_until(io, [] { return false; }, 100ms);
+      vl::VmInfo info = supervisor.info();
+      filler.clear();
+      REQUIRE(::setrlimit(RLIMIT_NOFILE, &saved) == 0);
+
+      CHECK(info.status == vl::VmStatus::kRunning);
+      CHECK_MESSAGE(info.reason.find("Too many open files") != std::string::npos, info.reason);
+      CHECK(::kill(emulator, 0) == 0);
+    }
   }
 }

@@ -10,6 +10,13 @@
 #include <chrono>
 #include <future>
 #include <nlohmann/json.hpp>
+#include <fstream>
+#include <set>
+#include <thread>
+
+#include "common/sys.h"
+#include "common/vm_state.h"
+#include "tests/support/qmp.h"
 
 #include "tests/support/system_env.h"
 
@@ -61,6 +68,21 @@ class IdleBrokerClient final {
  private:
   pid_t pid_ = -1;
 };
+
+// Gives a defined domain a VNC display chosen by the daemon (autoport).
+void add_vnc_autoport(SystemEnv& env, const std::string& name) {
+  std::string path = env.root() + "/domains/" + name + ".xml";
+  std::string xml = vl::sys::read_file(path, 1 << 20).value();
+  size_t end = xml.find("  </devices>");
+  REQUIRE(end != std::string::npos);
+  xml.insert(end, "    <graphics type='vnc' autoport='yes' listen='127.0.0.1'/>\n");
+  std::ofstream(path) << xml;
+}
+
+bool process_alive(pid_t pid) {
+  auto start = vl::process_start_time(pid);
+  return start && vl::process_matches(pid, *start);
+}
 
 }  // namespace
 
@@ -147,5 +169,72 @@ TEST_SUITE("root/supervision") {
     std::this_thread::sleep_for(100ms);  // let the broker accept it
     ::kill(env.broker_pid(), SIGTERM);
     CHECK_MESSAGE(env.broker_exited_within(1500), "the broker ignored SIGTERM");
+  }
+
+  TEST_CASE("VNC-autoport VMs started in parallel all run, each on its own display") {
+    SystemEnv env;
+    constexpr int kVms = 10;
+    std::vector<std::string> args = {"start", "--parallel", std::to_string(kVms)};
+    for (int i = 0; i < kVms; ++i) {
+      std::string name = "vnc" + std::to_string(i);
+      env.define({.name = name, .nic = false});
+      add_vnc_autoport(env, name);
+      args.push_back(name);
+    }
+    auto started = env.vmctl(args);
+    CHECK_MESSAGE(started.exit_code == 0, started.out << env.log());
+    std::set<std::string> displays;
+    for (int i = 0; i < kVms; ++i) {
+      std::string name = "vnc" + std::to_string(i);
+      CHECK(state_of(env, name) == "running");
+      auto d = env.vmctl({"vncdisplay", name});
+      CHECK_MESSAGE(d.exit_code == 0, d.out);
+      displays.insert(d.out);
+    }
+    CHECK(displays.size() == kVms);
+    auto stopped = env.vmctl({"stop", "--all", "--force"});
+    CHECK_MESSAGE(stopped.exit_code == 0, stopped.out);
+  }
+
+  TEST_CASE("a guest powered off while the daemon was down ends stopped at its restart, not running") {
+    SystemEnv env;
+    env.define({.name = "web1"});
+    REQUIRE(env.vmctl({"start", "web1"}).exit_code == 0);
+    auto r = env.vmctl({"list", "--json"});
+    int pid = 0;
+    for (const Json& row : Json::parse(r.out))
+      if (row["name"] == "web1") pid = row["pid"].get<int>();
+    REQUIRE(pid > 0);
+    env.kill_daemon();
+
+    // The guest answers the power button; under -no-shutdown qemu stays, in status `shutdown`.
+    {
+      auto qmp = vl::test::QmpConnection::connect(env.root() + "/run/vms/web1/qmp.sock");
+      REQUIRE_MESSAGE(qmp.ok(), qmp.error().message());
+      REQUIRE(qmp->execute("qmp_capabilities").ok());
+      std::string status;
+      for (int i = 0; i < 300 && status != "shutdown"; ++i) {
+        if (i % 50 == 0) REQUIRE(qmp->execute("system_powerdown").ok());
+        std::this_thread::sleep_for(20ms);
+        auto st = qmp->execute("query-status");
+        REQUIRE(st.ok());
+        status = (*st)["status"];
+      }
+      REQUIRE(status == "shutdown");
+    }
+    REQUIRE(process_alive(pid));
+
+    env.start_daemon();
+    std::string state;
+    for (int i = 0; i < 500; ++i) {
+      state = state_of(env, "web1");
+      if (state == "stopped" || state == "failed") break;
+      std::this_thread::sleep_for(10ms);
+    }
+    CHECK(state == "stopped");
+    for (int i = 0; i < 200 && process_alive(pid); ++i) std::this_thread::sleep_for(10ms);
+    CHECK_FALSE(process_alive(pid));
+    CHECK_FALSE(std::filesystem::exists(env.root() + "/run/vms/web1"));
+    CHECK(::if_nametoindex("web1-0") == 0);
   }
 }
