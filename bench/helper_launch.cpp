@@ -8,6 +8,7 @@
 #include <linux/netlink.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <algorithm>
@@ -94,6 +95,7 @@ int run(int argc, char** argv) {
                     "<target dev='hda' bus='ide'/></disk><interface type='bridge'><mac address='52:54:00:be:00:01'/>"
                     "<source bridge='br-bench'/><model type='e1000'/></interface></devices></domain>";
   std::ofstream(root + "/domains/bench.xml") << xml;
+  ::chmod((root + "/domains/bench.xml").c_str(), 0640);  // root:root (the daemon group here), as domain_file.h asks
   auto config = vl::load_config(root + "/vmlaunch.toml");
   auto domain = vl::parse_domain(xml, "bench.xml");
   if (!config || !domain) return 1;

@@ -15,8 +15,6 @@ namespace vl {
 
 namespace {
 
-constexpr size_t kMaxDomainBytes = 1 << 20;
-
 struct XmlDocFree {
   void operator()(xmlDoc* d) const { xmlFreeDoc(d); }
 };

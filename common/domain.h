@@ -90,6 +90,8 @@ struct Domain {
 };
 
 inline constexpr std::string_view kVmlaunchXmlns = "urn:vmlaunch:domain:1";
+/// The largest domain XML document accepted.
+inline constexpr size_t kMaxDomainBytes = 1 << 20;
 
 /// Parses a domain XML document; `source` names it in messages ("file:line: problem").
 Result<Domain> parse_domain(std::string_view xml, const std::string& source);

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 
+#include "common/domain_file.h"
 #include "common/plan.h"
 #include "common/sys.h"
 
@@ -13,7 +14,7 @@ namespace vl {
 
 std::vector<VmName> DomainCatalog::names() {
   std::vector<VmName> out;
-  DIR* d = ::opendir(dir_.c_str());
+  DIR* d = ::opendir(config_.domains_dir.c_str());
   if (!d) return out;
   while (dirent* e = ::readdir(d)) {
     std::string file = e->d_name;
@@ -26,23 +27,25 @@ std::vector<VmName> DomainCatalog::names() {
 }
 
 Result<const DomainCatalog::Entry*> DomainCatalog::refresh(const VmName& vm) {
-  std::string path = dir_ + "/" + vm.str() + ".xml";
-  struct stat st {};
-  if (::stat(path.c_str(), &st) < 0) {
+  // The same checks as the helper's (domain_file.h), on every refresh: a chmod changes no
+  // mtime, and a definition the helper would refuse must not look startable here.
+  auto file = open_domain_definition(config_, vm);
+  if (!file) {
     entries_.erase(vm.str());
-    return Error::make(ErrorCode::kNotFound, "VM '" + vm.str() + "' is not defined (no " + path + ")");
+    return std::move(file).error();
   }
+  const struct stat& st = file->st;
   Entry& entry = entries_[vm.str()];
   int64_t mtime = int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec;
   if (entry.mtime_ns == mtime && entry.size == st.st_size) return &entry;
   entry = Entry{mtime, st.st_size, "", std::nullopt, Error{}};
-  auto xml = sys::read_file(path, 1 << 20);
+  auto xml = read_domain_file(*file);
   if (!xml) {
     entry.error = xml.error();
     return &entry;
   }
   entry.xml = *xml;
-  auto domain = parse_domain(entry.xml, path);
+  auto domain = parse_domain(entry.xml, file->path);
   if (domain) entry.domain = std::move(domain).value();
   else entry.error = domain.error();
   return &entry;
@@ -65,7 +68,7 @@ Manager::Manager(boost::asio::io_context& io, const HostConfig& config)
       config_(config),
       broker_(io, config.helper_socket()),
       planner_(config),
-      catalog_(config.domains_dir),
+      catalog_(config),
       context_{io, config, broker_, nullptr, nullptr} {
   context_.vnc_password = [this](const VmName& vm) {
     auto domain = catalog_.get(vm);

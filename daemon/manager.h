@@ -19,10 +19,10 @@ namespace vl {
 /// that listing a thousand VMs costs a directory scan, not a thousand parses.
 class DomainCatalog final {
  public:
-  explicit DomainCatalog(std::string dir) : dir_(std::move(dir)) {}
+  explicit DomainCatalog(const HostConfig& config) : config_(config) {}
   /// Names of all *.xml files with a valid VM name, sorted.
   std::vector<VmName> names();
-  /// The parsed domain (or its parse error).
+  /// The parsed domain, or why it is not defined, refused (domain_file.h) or unparsable.
   Result<Domain> get(const VmName& vm);
   /// The raw XML of the last successful get().
   Result<std::string> xml(const VmName& vm);
@@ -36,7 +36,7 @@ class DomainCatalog final {
     Error error;
   };
   Result<const Entry*> refresh(const VmName& vm);
-  std::string dir_;
+  HostConfig config_;
   std::map<std::string, Entry> entries_;
 };
 

@@ -20,6 +20,7 @@
 #include <memory>
 
 #include "common/broker_protocol.h"
+#include "common/domain_file.h"
 #include "common/spawn.h"
 #include "common/sys.h"
 #include "common/vm_state.h"
@@ -90,8 +91,8 @@ Result<int> start_detached(const BrokerContext& ctx, const VmName& vm) {
 }
 
 Result<int> handle_start(const BrokerContext& ctx, const BrokerRequest& req) {
-  if (::access(ctx.config.domain_xml_path(req.vm).c_str(), F_OK) != 0)
-    return Error::make(ErrorCode::kNotFound, "VM '" + req.vm.str() + "' is not defined in " + ctx.config.domains_dir);
+  // Undefined, or a definition root will not act on (domain_file.h): say so before launching.
+  VL_TRY(open_domain_definition(ctx.config, req.vm));
   log_info("start requested");
   if (sd_booted() > 0) return start_with_systemd(req.vm);
   return start_detached(ctx, req.vm);

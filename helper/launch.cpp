@@ -9,6 +9,7 @@
 
 #include "common/argv_policy.h"
 #include "common/domain.h"
+#include "common/domain_file.h"
 #include "common/plan.h"
 #include "common/sys.h"
 #include "common/vm_state.h"
@@ -113,9 +114,9 @@ Result<void> check_macs_unique(const HostConfig& config, const Domain& domain) {
 }
 
 Result<LaunchEnv> read_and_validate(const HostConfig& config, const VmName& vm, const std::string& plan_json) {
-  std::string xml_path = config.domain_xml_path(vm);
-  Domain domain = VL_TRY(load_domain(xml_path));
-  if (domain.name != vm) return Error::invalid(xml_path + ": <name> is '" + domain.name.str() + "', expected '" + vm.str() + "'");
+  // Refuses a definition that anyone but root could change or anyone but root and the daemon's
+  // group could read (domain_file.h).
+  Domain domain = VL_TRY(load_domain_definition(config, vm));
   auto plan = plan_from_json(plan_json);
   if (!plan) return std::move(plan).error();
   VL_CHECK(check_plan(*plan, domain));

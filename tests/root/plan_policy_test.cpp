@@ -78,6 +78,8 @@ TEST_SUITE("root/plan_policy") {
     // The unmodified plan still runs, under the helper's own sandbox.
     auto ok = env.launch("web1");
     REQUIRE_MESSAGE(ok.running(), ok.log);
+    // Right after execve the kernel may not have set up the new argv yet: wait for QEMU.
+    REQUIRE(vl::test::QmpConnection::connect(env.root() + "/run/vms/web1/qmp.sock").ok());
     auto cmdline = vl::sys::read_file("/proc/" + std::to_string(ok.pid) + "/cmdline", 1 << 16).value();
     CHECK(cmdline.find(std::string("-sandbox\0on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny", 79)) !=
           std::string::npos);

@@ -3,6 +3,7 @@
 // state directories, and ways to run the real vmlaunch-helper binary against it.
 #pragma once
 
+#include <grp.h>
 #include <net/if.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -151,7 +152,14 @@ class HelperEnv {
       xml += "</interface>\n";
     }
     xml += "    <serial type='pty'/>\n  </devices>\n</domain>\n";
-    std::ofstream(root_ + "/domains/" + spec.name + ".xml") << xml;
+    // As an operator installs it (common/domain_file.h): root alone writes it, and only root
+    // and the daemon's group read it.
+    std::string path = root_ + "/domains/" + spec.name + ".xml";
+    std::ofstream(path) << xml;
+    const group* daemon_group = ::getgrnam(config_.daemon_group.c_str());
+    REQUIRE_MESSAGE(daemon_group, config_.daemon_group);
+    REQUIRE(::chown(path.c_str(), 0, daemon_group->gr_gid) == 0);
+    REQUIRE(::chmod(path.c_str(), 0640) == 0);
     return xml;
   }
 
