@@ -79,11 +79,6 @@ void add_vnc_autoport(SystemEnv& env, const std::string& name) {
   std::ofstream(path) << xml;
 }
 
-bool process_alive(pid_t pid) {
-  auto start = vl::process_start_time(pid);
-  return start && vl::process_matches(pid, *start);
-}
-
 }  // namespace
 
 TEST_SUITE("root/supervision") {
@@ -222,7 +217,7 @@ TEST_SUITE("root/supervision") {
       }
       REQUIRE(status == "shutdown");
     }
-    REQUIRE(process_alive(pid));
+    REQUIRE(vl::test::process_alive(pid));
 
     env.start_daemon();
     std::string state;
@@ -232,8 +227,8 @@ TEST_SUITE("root/supervision") {
       std::this_thread::sleep_for(10ms);
     }
     CHECK(state == "stopped");
-    for (int i = 0; i < 200 && process_alive(pid); ++i) std::this_thread::sleep_for(10ms);
-    CHECK_FALSE(process_alive(pid));
+    for (int i = 0; i < 200 && vl::test::process_alive(pid); ++i) std::this_thread::sleep_for(10ms);
+    CHECK_FALSE(vl::test::process_alive(pid));
     CHECK_FALSE(std::filesystem::exists(env.root() + "/run/vms/web1"));
     CHECK(::if_nametoindex("web1-0") == 0);
   }

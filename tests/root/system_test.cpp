@@ -41,11 +41,6 @@ Json vm_row(SystemEnv& env, const std::string& name) {
   return {};
 }
 
-bool alive(pid_t pid) {
-  auto start = vl::process_start_time(pid);
-  return start && vl::process_matches(pid, *start);
-}
-
 }  // namespace
 
 TEST_SUITE("root/system") {
@@ -85,7 +80,7 @@ TEST_SUITE("root/system") {
     auto stopped = env.vmctl({"stop", "--all", "--timeout", "30"});
     REQUIRE_MESSAGE(stopped.exit_code == 0, stopped.out << env.log());
     for (const Json& row : list_json(env)) CHECK(row["state"] == "stopped");
-    for (int pid : pids) CHECK_FALSE(alive(pid));
+    for (int pid : pids) CHECK_FALSE(vl::test::process_alive(pid));
     auto after = env.snapshot();
     for (auto* s : {&before, &after})
       for (auto it = s->begin(); it != s->end();)
@@ -161,8 +156,8 @@ TEST_SUITE("root/system") {
     int pid1 = vm_row(env, "web1")["pid"].get<int>(), pid2 = vm_row(env, "web2")["pid"].get<int>();
 
     env.kill_daemon();
-    CHECK(alive(pid1));
-    CHECK(alive(pid2));
+    CHECK(vl::test::process_alive(pid1));
+    CHECK(vl::test::process_alive(pid2));
     auto down = env.vmctl({"list"});
     CHECK(down.exit_code == 1);
     CHECK(down.out.find("vmlaunchd is not running") != std::string::npos);
@@ -175,7 +170,7 @@ TEST_SUITE("root/system") {
     // The monitor connection is back: a graceful stop goes through QMP.
     auto stopped = env.vmctl({"stop", "web1", "web2", "--timeout", "30"});
     CHECK_MESSAGE(stopped.exit_code == 0, stopped.out << env.log());
-    CHECK_FALSE(alive(pid1));
+    CHECK_FALSE(vl::test::process_alive(pid1));
     CHECK(::if_nametoindex("web1-0") == 0);
   }
 
@@ -186,7 +181,7 @@ TEST_SUITE("root/system") {
     int pid = vm_row(env, "web1")["pid"].get<int>();
     env.kill_daemon();
     ::kill(pid, SIGKILL);
-    for (int i = 0; i < 400 && alive(pid); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    for (int i = 0; i < 400 && vl::test::process_alive(pid); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
     while (::waitpid(-1, nullptr, WNOHANG) > 0) {
     }
     env.start_daemon();

@@ -7,6 +7,7 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
+#include "common/vm_state.h"
 #include "tests/support/helper_env.h"
 
 namespace vl::test {
@@ -141,5 +142,11 @@ class SystemEnv : public HelperEnv {
   pid_t broker_ = 0;
   pid_t daemon_ = 0;
 };
+
+/// True while pid names a process whose thread group has not exited (zombies count as gone).
+inline bool process_alive(pid_t pid) {
+  auto start = vl::process_start_time(pid);
+  return start && vl::process_matches(pid, *start);
+}
 
 }  // namespace vl::test
