@@ -1,6 +1,8 @@
 #include "daemon/converter.h"
 
 #include <fcntl.h>
+#include <libxml/parser.h>
+#include <libxml/tree.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -8,8 +10,10 @@
 #include <unistd.h>
 
 #include <climits>
-#include <optional>
 #include <cstdlib>
+#include <memory>
+#include <optional>
+#include <vector>
 
 #include "common/spawn.h"
 #include "daemon/asio.h"
@@ -21,6 +25,31 @@ namespace vl {
 namespace {
 
 constexpr size_t kMaxNativeBytes = 1 << 20;
+constexpr size_t kMaxXmlBytes = 1 << 20;
+
+struct XmlDocFree {
+  void operator()(xmlDoc* d) const { xmlFreeDoc(d); }
+};
+
+void ignore_xml_error(void*, xmlError*) {}
+
+bool is_element(const xmlNode* n, const char* name) {
+  return n->type == XML_ELEMENT_NODE && !n->ns && xmlStrEqual(n->name, reinterpret_cast<const xmlChar*>(name));
+}
+
+// The <ip> elements of <domain><devices><interface>: where the domain parser reads them.
+std::vector<xmlNode*> interface_ips(xmlNode* domain) {
+  std::vector<xmlNode*> found;
+  for (xmlNode* devices = domain->children; devices; devices = devices->next) {
+    if (!is_element(devices, "devices")) continue;
+    for (xmlNode* nic = devices->children; nic; nic = nic->next) {
+      if (!is_element(nic, "interface")) continue;
+      for (xmlNode* c = nic->children; c; c = c->next)
+        if (is_element(c, "ip")) found.push_back(c);
+    }
+  }
+  return found;
+}
 
 struct RunningConverter {
   pid_t pid;
@@ -93,6 +122,32 @@ Result<std::string> run_converter(std::vector<std::string> args, std::string_vie
 
 }  // namespace
 
+Result<std::string> xml_for_libvirt(std::string_view xml) {
+  if (xml.size() > kMaxXmlBytes) return Error::invalid("domain XML larger than 1 MiB");
+  xmlSetStructuredErrorFunc(nullptr, ignore_xml_error);
+  // As the domain parser reads it: nothing outside the document is loaded.
+  constexpr int kOptions = XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING;
+  std::unique_ptr<xmlDoc, XmlDocFree> doc(
+      xmlReadMemory(xml.data(), static_cast<int>(xml.size()), "domain.xml", nullptr, kOptions));
+  if (!doc) return Error::invalid("domain XML is not well-formed");
+  if (doc->intSubset || doc->extSubset) return Error::invalid("a DOCTYPE is not allowed in domain XML");
+  xmlNode* root = xmlDocGetRootElement(doc.get());
+  if (!root || !is_element(root, "domain")) return Error::invalid("domain XML has no <domain> root element");
+  std::vector<xmlNode*> ips = interface_ips(root);
+  if (ips.empty()) return std::string(xml);
+  for (xmlNode* ip : ips) {
+    xmlUnlinkNode(ip);
+    xmlFreeNode(ip);
+  }
+  xmlChar* out = nullptr;
+  int size = 0;
+  xmlDocDumpMemoryEnc(doc.get(), &out, &size, "UTF-8");
+  if (!out) return Error::make(ErrorCode::kInternal, "cannot serialize domain XML");
+  std::string result(reinterpret_cast<const char*>(out), static_cast<size_t>(size));
+  xmlFree(out);
+  return result;
+}
+
 std::string converter_path() {
   // The daemon is unprivileged and so is the converter: choosing another one gains nothing.
   if (const char* env = std::getenv("VMLAUNCH_CONVERTER"); env && env[0] == '/') return env;
@@ -111,7 +166,8 @@ Result<std::string> convert_to_native(const std::string& xml, const std::string&
                                       std::chrono::milliseconds timeout) {
   if (::mkdir(embed_root.c_str(), 0700) < 0 && errno != EEXIST)
     return Error::from_errno("create conversion root '" + embed_root + "'");
-  std::string reply = VL_TRY(run_converter({embed_root}, xml, timeout));
+  std::string input = VL_TRY(xml_for_libvirt(xml));
+  std::string reply = VL_TRY(run_converter({embed_root}, input, timeout));
   return parse_reply(reply, 0);
 }
 
@@ -172,7 +228,9 @@ void convert_to_native_async(boost::asio::io_context& io, const std::string& xml
                              std::chrono::milliseconds timeout, std::function<void(Result<std::string>)> done) {
   if (::mkdir(embed_root.c_str(), 0700) < 0 && errno != EEXIST)
     return done(Error::from_errno("create conversion root '" + embed_root + "'"));
-  auto conv = start_converter({embed_root}, xml);
+  auto input = xml_for_libvirt(xml);
+  if (!input) return done(std::move(input).error());
+  auto conv = start_converter({embed_root}, *input);
   if (!conv) return done(std::move(conv).error());
   std::make_shared<AsyncConversion>(io, std::move(conv).value(), std::move(done))->start(timeout);
 }

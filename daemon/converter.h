@@ -16,7 +16,14 @@ namespace vl {
 /// the installed one.
 std::string converter_path();
 
-/// Converts `xml` with the embed root `embed_root` (created if missing; the caller holds its
+/// The domain XML as libvirt is given it: `xml` without the elements only vmlaunch reads, which
+/// are the <ip> children of <devices><interface> (libvirt refuses them for QEMU guests: "not
+/// supported by QEMU"; vmlaunch reads them as the addresses a VM may send from). The document
+/// is parsed and written back with libxml2, never edited as text; without such elements it is
+/// returned unchanged. Plans are still keyed by the original XML (plan_cache.h).
+Result<std::string> xml_for_libvirt(std::string_view xml);
+
+/// Converts `xml` (after xml_for_libvirt) with the embed root `embed_root` (created if missing; the caller holds its
 /// lock). Returns the native command line as libvirt prints it.
 Result<std::string> convert_to_native(const std::string& xml, const std::string& embed_root,
                                       std::chrono::milliseconds timeout);

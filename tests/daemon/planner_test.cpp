@@ -81,6 +81,80 @@ TEST_SUITE("daemon/planner") {
     CHECK(plan.error().context.find("VNC password") != std::string::npos);
   }
 
+  TEST_CASE("a domain with IPv4 and IPv6 <ip> addresses plans, and the argv has no trace of them") {
+    vl::test::TempDir tmp;
+    vl::HostConfig config;
+    config.cache_dir = tmp.path() + "/cache";
+    vl::Planner planner(config);
+    const std::string ips = "<ip address='192.0.2.10' family='ipv4' prefix='24'/>"
+                            "<ip address='2001:db8:77::10' family='ipv6' prefix='64'/>";
+    std::string plain = sample_xml("web1", "/srv/a.img");
+    // A fixed UUID: libvirt makes one up for each conversion otherwise.
+    plain.insert(plain.find("</name>") + 7, "<uuid>6c0e0c8e-3f7a-4b0b-9d7e-1b2a3c4d5e6f</uuid>");
+    std::string xml = plain;
+    xml.insert(xml.find("<model type='virtio'/>"), ips);
+    auto domain = vl::parse_domain(xml, "web1.xml");
+    REQUIRE_MESSAGE(domain.ok(), domain.error().context);
+    REQUIRE(domain->nics.at(0).ips.size() == 2);
+
+    vl::PlanStats stats;
+    auto plan = planner.plan(*domain, xml, &stats);
+    REQUIRE_MESSAGE(plan.ok(), plan.error().message());
+    CHECK_FALSE(stats.cache_hit);
+    for (const auto& word : plan->argv) {
+      CAPTURE(word);
+      CHECK(word.find("192.0.2.10") == std::string::npos);
+      CHECK(word.find("2001:db8:77") == std::string::npos);
+    }
+    // The addresses are part of the cache key: the same domain without them is another plan
+    // (and the same argv, since libvirt never saw them).
+    auto bare_domain = vl::parse_domain(plain, "web1.xml");
+    REQUIRE(bare_domain.ok());
+    vl::PlanStats bare_stats;
+    auto bare = planner.plan(*bare_domain, plain, &bare_stats);
+    REQUIRE_MESSAGE(bare.ok(), bare.error().message());
+    CHECK_FALSE(bare_stats.cache_hit);
+    CHECK(bare->cache_key != plan->cache_key);
+    CHECK(bare->argv == plan->argv);
+
+    // The asynchronous path strips them the same way.
+    std::optional<vl::Result<vl::Plan>> async;
+    boost::asio::io_context io;
+    std::string changed = xml;
+    changed.replace(changed.find("192.0.2.10"), 10, "192.0.2.11");
+    auto changed_domain = vl::parse_domain(changed, "web1.xml");
+    REQUIRE(changed_domain.ok());
+    planner.plan_async(io, *changed_domain, changed, [&](vl::Result<vl::Plan> p) { async = std::move(p); });
+    io.run_for(std::chrono::seconds(120));
+    REQUIRE(async.has_value());
+    REQUIRE_MESSAGE(async->ok(), async->error().message());
+    CHECK((*async)->cache_key != plan->cache_key);
+  }
+
+  TEST_CASE("what libvirt is given: the interfaces' <ip> elements removed, nothing else changed") {
+    std::string xml =
+        "<domain type='qemu'><name>web1</name><metadata><x:ip xmlns:x='urn:x' address='203.0.113.9'/></metadata>"
+        "<devices><emulator>/usr/bin/qemu-system-x86_64</emulator>"
+        "<interface type='bridge'><mac address='52:54:00:12:34:56'/><!-- keep --><ip address='192.0.2.10'/>"
+        "<source bridge='br0'/><ip address='2001:db8::10' family='ipv6'/></interface>"
+        "<interface type='bridge'><mac address='52:54:00:12:34:57'/><source bridge='br1'/><ip address='198.51.100.1'/></interface>"
+        "</devices></domain>";
+    auto stripped = vl::xml_for_libvirt(xml);
+    REQUIRE_MESSAGE(stripped.ok(), stripped.error().message());
+    CHECK(stripped->find("192.0.2.10") == std::string::npos);
+    CHECK(stripped->find("2001:db8::10") == std::string::npos);
+    CHECK(stripped->find("198.51.100.1") == std::string::npos);
+    CHECK(stripped->find("<x:ip xmlns:x=\"urn:x\" address=\"203.0.113.9\"/>") != std::string::npos);  // not an interface's
+    CHECK(stripped->find("<mac address=\"52:54:00:12:34:56\"/><!-- keep --><source bridge=\"br0\"/></interface>") != std::string::npos);
+    CHECK(stripped->find("<source bridge=\"br1\"/></interface>") != std::string::npos);
+    // Nothing to strip: the very same text.
+    std::string plain = sample_xml("web1", "/srv/a.img");
+    CHECK(vl::xml_for_libvirt(plain).value() == plain);
+    // Never edited as text: what is not XML is refused, DTDs included.
+    CHECK_FALSE(vl::xml_for_libvirt("<domain><devices><interface><ip address='1.2.3.4'></interface>").ok());
+    CHECK_FALSE(vl::xml_for_libvirt("<!DOCTYPE domain [<!ENTITY a 'b'>]><domain/>").ok());
+  }
+
   TEST_CASE("an emulator outside the allowed list is refused before libvirt runs") {
     vl::test::TempDir tmp;
     vl::HostConfig config;
