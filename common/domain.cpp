@@ -1,9 +1,11 @@
 #include "common/domain.h"
 
+#include <arpa/inet.h>
 #include <libxml/parser.h>
 #include <libxml/tree.h>
 
 #include <algorithm>
+#include <cctype>
 #include <initializer_list>
 #include <cstdio>
 #include <cstring>
@@ -99,6 +101,7 @@ class DomainParser {
 
   Result<void> parse_devices(const xmlNode* devices);
   Result<void> parse_interface(const xmlNode* n);
+  Result<void> parse_ip(const xmlNode* n, Nic& nic);
   Result<void> parse_disk(const xmlNode* n);
   Result<void> parse_backing_store(const xmlNode* n, Disk& disk);
   Result<void> parse_graphics(const xmlNode* n);
@@ -245,9 +248,10 @@ Result<void> DomainParser::parse_interface(const xmlNode* n) {
     } else if (el == "model") {
       nic.model = attr(c, "type").value_or("");
     } else if (el == "ip") {
-      std::string ip = attr(c, "address").value_or("");
-      if (ip.empty()) status = error(c, "<ip> needs an address attribute");
-      nic.ips.push_back(ip);
+      status = parse_ip(c, nic);
+    } else if (el == "route") {
+      status = unsupported(c, "<interface><route> is not supported: routes are guest settings that "
+                              "QEMU cannot apply (vmlaunch reads <ip> only as the addresses the VM may send from)");
     } else if (el == "driver") {
       if (attr(c, "name").value_or("") == "vhost")
         status = unsupported(c, "<driver name='vhost'> is not supported yet");
@@ -262,6 +266,40 @@ Result<void> DomainParser::parse_interface(const xmlNode* n) {
     return error(n, "interface has no <mac address=...>: the anti-spoofing filter needs a fixed MAC");
   if (nic.bridge.empty()) return error(n, "interface has no <source bridge=...>");
   nics_.push_back(std::move(nic));
+  return {};
+}
+
+// <ip address='192.0.2.10' family='ipv4' prefix='24'/>, libvirt's form. libvirt refuses it for
+// QEMU guests (it would be guest-side configuration); vmlaunch reads it as the addresses the VM
+// may send from, and the daemon strips it before libvirt sees the XML (converter.h).
+Result<void> DomainParser::parse_ip(const xmlNode* n, Nic& nic) {
+  for (const xmlAttr* a = n->properties; a; a = a->next) {
+    std::string name = reinterpret_cast<const char*>(a->name);
+    if (a->ns || (name != "address" && name != "family" && name != "prefix"))
+      return unsupported(n, "<ip " + name + "=...> is not supported (only address, family and prefix)");
+  }
+  if (n->children) return error(n, "<ip> must be empty");
+  auto address = attr(n, "address");
+  if (!address || address->empty()) return error(n, "<ip> needs an address attribute");
+  auto family = attr(n, "family");
+  if (family && *family != "ipv4" && *family != "ipv6")
+    return error(n, "<ip family=" + quote_for_message(*family) + "> must be 'ipv4' or 'ipv6'");
+  auto ip = IpAddress::parse(*address, family.value_or(""));
+  if (!ip) return error(n, ip.error().context);
+  if (auto prefix = attr(n, "prefix")) {
+    const int max = ip->is_v6() ? 128 : 32;
+    char* end = nullptr;
+    long p = std::strtol(prefix->c_str(), &end, 10);
+    if (prefix->empty() || !std::isdigit(static_cast<unsigned char>((*prefix)[0])) || *end != '\0' || p > max)
+      return error(n, "<ip prefix=" + quote_for_message(*prefix) + "> must be 0-" + std::to_string(max) + " for " +
+                          ip->str());
+    ip->prefix = static_cast<int>(p);
+  }
+  if (std::find(nic.ips.begin(), nic.ips.end(), *ip) != nic.ips.end())
+    return error(n, "<ip address='" + ip->str() + "'> is given twice");
+  if (nic.ips.size() >= kMaxIpsPerNic)
+    return unsupported(n, "more than " + std::to_string(kMaxIpsPerNic) + " <ip> addresses on one interface");
+  nic.ips.push_back(*ip);
   return {};
 }
 
@@ -476,6 +514,55 @@ Result<MacAddress> MacAddress::parse(std::string_view text) {
   if (mac.bytes[0] & 1) return Error::invalid("MAC address " + std::string(text) + " is multicast");
   if (mac == MacAddress{}) return Error::invalid("MAC address 00:00:00:00:00:00 is not usable");
   return mac;
+}
+
+Result<IpAddress> IpAddress::parse(std::string_view text, std::string_view family) {
+  IpAddress ip;
+  std::string s(text);
+  auto bad = [&](std::string_view why) {
+    return Error::invalid("IP address " + quote_for_message(text) + " " + std::string(why));
+  };
+  if (::inet_pton(AF_INET, s.c_str(), ip.bytes.data()) == 1) {
+    ip.family = Family::kIpv4;
+  } else if (::inet_pton(AF_INET6, s.c_str(), ip.bytes.data()) == 1) {
+    ip.family = Family::kIpv6;
+  } else {
+    return bad("is malformed (expected IPv4 dotted quad or IPv6, with no prefix length or zone)");
+  }
+  if (family == "ipv4" && ip.is_v6()) return bad("is not an IPv4 address, but family is 'ipv4'");
+  if (family == "ipv6" && !ip.is_v6()) return bad("is not an IPv6 address, but family is 'ipv6'");
+  const auto& b = ip.bytes;
+  if (!ip.is_v6()) {
+    if (b[0] == 0) return bad("is in 0.0.0.0/8 (unspecified), not a host address");
+    if (b[0] == 127) return bad("is a loopback address");
+    if (b[0] >= 224 && b[0] <= 239) return bad("is a multicast address");
+    if (b[0] == 255 && b[1] == 255 && b[2] == 255 && b[3] == 255) return bad("is the broadcast address");
+    return ip;
+  }
+  const std::array<uint8_t, 16> zero{};
+  std::array<uint8_t, 16> loopback{};
+  loopback[15] = 1;
+  if (b == zero) return bad("is the unspecified address");
+  if (b == loopback) return bad("is the loopback address");
+  if (b[0] == 0xff) return bad("is a multicast address");
+  if (std::all_of(b.begin(), b.begin() + 10, [](uint8_t x) { return x == 0; }) && b[10] == 0xff && b[11] == 0xff)
+    return bad("is IPv4-mapped: declare the IPv4 address with family='ipv4'");
+  return ip;
+}
+
+std::string IpAddress::str() const {
+  char buf[INET6_ADDRSTRLEN];
+  if (!::inet_ntop(is_v6() ? AF_INET6 : AF_INET, bytes.data(), buf, sizeof buf)) return "?";
+  return buf;
+}
+
+IpAddress eui64_link_local(const MacAddress& mac) {
+  IpAddress ip;
+  ip.family = IpAddress::Family::kIpv6;
+  ip.prefix = 64;
+  const auto& m = mac.bytes;
+  ip.bytes = {0xfe, 0x80, 0, 0, 0, 0, 0, 0, static_cast<uint8_t>(m[0] ^ 0x02), m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5]};
+  return ip;
 }
 
 std::string MacAddress::str() const {

@@ -26,12 +26,36 @@ struct MacAddress {
   friend bool operator==(const MacAddress&, const MacAddress&) = default;
 };
 
+/// An address of <interface><ip address=... family=... prefix=...>: one the VM may send from.
+struct IpAddress {
+  enum class Family : uint8_t { kIpv4, kIpv6 };
+  Family family = Family::kIpv4;
+  std::array<uint8_t, 16> bytes{};  ///< network byte order; IPv4 uses the first 4
+  int prefix = -1;                  ///< <ip prefix=...>; -1 if not given. Not used for filtering.
+  /// Parses "192.0.2.10" or "2001:db8::10" (nothing else: no zone index, no prefix suffix).
+  /// `family` is libvirt's attribute: "ipv4", "ipv6", or empty to take it from the text.
+  /// Rejects addresses no host may send from: unspecified, loopback, multicast, the IPv4
+  /// broadcast and 0.0.0.0/8, and IPv4-mapped IPv6.
+  static Result<IpAddress> parse(std::string_view text, std::string_view family = "");
+  bool is_v6() const { return family == Family::kIpv6; }
+  std::string str() const;  ///< canonical text (inet_ntop)
+  friend bool operator==(const IpAddress& a, const IpAddress& b) {
+    return a.family == b.family && a.bytes == b.bytes;
+  }
+};
+
+/// The IPv6 link-local address a guest derives from `mac` by modified EUI-64 (RFC 4291
+/// appendix A): fe80::XXXX:XXff:feXX:XXXX with the universal/local bit flipped.
+IpAddress eui64_link_local(const MacAddress& mac);
+
 /// <interface type='bridge'>.
 struct Nic {
   MacAddress mac;
   std::string bridge;               ///< <source bridge=...>
   std::string model;                ///< <model type=...>, may be empty
-  std::vector<std::string> ips;     ///< <ip address=...>: the only source IPs the VM may use
+  /// <ip address=...>: if any are given, the only addresses the VM may send from on this
+  /// interface (besides its EUI-64 link-local address); none: addresses are not filtered.
+  std::vector<IpAddress> ips;
   int line = 0;
 };
 
@@ -90,6 +114,8 @@ struct Domain {
 };
 
 inline constexpr std::string_view kVmlaunchXmlns = "urn:vmlaunch:domain:1";
+/// The most <ip> addresses one interface may declare.
+inline constexpr size_t kMaxIpsPerNic = 64;
 /// The largest domain XML document accepted.
 inline constexpr size_t kMaxDomainBytes = 1 << 20;
 

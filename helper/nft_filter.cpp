@@ -1,8 +1,8 @@
 #include "helper/nft_filter.h"
 
-#include <arpa/inet.h>
 #include <nftables/libnftables.h>
 
+#include <algorithm>
 #include <memory>
 #include <nlohmann/json.hpp>
 
@@ -59,18 +59,113 @@ Json payload(const char* protocol, const char* field) {
   return {{"payload", {{"protocol", protocol}, {"field", field}}}};
 }
 
-// One drop rule for traffic entering from `tap`; `comment` names it for counters.
-Json drop_rule(const std::string& vm, const std::string& tap, Json condition, const std::string& what) {
-  Json expr = Json::array({match(meta_iifname(), "==", tap), std::move(condition),
-                           {{"counter", nullptr}}, {{"drop", nullptr}}});
-  return command("add", "rule", with(table_ref(), {{"chain", chain_name(vm)},
-                                                   {"comment", tap + " " + what},
-                                                   {"expr", std::move(expr)}}));
+Json meta(const char* key) { return {{"meta", {{"key", key}}}}; }
+
+// One rule for traffic entering from `tap`: all `conditions`, then either a counted drop named
+// `what` (its counter is the one status shows), or, if `what` is empty, `return`: the frame
+// leaves the VM's chain accepted, skipping the rules after this one. Each frame meets at most
+// one drop, so each dropped frame is counted once.
+Json tap_rule(const std::string& vm, const std::string& tap, std::vector<Json> conditions, const std::string& what) {
+  Json expr = Json::array({match(meta_iifname(), "==", tap)});
+  for (Json& c : conditions) expr.push_back(std::move(c));
+  Json rule = with(table_ref(), {{"chain", chain_name(vm)}});
+  if (what.empty()) {
+    expr.push_back({{"return", nullptr}});
+  } else {
+    expr.push_back({{"counter", nullptr}});
+    expr.push_back({{"drop", nullptr}});
+    rule["comment"] = tap + " " + what;
+  }
+  rule["expr"] = std::move(expr);
+  return command("add", "rule", std::move(rule));
 }
 
-Json ip_set(const std::vector<std::string>& ips) {
-  if (ips.size() == 1) return ips[0];
-  return {{"set", ips}};
+Json drop_rule(const std::string& vm, const std::string& tap, Json condition, const std::string& what) {
+  return tap_rule(vm, tap, {std::move(condition)}, what);
+}
+
+// A set of values, or the value itself if there is one (nft has no one-element sets).
+Json one_or_set(const std::vector<std::string>& values) {
+  if (values.size() == 1) return values[0];
+  return {{"set", values}};
+}
+
+// An IPv6 address as the 128-bit integer a raw payload match compares with: nftables 1.0.6
+// has no field for the target address of neighbour solicitations and advertisements.
+std::string as_integer(const IpAddress& ip) {
+  static const char kHex[] = "0123456789abcdef";
+  std::string out = "0x";
+  for (uint8_t b : ip.bytes) out += {kHex[b >> 4], kHex[b & 15]};
+  return out;
+}
+
+// The target address of a neighbour solicitation or advertisement (RFC 4861 4.3, 4.4): bytes
+// 8-23 of the ICMPv6 message.
+Json nd_target() { return {{"payload", {{"base", "th"}, {"offset", 64}, {"len", 128}}}}; }
+
+// Rules for every tap: no VM is a router or a DHCP server on its zone. A guest that sends router
+// advertisements or redirects could become every neighbour's IPv6 gateway; one that answers
+// DHCP could hand neighbours its own gateway and DNS server.
+void add_service_rules(Json& batch, const std::string& vm, const std::string& tap) {
+  batch.push_back(drop_rule(vm, tap, match(payload("icmpv6", "type"), "==", "nd-router-advert"), "ra"));
+  batch.push_back(drop_rule(vm, tap, match(payload("icmpv6", "type"), "==", "nd-redirect"), "redirect"));
+  batch.push_back(tap_rule(vm, tap, {match(meta("protocol"), "==", "ip"), match(payload("udp", "sport"), "==", 67)},
+                           "dhcp-server"));
+  batch.push_back(tap_rule(vm, tap, {match(meta("protocol"), "==", "ip6"), match(payload("udp", "sport"), "==", 547)},
+                           "dhcp6-server"));
+}
+
+// Rules for a tap with declared addresses. The order matters: a `return` exempts a frame from
+// the rules after it only.
+void add_address_rules(Json& batch, const std::string& vm, const NicFilter& nic) {
+  std::vector<std::string> v4;
+  std::vector<IpAddress> v6 = {eui64_link_local(nic.mac)};
+  for (const IpAddress& ip : nic.ips) {
+    if (!ip.is_v6()) v4.push_back(ip.str());
+    else if (std::find(v6.begin(), v6.end(), ip) == v6.end()) v6.push_back(ip);
+  }
+  const std::string& tap = nic.tap;
+  if (!v4.empty()) {
+    // A DHCP client has no address yet: DISCOVER and REQUEST come from 0.0.0.0 (RFC 2131 4.1).
+    // A fragment has no UDP header to match, so it is not exempt and the "ip" rule drops it.
+    batch.push_back(tap_rule(vm, tap, {match(payload("ip", "saddr"), "==", "0.0.0.0"),
+                                       match(payload("udp", "sport"), "==", 68), match(payload("udp", "dport"), "==", 67)},
+                             ""));
+    batch.push_back(drop_rule(vm, tap, match(payload("ip", "saddr"), "!=", one_or_set(v4)), "ip"));
+    std::vector<std::string> senders = v4;
+    senders.push_back("0.0.0.0");
+    batch.push_back(drop_rule(vm, tap, match(payload("arp", "saddr ip"), "!=", one_or_set(senders)), "arp-ip"));
+    // An ARP probe (RFC 5227) has sender 0.0.0.0; one for another host's address would make
+    // that host give its address up, so probes may ask only for the VM's own.
+    batch.push_back(tap_rule(vm, tap, {match(payload("arp", "saddr ip"), "==", "0.0.0.0"),
+                                       match(payload("arp", "daddr ip"), "!=", one_or_set(v4))},
+                             "arp-probe"));
+  } else {
+    // Addresses are declared, none of them IPv4: the VM has no IPv4 address to speak from.
+    batch.push_back(drop_rule(vm, tap, match(payload("ether", "type"), "==", "ip"), "ip"));
+    batch.push_back(drop_rule(vm, tap, match(payload("ether", "type"), "==", "arp"), "arp-ip"));
+  }
+  std::vector<std::string> sources, targets;
+  for (const IpAddress& ip : v6) sources.push_back(ip.str()), targets.push_back(as_integer(ip));
+  // Duplicate address detection (RFC 4862 5.4.2) solicits from :: before the address is
+  // usable, for the VM's own addresses only: a solicitation for a neighbour's tentative
+  // address would make the neighbour give it up.
+  batch.push_back(tap_rule(vm, tap, {match(payload("ip6", "saddr"), "==", "::"),
+                                     match(payload("icmpv6", "type"), "==", "nd-neighbor-solicit"),
+                                     match(nd_target(), "==", one_or_set(targets))},
+                           ""));
+  // Before its link-local address is usable, a guest reports the multicast groups it joins
+  // (its solicited-node groups, which snooping bridges need to forward solicitations to it)
+  // from :: as RFC 3590 allows; Linux does. A report changes only its own port's memberships.
+  batch.push_back(tap_rule(vm, tap, {match(payload("ip6", "saddr"), "==", "::"),
+                                     match(payload("icmpv6", "type"), "==",
+                                           {{"set", {"mld-listener-report", "mld2-listener-report"}}})},
+                           ""));
+  batch.push_back(drop_rule(vm, tap, match(payload("ip6", "saddr"), "!=", one_or_set(sources)), "ip6"));
+  // An advertisement for another address would redirect that address's traffic to the VM.
+  batch.push_back(tap_rule(vm, tap, {match(payload("icmpv6", "type"), "==", "nd-neighbor-advert"),
+                                     match(nd_target(), "!=", one_or_set(targets))},
+                           "nd-target"));
 }
 
 Json base_chain(const char* hook) {
@@ -163,12 +258,6 @@ void add_removal(Json& batch, const std::string& vm, const VmObjects& objects) {
 }  // namespace
 
 Result<void> install_vm_filter(const std::string& vm, const std::vector<NicFilter>& nics) {
-  for (const NicFilter& nic : nics)
-    for (const std::string& ip : nic.ips) {
-      in_addr a{};
-      if (::inet_pton(AF_INET, ip.c_str(), &a) != 1)
-        return Error::unsupported("interface " + nic.tap + ": <ip address='" + ip + "'> is not an IPv4 address");
-    }
   Json batch = Json::array();
   add_skeleton(batch);
   // add + flush replaces a chain a crashed launch may have left, in the same transaction.
@@ -180,10 +269,8 @@ Result<void> install_vm_filter(const std::string& vm, const std::vector<NicFilte
     batch.push_back(drop_rule(vm, nic.tap, match(payload("ether", "type"), "==", {{"set", {"8021q", "8021ad"}}}), "vlan"));
     batch.push_back(drop_rule(vm, nic.tap, match(payload("ether", "saddr"), "!=", mac), "mac"));
     batch.push_back(drop_rule(vm, nic.tap, match(payload("arp", "saddr ether"), "!=", mac), "arp-mac"));
-    if (!nic.ips.empty()) {
-      batch.push_back(drop_rule(vm, nic.tap, match(payload("ip", "saddr"), "!=", ip_set(nic.ips)), "ip"));
-      batch.push_back(drop_rule(vm, nic.tap, match(payload("arp", "saddr ip"), "!=", ip_set(nic.ips)), "arp-ip"));
-    }
+    add_service_rules(batch, vm, nic.tap);
+    if (!nic.ips.empty()) add_address_rules(batch, vm, nic);
   }
   Json elems = Json::array();
   for (const NicFilter& nic : nics) elems.push_back(Json::array({nic.tap, {{"jump", {{"target", chain_name(vm)}}}}}));
@@ -223,7 +310,7 @@ Result<std::vector<DropCounter>> read_vm_counters(const std::string& vm) {
   for (const Json& rule : existing.rules) {
     std::string comment = rule.value("comment", "");
     size_t space = comment.find(' ');
-    if (space == std::string::npos) continue;
+    if (space == std::string::npos) continue;  // the exemptions (`return`) count nothing
     DropCounter c{comment.substr(0, space), comment.substr(space + 1), 0};
     for (const Json& e : rule.value("expr", Json::array()))
       if (e.contains("counter") && e["counter"].is_object()) c.packets = e["counter"].value("packets", uint64_t{0});

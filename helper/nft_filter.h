@@ -28,13 +28,20 @@ inline constexpr char kNftTable[] = "vmlaunch";
 struct NicFilter {
   std::string tap;
   MacAddress mac;
-  std::vector<std::string> ips;  ///< IPv4 addresses; empty: IPs are not filtered
+  /// The XML's <ip> addresses. Empty: source addresses are not filtered (the MAC, VLAN,
+  /// router-advertisement and DHCP-server rules still apply). Otherwise the VM may send IPv4
+  /// only from its IPv4 addresses and IPv6 only from its IPv6 addresses and the EUI-64
+  /// link-local address of `mac`: a family with no declared address is limited to that.
+  std::vector<IpAddress> ips;
 };
 
 /// A drop rule's counter, for status output.
 struct DropCounter {
   std::string tap;
-  std::string what;  ///< "mac", "arp-mac", "ip", "arp-ip", "vlan"
+  /// "vlan", "mac", "arp-mac", "ra", "redirect", "dhcp-server", "dhcp6-server" (every tap);
+  /// "ip", "arp-ip", "arp-probe", "ip6", "nd-target" (taps with addresses). The man page
+  /// vmlaunch-helper(8) says what each drops.
+  std::string what;
   uint64_t packets = 0;
 };
 

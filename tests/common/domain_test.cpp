@@ -219,6 +219,102 @@ TEST_SUITE("common/domain") {
     CHECK_MESSAGE(two_ips.ok(), (two_ips.ok() ? "" : two_ips.error().context));
   }
 
+  TEST_CASE("<ip> addresses: libvirt's form, both families, several per interface") {
+    auto r = parse_domain(domain_xml(R"(    <interface type='bridge'><mac address='52:54:00:12:34:56'/><source bridge='br-dmz'/>
+      <ip address='192.0.2.10' family='ipv4' prefix='24'/>
+      <ip address='2001:DB8:0:0::10' family='ipv6' prefix='64'/>
+      <ip address='198.51.100.7'/>
+      <ip address='fe80::1234'/>
+    </interface>
+)"), "web1.xml");
+    REQUIRE_MESSAGE(r.ok(), r.error().context);
+    const auto& ips = r->nics.at(0).ips;
+    REQUIRE(ips.size() == 4);
+    CHECK(ips[0].str() == "192.0.2.10");
+    CHECK_FALSE(ips[0].is_v6());
+    CHECK(ips[0].prefix == 24);
+    CHECK(ips[1].str() == "2001:db8::10");  // canonical form
+    CHECK(ips[1].is_v6());
+    CHECK(ips[1].prefix == 64);
+    CHECK(ips[2].str() == "198.51.100.7");  // family taken from the address, as libvirt does
+    CHECK(ips[2].prefix == -1);
+    CHECK(ips[3].is_v6());
+  }
+
+  TEST_CASE("<ip> accept/reject table: every refusal names the problem") {
+    struct Case {
+      std::string ip;        // the <ip .../> element
+      const char* expected;  // empty: accepted
+    };
+    const Case cases[] = {
+        {"<ip address='10.0.0.1'/>", ""},
+        {"<ip address='10.0.0.1' family='ipv4' prefix='0'/>", ""},
+        {"<ip address='10.0.0.1' prefix='32'/>", ""},
+        {"<ip address='169.254.1.1'/>", ""},
+        {"<ip address='2001:db8::1' prefix='128'/>", ""},
+        {"<ip address='fd00::1' family='ipv6'/>", ""},
+        {"<ip/>", "<ip> needs an address attribute"},
+        {"<ip address=''/>", "<ip> needs an address attribute"},
+        {"<ip address='10.0.0'/>", "is malformed"},
+        {"<ip address='10.0.0.1/24'/>", "is malformed"},
+        {"<ip address=' 10.0.0.1'/>", "is malformed"},
+        {"<ip address='010.0.0.1'/>", "is malformed"},
+        {"<ip address='fe80::1%eth0'/>", "is malformed"},
+        {"<ip address='web1.example.org'/>", "is malformed"},
+        {"<ip address='10.0.0.1' family='ipv6'/>", "is not an IPv6 address, but family is 'ipv6'"},
+        {"<ip address='2001:db8::1' family='ipv4'/>", "is not an IPv4 address, but family is 'ipv4'"},
+        {"<ip address='10.0.0.1' family='inet'/>", "<ip family='inet'> must be 'ipv4' or 'ipv6'"},
+        {"<ip address='0.0.0.0'/>", "is in 0.0.0.0/8 (unspecified)"},
+        {"<ip address='0.1.2.3'/>", "is in 0.0.0.0/8"},
+        {"<ip address='127.0.0.1'/>", "is a loopback address"},
+        {"<ip address='224.0.0.1'/>", "is a multicast address"},
+        {"<ip address='239.255.255.250'/>", "is a multicast address"},
+        {"<ip address='255.255.255.255'/>", "is the broadcast address"},
+        {"<ip address='::'/>", "is the unspecified address"},
+        {"<ip address='::1'/>", "is the loopback address"},
+        {"<ip address='ff02::1'/>", "is a multicast address"},
+        {"<ip address='::ffff:10.0.0.1'/>", "is IPv4-mapped"},
+        {"<ip address='10.0.0.1' prefix='33'/>", "<ip prefix='33'> must be 0-32"},
+        {"<ip address='2001:db8::1' prefix='129'/>", "must be 0-128"},
+        {"<ip address='10.0.0.1' prefix='-1'/>", "must be 0-32"},
+        {"<ip address='10.0.0.1' prefix='24x'/>", "must be 0-32"},
+        {"<ip address='10.0.0.1' prefix=''/>", "must be 0-32"},
+        {"<ip address='10.0.0.1' peer='10.0.0.2'/>", "<ip peer=...> is not supported"},
+        {"<ip address='10.0.0.1'>x</ip>", "<ip> must be empty"},
+        {"<ip address='10.0.0.1'/><ip address='10.0.0.1' prefix='8'/>", "<ip address='10.0.0.1'> is given twice"},
+        {"<ip address='2001:db8::1'/><ip address='2001:DB8:0::1'/>", "<ip address='2001:db8::1'> is given twice"},
+        {"<route address='0.0.0.0' prefix='0' gateway='10.0.0.254'/>", "<interface><route> is not supported"},
+    };
+    for (const Case& c : cases) {
+      CAPTURE(c.ip);
+      auto r = parse_domain(domain_xml("    <interface type='bridge'><mac address='52:54:00:12:34:56'/><source bridge='br-dmz'/>" +
+                                       c.ip + "</interface>\n"),
+                            "web1.xml");
+      if (std::string_view(c.expected).empty()) {
+        CHECK_MESSAGE(r.ok(), (r.ok() ? "" : r.error().context));
+        continue;
+      }
+      REQUIRE_FALSE(r.ok());
+      CAPTURE(r.error().context);
+      CHECK(r.error().context.find(c.expected) != std::string::npos);
+      CHECK(r.error().context.rfind("web1.xml:7: ", 0) == 0);  // file and line of the <interface>
+    }
+    std::string many;
+    for (int i = 1; i <= 65; ++i) many += "<ip address='10.0.0." + std::to_string(i) + "'/>";
+    CHECK(error_of(domain_xml("    <interface type='bridge'><mac address='52:54:00:12:34:56'/><source bridge='br-dmz'/>" + many +
+                              "</interface>\n"))
+              .find("more than 64 <ip> addresses") != std::string::npos);
+  }
+
+  TEST_CASE("the EUI-64 link-local address is derived from the MAC as a guest derives it") {
+    auto mac = vl::MacAddress::parse("52:54:00:12:34:56");
+    REQUIRE(mac.ok());
+    vl::IpAddress ll = vl::eui64_link_local(*mac);
+    CHECK(ll.is_v6());
+    CHECK(ll.str() == "fe80::5054:ff:fe12:3456");  // what Linux assigns to such a NIC
+    CHECK(vl::eui64_link_local(vl::MacAddress::parse("02:00:00:00:00:01").value()).str() == "fe80::ff:fe00:1");
+  }
+
   TEST_CASE("load_domain names a missing file") {
     auto r = vl::load_domain("/nonexistent/web1.xml");
     REQUIRE_FALSE(r.ok());

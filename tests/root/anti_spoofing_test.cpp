@@ -4,14 +4,18 @@
 #include <arpa/inet.h>
 #include <doctest/doctest.h>
 #include <linux/if_packet.h>
+#include <linux/if_tun.h>
 #include <net/ethernet.h>
 #include <net/if.h>
 #include <poll.h>
 #include <sched.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <random>
 #include <sstream>
 
@@ -220,7 +224,7 @@ class TwoVmZone final {
     vl::test::run_ok("ip link add br-dmz type bridge && ip link set br-dmz up");
     vl::test::run_ok("ip link add vpeer0 type veth peer name vpeer1 && ip link set vpeer0 master br-dmz up");
     vl::test::run_ok("ip link set vpeer1 netns " + peer_ns_.name() + " && ip -n " + peer_ns_.name() + " link set vpeer1 up");
-    REQUIRE(vl::helper::install_vm_filter("web1", {{"web1-0", kVmMac, {"10.99.0.2"}}}).ok());
+    REQUIRE(vl::helper::install_vm_filter("web1", {{"web1-0", kVmMac, {vl::IpAddress::parse("10.99.0.2").value()}}}).ok());
     REQUIRE(vl::helper::install_vm_filter("web2", {{"web2-0", kNeighbourMac, {}}}).ok());
     a = std::move(vl::helper::create_tap("web1-0", 0, 0).value());
     b = std::move(vl::helper::create_tap("web2-0", 0, 0).value());
@@ -243,6 +247,175 @@ class TwoVmZone final {
   vl::UniqueFd peer;  ///< a packet socket on the peer host's interface
 };
 
+// --- Frames of the address rules: IPv4 with ports, ARP probes, IPv6, NDP, RA, DHCP ---------
+
+using Ip4 = std::array<uint8_t, 4>;
+using Ip6 = std::array<uint8_t, 16>;
+
+Ip4 ip4(const char* text) {
+  Ip4 a{};
+  REQUIRE(::inet_pton(AF_INET, text, a.data()) == 1);
+  return a;
+}
+Ip6 ip6(const char* text) {
+  Ip6 a{};
+  REQUIRE(::inet_pton(AF_INET6, text, a.data()) == 1);
+  return a;
+}
+// The Ethernet address of an IPv6 multicast group (RFC 2464 7).
+Dest group_mac(const Ip6& group) { return {0x33, 0x33, group[12], group[13], group[14], group[15]}; }
+
+void append(Bytes& to, const auto& bytes) { to.insert(to.end(), std::begin(bytes), std::end(bytes)); }
+void append16(Bytes& to, uint16_t v) { to.push_back(v >> 8), to.push_back(v & 0xff); }
+
+// The one's-complement sum of `data` (RFC 1071), starting from `sum`.
+uint16_t checksum(const Bytes& data, uint32_t sum = 0) {
+  for (size_t i = 0; i < data.size(); i += 2) sum += (data[i] << 8) | (i + 1 < data.size() ? data[i + 1] : 0);
+  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+  return static_cast<uint16_t>(~sum);
+}
+
+Bytes udp_datagram(uint16_t sport, uint16_t dport, const std::string& marker) {
+  Bytes u;
+  append16(u, sport), append16(u, dport), append16(u, static_cast<uint16_t>(8 + marker.size())), append16(u, 0);
+  append(u, marker);
+  return u;
+}
+
+// An IPv4/UDP frame from src:sport to dst:dport (checksummed header; UDP checksum 0, which
+// IPv4 allows); the marker is the UDP payload.
+Bytes udp4(const Ip4& src, const Ip4& dst, uint16_t sport, uint16_t dport, const std::string& marker) {
+  Bytes f = eth_header(kVmMac, ETH_P_IP);
+  Bytes udp = udp_datagram(sport, dport, marker);
+  Bytes ip = {0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, IPPROTO_UDP, 0, 0};
+  ip[2] = static_cast<uint8_t>((20 + udp.size()) >> 8), ip[3] = static_cast<uint8_t>((20 + udp.size()) & 0xff);
+  append(ip, src), append(ip, dst);
+  uint16_t sum = checksum(ip);
+  ip[10] = sum >> 8, ip[11] = sum & 0xff;
+  append(f, ip), append(f, udp);
+  while (f.size() < 60) f.push_back(0);
+  return f;
+}
+
+// An ARP request "who has TARGET, tell SENDER" from the VM's MAC; the marker follows the ARP
+// body (in what would otherwise be padding) so that receivers can tell frames apart.
+Bytes arp4(const Ip4& sender, const Ip4& target, const std::string& marker) {
+  Bytes f = eth_header(kVmMac, ETH_P_ARP);
+  append(f, std::array<uint8_t, 8>{0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01});
+  append(f, kVmMac.bytes), append(f, sender);
+  append(f, std::array<uint8_t, 6>{}), append(f, target);
+  append(f, marker);
+  while (f.size() < 60) f.push_back(0);
+  return f;
+}
+
+// An IPv6 packet carrying `upper` (an ICMPv6 message or a UDP datagram, checksummed here),
+// behind a hop-by-hop header with the router alert option if `router_alert` (as MLD sends).
+Bytes ipv6(const Ip6& src, const Ip6& dst, uint8_t next_header, Bytes upper, const Dest& dst_mac,
+           bool router_alert = false) {
+  Bytes pseudo;
+  append(pseudo, src), append(pseudo, dst);
+  append16(pseudo, 0), append16(pseudo, static_cast<uint16_t>(upper.size()));
+  append16(pseudo, 0), append16(pseudo, next_header);
+  size_t at = next_header == IPPROTO_UDP ? 6 : 2;  // where the checksum sits
+  Bytes all = pseudo;
+  append(all, upper);
+  uint16_t sum = checksum(all);
+  upper[at] = sum >> 8, upper[at + 1] = sum & 0xff;
+  Bytes extension;
+  if (router_alert) extension = {next_header, 0, 5, 2, 0, 0, 1, 0};  // RFC 2711, then PadN
+  Bytes f = eth_header(kVmMac, ETH_P_IPV6, dst_mac);
+  append(f, std::array<uint8_t, 4>{0x60, 0, 0, 0});
+  append16(f, static_cast<uint16_t>(extension.size() + upper.size()));
+  f.push_back(router_alert ? 0 : next_header), f.push_back(router_alert ? 1 : 255);
+  append(f, src), append(f, dst), append(f, extension), append(f, upper);
+  return f;
+}
+
+constexpr uint8_t kMldv2Report = 143;
+constexpr uint8_t kRouterSolicit = 133, kRouterAdvert = 134, kNeighbourSolicit = 135, kNeighbourAdvert = 136,
+                  kRedirect = 137;
+
+Bytes udp6(const Ip6& src, const Ip6& dst, uint16_t sport, uint16_t dport, const std::string& marker,
+           const Dest& dst_mac = kBroadcast) {
+  return ipv6(src, dst, IPPROTO_UDP, udp_datagram(sport, dport, marker), dst_mac);
+}
+
+// An ICMPv6 message: type, code 0, checksum, then `body`; the marker is appended (receivers
+// would read it as an unknown option; only the bridge and packet sockets see these frames).
+Bytes icmp6(const Ip6& src, const Ip6& dst, uint8_t type, const Bytes& body, const std::string& marker,
+            const Dest& dst_mac) {
+  Bytes m = {type, 0, 0, 0};
+  append(m, body), append(m, marker);
+  return ipv6(src, dst, IPPROTO_ICMPV6, std::move(m), dst_mac, type == kMldv2Report);
+}
+
+// Neighbour solicitation or advertisement body: 4 bytes of flags, then the target (RFC 4861).
+Bytes nd_body(const Ip6& target, uint8_t flags = 0) {
+  Bytes b = {flags, 0, 0, 0};
+  append(b, target);
+  return b;
+}
+
+// An MLDv2 report body (RFC 3810 5.2): one record, "change to exclude {}" (a join) of `group`.
+Bytes mldv2_join(const Ip6& group) {
+  Bytes b = {0, 0, 0, 1, 4, 0, 0, 0};
+  append(b, group);
+  return b;
+}
+
+
+// A running emulator's tap fd, duplicated into this process: writing to it is sending as the
+// VM does, and the emulator is untouched.
+vl::UniqueFd tap_of_emulator(pid_t pid) {
+  vl::UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+  REQUIRE(pidfd.valid());
+  for (const auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd")) {
+    std::error_code ec;
+    if (std::filesystem::read_symlink(e.path(), ec) != "/dev/net/tun") continue;
+    int target = std::stoi(e.path().filename().string());
+    vl::UniqueFd fd(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), target, 0)));
+    REQUIRE(fd.valid());
+    return fd;
+  }
+  FAIL("emulator " << pid << " holds no tap");
+  return {};
+}
+
+// Writes a frame into a tap fd behind a zeroed virtio-net header of the size the tap expects.
+void send_into(int tap, const Bytes& frame) {
+  ifreq ifr{};
+  REQUIRE(::ioctl(tap, TUNGETIFF, &ifr) == 0);
+  int header = 0;
+  if (ifr.ifr_flags & IFF_VNET_HDR) REQUIRE(::ioctl(tap, TUNGETVNETHDRSZ, &header) == 0);
+  Bytes packet(static_cast<size_t>(header), 0);
+  append(packet, frame);
+  REQUIRE(::write(tap, packet.data(), packet.size()) == static_cast<ssize_t>(packet.size()));
+}
+
+// A peer host on br-dmz: a veth whose other end is in its own namespace, with a packet socket.
+struct Peer {
+  PeerNamespace ns;
+  vl::UniqueFd socket;
+  Peer() {
+    vl::test::run_ok("ip link add vpeer0 type veth peer name vpeer1 && ip link set vpeer0 master br-dmz up");
+    vl::test::run_ok("ip link set vpeer1 netns " + ns.name() + " && ip -n " + ns.name() + " link set vpeer1 up");
+    socket = ns.packet_socket_inside("vpeer1");
+  }
+};
+
+// Defines VM `name` with `ips` in libvirt's full form (<ip address=.. family=.. prefix=../>).
+void define_with_ips(vl::test::HelperEnv& env, const std::string& name, const std::string& mac,
+                     const std::vector<std::pair<std::string, std::string>>& ips) {
+  std::string xml = env.define({.name = name, .mac = mac});
+  std::string elements;
+  for (const auto& [address, family] : ips)
+    elements += "<ip address='" + address + "' family='" + family + "' prefix='" + (family == "ipv4" ? "24" : "64") + "'/>";
+  xml.insert(xml.find("</interface>"), elements);
+  std::string path = env.root() + "/domains/" + name + ".xml";
+  std::ofstream(path, std::ios::trunc) << xml;  // keeps the owner and mode define() gave it
+}
+
 }  // namespace
 
 TEST_SUITE("root/anti_spoofing") {
@@ -254,7 +427,7 @@ TEST_SUITE("root/anti_spoofing") {
     vl::test::run_ok("ip link set vpeer1 netns " + peer.name() + " && ip -n " + peer.name() + " link set vpeer1 up");
 
     // The helper's own steps, in the helper's order: rules, tap (down), attach, up.
-    REQUIRE(vl::helper::install_vm_filter("web1", {{"web1-0", kVmMac, {"10.99.0.2"}}}).ok());
+    REQUIRE(vl::helper::install_vm_filter("web1", {{"web1-0", kVmMac, {vl::IpAddress::parse("10.99.0.2").value()}}}).ok());
     auto tap = vl::helper::create_tap("web1-0", 0, 0);
     REQUIRE(tap.ok());
     attach_as_helper("web1-0", kVmMac);
@@ -413,5 +586,143 @@ TEST_SUITE("root/anti_spoofing") {
     vl::UniqueFd at_peer = packet_socket("vpeer1");
     send_as_vm(tap->get(), marker_frame(kForgedMac, "FORGED-MAC"));
     CHECK(receive_until(at_peer.get(), "FORGED-MAC").find("FORGED-MAC") != std::string::npos);
+  }
+
+  TEST_CASE("launched with <ip> addresses: forged IPv4, ARP, IPv6, NDP, RA and DHCP replies are dropped, counted, delivered nowhere") {
+    vl::test::HelperEnv env;
+    Peer peer;
+    define_with_ips(env, "web1", "52:54:00:00:00:01", {{"10.99.0.2", "ipv4"}, {"2001:db8:99::2", "ipv6"}});
+    // Through the planner (libvirt converts the XML) and the helper's real launch.
+    auto vm = env.launch("web1");
+    REQUIRE_MESSAGE(vm.running(), vm.log);
+    vl::UniqueFd tap = tap_of_emulator(vm.pid);
+    const Ip4 own4 = ip4("10.99.0.2"), other4 = ip4("10.99.0.3"), any4 = ip4("0.0.0.0"), bcast4 = ip4("255.255.255.255");
+    const Ip6 own6 = ip6("2001:db8:99::2"), other6 = ip6("2001:db8:99::3"), router6 = ip6("2001:db8:99::1");
+    const Ip6 ll = ip6("fe80::5054:ff:fe00:1");  // EUI-64 of 52:54:00:00:00:01
+    const Ip6 other_ll = ip6("fe80::1"), unspec = ip6("::"), all_nodes = ip6("ff02::1"), all_routers = ip6("ff02::2");
+    const Ip6 dhcp6_servers = ip6("ff02::1:2");
+    const Ip6 own_snm = ip6("ff02::1:ff00:2"), other_snm = ip6("ff02::1:ff00:3");  // solicited-node groups
+    Bytes ra_body(12, 0);
+    ra_body[0] = 64, ra_body[2] = 0x07, ra_body[3] = 0x08;  // hop limit 64, router lifetime 1800 s
+    Bytes redirect_body = nd_body(router6);
+    append(redirect_body, other6);
+
+    // Forged first: had any passed, it would arrive before the honest frames behind it.
+    const std::pair<Bytes, const char*> forged[] = {
+        {udp4(other4, bcast4, 12345, 12345, "FORGED-IP4-SOURCE"), "ip"},
+        {udp4(any4, bcast4, 12345, 67, "FORGED-IP4-UNSPEC-NOT-DHCP"), "ip"},
+        {arp4(other4, ip4("10.99.0.1"), "FORGED-ARP-SENDER"), "arp-ip"},
+        {arp4(any4, other4, "FORGED-ARP-PROBE-OTHER"), "arp-probe"},
+        {udp6(other6, all_nodes, 12345, 12345, "FORGED-IP6-SOURCE"), "ip6"},
+        {udp6(other_ll, all_nodes, 12345, 12345, "FORGED-IP6-OTHER-LINK-LOCAL"), "ip6"},
+        {icmp6(unspec, other_snm, kNeighbourSolicit, nd_body(other6), "FORGED-DAD-OTHER", group_mac(other_snm)), "ip6"},
+        {icmp6(ll, all_nodes, kNeighbourAdvert, nd_body(other6, 0x20), "FORGED-NA-OTHER", group_mac(all_nodes)), "nd-target"},
+        {icmp6(ll, all_nodes, kRouterAdvert, ra_body, "FORGED-RA", group_mac(all_nodes)), "ra"},
+        {icmp6(ll, all_nodes, kRedirect, redirect_body, "FORGED-REDIRECT", group_mac(all_nodes)), "redirect"},
+        {udp4(own4, bcast4, 67, 68, "FORGED-DHCP-OFFER"), "dhcp-server"},
+        {udp6(ll, all_nodes, 547, 546, "FORGED-DHCP6-REPLY", group_mac(all_nodes)), "dhcp6-server"},
+    };
+    std::map<std::string, uint64_t> expected;
+    for (const auto& [frame, what] : forged) {
+      send_into(tap.get(), frame);
+      ++expected[what];
+    }
+    const Bytes honest[] = {
+        udp4(own4, bcast4, 12345, 12345, "OK-IP4"),
+        arp4(own4, ip4("10.99.0.1"), "OK-ARP-REQUEST"),
+        arp4(any4, own4, "OK-ARP-PROBE"),
+        udp4(any4, bcast4, 68, 67, "OK-DHCP-DISCOVER"),
+        udp6(own6, all_nodes, 12345, 12345, "OK-IP6-GLOBAL", group_mac(all_nodes)),
+        udp6(ll, all_nodes, 12345, 12345, "OK-IP6-LINK-LOCAL", group_mac(all_nodes)),
+        icmp6(unspec, own_snm, kNeighbourSolicit, nd_body(own6), "OK-DAD", group_mac(own_snm)),
+        // An MLDv2 report joining the solicited-node group, as Linux sends it before DAD.
+        icmp6(unspec, ip6("ff02::16"), kMldv2Report, mldv2_join(own_snm), "OK-MLD-UNSPEC", group_mac(ip6("ff02::16"))),
+        icmp6(ll, ip6("ff02::1:ff00:1"), kNeighbourSolicit, nd_body(router6), "OK-NS", group_mac(ip6("ff02::1:ff00:1"))),
+        icmp6(own6, all_nodes, kNeighbourAdvert, nd_body(own6, 0x20), "OK-NA-GLOBAL", group_mac(all_nodes)),
+        icmp6(ll, all_nodes, kNeighbourAdvert, nd_body(ll, 0x20), "OK-NA-LINK-LOCAL", group_mac(all_nodes)),
+        icmp6(ll, all_routers, kRouterSolicit, Bytes(4, 0), "OK-RS", group_mac(all_routers)),
+        udp6(ll, dhcp6_servers, 546, 547, "OK-DHCP6-SOLICIT", group_mac(dhcp6_servers)),
+        udp4(own4, bcast4, 12345, 12345, "OK-END"),
+    };
+    for (const Bytes& frame : honest) send_into(tap.get(), frame);
+
+    std::string seen = receive_until(peer.socket.get(), "OK-END");
+    for (const char* ok : {"OK-IP4", "OK-ARP-REQUEST", "OK-ARP-PROBE", "OK-DHCP-DISCOVER", "OK-IP6-GLOBAL", "OK-IP6-LINK-LOCAL", "OK-DAD", "OK-MLD-UNSPEC",
+                           "OK-NS", "OK-NA-GLOBAL", "OK-NA-LINK-LOCAL", "OK-RS", "OK-DHCP6-SOLICIT", "OK-END"})
+      CHECK_MESSAGE(seen.find(ok) != std::string::npos, ok);
+    CHECK(seen.find("FORGED") == std::string::npos);
+    // Each forged frame counted once, by the rule that says what was wrong with it.
+    for (const auto& [what, n] : expected) {
+      CAPTURE(what);
+      CHECK(counter(what) == n);
+    }
+    CHECK(counter("mac") == 0);
+    tap.reset();  // cleanup waits for every holder of the tap
+    env.kill_vm(vm.pid);
+    auto cleaned = env.helper({"cleanup", "web1"});
+    CHECK_MESSAGE(WIFEXITED(cleaned.status), cleaned.log);
+    CHECK_FALSE(vl::helper::vm_filter_exists("web1").value());
+  }
+
+  TEST_CASE("launched without <ip>: sources are not filtered, but no VM is a router or a DHCP server") {
+    vl::test::HelperEnv env;
+    Peer peer;
+    env.define({.name = "web1", .mac = "52:54:00:00:00:01"});
+    auto vm = env.launch("web1");
+    REQUIRE_MESSAGE(vm.running(), vm.log);
+    vl::UniqueFd tap = tap_of_emulator(vm.pid);
+    const Ip6 ll = ip6("fe80::5054:ff:fe00:1"), all_nodes = ip6("ff02::1");
+    Bytes ra_body(12, 0);
+    ra_body[0] = 64, ra_body[2] = 0x07, ra_body[3] = 0x08;
+    Bytes redirect_body = nd_body(ip6("2001:db8:99::1"));
+    append(redirect_body, ip6("2001:db8:99::3"));
+    send_into(tap.get(), icmp6(ll, all_nodes, kRouterAdvert, ra_body, "FORGED-RA", group_mac(all_nodes)));
+    send_into(tap.get(), icmp6(ll, all_nodes, kRedirect, redirect_body, "FORGED-REDIRECT", group_mac(all_nodes)));
+    send_into(tap.get(), udp4(ip4("10.99.0.2"), ip4("255.255.255.255"), 67, 68, "FORGED-DHCP-OFFER"));
+    send_into(tap.get(), udp6(ll, all_nodes, 547, 546, "FORGED-DHCP6-REPLY", group_mac(all_nodes)));
+    // Any source address passes (the MAC is right): no addresses are declared.
+    send_into(tap.get(), udp4(ip4("10.99.0.77"), ip4("255.255.255.255"), 12345, 12345, "OK-ANY-IP4"));
+    send_into(tap.get(), udp6(ip6("2001:db8:99::77"), all_nodes, 12345, 12345, "OK-ANY-IP6", group_mac(all_nodes)));
+    send_into(tap.get(), icmp6(ll, all_nodes, kNeighbourAdvert, nd_body(ip6("2001:db8:99::77"), 0x20), "OK-ANY-NA",
+                               group_mac(all_nodes)));
+    send_into(tap.get(), udp4(ip4("10.99.0.2"), ip4("255.255.255.255"), 12345, 12345, "OK-END"));
+    std::string seen = receive_until(peer.socket.get(), "OK-END");
+    for (const char* ok : {"OK-ANY-IP4", "OK-ANY-IP6", "OK-ANY-NA", "OK-END"}) CHECK_MESSAGE(seen.find(ok) != std::string::npos, ok);
+    CHECK(seen.find("FORGED") == std::string::npos);
+    for (const char* what : {"ra", "redirect", "dhcp-server", "dhcp6-server"}) {
+      CAPTURE(what);
+      CHECK(counter(what) == 1);
+    }
+    auto counters = vl::helper::read_vm_counters("web1");
+    REQUIRE(counters.ok());
+    for (const auto& c : *counters)
+      CHECK_MESSAGE((c.what != "ip" && c.what != "ip6" && c.what != "arp-ip"), c.what);
+    tap.reset();
+    env.kill_vm(vm.pid);
+    (void)env.helper({"cleanup", "web1"});
+  }
+
+  TEST_CASE("only IPv6 declared: the VM sends no IPv4 or ARP at all, and IPv6 from its addresses") {
+    vl::test::ScopedNetns ns;
+    vl::test::run_ok("ip link add br-dmz type bridge && ip link set br-dmz up");
+    Peer peer;
+    REQUIRE(vl::helper::install_vm_filter("web1", {{"web1-0", kVmMac, {vl::IpAddress::parse("2001:db8:99::2").value()}}}).ok());
+    auto tap = vl::helper::create_tap("web1-0", 0, 0);
+    REQUIRE(tap.ok());
+    attach_as_helper("web1-0", kVmMac);
+    const Ip6 all_nodes = ip6("ff02::1");
+    send_into(tap->get(), udp4(ip4("10.99.0.2"), ip4("255.255.255.255"), 12345, 12345, "FORGED-IP4"));
+    send_into(tap->get(), udp4(ip4("0.0.0.0"), ip4("255.255.255.255"), 68, 67, "FORGED-DHCP-DISCOVER"));
+    send_into(tap->get(), arp4(ip4("10.99.0.2"), ip4("10.99.0.1"), "FORGED-ARP"));
+    send_into(tap->get(), udp6(ip6("fe80::5054:ff:fe00:1"), all_nodes, 1, 1, "OK-LINK-LOCAL", group_mac(all_nodes)));
+    send_into(tap->get(), udp6(ip6("2001:db8:99::2"), all_nodes, 1, 1, "OK-END", group_mac(all_nodes)));
+    std::string seen = receive_until(peer.socket.get(), "OK-END");
+    CHECK(seen.find("OK-LINK-LOCAL") != std::string::npos);
+    CHECK(seen.find("OK-END") != std::string::npos);
+    CHECK(seen.find("FORGED") == std::string::npos);
+    CHECK(counter("ip") == 2);
+    CHECK(counter("arp-ip") == 1);
+    tap->reset();
+    REQUIRE(vl::helper::remove_vm_filter("web1").ok());
   }
 }
