@@ -168,6 +168,23 @@ void add_address_rules(Json& batch, const std::string& vm, const NicFilter& nic)
                            "nd-target"));
 }
 
+// The last rules of every tap. The ICMPv6 and UDP rules above read the upper-layer header; an
+// IPv6 first fragment whose extension headers push that header into a later fragment hides it
+// from them (RFC 7113's evasion of router advertisement guards), and the reassembled datagram
+// is still delivered: a DHCPv6 reply hidden so would reach its victims. RFC 7112 lets such
+// fragments be dropped. Returning the ones whose first 4 upper-layer bytes are readable leaves
+// the others to the drop rule; nothing of this tap comes after them.
+void add_fragment_rules(Json& batch, const std::string& vm, const std::string& tap) {
+  auto first_of_several = [] {
+    return std::vector<Json>{match({{"exthdr", {{"name", "frag"}, {"field", "frag-off"}}}}, "==", 0),
+                             match({{"exthdr", {{"name", "frag"}, {"field", "more-fragments"}}}}, "==", 1)};
+  };
+  std::vector<Json> readable = first_of_several();
+  readable.push_back(match({{"payload", {{"base", "th"}, {"offset", 0}, {"len", 32}}}}, ">=", 0));
+  batch.push_back(tap_rule(vm, tap, std::move(readable), ""));
+  batch.push_back(tap_rule(vm, tap, first_of_several(), "ip6-frag"));
+}
+
 Json base_chain(const char* hook) {
   return with(table_ref(), {{"name", hook}, {"type", "filter"}, {"hook", hook}, {"prio", -200}, {"policy", "accept"}});
 }
@@ -271,6 +288,7 @@ Result<void> install_vm_filter(const std::string& vm, const std::vector<NicFilte
     batch.push_back(drop_rule(vm, nic.tap, match(payload("arp", "saddr ether"), "!=", mac), "arp-mac"));
     add_service_rules(batch, vm, nic.tap);
     if (!nic.ips.empty()) add_address_rules(batch, vm, nic);
+    add_fragment_rules(batch, vm, nic.tap);
   }
   Json elems = Json::array();
   for (const NicFilter& nic : nics) elems.push_back(Json::array({nic.tap, {{"jump", {{"target", chain_name(vm)}}}}}));

@@ -38,7 +38,8 @@ struct NicFilter {
 /// A drop rule's counter, for status output.
 struct DropCounter {
   std::string tap;
-  /// "vlan", "mac", "arp-mac", "ra", "redirect", "dhcp-server", "dhcp6-server" (every tap);
+  /// "vlan", "mac", "arp-mac", "ra", "redirect", "dhcp-server", "dhcp6-server", "ip6-frag"
+  /// (every tap);
   /// "ip", "arp-ip", "arp-probe", "ip6", "nd-target" (taps with addresses). The man page
   /// vmlaunch-helper(8) says what each drops.
   std::string what;

@@ -725,4 +725,44 @@ TEST_SUITE("root/anti_spoofing") {
     tap->reset();
     REQUIRE(vl::helper::remove_vm_filter("web1").ok());
   }
+
+  TEST_CASE("an IPv6 first fragment that hides its UDP or ICMPv6 header in a later fragment is dropped") {
+    vl::test::ScopedNetns ns;
+    vl::test::run_ok("ip link add br-dmz type bridge && ip link set br-dmz up");
+    Peer peer;
+    REQUIRE(vl::helper::install_vm_filter("web1", {{"web1-0", kVmMac, {}}}).ok());
+    auto tap = vl::helper::create_tap("web1-0", 0, 0);
+    REQUIRE(tap.ok());
+    attach_as_helper("web1-0", kVmMac);
+    const Ip6 ll = ip6("fe80::5054:ff:fe00:1"), all_nodes = ip6("ff02::1");
+    // IPv6 header and a fragment header (offset 0, more fragments) before `fragment`.
+    auto first_fragment = [&](uint8_t next_header, const Bytes& fragment) {
+      Bytes f = eth_header(kVmMac, ETH_P_IPV6, group_mac(all_nodes));
+      append(f, std::array<uint8_t, 4>{0x60, 0, 0, 0});
+      append16(f, static_cast<uint16_t>(8 + fragment.size()));
+      f.push_back(IPPROTO_FRAGMENT), f.push_back(255);
+      append(f, ll), append(f, all_nodes);
+      append(f, std::array<uint8_t, 8>{next_header, 0, 0, 1, 0, 0, 0, 7});
+      append(f, fragment);
+      return f;
+    };
+    // A DHCPv6 reply behind a 40-byte destination options header, cut after 32 bytes of it:
+    // the UDP header (source port 547) would come in the second fragment.
+    std::string hidden = "FORGED-FRAG-HIDES-UDP";
+    Bytes options = {IPPROTO_UDP, 4, 1, 36};  // next header, length 4 (40 bytes), PadN of 36
+    append(options, hidden);
+    while (options.size() < 32) options.push_back(0);
+    send_into(tap->get(), first_fragment(IPPROTO_DSTOPTS, options));
+    // A fragmented datagram whose first fragment carries its UDP header passes.
+    Bytes udp = udp_datagram(12345, 12345, "OK-FRAGMENT-1ST");
+    while (udp.size() % 8) udp.push_back(0);
+    send_into(tap->get(), first_fragment(IPPROTO_UDP, udp));
+    send_into(tap->get(), udp6(ll, all_nodes, 1, 1, "OK-END", group_mac(all_nodes)));
+    std::string seen = receive_until(peer.socket.get(), "OK-END");
+    CHECK(seen.find("OK-FRAGMENT-1ST") != std::string::npos);
+    CHECK(seen.find("FORGED") == std::string::npos);
+    CHECK(counter("ip6-frag") == 1);
+    tap->reset();
+    REQUIRE(vl::helper::remove_vm_filter("web1").ok());
+  }
 }
