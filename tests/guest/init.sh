@@ -65,10 +65,10 @@ ping6_peer() {
 become() {
   ip link set eth0 down
   ip link set eth0 address "$1"
-  ip addr flush dev eth0
+  ip addr flush dev eth0 >/dev/null 2>&1
   ip addr add "$2/24" dev eth0
   ip link set eth0 up
-  ip neigh flush dev eth0
+  ip neigh flush dev eth0 >/dev/null 2>&1
 }
 
 attack() { say "ATTACK $*"; }
