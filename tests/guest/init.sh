@@ -42,6 +42,11 @@ while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1))
 # and MLD reports would be frames the test did not script.
 if [ -n "$vlg_ip6" ]; then
   echo 0 >/proc/sys/net/ipv6/conf/eth0/accept_ra
+  # No DAD: the link-local address is usable at once, so MLD reports come from it rather than
+  # from "::" (which the zone allows for DAD only).
+  echo 0 >/proc/sys/net/ipv6/conf/eth0/accept_dad
+  # become() takes the link down; its IPv6 addresses must survive that.
+  echo 1 >/proc/sys/net/ipv6/conf/eth0/keep_addr_on_down
 else
   echo 1 >/proc/sys/net/ipv6/conf/all/disable_ipv6
   echo 1 >/proc/sys/net/ipv6/conf/default/disable_ipv6
@@ -49,7 +54,7 @@ fi
 ip link set lo up
 ip link set eth0 up
 ip addr add "$vlg_ip/24" dev eth0
-[ -n "$vlg_ip6" ] && ip -6 addr add "$vlg_ip6/64" dev eth0 nodad
+[ -n "$vlg_ip6" ] && ip -6 addr add "$vlg_ip6/64" dev eth0
 
 # ping_peer LABEL [ping options]: one line saying whether the peer answered.
 ping_peer() {
@@ -65,7 +70,7 @@ ping6_peer() {
 become() {
   ip link set eth0 down
   ip link set eth0 address "$1"
-  ip addr flush dev eth0 >/dev/null 2>&1
+  ip -4 addr flush dev eth0 >/dev/null 2>&1
   ip addr add "$2/24" dev eth0
   ip link set eth0 up
   ip neigh flush dev eth0 >/dev/null 2>&1
