@@ -227,6 +227,8 @@ class GuestZone final {
       }
       ++forged_frames, ++kinds[why];
       forged.insert(f.bytes);
+      if (mac_at(f.bytes, 6, kVictimMac)) ++kinds["as the victim's MAC"];
+      if (mac_at(f.bytes, 6, vl::MacAddress::parse(kChangedMac).value())) ++kinds["as the changed MAC"];
     }
     for (const Frame& f : at_victim.frames())
       if (!f.outgoing) victim_sent.insert(f.bytes);
@@ -241,7 +243,8 @@ class GuestZone final {
     CHECK(reported_sent(attacker.console()) > 0);
     for (const char* kind : ip_policy_ ? std::vector<const char*>{"IPv4 source", "ARP sender IP", "DHCP server",
                                                                    "IPv6 source", "NA target", "RA", "DHCPv6 server"}
-                                       : std::vector<const char*>{"source MAC", "ARP sender MAC", "802.1Q"})
+                                       : std::vector<const char*>{"source MAC", "as the victim's MAC", "as the changed MAC",
+                                                                   "ARP sender MAC", "802.1Q"})
       CHECK_MESSAGE(kinds[kind] > 0, kind);
 
     // 0 forged frames delivered: none at the peer, none into the victim (a frame the victim
