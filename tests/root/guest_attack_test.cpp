@@ -14,6 +14,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -141,6 +142,63 @@ long reported_sent(const std::string& console) {
   return total;
 }
 
+// The frames a VM sent (captured on its tap), sorted by the policy.
+struct SentFrames {
+  std::set<Bytes> forged;
+  size_t forged_count = 0, honest_count = 0;
+  std::map<std::string, size_t> kinds;  ///< forged frames by violation and by stolen identity
+};
+
+SentFrames classify(const FrameCapture& tap, const Policy& policy) {
+  SentFrames sent;
+  const vl::MacAddress changed = vl::MacAddress::parse(kChangedMac).value();
+  for (const Frame& f : tap.frames()) {
+    if (f.outgoing) continue;
+    std::string why = violation(f.bytes, policy);
+    if (why.empty()) {
+      ++sent.honest_count;
+      continue;
+    }
+    ++sent.forged_count, ++sent.kinds[why];
+    sent.forged.insert(f.bytes);
+    if (mac_at(f.bytes, 6, kVictimMac)) ++sent.kinds["as the victim's MAC"];
+    if (mac_at(f.bytes, 6, changed)) ++sent.kinds["as the changed MAC"];
+  }
+  return sent;
+}
+
+// How many frames that `at` received (a veth) or delivered into its VM (a tap) are forged ones.
+// A frame that `innocent` also sent, byte for byte, is not evidence either way.
+size_t forged_delivered(const FrameCapture& at, bool tap, const std::set<Bytes>& forged, const std::set<Bytes>& innocent) {
+  size_t n = 0;
+  for (const Frame& f : at.frames())
+    if (f.outgoing == tap && forged.contains(f.bytes) && !innocent.contains(f.bytes)) ++n;
+  return n;
+}
+
+// How many frames for `mac` a tap delivered into its VM.
+size_t delivered_for(const FrameCapture& tap, const vl::MacAddress& mac) {
+  size_t n = 0;
+  for (const Frame& f : tap.frames())
+    if (f.outgoing && mac_at(f.bytes, 0, mac)) ++n;
+  return n;
+}
+
+// FDB entries that forged frames could have made: on the attacker's port anything but its
+// declared MAC, the victim's MAC anywhere but on the victim's port, the changed or a random MAC.
+std::vector<std::string> fdb_entries_from_forged() {
+  std::vector<std::string> wrong;
+  for (const std::string& line : fdb_lines()) {
+    bool on_attacker = line.find(" dev attacker-0 ") != std::string::npos;
+    bool victim_mac = line.rfind(kVictimMac.str(), 0) == 0;
+    if ((on_attacker && line.rfind(kAttackerMac.str() + " dev attacker-0 ", 0) != 0) ||
+        (victim_mac && line.find(" dev victim-0 ") == std::string::npos) || line.rfind(kChangedMac, 0) == 0 ||
+        line.rfind("02:", 0) == 0)
+      wrong.push_back(line);
+  }
+  return wrong;
+}
+
 // Runs `ping` from the peer namespace to `ip` until stopped; counts the replies. Busybox's
 // (busybox-static is a test dependency already; the host need not have iputils).
 class PeerPing final {
@@ -215,74 +273,41 @@ class GuestZone final {
     for (auto* c : {&at_attacker, &at_victim, at_peer.get()}) REQUIRE_MESSAGE(c->dropped() == 0, c->name());
 
     // What the attacker sent, classified by the host.
-    std::set<Bytes> forged, victim_sent;
-    size_t forged_frames = 0, honest_frames = 0;
-    std::map<std::string, size_t> kinds;
-    for (const Frame& f : at_attacker.frames()) {
-      if (f.outgoing) continue;
-      std::string why = violation(f.bytes, attacker_policy_);
-      if (why.empty()) {
-        ++honest_frames;
-        continue;
-      }
-      ++forged_frames, ++kinds[why];
-      forged.insert(f.bytes);
-      if (mac_at(f.bytes, 6, kVictimMac)) ++kinds["as the victim's MAC"];
-      if (mac_at(f.bytes, 6, vl::MacAddress::parse(kChangedMac).value())) ++kinds["as the changed MAC"];
-    }
+    SentFrames sent = classify(at_attacker, attacker_policy_);
+    std::set<Bytes> victim_sent;
     for (const Frame& f : at_victim.frames())
       if (!f.outgoing) victim_sent.insert(f.bytes);
     std::string kinds_seen;
-    for (const auto& [why, n] : kinds) kinds_seen += why + ": " + std::to_string(n) + "\n";
+    for (const auto& [why, n] : sent.kinds) kinds_seen += why + ": " + std::to_string(n) + "\n";
     INFO("forged frames by kind:\n" << kinds_seen);
-    MESSAGE("attacker sent " << forged_frames << " forged and " << honest_frames << " honest frames; counters: "
-                             << describe_counters("attacker"));
+    MESSAGE("attacker sent " << sent.forged_count << " forged and " << sent.honest_count
+                             << " honest frames; counters: " << describe_counters("attacker"));
 
     // The guest really attacked: at least what vlattack says it sent, and every kind of attack.
-    CHECK(forged_frames >= static_cast<size_t>(reported_sent(attacker.console())));
+    CHECK(sent.forged_count >= static_cast<size_t>(reported_sent(attacker.console())));
     CHECK(reported_sent(attacker.console()) > 0);
     for (const char* kind : ip_policy_ ? std::vector<const char*>{"IPv4 source", "ARP sender IP", "DHCP server",
                                                                    "IPv6 source", "NA target", "RA", "DHCPv6 server"}
                                        : std::vector<const char*>{"source MAC", "as the victim's MAC", "as the changed MAC",
                                                                    "ARP sender MAC", "802.1Q"})
-      CHECK_MESSAGE(kinds[kind] > 0, kind);
+      CHECK_MESSAGE(sent.kinds[kind] > 0, kind);
 
-    // 0 forged frames delivered: none at the peer, none into the victim (a frame the victim
-    // sent itself, byte for byte, is not evidence either way).
-    size_t at_peer_forged = 0, at_victim_forged = 0, to_attacker_for_victim = 0, to_victim_for_victim = 0;
-    for (const Frame& f : at_peer->frames())
-      if (!f.outgoing && forged.contains(f.bytes) && !victim_sent.contains(f.bytes)) ++at_peer_forged;
-    for (const Frame& f : at_victim.frames()) {
-      if (!f.outgoing) continue;
-      if (forged.contains(f.bytes) && !victim_sent.contains(f.bytes)) ++at_victim_forged;
-      if (mac_at(f.bytes, 0, kVictimMac)) ++to_victim_for_victim;
-    }
-    CHECK(at_peer_forged == 0);
-    CHECK(at_victim_forged == 0);
+    // 0 forged frames delivered: none at the peer, none into the victim.
+    CHECK(forged_delivered(*at_peer, false, sent.forged, victim_sent) == 0);
+    CHECK(forged_delivered(at_victim, true, sent.forged, victim_sent) == 0);
     // The victim's traffic never reaches the attacker (and there was traffic to steal).
-    for (const Frame& f : at_attacker.frames())
-      if (f.outgoing && mac_at(f.bytes, 0, kVictimMac)) ++to_attacker_for_victim;
-    CHECK(to_attacker_for_victim == 0);
-    CHECK(to_victim_for_victim > 0);
+    CHECK(delivered_for(at_attacker, kVictimMac) == 0);
+    CHECK(delivered_for(at_victim, kVictimMac) > 0);
     CHECK_MESSAGE(victim_replies > 0, ping_victim.output());
 
-    // The FDB learned nothing from the attacker: on its port only its declared, static entry;
-    // no changed, random or stolen MAC anywhere.
-    std::vector<std::string> fdb_wrong;
-    for (const std::string& line : fdb_lines()) {
-      bool on_attacker = line.find(" dev attacker-0 ") != std::string::npos;
-      bool victim_mac = line.rfind(kVictimMac.str(), 0) == 0;
-      if ((on_attacker && line.rfind(kAttackerMac.str() + " dev attacker-0 ", 0) != 0) ||
-          (victim_mac && line.find(" dev victim-0 ") == std::string::npos) || line.rfind(kChangedMac, 0) == 0 ||
-          line.rfind("02:", 0) == 0)
-        fdb_wrong.push_back(line);
-    }
+    // The FDB learned nothing from the attacker.
+    std::vector<std::string> fdb_wrong = fdb_entries_from_forged();
     std::string shown;
     for (size_t i = 0; i < fdb_wrong.size() && i < 10; ++i) shown += fdb_wrong[i] + "\n";
     CHECK_MESSAGE(fdb_wrong.empty(), fdb_wrong.size() << " FDB entries from forged frames, among them:\n" << shown);
 
     // Every forged frame dropped and counted once; the victim's filter dropped nothing.
-    CHECK(drop_count("attacker") == forged_frames);
+    CHECK(drop_count("attacker") == sent.forged_count);
     CHECK(drop_count("victim") == 0);
 
     // Honest traffic flows before and after the attack.
