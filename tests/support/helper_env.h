@@ -65,8 +65,15 @@ struct DomainSpec {
   std::string disk_format = "raw";
   std::string block_disk;           // optional second disk, a block device node
   std::string emulator = "/usr/bin/qemu-system-x86_64";
-  std::vector<std::string> ips;
+  std::vector<std::string> ips;     // <ip address=..>, family='ipv6' added for IPv6 addresses
   bool nic = true;
+  // A Linux guest booted directly (tests/guest/build-linux-guest): <os> names its kernel and
+  // initramfs, which must be files only root can change.
+  int memory_mib = 32;
+  std::string nic_model = "e1000";
+  std::string kernel;   // <os><kernel>, empty: none
+  std::string initrd;   // <os><initrd>
+  std::string cmdline;  // <os><cmdline>
 };
 
 struct HelperResult {
@@ -135,8 +142,11 @@ class HelperEnv {
                                  std::filesystem::copy_options::overwrite_existing);
       ::chmod(disk.c_str(), 0644);
     }
-    std::string xml = "<domain type='qemu'>\n  <name>" + spec.name + "</name>\n  <memory unit='MiB'>32</memory>\n"
-        "  <os><type arch='x86_64' machine='pc'>hvm</type></os>\n  <features><acpi/></features>\n";
+    std::string os = "<type arch='x86_64' machine='pc'>hvm</type>";
+    if (!spec.kernel.empty())
+      os += "<kernel>" + spec.kernel + "</kernel><initrd>" + spec.initrd + "</initrd><cmdline>" + spec.cmdline + "</cmdline>";
+    std::string xml = "<domain type='qemu'>\n  <name>" + spec.name + "</name>\n  <memory unit='MiB'>" +
+        std::to_string(spec.memory_mib) + "</memory>\n  <os>" + os + "</os>\n  <features><acpi/></features>\n";
     if (!spec.zone.empty())
       xml += "  <metadata><vl:vm xmlns:vl='urn:vmlaunch:domain:1'><vl:zone>" + spec.zone + "</vl:zone></vl:vm></metadata>\n";
     xml += "  <devices>\n    <emulator>" + spec.emulator + "</emulator>\n"
@@ -147,8 +157,9 @@ class HelperEnv {
              "'/><target dev='hdb' bus='ide'/></disk>\n";
     if (spec.nic) {
       xml += "    <interface type='bridge'><mac address='" + spec.mac + "'/><source bridge='" + spec.bridge +
-             "'/><model type='e1000'/>";
-      for (const auto& ip : spec.ips) xml += "<ip address='" + ip + "'/>";
+             "'/><model type='" + spec.nic_model + "'/>";
+      for (const auto& ip : spec.ips)
+        xml += "<ip address='" + ip + "'" + (ip.find(':') != std::string::npos ? " family='ipv6'" : "") + "/>";
       xml += "</interface>\n";
     }
     xml += "    <serial type='pty'/>\n  </devices>\n</domain>\n";
