@@ -42,8 +42,8 @@ while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1))
 # and MLD reports would be frames the test did not script.
 if [ -n "$vlg_ip6" ]; then
   echo 0 >/proc/sys/net/ipv6/conf/eth0/accept_ra
-  # No DAD: the link-local address is usable at once, so MLD reports come from it rather than
-  # from "::" (which the zone allows for DAD only).
+  # No DAD: the link-local address is usable at once, which keeps the honest pings of the
+  # scenario from waiting for it. Reports the kernel still sends from "::" are honest too.
   echo 0 >/proc/sys/net/ipv6/conf/eth0/accept_dad
   # become() takes the link down; its IPv6 addresses must survive that.
   echo 1 >/proc/sys/net/ipv6/conf/eth0/keep_addr_on_down

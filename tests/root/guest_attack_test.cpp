@@ -98,7 +98,17 @@ std::string violation(const Bytes& f, const Policy& policy) {
     uint8_t next = f[20];
     bool icmp = next == 58 && f.size() >= 58;
     std::string src = ip6_at(f, 22);
-    if (src == "::") return icmp && f[54] == 135 ? "" : "IPv6 source :: (next header " + std::to_string(next) + ")";
+    if (src == "::") {
+      // From :: a VM may only solicit for duplicate address detection and, before its
+      // link-local address is usable, report the multicast groups it joins (RFC 3590): MLD
+      // reports sit behind a hop-by-hop header with the router alert option.
+      size_t l4 = 54;
+      uint8_t proto = next;
+      if (proto == 0 && f.size() >= 56) proto = f[54], l4 += (f[55] + 1u) * 8;
+      bool icmp6 = proto == 58 && f.size() > l4;
+      if (icmp6 && (f[l4] == 135 || f[l4] == 131 || f[l4] == 143)) return "";
+      return "IPv6 source :: (next header " + std::to_string(next) + ")";
+    }
     if (!in(policy.ipv6, src) && src != policy.link_local) return "IPv6 source";
     if (icmp && f[54] == 134) return "RA";
     if (icmp && f[54] == 136 && !in(policy.ipv6, ip6_at(f, 62)) && ip6_at(f, 62) != policy.link_local) return "NA target";
