@@ -1,6 +1,7 @@
 #include "common/spawn.h"
 
 #include <fcntl.h>
+#include <sys/prctl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -108,12 +109,18 @@ Result<pid_t> spawn(const ExecSpec& spec) {
   for (const auto& m : fds) report_target = std::max(report_target, m.target + 1);
   fds.push_back({report_write.get(), report_target});
 
+  pid_t parent = ::getpid();
   pid_t pid = ::fork();
   if (pid < 0) return Error::from_errno("fork for '" + spec.path + "'");
   if (pid == 0) {
     int err = 0;
     reset_signals();  // a parent that blocks or ignores signals must not pass that on
     if (::setsid() < 0) err = errno;
+    if (err == 0 && spec.parent_death_signal != 0) {
+      if (::prctl(PR_SET_PDEATHSIG, spec.parent_death_signal) < 0) err = errno;
+      // The parent died between fork and prctl: no signal will come.
+      else if (::getppid() != parent) ::_exit(127);
+    }
     if (err == 0) {
       int r = place_fds(fds.data(), fds.size());
       if (r < 0) err = -r;

@@ -27,6 +27,9 @@ struct ExecSpec {
   std::vector<std::string> argv;
   std::vector<std::string> env;
   std::vector<FdMapping> fds;
+  /// If not 0, the child gets this signal when the spawning thread exits (PR_SET_PDEATHSIG),
+  /// and does not start at all if its parent is already gone.
+  int parent_death_signal = 0;
 };
 
 /// Checks that targets are distinct and sources valid; call before fork(). Targets 0-2

@@ -66,7 +66,9 @@ Result<RunningConverter> start_converter(std::vector<std::string> args, std::str
   VL_TRY(sys::check(::pipe2(fds, O_CLOEXEC), "pipe2"));
   UniqueFd out_read(fds[0]), out_write(fds[1]);
   args.insert(args.begin(), "vmlaunch-convert");
-  pid_t pid = VL_TRY(spawn({converter_path(), args, {}, {{in.get(), 0}, {out_write.get(), 1}}}));
+  // A converter that outlived a killed daemon would hold its conversion root's lock and make
+  // the next daemon's plans fail until libvirt is done.
+  pid_t pid = VL_TRY(spawn({converter_path(), args, {}, {{in.get(), 0}, {out_write.get(), 1}}, SIGKILL}));
   return RunningConverter{pid, std::move(out_read)};
 }
 

@@ -6,7 +6,10 @@
 
 #include <chrono>
 #include <nlohmann/json.hpp>
+#include <filesystem>
+#include <fstream>
 #include <future>
+#include <thread>
 #include <set>
 #include <net/if.h>
 
@@ -39,6 +42,21 @@ Json vm_row(SystemEnv& env, const std::string& name) {
     if (row["name"] == name) return row;
   FAIL("no row for " << name);
   return {};
+}
+
+// A live child of `parent` whose executable's name is `name`, or 0.
+pid_t child_running(pid_t parent, const std::string& name) {
+  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+    std::string pid = e.path().filename();
+    if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::error_code ec;
+    auto exe = std::filesystem::read_symlink(e.path() / "exe", ec);
+    if (ec || exe.filename() != name) continue;
+    std::ifstream status(e.path() / "status");
+    for (std::string line; std::getline(status, line);)
+      if (line.rfind("PPid:", 0) == 0 && std::stoi(line.substr(5)) == parent) return std::stoi(pid);
+  }
+  return 0;
 }
 
 }  // namespace
@@ -103,6 +121,35 @@ TEST_SUITE("root/system") {
     // A blocked event loop would only answer once the VM runs.
     CHECK(first_seen == "starting");
     CHECK_MESSAGE(start.get().exit_code == 0, env.log());
+  }
+
+  TEST_CASE("a conversion does not outlive a daemon killed during it; the next daemon plans") {
+    SystemEnv env;  // a fresh cache: the plan takes a while, time enough to catch it
+    env.define({.name = "web1", .mac = mac_of(1)});
+    auto start = std::async(std::launch::async, [&] { return env.vmctl({"start", "web1"}); });
+    pid_t converter = 0;
+    for (int i = 0; i < 2000 && converter == 0; ++i) {
+      converter = child_running(env.daemon_pid(), "vmlaunch-convert");
+      if (converter == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    REQUIRE_MESSAGE(converter != 0, "no conversion seen\n" << env.log());
+    // Stopped, the converter stands for one still busy in libvirt's capabilities probe.
+    ::kill(converter, SIGSTOP);
+    auto started = vl::process_start_time(converter);
+    REQUIRE_MESSAGE(started.ok(), "the conversion ended before it could be caught");
+    env.kill_daemon();
+    (void)start.get();
+    bool gone = false;
+    for (int i = 0; i < 1000 && !gone; ++i) {
+      gone = !vl::process_matches(converter, *started);
+      if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    CHECK_MESSAGE(gone, "vmlaunch-convert " << converter << " outlived the daemon");
+    if (!gone) ::kill(converter, SIGKILL);
+    env.start_daemon();
+    auto again = env.vmctl({"start", "web1"});
+    CHECK_MESSAGE(again.exit_code == 0, again.out << env.log());
+    CHECK(env.vmctl({"stop", "--force", "web1"}).exit_code == 0);
   }
 
   TEST_CASE("concurrent starts of one VM: one starts it, the other is told it runs") {
