@@ -132,15 +132,15 @@ Result<LaunchEnv> read_and_validate(const HostConfig& config, const VmName& vm, 
   return LaunchEnv{config, std::move(domain), std::move(plan).value(), zone, mtus, daemon_gid, vm_group};
 }
 
+// STATE/NAME.launch: a VM name has no '.', so it cannot meet STATE's other entries. A file,
+// not a directory of records: nothing is left behind once the last one is removed.
 std::string launch_record_path(const HostConfig& config, const VmName& vm) {
-  return config.state_dir + "/launches/" + vm.str();
+  return config.state_dir + "/" + vm.str() + ".launch";
 }
 
 // Written before the exec, so a broker that sees the exec (its report pipe closing) always
-// finds it; the directory is root's 0700, like STATE itself.
+// finds it; STATE is root's 0700 (lock_helper created it).
 Result<void> record_unconfirmed_launch(const HostConfig& config, const VmName& vm, const VmState& state) {
-  std::string dir = config.state_dir + "/launches";
-  if (::mkdir(dir.c_str(), 0700) < 0 && errno != EEXIST) return Error::from_errno("create '" + dir + "'");
   return sys::write_file_atomic(launch_record_path(config, vm),
                                 std::to_string(state.pid) + " " + std::to_string(state.start_time) + "\n", 0600);
 }

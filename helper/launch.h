@@ -33,7 +33,7 @@ inline constexpr int kReportFdTarget = 31;
 Result<UniqueFd> lock_helper(const HostConfig& config);
 
 /// Unconfirmed launches. A launch the broker runs (one with a report pipe) records its
-/// emulator, pid and start time, in STATE/launches/NAME (root's own directory) before the
+/// emulator, pid and start time, in STATE/NAME.launch (root's own directory) before the
 /// exec; the broker removes the record once the daemon has its answer (confirm_launch). A
 /// record that outlives its launch means the daemon was never told the emulator exists (the
 /// broker died mid-launch, or the daemon before the answer reached it): that emulator, still
