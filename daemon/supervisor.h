@@ -31,7 +31,9 @@
 //   [3] an unfinished teardown (the emulator of an interrupted start may live; the broker was
 //       away): retried every SupervisorContext::converge_retry, and first of all by the next
 //       start or stop, which fail if it still cannot be done.
-//   [4] the stop ends with the exit, as `stopped`, and answers with the QMP error.
+//   [4] of a power-button press (a `quit` whose connection closes is taking effect, not
+//       failing): the broker kills at once; the stop ends with the exit, as `stopped`, and
+//       answers with the QMP error.
 //   [5] not resumed: whoever asked for the start was told it failed, and nobody expects it.
 //
 // Runs and generations: each emulator run has a generation number (run_), bumped when a run
