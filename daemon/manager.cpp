@@ -104,10 +104,20 @@ void Manager::adopt_running() {
   for (const std::string& name : names) {
     auto vm = VmName::parse(name);
     if (!vm) continue;
-    auto state = read_vm_state_file(dir + "/" + name + "/state.json");
+    std::string state_path = dir + "/" + name + "/state.json";
     Supervisor* s = supervisor(name, false).value();
-    if (state) s->adopt(*state);
-    else broker_.call({BrokerOp::kCleanup, *vm, 0}, [](Result<int>) {});  // a launch that never finished
+    if (auto state = read_vm_state_file(state_path)) {
+      s->adopt(*state);
+      continue;
+    }
+    // No state yet: a launch that failed half way, or one still under way (vmlaunchd died
+    // during its start). The broker's cleanup waits for a launch in progress (the helper
+    // lock) and undoes a dead one; if it finds an emulator after all, that is adopted, and
+    // being in prelaunch, torn down (supervisor.h).
+    broker_.call({BrokerOp::kCleanup, *vm, 0}, [s, state_path](Result<int> cleaned) {
+      if (auto state = read_vm_state_file(state_path)) return s->adopt(*state);
+      s->launch_interrupted(cleaned ? Result<void>() : Result<void>(cleaned.error()));
+    });
   }
 }
 
@@ -163,11 +173,7 @@ void Manager::stop(const std::string& name, std::chrono::seconds timeout, bool f
 void Manager::restart(const std::string& name, std::chrono::seconds timeout, Done done) {
   auto s = supervisor(name, true);
   if (!s) return done(s.error());
-  Supervisor* sup = *s;
-  sup->stop(timeout, false, [sup, done = std::move(done)](Result<void> stopped) mutable {
-    if (!stopped) return done(stopped);
-    sup->start(std::move(done));
-  });
+  (*s)->restart(timeout, std::move(done));
 }
 
 void Manager::kill(const std::string& name, int signal, Done done) {

@@ -2,8 +2,10 @@
 
 #include <signal.h>
 #include <sys/syscall.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <utility>
 
 #include "common/sys.h"
@@ -48,11 +50,15 @@ bool gone(const Result<UniqueFd>& process) { return !process && process.error().
 
 }  // namespace
 
-Supervisor::Supervisor(SupervisorContext& ctx, VmName name) : ctx_(ctx), name_(std::move(name)), stop_timer_(ctx.io) {
+Supervisor::Supervisor(SupervisorContext& ctx, VmName name)
+    : ctx_(ctx), name_(std::move(name)), stop_timer_(ctx.io), start_timer_(ctx.io), converge_timer_(ctx.io) {
   info_.name = name_.str();
 }
 
-Supervisor::~Supervisor() { end_run(); }
+Supervisor::~Supervisor() {
+  end_run();
+  converge_timer_.cancel();
+}
 
 void Supervisor::enqueue(std::function<void()> op) {
   ops_.push_back(std::move(op));
@@ -70,6 +76,13 @@ void Supervisor::finish_op() {
   op();
 }
 
+Supervisor::Done Supervisor::op_done(Done done) {
+  return [this, done = std::move(done)](Result<void> result) {
+    done(std::move(result));
+    finish_op();
+  };
+}
+
 void Supervisor::set_status(VmStatus status, std::string reason) {
   info_.status = status;
   info_.reason = std::move(reason);
@@ -83,43 +96,112 @@ void Supervisor::set_status(VmStatus status, std::string reason) {
 }
 
 void Supervisor::start(Done done) {
-  enqueue([this, done = std::move(done)]() mutable {
-    if (info_.status == VmStatus::kRunning) {
-      done(Error::make(ErrorCode::kConflict, "VM '" + name_.str() + "' is already running"));
-      return finish_op();
-    }
-    end_run();  // whatever a failed earlier run left behind is history now
-    set_status(VmStatus::kStarting, "");
-    guest_shutdown_ = false;
-    stop_requested_ = false;
-    starting_ = std::move(done);
-    ctx_.broker.call({BrokerOp::kStart, name_, 0}, [this, run = run_](Result<int> pid) {
-      if (run != run_) return;
-      if (!pid) return fail_start(pid.error());
-      auto state = read_state(ctx_.config, name_);
-      if (!state) return fail_start(state.error());
-      attach(*state, true);
+  enqueue([this, done = std::move(done)]() mutable { begin_start(op_done(std::move(done))); });
+}
+
+void Supervisor::stop(std::chrono::seconds timeout, bool force, Done done) {
+  enqueue([this, timeout, force, done = std::move(done)]() mutable { begin_stop(timeout, force, op_done(std::move(done))); });
+}
+
+void Supervisor::restart(std::chrono::seconds timeout, Done done) {
+  enqueue([this, timeout, done = std::move(done)]() mutable {
+    Done finish = op_done(std::move(done));
+    begin_stop(timeout, false, [this, finish](Result<void> stopped) {
+      if (!stopped) return finish(stopped);
+      begin_start(finish);
     });
+  });
+}
+
+void Supervisor::begin_start(Done done) {
+  if (unconverged_) {
+    // An interrupted start's emulator may still hold the VM's taps and disks: tear it down
+    // first, or this launch would fail on its leftovers.
+    return teardown([this, done = std::move(done)](Result<void> cleaned) mutable {
+      if (!cleaned)
+        return done(cleaned.error().wrap("VM '" + name_.str() + "' is not cleaned up after an earlier failure"));
+      begin_start(std::move(done));
+    });
+  }
+  if (info_.status == VmStatus::kStopping && pidfd_) {
+    // On its way out (a guest that powered off): start once it is gone and cleaned up.
+    stop_waiters_.push_back([this, done = std::move(done)](Result<void>) mutable { begin_start(std::move(done)); });
+    return;
+  }
+  if (info_.status == VmStatus::kRunning) {
+    return done(Error::make(ErrorCode::kConflict, "VM '" + name_.str() + "' is already running"));
+  }
+  end_run();  // whatever a failed earlier run left behind is history now
+  clear_intent();
+  set_status(VmStatus::kStarting, "");
+  guest_shutdown_ = false;
+  stop_requested_ = false;
+  starting_ = std::move(done);
+  start_step_ = "the broker's launch";
+  ctx_.broker.call({BrokerOp::kStart, name_, 0}, [this, run = run_](Result<int> pid) {
+    if (run != run_) return;
+    if (!pid) return fail_start(pid.error());
+    auto state = read_state(ctx_.config, name_);
+    if (!state) {
+      // The broker takes the close of its report pipe for the exec; a helper killed before
+      // it closes the pipe just the same, and leaves no state behind.
+      return fail_start(Error::make(ErrorCode::kSystem, "VM '" + name_.str() +
+                                                            "': the launch helper ended without starting the emulator "
+                                                            "(killed before its exec?); see " + ctx_.config.state_dir +
+                                                            "/logs/" + name_.str() + ".log"));
+    }
+    attach(*state, true);
   });
 }
 
 void Supervisor::complete_start(Result<void> result) {
   if (!starting_) return;
+  start_timer_.cancel();
   Done done = std::exchange(starting_, nullptr);
   done(std::move(result));
-  finish_op();
 }
 
 void Supervisor::fail_start(const Error& error) {
   if (!starting_) return;  // already answered (the emulator's exit did it)
-  // The helper rolls back its own failures, except one after its privilege drop; cleanup is
-  // idempotent, so it always runs before the failure is reported. The start's completion
-  // travels with it: it is answered whatever happens to the run meanwhile.
+  // The run ends here: its exit, monitor replies and timers are stale from now on, so the
+  // start is answered once, by the teardown below. The helper rolls back its own failures,
+  // but an emulator may run (a monitor that failed, a broker that died mid-launch): it is
+  // killed through the broker, then cleaned up (idempotent), before the failure is reported.
   Done done = std::exchange(starting_, nullptr);
-  ctx_.broker.call({BrokerOp::kCleanup, name_, 0}, [this, error, done = std::move(done)](Result<int>) mutable {
-    set_status(VmStatus::kFailed, error.message());
+  end_run();
+  failure_ = error.message();
+  teardown([this, error, done = std::move(done)](Result<void> cleaned) {
+    if (cleaned) set_status(VmStatus::kFailed, failure_);
     done(error);
-    finish_op();
+  });
+}
+
+void Supervisor::teardown(std::function<void(Result<void>)> done) {
+  // Kill answers once the emulator is gone; a VM with nothing running answers "not running".
+  ctx_.broker.call({BrokerOp::kKill, name_, SIGKILL}, [this, done = std::move(done)](Result<int>) mutable {
+    ctx_.broker.call({BrokerOp::kCleanup, name_, 0}, [this, done = std::move(done)](Result<int> cleaned) {
+      if (cleaned) {
+        converge_timer_.cancel();
+        if (std::exchange(unconverged_, false)) set_status(VmStatus::kFailed, failure_ + "; cleaned up since");
+        return done({});
+      }
+      std::string reason = failure_ + "; not cleaned up yet (retrying): " + cleaned.error().message();
+      if (!unconverged_ || info_.reason != reason) set_status(VmStatus::kFailed, reason);
+      unconverged_ = true;
+      schedule_converge();
+      done(cleaned.error());
+    });
+  });
+}
+
+void Supervisor::schedule_converge() {
+  converge_timer_.expires_after(ctx_.converge_retry);
+  converge_timer_.async_wait([this](boost::system::error_code ec) {
+    if (ec || !unconverged_) return;
+    enqueue([this] {
+      if (!unconverged_) return finish_op();
+      teardown([this](Result<void>) { finish_op(); });
+    });
   });
 }
 
@@ -128,6 +210,7 @@ void Supervisor::end_run() {
   watch_failed_ = false;
   if (qmp_) {
     qmp_->on_event = nullptr;
+    qmp_->on_closed = nullptr;
     qmp_->close();
     qmp_.reset();
   }
@@ -136,6 +219,7 @@ void Supervisor::end_run() {
     pidfd_.reset();
   }
   stop_timer_.cancel();
+  start_timer_.cancel();
 }
 
 void Supervisor::attach(const VmState& state, bool fresh) {
@@ -152,15 +236,12 @@ void Supervisor::attach(const VmState& state, bool fresh) {
     return exited();
   }
   if (!process) {
-    // Not a verdict on the emulator (issue 9, item 11): a fresh start fails with the real
-    // error (and its emulator is killed, as nobody could supervise it); an adopted VM stays
-    // running, says why it is unwatched, and the watch is retried.
+    // Not a verdict on the emulator: a fresh start fails with the real error (and its
+    // emulator is killed, as nobody could supervise it); an adopted VM stays running, says
+    // why it is unwatched, and the watch is retried.
     Error e = process.error().wrap("VM '" + name_.str() + "': cannot watch the emulator (pid " +
                                    std::to_string(state.pid) + ")");
-    if (fresh) {
-      ctx_.broker.call({BrokerOp::kKill, name_, SIGKILL}, [](Result<int>) {});
-      return fail_start(e);
-    }
+    if (fresh) return fail_start(e);
     watch_failed_ = true;
     set_status(info_.status, e.message() + "; retrying");
     stop_timer_.expires_after(kWatchRetry);
@@ -170,6 +251,16 @@ void Supervisor::attach(const VmState& state, bool fresh) {
     return;
   }
   watch_failed_ = false;
+  if (fresh) {
+    // The start's deadline runs from here: whatever the monitor does, the start ends in time.
+    start_timer_.expires_after(ctx_.start_deadline);
+    start_timer_.async_wait([this, run](boost::system::error_code ec) {
+      if (ec || run != run_) return;
+      auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(ctx_.start_deadline).count();
+      fail_start(Error::make(ErrorCode::kSystem, "VM '" + name_.str() + "': no answer to " + start_step_ + " within " +
+                                                     std::to_string(ms) + " ms; the emulator was killed"));
+    });
+  }
   pidfd_ = std::make_unique<asio::posix::stream_descriptor>(ctx_.io, process->release());
   watch_exit();
   qmp_ = std::make_shared<QmpClient>(ctx_.io);
@@ -180,30 +271,47 @@ void Supervisor::attach(const VmState& state, bool fresh) {
       // -no-shutdown keeps qemu alive after a guest poweroff; the supervisor ends it.
       // Sticky: the `quit` sent here (or at re-adoption) brings a second SHUTDOWN, with
       // guest: false, which must not turn a guest poweroff into an unexpected exit.
-      if (event.contains("data") && QmpClient::bool_field(event["data"], "guest")) guest_shutdown_ = true;
+      if (event.contains("data") && QmpClient::bool_field(event["data"], "guest") && !guest_shutdown_) {
+        guest_shutdown_ = true;
+        if (!stop_requested_) record_intent(StopIntent{StopIntent::kGuest, {}});
+      }
       if (qmp_) qmp_->execute("quit", nullptr, [](Result<Json>) {});
     }
   };
+  qmp_->on_closed = [this, run] {
+    // Replies still pending have failed already (and acted); between operations the loss is
+    // worth saying: a stop will then go straight to the kill.
+    if (run == run_ && info_.status == VmStatus::kRunning) info_.reason = "the monitor closed the connection";
+  };
   auto monitor = ctx_.config.vm_runtime_dir(name_) + "/qmp.sock";
+  start_step_ = "the monitor's greeting";
   qmp_->connect(monitor, [this, run, fresh](Result<void> ready) {
     if (run != run_) return;
     if (!ready) {
       Error e = ready.error().wrap("VM '" + name_.str() + "'");
       if (!fresh) {  // adopted: keep watching the process, report the monitor trouble
         info_.reason = e.message();
-        return;
+        return resume_stop_without_monitor();
       }
-      ctx_.broker.call({BrokerOp::kKill, name_, SIGKILL}, [](Result<int>) {});
       return fail_start(e);
     }
     after_monitor_ready(fresh);
   });
 }
 
+void Supervisor::start_command(const std::string& command, Json arguments, std::function<void(const Json&)> next) {
+  start_step_ = "'" + command + "'";
+  qmp_->execute(command, std::move(arguments), [this, run = run_, command, next = std::move(next)](Result<Json> r) {
+    if (run != run_) return;
+    if (!r) return fail_start(r.error().wrap("VM '" + name_.str() + "': '" + command + "' failed"));
+    next(*r);
+  });
+}
+
 void Supervisor::after_monitor_ready(bool fresh) {
   const uint64_t run = run_;
   qmp_->execute("query-vnc", nullptr, [this, run](Result<Json> r) {
-    if (run != run_) return;
+    if (run != run_) return;  // informational: a failure here shows in the next command
     if (r && QmpClient::bool_field(*r, "enabled")) {
       std::string service = QmpClient::string_field(*r, "service");
       int port = std::atoi(service.c_str());
@@ -211,46 +319,64 @@ void Supervisor::after_monitor_ready(bool fresh) {
       info_.vnc_listen = QmpClient::string_field(*r, "host");
     }
   });
-  std::string password = fresh ? ctx_.vnc_password(name_) : "";
-  auto go_on = [this, run, fresh] {
-    qmp_->execute("query-status", nullptr, [this, run, fresh](Result<Json> status) {
+  if (!fresh) {
+    qmp_->execute("query-status", nullptr, [this, run](Result<Json> status) {
       if (run != run_) return;
-      std::string s = status ? QmpClient::string_field(*status, "status") : "";
-      if (!fresh && s == "shutdown") {
+      if (!status) {  // adopted: keep watching the process, report the monitor trouble
+        info_.reason = status.error().wrap("VM '" + name_.str() + "': 'query-status' failed").message();
+        return resume_stop_without_monitor();
+      }
+      std::string s = QmpClient::string_field(*status, "status");
+      if (s == "prelaunch") return abandon_interrupted_start(run);
+      if (auto intent = std::exchange(resumed_stop_, std::nullopt)) {
+        if (intent->kind == StopIntent::kGuest) {
+          set_status(VmStatus::kStopping, "guest powered off");
+          qmp_->execute("quit", nullptr, [](Result<Json>) {});
+        } else {
+          drive_stop(intent->kind == StopIntent::kForced, intent->deadline, "stop resumed after a vmlaunchd restart");
+        }
+        return;
+      }
+      if (s == "shutdown") {
         // The guest powered off while nobody watched: -no-shutdown kept the emulator, and
-        // its SHUTDOWN event went to no one. Do what that event does: quit, end as stopped
-        // (issue 9, item 9).
+        // its SHUTDOWN event went to no one. Do what that event does: quit, end as stopped.
         guest_shutdown_ = true;
         set_status(VmStatus::kStopping, "guest powered off while vmlaunchd was down");
         qmp_->execute("quit", nullptr, [](Result<Json>) {});
-        return;
       }
-      auto running = [this, run, fresh](Result<Json> r) {
-        if (run != run_) return;
-        if (!r) {
-          if (fresh) {
-            ctx_.broker.call({BrokerOp::kKill, name_, SIGKILL}, [](Result<int>) {});
-            fail_start(r.error());
-          }
-          return;
-        }
+    });
+    return;
+  }
+  auto go_on = [this] {
+    start_command("query-status", nullptr, [this](const Json& status) {
+      auto running = [this](const Json&) {
         set_status(VmStatus::kRunning, "");
-        if (fresh) complete_start({});
+        complete_start({});
       };
-      // A VM adopted in prelaunch was launched, but its `cont` never came.
-      if (s == "prelaunch" || (fresh && s != "running")) qmp_->execute("cont", nullptr, std::move(running));
+      if (QmpClient::string_field(status, "status") != "running") start_command("cont", nullptr, running);
       else running(Json::object());
     });
   };
+  std::string password = ctx_.vnc_password(name_);
   if (password.empty()) return go_on();
-  qmp_->execute("set_password", {{"protocol", "vnc"}, {"password", password}},
-                [this, run, go_on = std::move(go_on)](Result<Json> r) {
-                  // The emulator may have exited while this reply was pending: then qmp_ is
-                  // gone (or belongs to a later run) and the start was already answered.
-                  if (run != run_) return;
-                  if (!r) info_.reason = "VNC password not set: " + r.error().message();
-                  go_on();
-                });
+  // A VM whose XML asks for a password never runs without one.
+  start_command("set_password", {{"protocol", "vnc"}, {"password", password}}, [go_on](const Json&) { go_on(); });
+}
+
+void Supervisor::abandon_interrupted_start(uint64_t run) {
+  // Decided, not guessed: `cont` is the last step of a start, so an emulator still in
+  // prelaunch belongs to a start whose requester was told it failed (vmlaunchd died). It is
+  // torn down like any failed start; resuming it would run a VM nobody asked for any more.
+  set_status(VmStatus::kStopping, "tearing down a start interrupted before the guest ran");
+  enqueue([this, run] {
+    if (run != run_) return finish_op();  // it exited meanwhile, and was cleaned up
+    end_run();
+    failure_ = "start interrupted before the guest ran (vmlaunchd stopped during the start); the emulator was killed";
+    teardown([this](Result<void> cleaned) {
+      if (cleaned) set_status(VmStatus::kFailed, failure_);
+      finish_op();
+    });
+  });
 }
 
 void Supervisor::watch_exit() {
@@ -262,71 +388,113 @@ void Supervisor::watch_exit() {
 
 void Supervisor::exited() {
   end_run();
-  const uint64_t run = run_;
   bool expected = stop_requested_ || guest_shutdown_;
-  std::string reason = stop_requested_ ? "" : guest_shutdown_ ? "guest powered off" : "emulator exited unexpectedly";
+  std::string reason = stop_error_                 ? stop_error_->message()
+                       : stop_requested_           ? ""
+                       : guest_shutdown_           ? "guest powered off"
+                                                   : "emulator exited unexpectedly";
   // An exit during a start answers the start (its QMP callbacks are stale now and dropped).
   Done start_done = std::exchange(starting_, nullptr);
-  ctx_.broker.call({BrokerOp::kCleanup, name_, 0}, [this, run, expected, reason,
+  // With no operation in progress the cleanup is one: a start asked for meanwhile waits for
+  // it, and cannot see (or be overwritten by) this run's end.
+  bool owns_queue = !busy_;
+  busy_ = true;
+  ctx_.broker.call({BrokerOp::kCleanup, name_, 0}, [this, expected, reason, owns_queue,
                                                     start_done = std::move(start_done)](Result<int> cleaned) mutable {
     if (start_done) {
       Error e = Error::make(ErrorCode::kSystem, "VM '" + name_.str() + "': the emulator exited during its start");
-      set_status(VmStatus::kFailed, cleaned ? e.message() : "cleanup failed: " + cleaned.error().message());
-      start_done(e);
-      return finish_op();
+      failure_ = e.message();
+      if (cleaned) set_status(VmStatus::kFailed, failure_);
+      else teardown([](Result<void>) {});  // reports itself, and retries
+      return start_done(e);
     }
-    // Operations are queued behind stop waiters, so a later run can only have begun if
-    // nobody waits on this outcome: then it is history and must not overwrite that run.
-    if (run != run_ && stop_waiters_.empty()) return;
-    if (!cleaned) set_status(VmStatus::kFailed, "cleanup failed: " + cleaned.error().message());
-    else set_status(expected ? VmStatus::kStopped : VmStatus::kFailed, reason);
+    clear_intent();
+    if (cleaned) {
+      set_status(expected ? VmStatus::kStopped : VmStatus::kFailed, reason);
+    } else {
+      failure_ = expected ? "stopped" : reason;
+      set_status(VmStatus::kFailed, "cleanup failed: " + cleaned.error().message());
+      unconverged_ = true;
+      schedule_converge();
+    }
+    Result<void> outcome = !cleaned ? Result<void>(cleaned.error()) : stop_error_ ? Result<void>(*stop_error_) : Result<void>();
     auto waiters = std::move(stop_waiters_);
     stop_waiters_.clear();
-    for (auto& w : waiters) w(cleaned ? Result<void>() : Result<void>(cleaned.error()));
     stop_requested_ = false;
-    if (!waiters.empty()) finish_op();
+    stop_error_.reset();
+    for (auto& w : waiters) w(outcome);
+    if (owns_queue) finish_op();
   });
 }
 
-void Supervisor::stop(std::chrono::seconds timeout, bool force, Done done) {
-  enqueue([this, timeout, force, done = std::move(done)]() mutable {
-    if (info_.status == VmStatus::kStopping && pidfd_) {
-      stop_waiters_.push_back(std::move(done));  // already on its way out: answered at its exit
-      return;
-    }
-    if (watch_failed_) {
-      // An adopted VM whose pidfd could not be opened yet: its end could not be seen.
-      done(Error::make(ErrorCode::kSystem, "VM '" + name_.str() + "' is not watched: " + info_.reason));
-      return finish_op();
-    }
-    if (info_.status != VmStatus::kRunning || !pidfd_) {
-      done({});  // stopping a stopped VM is not an error
-      return finish_op();
-    }
-    set_status(VmStatus::kStopping, force ? "forced" : "");
-    stop_requested_ = true;
-    stop_waiters_.push_back(std::move(done));
-    auto escalate_to_kill = [this, run = run_] {
-      stop_timer_.expires_after(kKillGrace);
-      stop_timer_.async_wait([this, run](boost::system::error_code ec) {
-        if (!ec && run == run_) ctx_.broker.call({BrokerOp::kKill, name_, SIGKILL}, [](Result<int>) {});
-      });
-    };
-    if (force || !qmp_) {
-      if (qmp_) qmp_->execute("quit", nullptr, [](Result<Json>) {});
-      else ctx_.broker.call({BrokerOp::kKill, name_, SIGTERM}, [](Result<int>) {});
-      return escalate_to_kill();
-    }
-    deadline_ = std::chrono::steady_clock::now() + timeout;
-    press_power_button(escalate_to_kill);
+void Supervisor::begin_stop(std::chrono::seconds timeout, bool force, Done done) {
+  if (unconverged_) return teardown(std::move(done));  // the stop of a failed start's leftovers
+  if (info_.status == VmStatus::kStopping && pidfd_) {
+    stop_waiters_.push_back(std::move(done));  // already on its way out: answered at its exit
+    return;
+  }
+  if (watch_failed_) {
+    // An adopted VM whose pidfd could not be opened yet: its end could not be seen.
+    return done(Error::make(ErrorCode::kSystem, "VM '" + name_.str() + "' is not watched: " + info_.reason));
+  }
+  if (info_.status != VmStatus::kRunning || !pidfd_) return done({});  // stopping a stopped VM is not an error
+  stop_waiters_.push_back(std::move(done));
+  auto deadline = std::chrono::system_clock::now() + timeout;
+  record_intent(StopIntent{force ? StopIntent::kForced : StopIntent::kGraceful, deadline});
+  drive_stop(force, deadline, force ? "forced" : "");
+}
+
+void Supervisor::drive_stop(bool force, std::chrono::system_clock::time_point deadline, std::string reason) {
+  set_status(VmStatus::kStopping, std::move(reason));
+  stop_requested_ = true;
+  stop_error_.reset();
+  if (force || !qmp_) {
+    // `quit` closes the connection as it takes effect: its reply may never come, and
+    // that is no failure. The kill after the grace period covers an emulator that ignores it.
+    if (qmp_) qmp_->execute("quit", nullptr, [](Result<Json>) {});
+    else ctx_.broker.call({BrokerOp::kKill, name_, SIGTERM}, [](Result<int>) {});
+    return escalate_to_kill();
+  }
+  // The deadline is kept in wall-clock time, as a stop resumed after a restart reads it.
+  deadline_ = std::chrono::steady_clock::now() +
+              std::max<std::chrono::system_clock::duration>(deadline - std::chrono::system_clock::now(), {});
+  press_power_button();
+}
+
+void Supervisor::resume_stop_without_monitor() {
+  auto intent = std::exchange(resumed_stop_, std::nullopt);
+  if (!intent) return;
+  // Nobody can ask the guest any more: quit fails at once, and the kill follows its grace.
+  std::string why = info_.reason;
+  drive_stop(true, intent->deadline, "stop resumed after a vmlaunchd restart: " + why);
+}
+
+void Supervisor::escalate_to_kill() {
+  stop_timer_.expires_after(kKillGrace);
+  stop_timer_.async_wait([this, run = run_](boost::system::error_code ec) {
+    if (!ec && run == run_) ctx_.broker.call({BrokerOp::kKill, name_, SIGKILL}, [](Result<int>) {});
+  });
+}
+
+void Supervisor::stop_command(const std::string& command) {
+  if (!qmp_) return;
+  qmp_->execute(command, nullptr, [this, run = run_, command](Result<Json> r) {
+    if (r || run != run_ || stop_error_) return;
+    // The monitor failed mid-stop (an error, a closed connection, its deadline): the guest
+    // cannot be asked any more, and waiting for the stop's deadline would only delay the
+    // kill. The stop ends with the exit and reports this.
+    stop_error_ = r.error().wrap("VM '" + name_.str() + "': '" + command + "' failed during the stop; the emulator was killed");
+    stop_timer_.cancel();
+    ctx_.broker.call({BrokerOp::kKill, name_, SIGKILL}, [](Result<int>) {});
   });
 }
 
 // A guest that is still booting has not enabled its power button event yet and misses the
 // press (QEMU latches the button only when the guest enabled it): press again every few
 // seconds until the deadline, then quit.
-void Supervisor::press_power_button(std::function<void()> escalate_to_kill) {
-  if (qmp_) qmp_->execute("system_powerdown", nullptr, [](Result<Json>) {});
+void Supervisor::press_power_button() {
+  if (stop_error_) return;
+  stop_command("system_powerdown");
   auto now = std::chrono::steady_clock::now();
   if (now >= deadline_) {
     info_.reason = "did not power off in time; quitting";
@@ -334,17 +502,52 @@ void Supervisor::press_power_button(std::function<void()> escalate_to_kill) {
     return escalate_to_kill();
   }
   stop_timer_.expires_after(std::min<std::chrono::steady_clock::duration>(kPowerButtonRepeat, deadline_ - now));
-  stop_timer_.async_wait([this, run = run_, escalate_to_kill](boost::system::error_code ec) {
-    if (!ec && run == run_) press_power_button(escalate_to_kill);
+  stop_timer_.async_wait([this, run = run_](boost::system::error_code ec) {
+    if (!ec && run == run_) press_power_button();
   });
 }
 
+// The intent file: RUNTIME/vmlaunchd/NAME.stop, in a directory of the daemon's own. One line:
+// "graceful MS", "forced MS" (the stop's deadline, milliseconds since the epoch) or "guest".
+std::string Supervisor::intent_path() const { return ctx_.config.runtime_dir + "/vmlaunchd/" + name_.str() + ".stop"; }
+
+void Supervisor::record_intent(const StopIntent& intent) {
+  std::string dir = ctx_.config.runtime_dir + "/vmlaunchd";
+  if (::mkdir(dir.c_str(), 0700) < 0 && errno != EEXIST) return;  // then a restart mid-stop reads `failed`
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(intent.deadline.time_since_epoch()).count();
+  const char* kind = intent.kind == StopIntent::kGuest ? "guest" : intent.kind == StopIntent::kForced ? "forced" : "graceful";
+  (void)sys::write_file_atomic(intent_path(), std::string(kind) + " " + std::to_string(ms) + "\n", 0600);
+}
+
+void Supervisor::clear_intent() { ::unlink(intent_path().c_str()); }
+
+std::optional<Supervisor::StopIntent> Supervisor::read_intent() const {
+  auto text = sys::read_file(intent_path(), 64);
+  if (!text) return std::nullopt;
+  char kind[16] = {};
+  long long ms = 0;
+  if (std::sscanf(text->c_str(), "%15s %lld", kind, &ms) != 2) return std::nullopt;
+  StopIntent intent;
+  std::string k = kind;
+  if (k == "guest") intent.kind = StopIntent::kGuest;
+  else if (k == "forced") intent.kind = StopIntent::kForced;
+  else if (k == "graceful") intent.kind = StopIntent::kGraceful;
+  else return std::nullopt;
+  intent.deadline = std::chrono::system_clock::time_point(std::chrono::milliseconds(ms));
+  return intent;
+}
+
 void Supervisor::kill(int signal, Done done) {
-  if (info_.status != VmStatus::kRunning && info_.status != VmStatus::kStopping)
-    return done(Error::make(ErrorCode::kConflict, "VM '" + name_.str() + "' is not running"));
+  Error not_running = Error::make(ErrorCode::kConflict, "VM '" + name_.str() + "' is not running");
+  bool alive = pidfd_ || watch_failed_;  // no pidfd: it exited and is being cleaned up
+  if ((info_.status != VmStatus::kRunning && info_.status != VmStatus::kStopping) || !alive) return done(not_running);
   stop_requested_ = true;
-  ctx_.broker.call({BrokerOp::kKill, name_, signal}, [done = std::move(done)](Result<int> r) {
-    done(r ? Result<void>() : Result<void>(r.error()));
+  ctx_.broker.call({BrokerOp::kKill, name_, signal}, [done = std::move(done), not_running](Result<int> r) {
+    if (r) return done({});
+    // The emulator exited and its cleanup removed the state the broker reads: a race with
+    // the exit, whose answer is the same as after it.
+    if (r.error().code == ErrorCode::kNotFound || r.error().sys_errno == ENOENT) return done(not_running);
+    done(r.error());
   });
 }
 
@@ -353,11 +556,19 @@ void Supervisor::adopt(const VmState& state) {
   // Only a certain "gone" is cleaned up; a pidfd that cannot be opened (EMFILE...) is
   // reported and retried by attach(), never read as the emulator's death.
   bool alive = !gone(watch_process(state));
-  if (alive) set_status(VmStatus::kRunning, "adopted");
+  // A stop (or a guest's power-off) that was under way when vmlaunchd went down: its exit is
+  // expected, whenever it comes, and the stop is carried on once the monitor answers.
+  resumed_stop_ = read_intent();
+  if (resumed_stop_) {
+    stop_requested_ = resumed_stop_->kind != StopIntent::kGuest;
+    guest_shutdown_ = resumed_stop_->kind == StopIntent::kGuest;
+  }
+  if (alive) set_status(resumed_stop_ ? VmStatus::kStopping : VmStatus::kRunning, "adopted");
   else set_status(VmStatus::kStopping, "cleaning up: the emulator exited while vmlaunchd was down");
   enqueue([this, state, alive] {
     if (!alive) {
       ctx_.broker.call({BrokerOp::kCleanup, name_, 0}, [this](Result<int> r) {
+        clear_intent();
         set_status(r ? VmStatus::kStopped : VmStatus::kFailed, r ? "" : r.error().message());
         finish_op();
       });
@@ -366,6 +577,12 @@ void Supervisor::adopt(const VmState& state) {
     attach(state, false);  // nobody waits on an adoption
     finish_op();
   });
+}
+
+void Supervisor::launch_interrupted(Result<void> cleaned) {
+  if (info_.status != VmStatus::kStopped || busy_) return;  // an operation has taken over since
+  failure_ = "start interrupted before the emulator ran (vmlaunchd stopped during the start)";
+  set_status(VmStatus::kFailed, cleaned ? failure_ : failure_ + "; cleanup failed: " + cleaned.error().message());
 }
 
 }  // namespace vl

@@ -1,20 +1,48 @@
 // One VM under supervision: its state machine, its QMP connection and its pidfd.
 //
-//   stopped/failed --start--> starting --cont--> running --stop--> stopping --exit--> stopped
-//                                 \--error--> failed        \--exit (not asked)--> failed
-//   adopted at daemon start: running, except a guest found powered off (QMP status `shutdown`
-//   under -no-shutdown) --quit--> stopping --exit--> stopped, as on the SHUTDOWN event; a
-//   pidfd that cannot be opened (EMFILE...) keeps it running, unwatched, retried every second.
-// Operations on one VM run one at a time, in the order they were asked for; a start of a
-// running VM and similar conflicts fail at once with a clear reason.
+// The state machine. Rows are the states a VM reports; columns the events that move it.
+// "op" events come from the VM's operation queue (one at a time, in the order asked); the
+// others from the current run's pidfd, monitor, timers and broker replies.
+//
+//   state    | start (op)     | stop (op)      | exit (pidfd)      | QMP failure [1]   | SHUTDOWN   | broker lost [2]
+//   ---------+----------------+----------------+-------------------+-------------------+------------+-----------------
+//   stopped  | starting       | done           | -                 | -                 | -          | -
+//   failed   | [3] starting   | [3] done       | -                 | -                 | -          | -
+//   starting | queued         | queued         | cleanup; failed   | kill, cleanup;    | quit       | kill, cleanup;
+//            |                |                |                   |   failed          |            |   failed [3]
+//   running  | "already       | stopping       | cleanup; failed   | noted in reason   | quit       | -
+//            |  running"      |                |                   |                   |            |
+//   stopping | after the exit | joins the stop | cleanup; stopped  | kill [4]          | quit       | -
+//
+//   restart (op): stop, then start, as one operation: nothing queued runs between the two.
+//   kill: running or stopping: a signal through the broker; otherwise "not running".
+//   adopt (daemon start): emulator gone: cleanup; stopped. Alive: running, and by the monitor's
+//     status: `prelaunch` is a start interrupted before `cont` (vmlaunchd died mid-start):
+//     kill, cleanup, failed [5]; `shutdown` is a guest that powered off unwatched: quit,
+//     stopping. A stop (or guest power-off) under way when vmlaunchd went down is recorded
+//     (StopIntent): the adopted VM is `stopping`, the stop is carried on, and its exit reads
+//     `stopped`. A pidfd that cannot be opened (EMFILE...) keeps it running, unwatched,
+//     retried every second.
+//   [1] an error reply, a closed connection, or a deadline: each command's own (QmpClient), and
+//       the start's as a whole (SupervisorContext::start_deadline). The error names the
+//       command.
+//   [2] the broker closed the connection with the start unanswered (its outcome is unknown), or
+//       the cleanup of a failed start could not be done.
+//   [3] an unfinished teardown (the emulator of an interrupted start may live; the broker was
+//       away): retried every SupervisorContext::converge_retry, and first of all by the next
+//       start or stop, which fail if it still cannot be done.
+//   [4] of a power-button press (a `quit` whose connection closes is taking effect, not
+//       failing): the broker kills at once; the stop ends with the exit, as `stopped`, and
+//       answers with the QMP error.
+//   [5] not resumed: whoever asked for the start was told it failed, and nobody expects it.
 //
 // Runs and generations: each emulator run has a generation number (run_), bumped when a run
 // begins and again when it ends. Every asynchronous callback of a run (broker replies, QMP
 // replies, the pidfd wait, timers) carries the generation it was made in and is dropped when
 // it is stale, so a reply that arrives after the emulator exited never touches the next run's
-// monitor or state (issue 9, item 2). The one completion that is never dropped is the start
-// operation's own: it lives in starting_ and is answered exactly once, by whichever of
-// "running", "start failed" or "emulator exited" comes first.
+// monitor or state. The completion of the operation in progress is never dropped: it lives in
+// starting_ or stop_waiters_ and is answered exactly once. The cleanup after an exit holds the
+// operation queue, so no start can begin a run before the last one is cleaned up.
 #pragma once
 
 #include "daemon/asio.h"
@@ -59,6 +87,11 @@ struct SupervisorContext {
   std::function<std::string(const VmName&)> vnc_password;
   /// Called on every state change.
   std::function<void(const VmInfo&)> state_changed;
+  /// How long a start may take from the broker's answer to the guest running (greeting,
+  /// capabilities, VNC password, `cont`): past it the emulator is killed and the start fails.
+  std::chrono::milliseconds start_deadline = std::chrono::seconds(30);
+  /// How often the teardown of an interrupted start is retried while the broker is away.
+  std::chrono::milliseconds converge_retry = std::chrono::seconds(2);
 };
 
 class Supervisor final {
@@ -74,27 +107,66 @@ class Supervisor final {
   /// Graceful: ACPI power button (pressed again every 2 s), `quit` after `timeout`, SIGKILL
   /// 5 s later. Forced: `quit`.
   void stop(std::chrono::seconds timeout, bool force, Done done);
+  /// Stop, then start, as one operation.
+  void restart(std::chrono::seconds timeout, Done done);
   void kill(int signal, Done done);
   /// Takes over a VM found running at daemon start; a dead one is cleaned up.
   void adopt(const VmState& state);
+  /// A launch found unfinished at daemon start (a runtime directory without state) was
+  /// cleaned up, with this outcome: reported as the failed start it was.
+  void launch_interrupted(Result<void> cleaned);
 
   const VmInfo& info() const { return info_; }
 
  private:
   void enqueue(std::function<void()> op);
+  /// Runs the next queued operation, if any.
   void finish_op();
+  /// `done`, followed by the end of the operation it answers.
+  Done op_done(Done done);
+  void begin_start(Done done);
+  void begin_stop(std::chrono::seconds timeout, bool force, Done done);
   void set_status(VmStatus status, std::string reason);
   void attach(const VmState& state, bool fresh);
   void after_monitor_ready(bool fresh);
+  /// One QMP command of a start: on failure the start fails, naming the command.
+  void start_command(const std::string& command, QmpClient::Json arguments,
+                     std::function<void(const QmpClient::Json&)> next);
+  /// One QMP command of a stop: on failure the emulator is killed at once.
+  void stop_command(const std::string& command);
   void watch_exit();
   void exited();
   /// Closes the monitor and pidfd of the current run and makes its pending callbacks stale.
   void end_run();
-  /// Rolls back and fails the start in progress, if one is still waiting.
+  /// Ends the run, kills its emulator, cleans up and fails the start in progress, if one is
+  /// still waiting.
   void fail_start(const Error& error);
-  /// Answers the start in progress, if one is still waiting, and runs the next operation.
+  /// Answers the start in progress, if one is still waiting.
   void complete_start(Result<void> result);
-  void press_power_button(std::function<void()> escalate_to_kill);
+  /// Kills the VM's emulator through the broker (whatever its state file names), then cleans
+  /// up; `done` gets the cleanup's outcome. An unfinished one is retried (footnote [3]).
+  void teardown(std::function<void(Result<void>)> done);
+  void schedule_converge();
+  /// A run found in `prelaunch` at adoption: a start interrupted before `cont`.
+  void abandon_interrupted_start(uint64_t run);
+  /// Stops the running emulator: `quit` (forced) or the power button until `deadline`.
+  void drive_stop(bool force, std::chrono::system_clock::time_point deadline, std::string reason);
+  void press_power_button();
+  /// A stop found at adoption whose monitor failed: carried on as a forced stop.
+  void resume_stop_without_monitor();
+  /// SIGKILL through the broker after the grace period, unless the run ends first.
+  void escalate_to_kill();
+
+  /// A stop under way, recorded so that a vmlaunchd restarted meanwhile carries it on and
+  /// reads its exit as the stop's (RUNTIME/vmlaunchd/NAME.stop; removed by the cleanup).
+  struct StopIntent {
+    enum Kind { kGraceful, kForced, kGuest } kind = kGraceful;
+    std::chrono::system_clock::time_point deadline;
+  };
+  std::string intent_path() const;
+  void record_intent(const StopIntent& intent);
+  void clear_intent();
+  std::optional<StopIntent> read_intent() const;
 
   SupervisorContext& ctx_;
   VmName name_;
@@ -102,15 +174,22 @@ class Supervisor final {
   std::deque<std::function<void()>> ops_;
   uint64_t run_ = 0;   ///< the generation of the current run; callbacks of older ones are stale
   Done starting_;      ///< the start operation in progress, until answered
-  bool busy_ = false;
+  std::string start_step_;  ///< what the start in progress waits for (for its deadline's message)
+  bool busy_ = false;  ///< an operation (or the cleanup after an exit) is in progress
   std::shared_ptr<QmpClient> qmp_;
   std::unique_ptr<boost::asio::posix::stream_descriptor> pidfd_;
   boost::asio::steady_timer stop_timer_;
+  boost::asio::steady_timer start_timer_;
+  boost::asio::steady_timer converge_timer_;
   std::chrono::steady_clock::time_point deadline_;
   std::vector<Done> stop_waiters_;
+  std::optional<Error> stop_error_;  ///< a monitor failure during the stop in progress
   bool stop_requested_ = false;
   bool guest_shutdown_ = false;
   bool watch_failed_ = false;  ///< an adopted VM whose pidfd could not be opened (retrying)
+  bool unconverged_ = false;   ///< a teardown is unfinished (footnote [3])
+  std::string failure_;        ///< why the VM failed, for the reasons of later retries
+  std::optional<StopIntent> resumed_stop_;  ///< found at adoption, carried on once the monitor answers
 };
 
 }  // namespace vl

@@ -25,6 +25,7 @@
 #include "common/sys.h"
 #include "common/vm_state.h"
 #include "helper/cleanup.h"
+#include "helper/launch.h"
 #include "helper/log.h"
 #include "helper/runtime_dir.h"
 #include "helper/uid_map.h"
@@ -166,7 +167,9 @@ bool serve_request(const BrokerContext& ctx, int fd) {
   }
   log_set_vm("");
   std::string out = encode_broker_reply(reply);
-  return ::send(fd, out.data(), out.size(), MSG_NOSIGNAL) >= 0;
+  bool sent = ::send(fd, out.data(), out.size(), MSG_NOSIGNAL) >= 0;
+  if (sent && reply.ok && request->op == BrokerOp::kStart) confirm_launch(ctx.config, request->vm);  // launch.h
+  return sent;
 }
 
 // RUNTIME is root:daemon-group 01775: the daemon may create its control socket there, and the

@@ -83,9 +83,16 @@ Result<void> cleanup_vm(const HostConfig& config, const VmName& vm) {
   // exited (ExecStopPost, the daemon after the pidfd fired), so one still running means the
   // caller is mistaken, and killing a VM is for `kill`. Any other process of the uid is a
   // leftover, and is killed below.
-  if (state && process_matches(state->pid, state->start_time))
-    return log_error(Error::make(ErrorCode::kConflict, "VM '" + vm.str() + "' is still running (pid " +
-                                                           std::to_string(state->pid) + "); stop it first"));
+  // The one exception: the emulator of a launch the daemon was never told about (launch.h),
+  // paused before `cont` with nobody to resume or stop it. It runs as the VM's uid, so the
+  // kill-processes step below ends it with the rest.
+  if (state && process_matches(state->pid, state->start_time)) {
+    if (!launch_unconfirmed(config, vm, *state))
+      return log_error(Error::make(ErrorCode::kConflict, "VM '" + vm.str() + "' is still running (pid " +
+                                                             std::to_string(state->pid) + "); stop it first"));
+    log_warning("the emulator (pid " + std::to_string(state->pid) +
+                ") is of a launch whose outcome never reached vmlaunchd; ending it");
+  }
   // The uid comes from the root-owned map, never from the state file.
   auto uid = assigned_uid(config, vm);
   if (!uid) return log_error(std::move(uid).error());
@@ -107,6 +114,10 @@ Result<void> cleanup_vm(const HostConfig& config, const VmName& vm) {
       {"remove-udev-rule", [&] { return remove_udev_rule(config, vm); }},
       {"restore-disks", [&] { return restore_disks(config, vm); }},
       {"remove-runtime-dir", [&] { return remove_runtime_dir(config, vm); }},
+      {"remove-launch-record", [&] {
+         confirm_launch(config, vm);
+         return Result<void>();
+       }},
   };
   auto run = [](const Step& step) -> Result<void> {
     VL_CHECK(maybe_fail(step.first));

@@ -16,6 +16,7 @@
 #include "helper/bridge_port.h"
 #include "helper/disk_owner.h"
 #include "helper/exec.h"
+#include "helper/log.h"
 #include "helper/log_relay.h"
 #include "helper/netlink.h"
 #include "helper/nft_filter.h"
@@ -131,7 +132,32 @@ Result<LaunchEnv> read_and_validate(const HostConfig& config, const VmName& vm, 
   return LaunchEnv{config, std::move(domain), std::move(plan).value(), zone, mtus, daemon_gid, vm_group};
 }
 
+// STATE/NAME.launch: a VM name has no '.', so it cannot meet STATE's other entries. A file,
+// not a directory of records: nothing is left behind once the last one is removed.
+std::string launch_record_path(const HostConfig& config, const VmName& vm) {
+  return config.state_dir + "/" + vm.str() + ".launch";
+}
+
+// Written before the exec, so a broker that sees the exec (its report pipe closing) always
+// finds it; STATE is root's 0700 (lock_helper created it).
+Result<void> record_unconfirmed_launch(const HostConfig& config, const VmName& vm, const VmState& state) {
+  return sys::write_file_atomic(launch_record_path(config, vm),
+                                std::to_string(state.pid) + " " + std::to_string(state.start_time) + "\n", 0600);
+}
+
 }  // namespace
+
+void confirm_launch(const HostConfig& config, const VmName& vm) {
+  std::string path = launch_record_path(config, vm);
+  // PRIV: a file in root's own 0700 state directory, named after a validated VM name.
+  if (::unlink(path.c_str()) < 0 && errno != ENOENT)
+    log_warning(Error::from_errno("remove '" + path + "'").message() + ", ignoring");
+}
+
+bool launch_unconfirmed(const HostConfig& config, const VmName& vm, const VmState& emulator) {
+  auto record = sys::read_file(launch_record_path(config, vm), 64);
+  return record && *record == std::to_string(emulator.pid) + " " + std::to_string(emulator.start_time) + "\n";
+}
 
 Result<UniqueFd> lock_helper(const HostConfig& config) {
   if (::mkdir(config.state_dir.c_str(), 0700) < 0 && errno != EEXIST)
@@ -227,6 +253,10 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
       state.started_at = ::time(nullptr);
       return write_vm_state(config, state, env.daemon_gid);
     }, nullptr));  // removed with the runtime directory
+    // Only a broker waits on a report pipe, and only a broker confirms (launch.h).
+    bool by_broker = report_fd && *report_fd >= 0;
+    VL_CHECK(tx.step("launch-record", [&] { return by_broker ? record_unconfirmed_launch(config, vm, state) : Result<void>(); },
+                     [&] { confirm_launch(config, vm); }));
     return maybe_fail("exec");
   };
   if (auto r = run(); !r) return log_error(std::move(r).error());

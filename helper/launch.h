@@ -13,6 +13,7 @@
 
 #include "common/config.h"
 #include "common/unique_fd.h"
+#include "common/vm_state.h"
 #include "common/vm_name.h"
 
 namespace vl::helper {
@@ -30,5 +31,16 @@ inline constexpr int kReportFdTarget = 31;
 
 /// The helpers' global lock (STATE/helper.lock): launches and cleanups run one at a time.
 Result<UniqueFd> lock_helper(const HostConfig& config);
+
+/// Unconfirmed launches. A launch the broker runs (one with a report pipe) records its
+/// emulator, pid and start time, in STATE/NAME.launch (root's own directory) before the
+/// exec; the broker removes the record once the daemon has its answer (confirm_launch). A
+/// record that outlives its launch means the daemon was never told the emulator exists (the
+/// broker died mid-launch, or the daemon before the answer reached it): that emulator, still
+/// paused before `cont`, is nobody's, and cleanup ends it instead of refusing (cleanup.h).
+/// Launches under systemd leave no record: their unit owns the emulator.
+void confirm_launch(const HostConfig& config, const VmName& vm);
+/// True if the unconfirmed-launch record of `vm` names exactly `emulator` (pid and start time).
+bool launch_unconfirmed(const HostConfig& config, const VmName& vm, const VmState& emulator);
 
 }  // namespace vl::helper

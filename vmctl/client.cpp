@@ -15,6 +15,10 @@ namespace {
 Error from_bus_error(int r, const sd_bus_error& e, const std::string& what) {
   std::string name = e.name ? e.name : "";
   std::string message = e.message ? e.message : std::string(std::strerror(-r));
+  // sd-bus answers the calls still pending on a connection that closed with this error of
+  // its own making: the daemon went away mid-call, and the outcome is unknown.
+  if (name == SD_BUS_ERROR_NO_REPLY && message == "Connection terminated")
+    return Error::make(ErrorCode::kSystem, "lost the connection to vmlaunchd: " + message);
   ErrorCode code = ErrorCode::kSystem;
   for (ErrorCode c : {ErrorCode::kInvalid, ErrorCode::kUnsupported, ErrorCode::kNotFound, ErrorCode::kConflict,
                       ErrorCode::kDenied, ErrorCode::kInternal})

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 #include <algorithm>
 #include <functional>
+#include <mutex>
 #include <optional>
 #include <thread>
 
@@ -89,33 +90,20 @@ class FakeBroker final {
   std::thread thread_;
 };
 
+// An answer for FakeMonitor: close the connection instead of answering.
+const Json kCloseConnection = Json{{"close-the-connection", true}};
+
 // A QMP monitor that greets and answers each command with what `answer` returns for its name:
 // a "return" value, or nothing to leave the command unanswered (the connection stays open).
 class FakeMonitor final {
  public:
   using Answer = std::function<std::optional<Json>(const std::string& command)>;
   FakeMonitor(const std::string& path, Answer answer) : listener_(listen_unix(path, SOCK_STREAM)) {
+    // One client after another, as QEMU's monitor serves them (a later run is a new client).
     thread_ = std::thread([this, answer = std::move(answer)] {
-      vl::UniqueFd conn = accept_within(listener_.get(), stop_);
-      if (!conn) return;
-      std::string greeting = R"({"QMP": {"version": {}, "capabilities": []}})" "\n";
-      (void)vl::sys::write_all(conn.get(), greeting);
-      std::string buffer;
       while (!stop_) {
-        pollfd p{conn.get(), POLLIN, 0};
-        if (::poll(&p, 1, 10) != 1) continue;
-        char chunk[4096];
-        ssize_t n = ::read(conn.get(), chunk, sizeof chunk);
-        if (n <= 0) return;
-        buffer.append(chunk, static_cast<size_t>(n));
-        for (size_t nl; (nl = buffer.find('\n')) != std::string::npos;) {
-          Json cmd = Json::parse(buffer.substr(0, nl), nullptr, false);
-          buffer.erase(0, nl + 1);
-          std::optional<Json> ret = answer(cmd.value("execute", ""));
-          if (!ret) continue;
-          Json reply = {{"return", *ret}, {"id", cmd["id"]}};
-          (void)vl::sys::write_all(conn.get(), reply.dump() + "\n");
-        }
+        vl::UniqueFd conn = accept_within(listener_.get(), stop_);
+        if (conn) serve(conn.get(), answer);
       }
     });
   }
@@ -125,10 +113,92 @@ class FakeMonitor final {
   }
 
  private:
+  void serve(int conn, const Answer& answer) {
+    std::string greeting = R"({"QMP": {"version": {}, "capabilities": []}})" "\n";
+    (void)vl::sys::write_all(conn, greeting);
+    std::string buffer;
+    while (!stop_) {
+      pollfd p{conn, POLLIN, 0};
+      if (::poll(&p, 1, 10) != 1) continue;
+      char chunk[4096];
+      ssize_t n = ::read(conn, chunk, sizeof chunk);
+      if (n <= 0) return;
+      buffer.append(chunk, static_cast<size_t>(n));
+      for (size_t nl; (nl = buffer.find('\n')) != std::string::npos;) {
+        Json cmd = Json::parse(buffer.substr(0, nl), nullptr, false);
+        buffer.erase(0, nl + 1);
+        std::optional<Json> ret = answer(cmd.value("execute", ""));
+        if (!ret) continue;
+        if (*ret == kCloseConnection) return;
+        Json reply = {{"return", *ret}, {"id", cmd["id"]}};
+        (void)vl::sys::write_all(conn, reply.dump() + "\n");
+      }
+    }
+  }
+
   vl::UniqueFd listener_;
   std::atomic<bool> stop_{false};
   std::thread thread_;
 };
+
+// A broker whose answers the test scripts: `answer` runs on the broker's thread for each
+// request, and may block (to hold a reply back) or act (write a state file, kill a child).
+class ScriptedBroker final {
+ public:
+  using Answer = std::function<vl::BrokerReply(const vl::BrokerRequest&)>;
+  ScriptedBroker(const std::string& path, Answer answer) : listener_(listen_unix(path, SOCK_SEQPACKET)) {
+    thread_ = std::thread([this, answer = std::move(answer)] {
+      vl::UniqueFd conn = accept_within(listener_.get(), stop_);
+      while (conn && !stop_) {
+        pollfd p{conn.get(), POLLIN, 0};
+        if (::poll(&p, 1, 10) != 1) continue;
+        char buf[vl::kMaxBrokerMessage];
+        ssize_t n = ::recv(conn.get(), buf, sizeof buf, 0);
+        if (n <= 0) return;
+        auto req = vl::parse_broker_request(std::string_view(buf, static_cast<size_t>(n)));
+        if (!req) return;
+        {
+          std::lock_guard<std::mutex> hold(mutex_);
+          requests_.push_back(req->op);
+        }
+        std::string out = vl::encode_broker_reply(answer(*req));
+        (void)::send(conn.get(), out.data(), out.size(), MSG_NOSIGNAL);
+      }
+    });
+  }
+  ~ScriptedBroker() {
+    stop_ = true;
+    thread_.join();
+  }
+  std::vector<vl::BrokerOp> requests() const {
+    std::lock_guard<std::mutex> hold(mutex_);
+    return requests_;
+  }
+  bool received(vl::BrokerOp op) const {
+    auto r = requests();
+    return std::find(r.begin(), r.end(), op) != r.end();
+  }
+  /// True if `first` was received, and `then` after it.
+  bool received_in_order(vl::BrokerOp first, vl::BrokerOp then) const {
+    auto r = requests();
+    auto it = std::find(r.begin(), r.end(), first);
+    return it != r.end() && std::find(it, r.end(), then) != r.end();
+  }
+
+ private:
+  vl::UniqueFd listener_;
+  std::atomic<bool> stop_{false};
+  mutable std::mutex mutex_;
+  std::vector<vl::BrokerOp> requests_;
+  std::thread thread_;
+};
+
+vl::BrokerReply ok_reply(int pid = 0) {
+  vl::BrokerReply reply;
+  reply.ok = true;
+  reply.pid = pid;
+  return reply;
+}
 
 // State files as the helper writes them, for a real child standing in for the emulator.
 vl::VmState write_state(const vl::HostConfig& config, const vl::VmName& vm, pid_t emulator) {
@@ -139,6 +209,15 @@ vl::VmState write_state(const vl::HostConfig& config, const vl::VmName& vm, pid_
   state.start_time = vl::process_start_time(emulator).value();
   REQUIRE(vl::sys::write_file_atomic(config.vm_runtime_dir(vm) + "/state.json", vl::vm_state_to_json(state), 0644));
   return state;
+}
+
+// The state file's text for a child standing in for the emulator (computed before threads run).
+std::string state_text(const vl::VmName& vm, pid_t emulator) {
+  vl::VmState state;
+  state.vm = vm.str();
+  state.pid = emulator;
+  state.start_time = vl::process_start_time(emulator).value();
+  return vl::vm_state_to_json(state);
 }
 
 pid_t fork_emulator() {
@@ -290,6 +369,130 @@ TEST_SUITE("daemon/supervisor") {
       CHECK(info.status == vl::VmStatus::kRunning);
       CHECK_MESSAGE(info.reason.find("Too many open files") != std::string::npos, info.reason);
       CHECK(::kill(emulator, 0) == 0);
+    }
+  }
+
+  // Issue "supervision", item 8: the cleanup of a run that ended must not touch the next run.
+  TEST_CASE("a start issued while an unexpected exit is being cleaned up waits for it, and the next run stays running") {
+    pid_t first = fork_emulator();  // both before any thread starts
+    pid_t second = fork_emulator();
+    vl::test::TempDir dir;
+    vl::HostConfig config;
+    config.runtime_dir = dir.path() + "/run";
+    auto vm = vl::VmName::parse("web1").value();
+    std::filesystem::create_directories(config.vm_runtime_dir(vm));
+    const std::string state_path = config.vm_runtime_dir(vm) + "/state.json";
+    const std::string first_state = state_text(vm, first), second_state = state_text(vm, second);
+
+    asio::io_context io;
+    {
+      std::atomic<int> starts{0};
+      std::atomic<bool> release_cleanup{false};
+      ScriptedBroker broker(config.helper_socket(), [&](const vl::BrokerRequest& req) {
+        if (req.op == vl::BrokerOp::kStart) {
+          // Each start "launches" the next stand-in emulator, as the helper would.
+          pid_t pid = starts++ == 0 ? first : second;
+          (void)vl::sys::write_file_atomic(state_path, pid == first ? first_state : second_state, 0644);
+          return ok_reply(pid);
+        }
+        if (req.op == vl::BrokerOp::kCleanup) {  // the first run's cleanup answers late
+          for (int i = 0; i < 500 && !release_cleanup; ++i) std::this_thread::sleep_for(10ms);
+        }
+        return ok_reply();
+      });
+      FakeMonitor monitor(config.vm_runtime_dir(vm) + "/qmp.sock",
+                          [](const std::string&) { return std::optional<Json>(Json::object()); });
+      vl::BrokerClient client(io, config.helper_socket());
+      vl::SupervisorContext ctx{io, config, client, [](const vl::VmName&) { return std::string(); }, nullptr};
+      vl::Supervisor supervisor(ctx, vm);
+
+      std::optional<vl::Result<void>> started;
+      supervisor.start([&](vl::Result<void> r) { started = std::move(r); });
+      REQUIRE(run_until(io, [&] { return started.has_value(); }));
+      REQUIRE_MESSAGE(started->ok(), started->error().message());
+      REQUIRE(supervisor.info().pid == first);
+
+      // The first emulator dies on its own; its cleanup is on its way to the broker.
+      ::kill(first, SIGKILL);
+      ::waitpid(first, nullptr, 0);
+      REQUIRE(run_until(io, [&] { return broker.received(vl::BrokerOp::kCleanup); }));
+
+      std::optional<vl::Result<void>> restarted;
+      supervisor.start([&](vl::Result<void> r) { restarted = std::move(r); });
+      run_until(io, [] { return false; }, 100ms);
+      release_cleanup = true;
+      REQUIRE(run_until(io, [&] { return restarted.has_value(); }));
+      CHECK_MESSAGE(restarted->ok(), restarted->error().message());
+      run_until(io, [] { return false; }, 200ms);  // late completions, if any, arrive now
+      CHECK(supervisor.info().status == vl::VmStatus::kRunning);
+      CHECK(supervisor.info().pid == second);
+    }
+    ::kill(second, SIGKILL);
+    ::waitpid(second, nullptr, 0);
+  }
+
+  // The QMP contract: whatever fails on the monitor during a start (an error, a closed
+  // connection, a command that is never answered), the start ends: the emulator is killed
+  // through the broker, cleaned up, and the error names what failed.
+  TEST_CASE("a monitor that never answers `cont` fails the start at its deadline: killed, cleaned up, named") {
+    AdoptableVm fixture;
+    auto& [emulator, dir, config, vm, state] = fixture;
+    asio::io_context io;
+    {
+      ScriptedBroker broker(config.helper_socket(), [emulator = emulator](const vl::BrokerRequest& req) {
+        return ok_reply(req.op == vl::BrokerOp::kStart ? emulator : 0);
+      });
+      FakeMonitor monitor(config.vm_runtime_dir(vm) + "/qmp.sock", [](const std::string& command) {
+        return command == "cont" ? std::nullopt : std::optional<Json>(Json::object());
+      });
+      vl::BrokerClient client(io, config.helper_socket());
+      vl::SupervisorContext ctx{io, config, client, [](const vl::VmName&) { return std::string(); }, nullptr};
+      ctx.start_deadline = std::chrono::milliseconds(500);
+      vl::Supervisor supervisor(ctx, vm);
+
+      std::optional<vl::Result<void>> started;
+      supervisor.start([&](vl::Result<void> r) { started = std::move(r); });
+      REQUIRE_MESSAGE(run_until(io, [&] { return started.has_value(); }), "the start hangs in 'starting'");
+      REQUIRE_FALSE(started->ok());
+      CHECK_MESSAGE(started->error().message().find("'cont'") != std::string::npos, started->error().message());
+      CHECK(supervisor.info().status == vl::VmStatus::kFailed);
+      CHECK(broker.received_in_order(vl::BrokerOp::kKill, vl::BrokerOp::kCleanup));
+    }
+  }
+
+  TEST_CASE("a monitor that closes the connection during a stop: the emulator is killed at once and the stop says why") {
+    AdoptableVm fixture;
+    auto& [emulator, dir, config, vm, state] = fixture;
+    asio::io_context io;
+    {
+      // The broker's kill does what the real one does: the emulator ends.
+      ScriptedBroker broker(config.helper_socket(), [emulator = emulator](const vl::BrokerRequest& req) {
+        if (req.op == vl::BrokerOp::kKill) ::kill(emulator, SIGKILL);
+        return ok_reply();
+      });
+      std::atomic<bool> powerdown{false};
+      FakeMonitor monitor(config.vm_runtime_dir(vm) + "/qmp.sock", [&powerdown](const std::string& command) {
+        if (command == "query-status") return std::optional<Json>(Json{{"status", "running"}, {"running", true}});
+        if (command == "system_powerdown") {
+          powerdown = true;
+          return std::optional<Json>(kCloseConnection);
+        }
+        return std::optional<Json>(Json::object());
+      });
+      vl::BrokerClient client(io, config.helper_socket());
+      vl::SupervisorContext ctx{io, config, client, [](const vl::VmName&) { return std::string(); }, nullptr};
+      vl::Supervisor supervisor(ctx, vm);
+      supervisor.adopt(state);
+      REQUIRE(run_until(io, [&] { return supervisor.info().status == vl::VmStatus::kRunning; }));
+
+      std::optional<vl::Result<void>> stopped;
+      supervisor.stop(std::chrono::seconds(60), false, [&](vl::Result<void> r) { stopped = std::move(r); });
+      REQUIRE_MESSAGE(run_until(io, [&] { return stopped.has_value(); }), "the stop waits for its 60 s deadline");
+      CHECK(powerdown);
+      REQUIRE_FALSE(stopped->ok());
+      CHECK_MESSAGE(stopped->error().message().find("'system_powerdown'") != std::string::npos, stopped->error().message());
+      CHECK(supervisor.info().status == vl::VmStatus::kStopped);
+      CHECK(broker.received_in_order(vl::BrokerOp::kKill, vl::BrokerOp::kCleanup));
     }
   }
 }

@@ -2,7 +2,9 @@
 #include <doctest/doctest.h>
 #include <net/if.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -77,6 +79,94 @@ void add_vnc_autoport(SystemEnv& env, const std::string& name) {
   REQUIRE(end != std::string::npos);
   xml.insert(end, "    <graphics type='vnc' autoport='yes' listen='127.0.0.1'/>\n");
   std::ofstream(path) << xml;
+}
+
+// Holds the helpers' global lock (STATE/helper.lock) while it lives: a launch waits for it
+// before its first change, so the test decides when that launch may go on.
+class HelperLock final {
+ public:
+  explicit HelperLock(const vl::HostConfig& config) {
+    std::filesystem::create_directories(config.state_dir);
+    std::string path = config.state_dir + "/helper.lock";
+    fd_.reset(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+    REQUIRE(fd_);
+    REQUIRE(::flock(fd_.get(), LOCK_EX) == 0);
+  }
+  void release() { fd_.reset(); }
+
+ private:
+  vl::UniqueFd fd_;
+};
+
+// Polls `done` for up to `limit` (the harness may poll; the product never does).
+template <typename Pred>
+bool eventually(Pred done, std::chrono::milliseconds limit = 60s) {
+  auto until = std::chrono::steady_clock::now() + limit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::sleep_for(20ms);
+  }
+  return true;
+}
+
+// The row of one VM in `vmctl list --json`.
+Json row_of(SystemEnv& env, const std::string& name) {
+  auto r = env.vmctl({"list", "--json"});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.out);
+  for (const Json& row : Json::parse(r.out))
+    if (row["name"] == name) return row;
+  return Json::object();
+}
+
+// The pid of the `vmlaunch-helper launch NAME` process this environment's broker forked, 0 if
+// none (other environments on the host may launch a VM of the same name).
+pid_t find_launch_helper(SystemEnv& env, const std::string& name) {
+  const std::string wanted = "vmlaunch-helper --config " + env.config_path() + " launch " + name + " ";
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    std::string pid = entry.path().filename();
+    if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    auto cmdline = vl::sys::read_file(entry.path().string() + "/cmdline", 4096);
+    if (!cmdline) continue;
+    std::string words = *cmdline;
+    std::replace(words.begin(), words.end(), '\0', ' ');
+    if (words.rfind(wanted, 0) == 0) return std::stoi(pid);
+  }
+  return 0;
+}
+
+// True once `pid` waits for a lock (a "->" line of /proc/locks names the blocked waiter).
+bool waiting_for_lock(pid_t pid) {
+  std::ifstream locks("/proc/locks");
+  for (std::string line; std::getline(locks, line);)
+    if (line.find("->") != std::string::npos && line.find(" " + std::to_string(pid) + " ") != std::string::npos) return true;
+  return false;
+}
+
+// Waits for the broker's `launch NAME` to block on the helper lock the test holds: past its
+// plan request to the daemon, before its first change. Returns its pid.
+pid_t launch_blocked_on_lock(SystemEnv& env, const std::string& name) {
+  pid_t helper = 0;
+  REQUIRE_MESSAGE(eventually([&] { return (helper = find_launch_helper(env, name)) != 0 && waiting_for_lock(helper); }),
+                  env.log());
+  return helper;
+}
+
+// The emulator recorded in the VM's state file, once it runs; 0 if there is none.
+pid_t recorded_emulator(SystemEnv& env, const std::string& name) {
+  auto state = vl::read_vm_state_file(env.root() + "/run/vms/" + name + "/state.json");
+  return state && vl::test::process_alive(state->pid) ? state->pid : 0;
+}
+
+// What the broker's launches of NAME wrote (STATE/logs/NAME.log).
+std::string launch_log(SystemEnv& env, const std::string& name) {
+  auto text = vl::sys::read_file(env.config().state_dir + "/logs/" + name + ".log", 1 << 20);
+  return text ? *text : "";
+}
+
+// Nothing of the VM is left on the host: no runtime directory, no tap.
+void check_cleaned_up(SystemEnv& env, const std::string& name) {
+  CHECK_FALSE(std::filesystem::exists(env.root() + "/run/vms/" + name));
+  CHECK(::if_nametoindex((name + "-0").c_str()) == 0);
 }
 
 }  // namespace
@@ -231,5 +321,190 @@ TEST_SUITE("root/supervision") {
     CHECK_FALSE(vl::test::process_alive(pid));
     CHECK_FALSE(std::filesystem::exists(env.root() + "/run/vms/web1"));
     CHECK(::if_nametoindex("web1-0") == 0);
+  }
+
+  // Issue "supervision", item 3: a start interrupted before `cont` left a paused emulator (with
+  // its tap, rules and disks) that the restarted daemon resumed or lost. It is a failed start:
+  // the daemon kills it through the broker, cleans up, and says so.
+  TEST_CASE("a paused emulator of a start interrupted by a daemon restart is torn down, not resumed") {
+    SystemEnv env;
+    env.define({.name = "web1", .mac = "52:54:00:00:20:11"});
+    // What a start leaves when the daemon dies between the broker's answer and `cont`: the
+    // emulator launched and paused (-S) with the daemon's plan, its runtime state written.
+    auto plan = env.vmctl({"plan", "web1"});
+    REQUIRE_MESSAGE(plan.exit_code == 0, plan.out);
+    env.kill_daemon();
+    auto launched = env.helper({"launch", "web1", "--plan", env.write_plan("web1", plan.out)});
+    REQUIRE_MESSAGE(launched.pid > 0, launched.log);
+    pid_t emulator = launched.pid;
+
+    env.start_daemon();
+    bool reaped = eventually([&] { return ::waitpid(emulator, nullptr, WNOHANG) == emulator; });
+    CHECK_MESSAGE(reaped, "the paused emulator was left running\n" << env.log());
+    Json row;
+    CHECK(eventually([&] {
+      row = row_of(env, "web1");
+      return row.value("state", "") == "failed";
+    }));
+    CHECK_MESSAGE(row.value("state", "") == "failed", row.dump());
+    CHECK_MESSAGE(row.value("reason", "").find("interrupted") != std::string::npos, row.dump());
+    check_cleaned_up(env, "web1");
+
+    // And nothing stands in the way of the next start.
+    auto started = env.vmctl({"start", "web1"});
+    CHECK_MESSAGE(started.exit_code == 0, started.out << env.log());
+    CHECK(state_of(env, "web1") == "running");
+    CHECK(env.vmctl({"stop", "web1", "--timeout", "30"}).exit_code == 0);
+  }
+
+  // Issue "supervision", item 4: the broker dies while a launch it forked is still under way;
+  // the launch completes and leaves a paused emulator nobody was told about.
+  TEST_CASE("a broker killed during a launch: the daemon tears the orphan down once the broker is back") {
+    SystemEnv env;
+    env.define({.name = "web1", .mac = "52:54:00:00:20:12"});
+    std::optional<HelperLock> lock(std::in_place, env.config());
+    auto start = std::async(std::launch::async, [&] { return env.vmctl({"start", "web1"}); });
+    launch_blocked_on_lock(env, "web1");
+    env.kill_broker();
+    auto failed = start.get();
+    CHECK(failed.exit_code == 1);
+    lock->release();  // the orphaned launch goes on and executes its emulator, paused
+    REQUIRE_MESSAGE(eventually([&] { return recorded_emulator(env, "web1") != 0; }), env.log() << launch_log(env, "web1"));
+    pid_t emulator = recorded_emulator(env, "web1");
+
+    env.start_broker();  // the daemon is not restarted: it must learn the outcome by itself
+    CHECK_MESSAGE(eventually([&] { return !vl::test::process_alive(emulator); }), "the orphan lives on\n" << env.log());
+    Json row;
+    CHECK(eventually([&] {
+      row = row_of(env, "web1");
+      return row.value("state", "") == "failed" && !std::filesystem::exists(env.root() + "/run/vms/web1");
+    }));
+    CHECK_MESSAGE(row.value("state", "") == "failed", row.dump());
+    check_cleaned_up(env, "web1");
+    auto started = env.vmctl({"start", "web1"});
+    CHECK_MESSAGE(started.exit_code == 0, started.out << env.log());
+    CHECK(env.vmctl({"stop", "web1", "--timeout", "30"}).exit_code == 0);
+  }
+
+  TEST_CASE("vmlaunch-helper cleanup converges for the emulator of a launch whose broker died") {
+    SystemEnv env;
+    env.define({.name = "web1", .mac = "52:54:00:00:20:13"});
+    std::optional<HelperLock> lock(std::in_place, env.config());
+    auto start = std::async(std::launch::async, [&] { return env.vmctl({"start", "web1"}); });
+    launch_blocked_on_lock(env, "web1");
+    env.kill_broker();
+    env.kill_daemon();  // nobody else acts: the operator's cleanup alone must converge
+    (void)start.get();
+    lock->release();
+    REQUIRE_MESSAGE(eventually([&] { return recorded_emulator(env, "web1") != 0; }), env.log() << launch_log(env, "web1"));
+    pid_t emulator = recorded_emulator(env, "web1");
+
+    auto cleaned = env.helper({"cleanup", "web1"});
+    CHECK_MESSAGE(cleaned.status == 0, cleaned.log);
+    CHECK_FALSE(vl::test::process_alive(emulator));
+    check_cleaned_up(env, "web1");
+    env.start_broker();
+    env.start_daemon();
+  }
+
+  TEST_CASE("cleanup still refuses the emulator of a launch whose start the daemon received") {
+    SystemEnv env;
+    env.define({.name = "web1", .mac = "52:54:00:00:20:14"});
+    REQUIRE(env.vmctl({"start", "web1"}).exit_code == 0);
+    pid_t emulator = recorded_emulator(env, "web1");
+    REQUIRE(emulator > 0);
+    auto refused = env.helper({"cleanup", "web1"});
+    CHECK(refused.status != 0);
+    CHECK_MESSAGE(refused.log.find("still running") != std::string::npos, refused.log);
+    CHECK(vl::test::process_alive(emulator));
+    CHECK(env.vmctl({"stop", "web1", "--timeout", "30"}).exit_code == 0);
+  }
+
+  // Issue "supervision", item 12: a launch helper that dies before exec closes the broker's
+  // report pipe as an exec would; the user read a raw "state.json: No such file" error.
+  TEST_CASE("a launch helper killed before exec fails the start with a message that says so") {
+    SystemEnv env;
+    env.define({.name = "web1", .mac = "52:54:00:00:20:15"});
+    std::optional<HelperLock> lock(std::in_place, env.config());
+    auto start = std::async(std::launch::async, [&] { return env.vmctl({"start", "web1"}); });
+    ::kill(launch_blocked_on_lock(env, "web1"), SIGKILL);
+    lock->release();
+    auto r = start.get();
+    CHECK(r.exit_code == 1);
+    CHECK_MESSAGE(r.out.find("state.json") == std::string::npos, r.out);
+    CHECK_MESSAGE(r.out.find("without starting the emulator") != std::string::npos, r.out);
+    CHECK(state_of(env, "web1") == "failed");
+    check_cleaned_up(env, "web1");
+  }
+
+  // Issue "supervision", item 10: restart is one operation on the VM's queue.
+  TEST_CASE("a stop issued during a restart ends stopped; two restarts both succeed") {
+    SystemEnv env;
+    env.define({.name = "web1", .mac = "52:54:00:00:20:16"});
+    // A guest that ignores the power button: each stop phase lasts its 2 s timeout.
+    std::filesystem::copy_file(vl::test::build_path("VMLAUNCH_GUEST_STUBBORN_IMG"), env.root() + "/images/web1.img",
+                               std::filesystem::copy_options::overwrite_existing);
+    REQUIRE(env.vmctl({"start", "web1"}).exit_code == 0);
+
+    auto restart = std::async(std::launch::async, [&] { return env.vmctl({"restart", "web1", "--timeout", "2"}); });
+    REQUIRE(eventually([&] { return state_of(env, "web1") == "stopping"; }));
+    auto stop = env.vmctl({"stop", "web1", "--timeout", "2"});
+    auto restarted = restart.get();
+    CHECK_MESSAGE(restarted.exit_code == 0, restarted.out);
+    CHECK_MESSAGE(stop.exit_code == 0, stop.out);
+    CHECK(state_of(env, "web1") == "stopped");
+
+    REQUIRE(env.vmctl({"start", "web1"}).exit_code == 0);
+    auto first = std::async(std::launch::async, [&] { return env.vmctl({"restart", "web1", "--timeout", "2"}); });
+    REQUIRE(eventually([&] { return state_of(env, "web1") == "stopping"; }));
+    auto second = env.vmctl({"restart", "web1", "--timeout", "2"});
+    auto first_done = first.get();
+    CHECK_MESSAGE(first_done.exit_code == 0, first_done.out);
+    CHECK_MESSAGE(second.exit_code == 0, second.out);
+    CHECK(state_of(env, "web1") == "running");
+  }
+
+  // Issue "supervision", item 12: the daemon dies while vmctl waits for an operation.
+  TEST_CASE("vmctl says it lost the daemon when the daemon dies mid-call") {
+    SystemEnv env;
+    env.define({.name = "web1", .mac = "52:54:00:00:20:17"});
+    std::filesystem::copy_file(vl::test::build_path("VMLAUNCH_GUEST_STUBBORN_IMG"), env.root() + "/images/web1.img",
+                               std::filesystem::copy_options::overwrite_existing);
+    REQUIRE(env.vmctl({"start", "web1"}).exit_code == 0);
+    auto stop = std::async(std::launch::async, [&] { return env.vmctl({"stop", "web1", "--timeout", "60"}); });
+    REQUIRE(eventually([&] { return state_of(env, "web1") == "stopping"; }));
+    env.kill_daemon();
+    auto r = stop.get();
+    CHECK(r.exit_code == 1);
+    CHECK_MESSAGE(r.out.find("vmctl: stop web1: lost the connection to vmlaunchd") != std::string::npos, r.out);
+    env.start_daemon();
+  }
+
+  // Issue "supervision", item 12: a stop that completes while the daemon restarts read `failed`
+  // ("emulator exited unexpectedly"): the new daemon knew nothing of the stop.
+  TEST_CASE("a stop that completes while the daemon restarts ends stopped, not failed") {
+    SystemEnv env;
+    env.define({.name = "web1", .mac = "52:54:00:00:20:18"});
+    REQUIRE(env.vmctl({"start", "web1"}).exit_code == 0);
+    pid_t emulator = recorded_emulator(env, "web1");
+    REQUIRE(emulator > 0);
+    // Frozen, the emulator holds the daemon's `quit` unread: the stop completes only after the
+    // daemon is gone and back.
+    REQUIRE(::kill(emulator, SIGSTOP) == 0);
+    auto stop = std::async(std::launch::async, [&] { return env.vmctl({"stop", "web1", "--force"}); });
+    REQUIRE(eventually([&] { return state_of(env, "web1") == "stopping"; }));
+    env.kill_daemon();
+    (void)stop.get();
+    env.start_daemon();
+    REQUIRE(::kill(emulator, SIGCONT) == 0);
+
+    Json row;
+    CHECK(eventually([&] {
+      row = row_of(env, "web1");
+      return row.value("state", "") == "stopped" || row.value("state", "") == "failed";
+    }));
+    CHECK_MESSAGE(row.value("state", "") == "stopped", row.dump() << env.log());
+    CHECK_FALSE(vl::test::process_alive(emulator));
+    check_cleaned_up(env, "web1");
   }
 }
