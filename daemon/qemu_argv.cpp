@@ -3,6 +3,9 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cstdint>
+
+#include "common/vm_name.h"
 
 namespace vl {
 
@@ -23,6 +26,34 @@ std::string keyval_get(const std::vector<std::string>& parts, std::string_view k
     if (p.size() > key.size() && p.compare(0, key.size(), key) == 0 && p[key.size()] == '=')
       return p.substr(key.size() + 1);
   return {};
+}
+
+// Strict UTF-8: no overlong forms, surrogates or code points past U+10FFFF. The plan travels
+// as JSON, which carries nothing else (nlohmann's dump aborts on it with exceptions off).
+bool is_utf8(std::string_view s) {
+  static constexpr uint32_t kMinOfLength[] = {0, 0x80, 0x800, 0x10000};
+  for (size_t i = 0; i < s.size();) {
+    auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    size_t more;
+    uint32_t cp;
+    if ((c & 0xe0) == 0xc0) more = 1, cp = c & 0x1f;
+    else if ((c & 0xf0) == 0xe0) more = 2, cp = c & 0x0f;
+    else if ((c & 0xf8) == 0xf0) more = 3, cp = c & 0x07;
+    else return false;
+    if (s.size() - i <= more) return false;
+    for (size_t k = 1; k <= more; ++k) {
+      auto d = static_cast<unsigned char>(s[i + k]);
+      if ((d & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (d & 0x3f);
+    }
+    if (cp < kMinOfLength[more] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
+    i += more + 1;
+  }
+  return true;
 }
 
 class Rewriter {
@@ -87,6 +118,8 @@ Result<Plan> Rewriter::run(const std::vector<std::string>& words) {
   if (domain_.vnc && !plan_.vnc) return Error::invalid("native command line has no -vnc option");
 
   for (const std::string& w : plan_.argv) {
+    if (!is_utf8(w))
+      return Error::unsupported("the command line has a word that is not valid UTF-8: " + quote_for_message(w));
     if (w.find(root_) != std::string::npos)
       return Error::unsupported("the command line still refers to the conversion root in '" + w +
                                 "' (a device that needs libvirtd-managed files?)");

@@ -150,6 +150,19 @@ TEST_SUITE("daemon/qemu_argv") {
     }
   }
 
+  TEST_CASE("a word that is not UTF-8 is refused: the plan travels as JSON") {
+    // Found by fuzz/qemu_argv_fuzzer: such a word made the plan's JSON serialization abort
+    // the daemon (plan cache entries are read back through this rewrite, too).
+    for (std::string bad : {"\xff", "\xc3", "\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80"}) {
+      CAPTURE(bad);
+      auto plan = rewrite(native_line("-name guest=web1" + bad + " "), test_domain());
+      REQUIRE_FALSE(plan.ok());
+      CHECK(plan.error().context.find("not valid UTF-8") != std::string::npos);
+    }
+    auto accented = rewrite(native_line("-name guest=web1,caf\xc3\xa9,\xe2\x82\xac,\xf0\x9f\x92\xbe "), test_domain());
+    CHECK_MESSAGE(accented.ok(), (accented.ok() ? "" : accented.error().context));
+  }
+
   TEST_CASE("the command line must match the domain") {
     auto two_nics = rewrite(native_line(), test_domain(2));
     REQUIRE_FALSE(two_nics.ok());
