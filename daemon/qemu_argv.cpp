@@ -56,6 +56,15 @@ bool is_utf8(std::string_view s) {
   return true;
 }
 
+// A string member of a JSON option value, "" if absent. nlohmann's typed reads abort the
+// process on a type mismatch when exceptions are off, so another type is an error.
+Result<std::string> string_member(const Json& j, const char* key, std::string_view option) {
+  auto it = j.find(key);
+  if (it == j.end()) return std::string();
+  if (!it->is_string()) return Error::invalid(std::string(option) + ": '" + key + "' must be a string");
+  return it->get<std::string>();
+}
+
 class Rewriter {
  public:
   Rewriter(const Domain& domain, const std::string& root, int vnc_display)
@@ -151,12 +160,12 @@ Result<void> Rewriter::rewrite_object(QemuOption& opt, bool& keep) {
   if (opt.value.empty() || opt.value[0] != '{') return {};
   Json obj = Json::parse(opt.value, nullptr, false);
   if (obj.is_discarded() || !obj.is_object()) return Error::invalid("-object is not valid JSON: " + opt.value);
-  if (obj.value("qom-type", "") != "secret") return {};
+  if (VL_TRY(string_member(obj, "qom-type", "-object")) != "secret") return {};
   // libvirt's master key encrypts secrets it passes over the monitor; the dry run names a
   // file it never writes. vmlaunch passes no secrets that way (anything using keyid is
   // refused below), so the object is dropped.
-  if (obj.value("id", "") != "masterKey0")
-    return Error::unsupported("secret object '" + obj.value("id", "") + "' is not supported");
+  std::string id = VL_TRY(string_member(obj, "id", "-object"));
+  if (id != "masterKey0") return Error::unsupported("secret object '" + id + "' is not supported");
   keep = false;
   return {};
 }
@@ -184,8 +193,9 @@ Result<void> Rewriter::rewrite_netdev(QemuOption& opt) {
   Json nd = Json::parse(opt.value, nullptr, false);
   if (nd.is_discarded() || !nd.is_object())
     return Error::unsupported("-netdev in non-JSON form is not supported: " + opt.value);
-  if (nd.value("type", "") != "tap") return Error::unsupported("netdev type '" + nd.value("type", "") + "'");
-  std::string id = nd.value("id", "");
+  std::string type = VL_TRY(string_member(nd, "type", "-netdev"));
+  if (type != "tap") return Error::unsupported("netdev type '" + type + "'");
+  std::string id = VL_TRY(string_member(nd, "id", "-netdev"));
   for (const auto& [key, value] : nd.items()) {
     if (key == "type" || key == "id" || key == "fd") continue;
     if (key == "vhost" || key == "vhostfd" || key == "vhostfds")
@@ -213,7 +223,7 @@ Result<void> Rewriter::rewrite_netdev(QemuOption& opt) {
 Result<void> Rewriter::rewrite_blockdev(QemuOption& opt) {
   Json bd = Json::parse(opt.value, nullptr, false);
   if (bd.is_discarded() || !bd.is_object()) return Error::unsupported("-blockdev in non-JSON form is not supported: " + opt.value);
-  if (bd.value("driver", "") != "qcow2" || bd.contains("backing")) return {};
+  if (VL_TRY(string_member(bd, "driver", "-blockdev")) != "qcow2" || bd.contains("backing")) return {};
   bd["backing"] = nullptr;
   opt.value = bd.dump();
   return {};
