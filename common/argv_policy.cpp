@@ -79,6 +79,8 @@ class ArgvChecker {
     return Error::make(ErrorCode::kDenied, "the emulator command line is refused: " + shown + ": " + why);
   }
   Result<Json> json_object(const QemuOption& opt) const;
+  Result<std::string> string_member(const QemuOption& opt, const Json& j, const char* key) const;
+  Result<bool> bool_member(const QemuOption& opt, const Json& j, const char* key) const;
   Result<void> keyval_tokens(const QemuOption& opt, Keys keys, std::string_view extra = "", bool bare_first = false);
   Result<void> reference(const QemuOption& opt, const std::set<std::string>& ids, const std::string& id,
                          const char* what) const;
@@ -235,6 +237,23 @@ Result<Json> ArgvChecker::json_object(const QemuOption& opt) const {
   return j;
 }
 
+// Members are read by their type, and a member of another type is refused: nlohmann's typed
+// reads abort the process on a mismatch when exceptions are off, and the plan is untrusted.
+// An absent member reads as "" or false.
+Result<std::string> ArgvChecker::string_member(const QemuOption& opt, const Json& j, const char* key) const {
+  auto it = j.find(key);
+  if (it == j.end()) return std::string();
+  if (!it->is_string()) return refuse(opt, std::string("'") + key + "' must be a string");
+  return it->get<std::string>();
+}
+
+Result<bool> ArgvChecker::bool_member(const QemuOption& opt, const Json& j, const char* key) const {
+  auto it = j.find(key);
+  if (it == j.end()) return false;
+  if (!it->is_boolean()) return refuse(opt, std::string("'") + key + "' must be a boolean");
+  return it->get<bool>();
+}
+
 // keyval options: every part KEY=VALUE with KEY from `keys` and VALUE a token; with
 // bare_first, the first part may be a bare token (the "default key" QEMU allows).
 Result<void> ArgvChecker::keyval_tokens(const QemuOption& opt, Keys keys, std::string_view extra, bool bare_first) {
@@ -346,7 +365,8 @@ Result<void> ArgvChecker::declare_netdev(const QemuOption& opt) {
 
 Result<void> ArgvChecker::declare_blockdev(const QemuOption& opt) {
   Json bd = VL_TRY(json_object(opt));
-  std::string driver = bd.value("driver", ""), node = bd.value("node-name", "");
+  std::string driver = VL_TRY(string_member(opt, bd, "driver"));
+  std::string node = VL_TRY(string_member(opt, bd, "node-name"));
   if (!is_token(node)) return refuse(opt, "a blockdev needs a plain node-name");
   if (protocol_nodes_.count(node) || format_nodes_.count(node)) return refuse(opt, "node '" + node + "' declared twice");
   auto only_keys = [&](Keys keys) -> Result<void> {
@@ -364,10 +384,10 @@ Result<void> ArgvChecker::declare_blockdev(const QemuOption& opt) {
     }
     return {};
   };
-  bool read_only = bd.value("read-only", false);
+  bool read_only = VL_TRY(bool_member(opt, bd, "read-only"));
   if (driver == "file" || driver == "host_device" || driver == "host_cdrom") {
     VL_CHECK(only_keys({"driver", "filename", "node-name", "auto-read-only", "discard", "read-only", "aio", "cache"}));
-    if (bd.contains("aio") && !one_of(bd.value("aio", ""), {"threads", "native"}))
+    if (bd.contains("aio") && !one_of(VL_TRY(string_member(opt, bd, "aio")), {"threads", "native"}))
       return refuse(opt, "aio mode must be threads or native");
     if (!bd.contains("filename") || !bd["filename"].is_string()) return refuse(opt, "a protocol node needs a filename");
     Image image = VL_TRY(image_of(opt, driver, bd["filename"].get<std::string>()));
@@ -435,7 +455,7 @@ Result<ArgvChecker::Image> ArgvChecker::image_of(const QemuOption& opt, const st
 // readable, or an nbd:/http: URL. A qcow2 node must therefore name its backing node
 // explicitly: the next declared layer of its disk, or null where the declared chain ends.
 Result<void> ArgvChecker::check_backing(const QemuOption& opt, const Json& bd, const Image& image) const {
-  std::string driver = bd.value("driver", "");
+  std::string driver = VL_TRY(string_member(opt, bd, "driver"));
   if (driver == "raw") {
     if (bd.contains("backing")) return refuse(opt, "raw nodes have no backing");
     return {};
@@ -466,7 +486,8 @@ Result<void> ArgvChecker::check_disk_nodes() {
 
 Result<void> ArgvChecker::declare_object(const QemuOption& opt) {
   Json obj = VL_TRY(json_object(opt));
-  std::string type = obj.value("qom-type", ""), id = obj.value("id", "");
+  std::string type = VL_TRY(string_member(opt, obj, "qom-type"));
+  std::string id = VL_TRY(string_member(opt, obj, "id"));
   if (!is_token(id)) return refuse(opt, "an object needs a plain id");
   for (const auto& [key, value] : obj.items())
     if (value.is_object() || value.is_array()) return refuse(opt, "property '" + key + "' must be a plain value");
@@ -479,7 +500,7 @@ Result<void> ArgvChecker::declare_object(const QemuOption& opt) {
   } else if (type == "rng-random") {
     for (const auto& [key, value] : obj.items())
       if (!one_of(key, {"qom-type", "id", "filename"})) return refuse(opt, "rng property '" + key + "' is not allowed");
-    if (!one_of(obj.value("filename", ""), {"/dev/urandom", "/dev/random", "/dev/hwrng"}))
+    if (!one_of(VL_TRY(string_member(opt, obj, "filename")), {"/dev/urandom", "/dev/random", "/dev/hwrng"}))
       return refuse(opt, "an rng reads /dev/urandom, /dev/random or /dev/hwrng only");
     rngs_.insert(id);
   } else if (type == "rng-builtin") {
@@ -500,9 +521,11 @@ Result<void> ArgvChecker::declare_object(const QemuOption& opt) {
 Result<void> ArgvChecker::declare_audiodev(const QemuOption& opt) {
   Json ad = VL_TRY(json_object(opt));
   // Every other driver reaches a host sound server or writes a file (wav).
-  if (ad.size() != 2 || ad.value("driver", "") != "none" || !is_token(ad.value("id", "")))
+  std::string driver = VL_TRY(string_member(opt, ad, "driver"));
+  std::string id = VL_TRY(string_member(opt, ad, "id"));
+  if (ad.size() != 2 || driver != "none" || !is_token(id))
     return refuse(opt, "only {\"id\":ID,\"driver\":\"none\"} audio backends are allowed");
-  audiodevs_.insert(ad["id"].get<std::string>());
+  audiodevs_.insert(id);
   return {};
 }
 
@@ -583,7 +606,7 @@ Result<void> ArgvChecker::check_device(const QemuOption& opt) {
   if (opt.value.empty() || opt.value[0] != '{')
     return refuse(opt, "-device must be a JSON object (as libvirt writes it for QEMU 7.2)");
   Json dev = VL_TRY(json_object(opt));
-  std::string driver = dev.value("driver", "");
+  std::string driver = VL_TRY(string_member(opt, dev, "driver"));
   if (!is_token(driver)) return refuse(opt, "a device needs a driver");
   for (std::string_view prefix : kDeniedDevicePrefixes)
     if (driver.rfind(prefix, 0) == 0) return refuse(opt, "device '" + driver + "' reaches host resources");

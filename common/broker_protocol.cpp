@@ -70,19 +70,52 @@ std::string encode_broker_reply(const BrokerReply& r) {
   return j.dump();
 }
 
+namespace {
+
+// An integer in [lo, hi], judged on the number as sent: a float, or an unsigned number above
+// INT64_MAX read as int64, must not slip through a conversion.
+bool int_in_range(const Json& v, int64_t lo, int64_t hi) {
+  if (!v.is_number_integer()) return false;
+  if (v.is_number_unsigned()) return v.get<uint64_t>() <= static_cast<uint64_t>(hi);
+  return v.get<int64_t>() >= lo && v.get<int64_t>() <= hi;
+}
+
+}  // namespace
+
+// Strict like the request: every field is type-checked before it is read, since nlohmann's
+// typed reads of a wrongly typed field abort the process when exceptions are off. The daemon
+// reads these from the broker, and the broker reads the launch's report pipe in this format.
 Result<BrokerReply> parse_broker_reply(std::string_view text) {
+  auto malformed = [](const char* why) { return Error::invalid(std::string("malformed broker reply: ") + why); };
   Json j = Json::parse(text, nullptr, false);
-  if (j.is_discarded() || !j.is_object() || !j.contains("ok") || !j["ok"].is_boolean())
-    return Error::invalid("malformed broker reply");
+  if (j.is_discarded() || !j.is_object()) return malformed("not a JSON object");
+  auto ok = j.find("ok");
+  if (ok == j.end() || !ok->is_boolean()) return malformed("'ok' must be a boolean");
   BrokerReply reply;
-  reply.ok = j["ok"].get<bool>();
+  reply.ok = ok->get<bool>();
   if (reply.ok) {
-    reply.pid = j.value("pid", 0);
+    if (auto pid = j.find("pid"); pid != j.end()) {
+      if (!int_in_range(*pid, 0, INT32_MAX)) return malformed("'pid' must be a process id");
+      reply.pid = static_cast<int>(pid->get<int64_t>());
+    }
     return reply;
   }
-  const Json& e = j.value("error", Json::object());
-  reply.error = Error{error_code_from_name(e.value("code", "internal")), e.value("errno", 0),
-                      e.value("message", std::string("unknown broker error"))};
+  reply.error = Error::make(ErrorCode::kInternal, "unknown broker error");
+  auto e = j.find("error");
+  if (e == j.end()) return reply;
+  if (!e->is_object()) return malformed("'error' must be an object");
+  if (auto code = e->find("code"); code != e->end()) {
+    if (!code->is_string()) return malformed("'error.code' must be a string");
+    reply.error.code = error_code_from_name(code->get_ref<const std::string&>());
+  }
+  if (auto err = e->find("errno"); err != e->end()) {
+    if (!int_in_range(*err, 0, INT32_MAX)) return malformed("'error.errno' must be an errno value");
+    reply.error.sys_errno = static_cast<int>(err->get<int64_t>());
+  }
+  if (auto message = e->find("message"); message != e->end()) {
+    if (!message->is_string()) return malformed("'error.message' must be a string");
+    reply.error.context = message->get_ref<const std::string&>();
+  }
   return reply;
 }
 

@@ -3,6 +3,9 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cstdint>
+
+#include "common/vm_name.h"
 
 namespace vl {
 
@@ -23,6 +26,43 @@ std::string keyval_get(const std::vector<std::string>& parts, std::string_view k
     if (p.size() > key.size() && p.compare(0, key.size(), key) == 0 && p[key.size()] == '=')
       return p.substr(key.size() + 1);
   return {};
+}
+
+// Strict UTF-8: no overlong forms, surrogates or code points past U+10FFFF. The plan travels
+// as JSON, which carries nothing else (nlohmann's dump aborts on it with exceptions off).
+bool is_utf8(std::string_view s) {
+  static constexpr uint32_t kMinOfLength[] = {0, 0x80, 0x800, 0x10000};
+  for (size_t i = 0; i < s.size();) {
+    auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    size_t more;
+    uint32_t cp;
+    if ((c & 0xe0) == 0xc0) more = 1, cp = c & 0x1f;
+    else if ((c & 0xf0) == 0xe0) more = 2, cp = c & 0x0f;
+    else if ((c & 0xf8) == 0xf0) more = 3, cp = c & 0x07;
+    else return false;
+    if (s.size() - i <= more) return false;
+    for (size_t k = 1; k <= more; ++k) {
+      auto d = static_cast<unsigned char>(s[i + k]);
+      if ((d & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (d & 0x3f);
+    }
+    if (cp < kMinOfLength[more] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
+    i += more + 1;
+  }
+  return true;
+}
+
+// A string member of a JSON option value, "" if absent. nlohmann's typed reads abort the
+// process on a type mismatch when exceptions are off, so another type is an error.
+Result<std::string> string_member(const Json& j, const char* key, std::string_view option) {
+  auto it = j.find(key);
+  if (it == j.end()) return std::string();
+  if (!it->is_string()) return Error::invalid(std::string(option) + ": '" + key + "' must be a string");
+  return it->get<std::string>();
 }
 
 class Rewriter {
@@ -87,6 +127,8 @@ Result<Plan> Rewriter::run(const std::vector<std::string>& words) {
   if (domain_.vnc && !plan_.vnc) return Error::invalid("native command line has no -vnc option");
 
   for (const std::string& w : plan_.argv) {
+    if (!is_utf8(w))
+      return Error::unsupported("the command line has a word that is not valid UTF-8: " + quote_for_message(w));
     if (w.find(root_) != std::string::npos)
       return Error::unsupported("the command line still refers to the conversion root in '" + w +
                                 "' (a device that needs libvirtd-managed files?)");
@@ -118,12 +160,12 @@ Result<void> Rewriter::rewrite_object(QemuOption& opt, bool& keep) {
   if (opt.value.empty() || opt.value[0] != '{') return {};
   Json obj = Json::parse(opt.value, nullptr, false);
   if (obj.is_discarded() || !obj.is_object()) return Error::invalid("-object is not valid JSON: " + opt.value);
-  if (obj.value("qom-type", "") != "secret") return {};
+  if (VL_TRY(string_member(obj, "qom-type", "-object")) != "secret") return {};
   // libvirt's master key encrypts secrets it passes over the monitor; the dry run names a
   // file it never writes. vmlaunch passes no secrets that way (anything using keyid is
   // refused below), so the object is dropped.
-  if (obj.value("id", "") != "masterKey0")
-    return Error::unsupported("secret object '" + obj.value("id", "") + "' is not supported");
+  std::string id = VL_TRY(string_member(obj, "id", "-object"));
+  if (id != "masterKey0") return Error::unsupported("secret object '" + id + "' is not supported");
   keep = false;
   return {};
 }
@@ -151,8 +193,9 @@ Result<void> Rewriter::rewrite_netdev(QemuOption& opt) {
   Json nd = Json::parse(opt.value, nullptr, false);
   if (nd.is_discarded() || !nd.is_object())
     return Error::unsupported("-netdev in non-JSON form is not supported: " + opt.value);
-  if (nd.value("type", "") != "tap") return Error::unsupported("netdev type '" + nd.value("type", "") + "'");
-  std::string id = nd.value("id", "");
+  std::string type = VL_TRY(string_member(nd, "type", "-netdev"));
+  if (type != "tap") return Error::unsupported("netdev type '" + type + "'");
+  std::string id = VL_TRY(string_member(nd, "id", "-netdev"));
   for (const auto& [key, value] : nd.items()) {
     if (key == "type" || key == "id" || key == "fd") continue;
     if (key == "vhost" || key == "vhostfd" || key == "vhostfds")
@@ -180,7 +223,7 @@ Result<void> Rewriter::rewrite_netdev(QemuOption& opt) {
 Result<void> Rewriter::rewrite_blockdev(QemuOption& opt) {
   Json bd = Json::parse(opt.value, nullptr, false);
   if (bd.is_discarded() || !bd.is_object()) return Error::unsupported("-blockdev in non-JSON form is not supported: " + opt.value);
-  if (bd.value("driver", "") != "qcow2" || bd.contains("backing")) return {};
+  if (VL_TRY(string_member(bd, "driver", "-blockdev")) != "qcow2" || bd.contains("backing")) return {};
   bd["backing"] = nullptr;
   opt.value = bd.dump();
   return {};

@@ -17,9 +17,11 @@ Result<std::vector<std::string>> split_shell_words(std::string_view text) {
   auto refuse = [&](size_t pos, const char* what) {
     return Error::unsupported("command line offset " + std::to_string(pos) + ": " + what);
   };
+  // Checked up front: quotes and backslashes copy bytes without looking at them, and no
+  // execve argument can hold a NUL.
+  if (size_t nul = text.find('\0'); nul != std::string_view::npos) return refuse(nul, "NUL byte");
   for (size_t i = 0; i < text.size(); ++i) {
     char c = text[i];
-    if (c == '\0') return refuse(i, "NUL byte");
     if (is_blank(c)) {
       if (in_word) words.push_back(std::move(word)), word.clear(), in_word = false;
       continue;

@@ -231,6 +231,38 @@ TEST_SUITE("common/argv_policy") {
     }
   }
 
+  TEST_CASE("a JSON member of the wrong type is refused, not an abort of the helper") {
+    // Found by fuzz/qemu_argv_fuzzer: typed reads of these members aborted the process (no
+    // exceptions), so the daemon's uid could make root's launch die instead of refusing.
+    struct Case {
+      std::vector<std::string> args;
+      const char* expected;
+    };
+    const Case cases[] = {
+        {plus({"-blockdev", R"({"driver":5,"node-name":"x"})"}), "'driver' must be a string"},
+        {plus({"-blockdev", R"({"driver":"file","node-name":["x"]})"}), "'node-name' must be a string"},
+        {plus({"-blockdev", R"({"driver":"file","filename":"/srv/vm/web1.qcow2","node-name":"x","aio":1})"}),
+         "'aio' must be a string"},
+        {with_value("-blockdev", R"({"node-name":"libvirt-1-format","read-only":"yes","driver":"raw","file":"libvirt-1-storage"})", 3),
+         "'read-only' must be a boolean"},
+        {with_value("-blockdev", R"({"node-name":"libvirt-1-format","read-only":1,"driver":"raw","file":"libvirt-1-storage"})", 3),
+         "'read-only' must be a boolean"},
+        {plus({"-object", R"({"qom-type":5,"id":"o1"})"}), "'qom-type' must be a string"},
+        {plus({"-object", R"({"qom-type":"rng-random","id":true})"}), "'id' must be a string"},
+        {plus({"-object", R"({"qom-type":"rng-random","id":"r1","filename":0})"}), "'filename' must be a string"},
+        {plus({"-audiodev", R"({"id":2,"driver":"none"})"}), "'id' must be a string"},
+        {plus({"-audiodev", R"({"id":"a2","driver":null})"}), "'driver' must be a string"},
+        {plus({"-device", R"({"driver":7})"}), "'driver' must be a string"},
+    };
+    for (const auto& c : cases) {
+      CAPTURE(c.expected);
+      auto r = vl::check_plan_argv(plan_with(c.args), sample_domain());
+      REQUIRE_FALSE(r.ok());
+      CAPTURE(r.error().context);
+      CHECK(r.error().context.find(c.expected) != std::string::npos);
+    }
+  }
+
   TEST_CASE("VNC may not appear for a domain without graphics, nor without its password") {
     std::string xml =
         "<domain type='qemu'><name>web1</name><devices><emulator>/usr/bin/qemu-system-x86_64</emulator>"

@@ -44,4 +44,47 @@ TEST_SUITE("common/broker_protocol") {
     CHECK_FALSE(vl::parse_broker_request(R"({"op":"cleanup","vm":"web1","signal":9})").ok());
     CHECK(vl::parse_broker_request(R"({"op":"cleanup","vm":"web1"})").ok());
   }
+
+  TEST_CASE("a reply with wrongly typed fields is an error, not an abort") {
+    // Found by fuzz/broker_protocol_fuzzer: typed reads of these fields aborted the reader
+    // (the daemon, or the root broker reading a launch's report pipe).
+    const char* malformed[] = {
+        R"({"ok":false,"error":{"code":"conflict","errno":17,"message":17}})",
+        R"({"ok":false,"error":{"code":7,"errno":17,"message":"x"}})",
+        R"({"ok":false,"error":{"code":"conflict","errno":"17","message":"x"}})",
+        R"({"ok":false,"error":{"errno":1e300}})",
+        R"({"ok":false,"error":{"errno":-1}})",
+        R"({"ok":false,"error":"boom"})",
+        R"({"ok":false,"error":[1]})",
+        R"({"ok":true,"pid":"42"})",
+        R"({"ok":true,"pid":4.5e300})",
+        R"({"ok":true,"pid":-1})",
+        R"({"ok":true,"pid":4294967338})",
+        R"({"ok":"true"})",
+        R"([true])",
+    };
+    for (const char* text : malformed) {
+      CAPTURE(std::string(text));
+      auto r = vl::parse_broker_reply(text);
+      REQUIRE_FALSE(r.ok());
+      CHECK(r.error().context.find("malformed broker reply") != std::string::npos);
+    }
+  }
+
+  TEST_CASE("a reply survives a round trip; missing error fields take their defaults") {
+    vl::BrokerReply failed{false, 0, vl::Error::from_errno(17, "VM web1 is running")};
+    auto back = vl::parse_broker_reply(vl::encode_broker_reply(failed));
+    REQUIRE(back.ok());
+    CHECK_FALSE(back->ok);
+    CHECK(back->error.code == vl::ErrorCode::kSystem);
+    CHECK(back->error.sys_errno == 17);
+    CHECK(back->error.context == "VM web1 is running");
+    auto started = vl::parse_broker_reply(vl::encode_broker_reply({true, 4242, {}}));
+    REQUIRE(started.ok());
+    CHECK(started->pid == 4242);
+    auto bare = vl::parse_broker_reply(R"({"ok":false})");
+    REQUIRE(bare.ok());
+    CHECK(bare->error.code == vl::ErrorCode::kInternal);
+    CHECK(bare->error.context == "unknown broker error");
+  }
 }

@@ -116,4 +116,16 @@ bridge = "br-lan"
     CHECK_FALSE(vl::is_valid_ifname("br/0"));
     CHECK_FALSE(vl::is_valid_ifname("br 0"));
   }
+
+  TEST_CASE("a table header that starts with a character no key can start with is an error") {
+    // Found by fuzz/config_fuzzer: toml++ 3.3.0 asserts instead of reporting these, and
+    // assertions are on in vmlaunch's default build type, so a typo aborted every program.
+    for (const char* text : {"[*]", "[ *]", "[[*", "[*", "[zones]\n[+x]\n"}) {
+      CAPTURE(std::string(text));
+      auto r = vl::parse_config(text, "/etc/vmlaunch/vmlaunch.toml");
+      REQUIRE_FALSE(r.ok());
+      CHECK(r.error().context.find("/etc/vmlaunch/vmlaunch.toml:") == 0);
+      CHECK(r.error().context.find("expected bare key starting character") != std::string::npos);
+    }
+  }
 }

@@ -150,6 +150,37 @@ TEST_SUITE("daemon/qemu_argv") {
     }
   }
 
+  TEST_CASE("a word that is not UTF-8 is refused: the plan travels as JSON") {
+    // Found by fuzz/qemu_argv_fuzzer: such a word made the plan's JSON serialization abort
+    // the daemon (plan cache entries are read back through this rewrite, too).
+    for (std::string bad : {"\xff", "\xc3", "\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80"}) {
+      CAPTURE(bad);
+      auto plan = rewrite(native_line("-name guest=web1" + bad + " "), test_domain());
+      REQUIRE_FALSE(plan.ok());
+      CHECK(plan.error().context.find("not valid UTF-8") != std::string::npos);
+    }
+    auto accented = rewrite(native_line("-name guest=web1,caf\xc3\xa9,\xe2\x82\xac,\xf0\x9f\x92\xbe "), test_domain());
+    CHECK_MESSAGE(accented.ok(), (accented.ok() ? "" : accented.error().context));
+  }
+
+  TEST_CASE("a JSON member of the wrong type is refused, not an abort of the daemon") {
+    // Found by fuzz/qemu_argv_fuzzer: typed reads of these members aborted the process.
+    const std::pair<std::string, const char*> cases[] = {
+        {"-object '{\"qom-type\":\"secret\",\"id\":435456}' ", "'id' must be a string"},
+        {"-object '{\"qom-type\":[\"secret\"],\"id\":\"x\"}' ", "'qom-type' must be a string"},
+        {"-netdev '{\"type\":1,\"fd\":\"6\",\"id\":\"hostnet1\"}' ", "'type' must be a string"},
+        {"-netdev '{\"type\":\"tap\",\"fd\":\"6\",\"id\":{}}' ", "'id' must be a string"},
+        {"-blockdev '{\"driver\":false,\"node-name\":\"x\"}' ", "'driver' must be a string"},
+    };
+    for (const auto& [extra, expected] : cases) {
+      CAPTURE(extra);
+      auto plan = rewrite(native_line(extra), test_domain());
+      REQUIRE_FALSE(plan.ok());
+      CAPTURE(plan.error().context);
+      CHECK(plan.error().context.find(expected) != std::string::npos);
+    }
+  }
+
   TEST_CASE("the command line must match the domain") {
     auto two_nics = rewrite(native_line(), test_domain(2));
     REQUIRE_FALSE(two_nics.ok());

@@ -44,4 +44,16 @@ TEST_SUITE("daemon/shell_words") {
     }
     CHECK_FALSE(split_shell_words(std::string_view("a\0b", 3)).ok());
   }
+
+  TEST_CASE("a NUL byte is refused inside quotes too") {
+    // Found by fuzz/shell_words_fuzzer: quoted text was copied without the NUL check, so a
+    // word could hold a byte no execve argument can.
+    using namespace std::string_view_literals;
+    for (std::string_view text : {"'a\0b'"sv, "\"a\0b\""sv, "x \"\\\0\""sv, "\\\0"sv}) {
+      CAPTURE(std::string(text));
+      auto r = split_shell_words(text);
+      REQUIRE_FALSE(r.ok());
+      CHECK(r.error().context.find("NUL byte") != std::string::npos);
+    }
+  }
 }
