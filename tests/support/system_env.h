@@ -95,6 +95,7 @@ class SystemEnv : public HelperEnv {
   }
 
   pid_t broker_pid() const { return broker_; }
+  pid_t daemon_pid() const { return daemon_; }
 
   /// Waits up to `ms` for the broker to exit (after a signal the test sent); reaps it if so.
   bool broker_exited_within(int ms) {

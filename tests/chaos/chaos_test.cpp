@@ -1,0 +1,703 @@
+// The chaos suite: real vmctl clients, daemon, broker and emulators in a private network
+// namespace, driven by a seeded schedule (schedule.h) of concurrent operations and SIGKILLs,
+// with the kernel's view (kernel_view.h) checked against the daemon's after the system settles.
+//
+// Parameters come from the environment (defaults: the CI variant):
+//   VMLAUNCH_CHAOS_SEED          the schedule's seed (default: drawn, and printed)
+//   VMLAUNCH_CHAOS_OPS           client operations (300)
+//   VMLAUNCH_CHAOS_VMS           VMs operated on (6)
+//   VMLAUNCH_CHAOS_CLIENTS       concurrent clients (3)
+//   VMLAUNCH_CHAOS_DAEMON_KILLS  SIGKILLs of the daemon, each followed by a restart (10)
+//   VMLAUNCH_CHAOS_BROKER_KILLS  SIGKILLs of the broker, each followed by a restart (10)
+//   VMLAUNCH_CHAOS_QEMU_KILLS    SIGKILLs of an emulator from outside (20)
+//   VMLAUNCH_CHAOS_CHECK_EVERY   kernel invariants after every N operations (10)
+//   VMLAUNCH_CHAOS_VNC           1: every VM has VNC with autoport (0)
+//   VMLAUNCH_CHAOS_BURST         at the end, start this many more VMs in one call (0)
+//   VMLAUNCH_CHAOS_KEEP_GOING    1: go on after a failed check, to collect more findings (0)
+//   VMLAUNCH_CHAOS_WARM          0: start with a cold plan cache, as on a fresh host (1)
+//   VMLAUNCH_CHAOS_LOG           where the operation log goes (chaos-SEED.log in the cwd)
+//
+// Expected failures, exactly (anything else fails the suite):
+//   - start: "is already running" if the VM ran when the round began, or another client of the
+//     round operated on it, or an emulator kill or daemon restart struck the round.
+//   - kill: "is not running" if the VM did not run when the round began, or another client of
+//     the round operated on it, or its emulator was killed in the round.
+//   - any operation: "lost the connection to vmlaunchd" / "vmlaunchd is not running" in a round
+//     whose daemon was killed; a message about the vmlaunch broker in a round whose broker was
+//     killed.
+// A successful answer is a commitment: the VM must be in the state it promises once the round
+// settles, whatever was killed afterwards in that round (except its own emulator).
+#include <doctest/doctest.h>
+#include <signal.h>
+#include <sys/syscall.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <future>
+#include <random>
+#include <thread>
+
+#include "tests/chaos/kernel_view.h"
+#include "tests/chaos/schedule.h"
+#include "tests/chaos/vmctl_runner.h"
+#include "tests/support/system_env.h"
+
+using namespace std::chrono_literals;
+using Json = nlohmann::json;
+
+namespace vl::chaos {
+namespace {
+
+constexpr auto kOpDeadline = 240s;      // a graceful stop is 5 s + 5 s; starts are sub-second
+constexpr auto kSettleDeadline = 120s;  // no VM may stay starting/stopping longer
+const char* const kEmulator = "/usr/bin/qemu-system-x86_64";
+
+int env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::atoi(v) : fallback;
+}
+
+Params params_from_env() {
+  Params p;
+  const char* seed = std::getenv("VMLAUNCH_CHAOS_SEED");
+  p.seed = seed && *seed ? std::strtoull(seed, nullptr, 0) : std::random_device{}();
+  p.ops = env_int("VMLAUNCH_CHAOS_OPS", p.ops);
+  p.vms = std::max(1, env_int("VMLAUNCH_CHAOS_VMS", p.vms));
+  p.clients = std::max(1, env_int("VMLAUNCH_CHAOS_CLIENTS", p.clients));
+  p.daemon_kills = env_int("VMLAUNCH_CHAOS_DAEMON_KILLS", p.daemon_kills);
+  p.broker_kills = env_int("VMLAUNCH_CHAOS_BROKER_KILLS", p.broker_kills);
+  p.qemu_kills = env_int("VMLAUNCH_CHAOS_QEMU_KILLS", p.qemu_kills);
+  p.check_every = std::max(1, env_int("VMLAUNCH_CHAOS_CHECK_EVERY", p.check_every));
+  p.vnc = env_int("VMLAUNCH_CHAOS_VNC", 0) != 0;
+  p.burst = env_int("VMLAUNCH_CHAOS_BURST", 0);
+  p.keep_going = env_int("VMLAUNCH_CHAOS_KEEP_GOING", 0) != 0;
+  p.warm = env_int("VMLAUNCH_CHAOS_WARM", 1) != 0;
+  return p;
+}
+
+struct Row {
+  std::string state, reason;
+  int pid = 0, uid = 0, vnc = -1;
+};
+using Rows = std::map<std::string, Row>;
+
+std::string mac_of(int i) {
+  char buf[18];
+  std::snprintf(buf, sizeof buf, "52:54:00:%02x:%02x:%02x", 0x30 + i / 65536, (i / 256) % 256, i % 256);
+  return buf;
+}
+
+/// One client operation as it ran.
+struct Done {
+  ClientOp op;
+  VmctlResult result;
+  std::map<std::string, VmOutcome> outcomes;  // per VM, for state-changing operations
+};
+
+/// One fault as it ran.
+struct Struck {
+  Fault fault;
+  std::string vm;   // kQemuKill: the VM whose emulator was aimed at
+  bool hit = true;  // kQemuKill: the signal reached a live emulator
+};
+
+class Chaos {
+ public:
+  explicit Chaos(Params p) : p_(p) {
+    for (int i = 0; i < p_.vms; ++i) names_.push_back("vm" + std::to_string(i));
+    for (const auto& n : names_) define(n, static_cast<int>(&n - names_.data()) + 1);
+    define("probe", 0);
+    uid_first_ = 100000 + static_cast<unsigned>(::getpid() % 20000) * 1000;  // test_uid_range()
+    const char* log = std::getenv("VMLAUNCH_CHAOS_LOG");
+    log_path_ = log && *log ? log : "chaos-" + std::to_string(p_.seed) + ".log";
+  }
+
+  void run() {
+    auto rounds = make_schedule(p_);
+    std::fprintf(stderr,
+                 "chaos: seed %llu (reproduce with VMLAUNCH_CHAOS_SEED=%llu), %d ops in %zu rounds over %d VMs, "
+                 "%d clients, %d daemon / %d broker / %d emulator kills, check every %d ops, vnc %d, burst %d\n",
+                 static_cast<unsigned long long>(p_.seed), static_cast<unsigned long long>(p_.seed), p_.ops,
+                 rounds.size(), p_.vms, p_.clients, p_.daemon_kills, p_.broker_kills, p_.qemu_kills, p_.check_every,
+                 p_.vnc, p_.burst);
+    if (p_.warm)
+      for (const auto& name : names_) {
+        auto r = vmctl({"plan", name});
+        REQUIRE_MESSAGE(r.exit_code == 0, "plan " << name << ": " << r.err);
+      }
+    t0_ = std::chrono::steady_clock::now();
+    auto settled = settle();
+    REQUIRE_MESSAGE(settled, "the system never settled before the first round");
+    rows_ = *settled;
+    int ops_done = 0, next_check = p_.check_every;
+    for (size_t i = 0; i < rounds.size() && (p_.keep_going || violations_.empty()); ++i) {
+      run_round(static_cast<int>(i), rounds[i]);
+      ops_done += static_cast<int>(rounds[i].ops.size());
+      if (ops_done >= next_check || i + 1 == rounds.size()) {
+        check_kernel("after round " + std::to_string(i) + " (" + std::to_string(ops_done) + " ops)", true);
+        next_check = ops_done + p_.check_every;
+      }
+      if (i % 10 == 9)
+        std::fprintf(stderr, "chaos: %d/%d ops, %.0f s, %d unexpected failures, %d violations\n", ops_done, p_.ops,
+                     elapsed(), unexpected_, static_cast<int>(violations_.size()));
+    }
+    if (p_.burst > 0 && (p_.keep_going || violations_.empty())) burst();
+    report();
+  }
+
+ private:
+  double elapsed() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count(); }
+
+  void define(const std::string& name, int index) {
+    env_.define({.name = name, .mac = mac_of(index), .zone = "dmz"});
+    if (!p_.vnc) return;
+    std::string path = env_.root() + "/domains/" + name + ".xml";
+    std::string xml = sys::read_file(path, 1 << 20).value();
+    xml.insert(xml.find("  </devices>"), "    <graphics type='vnc' autoport='yes' listen='127.0.0.1'/>\n");
+    std::ofstream(path) << xml;  // keeps the owner and mode define() gave it
+  }
+
+  VmctlResult vmctl(std::vector<std::string> args) {
+    return run_vmctl(test::build_path("VMLAUNCH_VMCTL"), env_.config_path(), std::move(args), kOpDeadline);
+  }
+
+  std::optional<Rows> list() {
+    auto r = vmctl({"list", "--json"});
+    auto j = Json::parse(r.out, nullptr, false);
+    if (r.exit_code != 0 || !j.is_array()) return std::nullopt;
+    Rows rows;
+    for (const auto& e : j) {
+      Row row{e.value("state", ""), e.value("reason", ""), e.value("pid", 0), e.value("uid", 0),
+              e.value("vnc_display", -1)};
+      rows[e.value("name", "")] = row;
+      if (row.uid != 0) uid_of_[e.value("name", "")] = row.uid;
+    }
+    return rows;
+  }
+
+  /// A VM the daemon has not finished with: in a transitional state, or said to run on an
+  /// emulator that has exited (the daemon learns of an exit asynchronously).
+  static bool unsettled(const Row& row) {
+    return row.state == "starting" || row.state == "stopping" || (row.state == "running" && !test::process_alive(row.pid));
+  }
+
+  /// Waits until the daemon answers and every VM is settled. `leaving`: VMs whose emulator
+  /// (VM -> pid) was signalled with an answer of success; `kill` answers once the signal is
+  /// sent, so the VM is settled once that emulator no longer runs as it.
+  std::optional<Rows> settle(const std::map<std::string, int>& leaving = {}) {
+    auto until = std::chrono::steady_clock::now() + kSettleDeadline;
+    std::optional<Rows> rows;
+    auto busy_row = [&](const std::string& name, const Row& row) {
+      return unsettled(row) || (leaving.count(name) && row.state == "running" && row.pid == leaving.at(name));
+    };
+    while (std::chrono::steady_clock::now() < until) {
+      rows = list();
+      bool busy = !rows;
+      if (rows)
+        for (const auto& [name, row] : *rows) busy |= busy_row(name, row);
+      if (!busy) return rows;
+      std::this_thread::sleep_for(100ms);
+    }
+    std::string why = "the system did not settle within " + std::to_string(kSettleDeadline.count()) + " s: ";
+    if (!rows) why += "the daemon does not answer `list`";
+    else
+      for (const auto& [name, row] : *rows)
+        if (busy_row(name, row))
+          why += name + " stuck in " + row.state + " (pid " + std::to_string(row.pid) + ")" +
+                 (leaving.count(name) ? " though its kill was answered ok" : "") + "; ";
+    violation(why);
+    return std::nullopt;
+  }
+
+  std::vector<std::string> op_args(const ClientOp& op) const {
+    std::string vm = op.vm >= 0 ? names_[static_cast<size_t>(op.vm)] : "";
+    switch (op.kind) {
+      case OpKind::kStart: return {"--json", "start", vm};
+      case OpKind::kStop: return {"--json", "stop", "--timeout", "5", vm};
+      case OpKind::kStopForce: return {"--json", "stop", "--force", vm};
+      case OpKind::kKillTerm: return {"--json", "kill", "--signal", "TERM", vm};
+      case OpKind::kKillKill: return {"--json", "kill", "--signal", "KILL", vm};
+      case OpKind::kRestart: return {"--json", "restart", "--timeout", "5", vm};
+      case OpKind::kStatus: return {"--json", "status", vm};
+      case OpKind::kList: return {"--json", "list"};
+      case OpKind::kStopAll: return {"--json", "stop", "--all", "--timeout", "5"};
+    }
+    return {};
+  }
+
+  void run_round(int index, const Round& round) {
+    const Rows pre = rows_;
+    double started = elapsed();
+    // Emulator kills aim at a VM that runs as the round begins; the pidfd is taken now so a
+    // later holder of the pid is never hit.
+    std::vector<Struck> struck;
+    std::vector<UniqueFd> pidfds;
+    std::vector<std::string> running;
+    for (const auto& [name, row] : pre)
+      if (row.state == "running" && name != "probe") running.push_back(name);
+    for (const auto& f : round.faults) {
+      Struck s{f};
+      UniqueFd fd;
+      if (f.kind == FaultKind::kQemuKill && !running.empty()) {
+        s.vm = running[f.pick % running.size()];
+        fd.reset(static_cast<int>(::syscall(SYS_pidfd_open, pre.at(s.vm).pid, 0)));
+      }
+      struck.push_back(s);
+      pidfds.push_back(std::move(fd));
+    }
+
+    auto round_start = std::chrono::steady_clock::now();
+    std::vector<std::future<Done>> clients;
+    for (const auto& op : round.ops)
+      clients.push_back(std::async(std::launch::async, [this, op] {
+        Done d{op, vmctl(op_args(op)), {}};
+        return d;
+      }));
+    for (size_t i = 0; i < struck.size(); ++i) {
+      std::this_thread::sleep_until(round_start + std::chrono::milliseconds(struck[i].fault.delay_ms));
+      switch (struck[i].fault.kind) {
+        case FaultKind::kDaemonKill:
+          env_.kill_daemon();
+          env_.start_daemon();
+          ++daemon_kills_;
+          break;
+        case FaultKind::kBrokerKill:
+          env_.kill_broker();
+          env_.start_broker();
+          ++broker_kills_;
+          break;
+        case FaultKind::kQemuKill:
+          struck[i].hit = pidfds[i] && ::syscall(SYS_pidfd_send_signal, pidfds[i].get(), SIGKILL, nullptr, 0) == 0;
+          // The signal is delivered asynchronously: only a dead emulator makes the round's outcome
+          // something to check.
+          if (struck[i].hit && !wait_pidfd_exited(pidfds[i].get(), 30000))
+            violation("round " + std::to_string(index) + ": " + struck[i].vm + "'s emulator survived SIGKILL for 30 s");
+          ++(struck[i].hit ? qemu_hits_ : qemu_misses_);
+          break;
+      }
+    }
+    std::vector<Done> done;
+    for (auto& c : clients) done.push_back(c.get());
+
+    RoundFacts facts = facts_of(done, struck);
+    std::string line = "round " + std::to_string(index) + " [t=" + fmt(started) + "s]";
+    for (const auto& s : struck)
+      line += "\n  fault +" + std::to_string(s.fault.delay_ms) + "ms " + fault_name(s.fault.kind) +
+              (s.vm.empty() ? "" : " " + s.vm + (s.hit ? "" : " (missed: not running)"));
+    for (auto& d : done) line += "\n  " + classify(d, pre, facts);
+    log_line(line);
+
+    std::map<std::string, int> leaving;
+    for (const auto& d : done)
+      if (d.op.kind == OpKind::kKillTerm || d.op.kind == OpKind::kKillKill)
+        for (const auto& [name, o] : d.outcomes)
+          if (o.ok && pre.count(name) && pre.at(name).state == "running") leaving[name] = pre.at(name).pid;
+    auto settled = settle(leaving);
+    if (!settled) return;
+    rows_ = *settled;
+    std::string changes;
+    for (const auto& [name, row] : rows_)
+      if (!pre.count(name) || pre.at(name).state != row.state || pre.at(name).pid != row.pid)
+        changes += " " + name + "=" + row.state + (row.pid ? "/" + std::to_string(row.pid) : "") +
+                   (row.reason.empty() ? "" : "(" + row.reason + ")");
+    if (!changes.empty()) log_line("  settled:" + changes);
+    check_model(index, pre, done, facts);
+  }
+
+  struct RoundFacts {
+    bool daemon_killed = false, broker_killed = false, stop_all = false;
+    std::set<std::string> qemu_killed;         // emulator hit from outside
+    std::map<std::string, int> changers;       // state-changing operations per VM
+    std::map<std::string, int> ops_on;         // any operation per VM
+  };
+
+  RoundFacts facts_of(const std::vector<Done>& done, const std::vector<Struck>& struck) const {
+    RoundFacts f;
+    for (const auto& s : struck) {
+      f.daemon_killed |= s.fault.kind == FaultKind::kDaemonKill;
+      f.broker_killed |= s.fault.kind == FaultKind::kBrokerKill;
+      if (s.fault.kind == FaultKind::kQemuKill && s.hit) f.qemu_killed.insert(s.vm);
+    }
+    for (const auto& d : done) {
+      if (d.op.kind == OpKind::kStopAll) f.stop_all = true;
+      if (d.op.vm < 0) continue;
+      const auto& vm = names_[static_cast<size_t>(d.op.vm)];
+      ++f.ops_on[vm];
+      if (d.op.kind != OpKind::kStatus) ++f.changers[vm];
+    }
+    return f;
+  }
+
+  static std::string fmt(double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1f", v);
+    return buf;
+  }
+
+  static bool has(const std::string& s, const char* what) { return s.find(what) != std::string::npos; }
+
+  /// Why a failed answer is expected (see the header), or "" if it is not.
+  std::string expected_failure(const ClientOp& op, const std::string& vm, const std::string& error, const Rows& pre,
+                               const RoundFacts& f) const {
+    // Another client changed the same VM in this round (stop --all changes every VM).
+    bool contended = (f.changers.count(vm) ? f.changers.at(vm) : 0) + (f.stop_all ? 1 : 0) > 1;
+    std::string state = pre.count(vm) ? pre.at(vm).state : "";
+    // "Connection terminated" is sd-bus's word for the same loss (reported: vmctl(1) promises the
+    // "lost the connection" wording).
+    if (f.daemon_killed && (has(error, "lost the connection to vmlaunchd") || has(error, "vmlaunchd is not running") ||
+                            error == "Connection terminated"))
+      return "daemon killed";
+    if (f.broker_killed && has(error, "vmlaunch broker")) return "broker killed";
+    if ((op.kind == OpKind::kStart || op.kind == OpKind::kRestart) && has(error, "is already running") &&
+        ((op.kind == OpKind::kStart && state == "running") || contended || f.qemu_killed.count(vm) || f.daemon_killed))
+      return "conflict: already running";
+    if (op.kind == OpKind::kKillTerm || op.kind == OpKind::kKillKill || op.kind == OpKind::kStopAll) {
+      if (has(error, "is not running") && (state != "running" || contended || f.qemu_killed.count(vm)))
+        return "conflict: not running";
+    }
+    return "";
+  }
+
+  std::string classify(Done& d, const Rows& pre, const RoundFacts& f) {
+    ++ops_total_;
+    std::string vm = d.op.vm >= 0 ? names_[static_cast<size_t>(d.op.vm)] : "";
+    std::string line = std::string(op_name(d.op.kind)) + (vm.empty() ? "" : " " + vm) + " -> ";
+    if (d.result.hung) {
+      ++unexpected_;
+      unexpected_lines_.push_back(line + "no answer");
+      return line + "NO ANSWER within " + std::to_string(kOpDeadline.count()) + " s  [UNEXPECTED]";
+    }
+    if (d.op.kind == OpKind::kStatus || d.op.kind == OpKind::kList) {
+      if (d.result.exit_code == 0) return line + "ok";
+      std::string err = d.result.err.empty() ? d.result.out : d.result.err;
+      while (!err.empty() && err.back() == '\n') err.pop_back();
+      std::string why = expected_failure(d.op, vm, err, pre, f);
+      if (!why.empty()) {
+        ++expected_[why];
+        return line + "failed: " + err + "  [expected: " + why + "]";
+      }
+      ++unexpected_;
+      unexpected_lines_.push_back(line + err);
+      return line + "failed (" + std::to_string(d.result.exit_code) + "): " + err + "  [UNEXPECTED]";
+    }
+    std::vector<std::string> asked;
+    if (d.op.kind == OpKind::kStopAll)
+      for (const auto& [name, row] : pre) asked.push_back(name);
+    else asked.push_back(vm);
+    d.outcomes = batch_outcomes(d.result, asked);
+    bool all_ok = true;
+    std::string details;
+    for (const auto& [name, o] : d.outcomes) {
+      if (o.ok) continue;
+      all_ok = false;
+      std::string why = expected_failure(d.op, name, o.error, pre, f);
+      details += "\n    " + name + " failed: " + o.error;
+      if (why.empty()) {
+        ++unexpected_;
+        unexpected_lines_.push_back(line + name + ": " + o.error);
+        details += "  [UNEXPECTED]";
+      } else {
+        ++expected_[why];
+        details += "  [expected: " + why + "]";
+      }
+    }
+    if (d.outcomes.empty()) {
+      ++unexpected_;
+      unexpected_lines_.push_back(line + "no per-VM answer: " + d.result.out + d.result.err);
+      return line + "no per-VM answer (exit " + std::to_string(d.result.exit_code) + "): " + d.result.out +
+             d.result.err + "  [UNEXPECTED]";
+    }
+    if (all_ok != (d.result.exit_code == 0)) {
+      ++unexpected_;
+      unexpected_lines_.push_back(line + "exit status " + std::to_string(d.result.exit_code) + " disagrees with answers");
+      details += "\n    exit status " + std::to_string(d.result.exit_code) + " disagrees  [UNEXPECTED]";
+    }
+    return line + (all_ok ? "ok" : "failed") + details;
+  }
+
+  /// The states each VM may be in after the round, and whether its emulator must be the same.
+  void check_model(int index, const Rows& pre, const std::vector<Done>& done, const RoundFacts& f) {
+    for (const auto& [name, row] : rows_) {
+      if (!pre.count(name)) continue;
+      const Row& before = pre.at(name);
+      std::set<std::string> allowed;
+      bool same_pid = false, new_pid = false;
+      int changers = (f.changers.count(name) ? f.changers.at(name) : 0) + (f.stop_all ? 1 : 0);
+      bool hit = f.qemu_killed.count(name) > 0;
+      // The one operation that changes the VM, if there is exactly one, and its answer.
+      const Done* only = nullptr;
+      VmOutcome answer;
+      for (const auto& d : done) {
+        if (d.op.kind == OpKind::kStatus || d.op.kind == OpKind::kList) continue;
+        if (d.outcomes.count(name)) {
+          only = &d;
+          answer = d.outcomes.at(name);
+        }
+      }
+      if (changers == 0 && !hit) {
+        allowed = {before.state};
+        if (before.state == "failed" && f.daemon_killed) allowed.insert("stopped");  // a new daemon forgets
+        same_pid = before.state == "running";
+      } else if (changers == 0 && hit) {
+        allowed = {"failed"};
+        if (f.daemon_killed) allowed.insert("stopped");  // died while the daemon was down
+      } else if (changers == 1 && !hit && only && answer.ok) {
+        switch (only->op.kind) {
+          case OpKind::kStart: allowed = {"running"}; break;
+          case OpKind::kRestart:
+            allowed = {"running"};
+            new_pid = before.state == "running";
+            break;
+          default:
+            allowed = {"stopped"};
+            if (before.state == "failed") allowed.insert("failed");  // stopping a failed VM keeps its reason
+            break;
+        }
+      } else if (changers == 1 && !hit && only && !f.daemon_killed && !f.broker_killed) {
+        allowed = {before.state};  // refused (conflict): nothing changed
+        same_pid = before.state == "running";
+      } else {
+        allowed = {"running", "stopped", before.state};
+        if (hit || f.daemon_killed || f.broker_killed) allowed.insert("failed");
+      }
+      std::string where = "round " + std::to_string(index) + ": VM " + name + " was " + before.state +
+                          (before.pid ? " (pid " + std::to_string(before.pid) + ")" : "");
+      if (!allowed.count(row.state)) {
+        std::string list;
+        for (const auto& s : allowed) list += (list.empty() ? "" : "|") + s;
+        if (allowed == std::set<std::string>{"running"} || same_pid) ++lost_;
+        violation(where + ", is " + row.state + (row.pid ? " (pid " + std::to_string(row.pid) + ")" : "") +
+                  (row.reason.empty() ? "" : ": " + row.reason) + "; expected " + list +
+                  (before.pid ? "; pid " + std::to_string(before.pid) + " is " + (test::process_alive(before.pid) ? "alive" : "gone") : ""));
+      } else if (same_pid && row.pid != before.pid) {
+        ++lost_;
+        violation(where + ", now runs as pid " + std::to_string(row.pid) + " though nobody restarted it");
+      } else if (new_pid && row.pid == before.pid) {
+        violation(where + ", restart answered ok but the emulator is the same pid " + std::to_string(row.pid));
+      }
+    }
+  }
+
+  /// Every invariant of the issue, read from the kernel, against `vmctl list`.
+  void check_kernel(const std::string& when, bool probe_broker) {
+    ++checks_;
+    size_t before = violations_.size();
+    auto rows = list();
+    if (!rows) {
+      violation(when + ": the daemon does not answer `list`");
+      return;
+    }
+    std::string err;
+    auto links = read_links(err);
+    if (!err.empty()) violation(when + ": " + err);
+    auto nft = read_nft(err);
+    if (!err.empty()) violation(when + ": " + err);
+    auto procs = read_procs();
+    std::map<pid_t, const Proc*> by_pid;
+    for (const auto& p : procs) by_pid[p.pid] = &p;
+    int bridge = links.count("br-dmz") ? links.at("br-dmz").ifindex : -1;
+    std::set<pid_t> emulators;
+    std::set<std::string> taps, chains;
+    std::map<int, std::string> displays;
+    std::set<std::string> relays;
+    auto bad = [&](const std::string& vm, const std::string& what) { violation(when + ": " + vm + ": " + what); };
+    for (const auto& [name, row] : *rows) {
+      std::string tap = name + "-0", chain = "vm-" + name;
+      std::string disk = env_.root() + "/images/" + name + ".img";
+      std::string rundir = env_.root() + "/run/vms/" + name;
+      std::string journal = env_.root() + "/state/disks/" + name + ".json";
+      struct stat st {};
+      bool disk_ok = ::stat(disk.c_str(), &st) == 0;
+      if (row.state == "running") {
+        emulators.insert(row.pid);
+        taps.insert(tap);
+        chains.insert(chain);
+        auto it = by_pid.find(row.pid);
+        if (row.pid <= 0 || it == by_pid.end()) bad(name, "running, but no process " + std::to_string(row.pid));
+        else {
+          const Proc& p = *it->second;
+          if (!test::process_alive(row.pid)) bad(name, "running, but pid " + std::to_string(row.pid) + " has exited (state " + p.state + ")");
+          if (p.state == 'Z' && p.threads <= 1) bad(name, "emulator pid " + std::to_string(row.pid) + " is a zombie");
+          if (static_cast<int>(p.uid) != row.uid) bad(name, "emulator runs as uid " + std::to_string(p.uid) + ", list says " + std::to_string(row.uid));
+          if (p.exe != kEmulator && p.state != 'Z') bad(name, "pid " + std::to_string(row.pid) + " is '" + p.exe + "', not the emulator");
+        }
+        if (row.uid < static_cast<int>(uid_first_) || row.uid >= static_cast<int>(uid_first_ + 1000))
+          bad(name, "uid " + std::to_string(row.uid) + " outside the configured range");
+        if (!links.count(tap)) bad(name, "running, but tap " + tap + " is missing");
+        else {
+          if (links.at(tap).master != bridge) bad(name, "tap " + tap + " is not a port of br-dmz (master " + std::to_string(links.at(tap).master) + ")");
+          if (!links.at(tap).up) bad(name, "tap " + tap + " is down");
+        }
+        if (!nft.chains.count(chain)) bad(name, "running, but chain " + chain + " is missing");
+        if (!nft.tap_map.count(tap) || nft.tap_map.at(tap) != chain) bad(name, "map taps does not send " + tap + " to " + chain);
+        if (!disk_ok || st.st_uid != static_cast<uid_t>(row.uid) || (st.st_mode & 07777) != 0600)
+          bad(name, "disk is " + std::to_string(st.st_uid) + ":" + std::to_string(st.st_gid) + " " + oct(st.st_mode) + ", not " + std::to_string(row.uid) + " 0600");
+        auto state = read_vm_state_file(rundir + "/state.json");
+        if (!state) bad(name, "running, but " + state.error().message());
+        else if (state->pid != row.pid) bad(name, "state.json says pid " + std::to_string(state->pid) + ", list says " + std::to_string(row.pid));
+        if (!std::filesystem::exists(journal)) bad(name, "running, but its disk journal is missing");
+        if (p_.vnc) {
+          if (row.vnc < 0) bad(name, "running without a VNC display");
+          else if (displays.count(row.vnc)) bad(name, "VNC display " + std::to_string(row.vnc) + " also used by " + displays[row.vnc]);
+          else displays[row.vnc] = name;
+        }
+      } else if (row.state == "stopped" || row.state == "failed") {
+        if (row.pid != 0) bad(name, row.state + " with pid " + std::to_string(row.pid));
+        if (links.count(tap)) bad(name, row.state + ", but tap " + tap + " exists");
+        if (nft.chains.count(chain)) bad(name, row.state + ", but chain " + chain + " exists");
+        if (std::filesystem::exists(rundir)) bad(name, row.state + ", but its runtime directory exists");
+        if (std::filesystem::exists(journal)) bad(name, row.state + ", but its disk journal exists");
+        if (!disk_ok || st.st_uid != 0 || st.st_gid != 0 || (st.st_mode & 07777) != 0644)
+          bad(name, row.state + ", but the disk is " + std::to_string(st.st_uid) + ":" + std::to_string(st.st_gid) + " " + oct(st.st_mode) + ", not back to 0:0 0644");
+        if (uid_of_.count(name))
+          for (const auto& p : procs)
+            if (p.uid == static_cast<uid_t>(uid_of_[name]) && p.state != 'Z')
+              bad(name, row.state + ", but pid " + std::to_string(p.pid) + " (" + p.exe + ") runs as its uid " + std::to_string(p.uid));
+      } else {
+        bad(name, "unsettled state " + row.state);
+      }
+    }
+    // Nothing that belongs to no running VM.
+    for (const auto& p : procs) {
+      bool vm_uid = p.uid >= uid_first_ && p.uid < uid_first_ + 1000;
+      if (vm_uid && p.state != 'Z' && !emulators.count(p.pid))
+        violation(when + ": orphan process " + std::to_string(p.pid) + " (" + p.exe + ") of VM uid " + std::to_string(p.uid));
+      // `launch NAME` stays as the emulator's root log relay (helper/log_relay.h) while NAME runs.
+      if (p.exe == test::build_path("VMLAUNCH_HELPER") && p.pid != env_.broker_pid()) {
+        auto at = p.cmdline.find(" launch ");
+        std::string vm = at == std::string::npos ? "" : p.cmdline.substr(at + 8, p.cmdline.find(' ', at + 8) - at - 8);
+        if (vm.empty() || !rows->count(vm) || rows->at(vm).state != "running" || !relays.insert(vm).second)
+          violation(when + ": stray helper process " + std::to_string(p.pid) + ": " + p.cmdline);
+      }
+    }
+    for (const auto& [name, link] : links)
+      if (link.kind == "tun" && !taps.count(name)) violation(when + ": orphan tap " + name);
+    for (const auto& c : nft.chains)
+      if (c.rfind("vm-", 0) == 0 && !chains.count(c)) violation(when + ": orphan chain " + c);
+    for (const auto& [tap, target] : nft.tap_map)
+      if (!taps.count(tap)) violation(when + ": orphan map element " + tap + " -> " + target);
+    // The broker and daemon are alive and serve: a probe VM starts (through the broker) and stops.
+    if (!test::process_alive(env_.broker_pid())) violation(when + ": the broker is not running");
+    if (!test::process_alive(env_.daemon_pid())) violation(when + ": the daemon is not running");
+    if (probe_broker) {
+      auto started = vmctl({"--json", "start", "probe"});
+      if (started.exit_code != 0) violation(when + ": probe start failed: " + started.out + started.err);
+      auto stopped = vmctl({"--json", "stop", "--force", "probe"});
+      if (stopped.exit_code != 0) violation(when + ": probe stop failed: " + stopped.out + stopped.err);
+    }
+    if (violations_.size() > before) dump_state(when, *rows, links, nft, procs);
+  }
+
+  static std::string oct(mode_t m) {
+    char buf[16];
+    std::snprintf(buf, sizeof buf, "%04o", m & 07777);
+    return buf;
+  }
+
+  /// Finally: `burst` more VMs started by one vmctl call, checked, stopped by `stop --all`.
+  void burst() {
+    std::vector<std::string> args = {"--json", "start", "--parallel", std::to_string(p_.burst)};
+    for (int i = 0; i < p_.burst; ++i) {
+      std::string name = "burst" + std::to_string(i);
+      define(name, 1000 + i);
+      args.push_back(name);
+    }
+    double t = elapsed();
+    auto r = vmctl(args);
+    log_line("burst: start of " + std::to_string(p_.burst) + " VMs in one call -> exit " +
+             std::to_string(r.exit_code) + " in " + fmt(elapsed() - t) + " s");
+    for (const auto& [name, o] : batch_outcomes(r, {}))
+      if (!o.ok) {
+        ++unexpected_;
+        unexpected_lines_.push_back("burst start " + name + ": " + o.error);
+      }
+    if (auto rows = settle()) rows_ = *rows;
+    check_kernel("after the burst start", false);
+    auto stopped = vmctl({"--json", "stop", "--all", "--force"});
+    if (stopped.exit_code != 0) {
+      ++unexpected_;
+      unexpected_lines_.push_back("burst stop --all: " + stopped.out + stopped.err);
+    }
+    if (auto rows = settle()) rows_ = *rows;
+    check_kernel("after the burst stop --all", false);
+  }
+
+  void dump_state(const std::string& when, const Rows& rows, const std::map<std::string, Link>& links,
+                  const NftView& nft, const std::vector<Proc>& procs) {
+    std::string s = "kernel state " + when + ":\n  vmctl list:";
+    for (const auto& [name, row] : rows)
+      s += "\n    " + name + " " + row.state + " pid " + std::to_string(row.pid) + " uid " + std::to_string(row.uid) +
+           (row.reason.empty() ? "" : " (" + row.reason + ")");
+    s += "\n  links:";
+    for (const auto& [name, l] : links)
+      s += " " + name + "[" + l.kind + (l.up ? ",up" : "") + (l.master ? ",master " + std::to_string(l.master) : "") + "]";
+    s += "\n  nft chains:";
+    for (const auto& c : nft.chains) s += " " + c;
+    s += "\n  processes of VM uids / helper:";
+    for (const auto& p : procs)
+      if ((p.uid >= uid_first_ && p.uid < uid_first_ + 1000) || p.exe == test::build_path("VMLAUNCH_HELPER"))
+        s += "\n    " + std::to_string(p.pid) + " uid " + std::to_string(p.uid) + " " + p.state + " " + p.cmdline.substr(0, 80);
+    s += "\n  runtime dirs:";
+    for (const auto& e : std::filesystem::directory_iterator(env_.root() + "/run/vms")) s += " " + e.path().filename().string();
+    s += "\n  disk journals:";
+    for (const auto& e : std::filesystem::directory_iterator(env_.root() + "/state/disks")) s += " " + e.path().filename().string();
+    log_line(s);
+  }
+
+  void violation(const std::string& what) {
+    violations_.push_back(what);
+    log_line("VIOLATION " + what);
+  }
+
+  void log_line(const std::string& line) {
+    log_ += line + "\n";
+    if (line.rfind("VIOLATION", 0) == 0) std::fprintf(stderr, "chaos: %s\n", line.c_str());
+  }
+
+  void report() {
+    std::ofstream(log_path_) << log_ << "\n---- daemon and broker log ----\n" << env_.log();
+    std::string expected;
+    for (const auto& [why, n] : expected_) expected += "\n  expected failures (" + why + "): " + std::to_string(n);
+    std::fprintf(stderr,
+                 "chaos: seed %llu: %d operations, %.0f s, %d daemon kills, %d broker kills, %d emulator kills "
+                 "(%d missed: not running), %d kernel checks%s\n"
+                 "chaos: %d unexpected failures, %zu invariant violations, %d VMs lost\n"
+                 "chaos: operation log: %s\n",
+                 static_cast<unsigned long long>(p_.seed), ops_total_, elapsed(), daemon_kills_, broker_kills_, qemu_hits_,
+                 qemu_misses_, checks_, expected.c_str(), unexpected_, violations_.size(), lost_, log_path_.c_str());
+    if (unexpected_ == 0 && violations_.empty()) return;
+    // The tail of the operation log: what led there.
+    size_t from = log_.size() > 12000 ? log_.find('\n', log_.size() - 12000) : 0;
+    std::fprintf(stderr, "chaos: ---- last operations ----\n%s\n", log_.substr(from).c_str());
+    for (const auto& u : unexpected_lines_) FAIL_CHECK((std::string("unexpected failure: ") + u));
+    for (const auto& v : violations_) FAIL_CHECK((std::string("invariant violation: ") + v));
+    FAIL(("seed " + std::to_string(p_.seed) + ": " + std::to_string(unexpected_) + " unexpected failures, " +
+          std::to_string(violations_.size()) + " invariant violations; reproduce with VMLAUNCH_CHAOS_SEED=" +
+          std::to_string(p_.seed)));
+  }
+
+  Params p_;
+  test::SystemEnv env_;
+  std::vector<std::string> names_;
+  unsigned uid_first_ = 0;
+  std::string log_path_, log_;
+  std::chrono::steady_clock::time_point t0_;
+  Rows rows_;
+  std::map<std::string, int> uid_of_;
+  std::vector<std::string> violations_, unexpected_lines_;
+  std::map<std::string, int> expected_;
+  int ops_total_ = 0, unexpected_ = 0, lost_ = 0, checks_ = 0;
+  int daemon_kills_ = 0, broker_kills_ = 0, qemu_hits_ = 0, qemu_misses_ = 0;
+};
+
+}  // namespace
+}  // namespace vl::chaos
+
+TEST_SUITE("chaos") {
+  TEST_CASE("concurrent clients, daemon/broker/emulator SIGKILLs: no VM lost, every invariant holds") {
+    vl::chaos::Chaos chaos(vl::chaos::params_from_env());
+    chaos.run();
+  }
+}
