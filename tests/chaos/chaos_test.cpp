@@ -22,9 +22,10 @@
 //     round operated on it, or an emulator kill or daemon restart struck the round.
 //   - kill: "is not running" if the VM did not run when the round began, or another client of
 //     the round operated on it, or its emulator was killed in the round.
-//   - any operation: "lost the connection to vmlaunchd" / "vmlaunchd is not running" in a round
-//     whose daemon was killed; a message about the vmlaunch broker in a round whose broker was
-//     killed.
+//   - any operation, in a round whose daemon was killed: "lost the connection to vmlaunchd",
+//     "vmlaunchd is not running", or the raw "Connection terminated", "Connection reset by
+//     peer", "Transport endpoint is not connected" (daemon_gone()); in a round whose broker was
+//     killed: a message about "the vmlaunch broker".
 // A successful answer is a commitment: the VM must be in the state it promises once the round
 // settles, whatever was killed afterwards in that round (except its own emulator).
 #include <doctest/doctest.h>
@@ -356,17 +357,23 @@ class Chaos {
 
   static bool has(const std::string& s, const char* what) { return s.find(what) != std::string::npos; }
 
+  /// What vmctl says when the daemon is gone or goes away mid-call. vmctl(1) promises the first
+  /// two; the others are sd-bus's and the socket's own words for the same loss, which vmctl
+  /// passes through unchanged when the daemon dies while it connects or waits for a reply.
+  static bool daemon_gone(const std::string& error) {
+    for (const char* m : {"lost the connection to vmlaunchd", "vmlaunchd is not running", "Connection terminated",
+                          "Connection reset by peer", "Transport endpoint is not connected"})
+      if (has(error, m)) return true;
+    return false;
+  }
+
   /// Why a failed answer is expected (see the header), or "" if it is not.
   std::string expected_failure(const ClientOp& op, const std::string& vm, const std::string& error, const Rows& pre,
                                const RoundFacts& f) const {
     // Another client changed the same VM in this round (stop --all changes every VM).
     bool contended = (f.changers.count(vm) ? f.changers.at(vm) : 0) + (f.stop_all ? 1 : 0) > 1;
     std::string state = pre.count(vm) ? pre.at(vm).state : "";
-    // "Connection terminated" is sd-bus's word for the same loss (reported: vmctl(1) promises the
-    // "lost the connection" wording).
-    if (f.daemon_killed && (has(error, "lost the connection to vmlaunchd") || has(error, "vmlaunchd is not running") ||
-                            error == "Connection terminated"))
-      return "daemon killed";
+    if (f.daemon_killed && daemon_gone(error)) return "daemon killed";
     if (f.broker_killed && has(error, "vmlaunch broker")) return "broker killed";
     if ((op.kind == OpKind::kStart || op.kind == OpKind::kRestart) && has(error, "is already running") &&
         ((op.kind == OpKind::kStart && state == "running") || contended || f.qemu_killed.count(vm) || f.daemon_killed))
@@ -688,7 +695,15 @@ class Chaos {
   }
 
   void report() {
-    std::ofstream(log_path_) << log_ << "\n---- daemon and broker log ----\n" << env_->log();
+    {
+      std::ofstream out(log_path_);
+      out << log_ << "\n---- daemon and broker log ----\n" << env_->log();
+      // The emulators' own logs say why one died (a VNC port taken, a monitor closed...).
+      for (const auto& e : std::filesystem::directory_iterator(env_->root() + "/state/logs")) {
+        auto text = sys::read_file(e.path().string(), 1 << 20);
+        if (text) out << "\n---- " << e.path().filename().string() << " ----\n" << *text;
+      }
+    }
     std::string expected;
     for (const auto& [why, n] : expected_) expected += "\n  expected failures (" + why + "): " + std::to_string(n);
     std::fprintf(stderr,
