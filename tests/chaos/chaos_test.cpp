@@ -745,6 +745,44 @@ class Chaos {
 }  // namespace vl::chaos
 
 TEST_SUITE("chaos") {
+  TEST_CASE("a seed draws one schedule: the operations asked for, every fault, in delay order") {
+    vl::chaos::Params p;
+    p.seed = 42;
+    auto a = vl::chaos::make_schedule(p), b = vl::chaos::make_schedule(p);
+    int ops = 0, daemon = 0, broker = 0, qemu = 0;
+    REQUIRE(a.size() == b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      REQUIRE(a[i].ops.size() == b[i].ops.size());
+      CHECK(a[i].ops.size() >= 1);
+      CHECK(static_cast<int>(a[i].ops.size()) <= p.clients);
+      for (size_t j = 0; j < a[i].ops.size(); ++j) {
+        CHECK(a[i].ops[j].kind == b[i].ops[j].kind);
+        CHECK(a[i].ops[j].vm == b[i].ops[j].vm);
+        CHECK(a[i].ops[j].vm < p.vms);
+        CHECK((a[i].ops[j].vm < 0) == vl::chaos::is_global(a[i].ops[j].kind));
+      }
+      REQUIRE(a[i].faults.size() == b[i].faults.size());
+      for (size_t j = 0; j < a[i].faults.size(); ++j) {
+        CHECK(a[i].faults[j].delay_ms == b[i].faults[j].delay_ms);
+        if (j > 0) CHECK(a[i].faults[j - 1].delay_ms <= a[i].faults[j].delay_ms);
+        daemon += a[i].faults[j].kind == vl::chaos::FaultKind::kDaemonKill;
+        broker += a[i].faults[j].kind == vl::chaos::FaultKind::kBrokerKill;
+        qemu += a[i].faults[j].kind == vl::chaos::FaultKind::kQemuKill;
+      }
+      ops += static_cast<int>(a[i].ops.size());
+    }
+    CHECK(ops == p.ops);
+    CHECK(daemon == p.daemon_kills);
+    CHECK(broker == p.broker_kills);
+    CHECK(qemu == p.qemu_kills);
+    p.seed = 43;
+    auto c = vl::chaos::make_schedule(p);
+    bool differs = c.size() != a.size();
+    for (size_t i = 0; !differs && i < a.size(); ++i)
+      differs = c[i].ops.size() != a[i].ops.size() || c[i].ops[0].kind != a[i].ops[0].kind || c[i].ops[0].vm != a[i].ops[0].vm;
+    CHECK(differs);
+  }
+
   TEST_CASE("concurrent clients, daemon/broker/emulator SIGKILLs: no VM lost, every invariant holds") {
     vl::chaos::Chaos chaos(vl::chaos::params_from_env());
     chaos.run();
