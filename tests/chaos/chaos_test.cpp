@@ -40,6 +40,7 @@
 #include <random>
 #include <thread>
 
+#include "tests/chaos/invariants.h"
 #include "tests/chaos/kernel_view.h"
 #include "tests/chaos/schedule.h"
 #include "tests/chaos/vmctl_runner.h"
@@ -53,7 +54,6 @@ namespace {
 
 constexpr auto kOpDeadline = 240s;      // a graceful stop is 5 s + 5 s; starts are sub-second
 constexpr auto kSettleDeadline = 120s;  // no VM may stay starting/stopping longer
-const char* const kEmulator = "/usr/bin/qemu-system-x86_64";
 
 int env_int(const char* name, int fallback) {
   const char* v = std::getenv(name);
@@ -78,11 +78,7 @@ Params params_from_env() {
   return p;
 }
 
-struct Row {
-  std::string state, reason;
-  int pid = 0, uid = 0, vnc = -1;
-};
-using Rows = std::map<std::string, Row>;
+using Row = VmRow;
 
 std::string mac_of(int i) {
   char buf[18];
@@ -508,7 +504,8 @@ class Chaos {
     }
   }
 
-  /// Every invariant of the issue, read from the kernel, against `vmctl list`.
+  /// Every invariant of the issue (invariants.h), read from the kernel, against `vmctl list`;
+  /// then whether the broker and the daemon serve.
   void check_kernel(const std::string& when, bool probe_broker) {
     ++checks_;
     size_t before = violations_.size();
@@ -517,112 +514,25 @@ class Chaos {
       violation(when + ": the daemon does not answer `list`");
       return;
     }
-    std::string err;
-    auto links = read_links(err);
-    if (!err.empty()) violation(when + ": " + err);
-    auto nft = read_nft(err);
-    if (!err.empty()) violation(when + ": " + err);
-    auto procs = read_procs();
-    std::map<pid_t, const Proc*> by_pid;
-    for (const auto& p : procs) by_pid[p.pid] = &p;
-    int bridge = links.count("br-dmz") ? links.at("br-dmz").ifindex : -1;
-    std::set<pid_t> emulators;
-    std::set<std::string> taps, chains;
-    std::map<int, std::string> displays;
-    std::set<std::string> relays;
-    auto bad = [&](const std::string& vm, const std::string& what) { violation(when + ": " + vm + ": " + what); };
-    for (const auto& [name, row] : *rows) {
-      std::string tap = name + "-0", chain = "vm-" + name;
-      std::string disk = env_->root() + "/images/" + name + ".img";
-      std::string rundir = env_->root() + "/run/vms/" + name;
-      std::string journal = env_->root() + "/state/disks/" + name + ".json";
-      struct stat st {};
-      bool disk_ok = ::stat(disk.c_str(), &st) == 0;
-      if (row.state == "running") {
-        emulators.insert(row.pid);
-        taps.insert(tap);
-        chains.insert(chain);
-        auto it = by_pid.find(row.pid);
-        if (row.pid <= 0 || it == by_pid.end()) bad(name, "running, but no process " + std::to_string(row.pid));
-        else {
-          const Proc& p = *it->second;
-          if (!test::process_alive(row.pid)) bad(name, "running, but pid " + std::to_string(row.pid) + " has exited (state " + p.state + ")");
-          if (p.state == 'Z' && p.threads <= 1) bad(name, "emulator pid " + std::to_string(row.pid) + " is a zombie");
-          if (static_cast<int>(p.uid) != row.uid) bad(name, "emulator runs as uid " + std::to_string(p.uid) + ", list says " + std::to_string(row.uid));
-          if (p.exe != kEmulator && p.state != 'Z') bad(name, "pid " + std::to_string(row.pid) + " is '" + p.exe + "', not the emulator");
-        }
-        if (row.uid < static_cast<int>(uid_first_) || row.uid >= static_cast<int>(uid_first_ + 1000))
-          bad(name, "uid " + std::to_string(row.uid) + " outside the configured range");
-        if (!links.count(tap)) bad(name, "running, but tap " + tap + " is missing");
-        else {
-          if (links.at(tap).master != bridge) bad(name, "tap " + tap + " is not a port of br-dmz (master " + std::to_string(links.at(tap).master) + ")");
-          if (!links.at(tap).up) bad(name, "tap " + tap + " is down");
-        }
-        if (!nft.chains.count(chain)) bad(name, "running, but chain " + chain + " is missing");
-        if (!nft.tap_map.count(tap) || nft.tap_map.at(tap) != chain) bad(name, "map taps does not send " + tap + " to " + chain);
-        if (!disk_ok || st.st_uid != static_cast<uid_t>(row.uid) || (st.st_mode & 07777) != 0600)
-          bad(name, "disk is " + std::to_string(st.st_uid) + ":" + std::to_string(st.st_gid) + " " + oct(st.st_mode) + ", not " + std::to_string(row.uid) + " 0600");
-        auto state = read_vm_state_file(rundir + "/state.json");
-        if (!state) bad(name, "running, but " + state.error().message());
-        else if (state->pid != row.pid) bad(name, "state.json says pid " + std::to_string(state->pid) + ", list says " + std::to_string(row.pid));
-        if (!std::filesystem::exists(journal)) bad(name, "running, but its disk journal is missing");
-        if (p_.vnc) {
-          if (row.vnc < 0) bad(name, "running without a VNC display");
-          else if (displays.count(row.vnc)) bad(name, "VNC display " + std::to_string(row.vnc) + " also used by " + displays[row.vnc]);
-          else displays[row.vnc] = name;
-        }
-      } else if (row.state == "stopped" || row.state == "failed") {
-        if (row.pid != 0) bad(name, row.state + " with pid " + std::to_string(row.pid));
-        if (links.count(tap)) bad(name, row.state + ", but tap " + tap + " exists");
-        if (nft.chains.count(chain)) bad(name, row.state + ", but chain " + chain + " exists");
-        if (std::filesystem::exists(rundir)) bad(name, row.state + ", but its runtime directory exists");
-        if (std::filesystem::exists(journal)) bad(name, row.state + ", but its disk journal exists");
-        if (!disk_ok || st.st_uid != 0 || st.st_gid != 0 || (st.st_mode & 07777) != 0644)
-          bad(name, row.state + ", but the disk is " + std::to_string(st.st_uid) + ":" + std::to_string(st.st_gid) + " " + oct(st.st_mode) + ", not back to 0:0 0644");
-        if (uid_of_.count(name))
-          for (const auto& p : procs)
-            if (p.uid == static_cast<uid_t>(uid_of_[name]) && p.state != 'Z')
-              bad(name, row.state + ", but pid " + std::to_string(p.pid) + " (" + p.exe + ") runs as its uid " + std::to_string(p.uid));
-      } else {
-        bad(name, "unsettled state " + row.state);
-      }
-    }
-    // Nothing that belongs to no running VM.
-    for (const auto& p : procs) {
-      bool vm_uid = p.uid >= uid_first_ && p.uid < uid_first_ + 1000;
-      if (vm_uid && p.state != 'Z' && !emulators.count(p.pid))
-        violation(when + ": orphan process " + std::to_string(p.pid) + " (" + p.exe + ") of VM uid " + std::to_string(p.uid));
-      // `launch NAME` stays as the emulator's root log relay (helper/log_relay.h) while NAME runs.
-      if (p.exe == test::build_path("VMLAUNCH_HELPER") && p.pid != env_->broker_pid() &&
-          p.cmdline.find(" " + env_->config_path() + " ") != std::string::npos) {
-        auto at = p.cmdline.find(" launch ");
-        std::string vm = at == std::string::npos ? "" : p.cmdline.substr(at + 8, p.cmdline.find(' ', at + 8) - at - 8);
-        if (vm.empty() || !rows->count(vm) || rows->at(vm).state != "running" || !relays.insert(vm).second)
-          violation(when + ": stray helper process " + std::to_string(p.pid) + ": " + p.cmdline);
-      }
-    }
-    for (const auto& [name, link] : links)
-      if (link.kind == "tun" && !taps.count(name)) violation(when + ": orphan tap " + name);
-    for (const auto& c : nft.chains)
-      if (c.rfind("vm-", 0) == 0 && !chains.count(c)) violation(when + ": orphan chain " + c);
-    for (const auto& [tap, target] : nft.tap_map)
-      if (!taps.count(tap)) violation(when + ": orphan map element " + tap + " -> " + target);
-    // The broker and daemon are alive and serve: a probe VM starts (through the broker) and stops.
+    HostView view = read_host_view(*rows, env_->root());
+    HostSetup setup{.root = env_->root(),
+                    .config_path = env_->config_path(),
+                    .helper_exe = test::build_path("VMLAUNCH_HELPER"),
+                    .uid_first = uid_first_,
+                    .broker = env_->broker_pid(),
+                    .vnc = p_.vnc,
+                    .uid_of = uid_of_};
+    for (const auto& v : check_invariants(view, setup, test::process_alive)) violation(when + ": " + v);
     if (!test::process_alive(env_->broker_pid())) violation(when + ": the broker is not running");
     if (!test::process_alive(env_->daemon_pid())) violation(when + ": the daemon is not running");
+    // A probe VM starts (through the broker) and stops: both serve.
     if (probe_broker) {
       auto started = vmctl({"--json", "start", "probe"});
       if (started.exit_code != 0) violation(when + ": probe start failed: " + started.out + started.err);
       auto stopped = vmctl({"--json", "stop", "--force", "probe"});
       if (stopped.exit_code != 0) violation(when + ": probe stop failed: " + stopped.out + stopped.err);
     }
-    if (violations_.size() > before) dump_state(when, *rows, links, nft, procs);
-  }
-
-  static std::string oct(mode_t m) {
-    char buf[16];
-    std::snprintf(buf, sizeof buf, "%04o", m & 07777);
-    return buf;
+    if (violations_.size() > before) dump_state(when, view);
   }
 
   /// Finally: `burst` more VMs started by one vmctl call, checked, stopped by `stop --all`.
@@ -653,19 +563,18 @@ class Chaos {
     check_kernel("after the burst stop --all", false);
   }
 
-  void dump_state(const std::string& when, const Rows& rows, const std::map<std::string, Link>& links,
-                  const NftView& nft, const std::vector<Proc>& procs) {
+  void dump_state(const std::string& when, const HostView& v) {
     std::string s = "kernel state " + when + ":\n  vmctl list:";
-    for (const auto& [name, row] : rows)
+    for (const auto& [name, row] : v.rows)
       s += "\n    " + name + " " + row.state + " pid " + std::to_string(row.pid) + " uid " + std::to_string(row.uid) +
            (row.reason.empty() ? "" : " (" + row.reason + ")");
     s += "\n  links:";
-    for (const auto& [name, l] : links)
+    for (const auto& [name, l] : v.links)
       s += " " + name + "[" + l.kind + (l.up ? ",up" : "") + (l.master ? ",master " + std::to_string(l.master) : "") + "]";
     s += "\n  nft chains:";
-    for (const auto& c : nft.chains) s += " " + c;
+    for (const auto& c : v.nft.chains) s += " " + c;
     s += "\n  processes of VM uids / helper:";
-    for (const auto& p : procs)
+    for (const auto& p : v.procs)
       if ((p.uid >= uid_first_ && p.uid < uid_first_ + 1000) || p.exe == test::build_path("VMLAUNCH_HELPER"))
         s += "\n    " + std::to_string(p.pid) + " uid " + std::to_string(p.uid) + " " + p.state + " " + p.cmdline.substr(0, 80);
     s += "\n  runtime dirs:";
