@@ -319,6 +319,7 @@ class Chaos {
                    (row.reason.empty() ? "" : "(" + row.reason + ")");
     if (!changes.empty()) log_line("  settled:" + changes);
     check_model(index, pre, done, facts);
+    doubt_ = doubt_of(pre, done, facts);
   }
 
   struct RoundFacts {
@@ -448,7 +449,15 @@ class Chaos {
       std::set<std::string> allowed;
       bool same_pid = false, new_pid = false;
       int changers = f.changers.count(name) ? f.changers.at(name) : 0;
-      for (const auto& d : done) changers += d.op.kind == OpKind::kStopAll && d.outcomes.count(name);
+      for (const auto& d : done) {
+        // A `stop --all` cut short by a daemon kill may have reached any VM active when it began.
+        bool cut = d.op.kind == OpKind::kStopAll && f.daemon_killed && d.result.exit_code != 0 &&
+                   (before.state == "running" || before.state == "starting" || before.state == "stopping");
+        changers += d.op.kind == OpKind::kStopAll && (d.outcomes.count(name) || cut);
+      }
+      // An operation whose answer a kill cut off may still take effect after the round settled
+      // (a power button pressed by a daemon that died: the guest powers off later).
+      bool in_doubt = doubt_.count(name) > 0;
       bool hit = f.qemu_killed.count(name) > 0;
       // The one operation that changes the VM, if there is exactly one, and its answer.
       const Done* only = nullptr;
@@ -460,7 +469,9 @@ class Chaos {
           answer = d.outcomes.at(name);
         }
       }
-      if (changers == 0 && !hit) {
+      if (changers == 0 && !hit && in_doubt) {
+        allowed = {before.state, "stopped", "failed"};
+      } else if (changers == 0 && !hit) {
         allowed = {before.state};
         if (before.state == "failed" && f.daemon_killed) allowed.insert("stopped");  // a new daemon forgets
         same_pid = before.state == "running";
@@ -502,6 +513,20 @@ class Chaos {
         violation(where + ", restart answered ok but the emulator is the same pid " + std::to_string(row.pid));
       }
     }
+  }
+
+  /// The VMs whose operation in this round lost its answer to a kill (see check_model).
+  std::set<std::string> doubt_of(const Rows& pre, const std::vector<Done>& done, const RoundFacts& f) const {
+    std::set<std::string> doubt;
+    for (const auto& d : done) {
+      for (const auto& [name, o] : d.outcomes)
+        if (!o.ok && ((f.daemon_killed && daemon_gone(o.error)) || (f.broker_killed && has(o.error, "vmlaunch broker"))))
+          doubt.insert(name);
+      if (d.op.kind == OpKind::kStopAll && f.daemon_killed && d.result.exit_code != 0)
+        for (const auto& [name, row] : pre)
+          if (row.state == "running" || row.state == "starting" || row.state == "stopping") doubt.insert(name);
+    }
+    return doubt;
   }
 
   /// Every invariant of the issue (invariants.h), read from the kernel, against `vmctl list`;
@@ -644,6 +669,7 @@ class Chaos {
   std::map<std::string, int> uid_of_;
   std::vector<std::string> violations_, unexpected_lines_;
   std::set<std::string> seen_;
+  std::set<std::string> doubt_;  ///< VMs whose last operation's answer a kill cut off
   int persisting_ = 0;
   std::map<std::string, int> expected_;
   int ops_total_ = 0, unexpected_ = 0, lost_ = 0, checks_ = 0;
