@@ -42,6 +42,7 @@
 
 #include "tests/chaos/invariants.h"
 #include "tests/chaos/kernel_view.h"
+#include "tests/chaos/model.h"
 #include "tests/chaos/schedule.h"
 #include "tests/chaos/vmctl_runner.h"
 #include "tests/support/system_env.h"
@@ -85,20 +86,6 @@ std::string mac_of(int i) {
   std::snprintf(buf, sizeof buf, "52:54:00:%02x:%02x:%02x", 0x30 + i / 65536, (i / 256) % 256, i % 256);
   return buf;
 }
-
-/// One client operation as it ran.
-struct Done {
-  ClientOp op;
-  VmctlResult result;
-  std::map<std::string, VmOutcome> outcomes;  // per VM, for state-changing operations
-};
-
-/// One fault as it ran.
-struct Struck {
-  Fault fault;
-  std::string vm;   // kQemuKill: the VM whose emulator was aimed at
-  bool hit = true;  // kQemuKill: the signal reached a live emulator
-};
 
 class Chaos {
  public:
@@ -296,7 +283,7 @@ class Chaos {
     std::vector<Done> done;
     for (auto& c : clients) done.push_back(c.get());
 
-    RoundFacts facts = facts_of(done, struck);
+    RoundFacts facts = round_facts(done, struck, names_);
     std::string line = "round " + std::to_string(index) + " [t=" + fmt(started) + "s]";
     for (const auto& s : struck)
       line += "\n  fault +" + std::to_string(s.fault.delay_ms) + "ms " + fault_name(s.fault.kind) +
@@ -322,64 +309,10 @@ class Chaos {
     doubt_ = doubt_of(pre, done, facts);
   }
 
-  struct RoundFacts {
-    bool daemon_killed = false, broker_killed = false, stop_all = false;
-    std::set<std::string> qemu_killed;         // emulator hit from outside
-    std::map<std::string, int> changers;       // state-changing operations per VM
-    std::map<std::string, int> ops_on;         // any operation per VM
-  };
-
-  RoundFacts facts_of(const std::vector<Done>& done, const std::vector<Struck>& struck) const {
-    RoundFacts f;
-    for (const auto& s : struck) {
-      f.daemon_killed |= s.fault.kind == FaultKind::kDaemonKill;
-      f.broker_killed |= s.fault.kind == FaultKind::kBrokerKill;
-      if (s.fault.kind == FaultKind::kQemuKill && s.hit) f.qemu_killed.insert(s.vm);
-    }
-    for (const auto& d : done) {
-      if (d.op.kind == OpKind::kStopAll) f.stop_all = true;
-      if (d.op.vm < 0) continue;
-      const auto& vm = names_[static_cast<size_t>(d.op.vm)];
-      ++f.ops_on[vm];
-      if (d.op.kind != OpKind::kStatus) ++f.changers[vm];
-    }
-    return f;
-  }
-
   static std::string fmt(double v) {
     char buf[32];
     std::snprintf(buf, sizeof buf, "%.1f", v);
     return buf;
-  }
-
-  static bool has(const std::string& s, const char* what) { return s.find(what) != std::string::npos; }
-
-  /// What vmctl says when the daemon is gone or goes away mid-call. vmctl(1) promises the first
-  /// two; the others are sd-bus's and the socket's own words for the same loss, which vmctl
-  /// passes through unchanged when the daemon dies while it connects or waits for a reply.
-  static bool daemon_gone(const std::string& error) {
-    for (const char* m : {"lost the connection to vmlaunchd", "vmlaunchd is not running", "Connection terminated",
-                          "Connection reset by peer", "Transport endpoint is not connected"})
-      if (has(error, m)) return true;
-    return false;
-  }
-
-  /// Why a failed answer is expected (see the header), or "" if it is not.
-  std::string expected_failure(const ClientOp& op, const std::string& vm, const std::string& error, const Rows& pre,
-                               const RoundFacts& f) const {
-    // Another client changed the same VM in this round (stop --all changes every VM).
-    bool contended = (f.changers.count(vm) ? f.changers.at(vm) : 0) + (f.stop_all ? 1 : 0) > 1;
-    std::string state = pre.count(vm) ? pre.at(vm).state : "";
-    if (f.daemon_killed && daemon_gone(error)) return "daemon killed";
-    if (f.broker_killed && has(error, "vmlaunch broker")) return "broker killed";
-    if ((op.kind == OpKind::kStart || op.kind == OpKind::kRestart) && has(error, "is already running") &&
-        ((op.kind == OpKind::kStart && state == "running") || contended || f.qemu_killed.count(vm) || f.daemon_killed))
-      return "conflict: already running";
-    if (op.kind == OpKind::kKillTerm || op.kind == OpKind::kKillKill || op.kind == OpKind::kStopAll) {
-      if (has(error, "is not running") && (state != "running" || contended || f.qemu_killed.count(vm)))
-        return "conflict: not running";
-    }
-    return "";
   }
 
   std::string classify(Done& d, const Rows& pre, const RoundFacts& f) {
@@ -441,62 +374,14 @@ class Chaos {
     return line + (all_ok ? "ok" : "failed") + details;
   }
 
-  /// The states each VM may be in after the round, and whether its emulator must be the same.
+  /// Each VM's settled state against what the round allowed (model.h).
   void check_model(int index, const Rows& pre, const std::vector<Done>& done, const RoundFacts& f) {
     for (const auto& [name, row] : rows_) {
       if (!pre.count(name)) continue;
       const Row& before = pre.at(name);
-      std::set<std::string> allowed;
-      bool same_pid = false, new_pid = false;
-      int changers = f.changers.count(name) ? f.changers.at(name) : 0;
-      for (const auto& d : done) {
-        // A `stop --all` cut short by a daemon kill may have reached any VM active when it began.
-        bool cut = d.op.kind == OpKind::kStopAll && f.daemon_killed && d.result.exit_code != 0 &&
-                   (before.state == "running" || before.state == "starting" || before.state == "stopping");
-        changers += d.op.kind == OpKind::kStopAll && (d.outcomes.count(name) || cut);
-      }
-      // An operation whose answer a kill cut off may still take effect after the round settled
-      // (a power button pressed by a daemon that died: the guest powers off later).
-      bool in_doubt = doubt_.count(name) > 0;
-      bool hit = f.qemu_killed.count(name) > 0;
-      // The one operation that changes the VM, if there is exactly one, and its answer.
-      const Done* only = nullptr;
-      VmOutcome answer;
-      for (const auto& d : done) {
-        if (d.op.kind == OpKind::kStatus || d.op.kind == OpKind::kList) continue;
-        if (d.outcomes.count(name)) {
-          only = &d;
-          answer = d.outcomes.at(name);
-        }
-      }
-      if (changers == 0 && !hit && in_doubt) {
-        allowed = {before.state, "stopped", "failed"};
-      } else if (changers == 0 && !hit) {
-        allowed = {before.state};
-        if (before.state == "failed" && f.daemon_killed) allowed.insert("stopped");  // a new daemon forgets
-        same_pid = before.state == "running";
-      } else if (changers == 0 && hit) {
-        allowed = {"failed"};
-        if (f.daemon_killed) allowed.insert("stopped");  // died while the daemon was down
-      } else if (changers == 1 && !hit && only && answer.ok) {
-        switch (only->op.kind) {
-          case OpKind::kStart: allowed = {"running"}; break;
-          case OpKind::kRestart:
-            allowed = {"running"};
-            new_pid = before.state == "running";
-            break;
-          default:
-            allowed = {"stopped"};
-            if (before.state == "failed") allowed.insert("failed");  // stopping a failed VM keeps its reason
-            break;
-        }
-      } else if (changers == 1 && !hit && only && !f.daemon_killed && !f.broker_killed) {
-        allowed = {before.state};  // refused (conflict): nothing changed
-        same_pid = before.state == "running";
-      } else {
-        allowed = {"running", "stopped", before.state};
-        if (hit || f.daemon_killed || f.broker_killed) allowed.insert("failed");
-      }
+      Expectation e = expect_after(name, before, done, f, doubt_.count(name) > 0);
+      const auto& allowed = e.states;
+      bool same_pid = e.same_pid, new_pid = e.new_pid;
       std::string where = "round " + std::to_string(index) + ": VM " + name + " was " + before.state +
                           (before.pid ? " (pid " + std::to_string(before.pid) + ")" : "");
       if (!allowed.count(row.state)) {
@@ -513,20 +398,6 @@ class Chaos {
         violation(where + ", restart answered ok but the emulator is the same pid " + std::to_string(row.pid));
       }
     }
-  }
-
-  /// The VMs whose operation in this round lost its answer to a kill (see check_model).
-  std::set<std::string> doubt_of(const Rows& pre, const std::vector<Done>& done, const RoundFacts& f) const {
-    std::set<std::string> doubt;
-    for (const auto& d : done) {
-      for (const auto& [name, o] : d.outcomes)
-        if (!o.ok && ((f.daemon_killed && daemon_gone(o.error)) || (f.broker_killed && has(o.error, "vmlaunch broker"))))
-          doubt.insert(name);
-      if (d.op.kind == OpKind::kStopAll && f.daemon_killed && d.result.exit_code != 0)
-        for (const auto& [name, row] : pre)
-          if (row.state == "running" || row.state == "starting" || row.state == "stopping") doubt.insert(name);
-    }
-    return doubt;
   }
 
   /// Every invariant of the issue (invariants.h), read from the kernel, against `vmctl list`;
