@@ -1,6 +1,8 @@
 // The chaos suite: real vmctl clients, daemon, broker and emulators in a private network
-// namespace, driven by a seeded schedule (schedule.h) of concurrent operations and SIGKILLs,
-// with the kernel's view (kernel_view.h) checked against the daemon's after the system settles.
+// namespace, driven by a seeded schedule (schedule.h) of concurrent operations and SIGKILLs.
+// After every round the VMs' states are held against what the round allowed (model.h); after
+// every N operations the kernel's view (kernel_view.h) against the daemon's (invariants.h).
+// docs/reliability.md describes it for operators.
 //
 // Parameters come from the environment (defaults: the CI variant):
 //   VMLAUNCH_CHAOS_SEED          the schedule's seed (default: drawn, and printed)
@@ -17,9 +19,10 @@
 //   VMLAUNCH_CHAOS_WARM          0: start with a cold plan cache, as on a fresh host (1)
 //   VMLAUNCH_CHAOS_LOG           where the operation log goes (chaos-SEED.log in the cwd)
 //
-// Expected failures, exactly (anything else fails the suite):
+// Expected failures, exactly (anything else fails the suite; model.h, expected_failure()):
 //   - start: "is already running" if the VM ran when the round began, or another client of the
-//     round operated on it, or an emulator kill or daemon restart struck the round.
+//     round operated on it, or an emulator kill or daemon restart struck the round; restart:
+//     only for the last three reasons.
 //   - kill: "is not running" if the VM did not run when the round began, or another client of
 //     the round operated on it, or its emulator was killed in the round.
 //   - any operation, in a round whose daemon was killed: "lost the connection to vmlaunchd",
