@@ -143,6 +143,8 @@ class Chaos {
       if (ops_done >= next_check || i + 1 == rounds.size()) {
         check_kernel("after round " + std::to_string(i) + " (" + std::to_string(ops_done) + " ops)", true);
         next_check = ops_done + p_.check_every;
+        // The probe changed its own row: the next round begins from what is now.
+        if (auto settled = settle()) rows_ = *settled;
       }
       if (i % 10 == 9)
         std::fprintf(stderr, "chaos: %d/%d ops, %.0f s, %d unexpected failures, %d violations\n", ops_done, p_.ops,
