@@ -479,7 +479,9 @@ void Supervisor::escalate_to_kill() {
 void Supervisor::stop_command(const std::string& command) {
   if (!qmp_) return;
   qmp_->execute(command, nullptr, [this, run = run_, command](Result<Json> r) {
-    if (r || run != run_ || stop_error_) return;
+    // After the guest's SHUTDOWN the supervisor quits the emulator, which closes the monitor
+    // with a press still unanswered: that is the stop succeeding, not the monitor failing.
+    if (r || run != run_ || stop_error_ || guest_shutdown_) return;
     // The monitor failed mid-stop (an error, a closed connection, its deadline): the guest
     // cannot be asked any more, and waiting for the stop's deadline would only delay the
     // kill. The stop ends with the exit and reports this.

@@ -92,6 +92,9 @@ class FakeBroker final {
 
 // An answer for FakeMonitor: close the connection instead of answering.
 const Json kCloseConnection = Json{{"close-the-connection", true}};
+// An answer for FakeMonitor: leave the command unanswered and send the SHUTDOWN event of a guest
+// that powers off, as QEMU does when the power button works.
+const Json kGuestShutdownEvent = Json{{"guest-shutdown-event", true}};
 
 // A QMP monitor that greets and answers each command with what `answer` returns for its name:
 // a "return" value, or nothing to leave the command unanswered (the connection stays open).
@@ -130,6 +133,10 @@ class FakeMonitor final {
         std::optional<Json> ret = answer(cmd.value("execute", ""));
         if (!ret) continue;
         if (*ret == kCloseConnection) return;
+        if (*ret == kGuestShutdownEvent) {
+          (void)vl::sys::write_all(conn, R"({"event": "SHUTDOWN", "data": {"guest": true, "reason": "guest-shutdown"}})" "\n");
+          continue;
+        }
         Json reply = {{"return", *ret}, {"id", cmd["id"]}};
         (void)vl::sys::write_all(conn, reply.dump() + "\n");
       }
@@ -493,6 +500,37 @@ TEST_SUITE("daemon/supervisor") {
       CHECK_MESSAGE(stopped->error().message().find("'system_powerdown'") != std::string::npos, stopped->error().message());
       CHECK(supervisor.info().status == vl::VmStatus::kStopped);
       CHECK(broker.received_in_order(vl::BrokerOp::kKill, vl::BrokerOp::kCleanup));
+    }
+  }
+
+  TEST_CASE("a guest that powers off during a stop: the monitor closing with the press unanswered is no failure") {
+    AdoptableVm fixture;
+    auto& [emulator, dir, config, vm, state] = fixture;
+    asio::io_context io;
+    {
+      ScriptedBroker broker(config.helper_socket(), [](const vl::BrokerRequest&) { return ok_reply(); });
+      // QEMU quits on `quit` and closes the monitor before it answers the press.
+      FakeMonitor monitor(config.vm_runtime_dir(vm) + "/qmp.sock", [emulator = emulator](const std::string& command) {
+        if (command == "query-status") return std::optional<Json>(Json{{"status", "running"}, {"running", true}});
+        if (command == "system_powerdown") return std::optional<Json>(kGuestShutdownEvent);
+        if (command == "quit") {
+          ::kill(emulator, SIGKILL);
+          return std::optional<Json>(kCloseConnection);
+        }
+        return std::optional<Json>(Json::object());
+      });
+      vl::BrokerClient client(io, config.helper_socket());
+      vl::SupervisorContext ctx{io, config, client, [](const vl::VmName&) { return std::string(); }, nullptr};
+      vl::Supervisor supervisor(ctx, vm);
+      supervisor.adopt(state);
+      REQUIRE(run_until(io, [&] { return supervisor.info().status == vl::VmStatus::kRunning; }));
+
+      std::optional<vl::Result<void>> stopped;
+      supervisor.stop(std::chrono::seconds(60), false, [&](vl::Result<void> r) { stopped = std::move(r); });
+      REQUIRE(run_until(io, [&] { return stopped.has_value(); }));
+      CHECK_MESSAGE(stopped->ok(), stopped->error().message());
+      CHECK(supervisor.info().status == vl::VmStatus::kStopped);
+      CHECK_FALSE(broker.received(vl::BrokerOp::kKill));
     }
   }
 }
