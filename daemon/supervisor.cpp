@@ -243,7 +243,8 @@ void Supervisor::attach(const VmState& state, bool fresh) {
                                    std::to_string(state.pid) + ")");
     if (fresh) return fail_start(e);
     watch_failed_ = true;
-    set_status(info_.status, e.message() + "; retrying");
+    set_status(info_.status == VmStatus::kStarting ? VmStatus::kRunning : info_.status, e.message() + "; retrying");
+    adopted();
     stop_timer_.expires_after(kWatchRetry);
     stop_timer_.async_wait([this, run, state](boost::system::error_code ec) {
       if (!ec && run == run_) attach(state, false);
@@ -289,10 +290,7 @@ void Supervisor::attach(const VmState& state, bool fresh) {
     if (run != run_) return;
     if (!ready) {
       Error e = ready.error().wrap("VM '" + name_.str() + "'");
-      if (!fresh) {  // adopted: keep watching the process, report the monitor trouble
-        info_.reason = e.message();
-        return resume_stop_without_monitor();
-      }
+      if (!fresh) return adopted_without_monitor(e.message());  // keep watching the process
       return fail_start(e);
     }
     after_monitor_ready(fresh);
@@ -323,11 +321,14 @@ void Supervisor::after_monitor_ready(bool fresh) {
     qmp_->execute("query-status", nullptr, [this, run](Result<Json> status) {
       if (run != run_) return;
       if (!status) {  // adopted: keep watching the process, report the monitor trouble
-        info_.reason = status.error().wrap("VM '" + name_.str() + "': 'query-status' failed").message();
-        return resume_stop_without_monitor();
+        adopted_without_monitor(status.error().wrap("VM '" + name_.str() + "': 'query-status' failed").message());
+        return;
       }
       std::string s = QmpClient::string_field(*status, "status");
-      if (s == "prelaunch") return abandon_interrupted_start(run);
+      if (s == "prelaunch") {
+        abandon_interrupted_start(run);
+        return adopted();
+      }
       if (auto intent = std::exchange(resumed_stop_, std::nullopt)) {
         if (intent->kind == StopIntent::kGuest) {
           set_status(VmStatus::kStopping, "guest powered off");
@@ -335,7 +336,7 @@ void Supervisor::after_monitor_ready(bool fresh) {
         } else {
           drive_stop(intent->kind == StopIntent::kForced, intent->deadline, "stop resumed after a vmlaunchd restart");
         }
-        return;
+        return adopted();
       }
       if (s == "shutdown") {
         // The guest powered off while nobody watched: -no-shutdown kept the emulator, and
@@ -343,7 +344,10 @@ void Supervisor::after_monitor_ready(bool fresh) {
         guest_shutdown_ = true;
         set_status(VmStatus::kStopping, "guest powered off while vmlaunchd was down");
         qmp_->execute("quit", nullptr, [](Result<Json>) {});
+        return adopted();
       }
+      set_status(VmStatus::kRunning, "adopted");
+      adopted();
     });
     return;
   }
@@ -397,7 +401,7 @@ void Supervisor::exited() {
   Done start_done = std::exchange(starting_, nullptr);
   // With no operation in progress the cleanup is one: a start asked for meanwhile waits for
   // it, and cannot see (or be overwritten by) this run's end.
-  bool owns_queue = !busy_;
+  bool owns_queue = !busy_ || std::exchange(adopting_, false);
   busy_ = true;
   ctx_.broker.call({BrokerOp::kCleanup, name_, 0}, [this, expected, reason, owns_queue,
                                                     start_done = std::move(start_done)](Result<int> cleaned) mutable {
@@ -565,7 +569,9 @@ void Supervisor::adopt(const VmState& state) {
     stop_requested_ = resumed_stop_->kind != StopIntent::kGuest;
     guest_shutdown_ = resumed_stop_->kind == StopIntent::kGuest;
   }
-  if (alive) set_status(resumed_stop_ ? VmStatus::kStopping : VmStatus::kRunning, "adopted");
+  // Running or not is the monitor's to say (a start cut off before `cont` is torn down):
+  // until it has, the VM reads `starting`, and operations wait behind the adoption.
+  if (alive) set_status(resumed_stop_ ? VmStatus::kStopping : VmStatus::kStarting, "adopted; asking its monitor");
   else set_status(VmStatus::kStopping, "cleaning up: the emulator exited while vmlaunchd was down");
   enqueue([this, state, alive] {
     if (!alive) {
@@ -576,9 +582,22 @@ void Supervisor::adopt(const VmState& state) {
       });
       return;
     }
-    attach(state, false);  // nobody waits on an adoption
-    finish_op();
+    adopting_ = true;
+    attach(state, false);  // ends the adoption (adopted()) once the monitor has said what runs
   });
+}
+
+void Supervisor::adopted() {
+  if (std::exchange(adopting_, false)) finish_op();
+}
+
+void Supervisor::adopted_without_monitor(std::string why) {
+  // Alive but unasked: reported running, with the monitor's trouble as the reason; a stop that
+  // was under way goes on without it.
+  if (info_.status == VmStatus::kStarting) set_status(VmStatus::kRunning, why);
+  else info_.reason = std::move(why);
+  resume_stop_without_monitor();
+  adopted();
 }
 
 void Supervisor::launch_interrupted(Result<void> cleaned) {

@@ -16,8 +16,9 @@
 //
 //   restart (op): stop, then start, as one operation: nothing queued runs between the two.
 //   kill: running or stopping: a signal through the broker; otherwise "not running".
-//   adopt (daemon start): emulator gone: cleanup; stopped. Alive: running, and by the monitor's
-//     status: `prelaunch` is a start interrupted before `cont` (vmlaunchd died mid-start):
+//   adopt (daemon start): emulator gone: cleanup; stopped. Alive: `starting` (operations wait)
+//     until the monitor says what runs: `running` is running; no answer: running, with the
+//     monitor's trouble as the reason; `prelaunch` is a start interrupted before `cont` (vmlaunchd died mid-start):
 //     kill, cleanup, failed [5]; `shutdown` is a guest that powered off unwatched: quit,
 //     stopping. A stop (or guest power-off) under way when vmlaunchd went down is recorded
 //     (StopIntent): the adopted VM is `stopping`, the stop is carried on, and its exit reads
@@ -154,6 +155,10 @@ class Supervisor final {
   void press_power_button();
   /// A stop found at adoption whose monitor failed: carried on as a forced stop.
   void resume_stop_without_monitor();
+  /// Ends an adoption: the next queued operation may run.
+  void adopted();
+  /// Ends an adoption whose monitor could not be asked: the VM is alive, reported running.
+  void adopted_without_monitor(std::string why);
   /// SIGKILL through the broker after the grace period, unless the run ends first.
   void escalate_to_kill();
 
@@ -187,6 +192,7 @@ class Supervisor final {
   bool stop_requested_ = false;
   bool guest_shutdown_ = false;
   bool watch_failed_ = false;  ///< an adopted VM whose pidfd could not be opened (retrying)
+  bool adopting_ = false;      ///< an adoption holds the queue until the monitor's verdict
   bool unconverged_ = false;   ///< a teardown is unfinished (footnote [3])
   std::string failure_;        ///< why the VM failed, for the reasons of later retries
   std::optional<StopIntent> resumed_stop_;  ///< found at adoption, carried on once the monitor answers

@@ -210,7 +210,12 @@ TEST_SUITE("root/system") {
     CHECK(down.out.find("vmlaunchd is not running") != std::string::npos);
 
     env.start_daemon();
+    // `starting` until the monitor has said the guest runs; never `stopped`.
     Json row1 = vm_row(env, "web1");
+    for (int i = 0; i < 1000 && row1["state"] == "starting"; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      row1 = vm_row(env, "web1");
+    }
     CHECK(row1["state"] == "running");
     CHECK(row1["pid"] == pid1);
     CHECK(vm_row(env, "web2")["pid"] == pid2);
