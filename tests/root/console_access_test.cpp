@@ -23,7 +23,7 @@
 
 #include "helper/console_filter.h"
 #include "helper/uid_map.h"
-#include "tests/support/helper_env.h"
+#include "tests/support/system_env.h"
 
 using vl::test::DomainSpec;
 using vl::test::HelperEnv;
@@ -77,9 +77,9 @@ void add_vnc(HelperEnv& env, const std::string& name) {
   std::ofstream(path, std::ios::trunc) << xml;
 }
 
-// Connects to 127.0.0.1:kPort from a child running as uid:gid (groups: `groups`): "refused",
+// Connects to 127.0.0.1:port from a child running as uid:gid (groups: `groups`): "refused",
 // the first line the server sent, or what else went wrong.
-std::string connect_as(uid_t uid, gid_t gid, std::vector<gid_t> groups) {
+std::string connect_as(uid_t uid, gid_t gid, std::vector<gid_t> groups, uint16_t port = kPort) {
   int fds[2];
   REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
   vl::UniqueFd read_end(fds[0]), write_end(fds[1]);
@@ -97,7 +97,7 @@ std::string connect_as(uid_t uid, gid_t gid, std::vector<gid_t> groups) {
     ::setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
     sockaddr_in sa{};
     sa.sin_family = AF_INET;
-    sa.sin_port = htons(kPort);
+    sa.sin_port = htons(port);
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (::connect(s, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0)
       report(errno == ECONNREFUSED ? "refused" : std::string("connect: ") + std::strerror(errno));
@@ -193,7 +193,7 @@ TEST_SUITE("root/console_access") {
     HelperEnv env;
     env.define({.name = "intra1", .mac = "52:54:00:00:00:02", .bridge = "br-lan"});
     add_vnc(env, "intra1");
-    for (const char* step : {"console-filter", "tap", "exec"}) {
+    for (const char* step : {"console-filter", "tap", "bridge-attach", "monitor-socket", "state-file", "exec"}) {
       CAPTURE(step);
       auto before = env.snapshot();  // interfaces, nftables tables, files
       auto r = env.launch("intra1", {std::string("VMLAUNCH_FAIL_AT=") + step});
@@ -204,5 +204,46 @@ TEST_SUITE("root/console_access") {
       CHECK_FALSE(console_rule_exists("intra1"));
       CHECK_MESSAGE(vl::test::snapshot_diff(before, env.snapshot()).empty(), vl::test::snapshot_diff(before, env.snapshot()));
     }
+  }
+
+  TEST_CASE("an admin member asks vmctl for the display and reaches the console; a stranger does neither") {
+    vl::test::TempDir db;
+    ::chmod(db.path().c_str(), 0755);
+    // Before the broker and the daemon start: they must see the same users.
+    ScopedUserDb users(db.path(),
+                       "vncstranger:x:4242:4242::/:/usr/sbin/nologin\n"
+                       "vncadmin:x:4243:4243::/:/usr/sbin/nologin\n",
+                       "vmlaunch-admin:x:4250:vncadmin\n");
+    vl::test::SystemEnv env;
+    env.define({.name = "intra1", .nic = false});
+    std::string path = env.root() + "/domains/intra1.xml";
+    std::string xml = vl::sys::read_file(path, 1 << 20).value();
+    xml.insert(xml.find("  </devices>"), "    <graphics type='vnc' autoport='yes' listen='127.0.0.1'/>\n");
+    std::ofstream(path, std::ios::trunc) << xml;
+    auto started = env.vmctl({"start", "intra1"});
+    REQUIRE_MESSAGE(started.exit_code == 0, started.out << env.log());
+
+    auto vncdisplay_as = [&](std::vector<std::string> ids) {
+      std::vector<std::string> argv = {"setpriv"};
+      argv.insert(argv.end(), ids.begin(), ids.end());
+      for (std::string arg : {vl::test::build_path("VMLAUNCH_VMCTL"), std::string("--config"), env.config_path(),
+                              std::string("vncdisplay"), std::string("intra1")})
+        argv.push_back(arg);
+      return vl::test::run_program("/usr/bin/setpriv", argv);
+    };
+    auto display = vncdisplay_as({"--reuid=4243", "--regid=4243", "--groups=4250"});
+    REQUIRE_MESSAGE(display.exit_code == 0, display.out);
+    REQUIRE(display.out.rfind("127.0.0.1:", 0) == 0);
+    uint16_t port = static_cast<uint16_t>(5900 + std::stoi(display.out.substr(10)));
+    CHECK(connect_as(kAdmin, kAdmin, {kAdminGid}, port) == "RFB 003.008");
+    CHECK(vncdisplay_as({"--reuid=4242", "--regid=4242", "--clear-groups"}).exit_code == 1);
+    CHECK(connect_as(kStranger, kStranger, {}, port) == "refused");
+    auto stopped = env.vmctl({"stop", "--force", "intra1"});
+    CHECK_MESSAGE(stopped.exit_code == 0, stopped.out);
+    // The daemon runs cleanup once the emulator has gone, which takes the rule with it.
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (console_rule_exists("intra1") && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    CHECK_FALSE(console_rule_exists("intra1"));
   }
 }
