@@ -221,6 +221,8 @@ Result<void> install_console_filter(const std::string& vm, uint16_t port, const 
   Json elem = Json::array({Json::array({port, {{"jump", {{"target", chain_name(vm)}}}}})});
   batch.push_back(command("add", "element", with(table_ref(), {{"name", kPortMap}, {"elem", elem}})));
   Json doc = {{"nftables", batch}};
+  // PRIV: the chain is named after a validated VM name, the port comes from the checked plan
+  // (argv_policy.h), the uids from root's user and group databases.
   auto ran = run_nft(doc.dump());
   if (!ran) return ran.error().wrap("install console rule of '" + vm + "'");
   return {};

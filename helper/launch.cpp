@@ -192,7 +192,8 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
     VL_CHECK(tx.step("nft-filter", [&] { return install_vm_filter(vm.str(), filters); }, [&] {
       if (auto r = remove_vm_filter(vm.str()); !r) log_error(r.error());
     }));
-    // Before the emulator listens: no moment at which another uid can reach the console.
+    // Before the emulator listens: no moment at which another uid can reach the console. The
+    // checked argv has -vnc only with a matching plan.vnc (argv_policy.h): every listener is covered.
     if (env.plan.vnc)
       VL_CHECK(tx.step("console-filter", [&] {
         return install_console_filter(vm.str(), static_cast<uint16_t>(5900 + env.plan.vnc->display), console_operators(config));
