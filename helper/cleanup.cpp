@@ -6,6 +6,7 @@
 #include <optional>
 #include <set>
 
+#include "helper/console_filter.h"
 #include "helper/disk_owner.h"
 #include "helper/fault.h"
 #include "helper/launch.h"
@@ -111,6 +112,7 @@ Result<void> cleanup_vm(const HostConfig& config, const VmName& vm) {
       {"remove-filter", [&] { return remove_vm_filter(vm.str()); }},
   };
   const Step independent[] = {
+      {"remove-console-filter", [&] { return remove_console_filter(vm.str()); }},
       {"remove-udev-rule", [&] { return remove_udev_rule(config, vm); }},
       {"restore-disks", [&] { return restore_disks(config, vm); }},
       {"remove-runtime-dir", [&] { return remove_runtime_dir(config, vm); }},

@@ -14,6 +14,7 @@
 #include "common/sys.h"
 #include "common/vm_state.h"
 #include "helper/bridge_port.h"
+#include "helper/console_filter.h"
 #include "helper/disk_owner.h"
 #include "helper/exec.h"
 #include "helper/log.h"
@@ -217,6 +218,14 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
     VL_CHECK(tx.step("nft-filter", [&] { return install_vm_filter(vm.str(), filters); }, [&] {
       if (auto r = remove_vm_filter(vm.str()); !r) log_error(r.error());
     }));
+    // Before the emulator listens: no moment at which another uid can reach the console. The
+    // checked argv has -vnc only with a matching plan.vnc (argv_policy.h): every listener is covered.
+    if (env.plan.vnc)
+      VL_CHECK(tx.step("console-filter", [&] {
+        return install_console_filter(vm.str(), static_cast<uint16_t>(5900 + env.plan.vnc->display), console_operators(config));
+      }, [&] {
+        if (auto r = remove_console_filter(vm.str()); !r) log_error(r.error());
+      }));
     Netlink nl = VL_TRY(Netlink::open());
     for (size_t i = 0; i < filters.size(); ++i) {
       const std::string& tap = filters[i].tap;
