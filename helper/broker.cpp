@@ -153,7 +153,8 @@ bool serve_request(const BrokerContext& ctx, int fd) {
   if (!request) {
     log_error(request.error().wrap("malformed broker request; closing the connection"));
     reply.error = request.error();
-    (void)sys::write_all(fd, encode_broker_reply(reply));
+    std::string out = encode_broker_reply(reply);
+    (void)::send(fd, out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     return false;
   }
   log_set_vm(request->vm.str());
@@ -166,7 +167,12 @@ bool serve_request(const BrokerContext& ctx, int fd) {
   }
   log_set_vm("");
   std::string out = encode_broker_reply(reply);
-  return ::send(fd, out.data(), out.size(), MSG_NOSIGNAL) >= 0;
+  // Never blocks: a peer that sends requests and does not read the replies fills its receive
+  // queue, and a blocking send would then hold the broker (and every later request) forever.
+  // The daemon reads each reply before its next request, so a full queue is never the daemon.
+  if (sys::retry_eintr([&] { return ::send(fd, out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT); }) >= 0) return true;
+  if (errno == EAGAIN) log_warning("the peer does not read its replies; closing its connection");
+  return false;
 }
 
 // RUNTIME is root:daemon-group 01775: the daemon may create its control socket there, and the
