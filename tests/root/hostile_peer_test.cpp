@@ -174,6 +174,13 @@ int count_state_signals(const std::string& socket, int ready_fd, int stop_fd) {
   return std::min(count, 199);
 }
 
+// Lets `children` forked children blocked on the stop pipe go on. Closing the write end is not
+// enough: every child inherited a copy of it, so none of them would ever read EOF.
+void release(int stop_write, int children) {
+  for (int i = 0; i < children; ++i) (void)::write(stop_write, "x", 1);
+  ::close(stop_write);
+}
+
 bool wait_readable(int fd, int ms) {
   pollfd p{fd, POLLIN, 0};
   return ::poll(&p, 1, ms) == 1;
@@ -223,7 +230,7 @@ TEST_SUITE("root/hostile_peer") {
     auto root = vl::test::run_program("/usr/bin/timeout",
         {"timeout", "30", vl::test::build_path("VMLAUNCH_VMCTL"), "--config", env.config_path(), "list"});
     CHECK_MESSAGE(root.exit_code == 0, root.out);
-    ::close(stop[1]);
+    release(stop[1], 1);
     CHECK(exit_code_of(hog) == 0);
     ::close(report[0]);
   }
@@ -262,7 +269,7 @@ TEST_SUITE("root/hostile_peer") {
     }
     MESSAGE("daemon RSS " << before / 1024 << " MiB before, " << after / 1024 << " MiB at most after");
     CHECK(after - before < 32 * 1024);
-    ::close(stop[1]);
+    release(stop[1], static_cast<int>(senders.size()));
     for (pid_t p : senders) exit_code_of(p);
     CHECK(env.vmctl({"list"}).exit_code == 0);
   }
@@ -279,14 +286,14 @@ TEST_SUITE("root/hostile_peer") {
     ::close(ready[1]);
     ::close(stop[0]);
     char c;
-    for (int i = 0; i < 2; ++i) REQUIRE(wait_readable(ready[0], 30'000) && ::read(ready[0], &c, 1) == 1);
+    for (int i = 0; i < 2; ++i) REQUIRE((wait_readable(ready[0], 30'000) && ::read(ready[0], &c, 1) == 1));
     auto start = env.vmctl({"start", "web1"});
     CHECK_MESSAGE(start.exit_code == 0, start.out);
     auto stop_vm = env.vmctl({"stop", "--force", "web1"});
     CHECK_MESSAGE(stop_vm.exit_code == 0, stop_vm.out);
     // Let the signals of the stop reach the clients that may have them.
     std::this_thread::sleep_for(500ms);
-    ::close(stop[1]);
+    release(stop[1], 2);
     int strangers_signals = exit_code_of(stranger), admins_signals = exit_code_of(admin);
     MESSAGE("stranger saw " << strangers_signals << ", admin saw " << admins_signals << " StateChanged");
     CHECK(strangers_signals == 0);
@@ -334,11 +341,47 @@ TEST_SUITE("root/hostile_peer") {
     ::close(stop[0]);
     auto start = vl::test::run_program("/usr/bin/timeout",
         {"timeout", "60", vl::test::build_path("VMLAUNCH_VMCTL"), "--config", env.config_path(), "start", "web1"});
-    CHECK_MESSAGE(start.exit_code == 0, start.out + env.log());
-    ::close(stop[1]);
+    CHECK_MESSAGE(start.exit_code == 0, start.out << env.log());
+    release(stop[1], 2);
     exit_code_of(flooder);
     exit_code_of(idler);
     ::close(ready[0]);
     CHECK(env.vmctl({"stop", "--force", "web1"}).exit_code == 0);
+  }
+}
+
+TEST_SUITE("root/hostile_peer") {
+  TEST_CASE("a client that makes the daemon log after its log reader is gone does not kill it (SIGPIPE)") {
+    HostileEnv env("");
+    env.stop_daemon();
+    // The daemon again, its stderr a pipe whose reader goes away once it said it listens.
+    int log[2];
+    REQUIRE(::pipe2(log, O_CLOEXEC) == 0);
+    vl::UniqueFd log_read(log[0]), log_write(log[1]);
+    ::unlink(env.config().control_socket().c_str());
+    auto daemon = vl::spawn({"/usr/bin/setpriv",
+                             {"setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                              vl::test::build_path("VMLAUNCH_DAEMON"), "--config", env.config_path(), "run"},
+                             {"PATH=/usr/bin:/bin"},
+                             {{log_write.get(), 1}, {log_write.get(), 2}}});
+    REQUIRE(daemon.ok());
+    log_write.reset();
+    REQUIRE(wait_readable(log_read.get(), 30'000));  // "listening on ..."
+    log_read.reset();
+    // Bytes that are no D-Bus handshake: the daemon drops the connection and says so.
+    int fd = connect_unix(env.config().control_socket(), SOCK_STREAM, false);
+    REQUIRE(fd >= 0);
+    REQUIRE(::send(fd, "GET / HTTP/1.0\r\n\r\n", 18, MSG_NOSIGNAL) == 18);
+    pollfd p{fd, POLLIN, 0};
+    CHECK(::poll(&p, 1, 30'000) == 1);  // hung up on
+    ::close(fd);
+    auto list = vl::test::run_program("/usr/bin/timeout",
+        {"timeout", "30", vl::test::build_path("VMLAUNCH_VMCTL"), "--config", env.config_path(), "list"});
+    CHECK_MESSAGE(list.exit_code == 0, list.out);
+    int status = 0;
+    pid_t gone = ::waitpid(*daemon, &status, WNOHANG);
+    CHECK_MESSAGE(gone == 0, "the daemon ended: " << std::string(WIFSIGNALED(status) ? ::strsignal(WTERMSIG(status)) : "exit"));
+    ::kill(*daemon, SIGTERM);
+    if (gone == 0) (void)::waitpid(*daemon, &status, 0);
   }
 }
