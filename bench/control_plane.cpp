@@ -2,7 +2,7 @@
 // TCG guests) inside a private network namespace:
 //   1. launch overhead: `vmctl start` -> running, minus a bare exec of the same plan -> QMP
 //      running (tap and monitor fds prepared beforehand), side by side, warm plan cache;
-//   2. `vmctl list` with 1,000 defined VMs;
+//   2. `vmctl list` and `vmctl status` with 1,000 defined VMs;
 //   3. daemon RSS and idle wakeups with N running VMs.
 // Usage (root): control_plane BUILD_DIR [RUNNING_VMS]
 #include <fcntl.h>
@@ -205,6 +205,13 @@ int main(int argc, char** argv) {
   for (int i = 0; i < 20; ++i) run(g_build + "/vmctl/vmctl", {"vmctl", "--version"});
   double exec_only = ms_since(t0) / 20;
   std::printf("vmctl list, 1001 defined VMs:         %s (vmctl --version alone: %.1f ms)\n", median_line(lists).c_str(), exec_only);
+  std::vector<double> statuses;
+  for (int i = 0; i < 20; ++i) {
+    auto t1 = Clock::now();
+    vmctl({"status", "bench"});
+    statuses.push_back(ms_since(t1));
+  }
+  std::printf("vmctl status, 1001 defined VMs:       %s\n", median_line(statuses).c_str());
   for (int i = 0; i < 1000; ++i) std::filesystem::remove(g_root + "/domains/d" + std::to_string(i) + ".xml");
 
   // 3. Daemon RSS and idle wakeups with many running VMs.

@@ -262,6 +262,26 @@ Result<HostConfig> parse_config(std::string_view text, const std::string& source
     VL_CHECK(r.finish());
   }
   VL_CHECK(status);
+  if (const toml::table* t = top.sub_table("control", status)) {
+    TableReader r(*t, "control.", source);
+    ControlLimits& c = config.control;
+    VL_CHECK(r.read_u32("max_connections", c.max_connections));
+    VL_CHECK(r.read_u32("max_connections_per_uid", c.max_connections_per_uid));
+    VL_CHECK(r.read_u32("max_message_kib", c.max_message_kib));
+    VL_CHECK(r.read_u32("message_timeout", c.message_timeout));
+    VL_CHECK(r.finish());
+    // Each connection costs the daemon four descriptors; vmlaunchd.service allows 4096.
+    if (c.max_connections < 1 || c.max_connections > 512)
+      return r.error_at(*t, "max_connections", "must be 1-512");
+    if (c.max_connections_per_uid < 1 || c.max_connections_per_uid > c.max_connections)
+      return r.error_at(*t, "max_connections_per_uid", "must be 1-max_connections");
+    // 4 KiB holds any method call of the interface; 128 MiB is the protocol's own limit.
+    if (c.max_message_kib < 4 || c.max_message_kib > 131072)
+      return r.error_at(*t, "max_message_kib", "must be 4-131072");
+    if (c.message_timeout < 1 || c.message_timeout > 3600)
+      return r.error_at(*t, "message_timeout", "must be 1-3600 seconds");
+  }
+  VL_CHECK(status);
   VL_CHECK(read_zones(top, config, source));
   VL_CHECK(top.finish());
   return config;

@@ -28,6 +28,15 @@ struct UidRange {
   bool contains(uint32_t uid) const { return uid >= first && uid - first < count; }
 };
 
+/// What clients of the daemon's control socket may cost it ([control] in vmlaunch.toml). Root
+/// is never refused: the helper's launch asks for plans as root.
+struct ControlLimits {
+  uint32_t max_connections = 64;          ///< connections of admitted non-root clients at once
+  uint32_t max_connections_per_uid = 16;  ///< of those, per uid
+  uint32_t max_message_kib = 1024;        ///< the largest message a client may send
+  uint32_t message_timeout = 10;          ///< seconds for the handshake, and for each message once begun
+};
+
 /// Everything vmlaunch.toml can say, with the documented defaults filled in.
 struct HostConfig {
   std::string source;  ///< the file it was read from, for messages
@@ -48,6 +57,7 @@ struct HostConfig {
   std::vector<std::string> storage_roots = {"/var/lib/vmlaunch/images"};
   std::vector<std::string> emulators = {"/usr/bin/qemu-system-x86_64"};
   std::vector<Zone> zones;
+  ControlLimits control;
 
   const Zone* zone_named(std::string_view name) const;
   const Zone* zone_of_bridge(std::string_view bridge) const;

@@ -4,6 +4,11 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <utility>
+
 #include "common/control_protocol.h"
 
 namespace vl {
@@ -25,15 +30,25 @@ Peer peer_of(int fd) {
   return peer;
 }
 
-BusConnection::BusConnection(asio::io_context& io, UniqueFd socket, Peer peer)
-    : socket_(std::move(socket)), watch_(io), timer_(io), peer_(std::move(peer)) {}
+BusConnection::BusConnection(asio::io_context& io, UniqueFd socket, Peer peer, BusLimits limits)
+    : socket_(std::move(socket)),
+      client_(io),
+      feed_(io),
+      timer_(io),
+      deadline_(io),
+      lifetime_(io),
+      peer_(std::move(peer)),
+      limits_(limits),
+      framer_(limits.max_message) {}
 
-// sd-bus closes its socket; watch_ closes (and unregisters) the dup. Nobody releases or
-// closes a number it does not own.
+// sd-bus closes its two descriptors; client_ and feed_ close (and unregister) ours. Nobody
+// releases or closes a number it does not own. No flush: a client that does not read would
+// hold the daemon in it.
 BusConnection::~BusConnection() {
   if (bus_) {
     registry().erase(bus_);
-    sd_bus_flush_close_unref(bus_);
+    sd_bus_close(bus_);
+    sd_bus_unref(bus_);
   }
 }
 
@@ -51,54 +66,66 @@ std::shared_ptr<BusConnection> BusConnection::of(sd_bus_message* m) {
 Result<void> BusConnection::start(const sd_bus_vtable* vtable, void* userdata) {
   UniqueFd watched(::fcntl(socket_.get(), F_DUPFD_CLOEXEC, 3));
   if (!watched) return Error::from_errno("duplicate the control connection's socket");
+  int pair[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, pair) < 0)
+    return Error::from_errno("create the control connection's relay");
+  UniqueFd feed(pair[0]), bus_input(pair[1]);
   boost::system::error_code ec;
-  watch_.assign(watched.get(), ec);
+  client_.assign(watched.get(), ec);
   if (ec) return Error::make(ErrorCode::kSystem, "watch the control connection: " + ec.message());
-  (void)watched.release();  // watch_ owns it now
+  (void)watched.release();  // client_ owns it now
+  feed_.assign(feed.get(), ec);
+  if (ec) return Error::make(ErrorCode::kSystem, "watch the control connection's relay: " + ec.message());
+  (void)feed.release();  // feed_ owns it now
   sd_id128_t id;
   int r = sd_id128_randomize(&id);
   if (r >= 0) r = sd_bus_new(&bus_);
-  if (r >= 0) r = sd_bus_set_fd(bus_, socket_.get(), socket_.get());
-  if (r >= 0) (void)socket_.release();  // sd-bus owns it now, and closes it when the client leaves
+  if (r >= 0) r = sd_bus_set_fd(bus_, bus_input.get(), socket_.get());
+  if (r >= 0) {  // sd-bus owns both now, and closes them when the client leaves
+    (void)bus_input.release();
+    (void)socket_.release();
+  }
   if (r >= 0) r = sd_bus_set_server(bus_, 1, id);
+  // The peer was identified from the accepted socket (peer_of); sd-bus would see only the
+  // relay, whose peer is the daemon itself.
   if (r >= 0) r = sd_bus_set_anonymous(bus_, 1);
+  // Descriptors cannot pass through the relay, and no method takes one.
+  if (r >= 0) r = sd_bus_negotiate_fds(bus_, 0);
   if (r >= 0) r = sd_bus_add_object_vtable(bus_, nullptr, kControlPath, kControlInterface, vtable, userdata);
   if (r >= 0) r = sd_bus_start(bus_);
   if (r < 0) return Error::from_errno(-r, "set up control connection");
   registry()[bus_] = weak_from_this();
+  track_deadline();  // the handshake is due from now on
+  if (limits_.lifetime.count() > 0) {
+    lifetime_.expires_after(limits_.lifetime);
+    lifetime_.async_wait([self = shared_from_this()](boost::system::error_code wait_ec) {
+      if (!wait_ec) self->drop("open longer than " + std::to_string(self->limits_.lifetime.count()) + " ms");
+    });
+  }
   return {};
 }
 
 void BusConnection::schedule_pump() {
-  asio::post(watch_.get_executor(), [self = shared_from_this()] { self->pump(); });
+  asio::post(client_.get_executor(), [self = shared_from_this()] { self->pump(); });
 }
 
 void BusConnection::pump() {
   if (closed_) return;
   for (;;) {
     int r = sd_bus_process(bus_, nullptr);
-    if (r < 0) {  // the client went away (or broke the protocol): drop the connection
-      closed_ = true;
-      registry().erase(bus_);
-      boost::system::error_code ignored;
-      watch_.close(ignored);  // our dup: unregistered and closed now, its waits cancelled
-      timer_.cancel();
-      return;
-    }
+    if (r < 0) return drop("");  // the client went away (or broke the protocol)
     if (r == 0) break;
   }
+  uint64_t queued = 0;
+  if (sd_bus_get_n_queued_write(bus_, &queued) >= 0 && queued > limits_.max_queued_out)
+    return drop("it does not read what it is sent (" + std::to_string(queued) + " messages queued)");
   int events = sd_bus_get_events(bus_);
   auto self = shared_from_this();
-  if ((events & POLLIN) && !waiting_read_) {
-    waiting_read_ = true;
-    watch_.async_wait(asio::posix::stream_descriptor::wait_read, [self](boost::system::error_code ec) {
-      self->waiting_read_ = false;
-      if (!ec) self->pump();
-    });
-  }
+  // sd-bus wants input: read more from the client once the last chunk is all passed on.
+  if ((events & POLLIN) && !reading_ && !client_eof_ && in_fed_ == in_len_) read_client();
   if ((events & POLLOUT) && !waiting_write_) {
     waiting_write_ = true;
-    watch_.async_wait(asio::posix::stream_descriptor::wait_write, [self](boost::system::error_code ec) {
+    client_.async_wait(asio::posix::stream_descriptor::wait_write, [self](boost::system::error_code ec) {
       self->waiting_write_ = false;
       if (!ec) self->pump();
     });
@@ -110,6 +137,100 @@ void BusConnection::pump() {
       if (!ec) self->pump();
     });
   }
+}
+
+void BusConnection::read_client() {
+  reading_ = true;
+  client_.async_read_some(asio::buffer(in_), [self = shared_from_this()](boost::system::error_code ec, size_t n) {
+    self->reading_ = false;
+    if (self->closed_) return;
+    if (ec) {  // EOF (or a dead socket): pass the end on; sd-bus drops the connection after the rest
+      self->client_eof_ = true;
+      ::shutdown(self->feed_.native_handle(), SHUT_WR);
+      return self->pump();
+    }
+    self->on_client_bytes(n);
+  });
+}
+
+// Bytes reach sd-bus only after the framer has accepted them: an oversized message is refused
+// on its header, before its body is read.
+void BusConnection::on_client_bytes(size_t n) {
+  received_ += n;
+  if (limits_.byte_budget && received_ > limits_.byte_budget)
+    return drop("it sent more than " + std::to_string(limits_.byte_budget) + " bytes");
+  if (auto ok = framer_.consume({in_.data(), n}); !ok) return drop(ok.error().message());
+  track_deadline();
+  in_len_ = n;
+  in_fed_ = 0;
+  feed_bus();
+}
+
+void BusConnection::feed_bus() {
+  bool pumped = false;
+  while (in_fed_ < in_len_) {
+    ssize_t k = ::send(feed_.native_handle(), in_.data() + in_fed_, in_len_ - in_fed_, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (k > 0) {
+      in_fed_ += static_cast<size_t>(k);
+      continue;
+    }
+    if (k < 0 && errno == EINTR) continue;
+    if (k < 0 && errno == EAGAIN && !std::exchange(pumped, true)) {  // let sd-bus drain its input
+      pump();
+      if (closed_) return;
+      continue;
+    }
+    if (k < 0 && errno == EAGAIN) {
+      feed_waiting_ = true;
+      feed_.async_wait(asio::posix::stream_descriptor::wait_write, [self = shared_from_this()](boost::system::error_code ec) {
+        self->feed_waiting_ = false;
+        if (!ec && !self->closed_) self->feed_bus();
+      });
+      return;
+    }
+    return drop(std::string("relay to sd-bus: ") + std::strerror(errno));
+  }
+  pump();
+}
+
+// One deadline at a time, for the handshake or the message in progress; a message that
+// completes in time disarms it, the next one re-arms it.
+void BusConnection::track_deadline() {
+  if (!framer_.mid_message()) {
+    if (deadline_for_ != UINT64_MAX) {
+      deadline_for_ = UINT64_MAX;
+      ++deadline_gen_;
+      deadline_.cancel();
+    }
+    return;
+  }
+  if (deadline_for_ == framer_.completed()) return;
+  deadline_for_ = framer_.completed();
+  uint64_t gen = ++deadline_gen_;
+  deadline_.expires_after(limits_.message_deadline);
+  deadline_.async_wait([self = shared_from_this(), gen](boost::system::error_code ec) {
+    if (ec || self->closed_ || gen != self->deadline_gen_) return;
+    self->drop((self->framer_.completed() == 0 ? "handshake or first message" : "a message") +
+               std::string(" not complete within ") + std::to_string(self->limits_.message_deadline.count()) +
+               " ms");
+  });
+}
+
+void BusConnection::drop(std::string reason) {
+  if (closed_) return;
+  closed_ = true;
+  if (!reason.empty())
+    std::fprintf(stderr, "vmlaunchd: Dropped the control connection of uid %u: %s\n", static_cast<unsigned>(peer_.uid),
+                 reason.c_str());
+  close_reason_ = std::move(reason);
+  registry().erase(bus_);
+  sd_bus_close(bus_);  // closes sd-bus's descriptors; nothing is flushed to a dropped client
+  boost::system::error_code ignored;
+  client_.close(ignored);  // our dup: unregistered and closed now, its waits cancelled
+  feed_.close(ignored);
+  timer_.cancel();
+  deadline_.cancel();
+  lifetime_.cancel();
 }
 
 }  // namespace vl

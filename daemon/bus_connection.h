@@ -1,24 +1,35 @@
 // One control-socket client: an sd-bus server object on the accepted socket, pumped by the
 // daemon's Asio event loop.
 //
-// Every descriptor has one owner (house rule 18): sd-bus owns the accepted socket and closes
-// it when the client leaves; the event loop watches a dup of it that this object owns and
-// closes itself. Watching sd-bus's own number instead let the kernel hand that number to a
-// new client, a QMP socket or a pidfd after sd-bus closed it, and the departed connection
-// then removed the newcomer's registration from epoll: the daemon silently stopped watching
-// live descriptors (issue 9, item 1).
+// Every descriptor has one owner (house rule 18): sd-bus owns the accepted socket (it writes
+// replies there) and closes it when the client leaves; the event loop reads and watches a dup
+// of it that this object owns and closes itself. Watching sd-bus's own number instead let the
+// kernel hand that number to a new client, a QMP socket or a pidfd after sd-bus closed it, and
+// the departed connection then removed the newcomer's registration from epoll: the daemon
+// silently stopped watching live descriptors (issue 9, item 1).
+//
+// Input is relayed, not read by sd-bus from the client: this object reads the client's bytes,
+// lets a BusFramer check where each message ends and that it is within the limit, and only then
+// writes them into a socketpair whose other end is sd-bus's input. sd-bus itself accepts
+// messages up to 128 MiB and buffers them as they arrive; this way no client gets more than
+// Limits::max_message bytes into the daemon, and no handshake or message may take longer than
+// Limits::message_deadline to arrive.
 #pragma once
 
 #include <sys/types.h>
 #include <systemd/sd-bus.h>
 
 #include "daemon/asio.h"
+#include <array>
+#include <chrono>
 #include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "common/error.h"
 #include "common/unique_fd.h"
+#include "daemon/bus_framer.h"
 
 namespace vl {
 
@@ -31,10 +42,24 @@ struct Peer {
 /// Reads the credentials of the process at the other end of a connected unix socket.
 Peer peer_of(int fd);
 
+/// What one connection may cost the daemon.
+struct BusLimits {
+  /// The largest message accepted, header included.
+  size_t max_message = size_t{1} << 20;
+  /// The handshake, and each message once its first byte arrived, must be complete by then.
+  std::chrono::milliseconds message_deadline{10'000};
+  /// Replies and signals queued for a client that does not read them, before it is dropped.
+  uint64_t max_queued_out = 1024;
+  /// Bytes the client may send over the connection's life; 0: no limit.
+  uint64_t byte_budget = 0;
+  /// How long the connection may live; 0: no limit.
+  std::chrono::milliseconds lifetime{0};
+};
+
 class BusConnection final : public std::enable_shared_from_this<BusConnection> {
  public:
   /// Takes the accepted socket; start() hands it to sd-bus.
-  BusConnection(boost::asio::io_context& io, UniqueFd socket, Peer peer);
+  BusConnection(boost::asio::io_context& io, UniqueFd socket, Peer peer, BusLimits limits = {});
   ~BusConnection();
   BusConnection(const BusConnection&) = delete;
   BusConnection& operator=(const BusConnection&) = delete;
@@ -48,8 +73,11 @@ class BusConnection final : public std::enable_shared_from_this<BusConnection> {
   void schedule_pump();
   const Peer& peer() const { return peer_; }
   sd_bus* bus() const { return bus_; }
-  /// True once the client went away (or broke the protocol) and the connection was dropped.
+  /// True once the client went away (or broke the protocol or a limit) and the connection was
+  /// dropped.
   bool closed() const { return closed_; }
+  /// Why the connection was dropped by the daemon ("" if the client left or it is open).
+  const std::string& close_reason() const { return close_reason_; }
 
   /// The live connections, by their sd-bus object (method handlers find their peer here).
   static std::map<sd_bus*, std::weak_ptr<BusConnection>>& registry();
@@ -57,13 +85,31 @@ class BusConnection final : public std::enable_shared_from_this<BusConnection> {
   static std::shared_ptr<BusConnection> of(sd_bus_message* m);
 
  private:
-  UniqueFd socket_;                             ///< until start() gives it to sd-bus
-  boost::asio::posix::stream_descriptor watch_;  ///< our own dup of the socket, for readiness only
-  boost::asio::steady_timer timer_;
+  void read_client();
+  void on_client_bytes(size_t n);
+  void feed_bus();
+  void track_deadline();
+  void drop(std::string reason);
+
+  UniqueFd socket_;                               ///< until start() gives it to sd-bus
+  boost::asio::posix::stream_descriptor client_;  ///< our own dup of the socket: reads, readiness
+  boost::asio::posix::stream_descriptor feed_;    ///< our end of sd-bus's input socketpair
+  boost::asio::steady_timer timer_;               ///< sd-bus's own timeouts
+  boost::asio::steady_timer deadline_;            ///< the current handshake or message
+  boost::asio::steady_timer lifetime_;
   Peer peer_;
+  BusLimits limits_;
+  BusFramer framer_;
+  std::array<uint8_t, 64 * 1024> in_{};
+  size_t in_len_ = 0, in_fed_ = 0;  ///< bytes read from the client and not yet given to sd-bus
+  uint64_t received_ = 0;
+  uint64_t deadline_for_ = UINT64_MAX;  ///< the message (framer_.completed()) the deadline guards
+  uint64_t deadline_gen_ = 0;
   sd_bus* bus_ = nullptr;
-  bool waiting_read_ = false, waiting_write_ = false;
+  bool reading_ = false, client_eof_ = false, feed_waiting_ = false;
+  bool waiting_write_ = false;
   bool closed_ = false;
+  std::string close_reason_;
 };
 
 }  // namespace vl

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <systemd/sd-bus.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <map>
@@ -21,6 +22,13 @@ namespace asio = boost::asio;
 namespace {
 
 constexpr auto kAcceptBackoff = std::chrono::milliseconds(100);
+
+// Peers that may call nothing still get one short session, so that vmctl can tell them which
+// group to join; it is all such a session can buy. Its messages are capped at 4 KiB (a method
+// call of this interface is a few hundred bytes), its whole input at 16 KiB, its life at 5 s;
+// it receives no signals, and at most kMaxDeniedSessions exist at once, one per uid.
+constexpr size_t kMaxDeniedSessions = 8;
+constexpr BusLimits kDeniedLimits{4096, std::chrono::seconds(5), 16, 16 * 1024, std::chrono::seconds(5)};
 
 struct ServerState {
   Manager* manager;
@@ -41,6 +49,10 @@ Supervisor::Done reply_later(sd_bus_message* m) {
     if (auto conn = BusConnection::of(m)) conn->schedule_pump();
     sd_bus_message_unref(m);
   };
+}
+
+bool is_admin(const Peer& peer, gid_t admin_gid) {
+  return peer.uid == 0 || std::find(peer.groups.begin(), peer.groups.end(), admin_gid) != peer.groups.end();
 }
 
 Result<void> authorize(sd_bus_message* m, const ServerState& s, bool root_only) {
@@ -189,10 +201,11 @@ ControlServer::ControlServer(asio::io_context& io, const HostConfig& config, Man
     : io_(io), config_(config), manager_(manager), accept_backoff_(io) {
   if (const group* g = ::getgrnam(config.admin_group.c_str())) admin_gid_ = g->gr_gid;
   g_state = std::make_unique<ServerState>(ServerState{&manager_, admin_gid_, config.admin_group});
-  manager_.on_state_changed = [](const VmInfo& info) {
+  // Signals go to those who may see the state (List, Status): root and the admin group.
+  manager_.on_state_changed = [admin_gid = admin_gid_](const VmInfo& info) {
     std::vector<std::shared_ptr<BusConnection>> live;
     for (auto& [bus, weak] : BusConnection::registry())
-      if (auto conn = weak.lock()) live.push_back(std::move(conn));
+      if (auto conn = weak.lock(); conn && is_admin(conn->peer(), admin_gid)) live.push_back(std::move(conn));
     for (const auto& conn : live) {
       sd_bus_emit_signal(conn->bus(), kControlPath, kControlInterface, "StateChanged", "sss", info.name.c_str(),
                          vm_status_name(info.status), info.reason.c_str());
@@ -251,14 +264,53 @@ void ControlServer::accept_next() {
     }
     if (!ec && std::exchange(accept_starved_, false))
       std::fprintf(stderr, "vmlaunchd: accepting control connections again\n");
-    if (!ec) {
-      UniqueFd fd(socket.release());
-      Peer peer = peer_of(fd.get());
-      auto conn = std::make_shared<BusConnection>(io_, std::move(fd), std::move(peer));
-      if (conn->start(kVtable, g_state.get())) conn->pump();
-    }
+    if (!ec) admit(UniqueFd(socket.release()));
     if (acceptor_) accept_next();
   });
+}
+
+// Who may connect is decided here, from the credentials, before a byte is read: root always;
+// admin-group members up to the connection limits (their sessions are bounded per message);
+// anyone else only into a short denied session, while few exist. A refused connection is
+// closed unread.
+void ControlServer::admit(UniqueFd fd) {
+  Peer peer = peer_of(fd.get());
+  const ControlLimits& caps = config_.control;
+  const bool admin = is_admin(peer, admin_gid_);
+  size_t same_class = 0, same_uid = 0;
+  for (auto& [bus, weak] : BusConnection::registry()) {
+    auto conn = weak.lock();
+    if (!conn || conn->peer().uid == 0 || is_admin(conn->peer(), admin_gid_) != admin) continue;
+    ++same_class;
+    same_uid += conn->peer().uid == peer.uid;
+  }
+  std::string refused;
+  if (peer.uid == 0) {
+  } else if (admin && same_class >= caps.max_connections) {
+    refused = std::to_string(caps.max_connections) + " connections are open (control.max_connections)";
+  } else if (admin && same_uid >= caps.max_connections_per_uid) {
+    refused = "uid " + std::to_string(peer.uid) + " has " + std::to_string(same_uid) +
+              " connections open (control.max_connections_per_uid)";
+  } else if (!admin && (same_class >= kMaxDeniedSessions || same_uid >= 1)) {
+    refused = "too many connections from users outside group '" + config_.admin_group + "'";
+  }
+  if (!refused.empty()) {
+    if (!std::exchange(refusing_, true))
+      std::fprintf(stderr, "vmlaunchd: Refusing control connections: %s\n", refused.c_str());
+    return;  // closed unread
+  }
+  if (std::exchange(refusing_, false)) std::fprintf(stderr, "vmlaunchd: admitting control connections again\n");
+  BusLimits limits = kDeniedLimits;
+  if (admin) {
+    limits = BusLimits{};
+    limits.max_message = size_t{caps.max_message_kib} * 1024;
+    limits.message_deadline = std::chrono::seconds(caps.message_timeout);
+  }
+  auto conn = std::make_shared<BusConnection>(io_, std::move(fd), std::move(peer), limits);
+  if (auto ok = conn->start(kVtable, g_state.get()); !ok)
+    std::fprintf(stderr, "vmlaunchd: Failed to serve a control connection: %s, ignoring\n", ok.error().message().c_str());
+  else
+    conn->pump();
 }
 
 }  // namespace vl

@@ -1,4 +1,5 @@
 // vmlaunchd: the unprivileged vmlaunch daemon. This file only parses the command line.
+#include <signal.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -64,6 +65,11 @@ int run_daemon(const std::string& config_path) {
   }
   auto config = vl::load_config(config_path);
   if (!config) return fail(config.error());
+  // A write to a pipe or socket whose reader is gone must fail with EPIPE, not end the daemon:
+  // stderr may be a pipe whose reader died, and any local user can make the daemon log (a
+  // dropped control connection). systemd ignores SIGPIPE for services by default; standalone
+  // and test runs do not. Children get default dispositions back (spawn.cpp).
+  ::signal(SIGPIPE, SIG_IGN);
   boost::asio::io_context io;
   vl::Manager manager(io, *config);
   vl::ControlServer server(io, *config, manager);

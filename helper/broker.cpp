@@ -154,7 +154,8 @@ bool serve_request(const BrokerContext& ctx, int fd) {
   if (!request) {
     log_error(request.error().wrap("malformed broker request; closing the connection"));
     reply.error = request.error();
-    (void)sys::write_all(fd, encode_broker_reply(reply));
+    std::string out = encode_broker_reply(reply);
+    (void)::send(fd, out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     return false;
   }
   log_set_vm(request->vm.str());
@@ -167,7 +168,11 @@ bool serve_request(const BrokerContext& ctx, int fd) {
   }
   log_set_vm("");
   std::string out = encode_broker_reply(reply);
-  bool sent = ::send(fd, out.data(), out.size(), MSG_NOSIGNAL) >= 0;
+  // Never blocks: a peer that sends requests and does not read the replies fills its receive
+  // queue, and a blocking send would then hold the broker (and every later request) forever.
+  // The daemon reads each reply before its next request, so a full queue is never the daemon.
+  bool sent = sys::retry_eintr([&] { return ::send(fd, out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT); }) >= 0;
+  if (!sent && errno == EAGAIN) log_warning("the peer does not read its replies; closing its connection");
   if (sent && reply.ok && request->op == BrokerOp::kStart) confirm_launch(ctx.config, request->vm);  // launch.h
   return sent;
 }

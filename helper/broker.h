@@ -9,6 +9,10 @@
 // poll() loop with the listener and the signalfd: SIGTERM/SIGINT end the broker whenever no
 // request is being handled; a new connection from the daemon's uid replaces the current one;
 // a connection silent for 60 s is closed (the daemon reconnects on its next request).
+// Nothing a peer does can block that loop: the socket is SOCK_SEQPACKET, so a request arrives
+// whole or not at all (there is no partial request to wait for), reads never block, and a
+// reply that does not fit in the peer's receive queue (a peer that does not read) closes the
+// connection instead of waiting.
 #pragma once
 
 #include "common/config.h"

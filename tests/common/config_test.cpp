@@ -92,6 +92,11 @@ bridge = "br-lan"
         {"[users]\nadmin_group = \"bad group\"\n", "key 'users.admin_group': 'bad group' is not a valid user or group name"},
         {"[users]\nvm_uid_count = 0\n", "key 'users.vm_uid_count'"},
         {"[paths\n", "vmlaunch.toml:1:"},
+        {"[control]\nmax_connections = 0\n", "key 'control.max_connections': must be 1-512"},
+        {"[control]\nmax_connections = 4\nmax_connections_per_uid = 5\n", "key 'control.max_connections_per_uid'"},
+        {"[control]\nmax_message_kib = 1\n", "key 'control.max_message_kib': must be 4-131072"},
+        {"[control]\nmessage_timeout = 0\n", "key 'control.message_timeout'"},
+        {"[control]\nmax_clients = 3\n", "key 'control.max_clients': unknown key"},
     };
     for (const auto& c : cases) {
       CAPTURE(c.toml);
@@ -100,6 +105,23 @@ bridge = "br-lan"
       CHECK(err.find(c.expected) != std::string::npos);
       CHECK(err.rfind("/etc/vmlaunch/vmlaunch.toml:", 0) == 0);
     }
+  }
+
+  TEST_CASE("control socket limits: documented defaults, and the [control] section overrides them") {
+    auto defaults = vl::parse_config("", "/etc/vmlaunch/vmlaunch.toml");
+    REQUIRE(defaults.ok());
+    CHECK(defaults->control.max_connections == 64);
+    CHECK(defaults->control.max_connections_per_uid == 16);
+    CHECK(defaults->control.max_message_kib == 1024);
+    CHECK(defaults->control.message_timeout == 10);
+    auto set = vl::parse_config("[control]\nmax_connections = 8\nmax_connections_per_uid = 2\n"
+                                "max_message_kib = 64\nmessage_timeout = 3\n",
+                                "/etc/vmlaunch/vmlaunch.toml");
+    REQUIRE(set.ok());
+    CHECK(set->control.max_connections == 8);
+    CHECK(set->control.max_connections_per_uid == 2);
+    CHECK(set->control.max_message_kib == 64);
+    CHECK(set->control.message_timeout == 3);
   }
 
   TEST_CASE("NUL bytes and invalid UTF-8 are rejected") {

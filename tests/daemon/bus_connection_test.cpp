@@ -115,3 +115,60 @@ TEST_SUITE("daemon/bus_connection") {
     CHECK(after == before - 2);  // the accepted socket and the client's end; no copy left behind
   }
 }
+
+TEST_SUITE("daemon/bus_framer") {
+  std::vector<uint8_t> bytes(std::string_view s) { return {s.begin(), s.end()}; }
+
+  std::vector<uint8_t> header(char order, uint32_t body, uint32_t fields) {
+    std::vector<uint8_t> h = {static_cast<uint8_t>(order), 1, 0, 1};
+    auto put = [&](uint32_t v) {
+      for (int i = 0; i < 4; ++i)
+        h.push_back(static_cast<uint8_t>(order == 'l' ? v >> (8 * i) : v >> (8 * (3 - i))));
+    };
+    put(body), put(7), put(fields);
+    return h;
+  }
+
+  TEST_CASE("messages are delimited by their headers, in either byte order, fed in any pieces") {
+    vl::BusFramer f(4096);
+    CHECK(f.mid_message());  // the handshake is due
+    REQUIRE(f.consume(bytes(std::string_view("\0AUTH EXTERNAL 30\r\nNEGOTIATE_UNIX_FD\r\nBEGIN\r\n", 45))).ok());
+    CHECK_FALSE(f.mid_message());
+    auto h = header('l', 100, 13);  // 16 + 16 (13 padded to 8) + 100
+    std::vector<uint8_t> msg = h;
+    msg.resize(132, 0);
+    for (uint8_t b : msg) REQUIRE(f.consume({&b, 1}).ok());
+    CHECK(f.completed() == 1);
+    CHECK_FALSE(f.mid_message());
+    auto big_endian = header('B', 8, 0);
+    big_endian.resize(24, 0);
+    REQUIRE(f.consume(big_endian).ok());
+    CHECK(f.completed() == 2);
+    REQUIRE(f.consume(std::vector<uint8_t>(h.begin(), h.begin() + 3)).ok());
+    CHECK(f.mid_message());
+  }
+
+  TEST_CASE("oversized messages, bad headers and endless handshakes are refused") {
+    auto after_begin = [] {
+      vl::BusFramer f(4096);
+      REQUIRE(f.consume(bytes(std::string_view("\0BEGIN\r\n", 8))).ok());
+      return f;
+    };
+    auto f = after_begin();
+    auto r = f.consume(header('l', 119u << 20, 0));
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().message().find("exceeds the limit of 4096 bytes") != std::string::npos);
+    f = after_begin();
+    CHECK_FALSE(f.consume(header('l', 4000, 200)).ok());  // the field array counts too
+    f = after_begin();
+    CHECK_FALSE(f.consume(header('x', 8, 0)).ok());
+    vl::BusFramer no_nul(4096);
+    CHECK_FALSE(no_nul.consume(bytes("AUTH")).ok());
+    vl::BusFramer endless(4096);
+    CHECK_FALSE(endless.consume(bytes(std::string(1, '\0') + std::string(600, 'A'))).ok());
+    vl::BusFramer chatty(4096);
+    std::string lines(1, '\0');
+    for (int i = 0; i < 17; ++i) lines += "DATA\r\n";
+    CHECK_FALSE(chatty.consume(bytes(lines)).ok());
+  }
+}

@@ -45,7 +45,7 @@ TEST_SUITE("daemon/planner") {
 
     vl::PlanStats cold, warm;
     auto first = planner.plan(*domain, xml, &cold);
-    REQUIRE_MESSAGE(first.ok(), first.error().message());
+    REQUIRE_MESSAGE(first.ok(), (first.ok() ? std::string() : first.error().message()));
     CHECK_FALSE(cold.cache_hit);
     auto second = planner.plan(*domain, xml, &warm);
     REQUIRE(second.ok());
@@ -206,7 +206,7 @@ TEST_SUITE("daemon/planner") {
     REQUIRE(plans.size() == kVms);
     std::set<int> displays;
     for (auto& [name, plan] : plans) {
-      REQUIRE_MESSAGE(plan.ok(), plan.error().message());
+      REQUIRE_MESSAGE(plan.ok(), (plan.ok() ? std::string() : plan.error().message()));
       REQUIRE(plan->vnc.has_value());
       displays.insert(plan->vnc->display);
     }
