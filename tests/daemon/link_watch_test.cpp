@@ -10,16 +10,17 @@ namespace {
 
 using Bytes = std::vector<uint8_t>;
 
+// Appends n bytes and pads to netlink's 4-byte alignment.
 void put(Bytes& b, const void* p, size_t n) {
-  const auto* c = static_cast<const uint8_t*>(p);
-  b.insert(b.end(), c, c + n);
-  while (b.size() % 4) b.push_back(0);
+  size_t at = b.size();
+  b.resize(at + NLMSG_ALIGN(n), 0);
+  std::memcpy(b.data() + at, p, n);
 }
 
 Bytes attr(uint16_t type, const void* p, size_t n) {
   rtattr a{static_cast<unsigned short>(RTA_LENGTH(n)), type};
   Bytes b;
-  b.insert(b.end(), reinterpret_cast<uint8_t*>(&a), reinterpret_cast<uint8_t*>(&a) + sizeof a);
+  put(b, &a, sizeof a);
   put(b, p, n);
   return b;
 }
