@@ -252,6 +252,21 @@ TEST_SUITE("root/bridge_loss") {
     CHECK(master_of("web1-0") == "br-dmz");
   }
 
+  TEST_CASE("a tap taken off its bridge is put back, as the launch made it") {
+    SystemEnv env;
+    int pid = start_vm(env, "web1");
+    vl::test::run_ok("ip link set dev web1-0 nomaster");
+    bool back = false;
+    for (auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+         !back && std::chrono::steady_clock::now() < deadline; std::this_thread::sleep_for(std::chrono::milliseconds(50)))
+      back = master_of("web1-0") == "br-dmz";
+    REQUIRE_MESSAGE(back, env.log());
+    CHECK(vl::test::command_output("bridge -d link show dev web1-0").find("learning off") != std::string::npos);
+    CHECK(vl::test::bridge_fdb("br-dmz").find(kVmMac + " dev web1-0 sticky master br-dmz static") != std::string::npos);
+    auto status = wait_for_network(env, "web1", [](const std::string& n) { return n == "attached to bridge 'br-dmz'"; });
+    CHECK(status["pid"] == std::to_string(pid));
+  }
+
   TEST_CASE("a bridge lost and recreated while the daemon was down is found at its start") {
     SystemEnv env;
     int pid = start_vm(env, "web1");
