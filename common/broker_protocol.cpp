@@ -13,7 +13,8 @@ namespace {
 using Json = nlohmann::json;
 
 constexpr std::pair<BrokerOp, const char*> kOpNames[] = {
-    {BrokerOp::kStart, "start"}, {BrokerOp::kKill, "kill"}, {BrokerOp::kCleanup, "cleanup"}};
+    {BrokerOp::kStart, "start"}, {BrokerOp::kKill, "kill"}, {BrokerOp::kCleanup, "cleanup"},
+    {BrokerOp::kReattach, "reattach"}};
 
 // Takes the number as sent: narrowing it to int first would let 2^32 + 9 pass as SIGKILL.
 bool signal_allowed(int64_t s) { return s == SIGTERM || s == SIGKILL || s == SIGINT; }

@@ -2,7 +2,7 @@
 //
 // One request per SOCK_SEQPACKET message, one reply per request, in order. Messages are JSON
 // objects of at most kMaxBrokerMessage bytes. The request set is closed: start, kill, cleanup,
-// each naming one VM; nothing else is ever parsed into a request.
+// reattach, each naming one VM; nothing else is ever parsed into a request.
 #pragma once
 
 #include <string>
@@ -14,7 +14,7 @@ namespace vl {
 
 inline constexpr size_t kMaxBrokerMessage = 4096;
 
-enum class BrokerOp : unsigned char { kStart, kKill, kCleanup };
+enum class BrokerOp : unsigned char { kStart, kKill, kCleanup, kReattach };
 
 /// A validated broker request.
 struct BrokerRequest {

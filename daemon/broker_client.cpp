@@ -21,6 +21,7 @@ const char* op_name(BrokerOp op) {
     case BrokerOp::kStart: return "start";
     case BrokerOp::kKill: return "kill";
     case BrokerOp::kCleanup: return "cleanup";
+    case BrokerOp::kReattach: return "reattach";
   }
   return "request";
 }
@@ -57,8 +58,9 @@ Result<void> BrokerClient::connect() {
 void BrokerClient::connection_lost(bool request_unread, const std::string& what) {
   socket_.reset();
   Pending& front = queue_.front();
-  // Cleanup is idempotent by contract (helper/cleanup.h): sending it twice is harmless.
-  bool retry = !front.resent && (request_unread || front.op == BrokerOp::kCleanup);
+  // Cleanup and reattach are idempotent by contract (helper/cleanup.h, helper/reattach.h):
+  // sending them twice is harmless.
+  bool retry = !front.resent && (request_unread || front.op == BrokerOp::kCleanup || front.op == BrokerOp::kReattach);
   if (retry) {
     front.resent = true;
     return send_next();

@@ -6,7 +6,7 @@
 // says: the send failed (EPIPE, ECONNRESET, ENOTCONN), or the broker closed the connection
 // with the request still unread in its queue (our recv sees ECONNRESET). When the broker
 // closed the connection after reading a request (plain EOF), it may have acted on it: only an
-// idempotent request (cleanup) is sent again; a start or kill fails with a message saying its
+// idempotent request (cleanup, reattach) is sent again; a start or kill fails with a message saying its
 // outcome is unknown, so that no VM is ever started twice behind the caller's back.
 #pragma once
 

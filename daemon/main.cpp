@@ -75,6 +75,8 @@ int run_daemon(const std::string& config_path) {
   vl::ControlServer server(io, *config, manager);
   if (auto listening = server.listen(); !listening) return fail(listening.error());
   manager.adopt_running();
+  if (auto watching = manager.watch_links(); !watching)
+    std::fprintf(stderr, "vmlaunchd: %s; zone bridges are not watched\n", watching.error().message().c_str());
   // VMs are not our children and keep running: stopping the daemon only stops serving.
   boost::asio::signal_set signals(io, SIGTERM, SIGINT);
   signals.async_wait([&](boost::system::error_code, int) {

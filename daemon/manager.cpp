@@ -69,7 +69,13 @@ Manager::Manager(boost::asio::io_context& io, const HostConfig& config)
       broker_(io, config.helper_socket()),
       planner_(config),
       catalog_(config),
-      context_{io, config, broker_, nullptr, nullptr} {
+      context_{io, config, broker_, nullptr, nullptr},
+      link_watch_(io, config, broker_, [this] {
+        std::vector<LinkWatch::Vm> running;
+        for (const auto& [name, s] : vms_)
+          if (s->info().status == VmStatus::kRunning) running.push_back({name, s->info().zone, s->info().taps});
+        return running;
+      }) {
   context_.vnc_password = [this](const VmName& vm) {
     auto domain = catalog_.get(vm);
     return domain && domain->vnc ? domain->vnc->password : std::string();
@@ -78,6 +84,7 @@ Manager::Manager(boost::asio::io_context& io, const HostConfig& config)
     // A run that ended (or a start that failed, abandoning its plan) frees its VNC display.
     if (info.status == VmStatus::kStopped || info.status == VmStatus::kFailed)
       planner_.release_vnc_display(info.name);
+    link_watch_.poke();  // a VM that runs now is checked; one that stopped is forgotten
     if (on_state_changed) on_state_changed(info);
   };
 }
@@ -121,6 +128,16 @@ void Manager::adopt_running() {
   }
 }
 
+Result<void> Manager::watch_links() { return link_watch_.start(); }
+
+// A running VM whose taps lost their bridge stays `running` (the guest runs); the reason says
+// what is wrong with its network, in `list` as in `status`.
+void Manager::add_network(VmInfo& info) const {
+  if (info.status != VmStatus::kRunning) return;
+  info.network = link_watch_.network(info.name);
+  if (info.reason.empty() && info.network.rfind("detached", 0) == 0) info.reason = "network " + info.network;
+}
+
 std::vector<VmInfo> Manager::list() {
   std::vector<VmInfo> out;
   std::vector<VmName> defined = catalog_.names();
@@ -137,19 +154,26 @@ std::vector<VmInfo> Manager::list() {
       info.autostart = domain->meta.autostart;
       info.start_order = domain->meta.start_order;
     }
+    add_network(info);
     out.push_back(std::move(info));
   }
   // Running VMs whose definition was removed are still listed.
   for (const auto& [name, s] : vms_)
     if (!std::binary_search(defined.begin(), defined.end(), VmName::parse(name).value()) &&
-        s->info().status != VmStatus::kStopped)
+        s->info().status != VmStatus::kStopped) {
       out.push_back(s->info());
+      add_network(out.back());
+    }
   return out;
 }
 
 Result<VmInfo> Manager::status(const std::string& name) {
   VmName vm = VL_TRY(VmName::parse(name));
-  if (auto it = vms_.find(vm.str()); it != vms_.end()) return it->second->info();
+  if (auto it = vms_.find(vm.str()); it != vms_.end()) {
+    VmInfo info = it->second->info();
+    add_network(info);
+    return info;
+  }
   auto domain = catalog_.get(vm);
   if (!domain) return domain.error();
   VmInfo info;

@@ -10,6 +10,7 @@
 #include "common/config.h"
 #include "common/domain.h"
 #include "daemon/broker_client.h"
+#include "daemon/link_watch.h"
 #include "daemon/planner.h"
 #include "daemon/supervisor.h"
 
@@ -50,6 +51,8 @@ class Manager final {
 
   /// Re-adopts every VM that has runtime state (daemon start).
   void adopt_running();
+  /// Starts watching the zone bridges of running VMs (daemon/link_watch.h).
+  Result<void> watch_links();
 
   std::vector<VmInfo> list();
   Result<VmInfo> status(const std::string& name);
@@ -64,6 +67,8 @@ class Manager final {
 
  private:
   Result<Supervisor*> supervisor(const std::string& name, bool must_be_defined);
+  /// Adds what the link watch knows about a running VM's network to `info`.
+  void add_network(VmInfo& info) const;
 
   boost::asio::io_context& io_;
   const HostConfig& config_;
@@ -72,6 +77,7 @@ class Manager final {
   DomainCatalog catalog_;
   SupervisorContext context_;
   std::map<std::string, std::unique_ptr<Supervisor>> vms_;
+  LinkWatch link_watch_;
 };
 
 }  // namespace vl

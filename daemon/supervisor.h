@@ -75,6 +75,8 @@ struct VmInfo {
   int vnc_display = -1;
   std::string vnc_listen;
   std::vector<std::string> taps;
+  /// Running VMs: whether its taps are on its zone bridge (daemon/link_watch.h), else "".
+  std::string network;
   bool autostart = false;
   int start_order = 0;
 };

@@ -27,6 +27,7 @@
 #include "helper/cleanup.h"
 #include "helper/launch.h"
 #include "helper/log.h"
+#include "helper/reattach.h"
 #include "helper/runtime_dir.h"
 #include "helper/uid_map.h"
 #include "helper/uid_reaper.h"
@@ -130,6 +131,11 @@ Result<int> handle_cleanup(const BrokerContext& ctx, const BrokerRequest& req) {
   return 0;
 }
 
+Result<int> handle_reattach(const BrokerContext& ctx, const BrokerRequest& req) {
+  VL_CHECK(reattach_vm(ctx.config, req.vm));
+  return 0;
+}
+
 // The closed request set: one handler per op, nothing else dispatches.
 struct OpEntry {
   BrokerOp op;
@@ -139,6 +145,7 @@ constexpr OpEntry kOps[] = {
     {BrokerOp::kStart, handle_start},
     {BrokerOp::kKill, handle_kill},
     {BrokerOp::kCleanup, handle_cleanup},
+    {BrokerOp::kReattach, handle_reattach},
 };
 
 // Reads and answers one request; false when the connection is to be closed (EOF, error, or a

@@ -96,6 +96,16 @@ Result<void> Netlink::change(const std::string& name, unsigned mtu, bool up) {
 Result<void> Netlink::set_up(const std::string& name, unsigned mtu) { return change(name, mtu, true); }
 Result<void> Netlink::set_mtu(const std::string& name, unsigned mtu) { return change(name, mtu, false); }
 
+Result<void> Netlink::set_down(const std::string& name) {
+  LinkPtr link = VL_TRY(get(name));
+  LinkPtr change(rtnl_link_alloc());
+  if (!change) return Error::make(ErrorCode::kSystem, "allocate netlink link");
+  rtnl_link_unset_flags(change.get(), IFF_UP);
+  if (int r = rtnl_link_change(sock_, link.get(), change.get(), 0); r < 0)
+    return netlink_error(r, "set down interface '" + name + "'");
+  return {};
+}
+
 Result<void> Netlink::remove(const std::string& name) {
   rtnl_link* raw = nullptr;
   int r = rtnl_link_get_kernel(sock_, 0, name.c_str(), &raw);

@@ -47,6 +47,8 @@ class Netlink final {
   Result<void> enslave(int bridge, int port, const std::string& what);
   /// Sets the link up (and its MTU, if mtu > 0).
   Result<void> set_up(const std::string& name, unsigned mtu);
+  /// Sets the link down.
+  Result<void> set_down(const std::string& name);
   /// Sets the MTU of a link that is down.
   Result<void> set_mtu(const std::string& name, unsigned mtu);
   /// Deletes the link called `name`; "no such link" counts as success.

@@ -43,6 +43,11 @@ TEST_SUITE("common/broker_protocol") {
     CHECK(back->signal == SIGTERM);
     CHECK_FALSE(vl::parse_broker_request(R"({"op":"cleanup","vm":"web1","signal":9})").ok());
     CHECK(vl::parse_broker_request(R"({"op":"cleanup","vm":"web1"})").ok());
+    auto reattach = vl::parse_broker_request(R"({"op":"reattach","vm":"web1"})");
+    REQUIRE(reattach.ok());
+    CHECK(reattach->op == vl::BrokerOp::kReattach);
+    CHECK(vl::encode_broker_request(*reattach) == R"({"op":"reattach","vm":"web1"})");
+    CHECK_FALSE(vl::parse_broker_request(R"({"op":"reattach","vm":"web1","bridge":"br-x"})").ok());
   }
 
   TEST_CASE("a reply with wrongly typed fields is an error, not an abort") {
