@@ -29,6 +29,7 @@ const char* vm_status_name(VmStatus status) {
 namespace {
 
 constexpr auto kKillGrace = std::chrono::seconds(5);
+constexpr auto kMonitorLossGrace = std::chrono::milliseconds(500);
 constexpr auto kPowerButtonRepeat = std::chrono::seconds(2);
 constexpr auto kWatchRetry = std::chrono::seconds(1);
 
@@ -51,7 +52,7 @@ bool gone(const Result<UniqueFd>& process) { return !process && process.error().
 }  // namespace
 
 Supervisor::Supervisor(SupervisorContext& ctx, VmName name)
-    : ctx_(ctx), name_(std::move(name)), stop_timer_(ctx.io), start_timer_(ctx.io), converge_timer_(ctx.io) {
+    : ctx_(ctx), name_(std::move(name)), stop_timer_(ctx.io), start_timer_(ctx.io), converge_timer_(ctx.io), monitor_grace_(ctx.io) {
   info_.name = name_.str();
 }
 
@@ -220,6 +221,7 @@ void Supervisor::end_run() {
   }
   stop_timer_.cancel();
   start_timer_.cancel();
+  monitor_grace_.cancel();
 }
 
 void Supervisor::attach(const VmState& state, bool fresh) {
@@ -488,10 +490,17 @@ void Supervisor::stop_command(const std::string& command) {
     if (r || run != run_ || stop_error_ || guest_shutdown_) return;
     // The monitor failed mid-stop (an error, a closed connection, its deadline): the guest
     // cannot be asked any more, and waiting for the stop's deadline would only delay the
-    // kill. The stop ends with the exit and reports this.
-    stop_error_ = r.error().wrap("VM '" + name_.str() + "': '" + command + "' failed during the stop; the emulator was killed");
-    stop_timer_.cancel();
-    ctx_.broker.call({BrokerOp::kKill, name_, SIGKILL}, [](Result<int>) {});
+    // kill. The stop ends with the exit and reports this. But an emulator that is exiting
+    // anyway (a kill, a power-off) closes its monitor a moment before its pidfd says so: that
+    // moment is waited for, and such an exit is the stop succeeding.
+    Error failure = r.error().wrap("VM '" + name_.str() + "': '" + command + "' failed during the stop; the emulator was killed");
+    monitor_grace_.expires_after(kMonitorLossGrace);
+    monitor_grace_.async_wait([this, run, failure](boost::system::error_code ec) {
+      if (ec || run != run_ || stop_error_) return;
+      stop_error_ = failure;
+      stop_timer_.cancel();
+      ctx_.broker.call({BrokerOp::kKill, name_, SIGKILL}, [](Result<int>) {});
+    });
   });
 }
 

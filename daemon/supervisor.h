@@ -188,6 +188,7 @@ class Supervisor final {
   boost::asio::steady_timer stop_timer_;
   boost::asio::steady_timer start_timer_;
   boost::asio::steady_timer converge_timer_;
+  boost::asio::steady_timer monitor_grace_;  ///< a monitor lost mid-stop: the exit's moment
   std::chrono::steady_clock::time_point deadline_;
   std::vector<Done> stop_waiters_;
   std::optional<Error> stop_error_;  ///< a monitor failure during the stop in progress

@@ -533,4 +533,34 @@ TEST_SUITE("daemon/supervisor") {
       CHECK_FALSE(broker.received(vl::BrokerOp::kKill));
     }
   }
+
+  TEST_CASE("an emulator killed during a graceful stop: its monitor closing first is no failure") {
+    AdoptableVm fixture;
+    auto& [emulator, dir, config, vm, state] = fixture;
+    asio::io_context io;
+    {
+      ScriptedBroker broker(config.helper_socket(), [](const vl::BrokerRequest&) { return ok_reply(); });
+      // `vmctl kill` lands while the power button is pressed: the monitor closes unanswered.
+      FakeMonitor monitor(config.vm_runtime_dir(vm) + "/qmp.sock", [emulator = emulator](const std::string& command) {
+        if (command == "query-status") return std::optional<Json>(Json{{"status", "running"}, {"running", true}});
+        if (command == "system_powerdown") {
+          ::kill(emulator, SIGKILL);
+          return std::optional<Json>(kCloseConnection);
+        }
+        return std::optional<Json>(Json::object());
+      });
+      vl::BrokerClient client(io, config.helper_socket());
+      vl::SupervisorContext ctx{io, config, client, [](const vl::VmName&) { return std::string(); }, nullptr};
+      vl::Supervisor supervisor(ctx, vm);
+      supervisor.adopt(state);
+      REQUIRE(run_until(io, [&] { return supervisor.info().status == vl::VmStatus::kRunning; }));
+
+      std::optional<vl::Result<void>> stopped;
+      supervisor.stop(std::chrono::seconds(60), false, [&](vl::Result<void> r) { stopped = std::move(r); });
+      REQUIRE(run_until(io, [&] { return stopped.has_value(); }));
+      CHECK_MESSAGE(stopped->ok(), stopped->error().message());
+      CHECK(supervisor.info().status == vl::VmStatus::kStopped);
+      CHECK_FALSE(broker.received(vl::BrokerOp::kKill));
+    }
+  }
 }
