@@ -84,6 +84,8 @@ Manager::Manager(boost::asio::io_context& io, const HostConfig& config)
     // A run that ended (or a start that failed, abandoning its plan) frees its VNC display.
     if (info.status == VmStatus::kStopped || info.status == VmStatus::kFailed)
       planner_.release_vnc_display(info.name);
+    else if (info.vnc_display >= 0)
+      planner_.reserve_vnc_display(info.name, info.vnc_display);  // an adopted VM's, too
     link_watch_.poke();  // a VM that runs now is checked; one that stopped is forgotten
     if (on_state_changed) on_state_changed(info);
   };

@@ -154,6 +154,8 @@ void Planner::plan_async(boost::asio::io_context& io, const Domain& domain, std:
 
 void Planner::release_vnc_display(const std::string& vm) { vnc_reserved_.erase(vm); }
 
+void Planner::reserve_vnc_display(const std::string& vm, int display) { vnc_reserved_[vm] = display; }
+
 Result<Plan> Planner::store_and_plan(const Domain& domain, const std::string& root, const std::string& native,
                                      const std::string& key) {
   std::string entry = root + "\n" + native;

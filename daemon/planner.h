@@ -40,6 +40,9 @@ class Planner {
   /// Frees the VNC display reserved for `vm`'s latest plan: its run ended, or the plan was
   /// abandoned (the start failed). Unknown VMs are ignored.
   void release_vnc_display(const std::string& vm);
+  /// Reserves `display` for `vm`, whose emulator holds it without a plan of this daemon's (a VM
+  /// re-adopted after a restart): until its run ends and is cleaned up, no plan gets it.
+  void reserve_vnc_display(const std::string& vm, int display);
 
  private:
   Result<std::string> cache_key_for(const Domain& domain, std::string_view xml);
