@@ -183,10 +183,13 @@ void Supervisor::teardown(std::function<void(Result<void>)> done) {
     ctx_.broker.call({BrokerOp::kCleanup, name_, 0}, [this, done = std::move(done)](Result<int> cleaned) {
       if (cleaned) {
         converge_timer_.cancel();
-        if (std::exchange(unconverged_, false)) set_status(VmStatus::kFailed, failure_ + "; cleaned up since");
+        if (std::exchange(unconverged_, false)) {
+          if (failure_.empty()) set_status(VmStatus::kStopped, "");  // an expected exit, cleaned up late
+          else set_status(VmStatus::kFailed, failure_ + "; cleaned up since");
+        }
         return done({});
       }
-      std::string reason = failure_ + "; not cleaned up yet (retrying): " + cleaned.error().message();
+      std::string reason = (failure_.empty() ? "" : failure_ + "; ") + "not cleaned up yet (retrying): " + cleaned.error().message();
       if (!unconverged_ || info_.reason != reason) set_status(VmStatus::kFailed, reason);
       unconverged_ = true;
       schedule_converge();
@@ -418,8 +421,10 @@ void Supervisor::exited() {
     if (cleaned) {
       set_status(expected ? VmStatus::kStopped : VmStatus::kFailed, reason);
     } else {
-      failure_ = expected ? "stopped" : reason;
-      set_status(VmStatus::kFailed, "cleanup failed: " + cleaned.error().message());
+      // Retried until it converges; an expected exit then ends `stopped`, as it would have.
+      failure_ = expected ? "" : reason;
+      set_status(VmStatus::kFailed, (failure_.empty() ? "" : failure_ + "; ") +
+                                        "not cleaned up yet (retrying): " + cleaned.error().message());
       unconverged_ = true;
       schedule_converge();
     }

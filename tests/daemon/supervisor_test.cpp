@@ -563,4 +563,40 @@ TEST_SUITE("daemon/supervisor") {
       CHECK_FALSE(broker.received(vl::BrokerOp::kKill));
     }
   }
+
+  TEST_CASE("a stop whose cleanup finds the broker away is retried and ends stopped, not failed") {
+    AdoptableVm fixture;
+    auto& [emulator, dir, config, vm, state] = fixture;
+    asio::io_context io;
+    {
+      std::atomic<int> cleanups{0};
+      ScriptedBroker broker(config.helper_socket(), [&cleanups](const vl::BrokerRequest& req) {
+        if (req.op == vl::BrokerOp::kCleanup && cleanups++ == 0) {
+          vl::BrokerReply away;
+          away.error = vl::Error::make(vl::ErrorCode::kSystem, "the broker is away");
+          return away;
+        }
+        return ok_reply();
+      });
+      FakeMonitor monitor(config.vm_runtime_dir(vm) + "/qmp.sock", [emulator = emulator](const std::string& command) {
+        if (command == "query-status") return std::optional<Json>(Json{{"status", "running"}, {"running", true}});
+        if (command == "quit") {
+          ::kill(emulator, SIGKILL);
+          return std::optional<Json>(kCloseConnection);
+        }
+        return std::optional<Json>(Json::object());
+      });
+      vl::BrokerClient client(io, config.helper_socket());
+      vl::SupervisorContext ctx{io, config, client, [](const vl::VmName&) { return std::string(); }, nullptr};
+      ctx.converge_retry = std::chrono::milliseconds(50);
+      vl::Supervisor supervisor(ctx, vm);
+      supervisor.adopt(state);
+      REQUIRE(run_until(io, [&] { return supervisor.info().status == vl::VmStatus::kRunning; }));
+
+      std::optional<vl::Result<void>> stopped;
+      supervisor.stop(std::chrono::seconds(60), true, [&](vl::Result<void> r) { stopped = std::move(r); });
+      REQUIRE(run_until(io, [&] { return cleanups >= 2 && supervisor.info().status == vl::VmStatus::kStopped; }));
+      CHECK_MESSAGE(supervisor.info().reason.empty(), supervisor.info().reason);
+    }
+  }
 }
