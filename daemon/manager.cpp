@@ -120,13 +120,8 @@ void Manager::adopt_running() {
       continue;
     }
     // No state yet: a launch that failed half way, or one still under way (vmlaunchd died
-    // during its start). The broker's cleanup waits for a launch in progress (the helper
-    // lock) and undoes a dead one; if it finds an emulator after all, that is adopted, and
-    // being in prelaunch, torn down (supervisor.h).
-    broker_.call({BrokerOp::kCleanup, *vm, 0}, [s, state_path](Result<int> cleaned) {
-      if (auto state = read_vm_state_file(state_path)) return s->adopt(*state);
-      s->launch_interrupted(cleaned ? Result<void>() : Result<void>(cleaned.error()));
-    });
+    // during its start).
+    s->adopt_unfinished_launch(state_path);
   }
 }
 

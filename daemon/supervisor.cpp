@@ -375,14 +375,17 @@ void Supervisor::after_monitor_ready(bool fresh) {
 void Supervisor::abandon_interrupted_start(uint64_t run) {
   // Decided, not guessed: `cont` is the last step of a start, so an emulator still in
   // prelaunch belongs to a start whose requester was told it failed (vmlaunchd died). It is
-  // torn down like any failed start; resuming it would run a VM nobody asked for any more.
+  // torn down; resuming it would run a VM nobody asked for any more. Nothing but the start
+  // failed, and its requester was told: once cleaned up, the VM is stopped.
   set_status(VmStatus::kStopping, "tearing down a start interrupted before the guest ran");
   enqueue([this, run] {
     if (run != run_) return finish_op();  // it exited meanwhile, and was cleaned up
     end_run();
-    failure_ = "start interrupted before the guest ran (vmlaunchd stopped during the start); the emulator was killed";
+    failure_.clear();
     teardown([this](Result<void> cleaned) {
-      if (cleaned) set_status(VmStatus::kFailed, failure_);
+      if (cleaned)
+        set_status(VmStatus::kStopped,
+                   "start interrupted before the guest ran (vmlaunchd stopped during the start); the emulator was killed");
       finish_op();
     });
   });
@@ -535,7 +538,10 @@ void Supervisor::record_intent(const StopIntent& intent) {
   std::string dir = ctx_.config.runtime_dir + "/vmlaunchd";
   if (::mkdir(dir.c_str(), 0700) < 0 && errno != EEXIST) return;  // then a restart mid-stop reads `failed`
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(intent.deadline.time_since_epoch()).count();
-  const char* kind = intent.kind == StopIntent::kGuest ? "guest" : intent.kind == StopIntent::kForced ? "forced" : "graceful";
+  const char* kind = intent.kind == StopIntent::kGuest       ? "guest"
+                     : intent.kind == StopIntent::kForced    ? "forced"
+                     : intent.kind == StopIntent::kSignalled ? "signalled"
+                                                             : "graceful";
   (void)sys::write_file_atomic(intent_path(), std::string(kind) + " " + std::to_string(ms) + "\n", 0600);
 }
 
@@ -552,6 +558,7 @@ std::optional<Supervisor::StopIntent> Supervisor::read_intent() const {
   if (k == "guest") intent.kind = StopIntent::kGuest;
   else if (k == "forced") intent.kind = StopIntent::kForced;
   else if (k == "graceful") intent.kind = StopIntent::kGraceful;
+  else if (k == "signalled") intent.kind = StopIntent::kSignalled;
   else return std::nullopt;
   intent.deadline = std::chrono::system_clock::time_point(std::chrono::milliseconds(ms));
   return intent;
@@ -562,6 +569,8 @@ void Supervisor::kill(int signal, Done done) {
   bool alive = pidfd_ || watch_failed_;  // no pidfd: it exited and is being cleaned up
   if ((info_.status != VmStatus::kRunning && info_.status != VmStatus::kStopping) || !alive) return done(not_running);
   stop_requested_ = true;
+  // A stop under way keeps its own record: carried on after a restart, it still ends the VM.
+  if (info_.status == VmStatus::kRunning) record_intent(StopIntent{StopIntent::kSignalled, std::chrono::system_clock::now()});
   ctx_.broker.call({BrokerOp::kKill, name_, signal}, [done = std::move(done), not_running](Result<int> r) {
     if (r) return done({});
     // The emulator exited and its cleanup removed the state the broker reads: a race with
@@ -572,6 +581,11 @@ void Supervisor::kill(int signal, Done done) {
 }
 
 void Supervisor::adopt(const VmState& state) {
+  bool alive = prepare_adoption(state);
+  enqueue([this, state, alive] { adopt_in_queue(state, alive); });
+}
+
+bool Supervisor::prepare_adoption(const VmState& state) {
   // The state is known at once, so no listing shows a half-adopted VM as plainly stopped.
   // Only a certain "gone" is cleaned up; a pidfd that cannot be opened (EMFILE...) is
   // reported and retried by attach(), never read as the emulator's death.
@@ -583,21 +597,46 @@ void Supervisor::adopt(const VmState& state) {
     stop_requested_ = resumed_stop_->kind != StopIntent::kGuest;
     guest_shutdown_ = resumed_stop_->kind == StopIntent::kGuest;
   }
+  // A signal sent on an operator's `kill`: its exit is expected, but there is no stop to carry on.
+  if (resumed_stop_ && resumed_stop_->kind == StopIntent::kSignalled) resumed_stop_.reset();
   // Running or not is the monitor's to say (a start cut off before `cont` is torn down):
   // until it has, the VM reads `starting`, and operations wait behind the adoption.
   if (alive) set_status(resumed_stop_ ? VmStatus::kStopping : VmStatus::kStarting, "adopted; asking its monitor");
   else set_status(VmStatus::kStopping, "cleaning up: the emulator exited while vmlaunchd was down");
-  enqueue([this, state, alive] {
-    if (!alive) {
-      ctx_.broker.call({BrokerOp::kCleanup, name_, 0}, [this](Result<int> r) {
-        clear_intent();
-        set_status(r ? VmStatus::kStopped : VmStatus::kFailed, r ? "" : r.error().message());
-        finish_op();
-      });
-      return;
-    }
-    adopting_ = true;
-    attach(state, false);  // ends the adoption (adopted()) once the monitor has said what runs
+  return alive;
+}
+
+void Supervisor::adopt_in_queue(const VmState& state, bool alive) {
+  if (!alive) {
+    ctx_.broker.call({BrokerOp::kCleanup, name_, 0}, [this](Result<int> r) {
+      clear_intent();
+      set_status(r ? VmStatus::kStopped : VmStatus::kFailed, r ? "" : r.error().message());
+      finish_op();
+    });
+    return;
+  }
+  adopting_ = true;
+  attach(state, false);  // ends the adoption (adopted()) once the monitor has said what runs
+}
+
+void Supervisor::adopt_unfinished_launch(std::string state_path) {
+  // Until the broker's cleanup has answered, the VM is on its way out: operations wait.
+  set_status(VmStatus::kStopping, "cleaning up a start interrupted by a vmlaunchd restart");
+  enqueue([this, state_path = std::move(state_path)] {
+    ctx_.broker.call({BrokerOp::kCleanup, name_, 0}, [this, state_path](Result<int> cleaned) {
+      // The launch finished first, and its emulator lives: adopted (in prelaunch, torn down).
+      if (auto state = read_vm_state_file(state_path)) return adopt_in_queue(*state, prepare_adoption(*state));
+      failure_.clear();  // nothing failed but the start, whose requester was told so
+      const std::string why = "start interrupted (vmlaunchd stopped during the start)";
+      if (cleaned) {
+        set_status(VmStatus::kStopped, why + "; cleaned up");
+      } else {
+        set_status(VmStatus::kFailed, why + "; not cleaned up yet (retrying): " + cleaned.error().message());
+        unconverged_ = true;
+        schedule_converge();
+      }
+      finish_op();
+    });
   });
 }
 
@@ -614,10 +653,5 @@ void Supervisor::adopted_without_monitor(std::string why) {
   adopted();
 }
 
-void Supervisor::launch_interrupted(Result<void> cleaned) {
-  if (info_.status != VmStatus::kStopped || busy_) return;  // an operation has taken over since
-  failure_ = "start interrupted before the emulator ran (vmlaunchd stopped during the start)";
-  set_status(VmStatus::kFailed, cleaned ? failure_ : failure_ + "; cleanup failed: " + cleaned.error().message());
-}
 
 }  // namespace vl

@@ -15,11 +15,13 @@
 //   stopping | after the exit | joins the stop | cleanup; stopped  | kill [4]          | quit       | -
 //
 //   restart (op): stop, then start, as one operation: nothing queued runs between the two.
-//   kill: running or stopping: a signal through the broker; otherwise "not running".
+//   kill: running or stopping: a signal through the broker, its exit then expected (recorded
+//     as a StopIntent, so that a daemon restarted before the exit reads it `stopped` too);
+//     otherwise "not running".
 //   adopt (daemon start): emulator gone: cleanup; stopped. Alive: `starting` (operations wait)
 //     until the monitor says what runs: `running` is running; no answer: running, with the
 //     monitor's trouble as the reason; `prelaunch` is a start interrupted before `cont` (vmlaunchd died mid-start):
-//     kill, cleanup, failed [5]; `shutdown` is a guest that powered off unwatched: quit,
+//     kill, cleanup, stopped [5]; `shutdown` is a guest that powered off unwatched: quit,
 //     stopping. A stop (or guest power-off) under way when vmlaunchd went down is recorded
 //     (StopIntent): the adopted VM is `stopping`, the stop is carried on, and its exit reads
 //     `stopped`. A pidfd that cannot be opened (EMFILE...) keeps it running, unwatched,
@@ -115,9 +117,10 @@ class Supervisor final {
   void kill(int signal, Done done);
   /// Takes over a VM found running at daemon start; a dead one is cleaned up.
   void adopt(const VmState& state);
-  /// A launch found unfinished at daemon start (a runtime directory without state) was
-  /// cleaned up, with this outcome: reported as the failed start it was.
-  void launch_interrupted(Result<void> cleaned);
+  /// A launch found unfinished at daemon start (a runtime directory without state): cleaned
+  /// up through the broker, which waits for a launch still under way; `stopped` once done,
+  /// unless its emulator lives after all, which is then adopted. `state_path` is its state.json.
+  void adopt_unfinished_launch(std::string state_path);
 
   const VmInfo& info() const { return info_; }
 
@@ -157,6 +160,11 @@ class Supervisor final {
   void press_power_button();
   /// A stop found at adoption whose monitor failed: carried on as a forced stop.
   void resume_stop_without_monitor();
+  /// The adoption's first half, outside the queue: reads the stop intent and sets the state
+  /// a listing shows at once. True if the emulator is alive.
+  bool prepare_adoption(const VmState& state);
+  /// The adoption's second half, holding the queue: cleanup of a dead emulator, or the monitor.
+  void adopt_in_queue(const VmState& state, bool alive);
   /// Ends an adoption: the next queued operation may run.
   void adopted();
   /// Ends an adoption whose monitor could not be asked: the VM is alive, reported running.
@@ -167,7 +175,7 @@ class Supervisor final {
   /// A stop under way, recorded so that a vmlaunchd restarted meanwhile carries it on and
   /// reads its exit as the stop's (RUNTIME/vmlaunchd/NAME.stop; removed by the cleanup).
   struct StopIntent {
-    enum Kind { kGraceful, kForced, kGuest } kind = kGraceful;
+    enum Kind { kGraceful, kForced, kGuest, kSignalled } kind = kGraceful;
     std::chrono::system_clock::time_point deadline;
   };
   std::string intent_path() const;

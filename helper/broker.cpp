@@ -148,6 +148,14 @@ constexpr OpEntry kOps[] = {
     {BrokerOp::kReattach, handle_reattach},
 };
 
+// A start whose outcome cannot be delivered (the daemon died during the launch) is undone: a
+// daemon restarted meanwhile may have looked for VMs before this launch made its runtime
+// directory, and nobody else would ever resume or stop its paused emulator (launch.h).
+void undo_undelivered_start(const BrokerContext& ctx, const VmName& vm) {
+  log_warning("the daemon did not receive the outcome of the start; undoing the launch");
+  (void)cleanup_vm(ctx.config, vm);  // logs its own failure; the daemon's next cleanup retries it
+}
+
 // Reads and answers one request; false when the connection is to be closed (EOF, error, or a
 // malformed request).
 bool serve_request(const BrokerContext& ctx, int fd) {
@@ -180,7 +188,10 @@ bool serve_request(const BrokerContext& ctx, int fd) {
   // The daemon reads each reply before its next request, so a full queue is never the daemon.
   bool sent = sys::retry_eintr([&] { return ::send(fd, out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT); }) >= 0;
   if (!sent && errno == EAGAIN) log_warning("the peer does not read its replies; closing its connection");
-  if (sent && reply.ok && request->op == BrokerOp::kStart) confirm_launch(ctx.config, request->vm);  // launch.h
+  if (reply.ok && request->op == BrokerOp::kStart) {
+    if (sent) confirm_launch(ctx.config, request->vm);  // launch.h
+    else undo_undelivered_start(ctx, request->vm);
+  }
   return sent;
 }
 
