@@ -34,7 +34,7 @@ constexpr char kUsage[] =
     "Options:\n"
     "  --config PATH        Host configuration (default " VMLAUNCH_DEFAULT_CONFIG ")\n"
     "  --socket PATH        Control socket (default: from the configuration)\n"
-    "  --all                All defined VMs (start: all marked autostart)\n"
+    "  --all                start: every autostart VM; stop, restart, kill: every active VM\n"
     "  --json               Machine-readable output\n"
     "  --timeout SECONDS    Graceful stop deadline before 'quit' (default 120)\n"
     "  --force              stop: quit at once instead of pressing the power button\n"

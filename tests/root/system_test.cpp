@@ -99,6 +99,12 @@ TEST_SUITE("root/system") {
     REQUIRE_MESSAGE(stopped.exit_code == 0, stopped.out << env.log());
     for (const Json& row : list_json(env)) CHECK(row["state"] == "stopped");
     for (int pid : pids) CHECK_FALSE(vl::test::process_alive(pid));
+    // --all means the active VMs (vmctl(1)): with none, there is nothing to do, and no error.
+    for (const char* command : {"stop", "kill"}) {
+      auto none = env.vmctl({command, "--all", "--json"});
+      CHECK_MESSAGE(none.exit_code == 0, command << ": " << none.out);
+      CHECK_MESSAGE(Json::parse(none.out) == Json::array(), command << ": " << none.out);
+    }
     auto after = env.snapshot();
     for (auto* s : {&before, &after})
       for (auto it = s->begin(); it != s->end();)
