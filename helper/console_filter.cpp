@@ -1,7 +1,6 @@
 #include "helper/console_filter.h"
 
 #include <grp.h>
-#include <nftables/libnftables.h>
 #include <pwd.h>
 
 #include <algorithm>
@@ -9,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "helper/log.h"
+#include "helper/nft.h"
 #include "helper/nft_filter.h"
 
 namespace vl::helper {
@@ -20,48 +20,14 @@ using Json = nlohmann::json;
 constexpr char kFamily[] = "inet";
 constexpr char kPortMap[] = "consoles";
 
-struct NftFree {
-  void operator()(nft_ctx* ctx) const { nft_ctx_free(ctx); }
-};
+using nft::chain_name;
+using nft::command;
+using nft::match;
+using nft::with;
 
-std::string chain_name(const std::string& vm) { return "vm-" + vm; }
+Json table_ref() { return nft::table_ref(kFamily); }
 
-// Runs one JSON batch (atomic) or one text command; returns the (JSON) output.
-Result<std::string> run_nft(const std::string& input) {
-  std::unique_ptr<nft_ctx, NftFree> ctx(nft_ctx_new(NFT_CTX_DEFAULT));
-  if (!ctx) return Error::make(ErrorCode::kSystem, "nftables: cannot create context");
-  // libnftables 1.0.6 parses JSON input only while JSON output is on.
-  nft_ctx_output_set_flags(ctx.get(), NFT_CTX_OUTPUT_JSON);
-  nft_ctx_buffer_output(ctx.get());
-  nft_ctx_buffer_error(ctx.get());
-  if (nft_run_cmd_from_buffer(ctx.get(), input.c_str()) != 0) {
-    std::string err = nft_ctx_get_error_buffer(ctx.get());
-    while (!err.empty() && err.back() == '\n') err.pop_back();
-    return Error::make(ErrorCode::kSystem, "nftables: " + err);
-  }
-  return std::string(nft_ctx_get_output_buffer(ctx.get()));
-}
-
-Json table_ref() { return {{"family", kFamily}, {"table", kNftTable}}; }
-
-Json with(Json base, const Json& extra) {
-  for (auto& [k, v] : extra.items()) base[k] = v;
-  return base;
-}
-
-Json command(const char* verb, const char* kind, Json object) {
-  Json inner = Json::object();
-  inner[kind] = std::move(object);
-  Json outer = Json::object();
-  outer[verb] = std::move(inner);
-  return outer;
-}
-
-Json match(Json left, const std::string& op, Json right) {
-  return {{"match", {{"op", op}, {"left", std::move(left)}, {"right", std::move(right)}}}};
-}
-
-Json tcp(const char* field) { return {{"payload", {{"protocol", "tcp"}, {"field", field}}}}; }
+Json tcp(const char* field) { return nft::payload("tcp", field); }
 
 // The table, the port map and the output chain; "add" of existing objects is a no-op, and the
 // output chain is flushed and refilled in the same transaction, so it holds exactly one rule.
@@ -102,7 +68,7 @@ struct VmObjects {
 
 Result<VmObjects> find_vm_objects(const std::string& vm) {
   VmObjects found;
-  auto listed = run_nft(std::string("list table ") + kFamily + " " + kNftTable);
+  auto listed = nft::run(std::string("list table ") + kFamily + " " + kNftTable);
   if (!listed) {
     if (listed.error().context.find("No such file or directory") != std::string::npos) return found;
     return std::move(listed).error();
@@ -223,7 +189,7 @@ Result<void> install_console_filter(const std::string& vm, uint16_t port, const 
   Json doc = {{"nftables", batch}};
   // PRIV: the chain is named after a validated VM name, the port comes from the checked plan
   // (argv_policy.h), the uids from root's user and group databases.
-  auto ran = run_nft(doc.dump());
+  auto ran = nft::run(doc.dump());
   if (!ran) return ran.error().wrap("install console rule of '" + vm + "'");
   return {};
 }
@@ -240,7 +206,7 @@ Result<void> remove_console_filter(const std::string& vm) {
     batch.push_back(command("delete", "table", {{"family", kFamily}, {"name", kNftTable}}));
   }
   Json doc = {{"nftables", batch}};
-  auto ran = run_nft(doc.dump());
+  auto ran = nft::run(doc.dump());
   if (!ran) return ran.error().wrap("remove console rule of '" + vm + "'");
   return {};
 }

@@ -1,10 +1,10 @@
 #include "helper/nft_filter.h"
 
-#include <nftables/libnftables.h>
-
 #include <algorithm>
 #include <memory>
 #include <nlohmann/json.hpp>
+
+#include "helper/nft.h"
 
 namespace vl::helper {
 
@@ -12,54 +12,16 @@ namespace {
 
 using Json = nlohmann::json;
 
-struct NftFree {
-  void operator()(nft_ctx* ctx) const { nft_ctx_free(ctx); }
-};
+using nft::chain_name;
+using nft::command;
+using nft::match;
+using nft::meta;
+using nft::payload;
+using nft::with;
 
-std::string chain_name(const std::string& vm) { return "vm-" + vm; }
+Json table_ref() { return nft::table_ref("bridge"); }
 
-// Runs one JSON batch (atomic) or one text command; returns the (JSON) output.
-Result<std::string> run_nft(const std::string& input) {
-  std::unique_ptr<nft_ctx, NftFree> ctx(nft_ctx_new(NFT_CTX_DEFAULT));
-  if (!ctx) return Error::make(ErrorCode::kSystem, "nftables: cannot create context");
-  // libnftables 1.0.6 parses JSON input only while JSON output is on.
-  nft_ctx_output_set_flags(ctx.get(), NFT_CTX_OUTPUT_JSON);
-  nft_ctx_buffer_output(ctx.get());
-  nft_ctx_buffer_error(ctx.get());
-  if (nft_run_cmd_from_buffer(ctx.get(), input.c_str()) != 0) {
-    std::string err = nft_ctx_get_error_buffer(ctx.get());
-    while (!err.empty() && err.back() == '\n') err.pop_back();
-    return Error::make(ErrorCode::kSystem, "nftables: " + err);
-  }
-  return std::string(nft_ctx_get_output_buffer(ctx.get()));
-}
-
-Json table_ref() { return {{"family", "bridge"}, {"table", kNftTable}}; }
-
-Json with(Json base, const Json& extra) {
-  for (auto& [k, v] : extra.items()) base[k] = v;
-  return base;
-}
-
-// {"VERB": {"KIND": OBJECT}}: one command of a batch.
-Json command(const char* verb, const char* kind, Json object) {
-  Json inner = Json::object();
-  inner[kind] = std::move(object);
-  Json outer = Json::object();
-  outer[verb] = std::move(inner);
-  return outer;
-}
-
-Json match(Json left, const std::string& op, Json right) {
-  return {{"match", {{"op", op}, {"left", std::move(left)}, {"right", std::move(right)}}}};
-}
-
-Json meta_iifname() { return {{"meta", {{"key", "iifname"}}}}; }
-Json payload(const char* protocol, const char* field) {
-  return {{"payload", {{"protocol", protocol}, {"field", field}}}};
-}
-
-Json meta(const char* key) { return {{"meta", {{"key", key}}}}; }
+Json meta_iifname() { return meta("iifname"); }
 
 // One rule for traffic entering from `tap`: all `conditions`, then either a counted drop named
 // `what` (its counter is the one status shows), or, if `what` is empty, `return`: the frame
@@ -231,7 +193,7 @@ struct VmObjects {
 
 Result<VmObjects> find_vm_objects(const std::string& vm) {
   VmObjects found;
-  auto listed = run_nft(std::string("list table bridge ") + kNftTable);
+  auto listed = nft::run(std::string("list table bridge ") + kNftTable);
   if (!listed) {
     if (listed.error().context.find("No such file or directory") != std::string::npos) return found;
     return std::move(listed).error();
@@ -295,7 +257,7 @@ Result<void> install_vm_filter(const std::string& vm, const std::vector<NicFilte
   if (!nics.empty())
     batch.push_back(command("add", "element", with(table_ref(), {{"name", "taps"}, {"elem", elems}})));
   Json doc = {{"nftables", batch}};
-  auto ran = run_nft(doc.dump());
+  auto ran = nft::run(doc.dump());
   if (!ran) return ran.error().wrap("install anti-spoofing rules of '" + vm + "'");
   return {};
 }
@@ -312,7 +274,7 @@ Result<void> remove_vm_filter(const std::string& vm) {
     batch.push_back(command("delete", "table", {{"family", "bridge"}, {"name", kNftTable}}));
   }
   Json doc = {{"nftables", batch}};
-  auto ran = run_nft(doc.dump());
+  auto ran = nft::run(doc.dump());
   if (!ran) return ran.error().wrap("remove anti-spoofing rules of '" + vm + "'");
   return {};
 }
