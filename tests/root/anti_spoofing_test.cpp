@@ -23,6 +23,7 @@
 #include "helper/netlink.h"
 #include "helper/nft_filter.h"
 #include "helper/tap.h"
+#include "tests/support/tap_io.h"
 #include "tests/support/helper_env.h"
 
 namespace {
@@ -365,33 +366,8 @@ Bytes mldv2_join(const Ip6& group) {
 }
 
 
-// A running emulator's tap fd, duplicated into this process: writing to it is sending as the
-// VM does, and the emulator is untouched.
-vl::UniqueFd tap_of_emulator(pid_t pid) {
-  vl::UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
-  REQUIRE(pidfd.valid());
-  for (const auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd")) {
-    std::error_code ec;
-    if (std::filesystem::read_symlink(e.path(), ec) != "/dev/net/tun") continue;
-    int target = std::stoi(e.path().filename().string());
-    vl::UniqueFd fd(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), target, 0)));
-    REQUIRE(fd.valid());
-    return fd;
-  }
-  FAIL("emulator " << pid << " holds no tap");
-  return {};
-}
-
-// Writes a frame into a tap fd behind a zeroed virtio-net header of the size the tap expects.
-void send_into(int tap, const Bytes& frame) {
-  ifreq ifr{};
-  REQUIRE(::ioctl(tap, TUNGETIFF, &ifr) == 0);
-  int header = 0;
-  if (ifr.ifr_flags & IFF_VNET_HDR) REQUIRE(::ioctl(tap, TUNGETVNETHDRSZ, &header) == 0);
-  Bytes packet(static_cast<size_t>(header), 0);
-  append(packet, frame);
-  REQUIRE(::write(tap, packet.data(), packet.size()) == static_cast<ssize_t>(packet.size()));
-}
+using vl::test::send_into;
+using vl::test::tap_of_emulator;
 
 // A peer host on br-dmz: a veth whose other end is in its own namespace, with a packet socket.
 struct Peer {
