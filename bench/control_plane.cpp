@@ -35,9 +35,32 @@ namespace {
 using Clock = std::chrono::steady_clock;
 std::string g_build, g_root;
 
+// What a failed run must not leave behind: the processes it started, and the mode of
+// /dev/net/tun, which it opens to other users for the run.
+pid_t g_broker = 0, g_daemon = 0;
+struct stat g_tun{};
+std::vector<std::string> g_stop_vms;  // the vmctl command that stops every VM, once there is one
+
+int run_quietly(const std::vector<std::string>& argv);
+
+void clean_up_at_exit() {
+  if (!g_stop_vms.empty()) (void)run_quietly(g_stop_vms);
+  for (pid_t pid : {g_daemon, g_broker})
+    if (pid > 0 && ::kill(pid, SIGTERM) == 0) (void)vl::wait_for(pid);
+  if (g_tun.st_mode) ::chmod("/dev/net/tun", g_tun.st_mode & 07777);
+}
+
 [[noreturn]] void die(const std::string& what) {
   std::fprintf(stderr, "control_plane: %s\n", what.c_str());
   std::exit(1);
+}
+
+int run_quietly(const std::vector<std::string>& argv) {
+  vl::UniqueFd null_fd(::open("/dev/null", O_WRONLY | O_CLOEXEC));
+  auto pid = vl::spawn({argv[0], argv, {"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, {{null_fd.get(), 1}, {null_fd.get(), 2}}});
+  if (!pid) return -1;
+  auto status = vl::wait_for(*pid);
+  return status ? *status : -1;
 }
 
 double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
@@ -152,6 +175,8 @@ int main(int argc, char** argv) {
   ::chmod(g_root.c_str(), 0755);
   for (const char* d : {"domains", "images", "cache"}) std::filesystem::create_directory(g_root + "/" + d);
   if (::chown((g_root + "/cache").c_str(), 65534, 65534) < 0) die("chown cache");
+  if (::stat("/dev/net/tun", &g_tun) < 0) die("stat /dev/net/tun");
+  std::atexit(clean_up_at_exit);
   ::chmod("/dev/net/tun", 0666);
   std::ofstream(g_root + "/vmlaunch.toml") << "[paths]\ndomains = \"" << g_root << "/domains\"\nruntime = \"" << g_root
       << "/run\"\nstate = \"" << g_root << "/state\"\ncache = \"" << g_root << "/cache\"\nudev_rules = \"" << g_root
@@ -166,7 +191,10 @@ int main(int argc, char** argv) {
   auto daemon = vl::spawn({"/usr/bin/setpriv", {"setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
                                                 g_build + "/daemon/vmlaunchd", "--config", config, "run"},
                            {}, {{null_fd.get(), 2}}});
+  if (broker) g_broker = *broker;
+  if (daemon) g_daemon = *daemon;
   if (!broker || !daemon) die("start broker/daemon");
+  g_stop_vms = {g_build + "/vmctl/vmctl", "--config", config, "stop", "--force", "--all"};
   wait_for_path(g_root + "/run/control.sock");
 
   // 1. Launch overhead, warm plan cache, alternating the two ways.
@@ -223,12 +251,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> start = {"start", "--parallel", "4"};
   start.insert(start.end(), names.begin(), names.end());
   vmctl(start);
-  pid_t dpid = 0;
-  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
-    std::string comm;
-    std::ifstream(e.path() / "comm") >> comm;
-    if (comm == "vmlaunchd") dpid = std::atoi(e.path().filename().c_str());
-  }
+  pid_t dpid = *daemon;  // setpriv execs vmlaunchd in place
   long before = status_field(dpid, "voluntary_ctxt_switches") + status_field(dpid, "nonvoluntary_ctxt_switches");
   std::this_thread::sleep_for(std::chrono::seconds(10));
   long after = status_field(dpid, "voluntary_ctxt_switches") + status_field(dpid, "nonvoluntary_ctxt_switches");
@@ -236,9 +259,5 @@ int main(int argc, char** argv) {
               status_field(dpid, "VmRSS"), after - before);
   std::vector<std::string> stop = {"stop", "--force", "--all", "--parallel", "8"};
   vmctl(stop);
-  ::kill(*daemon, SIGTERM);
-  ::kill(*broker, SIGTERM);
-  (void)vl::wait_for(*daemon);
-  (void)vl::wait_for(*broker);
-  return 0;
+  return 0;  // clean_up_at_exit stops the daemon and the broker
 }
