@@ -190,7 +190,7 @@ bool serve_request(const BrokerContext& ctx, int fd) {
   if (!sent && errno == EAGAIN) log_warning("the peer does not read its replies; closing its connection");
   if (reply.ok && request->op == BrokerOp::kStart) {
     if (sent) confirm_launch(ctx.config, request->vm);  // launch.h
-    else undo_undelivered_start(ctx, request->vm);
+    else if (reply.pid > 0) undo_undelivered_start(ctx, request->vm);  // not a unit's: systemd has those
   }
   return sent;
 }
