@@ -2,6 +2,11 @@
 
 #include <doctest/doctest.h>
 
+#include <regex>
+#include <sstream>
+
+#include "common/sys.h"
+
 using vl::parse_config;
 
 namespace {
@@ -10,9 +15,64 @@ std::string error_of(std::string_view toml) {
   REQUIRE_FALSE(r.ok());
   return r.error().context;
 }
+
+// Every value the file can set, side by side, so that two configurations compare in one CHECK
+// and a difference shows which key it is.
+std::string describe(const vl::HostConfig& c) {
+  std::ostringstream o;
+  o << "domains=" << c.domains_dir << " runtime=" << c.runtime_dir << " state=" << c.state_dir
+    << " cache=" << c.cache_dir << " udev_rules=" << c.udev_rules_dir << " userdb=" << c.userdb_dir
+    << " daemon_user=" << c.daemon_user << " daemon_group=" << c.daemon_group
+    << " admin_group=" << c.admin_group << " vm_group=" << c.vm_group << " uids=" << c.uids.first
+    << "+" << c.uids.count << " control=" << c.control.max_connections << "/"
+    << c.control.max_connections_per_uid << "/" << c.control.max_message_kib << "/"
+    << c.control.message_timeout << " roots=";
+  for (const auto& r : c.storage_roots) o << r << ",";
+  o << " emulators=";
+  for (const auto& e : c.emulators) o << e << ",";
+  o << " zones=";
+  for (const auto& z : c.zones) o << z.name << ":" << z.bridge << ",";
+  return o.str();
+}
+
+// The shipped file with its '#key = value' and '#[table]' lines made live.
+std::string uncommented(const std::string& text, int& made_live) {
+  static const std::regex setting(R"(^#(\[|[a-z_]+ = ))");
+  std::istringstream in(text);
+  std::string out, line;
+  made_live = 0;
+  while (std::getline(in, line)) {
+    if (std::regex_search(line, setting)) {
+      line.erase(0, 1);
+      ++made_live;
+    }
+    out += line + "\n";
+  }
+  return out;
+}
 }  // namespace
 
 TEST_SUITE("common/config") {
+  // packaging/install/vmlaunch.toml is installed as /etc/vmlaunch/vmlaunch.toml.
+  TEST_CASE("the shipped default file parses to the defaults, and its commented-out values are the defaults") {
+    const std::string path = VMLAUNCH_SHIPPED_CONFIG;
+    auto shipped = vl::load_config(path);
+    REQUIRE_MESSAGE(shipped.ok(), (shipped.ok() ? "" : shipped.error().context));
+    const vl::HostConfig defaults;
+    CHECK(describe(*shipped) == describe(defaults));
+
+    auto text = vl::sys::read_file(path, 1 << 20);
+    REQUIRE(text.ok());
+    int made_live = 0;
+    auto live = parse_config(uncommented(*text, made_live), path);
+    REQUIRE_MESSAGE(live.ok(), (live.ok() ? "" : live.error().context));
+    CHECK(made_live > 10);
+    // Made live, the file says what the defaults say, plus its two example zones.
+    vl::HostConfig expected;
+    expected.zones = {{"dmz", "br-dmz"}, {"intranet", "br-intra"}};
+    CHECK(describe(*live) == describe(expected));
+  }
+
   TEST_CASE("an empty file gives the documented defaults") {
     auto r = parse_config("", "x.toml");
     REQUIRE(r.ok());
