@@ -6,6 +6,8 @@
 
 #include <fstream>
 
+#include "tests/fixtures/virt_install.h"
+
 using vl::parse_domain;
 
 namespace {
@@ -366,5 +368,23 @@ TEST_SUITE("common/domain: what virt-install writes") {
               .find("portgroup") != std::string::npos);
     CHECK(error_of(domain_xml("<interface type='direct'><source dev='eth0'/><mac address='52:54:00:00:00:07'/></interface>"))
               .find("<interface type='direct'> is not supported") != std::string::npos);
+  }
+}
+
+TEST_SUITE("common/domain: UEFI") {
+  TEST_CASE("UEFI, which needs a per-VM NVRAM file, is refused by name until vmlaunch creates one") {
+    std::string efi = domain_xml("", "  <os firmware='efi'><type arch='x86_64' machine='q35'>hvm</type></os>\n");
+    CHECK(error_of(efi).find("<os firmware='efi'> is not supported yet: UEFI needs a per-VM NVRAM file") != std::string::npos);
+    std::string pflash = domain_xml("", "  <os><type>hvm</type><loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>"
+                                        "<nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>/srv/web1_VARS.fd</nvram></os>\n");
+    CHECK(error_of(pflash).find("<loader type='pflash'> is not supported yet") != std::string::npos);
+    // What virt-install --boot uefi writes: refused at its <os>, whatever else it says.
+    std::string uefi = vl::test::kVirtInstallUefi;
+    uefi.replace(uefi.find("@DISK@"), 6, "/srv/images/deb12uefi.img");
+    CHECK(error_of(uefi).find("<os firmware='efi'> is not supported yet") != std::string::npos);
+    // A ROM loader (SeaBIOS) stays a boot file.
+    auto rom = parse_domain(domain_xml("", "  <os><type>hvm</type><loader type='rom'>/usr/share/seabios/bios.bin</loader></os>\n"), "web1.xml");
+    REQUIRE_MESSAGE(rom.ok(), rom.error().context);
+    CHECK(rom->boot_files == std::vector<std::string>{"/usr/share/seabios/bios.bin"});
   }
 }
