@@ -124,7 +124,7 @@ class ArgvChecker {
   const Plan& plan_;
   const Domain& domain_;
   std::set<std::string> chardevs_, netdevs_, audiodevs_, rngs_, memdevs_, iothreads_;
-  bool have_monitor_chardev_ = false, have_monitor_ = false;
+  bool have_monitor_chardev_ = false, have_monitor_ = false, have_agent_chardev_ = false;
   std::set<int> nics_seen_;
   // -blockdev nodes: protocol nodes by name (with the disk they open, -1 for firmware), and
   // format nodes that devices may use as a drive.
@@ -327,7 +327,19 @@ Result<void> ArgvChecker::declare_chardev(const QemuOption& opt) {
   if (parts.size() < 2 || parts[1].rfind("id=", 0) != 0 || !is_token(keyval_value(parts[1])))
     return refuse(opt, "expected BACKEND,id=ID");
   std::string id(keyval_value(parts[1]));
-  if (parts[0] == "socket") {
+  if (parts[0] == "socket" && id != "charmonitor") {
+    // The guest agent's channel, exactly on the fd root bound in the VM's runtime directory,
+    // and only for a domain that declares the agent: a path or address would reach the
+    // network or another process's socket.
+    const FdSlot* agent = nullptr;
+    for (const FdSlot& s : plan_.fds)
+      if (s.kind == FdSlot::Kind::kAgent) agent = &s;
+    std::vector<std::string> expected = {"socket", "id=charchannel0", "fd=" + std::to_string(agent ? agent->fd : -1),
+                                         "server=on", "wait=off"};
+    if (!domain_.guest_agent || !agent || parts != expected || have_agent_chardev_)
+      return refuse(opt, "the only socket chardevs are the QMP monitor and the guest agent, each on the plan's own fd");
+    have_agent_chardev_ = true;
+  } else if (parts[0] == "socket") {
     // Only the monitor, exactly on the fd root bound: any other socket reaches the network
     // or another process.
     const FdSlot* monitor = nullptr;
@@ -341,7 +353,7 @@ Result<void> ArgvChecker::declare_chardev(const QemuOption& opt) {
   } else if (parts[0] == "pty" || parts[0] == "null") {
     if (parts.size() != 2) return refuse(opt, "pty and null chardevs take no options");
   } else {
-    return refuse(opt, "chardev backend '" + parts[0] + "' is not allowed (only pty, null and the monitor)");
+    return refuse(opt, "chardev backend '" + parts[0] + "' is not allowed (only pty, null, the monitor and the guest agent)");
   }
   if (!chardevs_.insert(id).second) return refuse(opt, "chardev id '" + id + "' declared twice");
   return {};

@@ -106,6 +106,7 @@ class DomainParser {
   Result<void> parse_backing_store(const xmlNode* n, Disk& disk);
   Result<void> parse_graphics(const xmlNode* n);
   Result<void> parse_serial(const xmlNode* n);
+  Result<void> parse_channel(const xmlNode* n);
   Result<void> parse_metadata(const xmlNode* n);
   Result<void> parse_os(const xmlNode* n);
   Result<std::string> absolute_path(const xmlNode* n, const std::string& path);
@@ -116,6 +117,7 @@ class DomainParser {
   std::vector<Disk> disks_;
   std::optional<Vnc> vnc_;
   int serial_ptys_ = 0;
+  bool guest_agent_ = false;
   std::vector<std::string> boot_files_;
   VmlaunchMeta meta_;
 };
@@ -141,7 +143,7 @@ constexpr std::pair<const char*, const char*> kTopLevelRefused[] = {
 // (hostdev, direct interfaces) or libvirtd helpers (channels, filesystems via virtiofsd, TPM).
 constexpr const char* kDevicesSupported[] = {
     "emulator", "disk", "interface", "serial", "console", "graphics", "video", "input",
-    "controller", "memballoon", "rng", "sound", "audio", "watchdog", "panic"};
+    "controller", "memballoon", "rng", "sound", "audio", "watchdog", "panic", "channel"};
 
 Result<Domain> DomainParser::parse(const xmlNode* root) {
   if (name_of(root) != "domain" || root->ns)
@@ -198,12 +200,12 @@ Result<Domain> DomainParser::parse(const xmlNode* root) {
     return unsupported(root, "more than " + std::to_string(VmName::kMaxNics) + " interfaces");
 
   return Domain{std::move(name).value(), uuid_, type_, emulator_, std::move(nics_),
-                std::move(disks_), std::move(vnc_), serial_ptys_, std::move(boot_files_), meta_};
+                std::move(disks_), std::move(vnc_), serial_ptys_, std::move(boot_files_), meta_, guest_agent_};
 }
 
 Result<void> DomainParser::parse_devices(const xmlNode* devices) {
   VL_CHECK(refuse_repeated(devices, {"disk", "interface", "serial", "console", "graphics", "video", "input",
-                                     "controller", "rng", "sound", "audio", "watchdog", "panic"}));
+                                     "controller", "rng", "sound", "audio", "watchdog", "panic", "channel"}));
   Result<void> status;
   for_each_element(devices, [&](const xmlNode* n) {
     if (!status) return;
@@ -222,15 +224,19 @@ Result<void> DomainParser::parse_devices(const xmlNode* devices) {
     if (el == "disk") status = parse_disk(n);
     if (el == "graphics") status = parse_graphics(n);
     if (el == "serial") status = parse_serial(n);
+    if (el == "channel") status = parse_channel(n);
   });
   return status;
 }
 
 Result<void> DomainParser::parse_interface(const xmlNode* n) {
   std::string type = attr(n, "type").value_or("");
-  if (type != "bridge")
-    return unsupported(n, "<interface type='" + type + "'> is not supported (only 'bridge': the "
-                          "tap is created by vmlaunch and filtered on the zone bridge)");
+  // 'network' is how most libvirt hosts name where a VM plugs in; vmlaunch's networks are its
+  // zones, so <source network='dmz'/> means zone dmz's bridge (resolve_networks, zone_network.h).
+  if (type != "bridge" && type != "network")
+    return unsupported(n, "<interface type='" + type + "'> is not supported (only 'bridge', and "
+                          "'network' naming a zone: the tap is created by vmlaunch and filtered on "
+                          "the zone bridge)");
   VL_CHECK(refuse_repeated(n, {"ip"}));
   Nic nic;
   nic.line = xmlGetLineNo(n);
@@ -244,7 +250,10 @@ Result<void> DomainParser::parse_interface(const xmlNode* n) {
       if (!mac) status = error(c, mac.error().context);
       else nic.mac = *mac, have_mac = true;
     } else if (el == "source") {
-      nic.bridge = attr(c, "bridge").value_or("");
+      if (type == "bridge") nic.bridge = attr(c, "bridge").value_or("");
+      else nic.network = attr(c, "network").value_or("");
+      if (attr(c, "portgroup") || attr(c, "portid"))
+        status = unsupported(c, "<source portgroup|portid=...> is not supported (a zone has no port groups)");
     } else if (el == "model") {
       nic.model = attr(c, "type").value_or("");
     } else if (el == "ip") {
@@ -264,7 +273,10 @@ Result<void> DomainParser::parse_interface(const xmlNode* n) {
   VL_CHECK(status);
   if (!have_mac)
     return error(n, "interface has no <mac address=...>: the anti-spoofing filter needs a fixed MAC");
-  if (nic.bridge.empty()) return error(n, "interface has no <source bridge=...>");
+  if (type == "bridge" && nic.bridge.empty()) return error(n, "interface has no <source bridge=...>");
+  if (type == "network" && nic.network.empty()) return error(n, "interface has no <source network=...>");
+  if (type == "network" && (nic.network.size() > 64 || nic.network.find_first_of("'\"<>&/") != std::string::npos))
+    return error(n, "<source network=" + quote_for_message(nic.network) + "> is not a zone name");
   nics_.push_back(std::move(nic));
   return {};
 }
@@ -445,11 +457,55 @@ Result<void> DomainParser::parse_serial(const xmlNode* n) {
   return {};
 }
 
+// virt-install adds the guest agent channel to every VM. Its socket is the helper's to bind (in
+// the runtime directory, where only root creates files): libvirt's <source path>, if any, names
+// libvirt's location for the same socket and is not used. Other channels (spicevmc, guestfwd,
+// other unix ports) are refused.
+Result<void> DomainParser::parse_channel(const xmlNode* n) {
+  VL_CHECK(refuse_repeated(n, {}));
+  std::string type = attr(n, "type").value_or("");
+  if (type != "unix")
+    return unsupported(n, "<channel type=" + quote_for_message(type) + "> is not supported (only the guest agent's 'unix' channel)");
+  bool agent_target = false;
+  Result<void> status;
+  for_each_element(n, [&](const xmlNode* c) {
+    if (!status) return;
+    std::string el = name_of(c);
+    if (el == "target") {
+      agent_target = attr(c, "type").value_or("") == "virtio" && attr(c, "name").value_or("") == kGuestAgentChannel;
+    } else if (el == "source") {
+      if (attr(c, "mode").value_or("bind") != "bind")
+        status = unsupported(c, "<channel><source mode=" + quote_for_message(attr(c, "mode").value_or("")) +
+                                    "> is not supported (the helper binds the agent socket)");
+    } else if (el != "address" && el != "alias") {
+      status = unsupported(c, "<channel><" + el + "> is not supported");
+    }
+  });
+  VL_CHECK(status);
+  if (!agent_target)
+    return unsupported(n, "<channel> is supported only as the guest agent (<target type='virtio' name='" +
+                              std::string(kGuestAgentChannel) + "'/>)");
+  if (guest_agent_) return unsupported(n, "more than one guest agent <channel>");
+  guest_agent_ = true;
+  return {};
+}
+
+// UEFI keeps its variables in a per-VM NVRAM file that libvirtd creates from the firmware's
+// template; vmlaunch does not create one yet, and libvirt's dry run names one in its own
+// conversion root. Refused here by name, rather than later by the rewrite with a reason that
+// speaks of conversion roots.
+constexpr std::string_view kNoUefi =
+    " is not supported yet: UEFI needs a per-VM NVRAM file, which vmlaunch does not create yet";
+
 Result<void> DomainParser::parse_os(const xmlNode* n) {
   VL_CHECK(refuse_repeated(n, {"boot", "initarg"}));
+  if (attr(n, "firmware").value_or("") == "efi") return unsupported(n, "<os firmware='efi'>" + std::string(kNoUefi));
   Result<void> status;
   for_each_element(n, [&](const xmlNode* c) {
     std::string el = name_of(c);
+    if (status && el == "nvram") status = unsupported(c, "<nvram>" + std::string(kNoUefi));
+    if (status && el == "loader" && attr(c, "type").value_or("") == "pflash")
+      status = unsupported(c, "<loader type='pflash'>" + std::string(kNoUefi));
     if (!status || (el != "loader" && el != "kernel" && el != "initrd" && el != "dtb")) return;
     std::string file = text_of(c);
     if (file.empty()) return;  // <loader/> with only attributes: firmware autoselection

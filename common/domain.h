@@ -48,10 +48,14 @@ struct IpAddress {
 /// appendix A): fe80::XXXX:XXff:feXX:XXXX with the universal/local bit flipped.
 IpAddress eui64_link_local(const MacAddress& mac);
 
-/// <interface type='bridge'>.
+/// <interface type='bridge'>, or <interface type='network'> naming a zone.
 struct Nic {
   MacAddress mac;
-  std::string bridge;               ///< <source bridge=...>
+  /// <source bridge=...>; for type='network', the zone's bridge once resolve_networks() has
+  /// looked it up in the host configuration (empty until then).
+  std::string bridge;
+  std::string network;              ///< <source network=...> of type='network'; empty for 'bridge'
+
   std::string model;                ///< <model type=...>, may be empty
   /// <ip address=...>: if any are given, the only addresses the VM may send from on this
   /// interface (besides its EUI-64 link-local address); none: addresses are not filtered.
@@ -111,7 +115,14 @@ struct Domain {
   /// QEMU's own firmware directories that a plan may name.
   std::vector<std::string> boot_files;
   VmlaunchMeta meta;
+  /// <channel type='unix'> with <target type='virtio' name='org.qemu.guest_agent.0'/>: QEMU's
+  /// guest agent. Its host end is RUNTIME/vms/NAME/agent.sock, bound by the helper, whatever
+  /// <source path> says (libvirt's own location for it).
+  bool guest_agent = false;
 };
+
+/// The virtio-serial port name of QEMU's guest agent.
+inline constexpr std::string_view kGuestAgentChannel = "org.qemu.guest_agent.0";
 
 inline constexpr std::string_view kVmlaunchXmlns = "urn:vmlaunch:domain:1";
 /// The most <ip> addresses one interface may declare.

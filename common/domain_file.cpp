@@ -1,5 +1,7 @@
 #include "common/domain_file.h"
 
+#include "common/zone_network.h"
+
 #include <fcntl.h>
 #include <grp.h>
 #include <unistd.h>
@@ -121,6 +123,7 @@ Result<Domain> load_domain_definition(const HostConfig& config, const VmName& vm
   Domain domain = VL_TRY(parse_domain(xml, file.path));
   if (domain.name != vm)
     return Error::invalid(file.path + ": <name> is '" + domain.name.str() + "', expected '" + vm.str() + "'");
+  if (auto resolved = resolve_networks(domain, config); !resolved) return resolved.error().wrap(file.path);
   return domain;
 }
 

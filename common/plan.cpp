@@ -7,7 +7,12 @@ namespace vl {
 using Json = nlohmann::ordered_json;
 
 const char* fd_kind_name(FdSlot::Kind kind) {
-  return kind == FdSlot::Kind::kMonitor ? "monitor" : "tap";
+  switch (kind) {
+    case FdSlot::Kind::kMonitor: return "monitor";
+    case FdSlot::Kind::kTap: return "tap";
+    case FdSlot::Kind::kAgent: return "agent";
+  }
+  return "?";
 }
 
 std::vector<std::string> emulator_environment() {
@@ -94,6 +99,8 @@ Result<Plan> plan_from_json(std::string_view text) {
     std::string kind = VL_TRY(get_string(f, "kind", 16));
     if (kind == "monitor") {
       slot.kind = FdSlot::Kind::kMonitor;
+    } else if (kind == "agent") {
+      slot.kind = FdSlot::Kind::kAgent;
     } else if (kind == "tap") {
       slot.kind = FdSlot::Kind::kTap;
       slot.nic = VL_TRY(get_int(f, "nic", 0, 9));

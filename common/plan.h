@@ -15,7 +15,7 @@ namespace vl {
 
 /// One fd the emulator expects at a fixed number.
 struct FdSlot {
-  enum class Kind { kMonitor, kTap };
+  enum class Kind { kMonitor, kTap, kAgent };  ///< kAgent: the guest agent channel's listening socket
   Kind kind = Kind::kMonitor;
   int fd = -1;
   int nic = -1;  ///< for kTap: index of the <interface> in the domain XML
@@ -56,7 +56,7 @@ Result<Plan> plan_from_json(std::string_view text);
 /// output (which copies its caller's, LD_PRELOAD included).
 std::vector<std::string> emulator_environment();
 
-/// Name of an fd slot kind on the wire ("monitor", "tap").
+/// Name of an fd slot kind on the wire ("monitor", "tap", "agent").
 const char* fd_kind_name(FdSlot::Kind kind);
 
 }  // namespace vl

@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "common/control_protocol.h"
+#include "common/vm_name.h"
 #include "daemon/bus_connection.h"
 
 namespace vl {
@@ -137,6 +138,24 @@ int method_stop(sd_bus_message* m, void* userdata, sd_bus_error*) {
   return 1;
 }
 
+// Stop with the way the guest is asked: "acpi" (the power button, as Stop) or "agent" (QEMU's
+// guest agent), like `virsh shutdown --mode`.
+int method_shutdown(sd_bus_message* m, void* userdata, sd_bus_error* error) {
+  auto* s = static_cast<ServerState*>(userdata);
+  AUTHORIZE(m, s, false);
+  const char* name = nullptr;
+  const char* mode = nullptr;
+  uint32_t timeout = 0;
+  if (int r = sd_bus_message_read(m, "sus", &name, &timeout, &mode); r < 0) return r;
+  std::string_view how = mode;
+  if (how != "acpi" && how != "agent")
+    return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "stop mode %s is not 'acpi' or 'agent'",
+                             vl::quote_for_message(how).c_str());
+  s->manager->stop(name, std::chrono::seconds(timeout), false, reply_later(m),
+                   how == "agent" ? StopMode::kAgent : StopMode::kAcpi);
+  return 1;
+}
+
 int method_restart(sd_bus_message* m, void* userdata, sd_bus_error*) {
   auto* s = static_cast<ServerState*>(userdata);
   AUTHORIZE(m, s, false);
@@ -184,6 +203,8 @@ const sd_bus_vtable kVtable[] = {
                             SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD_WITH_ARGS("Stop", SD_BUS_ARGS("s", name, "u", timeout, "b", force), SD_BUS_NO_RESULT,
                             method_stop, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD_WITH_ARGS("Shutdown", SD_BUS_ARGS("s", name, "u", timeout, "s", mode), SD_BUS_NO_RESULT,
+                            method_shutdown, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD_WITH_ARGS("Restart", SD_BUS_ARGS("s", name, "u", timeout), SD_BUS_NO_RESULT, method_restart,
                             SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD_WITH_ARGS("Kill", SD_BUS_ARGS("s", name, "i", signal), SD_BUS_NO_RESULT, method_kill,

@@ -10,12 +10,14 @@
 #include <unistd.h>
 
 #include <climits>
+#include <map>
 #include <cstdlib>
 #include <memory>
 #include <optional>
 #include <vector>
 
 #include "common/spawn.h"
+#include "common/vm_name.h"
 #include "daemon/asio.h"
 #include "common/sys.h"
 #include "vmlaunch_build_config.h"
@@ -49,6 +51,38 @@ std::vector<xmlNode*> interface_ips(xmlNode* domain) {
     }
   }
   return found;
+}
+
+// <interface type='network'><source network='ZONE'/> -> type='bridge', <source bridge='BR'/>:
+// libvirt's embedded driver has no networks, and vmlaunch's networks are its zones. Returns
+// whether anything changed.
+Result<bool> networks_to_bridges(xmlNode* domain, const std::map<std::string, std::string>& zone_bridges) {
+  bool changed = false;
+  const auto* type_attr = reinterpret_cast<const xmlChar*>("type");
+  for (xmlNode* devices = domain->children; devices; devices = devices->next) {
+    if (!is_element(devices, "devices")) continue;
+    for (xmlNode* nic = devices->children; nic; nic = nic->next) {
+      if (!is_element(nic, "interface")) continue;
+      xmlChar* type = xmlGetNoNsProp(nic, type_attr);
+      bool network = type && xmlStrEqual(type, reinterpret_cast<const xmlChar*>("network"));
+      xmlFree(type);
+      if (!network) continue;
+      for (xmlNode* c = nic->children; c; c = c->next) {
+        if (!is_element(c, "source")) continue;
+        xmlChar* name = xmlGetNoNsProp(c, reinterpret_cast<const xmlChar*>("network"));
+        std::string zone = name ? reinterpret_cast<const char*>(name) : "";
+        xmlFree(name);
+        auto bridge = zone_bridges.find(zone);
+        if (bridge == zone_bridges.end())
+          return Error::make(ErrorCode::kNotFound, "<source network=" + quote_for_message(zone) + "> is not a zone");
+        xmlUnsetProp(c, reinterpret_cast<const xmlChar*>("network"));
+        xmlSetProp(c, reinterpret_cast<const xmlChar*>("bridge"), reinterpret_cast<const xmlChar*>(bridge->second.c_str()));
+      }
+      xmlSetProp(nic, type_attr, reinterpret_cast<const xmlChar*>("bridge"));
+      changed = true;
+    }
+  }
+  return changed;
 }
 
 struct RunningConverter {
@@ -124,7 +158,7 @@ Result<std::string> run_converter(std::vector<std::string> args, std::string_vie
 
 }  // namespace
 
-Result<std::string> xml_for_libvirt(std::string_view xml) {
+Result<std::string> xml_for_libvirt(std::string_view xml, const std::map<std::string, std::string>& zone_bridges) {
   if (xml.size() > kMaxXmlBytes) return Error::invalid("domain XML larger than 1 MiB");
   xmlSetStructuredErrorFunc(nullptr, ignore_xml_error);
   // As the domain parser reads it: nothing outside the document is loaded.
@@ -136,7 +170,8 @@ Result<std::string> xml_for_libvirt(std::string_view xml) {
   xmlNode* root = xmlDocGetRootElement(doc.get());
   if (!root || !is_element(root, "domain")) return Error::invalid("domain XML has no <domain> root element");
   std::vector<xmlNode*> ips = interface_ips(root);
-  if (ips.empty()) return std::string(xml);
+  bool bridged = VL_TRY(networks_to_bridges(root, zone_bridges));
+  if (ips.empty() && !bridged) return std::string(xml);
   for (xmlNode* ip : ips) {
     xmlUnlinkNode(ip);
     xmlFreeNode(ip);
@@ -165,10 +200,11 @@ std::string converter_path() {
 }
 
 Result<std::string> convert_to_native(const std::string& xml, const std::string& embed_root,
-                                      std::chrono::milliseconds timeout) {
+                                      std::chrono::milliseconds timeout,
+                                      const std::map<std::string, std::string>& zone_bridges) {
   if (::mkdir(embed_root.c_str(), 0700) < 0 && errno != EEXIST)
     return Error::from_errno("create conversion root '" + embed_root + "'");
-  std::string input = VL_TRY(xml_for_libvirt(xml));
+  std::string input = VL_TRY(xml_for_libvirt(xml, zone_bridges));
   std::string reply = VL_TRY(run_converter({embed_root}, input, timeout));
   return parse_reply(reply, 0);
 }
@@ -227,10 +263,11 @@ class AsyncConversion final : public std::enable_shared_from_this<AsyncConversio
 }  // namespace
 
 void convert_to_native_async(boost::asio::io_context& io, const std::string& xml, const std::string& embed_root,
-                             std::chrono::milliseconds timeout, std::function<void(Result<std::string>)> done) {
+                             std::chrono::milliseconds timeout, std::function<void(Result<std::string>)> done,
+                             const std::map<std::string, std::string>& zone_bridges) {
   if (::mkdir(embed_root.c_str(), 0700) < 0 && errno != EEXIST)
     return done(Error::from_errno("create conversion root '" + embed_root + "'"));
-  auto input = xml_for_libvirt(xml);
+  auto input = xml_for_libvirt(xml, zone_bridges);
   if (!input) return done(std::move(input).error());
   auto conv = start_converter({embed_root}, *input);
   if (!conv) return done(std::move(conv).error());

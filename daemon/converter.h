@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <functional>
+#include <map>
 #include <string>
 
 #include "daemon/asio.h"
@@ -21,16 +22,21 @@ std::string converter_path();
 /// supported by QEMU"; vmlaunch reads them as the addresses a VM may send from). The document
 /// is parsed and written back with libxml2, never edited as text; without such elements it is
 /// returned unchanged. Plans are still keyed by the original XML (plan_cache.h).
-Result<std::string> xml_for_libvirt(std::string_view xml);
+/// An <interface type='network'> becomes type='bridge' on its zone's bridge from `zone_bridges`
+/// (zone_network.h): the embedded driver has no networks. The bridge's name never reaches the
+/// command line (taps are passed as fds), so the cache key need not cover it.
+Result<std::string> xml_for_libvirt(std::string_view xml, const std::map<std::string, std::string>& zone_bridges = {});
 
 /// Converts `xml` (after xml_for_libvirt) with the embed root `embed_root` (created if missing; the caller holds its
 /// lock). Returns the native command line as libvirt prints it.
 Result<std::string> convert_to_native(const std::string& xml, const std::string& embed_root,
-                                      std::chrono::milliseconds timeout);
+                                      std::chrono::milliseconds timeout,
+                                      const std::map<std::string, std::string>& zone_bridges = {});
 
 /// The same without blocking: the converter's output is read on `io`, `done` runs there.
 void convert_to_native_async(boost::asio::io_context& io, const std::string& xml, const std::string& embed_root,
-                             std::chrono::milliseconds timeout, std::function<void(Result<std::string>)> done);
+                             std::chrono::milliseconds timeout, std::function<void(Result<std::string>)> done,
+                             const std::map<std::string, std::string>& zone_bridges = {});
 
 /// What identifies the libvirt the converter uses (version, library file), for cache keys.
 Result<std::string> libvirt_identity();

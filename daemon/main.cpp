@@ -9,6 +9,7 @@
 #include "common/config.h"
 #include "common/domain.h"
 #include "common/sys.h"
+#include "common/zone_network.h"
 #include "daemon/asio.h"
 
 #include "daemon/control_server.h"
@@ -51,6 +52,7 @@ int run_plan(const std::string& config_path, const std::string& xml_path) {
   if (!xml) return fail(xml.error());
   auto domain = vl::parse_domain(*xml, xml_path);
   if (!domain) return fail(domain.error());
+  if (auto resolved = vl::resolve_networks(*domain, *config); !resolved) return fail(resolved.error().wrap(xml_path));
   vl::Planner planner(*config);
   auto plan = planner.plan(*domain, *xml);
   if (!plan) return fail(plan.error().wrap(xml_path));

@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "common/domain_file.h"
+#include "common/zone_network.h"
 #include "common/plan.h"
 #include "common/sys.h"
 
@@ -46,6 +47,9 @@ Result<const DomainCatalog::Entry*> DomainCatalog::refresh(const VmName& vm) {
   }
   entry.xml = *xml;
   auto domain = parse_domain(entry.xml, file->path);
+  if (domain) {
+    if (auto resolved = resolve_networks(*domain, config_); !resolved) domain = resolved.error().wrap(file->path);
+  }
   if (domain) entry.domain = std::move(domain).value();
   else entry.error = domain.error();
   return &entry;
@@ -185,10 +189,10 @@ void Manager::start(const std::string& name, Done done) {
   (*s)->start(std::move(done));
 }
 
-void Manager::stop(const std::string& name, std::chrono::seconds timeout, bool force, Done done) {
+void Manager::stop(const std::string& name, std::chrono::seconds timeout, bool force, Done done, StopMode mode) {
   auto s = supervisor(name, false);
   if (!s) return done(s.error());
-  (*s)->stop(timeout, force, std::move(done));
+  (*s)->stop(timeout, force, std::move(done), mode);
 }
 
 void Manager::restart(const std::string& name, std::chrono::seconds timeout, Done done) {

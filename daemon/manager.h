@@ -57,7 +57,8 @@ class Manager final {
   std::vector<VmInfo> list();
   Result<VmInfo> status(const std::string& name);
   void start(const std::string& name, Done done);
-  void stop(const std::string& name, std::chrono::seconds timeout, bool force, Done done);
+  void stop(const std::string& name, std::chrono::seconds timeout, bool force, Done done,
+            StopMode mode = StopMode::kAcpi);
   void restart(const std::string& name, std::chrono::seconds timeout, Done done);
   void kill(const std::string& name, int signal, Done done);
   /// The plan of a defined VM as JSON; a cache miss converts without blocking the loop.

@@ -9,6 +9,7 @@
 
 #include "common/argv_policy.h"
 #include "common/sys.h"
+#include "common/zone_network.h"
 #include "daemon/converter.h"
 #include "daemon/qemu_argv.h"
 #include "daemon/shell_words.h"
@@ -63,6 +64,23 @@ Result<void> check_tun_access() {
                            "by udev: chmod 0666 /dev/net/tun)");
 }
 
+Result<void> check_kvm_access() {
+  int fd = ::open("/dev/kvm", O_RDWR | O_CLOEXEC);
+  if (fd >= 0) {
+    ::close(fd);
+    return {};
+  }
+  return Error::from_errno("cannot open /dev/kvm, which libvirt needs to describe a domain of type "
+                           "'kvm'; the daemon's user must be in the group that owns it (Debian: "
+                           "root:kvm 0660, so add the daemon user to group 'kvm')");
+}
+
+Result<void> check_conversion_access(const Domain& domain) {
+  if (!domain.nics.empty()) VL_CHECK(check_tun_access());
+  if (domain.type == "kvm") VL_CHECK(check_kvm_access());
+  return {};
+}
+
 Result<int> find_free_vnc_display(const std::string& listen, const std::set<int>& skip) {
   in_addr addr{};
   if (::inet_pton(AF_INET, listen.c_str(), &addr) != 1)
@@ -92,10 +110,10 @@ Result<std::string> Planner::native_command_line(const Domain& domain, std::stri
     if (stats) stats->cache_hit = true;
     return std::move(*cached);
   }
-  if (!domain.nics.empty()) VL_CHECK(check_tun_access());
+  VL_CHECK(check_conversion_access(domain));
   LockedRoot root = VL_TRY(lock_embed_root(config_.cache_dir));
   auto start = std::chrono::steady_clock::now();
-  std::string native = VL_TRY(convert_to_native(std::string(xml), root.path, kConvertTimeout));
+  std::string native = VL_TRY(convert_to_native(std::string(xml), root.path, kConvertTimeout, zone_bridges(config_)));
   if (stats)
     stats->convert = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start);
   // The cached text still names its embed root; remember which, so the rewrite can check.
@@ -125,8 +143,7 @@ void Planner::plan_async(boost::asio::io_context& io, const Domain& domain, std:
   auto cached = cache_.find(*key);
   if (!cached) return done(cached.error());
   if (*cached) return done(plan_from_entry(domain, **cached, *key));
-  if (!domain.nics.empty())
-    if (auto tun = check_tun_access(); !tun) return done(tun.error());
+  if (auto access = check_conversion_access(domain); !access) return done(access.error());
   auto root = lock_embed_root(config_.cache_dir, /*wait=*/false);
   if (!root) {
     if (root.error().code != ErrorCode::kConflict) return done(root.error());
@@ -149,7 +166,8 @@ void Planner::plan_async(boost::asio::io_context& io, const Domain& domain, std:
                               waiting_.pop_front();
                               next();
                             }
-                          });
+                          },
+                          zone_bridges(config_));
 }
 
 void Planner::release_vnc_display(const std::string& vm) { vnc_reserved_.erase(vm); }

@@ -72,4 +72,15 @@ Result<int> find_free_vnc_display(const std::string& listen, const std::set<int>
 /// A clear error if /dev/net/tun cannot be opened, which libvirt needs to describe taps.
 Result<void> check_tun_access();
 
+/// A clear error if /dev/kvm cannot be opened read-write. libvirt's capabilities probe runs
+/// QEMU with KVM only when its user can open it, and without that it refuses every domain of
+/// type 'kvm' ("does not support virt type 'kvm'"). The daemon's user gets that access the way
+/// Debian gives it to the VMs' uids: membership in the group that owns /dev/kvm (kvm). It
+/// grants nothing the daemon does not already hold through the monitors of the VMs it runs.
+Result<void> check_kvm_access();
+
+/// What a conversion of `domain` needs from the host: /dev/net/tun for interfaces, /dev/kvm for
+/// type 'kvm'.
+Result<void> check_conversion_access(const Domain& domain);
+
 }  // namespace vl

@@ -85,6 +85,7 @@ class Rewriter {
   int vnc_display_;
   Plan plan_;
   bool have_monitor_ = false;
+  bool have_agent_ = false;
 };
 
 Result<Plan> Rewriter::run(const std::vector<std::string>& words) {
@@ -125,6 +126,7 @@ Result<Plan> Rewriter::run(const std::vector<std::string>& words) {
     return Error::invalid("native command line has " + std::to_string(taps) + " tap netdevs for " +
                           std::to_string(domain_.nics.size()) + " interfaces");
   if (domain_.vnc && !plan_.vnc) return Error::invalid("native command line has no -vnc option");
+  if (domain_.guest_agent != have_agent_) return Error::invalid("native command line has no guest agent chardev");
 
   for (const std::string& w : plan_.argv) {
     if (!is_utf8(w))
@@ -182,6 +184,15 @@ Result<void> Rewriter::rewrite_chardev(QemuOption& opt) {
                              "server=on", "wait=off"});
     plan_.fds.push_back({FdSlot::Kind::kMonitor, kMonitorFd, -1});
     have_monitor_ = true;
+    return {};
+  }
+  if (id == "charchannel0" && parts[0] == "socket" && domain_.guest_agent) {
+    if (have_agent_) return Error::invalid("two guest agent chardevs");
+    // libvirt's path lies in the conversion root; the helper binds the socket in the runtime
+    // directory and passes it, as for the monitor.
+    opt.value = join_keyval({"socket", "id=charchannel0", "fd=" + std::to_string(kAgentFd), "server=on", "wait=off"});
+    plan_.fds.push_back({FdSlot::Kind::kAgent, kAgentFd, -1});
+    have_agent_ = true;
     return {};
   }
   if (parts[0] != "pty" && parts[0] != "null" && parts[0] != "spicevmc")

@@ -19,6 +19,8 @@ namespace vl {
 /// The fd numbers the plan uses: the monitor first, then one tap per NIC in XML order.
 inline constexpr int kMonitorFd = 3;
 inline constexpr int kFirstTapFd = 4;
+/// The guest agent channel's listening socket: after the last possible tap.
+inline constexpr int kAgentFd = kFirstTapFd + static_cast<int>(VmName::kMaxNics);
 
 /// The rewrite's own version: part of the plan cache key, bump it when the output changes.
 inline constexpr int kRewriteVersion = 2;

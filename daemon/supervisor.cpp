@@ -1,5 +1,7 @@
 #include "daemon/supervisor.h"
 
+#include "daemon/guest_agent.h"
+
 #include <signal.h>
 #include <sys/syscall.h>
 #include <sys/stat.h>
@@ -100,8 +102,10 @@ void Supervisor::start(Done done) {
   enqueue([this, done = std::move(done)]() mutable { begin_start(op_done(std::move(done))); });
 }
 
-void Supervisor::stop(std::chrono::seconds timeout, bool force, Done done) {
-  enqueue([this, timeout, force, done = std::move(done)]() mutable { begin_stop(timeout, force, op_done(std::move(done))); });
+void Supervisor::stop(std::chrono::seconds timeout, bool force, Done done, StopMode mode) {
+  enqueue([this, timeout, force, mode, done = std::move(done)]() mutable {
+    begin_stop(timeout, force, op_done(std::move(done)), mode);
+  });
 }
 
 void Supervisor::restart(std::chrono::seconds timeout, Done done) {
@@ -441,7 +445,7 @@ void Supervisor::exited() {
   });
 }
 
-void Supervisor::begin_stop(std::chrono::seconds timeout, bool force, Done done) {
+void Supervisor::begin_stop(std::chrono::seconds timeout, bool force, Done done, StopMode mode) {
   if (unconverged_) return teardown(std::move(done));  // the stop of a failed start's leftovers
   if (info_.status == VmStatus::kStopping && pidfd_) {
     stop_waiters_.push_back(std::move(done));  // already on its way out: answered at its exit
@@ -452,10 +456,32 @@ void Supervisor::begin_stop(std::chrono::seconds timeout, bool force, Done done)
     return done(Error::make(ErrorCode::kSystem, "VM '" + name_.str() + "' is not watched: " + info_.reason));
   }
   if (info_.status != VmStatus::kRunning || !pidfd_) return done({});  // stopping a stopped VM is not an error
+  if (mode == StopMode::kAgent && !force) return stop_by_agent(timeout, std::move(done));
   stop_waiters_.push_back(std::move(done));
   auto deadline = std::chrono::system_clock::now() + timeout;
   record_intent(StopIntent{force ? StopIntent::kForced : StopIntent::kGraceful, deadline});
+  press_button_ = true;
   drive_stop(force, deadline, force ? "forced" : "");
+}
+
+// The VM stays `running` while the agent is asked: if it does not answer, nothing was
+// requested and the stop fails (as virsh's does), instead of pressing the button unasked.
+// Once it has the request, the stop is the button's without the presses: a power-off by the
+// deadline, else `quit` and the kill.
+void Supervisor::stop_by_agent(std::chrono::seconds timeout, Done done) {
+  constexpr std::chrono::seconds kAgentDeadline{10};
+  auto deadline = std::chrono::system_clock::now() + timeout;
+  std::string socket = ctx_.config.vm_runtime_dir(name_) + "/agent.sock";
+  request_guest_shutdown(ctx_.io, socket, kAgentDeadline,
+                         [this, run = run_, deadline, done = std::move(done)](Result<void> asked) mutable {
+    // The emulator ended meanwhile (its exit was handled): there is nothing left to stop.
+    if (run != run_ || info_.status != VmStatus::kRunning || !pidfd_) return done({});
+    if (!asked) return done(asked.error().wrap("VM '" + name_.str() + "': stop --mode agent"));
+    stop_waiters_.push_back(std::move(done));
+    record_intent(StopIntent{StopIntent::kGraceful, deadline});
+    press_button_ = false;
+    drive_stop(false, deadline, "the guest agent was asked to power off");
+  });
 }
 
 void Supervisor::drive_stop(bool force, std::chrono::system_clock::time_point deadline, std::string reason) {
@@ -517,7 +543,7 @@ void Supervisor::stop_command(const std::string& command) {
 // seconds until the deadline, then quit.
 void Supervisor::press_power_button() {
   if (stop_error_) return;
-  stop_command("system_powerdown");
+  if (press_button_) stop_command("system_powerdown");
   auto now = std::chrono::steady_clock::now();
   if (now >= deadline_) {
     info_.reason = "did not power off in time; quitting";

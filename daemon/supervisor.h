@@ -64,6 +64,11 @@
 namespace vl {
 
 enum class VmStatus { kStopped, kStarting, kRunning, kStopping, kFailed };
+
+/// How a graceful stop asks the guest: the ACPI power button, or QEMU's guest agent in the VM
+/// (`guest-shutdown`, then waiting for the power-off as for the button). Like `virsh shutdown
+/// --mode acpi|agent`.
+enum class StopMode { kAcpi, kAgent };
 const char* vm_status_name(VmStatus status);
 
 /// What List and Status report about one VM.
@@ -111,7 +116,9 @@ class Supervisor final {
   void start(Done done);
   /// Graceful: ACPI power button (pressed again every 2 s), `quit` after `timeout`, SIGKILL
   /// 5 s later. Forced: `quit`.
-  void stop(std::chrono::seconds timeout, bool force, Done done);
+  /// With StopMode::kAgent the guest agent is asked instead of the button, once; if it does not
+  /// answer, the stop fails at once and the VM keeps running.
+  void stop(std::chrono::seconds timeout, bool force, Done done, StopMode mode = StopMode::kAcpi);
   /// Stop, then start, as one operation.
   void restart(std::chrono::seconds timeout, Done done);
   void kill(int signal, Done done);
@@ -131,7 +138,9 @@ class Supervisor final {
   /// `done`, followed by the end of the operation it answers.
   Done op_done(Done done);
   void begin_start(Done done);
-  void begin_stop(std::chrono::seconds timeout, bool force, Done done);
+  void begin_stop(std::chrono::seconds timeout, bool force, Done done, StopMode mode = StopMode::kAcpi);
+  /// The guest agent's part of a stop --mode agent: asks it, then stops like the button would.
+  void stop_by_agent(std::chrono::seconds timeout, Done done);
   void set_status(VmStatus status, std::string reason);
   void attach(const VmState& state, bool fresh);
   void after_monitor_ready(bool fresh);
@@ -201,6 +210,7 @@ class Supervisor final {
   std::vector<Done> stop_waiters_;
   std::optional<Error> stop_error_;  ///< a monitor failure during the stop in progress
   bool stop_requested_ = false;
+  bool press_button_ = true;  ///< false while a stop waits for a power-off the guest agent was asked for
   bool guest_shutdown_ = false;
   bool watch_failed_ = false;  ///< an adopted VM whose pidfd could not be opened (retrying)
   bool adopting_ = false;      ///< an adoption holds the queue until the monitor's verdict

@@ -51,11 +51,15 @@ Result<void> check_plan(const Plan& plan, const Domain& domain) {
   if (plan.vm != domain.name.str()) return Error::invalid("plan is for VM '" + plan.vm + "', not '" + domain.name.str() + "'");
   if (plan.emulator != domain.emulator)
     return Error::make(ErrorCode::kDenied, "plan runs '" + plan.emulator + "', the domain XML says '" + domain.emulator + "'");
-  size_t monitors = 0;
+  size_t monitors = 0, agents = 0;
   std::vector<bool> nic_seen(domain.nics.size(), false);
   for (const FdSlot& slot : plan.fds) {
     if (slot.kind == FdSlot::Kind::kMonitor) {
       ++monitors;
+      continue;
+    }
+    if (slot.kind == FdSlot::Kind::kAgent) {
+      ++agents;
       continue;
     }
     if (slot.nic < 0 || static_cast<size_t>(slot.nic) >= domain.nics.size() || nic_seen[slot.nic])
@@ -63,6 +67,9 @@ Result<void> check_plan(const Plan& plan, const Domain& domain) {
     nic_seen[slot.nic] = true;
   }
   if (monitors != 1) return Error::invalid("plan must have exactly one monitor fd");
+  if (agents != (domain.guest_agent ? 1u : 0u))
+    return Error::invalid(domain.guest_agent ? "plan must have exactly one guest agent fd"
+                                             : "plan has a guest agent fd, but the domain XML declares no agent channel");
   for (size_t i = 0; i < nic_seen.size(); ++i)
     if (!nic_seen[i]) return Error::invalid("plan has no tap fd for interface " + std::to_string(i));
   // The argv is the daemon's proposal; what root executes is decided here (argv_policy.h).
@@ -188,7 +195,7 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
   // Declared before the transaction: its rollback (in its destructor) still uses them.
   uid_t uid = 0;
   std::vector<UniqueFd> taps;
-  UniqueFd monitor;
+  UniqueFd monitor, agent;
   VmState state;
   Transaction tx;
   auto run = [&]() -> Result<void> {
@@ -249,6 +256,11 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
       monitor = VL_TRY(bind_monitor_socket(config, vm, env.daemon_gid));
       return {};
     }, [&] { monitor.reset(); }));
+    if (env.domain.guest_agent)
+      VL_CHECK(tx.step("agent-socket", [&]() -> Result<void> {
+        agent = VL_TRY(bind_agent_socket(config, vm, env.daemon_gid));
+        return {};
+      }, [&] { agent.reset(); }));
     VL_CHECK(tx.step("state-file", [&]() -> Result<void> {
       state.vm = vm.str();
       state.pid = ::getpid();
@@ -272,8 +284,12 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
 
   ExecSpec spec{env.domain.emulator, env.plan.argv, emulator_environment(), {}};
   for (std::string& arg : emulator_sandbox_args()) spec.argv.push_back(std::move(arg));
-  for (const FdSlot& slot : env.plan.fds)
-    spec.fds.push_back({slot.kind == FdSlot::Kind::kMonitor ? monitor.get() : taps[slot.nic].get(), slot.fd});
+  for (const FdSlot& slot : env.plan.fds) {
+    int fd = slot.kind == FdSlot::Kind::kMonitor ? monitor.get()
+             : slot.kind == FdSlot::Kind::kAgent ? agent.get()
+                                                 : taps[slot.nic].get();
+    spec.fds.push_back({fd, slot.fd});
+  }
   // The emulator must not hold the launch log, which it could truncate or forge lines in: it
   // writes to a root relay instead (log_relay.h). Should the launch fail from here on, the
   // relay sees EOF when the helper exits, and exits too: nothing to roll back.

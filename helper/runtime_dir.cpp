@@ -16,6 +16,7 @@ namespace vl::helper {
 namespace {
 
 constexpr char kSocket[] = "qmp.sock";
+constexpr char kAgentSocket[] = "agent.sock";
 constexpr char kState[] = "state.json";
 constexpr char kStateTmp[] = "state.json.tmp";
 
@@ -86,25 +87,40 @@ Result<void> create_runtime_dir(const HostConfig& config, const VmName& vm, gid_
   return owned;
 }
 
-Result<UniqueFd> bind_monitor_socket(const HostConfig& config, const VmName& vm, gid_t daemon_gid) {
+namespace {
+
+// Binds and listens on RUNTIME/vms/NAME/FILE (root:daemon_gid 0660): a socket between the
+// emulator, which gets the listening fd, and the daemon, which connects by path.
+Result<UniqueFd> bind_vm_socket(const HostConfig& config, const VmName& vm, const char* file, const char* what,
+                                gid_t daemon_gid) {
   RuntimeDirs dirs = VL_TRY(open_runtime_dirs(config, false));
   UniqueFd dir = VL_TRY(open_vm_dir(dirs, config, vm));
-  std::string path = config.vm_runtime_dir(vm) + "/" + kSocket;
+  std::string path = config.vm_runtime_dir(vm) + "/" + file;
   sockaddr_un sa{};
-  if (path.size() >= sizeof sa.sun_path) return Error::invalid("monitor socket path '" + path + "' is too long");
-  UniqueFd fd = VL_TRY(sys::check_fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), "create monitor socket"));
+  if (path.size() >= sizeof sa.sun_path) return Error::invalid(std::string(what) + " socket path '" + path + "' is too long");
+  UniqueFd fd = VL_TRY(sys::check_fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), std::string("create ") + what + " socket"));
   sa.sun_family = AF_UNIX;
   path.copy(sa.sun_path, sizeof sa.sun_path - 1);
   // bind() takes a path; every directory on it was just checked to be changeable by root only.
   VL_TRY(sys::check(::bind(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa), "bind '" + path + "'"));
   // PRIV: the socket root just bound, in root's own directory; the group is the daemon's.
-  if (::fchownat(dir.get(), kSocket, 0, daemon_gid, AT_SYMLINK_NOFOLLOW) < 0 || ::fchmodat(dir.get(), kSocket, 0660, 0) < 0 ||
+  if (::fchownat(dir.get(), file, 0, daemon_gid, AT_SYMLINK_NOFOLLOW) < 0 || ::fchmodat(dir.get(), file, 0660, 0) < 0 ||
       ::listen(fd.get(), 4) < 0) {
-    Error e = Error::from_errno("set up monitor socket '" + path + "'");
-    ::unlinkat(dir.get(), kSocket, 0);
+    Error e = Error::from_errno(std::string("set up ") + what + " socket '" + path + "'");
+    ::unlinkat(dir.get(), file, 0);
     return e;
   }
   return fd;
+}
+
+}  // namespace
+
+Result<UniqueFd> bind_monitor_socket(const HostConfig& config, const VmName& vm, gid_t daemon_gid) {
+  return bind_vm_socket(config, vm, kSocket, "monitor", daemon_gid);
+}
+
+Result<UniqueFd> bind_agent_socket(const HostConfig& config, const VmName& vm, gid_t daemon_gid) {
+  return bind_vm_socket(config, vm, kAgentSocket, "guest agent", daemon_gid);
 }
 
 Result<void> write_vm_state(const HostConfig& config, const VmState& state, gid_t daemon_gid) {
@@ -174,7 +190,7 @@ Result<void> remove_runtime_dir(const HostConfig& config, const VmName& vm) {
   if (!dir) return is_missing(dir.error()) ? Result<void>() : Result<void>(std::move(dir).error());
   std::string path = config.vm_runtime_dir(vm);
   // PRIV: names below directories just checked to be changeable by root only.
-  for (const char* name : {kSocket, kState, kStateTmp})
+  for (const char* name : {kSocket, kAgentSocket, kState, kStateTmp})
     if (::unlinkat(dir->get(), name, 0) < 0 && errno != ENOENT)
       return Error::from_errno("remove '" + path + "/" + name + "'");
   if (::unlinkat(dirs->vms.get(), vm.str().c_str(), AT_REMOVEDIR) < 0 && errno != ENOENT)

@@ -44,6 +44,9 @@ bool is_missing(const Error& error);
 Result<void> create_runtime_dir(const HostConfig& config, const VmName& vm, gid_t daemon_gid);
 /// Binds and listens on RUNTIME/vms/NAME/qmp.sock (root:daemon_gid 0660); returns the fd.
 Result<UniqueFd> bind_monitor_socket(const HostConfig& config, const VmName& vm, gid_t daemon_gid);
+/// Binds and listens on RUNTIME/vms/NAME/agent.sock (root:daemon_gid 0660), the guest agent
+/// channel's host end: the emulator gets the listening fd, the daemon connects by path.
+Result<UniqueFd> bind_agent_socket(const HostConfig& config, const VmName& vm, gid_t daemon_gid);
 /// Writes RUNTIME/vms/NAME/state.json (root:daemon_gid 0640), atomically.
 Result<void> write_vm_state(const HostConfig& config, const VmState& state, gid_t daemon_gid);
 /// Reads the state file: a regular file of root's naming this VM.
@@ -52,7 +55,7 @@ Result<VmState> read_vm_state(const HostConfig& config, const VmName& vm);
 Result<bool> runtime_dir_exists(const HostConfig& config, const VmName& vm);
 /// The VMs that have a runtime directory (entries that are no valid VM name are skipped).
 Result<std::vector<VmName>> list_runtime_dirs(const HostConfig& config);
-/// Removes the socket, the state file and the directory; missing ones count as success.
+/// Removes the sockets, the state file and the directory; missing ones count as success.
 Result<void> remove_runtime_dir(const HostConfig& config, const VmName& vm);
 
 }  // namespace vl::helper

@@ -162,6 +162,7 @@ std::vector<Result<void>> Client::run_batch(
       int r = sd_bus_message_new_method_call(bus_, &msg, nullptr, kControlPath, kControlInterface, c.method.c_str());
       if (r >= 0) r = sd_bus_message_append(msg, "s", c.vm.c_str());
       if (r >= 0 && c.method == "Stop") r = sd_bus_message_append(msg, "ub", c.timeout, static_cast<int>(c.force));
+      if (r >= 0 && c.method == "Shutdown") r = sd_bus_message_append(msg, "us", c.timeout, c.mode.c_str());
       if (r >= 0 && c.method == "Restart") r = sd_bus_message_append(msg, "u", c.timeout);
       if (r >= 0 && c.method == "Kill") r = sd_bus_message_append(msg, "i", c.signal);
       auto* state = new BatchState{&results, next, &in_flight, &progress, c.vm};

@@ -24,10 +24,11 @@ struct VmRow {
 /// One operation of a batch: the method, its VM, and how to append its arguments.
 struct BatchCall {
   std::string vm;
-  std::string method;      // "Start", "Stop", "Restart", "Kill"
-  uint32_t timeout = 0;    // Stop, Restart
+  std::string method;      // "Start", "Stop", "Shutdown", "Restart", "Kill"
+  uint32_t timeout = 0;    // Stop, Shutdown, Restart
   bool force = false;      // Stop
   int signal = 0;          // Kill
+  std::string mode;        // Shutdown: "acpi" or "agent"
 };
 
 class Client final {

@@ -38,6 +38,8 @@ constexpr char kUsage[] =
     "  --json               Machine-readable output\n"
     "  --timeout SECONDS    Graceful stop deadline before 'quit' (default 120)\n"
     "  --force              stop: quit at once instead of pressing the power button\n"
+    "  --mode acpi|agent    stop: how to ask the guest: the ACPI power button (the default),\n"
+    "                       or QEMU's guest agent in the VM, which must answer\n"
     "  --signal NAME        kill: TERM, KILL or INT (default TERM)\n"
     "  --parallel N         At most N operations at once (default 4)\n"
     "  --help, --version\n"
@@ -53,6 +55,7 @@ struct Options {
   bool all = false, json = false, force = false;
   unsigned timeout = 120, parallel = 4;
   int signal = SIGTERM;
+  std::string mode;  // stop --mode: "acpi" or "agent"; empty: the power button
 };
 
 int usage_error(const std::string& what) {
@@ -135,7 +138,7 @@ int cmd_batch(vl::ctl::Client& client, const Options& o) {
       order[r.name] = r.start_order;
     }
   }
-  std::string method = o.command == "start" ? "Start" : o.command == "stop" ? "Stop"
+  std::string method = o.command == "start" ? "Start" : o.command == "stop" ? (o.mode.empty() ? "Stop" : "Shutdown")
                        : o.command == "restart" ? "Restart" : "Kill";
   // Start in ascending declared order, group by group; stop in the reverse order.
   std::vector<int> groups;
@@ -156,7 +159,7 @@ int cmd_batch(vl::ctl::Client& client, const Options& o) {
   for (int group : groups) {
     std::vector<vl::ctl::BatchCall> calls;
     for (const auto& n : names)
-      if (order[n] == group) calls.push_back({n, method, o.timeout, o.force, o.signal});
+      if (order[n] == group) calls.push_back({n, method, o.timeout, o.force, o.signal, o.mode});
     auto results = client.run_batch(calls, o.parallel, progress);
     for (size_t i = 0; i < calls.size(); ++i) {
       const auto& r = results[i];
@@ -221,6 +224,11 @@ int main(int argc, char** argv) {
       else if (s == "KILL") o.signal = SIGKILL;
       else if (s == "INT") o.signal = SIGINT;
       else return usage_error("--signal takes TERM, KILL or INT");
+    } else if (a == "--mode") {
+      const char* v = value("--mode");
+      std::string m = v ? v : "";
+      if (m != "acpi" && m != "agent") return usage_error("--mode takes acpi or agent");
+      o.mode = m;
     } else if (a == "--all") {
       o.all = true;
     } else if (a == "--json") {
@@ -237,6 +245,8 @@ int main(int argc, char** argv) {
   }
   static const std::vector<std::string> kBatch = {"start", "stop", "restart", "kill"};
   bool batch = std::find(kBatch.begin(), kBatch.end(), o.command) != kBatch.end();
+  if (!o.mode.empty() && o.command != "stop") return usage_error("--mode is an option of stop");
+  if (!o.mode.empty() && o.force) return usage_error("--mode and --force exclude each other");
   if (o.command.empty()) return usage_error("no command given");
   if (o.command == "list") {
     if (!o.names.empty()) return usage_error("list takes no names");

@@ -353,3 +353,47 @@ TEST_SUITE("common/argv_policy") {
     CHECK(unset.error().context.find("must say \"backing\": null") != std::string::npos);
   }
 }
+
+TEST_SUITE("common/argv_policy: guest agent channel") {
+  constexpr char kAgentChannel[] =
+      "<channel type='unix'><source mode='bind'/><target type='virtio' name='org.qemu.guest_agent.0'/></channel>";
+
+  std::vector<std::string> agent_args(const std::string& chardev) {
+    return plus({"-device", R"({"driver":"virtio-serial-pci","id":"virtio-serial0","bus":"pci.0","addr":"0x5"})",
+                 "-chardev", chardev,
+                 "-device", R"({"driver":"virtserialport","bus":"virtio-serial0.0","nr":1,"chardev":"charchannel0","id":"channel0","name":"org.qemu.guest_agent.0"})"});
+  }
+
+  Plan agent_plan(const std::string& chardev) {
+    Plan p = plan_with(agent_args(chardev));
+    p.fds.push_back({FdSlot::Kind::kAgent, 14, -1});
+    return p;
+  }
+
+  TEST_CASE("the agent's socket chardev on the plan's agent fd is accepted for a domain that declares it") {
+    auto r = vl::check_plan_argv(agent_plan("socket,id=charchannel0,fd=14,server=on,wait=off"), sample_domain(kAgentChannel));
+    CHECK_MESSAGE(r.ok(), r.error().message());
+  }
+
+  TEST_CASE("an agent chardev anywhere but the plan's own fd, or without a declared agent, is refused") {
+    vl::Domain with_agent = sample_domain(kAgentChannel);
+    for (const char* chardev : {
+             "socket,id=charchannel0,path=/run/vmlaunch/vms/other/qmp.sock,server=on,wait=off",
+             "socket,id=charchannel0,path=/tmp/agent.sock,server=on,wait=off",
+             "socket,id=charchannel0,fd=3,server=on,wait=off",    // the monitor's fd
+             "socket,id=charchannel0,fd=4,server=on,wait=off",    // a tap's fd
+             "socket,id=charchannel0,host=127.0.0.1,port=4444,server=on,wait=off",
+             "socket,id=charchannel0,fd=14,server=on,wait=off,logfile=/etc/passwd",
+             "socket,id=charchannel1,fd=14,server=on,wait=off",
+         }) {
+      INFO(chardev);
+      auto r = vl::check_plan_argv(agent_plan(chardev), with_agent);
+      REQUIRE_FALSE(r.ok());
+      CHECK(r.error().code == vl::ErrorCode::kDenied);
+    }
+    // No <channel> in the XML: the daemon cannot add one.
+    auto r = vl::check_plan_argv(agent_plan("socket,id=charchannel0,fd=14,server=on,wait=off"), sample_domain());
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().message().find("the only socket chardevs are the QMP monitor and the guest agent") != std::string::npos);
+  }
+}

@@ -6,6 +6,8 @@
 
 #include <fstream>
 
+#include "tests/fixtures/virt_install.h"
+
 using vl::parse_domain;
 
 namespace {
@@ -140,8 +142,8 @@ TEST_SUITE("common/domain") {
         {"<hostdev mode='subsystem' type='pci'/>\n", "", "device <hostdev> is not supported"},
         {"<interface type='direct'><mac address='52:54:00:00:00:01'/></interface>\n", "",
          "<interface type='direct'> is not supported"},
-        {"<interface type='network'><mac address='52:54:00:00:00:01'/></interface>\n", "",
-         "<interface type='network'>"},
+        {"<interface type='user'><mac address='52:54:00:00:00:01'/></interface>\n", "",
+         "<interface type='user'> is not supported"},
         {"<filesystem type='mount'/>\n", "", "device <filesystem>"},
         {"<disk type='network'/>\n", "", "<disk type='network'>"},
         {"<disk type='file'><driver type='raw'/><source file='/x'/><iotune/></disk>\n", "", "<iotune>"},
@@ -320,5 +322,69 @@ TEST_SUITE("common/domain") {
     REQUIRE_FALSE(r.ok());
     CHECK(r.error().message().find("/nonexistent/web1.xml") != std::string::npos);
     CHECK(r.error().sys_errno == ENOENT);
+  }
+}
+
+TEST_SUITE("common/domain: what virt-install writes") {
+  TEST_CASE("the guest agent channel is accepted; its libvirt path is not used") {
+    for (const char* channel : {
+             "<channel type='unix'><source mode='bind'/><target type='virtio' name='org.qemu.guest_agent.0'/></channel>",
+             "<channel type='unix'><source mode='bind' path='/var/lib/libvirt/qemu/channel/target/web1.org.qemu.guest_agent.0'/>"
+             "<target type='virtio' name='org.qemu.guest_agent.0'/><address type='virtio-serial' controller='0' bus='0' port='1'/></channel>",
+         }) {
+      auto r = parse_domain(domain_xml(channel), "web1.xml");
+      REQUIRE_MESSAGE(r.ok(), r.error().context);
+      CHECK(r->guest_agent);
+    }
+    auto none = parse_domain(domain_xml(""), "web1.xml");
+    REQUIRE(none.ok());
+    CHECK_FALSE(none->guest_agent);
+  }
+
+  TEST_CASE("other channels, and a second agent, are refused by name") {
+    CHECK(error_of(domain_xml("<channel type='spicevmc'><target type='virtio' name='com.redhat.spice.0'/></channel>"))
+              .find("<channel type='spicevmc'> is not supported") != std::string::npos);
+    CHECK(error_of(domain_xml("<channel type='unix'><target type='virtio' name='org.example.other'/></channel>"))
+              .find("only as the guest agent") != std::string::npos);
+    CHECK(error_of(domain_xml("<channel type='unix'><source mode='connect' path='/tmp/x'/>"
+                              "<target type='virtio' name='org.qemu.guest_agent.0'/></channel>"))
+              .find("mode='connect'") != std::string::npos);
+    std::string agent = "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>";
+    CHECK(error_of(domain_xml(agent + agent)).find("more than one guest agent") != std::string::npos);
+  }
+
+  TEST_CASE("<interface type='network'> names a zone; the bridge is left to the configuration") {
+    auto r = parse_domain(domain_xml("<interface type='network'><source network='dmz'/><mac address='52:54:00:00:00:07'/>"
+                                     "<model type='virtio'/></interface>"),
+                          "web1.xml");
+    REQUIRE_MESSAGE(r.ok(), r.error().context);
+    REQUIRE(r->nics.size() == 1);
+    CHECK(r->nics[0].network == "dmz");
+    CHECK(r->nics[0].bridge.empty());
+    CHECK(error_of(domain_xml("<interface type='network'><mac address='52:54:00:00:00:07'/></interface>"))
+              .find("no <source network=...>") != std::string::npos);
+    CHECK(error_of(domain_xml("<interface type='network'><source network='dmz' portgroup='web'/>"
+                              "<mac address='52:54:00:00:00:07'/></interface>"))
+              .find("portgroup") != std::string::npos);
+    CHECK(error_of(domain_xml("<interface type='direct'><source dev='eth0'/><mac address='52:54:00:00:00:07'/></interface>"))
+              .find("<interface type='direct'> is not supported") != std::string::npos);
+  }
+}
+
+TEST_SUITE("common/domain: UEFI") {
+  TEST_CASE("UEFI, which needs a per-VM NVRAM file, is refused by name until vmlaunch creates one") {
+    std::string efi = domain_xml("", "  <os firmware='efi'><type arch='x86_64' machine='q35'>hvm</type></os>\n");
+    CHECK(error_of(efi).find("<os firmware='efi'> is not supported yet: UEFI needs a per-VM NVRAM file") != std::string::npos);
+    std::string pflash = domain_xml("", "  <os><type>hvm</type><loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>"
+                                        "<nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>/srv/web1_VARS.fd</nvram></os>\n");
+    CHECK(error_of(pflash).find("<loader type='pflash'> is not supported yet") != std::string::npos);
+    // What virt-install --boot uefi writes: refused at its <os>, whatever else it says.
+    std::string uefi = vl::test::kVirtInstallUefi;
+    uefi.replace(uefi.find("@DISK@"), 6, "/srv/images/deb12uefi.img");
+    CHECK(error_of(uefi).find("<os firmware='efi'> is not supported yet") != std::string::npos);
+    // A ROM loader (SeaBIOS) stays a boot file.
+    auto rom = parse_domain(domain_xml("", "  <os><type>hvm</type><loader type='rom'>/usr/share/seabios/bios.bin</loader></os>\n"), "web1.xml");
+    REQUIRE_MESSAGE(rom.ok(), rom.error().context);
+    CHECK(rom->boot_files == std::vector<std::string>{"/usr/share/seabios/bios.bin"});
   }
 }

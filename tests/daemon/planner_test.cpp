@@ -155,6 +155,24 @@ TEST_SUITE("daemon/planner") {
     CHECK_FALSE(vl::xml_for_libvirt("<!DOCTYPE domain [<!ENTITY a 'b'>]><domain/>").ok());
   }
 
+  TEST_CASE("libvirt gets a network interface as a bridge interface on its zone's bridge") {
+    std::string xml =
+        "<domain type='qemu'><name>web1</name><devices><emulator>/usr/bin/qemu-system-x86_64</emulator>"
+        "<interface type='network'><source network='dmz'/><mac address='52:54:00:12:34:56'/><model type='virtio'/></interface>"
+        "<interface type='bridge'><source bridge='br9'/><mac address='52:54:00:12:34:57'/></interface>"
+        "</devices></domain>";
+    auto bridged = vl::xml_for_libvirt(xml, {{"dmz", "br-dmz"}, {"lan", "br-lan"}});
+    REQUIRE_MESSAGE(bridged.ok(), bridged.error().message());
+    CHECK_MESSAGE(bridged->find("<interface type=\"bridge\"><source bridge=\"br-dmz\"/><mac address=\"52:54:00:12:34:56\"/>") !=
+                      std::string::npos,
+                  *bridged);
+    CHECK(bridged->find("network") == std::string::npos);
+    CHECK(bridged->find("<source bridge=\"br9\"/>") != std::string::npos);
+    auto unknown = vl::xml_for_libvirt(xml, {{"lan", "br-lan"}});
+    REQUIRE_FALSE(unknown.ok());
+    CHECK(unknown.error().message().find("<source network='dmz'> is not a zone") != std::string::npos);
+  }
+
   TEST_CASE("an emulator outside the allowed list is refused before libvirt runs") {
     vl::test::TempDir tmp;
     vl::HostConfig config;

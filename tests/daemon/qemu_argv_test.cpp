@@ -195,3 +195,35 @@ TEST_SUITE("daemon/qemu_argv") {
     CHECK_FALSE(rewrite(no_monitor, test_domain()).ok());
   }
 }
+
+TEST_SUITE("daemon/qemu_argv: guest agent channel") {
+  vl::Domain agent_domain() {
+    auto d = vl::parse_domain("<domain type='qemu'><name>web1</name><devices><emulator>/usr/bin/qemu-system-x86_64</emulator>"
+                              "<interface type='bridge'><mac address='52:54:00:00:00:01'/><source bridge='br0'/></interface>"
+                              "<graphics type='vnc' passwd='abc'/><serial type='pty'/>"
+                              "<channel type='unix'><source mode='bind'/><target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
+                              "</devices></domain>",
+                              "t.xml");
+    REQUIRE_MESSAGE(d.ok(), (d.ok() ? std::string() : d.error().context));
+    return std::move(d).value();
+  }
+
+  TEST_CASE("libvirt's agent socket in the conversion root becomes the helper's socket on fd 14") {
+    std::string root = kRoot;
+    auto plan = rewrite(native_line("-chardev socket,id=charchannel0,path=" + root +
+                                    "/lib/qemu/channel/target/domain--1-web1/org.qemu.guest_agent.0,server=on,wait=off "),
+                        agent_domain());
+    REQUIRE_MESSAGE(plan.ok(), plan.error().message());
+    CHECK(contains(plan->argv, "socket,id=charchannel0,fd=14,server=on,wait=off"));
+    CHECK(std::count(plan->fds.begin(), plan->fds.end(), vl::FdSlot{vl::FdSlot::Kind::kAgent, 14, -1}) == 1);
+  }
+
+  TEST_CASE("a domain with the agent needs its chardev; one without keeps refusing socket chardevs") {
+    auto missing = rewrite(native_line(), agent_domain());
+    REQUIRE_FALSE(missing.ok());
+    CHECK(missing.error().message().find("no guest agent chardev") != std::string::npos);
+    auto foreign = rewrite(native_line("-chardev socket,id=charchannel0,path=/tmp/a.sock,server=on,wait=off "), test_domain());
+    REQUIRE_FALSE(foreign.ok());
+    CHECK(foreign.error().message().find("not supported") != std::string::npos);
+  }
+}

@@ -7,6 +7,9 @@
 #   vlg.scenario=neighbour|mac|ip   vlg.dev_mac=  vlg.ip=  vlg.ip6=  vlg.ll6=  (the guest's own,
 #   declared: MAC, IPv4, IPv6 and the MAC's EUI-64 link-local address)
 #   vlg.peer=  vlg.peer6=  vlg.nbr_mac=  vlg.nbr_ip=  vlg.nbr_ip6=
+#
+#   vlg.scenario=agent: no attack; a stand-in for qemu-guest-agent on the virtio-serial port
+#   org.qemu.guest_agent.0 (root/guest_agent_test.cpp).
 /bin/busybox mkdir -p /proc /sys /dev /bin /sbin /usr/bin /usr/sbin
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sysfs /sys
@@ -23,7 +26,7 @@ done
 
 # The package ships no modules.dep: load in dependency order, retrying what failed until a
 # round loads nothing new.
-pending="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net"
+pending="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net virtio_console"
 for round in 1 2 3 4 5 6 7 8; do
   left=""
   for m in $pending; do
@@ -80,6 +83,33 @@ attack() { say "ATTACK $*"; }
 sent() { vlattack eth0 "$@" >/dev/console 2>&1; }
 
 case $vlg_scenario in
+  agent)
+    # Answers guest-sync with its id and powers off on guest-shutdown, as qemu-guest-agent
+    # does; ignores the rest. The port reads end-of-file while no host client is connected.
+    port=
+    for p in /sys/class/virtio-ports/*; do
+      [ "$(cat "$p/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] && port=/dev/${p##*/}
+    done
+    [ -n "$port" ] || { say "ERROR no guest agent port"; poweroff -f; }
+    say READY
+    exec 3<>"$port"
+    while :; do
+      while IFS= read -r line <&3; do
+        case $line in
+          *guest-sync*)
+            id=$(echo "$line" | sed -n 's/.*"id": *\([0-9]*\).*/\1/p')
+            say "AGENT sync $id"
+            printf '{"return": %s}\n' "$id" >&3
+            ;;
+          *guest-shutdown*)
+            say "AGENT shutdown"
+            poweroff -f
+            ;;
+        esac
+      done
+      sleep 0.2
+    done
+    ;;
   neighbour)
     # The victim: answers pings; the test watches what reaches its tap.
     say READY

@@ -55,6 +55,12 @@ TEST_SUITE("root/plan_policy") {
         {{"-chardev", "socket,id=c9,host=127.0.0.1,port=9"}, "only socket chardev"},
         {{"-gdb", "tcp:127.0.0.1:1234"}, "debugger"},
         {{"-blockdev", R"({"driver":"file","filename":"/etc/shadow","node-name":"x"})"}, "not a disk of the domain"},
+        // A writable UEFI variable store (libvirt's pflash1) the XML does not declare.
+        {{"-blockdev", R"({"driver":"file","filename":"/var/lib/libvirt/qemu/nvram/web1_VARS.fd","node-name":"libvirt-pflash1-storage","auto-read-only":true,"discard":"unmap"})"},
+         "not a disk of the domain"},
+        // Firmware code from a path a user can write, even read-only.
+        {{"-blockdev", R"({"driver":"file","filename":"/tmp/OVMF_CODE.fd","node-name":"libvirt-pflash0-storage","read-only":true})"},
+         "neither named"},
         {{"-object", R"({"qom-type":"memory-backend-file","id":"m","mem-path":"/dev/shm/x","size":1048576})"}, "memory-backend-file"},
         {{"-readconfig", "/tmp/x.cfg"}, "-readconfig"},
         {{"-kernel", "/tmp/vmlinuz"}, "neither named"},

@@ -58,6 +58,7 @@ inline const std::string& shared_cache_dir() {
 
 struct DomainSpec {
   std::string name = "web1";
+  std::string type = "qemu";        // <domain type=...>: 'kvm' only with the Debian /dev/kvm (KvmDevice)
   std::string mac = "52:54:00:00:00:01";
   std::string bridge = "br-dmz";
   std::string zone;                 // metadata zone, empty: none
@@ -74,6 +75,7 @@ struct DomainSpec {
   std::string kernel;   // <os><kernel>, empty: none
   std::string initrd;   // <os><initrd>
   std::string cmdline;  // <os><cmdline>
+  bool guest_agent = false;  // the guest agent <channel> virt-install adds
 };
 
 struct HelperResult {
@@ -145,7 +147,7 @@ class HelperEnv {
     std::string os = "<type arch='x86_64' machine='pc'>hvm</type>";
     if (!spec.kernel.empty())
       os += "<kernel>" + spec.kernel + "</kernel><initrd>" + spec.initrd + "</initrd><cmdline>" + spec.cmdline + "</cmdline>";
-    std::string xml = "<domain type='qemu'>\n  <name>" + spec.name + "</name>\n  <memory unit='MiB'>" +
+    std::string xml = "<domain type='" + spec.type + "'>\n  <name>" + spec.name + "</name>\n  <memory unit='MiB'>" +
         std::to_string(spec.memory_mib) + "</memory>\n  <os>" + os + "</os>\n  <features><acpi/></features>\n";
     if (!spec.zone.empty())
       xml += "  <metadata><vl:vm xmlns:vl='urn:vmlaunch:domain:1'><vl:zone>" + spec.zone + "</vl:zone></vl:vm></metadata>\n";
@@ -162,16 +164,22 @@ class HelperEnv {
         xml += "<ip address='" + ip + "'" + (ip.find(':') != std::string::npos ? " family='ipv6'" : "") + "/>";
       xml += "</interface>\n";
     }
+    if (spec.guest_agent)
+      xml += "    <channel type='unix'><source mode='bind'/><target type='virtio' name='org.qemu.guest_agent.0'/></channel>\n";
     xml += "    <serial type='pty'/>\n  </devices>\n</domain>\n";
-    // As an operator installs it (common/domain_file.h): root alone writes it, and only root
-    // and the daemon's group read it.
-    std::string path = root_ + "/domains/" + spec.name + ".xml";
+    install_domain(spec.name, xml);
+    return xml;
+  }
+
+  /// Writes domains/NAME.xml as an operator installs it (common/domain_file.h): root alone
+  /// writes it, and only root and the daemon's group read it.
+  void install_domain(const std::string& name, const std::string& xml) {
+    std::string path = root_ + "/domains/" + name + ".xml";
     std::ofstream(path) << xml;
     const group* daemon_group = ::getgrnam(config_.daemon_group.c_str());
     REQUIRE_MESSAGE(daemon_group, config_.daemon_group);
     REQUIRE(::chown(path.c_str(), 0, daemon_group->gr_gid) == 0);
     REQUIRE(::chmod(path.c_str(), 0640) == 0);
-    return xml;
   }
 
   /// The plan of a defined domain, computed by the real planner (emulator check skipped when

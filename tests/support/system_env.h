@@ -34,7 +34,8 @@ inline CommandResult run_program(const std::string& path, std::vector<std::strin
 
 class SystemEnv : public HelperEnv {
  public:
-  SystemEnv() {
+  /// `daemon_groups`: the daemon's supplementary groups (setpriv --groups), none if empty.
+  explicit SystemEnv(std::string daemon_groups = "") : daemon_groups_(std::move(daemon_groups)) {
     cache_dir_ = root() + "/cache";
     std::filesystem::create_directory(cache_dir_);
     REQUIRE(::chown(cache_dir_.c_str(), 65534, 65534) == 0);
@@ -71,7 +72,8 @@ class SystemEnv : public HelperEnv {
   void start_daemon() {
     ::unlink(config().control_socket().c_str());  // a killed daemon's socket is stale
     auto pid = spawn({"/usr/bin/setpriv",
-                      {"setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", build_path("VMLAUNCH_DAEMON"),
+                      {"setpriv", "--reuid=nobody", "--regid=nogroup",
+                       daemon_groups_.empty() ? "--clear-groups" : "--groups=" + daemon_groups_, build_path("VMLAUNCH_DAEMON"),
                        "--config", config_path(), "run"},
                       {"PATH=/usr/bin:/bin"},
                       {{log_fd(), 1}, {log_fd(), 2}}});
@@ -139,6 +141,7 @@ class SystemEnv : public HelperEnv {
     REQUIRE_MESSAGE(std::filesystem::exists(path), path << " never appeared");
   }
 
+  std::string daemon_groups_;
   UniqueFd log_;
   pid_t broker_ = 0;
   pid_t daemon_ = 0;

@@ -1,0 +1,93 @@
+// `vmctl stop --mode agent` against a real Linux guest (tests/guest/init.sh, scenario agent)
+// whose stand-in agent answers on the virtio-serial port virt-install declares. The guest runs
+// under TCG and has no ACPI handling (busybox, no acpid): a power button press does nothing, so
+// a stop that ends before its deadline went through the agent.
+#include <doctest/doctest.h>
+
+#include <poll.h>
+#include <termios.h>
+
+#include <chrono>
+#include <future>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "tests/support/linux_guest.h"
+#include "tests/support/system_env.h"
+
+using vl::test::SystemEnv;
+using Json = nlohmann::json;
+
+namespace {
+
+std::string state_of(SystemEnv& env, const std::string& name) {
+  auto r = env.vmctl({"list", "--json"});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.out);
+  for (const Json& row : Json::parse(r.out))
+    if (row["name"] == name) return row["state"];
+  return "";
+}
+
+// The guest's serial console, opened raw once the launch log names its pty. Output before that
+// is lost; the guest prints its markers seconds later.
+vl::UniqueFd open_console(SystemEnv& env, const std::string& name) {
+  std::string log = vl::sys::read_file(env.root() + "/state/logs/" + name + ".log", 1 << 20).value();
+  size_t at = log.find("redirected to /dev/pts/");
+  REQUIRE_MESSAGE(at != std::string::npos, log);
+  std::string pty = log.substr(at + 14, log.find(' ', at + 14) - at - 14);
+  vl::UniqueFd fd(::open(pty.c_str(), O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC));
+  REQUIRE_MESSAGE(fd.valid(), pty);
+  termios t{};
+  REQUIRE(::tcgetattr(fd.get(), &t) == 0);
+  ::cfmakeraw(&t);
+  REQUIRE(::tcsetattr(fd.get(), TCSANOW, &t) == 0);
+  return fd;
+}
+
+// Reads the console into `text` until it holds `marker` or `limit` passes.
+bool wait_for_console(int fd, std::string& text, const std::string& marker, std::chrono::seconds limit) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (text.find(marker) == std::string::npos && std::chrono::steady_clock::now() < deadline) {
+    pollfd p{fd, POLLIN, 0};
+    (void)::poll(&p, 1, 200);
+    char buf[4096];
+    ssize_t n;
+    while ((n = ::read(fd, buf, sizeof buf)) > 0) text.append(buf, static_cast<size_t>(n));
+  }
+  return text.find(marker) != std::string::npos;
+}
+
+}  // namespace
+
+TEST_SUITE("root/guest_agent") {
+  TEST_CASE("stop --mode agent powers a Linux guest off through its agent, before any deadline") {
+    vl::test::LinuxGuestFiles files;
+    SystemEnv env;
+    vl::test::DomainSpec spec{.name = "agent1", .mac = "52:54:00:00:30:01"};
+    spec.memory_mib = 256;
+    spec.nic_model = "virtio";
+    spec.kernel = files.kernel();
+    spec.initrd = files.initrd();
+    spec.cmdline = "console=ttyS0 quiet panic=-1 vlg.scenario=agent vlg.ip=10.0.0.2";
+    spec.guest_agent = true;
+    env.define(spec);
+    auto started = env.vmctl({"start", "agent1"});
+    REQUIRE_MESSAGE(started.exit_code == 0, started.out << env.log());
+    vl::UniqueFd console = open_console(env, "agent1");
+    std::string text;
+    // About 4 s under TCG; generous for a loaded host.
+    REQUIRE_MESSAGE(wait_for_console(console.get(), text, "VLG READY", std::chrono::minutes(3)), text);
+
+    // The console is read while the stop runs: what the guest prints as it powers off is gone
+    // once its emulator has exited.
+    auto stopping = std::async(std::launch::async, [&] { return env.vmctl({"stop", "agent1", "--mode", "agent", "--timeout", "300"}); });
+    wait_for_console(console.get(), text, "VLG AGENT shutdown", std::chrono::minutes(5));
+    auto stop = stopping.get();
+    CHECK_MESSAGE(stop.exit_code == 0, stop.out << env.log());
+    CHECK(state_of(env, "agent1") == "stopped");
+    // The agent answered the daemon's sync and got its shutdown request; the guest has no
+    // ACPI handling, so nothing else could have powered it off.
+    CHECK_MESSAGE(text.find("VLG AGENT sync ") != std::string::npos, text << stop.out);
+    CHECK_MESSAGE(text.find("VLG AGENT shutdown") != std::string::npos, text << stop.out);
+  }
+}
