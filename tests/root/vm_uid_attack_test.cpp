@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <linux/if_tun.h>
 #include <net/if.h>
+#include <net/if_arp.h>
 #include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
@@ -95,6 +96,34 @@ bool filter_exists(const std::string& vm) {
 }  // namespace
 
 TEST_SUITE("root/vm_uid_attack") {
+  TEST_CASE("a VM's uid cannot give its tap's MAC address to itself and take its neighbour's FDB entry") {
+    HelperEnv env;
+    env.define({.name = "web1", .mac = "52:54:00:00:00:01"});
+    env.define({.name = "web2", .mac = "52:54:00:00:00:02"});
+    auto web1 = env.launch("web1");
+    REQUIRE_MESSAGE(web1.running(), web1.log);
+    auto web2 = env.launch("web2");
+    REQUIRE_MESSAGE(web2.running(), web2.log);
+    const std::string neighbour = "52:54:00:00:00:02 dev web2-0 sticky master br-dmz static";
+    REQUIRE(vl::test::bridge_fdb("br-dmz").find(neighbour) != std::string::npos);
+
+    // SIOCSIFHWADDR on a tun fd sets the host side's address for the holder, capability or not.
+    // The bridge then makes that address a local entry of web1's port, deleting any other
+    // entry for it (br_fdb fdb_add_local): frames for web2 would go to the host instead.
+    int err = attack_as_vm(web1.pid, vm_uid(env, "web1"), [](int tap) {
+      ifreq ifr{};
+      std::strcpy(ifr.ifr_name, "web1-0");
+      ifr.ifr_hwaddr.sa_family = ARPHRD_ETHER;
+      const unsigned char mac[6] = {0x52, 0x54, 0x00, 0x00, 0x00, 0x02};
+      std::memcpy(ifr.ifr_hwaddr.sa_data, mac, sizeof mac);
+      return ::ioctl(tap, SIOCSIFHWADDR, &ifr);
+    });
+    std::string fdb = vl::test::bridge_fdb("br-dmz");
+    CHECK_MESSAGE(err == EPERM, "SIOCSIFHWADDR: " << (err ? std::string(std::strerror(err)) : std::string("succeeded")));
+    CHECK_MESSAGE(fdb.find(neighbour) != std::string::npos, fdb);
+    CHECK_MESSAGE(fdb.find("52:54:00:00:00:02 dev web1-0") == std::string::npos, fdb);
+  }
+
   TEST_CASE("a VM's tap given to another uid (TUNSETOWNER) and kept open: cleanup keeps its filter while it is a port") {
     HelperEnv env;
     env.define({.name = "web1"});
