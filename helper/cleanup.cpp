@@ -1,5 +1,6 @@
 #include "helper/cleanup.h"
 
+#include <net/if.h>
 #include <unistd.h>
 
 #include <functional>
@@ -34,10 +35,18 @@ Result<bool> vm_is_known(const HostConfig& config, const VmName& vm) {
 // Removes the VM's taps: devices called NAME-N (or listed in its state) that are tun/taps owned
 // by the VM's uid. A name alone proves nothing: the VM's taps vanish with its last process, and
 // another tap may have taken the name since. Owned by the uid, a tap can only be the VM's.
+//
+// The converse does not hold: the tun driver lets any holder of a tap's fd change its owner
+// (TUNSETOWNER asks for no capability), so the VM's uid can give its tap to another uid whose
+// process keeps it open, and the tap then outlives the VM's processes as a port of the zone
+// bridge. Such an interface is left alone, but while one called like the VM's tap is a port of
+// a bridge, the VM's filter stays (this step fails): removing it would let that port send
+// forged frames.
 Result<void> remove_taps(const VmName& vm, std::optional<uid_t> uid, const std::vector<std::string>& listed) {
   Netlink nl = VL_TRY(Netlink::open());
   std::set<std::string> names(listed.begin(), listed.end());
   for (unsigned nic = 0; nic < VmName::kMaxNics; ++nic) names.insert(vm.tap_name(nic));
+  std::vector<std::string> foreign_ports;
   for (const std::string& tap : names) {
     if (!is_valid_ifname(tap)) continue;
     auto link = VL_TRY(nl.find(tap));
@@ -49,11 +58,22 @@ Result<void> remove_taps(const VmName& vm, std::optional<uid_t> uid, const std::
       std::string vm_uid = uid ? "the VM's uid " + std::to_string(*uid) : std::string("the VM's (it never had a uid)");
       log_warning("interface '" + tap + "' is " + (link->kind != "tun" ? "not a tap" : whose + ", not of " + vm_uid) +
                   "; leaving it alone");
+      if (link->master != 0) {
+        char bridge[IF_NAMESIZE] = "?";
+        (void)::if_indextoname(static_cast<unsigned>(link->master), bridge);
+        foreign_ports.push_back("'" + tap + "' is still a port of bridge '" + bridge + "'");
+      }
       continue;
     }
     // PRIV: a tun/tap owned by the VM's uid (root-owned uid map), found by ifindex just now.
     VL_CHECK(nl.remove_index(link->ifindex, tap));
     log_info("removed tap '" + tap + "'");
+  }
+  if (!foreign_ports.empty() && VL_TRY(vm_filter_exists(vm.str()))) {
+    std::string which;
+    for (const std::string& p : foreign_ports) which += (which.empty() ? "" : ", ") + p;
+    return Error::make(ErrorCode::kConflict, "interface " + which + "; keeping the anti-spoofing filter of VM '" + vm.str() +
+                                                 "' (take it off the bridge or delete it, then run cleanup again)");
   }
   return {};
 }

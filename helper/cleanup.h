@@ -7,7 +7,8 @@
 namespace vl::helper {
 
 /// Undoes a launch in reverse launch order: kills every remaining process of the VM's uid
-/// (uid_reaper.h), removes its taps (tun/taps owned by that uid only), its nftables chain and
+/// (uid_reaper.h), removes its taps (tun/taps owned by that uid only; while another interface of
+/// a tap's name is a bridge port, the step fails and the filter stays), its nftables chain and
 /// udev rule, restores disk owners from the journal, and removes the runtime directory and the
 /// launch's unconfirmed-launch record. Stops at the first step that fails, so that nothing is
 /// released while an earlier step's objects remain; running it again continues. Refuses while
