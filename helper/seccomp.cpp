@@ -22,6 +22,11 @@
 //     uselib, open_by_handle_at,
 //     name_to_handle_at, userfaultfd
 //   ioctl(TUNSETPERSIST)              a tap that outlives the emulator (and its cleanup)
+//   ioctl(TUNSETOWNER, TUNSETGROUP)   a tap handed to another uid, which cleanup leaves alone
+//   ioctl(SIOCSIFHWADDR) on the tap   the tap's own MAC set to a neighbour's or the gateway's:
+//                                     the bridge then takes it as a local address, dropping
+//                                     the neighbour's static entry
+//   ioctl(TUNSETLINK, TUNSETCARRIER)  the tap's link type and carrier, which qemu never sets
 // clone3 fails with ENOSYS instead: its flags live in memory seccomp cannot read, and glibc
 // then falls back to clone(), whose flags the filter does check. io_uring_setup, _enter and
 // _register fail with ENOSYS too, so qemu falls back to its thread pool: io_uring runs
@@ -89,10 +94,13 @@ Result<void> install_seccomp_baseline() {
     if (nr == __NR_SCMP_ERROR) continue;
     if (int rc = seccomp_rule_add(ctx.get(), SCMP_ACT_ERRNO(ENOSYS), nr, 0); rc < 0) return fail(rc, name);
   }
-  if (int rc = seccomp_rule_add(ctx.get(), SCMP_ACT_ERRNO(EPERM), SCMP_SYS(ioctl), 1,
-                                SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffu, TUNSETPERSIST));
-      rc < 0)
-    return fail(rc, "ioctl TUNSETPERSIST");
+  // The tun driver lets whoever holds a tap's fd change these without any capability.
+  for (unsigned long request : {TUNSETPERSIST, TUNSETOWNER, TUNSETGROUP, TUNSETLINK, TUNSETCARRIER,
+                                static_cast<unsigned long>(SIOCSIFHWADDR)})
+    if (int rc = seccomp_rule_add(ctx.get(), SCMP_ACT_ERRNO(EPERM), SCMP_SYS(ioctl), 1,
+                                  SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffu, request));
+        rc < 0)
+      return fail(rc, "ioctl tun request");
   // Every family but AF_UNIX (1), AF_INET (2) and AF_INET6 (10), as the full 64-bit value: a
   // wider number is refused even if its low 32 bits name an allowed family.
   static_assert(AF_UNIX == 1 && AF_INET == 2 && AF_INET6 == 10);

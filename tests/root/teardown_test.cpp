@@ -43,6 +43,14 @@ using namespace std::chrono_literals;
 namespace {
 
 constexpr const char* kQemu = "/usr/bin/qemu-system-x86_64";
+constexpr int kCarrierOff = 0;
+const ifreq kNeighbourMac = [] {
+  ifreq ifr{};
+  ifr.ifr_hwaddr.sa_family = 1;  // ARPHRD_ETHER
+  const unsigned char mac[6] = {0x52, 0x54, 0x00, 0x00, 0x00, 0x02};
+  std::memcpy(ifr.ifr_hwaddr.sa_data, mac, sizeof mac);
+  return ifr;
+}();
 #ifdef VMLAUNCH_FAULT_INJECTION
 constexpr bool kFaultInjection = true;
 #else
@@ -551,7 +559,7 @@ TEST_SUITE("root/teardown") {
 }
 
 TEST_SUITE("root/seccomp") {
-  TEST_CASE("the baseline refuses TUNSETPERSIST, io_uring and socket families other than unix and IP") {
+  TEST_CASE("the baseline refuses the tap's owner, MAC, link and persistence, io_uring and socket families other than unix and IP") {
     vl::test::ScopedNetns ns;
     std::string failure;
     int status = under_baseline([] {
@@ -564,6 +572,11 @@ TEST_SUITE("root/seccomp") {
                expect_errno("TUNSETPERSIST", ::ioctl(tun.get(), TUNSETPERSIST, 1), EPERM),
                // The kernel truncates the request to 32 bits: the filter must compare those.
                expect_errno("TUNSETPERSIST with high bits", ::syscall(SYS_ioctl, tun.get(), (1UL << 32) | TUNSETPERSIST, 1), EPERM),
+               expect_errno("TUNSETOWNER", ::ioctl(tun.get(), TUNSETOWNER, 65534), EPERM),
+               expect_errno("TUNSETGROUP", ::ioctl(tun.get(), TUNSETGROUP, 65534), EPERM),
+               expect_errno("TUNSETLINK", ::ioctl(tun.get(), TUNSETLINK, 1), EPERM),
+               expect_errno("TUNSETCARRIER", ::ioctl(tun.get(), TUNSETCARRIER, &kCarrierOff), EPERM),
+               expect_errno("SIOCSIFHWADDR on the tap", ::ioctl(tun.get(), SIOCSIFHWADDR, &kNeighbourMac), EPERM),
                expect_errno("io_uring_setup", ::syscall(SYS_io_uring_setup, 8, nullptr), ENOSYS),
                expect_errno("io_uring_enter", ::syscall(SYS_io_uring_enter, 0, 0, 0, 0, nullptr, 0), ENOSYS),
                expect_errno("io_uring_register", ::syscall(SYS_io_uring_register, 0, 0, nullptr, 0), ENOSYS),
