@@ -5,10 +5,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <utility>
 
 #include "common/sys.h"
+#include "daemon/event_log.h"
 
 namespace vl {
 
@@ -45,6 +47,21 @@ Result<UniqueFd> watch_process(const VmState& state) {
   if (pidfd_exited(fd.get()))
     return Error::make(ErrorCode::kNotFound, "process " + std::to_string(state.pid) + " is gone");
   return fd;
+}
+
+// Whole seconds, rounded up: "1 s left" until the deadline, never "0 s left" before it.
+long long seconds_left(std::chrono::steady_clock::duration d) {
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
+  return ms <= 0 ? 0 : (ms + 999) / 1000;
+}
+
+const char* signal_name(int signal) {
+  switch (signal) {
+    case SIGTERM: return "SIGTERM";
+    case SIGKILL: return "SIGKILL";
+    case SIGINT: return "SIGINT";
+  }
+  return "a signal";
 }
 
 bool gone(const Result<UniqueFd>& process) { return !process && process.error().code == ErrorCode::kNotFound; }
@@ -158,6 +175,7 @@ void Supervisor::begin_start(Done done) {
 void Supervisor::complete_start(Result<void> result) {
   if (!starting_) return;
   start_timer_.cancel();
+  if (result) log_vm_event(name_.str(), LogLevel::kInfo, "started (pid " + std::to_string(info_.pid) + ")");
   Done done = std::exchange(starting_, nullptr);
   done(std::move(result));
 }
@@ -171,6 +189,7 @@ void Supervisor::fail_start(const Error& error) {
   Done done = std::exchange(starting_, nullptr);
   end_run();
   failure_ = error.message();
+  log_vm_event(name_.str(), LogLevel::kError, "start failed: " + failure_);
   teardown([this, error, done = std::move(done)](Result<void> cleaned) {
     if (cleaned) set_status(VmStatus::kFailed, failure_);
     done(error);
@@ -279,7 +298,11 @@ void Supervisor::attach(const VmState& state, bool fresh) {
       // guest: false, which must not turn a guest poweroff into an unexpected exit.
       if (event.contains("data") && QmpClient::bool_field(event["data"], "guest") && !guest_shutdown_) {
         guest_shutdown_ = true;
-        if (!stop_requested_) record_intent(StopIntent{StopIntent::kGuest, {}});
+        if (!stop_requested_) {
+          record_intent(StopIntent{StopIntent::kGuest, {}});
+          // On its way out, and why: a stop asked for meanwhile joins this exit.
+          if (info_.status == VmStatus::kRunning) set_status(VmStatus::kStopping, "guest powered off");
+        }
       }
       if (qmp_) qmp_->execute("quit", nullptr, [](Result<Json>) {});
     }
@@ -343,6 +366,12 @@ void Supervisor::after_monitor_ready(bool fresh) {
         }
         return adopted();
       }
+      if (guest_shutdown_) {
+        // The guest powered off during the adoption (its SHUTDOWN came before this answer):
+        // `quit` is sent already.
+        set_status(VmStatus::kStopping, "guest powered off");
+        return adopted();
+      }
       if (s == "shutdown") {
         // The guest powered off while nobody watched: -no-shutdown kept the emulator, and
         // its SHUTDOWN event went to no one. Do what that event does: quit, end as stopped.
@@ -352,6 +381,7 @@ void Supervisor::after_monitor_ready(bool fresh) {
         return adopted();
       }
       set_status(VmStatus::kRunning, "adopted");
+      log_vm_event(name_.str(), LogLevel::kInfo, "re-adopted (pid " + std::to_string(info_.pid) + ")");
       adopted();
     });
     return;
@@ -399,7 +429,7 @@ void Supervisor::exited() {
   end_run();
   bool expected = stop_requested_ || guest_shutdown_;
   std::string reason = stop_error_                 ? stop_error_->message()
-                       : stop_requested_           ? ""
+                       : stop_requested_           ? exit_reason_
                        : guest_shutdown_           ? "guest powered off"
                                                    : "emulator exited unexpectedly";
   // An exit during a start answers the start (its QMP callbacks are stale now and dropped).
@@ -413,11 +443,17 @@ void Supervisor::exited() {
     if (start_done) {
       Error e = Error::make(ErrorCode::kSystem, "VM '" + name_.str() + "': the emulator exited during its start");
       failure_ = e.message();
+      log_vm_event(name_.str(), LogLevel::kError, "start failed: the emulator exited during its start");
       if (cleaned) set_status(VmStatus::kFailed, failure_);
       else teardown([](Result<void>) {});  // reports itself, and retries
       return start_done(e);
     }
     clear_intent();
+    log_vm_event(name_.str(), expected ? LogLevel::kInfo : LogLevel::kError,
+                 !expected                       ? "crashed: " + reason
+                 : guest_shutdown_ && !stop_requested_ ? std::string("stopped: guest powered off")
+                 : reason.empty()                ? std::string("stopped")
+                                                 : "stopped: " + reason);
     if (cleaned) {
       set_status(expected ? VmStatus::kStopped : VmStatus::kFailed, reason);
     } else {
@@ -433,6 +469,7 @@ void Supervisor::exited() {
     stop_waiters_.clear();
     stop_requested_ = false;
     stop_error_.reset();
+    exit_reason_.clear();
     for (auto& w : waiters) w(outcome);
     if (owns_queue) finish_op();
   });
@@ -456,10 +493,11 @@ void Supervisor::begin_stop(std::chrono::seconds timeout, bool force, Done done)
 }
 
 void Supervisor::drive_stop(bool force, std::chrono::system_clock::time_point deadline, std::string reason) {
-  set_status(VmStatus::kStopping, std::move(reason));
   stop_requested_ = true;
   stop_error_.reset();
+  exit_reason_.clear();
   if (force || !qmp_) {
+    set_status(VmStatus::kStopping, std::move(reason));
     // `quit` closes the connection as it takes effect: its reply may never come, and
     // that is no failure. The kill after the grace period covers an emulator that ignores it.
     if (qmp_) qmp_->execute("quit", nullptr, [](Result<Json>) {});
@@ -467,9 +505,10 @@ void Supervisor::drive_stop(bool force, std::chrono::system_clock::time_point de
     return escalate_to_kill();
   }
   // The deadline is kept in wall-clock time, as a stop resumed after a restart reads it.
-  deadline_ = std::chrono::steady_clock::now() +
-              std::max<std::chrono::system_clock::duration>(deadline - std::chrono::system_clock::now(), {});
-  press_power_button();
+  auto left = std::max<std::chrono::system_clock::duration>(deadline - std::chrono::system_clock::now(), {});
+  deadline_ = std::chrono::steady_clock::now() + left;
+  stop_seconds_ = std::llround(std::chrono::duration<double>(left).count());
+  press_power_button();  // sets the status, with the time left as its reason
 }
 
 void Supervisor::resume_stop_without_monitor() {
@@ -514,13 +553,17 @@ void Supervisor::stop_command(const std::string& command) {
 // seconds until the deadline, then quit.
 void Supervisor::press_power_button() {
   if (stop_error_) return;
-  stop_command("system_powerdown");
   auto now = std::chrono::steady_clock::now();
   if (now >= deadline_) {
-    info_.reason = "did not power off in time; quitting";
+    exit_reason_ = "forced after " + std::to_string(stop_seconds_) + " s: the guest did not power off";
+    log_vm_event(name_.str(), LogLevel::kWarning, "the guest did not power off within " +
+                                                      std::to_string(stop_seconds_) + " s; forcing the stop");
+    set_status(VmStatus::kStopping, "the guest did not power off within " + std::to_string(stop_seconds_) + " s; quitting");
     if (qmp_) qmp_->execute("quit", nullptr, [](Result<Json>) {});
     return escalate_to_kill();
   }
+  stop_command("system_powerdown");
+  set_status(VmStatus::kStopping, "waiting for the guest, " + std::to_string(seconds_left(deadline_ - now)) + " s left");
   stop_timer_.expires_after(std::min<std::chrono::steady_clock::duration>(kPowerButtonRepeat, deadline_ - now));
   stop_timer_.async_wait([this, run = run_](boost::system::error_code ec) {
     if (!ec && run == run_) press_power_button();
@@ -562,12 +605,39 @@ void Supervisor::kill(int signal, Done done) {
   bool alive = pidfd_ || watch_failed_;  // no pidfd: it exited and is being cleaned up
   if ((info_.status != VmStatus::kRunning && info_.status != VmStatus::kStopping) || !alive) return done(not_running);
   stop_requested_ = true;
-  ctx_.broker.call({BrokerOp::kKill, name_, signal}, [done = std::move(done), not_running](Result<int> r) {
-    if (r) return done({});
-    // The emulator exited and its cleanup removed the state the broker reads: a race with
-    // the exit, whose answer is the same as after it.
-    if (r.error().code == ErrorCode::kNotFound || r.error().sys_errno == ENOENT) return done(not_running);
-    done(r.error());
+  exit_reason_ = std::string("killed with ") + signal_name(signal);
+  ctx_.broker.call({BrokerOp::kKill, name_, signal}, [this, run = run_, signal, done = std::move(done),
+                                                      not_running](Result<int> r) mutable {
+    if (!r) {
+      // The emulator exited and its cleanup removed the state the broker reads: a race with
+      // the exit, whose answer is the same as after it.
+      if (r.error().code == ErrorCode::kNotFound || r.error().sys_errno == ENOENT) return done(not_running);
+      return done(r.error());
+    }
+    // Gone already: answered now if its exit is cleaned up, else with the cleanup under way
+    // (which sets the status and answers stop_waiters_).
+    bool cleaned = run != run_ && info_.status != VmStatus::kRunning && info_.status != VmStatus::kStopping;
+    if (cleaned) return done({});
+    wait_for_exit(signal, std::move(done));
+  });
+}
+
+void Supervisor::wait_for_exit(int signal, Done done) {
+  // The signal is sent; the kill answers once the emulator is gone and cleaned up, as a stop
+  // does, or at ctx_.kill_wait with an error: an operator reading "killed" may rely on it.
+  auto once = std::make_shared<Done>(std::move(done));
+  auto timer = std::make_shared<asio::steady_timer>(ctx_.io, ctx_.kill_wait);
+  stop_waiters_.push_back([once, timer](Result<void> r) {
+    timer->cancel();
+    if (auto d = std::exchange(*once, nullptr)) d(std::move(r));
+  });
+  timer->async_wait([this, once, signal](boost::system::error_code ec) {
+    if (ec) return;
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(ctx_.kill_wait).count();
+    if (auto d = std::exchange(*once, nullptr))
+      d(Error::make(ErrorCode::kSystem, "VM '" + name_.str() + "' is still running " + std::to_string(ms / 1000) + "." +
+                                            std::to_string(ms % 1000 / 100) + " s after " + signal_name(signal) +
+                                            (signal == SIGKILL ? "" : "; try --signal KILL")));
   });
 }
 
@@ -608,10 +678,22 @@ void Supervisor::adopted() {
 void Supervisor::adopted_without_monitor(std::string why) {
   // Alive but unasked: reported running, with the monitor's trouble as the reason; a stop that
   // was under way goes on without it.
+  log_vm_event(name_.str(), LogLevel::kWarning, "re-adopted (pid " + std::to_string(info_.pid) + ") without its monitor: " + why);
   if (info_.status == VmStatus::kStarting) set_status(VmStatus::kRunning, why);
   else info_.reason = std::move(why);
   resume_stop_without_monitor();
   adopted();
+}
+
+bool Supervisor::idle() const {
+  return !busy_ && ops_.empty() && !pidfd_ && !qmp_ && !starting_ && !unconverged_ && !watch_failed_ &&
+         stop_waiters_.empty() && (info_.status == VmStatus::kStopped || info_.status == VmStatus::kFailed);
+}
+
+void Supervisor::forget() {
+  if (!idle() || (info_.status == VmStatus::kStopped && info_.reason.empty())) return;
+  failure_.clear();
+  set_status(VmStatus::kStopped, "");
 }
 
 void Supervisor::launch_interrupted(Result<void> cleaned) {
