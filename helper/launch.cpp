@@ -200,6 +200,10 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
       uid = VL_TRY(uid_for_vm(config, vm));
       return publish_vm_user(config, vm, uid);
     }, nullptr));  // the assignment and its name are permanent by design (uid_map.h)
+    // A kernel or firmware the emulator could not open would fail only after the exec, in
+    // QEMU's words, in the root-only log: refused here, naming the file.
+    VL_CHECK(tx.step("boot-files", [&] { return check_readable_by_vm(env.domain.boot_files, {uid, uid, env.vm_group}); },
+                     nullptr));
     // One undo for both steps: chown_disks may fail part way, after changing some disks, and a
     // failed step has no undo of its own. Restoring from the journal puts back every disk
     // (unchanged ones are a no-op) and deletes the journal only if all of them came back.
