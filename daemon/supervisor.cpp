@@ -1,5 +1,6 @@
 #include "daemon/supervisor.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/syscall.h>
 #include <sys/stat.h>
@@ -62,6 +63,40 @@ const char* signal_name(int signal) {
     case SIGINT: return "SIGINT";
   }
   return "a signal";
+}
+
+// QEMU's last words: the last lines of RUNTIME/vms/NAME/emulator.log, the log relay's copy of
+// the emulator's output (helper/runtime_dir.h), as "; qemu said: LINE | LINE", or "" if it has
+// none (a launch under systemd, whose output goes to the journal). Read before the cleanup,
+// which removes the file. Bounded: the last 4 KiB, two lines of at most 300 bytes each.
+std::string emulator_said(const HostConfig& config, const VmName& vm) {
+  constexpr size_t kTail = 4096, kLines = 2, kLineMax = 300;
+  UniqueFd fd(::open((config.vm_runtime_dir(vm) + "/emulator.log").c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
+  struct stat st {};
+  if (!fd || ::fstat(fd.get(), &st) < 0 || !S_ISREG(st.st_mode) || st.st_size <= 0) return "";
+  off_t from = st.st_size > static_cast<off_t>(kTail) ? st.st_size - static_cast<off_t>(kTail) : 0;
+  std::string text(static_cast<size_t>(st.st_size - from), '\0');
+  ssize_t n = ::pread(fd.get(), text.data(), text.size(), from);
+  if (n <= 0) return "";
+  text.resize(static_cast<size_t>(n));
+  std::vector<std::string> lines;
+  for (size_t pos = 0; pos < text.size();) {
+    size_t nl = text.find('\n', pos);
+    std::string line = text.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
+    pos = nl == std::string::npos ? text.size() : nl + 1;
+    if (line.rfind("qemu: ", 0) == 0) line.erase(0, 6);
+    // QEMU's notice for every pty chardev says nothing about a failure.
+    if (!line.empty() && line.rfind("char device redirected to ", 0) != 0) lines.push_back(line);
+  }
+  if (from > 0 && !lines.empty()) lines.erase(lines.begin());  // cut at its start
+  if (lines.empty()) return "";
+  std::string said = "; qemu said: ";
+  size_t first = lines.size() > kLines ? lines.size() - kLines : 0;
+  for (size_t i = first; i < lines.size(); ++i) {
+    std::string line = lines[i].substr(0, kLineMax);  // the relay escaped control characters
+    said += (i == first ? "" : " | ") + line;
+  }
+  return said;
 }
 
 bool gone(const Result<UniqueFd>& process) { return !process && process.error().code == ErrorCode::kNotFound; }
@@ -188,11 +223,11 @@ void Supervisor::fail_start(const Error& error) {
   // killed through the broker, then cleaned up (idempotent), before the failure is reported.
   Done done = std::exchange(starting_, nullptr);
   end_run();
-  failure_ = error.message();
+  failure_ = error.message() + emulator_said(ctx_.config, name_);
   log_vm_event(name_.str(), LogLevel::kError, "start failed: " + failure_);
-  teardown([this, error, done = std::move(done)](Result<void> cleaned) {
+  teardown([this, done = std::move(done), failed = Error::make(error.code, failure_)](Result<void> cleaned) {
     if (cleaned) set_status(VmStatus::kFailed, failure_);
-    done(error);
+    done(failed);
   });
 }
 
@@ -428,22 +463,23 @@ void Supervisor::watch_exit() {
 void Supervisor::exited() {
   end_run();
   bool expected = stop_requested_ || guest_shutdown_;
+  // An exit during a start answers the start (its QMP callbacks are stale now and dropped).
+  Done start_done = std::exchange(starting_, nullptr);
+  std::string said = expected && !start_done ? "" : emulator_said(ctx_.config, name_);
   std::string reason = stop_error_                 ? stop_error_->message()
                        : stop_requested_           ? exit_reason_
                        : guest_shutdown_           ? "guest powered off"
-                                                   : "emulator exited unexpectedly";
-  // An exit during a start answers the start (its QMP callbacks are stale now and dropped).
-  Done start_done = std::exchange(starting_, nullptr);
+                                                   : "emulator exited unexpectedly" + said;
   // With no operation in progress the cleanup is one: a start asked for meanwhile waits for
   // it, and cannot see (or be overwritten by) this run's end.
   bool owns_queue = !busy_ || std::exchange(adopting_, false);
   busy_ = true;
-  ctx_.broker.call({BrokerOp::kCleanup, name_, 0}, [this, expected, reason, owns_queue,
+  ctx_.broker.call({BrokerOp::kCleanup, name_, 0}, [this, expected, reason, owns_queue, said,
                                                     start_done = std::move(start_done)](Result<int> cleaned) mutable {
     if (start_done) {
-      Error e = Error::make(ErrorCode::kSystem, "VM '" + name_.str() + "': the emulator exited during its start");
+      Error e = Error::make(ErrorCode::kSystem, "VM '" + name_.str() + "': the emulator exited during its start" + said);
       failure_ = e.message();
-      log_vm_event(name_.str(), LogLevel::kError, "start failed: the emulator exited during its start");
+      log_vm_event(name_.str(), LogLevel::kError, "start failed: the emulator exited during its start" + said);
       if (cleaned) set_status(VmStatus::kFailed, failure_);
       else teardown([](Result<void>) {});  // reports itself, and retries
       return start_done(e);

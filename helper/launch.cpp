@@ -281,7 +281,11 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
   // The emulator must not hold the launch log, which it could truncate or forge lines in: it
   // writes to a root relay instead (log_relay.h). Should the launch fail from here on, the
   // relay sees EOF when the helper exits, and exits too: nothing to roll back.
-  auto output = start_log_relay(vm);
+  // Its copy for the daemon, which quotes qemu's last lines when the VM fails; a launch
+  // without it only says less.
+  auto tail = create_emulator_tail(config, vm, env.daemon_gid);
+  if (!tail) log_warning(tail.error().message() + ", ignoring");
+  auto output = start_log_relay(vm, tail ? tail->get() : -1);
   if (!output) return log_error(std::move(output).error());
   for (const FdMapping& m : output->mappings()) spec.fds.push_back(m);
   UniqueFd null_fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));

@@ -796,5 +796,34 @@ TEST_SUITE("daemon/supervisor") {
       }));
     }
   }
+
+  TEST_CASE("a crash quotes qemu's last two lines of output, bounded") {
+    AdoptableVm fixture;
+    auto& [emulator, dir, config, vm, state] = fixture;
+    asio::io_context io;
+    {
+      ScriptedBroker broker(config.helper_socket(), [](const vl::BrokerRequest&) { return ok_reply(); });
+      FakeMonitor monitor(config.vm_runtime_dir(vm) + "/qmp.sock", [](const std::string& command) {
+        if (command == "query-status") return std::optional<Json>(Json{{"status", "running"}, {"running", true}});
+        return std::optional<Json>(Json::object());
+      });
+      vl::BrokerClient client(io, config.helper_socket());
+      vl::SupervisorContext ctx{io, config, client, [](const vl::VmName&) { return std::string(); }, nullptr};
+      vl::Supervisor supervisor(ctx, vm);
+      supervisor.adopt(state);
+      REQUIRE(run_until(io, [&] { return supervisor.info().status == vl::VmStatus::kRunning; }));
+
+      // The relay's copy of the emulator's output, as the helper leaves it (a long first part).
+      std::string early(8000, 'x');
+      REQUIRE(vl::sys::write_file_atomic(config.vm_runtime_dir(vm) + "/emulator.log",
+                                         "qemu: " + early + "\nqemu: one\nqemu: qemu-system-x86_64: " + std::string(500, 'y') +
+                                             "\nqemu: char device redirected to /dev/pts/3 (label charserial0)\nqemu: last words\n",
+                                         0640));
+      ::kill(emulator, SIGKILL);
+      REQUIRE(run_until(io, [&] { return supervisor.info().status == vl::VmStatus::kFailed; }));
+      CHECK(supervisor.info().reason ==
+            "emulator exited unexpectedly; qemu said: qemu-system-x86_64: " + std::string(300 - 20, 'y') + " | last words");
+    }
+  }
 }
 

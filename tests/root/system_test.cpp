@@ -366,5 +366,28 @@ TEST_SUITE("root/system") {
                                "); start it as the daemon user with 'vmlaunchd --config " + env.config_path() + "'\n",
                   r.out);
   }
+
+  TEST_CASE("a start that qemu refuses says what qemu said, in the error and in status") {
+    SystemEnv env;
+    vl::test::TempDir boot("/run");
+    ::chmod(boot.path().c_str(), 0755);
+    std::string kernel = boot.path() + "/vmlinuz", initrd = boot.path() + "/initramfs";
+    std::ofstream(kernel) << "not a kernel\n";
+    std::ofstream(initrd) << "initramfs\n";
+    REQUIRE(::chmod(kernel.c_str(), 0644) == 0);
+    REQUIRE(::chmod(initrd.c_str(), 0644) == 0);
+    env.define({.name = "kern1", .mac = mac_of(41), .kernel = kernel, .initrd = initrd, .cmdline = "console=ttyS0"});
+    auto started = env.vmctl({"start", "kern1"});
+    CHECK(started.exit_code == 1);
+    // QEMU's own words, whatever they are for this file ("qemu: linux kernel too old to load a
+    // ram disk" from QEMU 7.2), not only the monitor's closed connection.
+    const std::string said = "qemu said: qemu: ";
+    CHECK_MESSAGE(started.out.find(said) != std::string::npos, started.out);
+    CHECK(started.out.find("kernel") != std::string::npos);
+    Json row = vm_row(env, "kern1");
+    CHECK(row["state"] == "failed");
+    CHECK_MESSAGE(row["reason"].get<std::string>().find(said) != std::string::npos, row.dump());
+    CHECK_FALSE(std::filesystem::exists(env.root() + "/run/vms/kern1"));
+  }
 }
 
