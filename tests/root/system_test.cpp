@@ -389,5 +389,19 @@ TEST_SUITE("root/system") {
     CHECK_MESSAGE(row["reason"].get<std::string>().find(said) != std::string::npos, row.dump());
     CHECK_FALSE(std::filesystem::exists(env.root() + "/run/vms/kern1"));
   }
+
+  TEST_CASE("a start the daemon cannot plan says why in the operator's words: no method names, no stray errno") {
+    SystemEnv env;
+    std::string xml = env.define({.name = "web1", .mac = mac_of(1)});
+    // libvirt refuses VNC passwords over 8 characters; vmlaunch's parser leaves that to it.
+    xml.insert(xml.find("  </devices>"), "    <graphics type='vnc' autoport='yes' listen='127.0.0.1' passwd='much-too-long-password'/>\n");
+    std::ofstream(env.root() + "/domains/web1.xml", std::ios::trunc) << xml;  // keeps its owner and mode
+    auto started = env.vmctl({"start", "web1"});
+    CHECK(started.exit_code == 1);
+    CHECK_MESSAGE(started.out.find("vmlaunchd cannot plan VM 'web1': ") != std::string::npos, started.out);
+    CHECK_MESSAGE(started.out.find("VNC password") != std::string::npos, started.out);
+    CHECK(started.out.find("GetLaunchPlan") == std::string::npos);
+    CHECK(started.out.find("Input/output error") == std::string::npos);
+  }
 }
 
