@@ -10,6 +10,9 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <span>
+#include <cerrno>
+#include <cstdlib>
 
 #include "common/sys.h"
 
@@ -101,6 +104,16 @@ class DomainParser {
 
   Result<void> parse_devices(const xmlNode* devices);
   Result<void> parse_interface(const xmlNode* n);
+  Result<void> parse_nic_driver(const xmlNode* n, Nic& nic);
+  Result<void> parse_pci_address(const xmlNode* n, Nic& nic);
+  Result<void> parse_rom(const xmlNode* n, Nic& nic);
+  Result<void> parse_alias(const xmlNode* n, Nic& nic);
+  /// Refuses any attribute of n not in `known`, naming it.
+  Result<void> only_attributes(const xmlNode* n, std::initializer_list<std::string_view> known) const;
+  /// The attribute as an integer in [lo, hi] (decimal, or hex with 0x as libvirt writes
+  /// addresses); missing or malformed is an error quoting the value.
+  Result<int> number_attr(const xmlNode* n, const char* name, long lo, long hi) const;
+  Result<bool> switch_attr(const xmlNode* n, const char* name, const char* on, const char* off) const;
   Result<void> parse_ip(const xmlNode* n, Nic& nic);
   Result<void> parse_disk(const xmlNode* n);
   Result<void> parse_backing_store(const xmlNode* n, Disk& disk);
@@ -262,15 +275,32 @@ Result<void> DomainParser::parse_interface(const xmlNode* n) {
       status = unsupported(c, "<interface><route> is not supported: routes are guest settings that "
                               "QEMU cannot apply (vmlaunch reads <ip> only as the addresses the VM may send from)");
     } else if (el == "driver") {
-      if (attr(c, "name").value_or("") == "vhost")
-        status = unsupported(c, "<driver name='vhost'> is not supported yet");
+      status = parse_nic_driver(c, nic);
     } else if (el == "target") {
       status = unsupported(c, "<target dev=...> is not supported: vmlaunch names taps NAME-N");
-    } else if (el != "address" && el != "alias" && el != "boot" && el != "rom" && el != "mtu") {
+    } else if (el == "address") {
+      status = parse_pci_address(c, nic);
+    } else if (el == "boot") {
+      status = only_attributes(c, {"order"});
+      if (status) {
+        auto order = number_attr(c, "order", 1, 65535);
+        if (!order) status = std::move(order).error();
+        else nic.boot_order = *order;
+      }
+    } else if (el == "rom") {
+      status = parse_rom(c, nic);
+    } else if (el == "alias") {
+      status = parse_alias(c, nic);
+    } else if (el == "mtu") {
+      status = unsupported(c, "<interface><mtu> is not supported yet: vmlaunch does not set the MTU of the tap");
+    } else {
       status = unsupported(c, "<interface><" + el + "> is not supported (libvirtd applies it)");
     }
   });
   VL_CHECK(status);
+  bool virtio = nic.model == "virtio";
+  if (!virtio && (nic.rx_queue_size || nic.tx_queue_size || !nic.offloads.empty()))
+    return unsupported(n, "ring sizes and offloads of <driver> need <model type='virtio'/>");
   if (!have_mac)
     return error(n, "interface has no <mac address=...>: the anti-spoofing filter needs a fixed MAC");
   if (type == "bridge" && nic.bridge.empty()) return error(n, "interface has no <source bridge=...>");
@@ -278,6 +308,128 @@ Result<void> DomainParser::parse_interface(const xmlNode* n) {
   if (type == "network" && (nic.network.size() > 64 || nic.network.find_first_of("'\"<>&/") != std::string::npos))
     return error(n, "<source network=" + quote_for_message(nic.network) + "> is not a zone name");
   nics_.push_back(std::move(nic));
+  return {};
+}
+
+Result<void> DomainParser::only_attributes(const xmlNode* n, std::initializer_list<std::string_view> known) const {
+  for (const xmlAttr* a = n->properties; a; a = a->next) {
+    std::string name = reinterpret_cast<const char*>(a->name);
+    if (a->ns || std::find(known.begin(), known.end(), name) == known.end())
+      return unsupported(n, "<" + name_of(n) + " " + quote_for_message(name) + "=...> is not supported");
+  }
+  return {};
+}
+
+Result<int> DomainParser::number_attr(const xmlNode* n, const char* name, long lo, long hi) const {
+  std::string text = attr(n, name).value_or("");
+  char* end = nullptr;
+  errno = 0;
+  long v = text.empty() || text[0] == '-' || text[0] == '+' || std::isspace(static_cast<unsigned char>(text[0]))
+               ? -1
+               : std::strtol(text.c_str(), &end, 0);
+  if (v < lo || v > hi || errno != 0 || !end || *end != '\0')
+    return error(n, "<" + name_of(n) + " " + name + "=" + quote_for_message(text) + "> must be a number from " +
+                        std::to_string(lo) + " to " + std::to_string(hi));
+  return static_cast<int>(v);
+}
+
+Result<bool> DomainParser::switch_attr(const xmlNode* n, const char* name, const char* on, const char* off) const {
+  std::string text = attr(n, name).value_or("");
+  if (text == on) return true;
+  if (text == off) return false;
+  return error(n, "<" + name_of(n) + " " + name + "=" + quote_for_message(text) + "> must be '" + on + "' or '" + off + "'");
+}
+
+// <driver name=... queues=... rx_queue_size=... tx_queue_size=...><host .../><guest .../></driver>
+Result<void> DomainParser::parse_nic_driver(const xmlNode* n, Nic& nic) {
+  VL_CHECK(only_attributes(n, {"name", "queues", "rx_queue_size", "tx_queue_size"}));
+  if (auto name = attr(n, "name"); name && *name != "qemu")
+    return unsupported(n, "<driver name=" + quote_for_message(*name) + "> is not supported (only 'qemu'; vhost-net not yet)");
+  if (attr(n, "queues") && VL_TRY(number_attr(n, "queues", 1, 256)) != 1)
+    return unsupported(n, "<driver queues=" + quote_for_message(*attr(n, "queues")) +
+                              "> (multiqueue) is not supported yet: it needs one tap fd per queue");
+  // QEMU takes powers of two from 256 to 1024 (virtio-net's realize refuses the rest).
+  auto ring = [&](const char* name, std::optional<int>& out) -> Result<void> {
+    if (!attr(n, name)) return {};
+    int size = VL_TRY(number_attr(n, name, 256, 1024));
+    if (size & (size - 1)) return error(n, std::string("<driver ") + name + "='" + std::to_string(size) + "'> must be a power of two");
+    out = size;
+    return {};
+  };
+  VL_CHECK(ring("rx_queue_size", nic.rx_queue_size));
+  VL_CHECK(ring("tx_queue_size", nic.tx_queue_size));
+  // libvirt's offload switches and the virtio-net properties they set.
+  static constexpr std::pair<std::string_view, std::string_view> kHost[] = {
+      {"csum", "csum"}, {"gso", "gso"}, {"tso4", "host_tso4"}, {"tso6", "host_tso6"},
+      {"ecn", "host_ecn"}, {"ufo", "host_ufo"}, {"mrg_rxbuf", "mrg_rxbuf"}};
+  static constexpr std::pair<std::string_view, std::string_view> kGuest[] = {
+      {"csum", "guest_csum"}, {"tso4", "guest_tso4"}, {"tso6", "guest_tso6"}, {"ecn", "guest_ecn"}, {"ufo", "guest_ufo"}};
+  VL_CHECK(refuse_repeated(n, {}));
+  Result<void> status;
+  for_each_element(n, [&](const xmlNode* c) {
+    if (!status) return;
+    std::string el = name_of(c);
+    if (el != "host" && el != "guest") {
+      status = unsupported(c, "<interface><driver><" + el + "> is not supported");
+      return;
+    }
+    for (const xmlAttr* a = c->properties; a && status; a = a->next) {
+      std::string key = reinterpret_cast<const char*>(a->name);
+      std::string_view property;
+      auto table = el == "host" ? std::span<const std::pair<std::string_view, std::string_view>>(kHost)
+                                : std::span<const std::pair<std::string_view, std::string_view>>(kGuest);
+      for (const auto& [xml, qemu] : table)
+        if (xml == key) property = qemu;
+      if (a->ns || property.empty()) {
+        status = unsupported(c, "<" + el + " " + quote_for_message(key) + "=...> is not supported");
+        return;
+      }
+      auto on = switch_attr(c, key.c_str(), "on", "off");
+      if (!on) status = std::move(on).error();
+      else nic.offloads.push_back({std::string(property), *on});
+    }
+  });
+  return status;
+}
+
+Result<void> DomainParser::parse_pci_address(const xmlNode* n, Nic& nic) {
+  std::string type = attr(n, "type").value_or("");
+  if (type != "pci")
+    return unsupported(n, "<interface><address type=" + quote_for_message(type) + "> is not supported (only 'pci')");
+  VL_CHECK(only_attributes(n, {"type", "domain", "bus", "slot", "function", "multifunction"}));
+  if (attr(n, "domain") && VL_TRY(number_attr(n, "domain", 0, 0xffff)) != 0)
+    return unsupported(n, "PCI domains other than 0 are not supported");
+  PciAddress pci;
+  pci.bus = static_cast<unsigned>(attr(n, "bus") ? VL_TRY(number_attr(n, "bus", 0, 255)) : 0);
+  pci.slot = static_cast<unsigned>(VL_TRY(number_attr(n, "slot", 0, 31)));
+  pci.function = static_cast<unsigned>(attr(n, "function") ? VL_TRY(number_attr(n, "function", 0, 7)) : 0);
+  if (attr(n, "multifunction")) pci.multifunction = VL_TRY(switch_attr(n, "multifunction", "on", "off"));
+  nic.pci = pci;
+  return {};
+}
+
+Result<void> DomainParser::parse_rom(const xmlNode* n, Nic& nic) {
+  VL_CHECK(only_attributes(n, {"bar", "enabled", "file"}));
+  if (auto file = attr(n, "file"))
+    return unsupported(n, "<rom file=" + quote_for_message(*file) + "> is not supported: the emulator would read a host file");
+  if (attr(n, "bar")) nic.rom_bar = VL_TRY(switch_attr(n, "bar", "on", "off"));
+  if (attr(n, "enabled")) nic.rom_disabled = !VL_TRY(switch_attr(n, "enabled", "yes", "no"));
+  return {};
+}
+
+// libvirt keeps an alias in a definition only if it is a user alias ("ua-" prefix); QEMU takes
+// it as the device id, which allows letters, digits, '-', '_' and '.'.
+Result<void> DomainParser::parse_alias(const xmlNode* n, Nic& nic) {
+  VL_CHECK(only_attributes(n, {"name"}));
+  std::string name = attr(n, "name").value_or("");
+  bool valid = name.size() > 3 && name.size() <= 64 && name.rfind("ua-", 0) == 0 &&
+               std::all_of(name.begin(), name.end(), [](char c) {
+                 return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
+               });
+  if (!valid)
+    return unsupported(n, "<alias name=" + quote_for_message(name) +
+                              "> is not supported (only user aliases: 'ua-' then letters, digits, '-', '_', '.'; at most 64)");
+  nic.alias = name;
   return {};
 }
 
@@ -432,9 +584,21 @@ Result<void> DomainParser::parse_graphics(const xmlNode* n) {
     return unsupported(n, "VNC sockets and websockets are not supported");
   Vnc vnc;
   if (auto listen = attr(n, "listen")) vnc.listen = *listen;
+  Result<void> status;
   for_each_element(n, [&](const xmlNode* c) {
-    if (name_of(c) == "listen" && attr(c, "address")) vnc.listen = *attr(c, "address");
+    if (name_of(c) != "listen") return;
+    // libvirt's other listen types would silently become TCP on 127.0.0.1 here.
+    std::string type = attr(c, "type").value_or("address");
+    if (type == "socket")
+      status = unsupported(c, "<listen type='socket'> (VNC on a Unix socket) is not supported yet");
+    else if (type == "none")
+      status = unsupported(c, "<listen type='none'> (VNC without a listener) is not supported yet; remove the <graphics>");
+    else if (type != "address")
+      status = unsupported(c, "<listen type=" + quote_for_message(type) + "> is not supported (only 'address')");
+    else if (attr(c, "address"))
+      vnc.listen = *attr(c, "address");
   });
+  VL_CHECK(status);
   if (vnc.listen.empty() || vnc.listen.find_first_of(",:") != std::string::npos)
     return unsupported(n, "VNC listen address '" + vnc.listen + "' is not supported (IPv4 only)");
   if (attr(n, "autoport").value_or("yes") == "no") {

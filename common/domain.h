@@ -48,7 +48,27 @@ struct IpAddress {
 /// appendix A): fe80::XXXX:XXff:feXX:XXXX with the universal/local bit flipped.
 IpAddress eui64_link_local(const MacAddress& mac);
 
-/// <interface type='bridge'>, or <interface type='network'> naming a zone.
+/// <address type='pci' domain=... bus=... slot=... function=... multifunction=...>.
+struct PciAddress {
+  unsigned bus = 0;       ///< 0-255 (the PCI domain must be 0)
+  unsigned slot = 0;      ///< 0-31
+  unsigned function = 0;  ///< 0-7
+  bool multifunction = false;
+  friend bool operator==(const PciAddress&, const PciAddress&) = default;
+};
+
+/// One offload switch of <driver><host .../><guest .../></driver>, as the QEMU virtio-net
+/// property it becomes ("csum", "host_tso4", "guest_ecn"...).
+struct NicOffload {
+  std::string property;
+  bool on = true;
+  friend bool operator==(const NicOffload&, const NicOffload&) = default;
+};
+
+/// <interface type='bridge'>, or <interface type='network'> naming a zone. libvirt's
+/// domxml-to-native keeps only model and MAC of an interface; the daemon puts back every other
+/// setting read here (daemon/qemu_argv.h), and the parser refuses, by name, every setting it
+/// cannot put back.
 struct Nic {
   MacAddress mac;
   /// <source bridge=...>; for type='network', the zone's bridge once resolve_networks() has
@@ -57,6 +77,14 @@ struct Nic {
   std::string network;              ///< <source network=...> of type='network'; empty for 'bridge'
 
   std::string model;                ///< <model type=...>, may be empty
+  std::optional<PciAddress> pci;    ///< <address type='pci' .../>
+  std::optional<int> boot_order;    ///< <boot order=.../>
+  std::optional<int> rx_queue_size; ///< <driver rx_queue_size=.../> (virtio only)
+  std::optional<int> tx_queue_size; ///< <driver tx_queue_size=.../> (virtio only)
+  std::vector<NicOffload> offloads; ///< <driver><host/><guest/></driver> (virtio only)
+  std::optional<bool> rom_bar;      ///< <rom bar='on|off'/>
+  bool rom_disabled = false;        ///< <rom enabled='no'/>
+  std::string alias;                ///< <alias name='ua-...'/>, "" if none
   /// <ip address=...>: if any are given, the only addresses the VM may send from on this
   /// interface (besides its EUI-64 link-local address); none: addresses are not filtered.
   std::vector<IpAddress> ips;

@@ -79,6 +79,9 @@ int run_daemon(const std::string& config_path) {
   manager.adopt_running();
   if (auto watching = manager.watch_links(); !watching)
     std::fprintf(stderr, "vmlaunchd: %s; zone bridges are not watched\n", watching.error().message().c_str());
+  if (auto following = manager.watch_domains(); !following)
+    std::fprintf(stderr, "vmlaunchd: %s; domain changes are seen at the next request only\n",
+                 following.error().message().c_str());
   // VMs are not our children and keep running: stopping the daemon only stops serving.
   boost::asio::signal_set signals(io, SIGTERM, SIGINT);
   signals.async_wait([&](boost::system::error_code, int) {

@@ -1,5 +1,7 @@
 #include "daemon/manager.h"
 
+#include "daemon/event_log.h"
+
 #include <dirent.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -79,6 +81,9 @@ Manager::Manager(boost::asio::io_context& io, const HostConfig& config)
         for (const auto& [name, s] : vms_)
           if (s->info().status == VmStatus::kRunning) running.push_back({name, s->info().zone, s->info().taps});
         return running;
+      }),
+      domain_watch_(io, config.domains_dir, [this](const std::string& name, DomainWatch::Change change) {
+        domain_changed(name, change);
       }) {
   context_.vnc_password = [this](const VmName& vm) {
     auto domain = catalog_.get(vm);
@@ -131,6 +136,49 @@ void Manager::adopt_running() {
 
 Result<void> Manager::watch_links() { return link_watch_.start(); }
 
+Result<void> Manager::watch_domains() { return domain_watch_.start(); }
+
+void Manager::domain_changed(const std::string& name, DomainWatch::Change change) {
+  if (change == DomainWatch::Change::kRescan) {
+    // Events were lost: the catalog's next read is right anyway; forget what is gone.
+    std::vector<VmName> defined = catalog_.names();
+    for (auto& [vm, s] : vms_)
+      if (!std::binary_search(defined.begin(), defined.end(), VmName::parse(vm).value())) forget_if_idle(*s);
+    return;
+  }
+  auto vm = VmName::parse(name);
+  if (!vm) return;
+  auto it = vms_.find(name);
+  if (change == DomainWatch::Change::kRemoved) {
+    if (catalog_.get(*vm).ok()) return;  // replaced meanwhile (a rename over it)
+    if (it == vms_.end() || forget_if_idle(*it->second)) {
+      log_vm_event(name, LogLevel::kInfo, "definition removed");
+      VmInfo gone;
+      gone.name = name;
+      gone.reason = "not defined";
+      if (on_state_changed) on_state_changed(gone);
+      return;
+    }
+    VmInfo info = undefined_info(*it->second);
+    log_vm_event(name, LogLevel::kWarning, "definition removed; it keeps running until stopped");
+    if (on_state_changed) on_state_changed(info);
+    return;
+  }
+  auto domain = catalog_.get(*vm);
+  bool running = it != vms_.end() && !it->second->idle();
+  if (!domain) {
+    log_vm_event(name, LogLevel::kWarning, "definition not usable: " + domain.error().message());
+  } else {
+    log_vm_event(name, LogLevel::kInfo, running ? "definition written; it applies at the next start" : "definition written");
+  }
+  if (on_state_changed) {
+    VmInfo info = it != vms_.end() ? it->second->info() : VmInfo{};
+    info.name = name;
+    if (!domain && info.reason.empty()) info.reason = domain.error().message();
+    on_state_changed(info);
+  }
+}
+
 // A running VM whose taps lost their bridge stays `running` (the guest runs); the reason says
 // what is wrong with its network, in `list` as in `status`.
 void Manager::add_network(VmInfo& info) const {
@@ -158,24 +206,37 @@ std::vector<VmInfo> Manager::list() {
     add_network(info);
     out.push_back(std::move(info));
   }
-  // Running VMs whose definition was removed are still listed.
+  // VMs whose definition was removed are listed while their emulator lives (or its cleanup is
+  // pending): they keep running until stopped, and say so. The others are forgotten.
   for (const auto& [name, s] : vms_)
-    if (!std::binary_search(defined.begin(), defined.end(), VmName::parse(name).value()) &&
-        s->info().status != VmStatus::kStopped) {
-      out.push_back(s->info());
+    if (!std::binary_search(defined.begin(), defined.end(), VmName::parse(name).value()) && !forget_if_idle(*s)) {
+      out.push_back(undefined_info(*s));
       add_network(out.back());
     }
   return out;
 }
 
+bool Manager::forget_if_idle(Supervisor& s) {
+  if (!s.idle()) return false;
+  s.forget();
+  return true;
+}
+
+VmInfo Manager::undefined_info(const Supervisor& s) const {
+  VmInfo info = s.info();
+  std::string note = "its definition " + info.name + ".xml was removed; it keeps running until stopped";
+  info.reason = info.reason.empty() ? note : info.reason + "; " + note;
+  return info;
+}
+
 Result<VmInfo> Manager::status(const std::string& name) {
   VmName vm = VL_TRY(VmName::parse(name));
-  if (auto it = vms_.find(vm.str()); it != vms_.end()) {
-    VmInfo info = it->second->info();
+  auto domain = catalog_.get(vm);
+  if (auto it = vms_.find(vm.str()); it != vms_.end() && (domain || !forget_if_idle(*it->second))) {
+    VmInfo info = domain ? it->second->info() : undefined_info(*it->second);
     add_network(info);
     return info;
   }
-  auto domain = catalog_.get(vm);
   if (!domain) return domain.error();
   VmInfo info;
   info.name = vm.str();

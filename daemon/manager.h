@@ -10,6 +10,7 @@
 #include "common/config.h"
 #include "common/domain.h"
 #include "daemon/broker_client.h"
+#include "daemon/domain_watch.h"
 #include "daemon/link_watch.h"
 #include "daemon/planner.h"
 #include "daemon/supervisor.h"
@@ -53,6 +54,8 @@ class Manager final {
   void adopt_running();
   /// Starts watching the zone bridges of running VMs (daemon/link_watch.h).
   Result<void> watch_links();
+  /// Starts following the domains directory (daemon/domain_watch.h).
+  Result<void> watch_domains();
 
   std::vector<VmInfo> list();
   Result<VmInfo> status(const std::string& name);
@@ -70,6 +73,13 @@ class Manager final {
   Result<Supervisor*> supervisor(const std::string& name, bool must_be_defined);
   /// Adds what the link watch knows about a running VM's network to `info`.
   void add_network(VmInfo& info) const;
+  /// For a VM whose definition is gone: true (and its last state forgotten) if nothing of it
+  /// runs, so that it is no longer listed; false while its emulator lives.
+  bool forget_if_idle(Supervisor& s);
+  /// The info of a VM whose definition is gone, saying so.
+  VmInfo undefined_info(const Supervisor& s) const;
+  /// A domain XML written, replaced or removed (DomainWatch).
+  void domain_changed(const std::string& name, DomainWatch::Change change);
 
   boost::asio::io_context& io_;
   const HostConfig& config_;
@@ -79,6 +89,7 @@ class Manager final {
   SupervisorContext context_;
   std::map<std::string, std::unique_ptr<Supervisor>> vms_;
   LinkWatch link_watch_;
+  DomainWatch domain_watch_;
 };
 
 }  // namespace vl

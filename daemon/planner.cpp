@@ -201,6 +201,9 @@ Result<Plan> Planner::plan_from_entry(const Domain& domain, const std::string& e
   // operator at plan time. It also covers cache entries, which this uid can write.
   VL_CHECK(check_plan_argv(plan, domain));
   plan.cache_key = key;
+  // And the structural caps the helper applies to any plan it receives (1024 words, 256 KiB):
+  // a domain that needs more is refused now, in the helper's words, not at every start.
+  VL_CHECK(plan_from_json(plan_to_json(plan, false)));
   if (autoport) vnc_reserved_[domain.name.str()] = display;
   return plan;
 }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 
 #include "common/vm_name.h"
 
@@ -79,6 +80,12 @@ class Rewriter {
   Result<void> rewrite_netdev(QemuOption& opt);
   Result<void> rewrite_blockdev(QemuOption& opt);
   Result<void> rewrite_vnc(QemuOption& opt);
+  Result<void> rewrite_device(QemuOption& opt);
+  Result<void> apply_nic_settings(const Nic& nic, Json& dev, std::string_view id);
+  Result<void> check_pci_slots() const;
+
+  std::string root_bus_ = "pci.0";        ///< the machine's root PCI bus ("pcie.0" on q35)
+  std::vector<std::string> device_ids_;   ///< every -device id of the native command line
 
   const Domain& domain_;
   const std::string& root_;
@@ -99,6 +106,18 @@ Result<Plan> Rewriter::run(const std::vector<std::string>& words) {
                           domain_.emulator + "'");
   std::vector<QemuOption> options =
       VL_TRY(parse_qemu_options(std::vector<std::string>(words.begin() + static_cast<ptrdiff_t>(i) + 1, words.end())));
+  // What the interfaces' PCI addresses refer to: the machine's root bus and the controllers.
+  for (const QemuOption& opt : options) {
+    if (opt.name == "-machine") {
+      std::vector<std::string> parts = split_keyval(opt.value);
+      std::string type = parts.empty() ? "" : parts[0].rfind("type=", 0) == 0 ? parts[0].substr(5) : parts[0];
+      if (type.find("q35") != std::string::npos) root_bus_ = "pcie.0";
+    }
+    if (opt.name == "-device" && !opt.value.empty() && opt.value[0] == '{') {
+      Json dev = Json::parse(opt.value, nullptr, false);
+      if (dev.is_object() && dev.contains("id") && dev["id"].is_string()) device_ids_.push_back(dev["id"].get<std::string>());
+    }
+  }
 
   plan_.vm = domain_.name.str();
   plan_.emulator = domain_.emulator;
@@ -127,6 +146,7 @@ Result<Plan> Rewriter::run(const std::vector<std::string>& words) {
                           std::to_string(domain_.nics.size()) + " interfaces");
   if (domain_.vnc && !plan_.vnc) return Error::invalid("native command line has no -vnc option");
   if (domain_.guest_agent != have_agent_) return Error::invalid("native command line has no guest agent chardev");
+  VL_CHECK(check_pci_slots());
 
   for (const std::string& w : plan_.argv) {
     if (!is_utf8(w))
@@ -155,6 +175,75 @@ Result<void> Rewriter::rewrite(QemuOption& opt, bool& keep) {
   if (opt.name == "-chardev") return rewrite_chardev(opt);
   if (opt.name == "-netdev") return rewrite_netdev(opt);
   if (opt.name == "-vnc") return rewrite_vnc(opt);
+  if (opt.name == "-device") return rewrite_device(opt);
+  return {};
+}
+
+// libvirt's domxml-to-native replaces each interface by one that has only its model and MAC
+// (and its own PCI address). Everything else the XML says of the interface is put back here
+// on the interface's -device, found by its netdev; common/domain.h refuses what cannot be.
+Result<void> Rewriter::rewrite_device(QemuOption& opt) {
+  if (opt.value.empty() || opt.value[0] != '{') return {};  // the helper's policy refuses it
+  Json dev = Json::parse(opt.value, nullptr, false);
+  if (dev.is_discarded() || !dev.is_object()) return Error::invalid("-device is not valid JSON: " + quote_for_message(opt.value));
+  std::string netdev = VL_TRY(string_member(dev, "netdev", "-device"));
+  if (netdev.empty()) return {};
+  if (netdev.rfind("hostnet", 0) != 0 || netdev.size() != 8 || !std::isdigit(static_cast<unsigned char>(netdev[7])))
+    return Error::invalid("unexpected netdev id " + quote_for_message(netdev));
+  size_t nic = static_cast<size_t>(netdev[7] - '0');
+  if (nic >= domain_.nics.size()) return Error::invalid("device of netdev " + netdev + " has no matching <interface>");
+  VL_CHECK(apply_nic_settings(domain_.nics[nic], dev, netdev));
+  opt.value = dev.dump();
+  return {};
+}
+
+Result<void> Rewriter::apply_nic_settings(const Nic& nic, Json& dev, std::string_view netdev) {
+  if (VL_TRY(string_member(dev, "mac", "-device")) != nic.mac.str())
+    return Error::invalid("the device of netdev " + std::string(netdev) + " has not the MAC of its <interface>");
+  if (nic.pci) {
+    std::string bus = nic.pci->bus == 0 ? root_bus_ : "pci." + std::to_string(nic.pci->bus);
+    if (std::find(device_ids_.begin(), device_ids_.end(), bus) == device_ids_.end() && nic.pci->bus != 0)
+      return Error::unsupported("interface " + nic.mac.str() + ": PCI bus " + std::to_string(nic.pci->bus) +
+                                " is not a controller of this domain");
+    char addr[16];
+    if (nic.pci->function == 0) std::snprintf(addr, sizeof addr, "0x%x", nic.pci->slot);
+    else std::snprintf(addr, sizeof addr, "0x%x.0x%x", nic.pci->slot, nic.pci->function);
+    dev["bus"] = bus;
+    dev["addr"] = addr;
+    if (nic.pci->multifunction) dev["multifunction"] = true;
+    else dev.erase("multifunction");
+  }
+  if (nic.boot_order) dev["bootindex"] = *nic.boot_order;
+  if (nic.rx_queue_size) dev["rx_queue_size"] = *nic.rx_queue_size;
+  if (nic.tx_queue_size) dev["tx_queue_size"] = *nic.tx_queue_size;
+  for (const NicOffload& o : nic.offloads) dev[o.property] = o.on;
+  if (nic.rom_bar) dev["rombar"] = *nic.rom_bar ? 1 : 0;
+  if (nic.rom_disabled) dev["romfile"] = "";
+  if (!nic.alias.empty()) {
+    if (std::find(device_ids_.begin(), device_ids_.end(), nic.alias) != device_ids_.end())
+      return Error::unsupported("interface " + nic.mac.str() + ": alias " + quote_for_message(nic.alias) +
+                                " is the id of another device");
+    dev["id"] = nic.alias;
+  }
+  return {};
+}
+
+// The dry run gave the simplified interfaces addresses of libvirt's choosing, possibly the
+// slot the XML gives an interface: two devices on one slot would fail in QEMU, later and
+// less clearly.
+Result<void> Rewriter::check_pci_slots() const {
+  std::vector<std::pair<std::string, std::string>> used;
+  for (size_t i = 0; i + 1 < plan_.argv.size(); ++i) {
+    if (plan_.argv[i] != "-device" || plan_.argv[i + 1].empty() || plan_.argv[i + 1][0] != '{') continue;
+    Json dev = Json::parse(plan_.argv[i + 1], nullptr, false);
+    if (!dev.is_object() || !dev.contains("addr") || !dev["addr"].is_string()) continue;
+    std::string bus = dev.contains("bus") && dev["bus"].is_string() ? dev["bus"].get<std::string>() : "";
+    std::pair<std::string, std::string> where{bus, dev["addr"].get<std::string>()};
+    if (std::find(used.begin(), used.end(), where) != used.end())
+      return Error::unsupported("two devices at PCI address " + where.second + " of bus " + quote_for_message(bus) +
+                                " (give every device of the domain its <address>, as libvirt writes them)");
+    used.push_back(where);
+  }
   return {};
 }
 

@@ -23,7 +23,7 @@ inline constexpr int kFirstTapFd = 4;
 inline constexpr int kAgentFd = kFirstTapFd + static_cast<int>(VmName::kMaxNics);
 
 /// The rewrite's own version: part of the plan cache key, bump it when the output changes.
-inline constexpr int kRewriteVersion = 2;
+inline constexpr int kRewriteVersion = 3;
 
 /// Rewrites the words of a native command line (environment assignments included) into a
 /// plan for `domain`. `conversion_root` is the embed root the words came from: no word of the

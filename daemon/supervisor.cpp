@@ -2,15 +2,19 @@
 
 #include "daemon/guest_agent.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/syscall.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <utility>
 
 #include "common/sys.h"
+#include "daemon/event_log.h"
+#include "daemon/guest_agent.h"
 
 namespace vl {
 
@@ -47,6 +51,55 @@ Result<UniqueFd> watch_process(const VmState& state) {
   if (pidfd_exited(fd.get()))
     return Error::make(ErrorCode::kNotFound, "process " + std::to_string(state.pid) + " is gone");
   return fd;
+}
+
+// Whole seconds, rounded up: "1 s left" until the deadline, never "0 s left" before it.
+long long seconds_left(std::chrono::steady_clock::duration d) {
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
+  return ms <= 0 ? 0 : (ms + 999) / 1000;
+}
+
+const char* signal_name(int signal) {
+  switch (signal) {
+    case SIGTERM: return "SIGTERM";
+    case SIGKILL: return "SIGKILL";
+    case SIGINT: return "SIGINT";
+  }
+  return "a signal";
+}
+
+// QEMU's last words: the last lines of RUNTIME/vms/NAME/emulator.log, the log relay's copy of
+// the emulator's output (helper/runtime_dir.h), as "; qemu said: LINE | LINE", or "" if it has
+// none (a launch under systemd, whose output goes to the journal). Read before the cleanup,
+// which removes the file. Bounded: the last 4 KiB, two lines of at most 300 bytes each.
+std::string emulator_said(const HostConfig& config, const VmName& vm) {
+  constexpr size_t kTail = 4096, kLines = 2, kLineMax = 300;
+  UniqueFd fd(::open((config.vm_runtime_dir(vm) + "/emulator.log").c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
+  struct stat st {};
+  if (!fd || ::fstat(fd.get(), &st) < 0 || !S_ISREG(st.st_mode) || st.st_size <= 0) return "";
+  off_t from = st.st_size > static_cast<off_t>(kTail) ? st.st_size - static_cast<off_t>(kTail) : 0;
+  std::string text(static_cast<size_t>(st.st_size - from), '\0');
+  ssize_t n = ::pread(fd.get(), text.data(), text.size(), from);
+  if (n <= 0) return "";
+  text.resize(static_cast<size_t>(n));
+  std::vector<std::string> lines;
+  for (size_t pos = 0; pos < text.size();) {
+    size_t nl = text.find('\n', pos);
+    std::string line = text.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
+    pos = nl == std::string::npos ? text.size() : nl + 1;
+    if (line.rfind("qemu: ", 0) == 0) line.erase(0, 6);
+    // QEMU's notice for every pty chardev says nothing about a failure.
+    if (!line.empty() && line.rfind("char device redirected to ", 0) != 0) lines.push_back(line);
+  }
+  if (from > 0 && !lines.empty()) lines.erase(lines.begin());  // cut at its start
+  if (lines.empty()) return "";
+  std::string said = "; qemu said: ";
+  size_t first = lines.size() > kLines ? lines.size() - kLines : 0;
+  for (size_t i = first; i < lines.size(); ++i) {
+    std::string line = lines[i].substr(0, kLineMax);  // the relay escaped control characters
+    said += (i == first ? "" : " | ") + line;
+  }
+  return said;
 }
 
 bool gone(const Result<UniqueFd>& process) { return !process && process.error().code == ErrorCode::kNotFound; }
@@ -162,6 +215,7 @@ void Supervisor::begin_start(Done done) {
 void Supervisor::complete_start(Result<void> result) {
   if (!starting_) return;
   start_timer_.cancel();
+  if (result) log_vm_event(name_.str(), LogLevel::kInfo, "started (pid " + std::to_string(info_.pid) + ")");
   Done done = std::exchange(starting_, nullptr);
   done(std::move(result));
 }
@@ -174,10 +228,11 @@ void Supervisor::fail_start(const Error& error) {
   // killed through the broker, then cleaned up (idempotent), before the failure is reported.
   Done done = std::exchange(starting_, nullptr);
   end_run();
-  failure_ = error.message();
-  teardown([this, error, done = std::move(done)](Result<void> cleaned) {
+  failure_ = error.message() + emulator_said(ctx_.config, name_);
+  log_vm_event(name_.str(), LogLevel::kError, "start failed: " + failure_);
+  teardown([this, done = std::move(done), failed = Error::make(error.code, failure_)](Result<void> cleaned) {
     if (cleaned) set_status(VmStatus::kFailed, failure_);
-    done(error);
+    done(failed);
   });
 }
 
@@ -283,7 +338,11 @@ void Supervisor::attach(const VmState& state, bool fresh) {
       // guest: false, which must not turn a guest poweroff into an unexpected exit.
       if (event.contains("data") && QmpClient::bool_field(event["data"], "guest") && !guest_shutdown_) {
         guest_shutdown_ = true;
-        if (!stop_requested_) record_intent(StopIntent{StopIntent::kGuest, {}});
+        if (!stop_requested_) {
+          record_intent(StopIntent{StopIntent::kGuest, {}});
+          // On its way out, and why: a stop asked for meanwhile joins this exit.
+          if (info_.status == VmStatus::kRunning) set_status(VmStatus::kStopping, "guest powered off");
+        }
       }
       if (qmp_) qmp_->execute("quit", nullptr, [](Result<Json>) {});
     }
@@ -347,6 +406,12 @@ void Supervisor::after_monitor_ready(bool fresh) {
         }
         return adopted();
       }
+      if (guest_shutdown_) {
+        // The guest powered off during the adoption (its SHUTDOWN came before this answer):
+        // `quit` is sent already.
+        set_status(VmStatus::kStopping, "guest powered off");
+        return adopted();
+      }
       if (s == "shutdown") {
         // The guest powered off while nobody watched: -no-shutdown kept the emulator, and
         // its SHUTDOWN event went to no one. Do what that event does: quit, end as stopped.
@@ -356,6 +421,7 @@ void Supervisor::after_monitor_ready(bool fresh) {
         return adopted();
       }
       set_status(VmStatus::kRunning, "adopted");
+      log_vm_event(name_.str(), LogLevel::kInfo, "re-adopted (pid " + std::to_string(info_.pid) + ")");
       adopted();
     });
     return;
@@ -405,26 +471,33 @@ void Supervisor::watch_exit() {
 void Supervisor::exited() {
   end_run();
   bool expected = stop_requested_ || guest_shutdown_;
-  std::string reason = stop_error_                 ? stop_error_->message()
-                       : stop_requested_           ? ""
-                       : guest_shutdown_           ? "guest powered off"
-                                                   : "emulator exited unexpectedly";
   // An exit during a start answers the start (its QMP callbacks are stale now and dropped).
   Done start_done = std::exchange(starting_, nullptr);
+  std::string said = expected && !start_done ? "" : emulator_said(ctx_.config, name_);
+  std::string reason = stop_error_                 ? stop_error_->message()
+                       : stop_requested_           ? exit_reason_
+                       : guest_shutdown_           ? "guest powered off"
+                                                   : "emulator exited unexpectedly" + said;
   // With no operation in progress the cleanup is one: a start asked for meanwhile waits for
   // it, and cannot see (or be overwritten by) this run's end.
   bool owns_queue = !busy_ || std::exchange(adopting_, false);
   busy_ = true;
-  ctx_.broker.call({BrokerOp::kCleanup, name_, 0}, [this, expected, reason, owns_queue,
+  ctx_.broker.call({BrokerOp::kCleanup, name_, 0}, [this, expected, reason, owns_queue, said,
                                                     start_done = std::move(start_done)](Result<int> cleaned) mutable {
     if (start_done) {
-      Error e = Error::make(ErrorCode::kSystem, "VM '" + name_.str() + "': the emulator exited during its start");
+      Error e = Error::make(ErrorCode::kSystem, "VM '" + name_.str() + "': the emulator exited during its start" + said);
       failure_ = e.message();
+      log_vm_event(name_.str(), LogLevel::kError, "start failed: the emulator exited during its start" + said);
       if (cleaned) set_status(VmStatus::kFailed, failure_);
       else teardown([](Result<void>) {});  // reports itself, and retries
       return start_done(e);
     }
     clear_intent();
+    log_vm_event(name_.str(), expected ? LogLevel::kInfo : LogLevel::kError,
+                 !expected                       ? "crashed: " + reason
+                 : guest_shutdown_ && !stop_requested_ ? std::string("stopped: guest powered off")
+                 : reason.empty()                ? std::string("stopped")
+                                                 : "stopped: " + reason);
     if (cleaned) {
       set_status(expected ? VmStatus::kStopped : VmStatus::kFailed, reason);
     } else {
@@ -440,6 +513,7 @@ void Supervisor::exited() {
     stop_waiters_.clear();
     stop_requested_ = false;
     stop_error_.reset();
+    exit_reason_.clear();
     for (auto& w : waiters) w(outcome);
     if (owns_queue) finish_op();
   });
@@ -485,10 +559,11 @@ void Supervisor::stop_by_agent(std::chrono::seconds timeout, Done done) {
 }
 
 void Supervisor::drive_stop(bool force, std::chrono::system_clock::time_point deadline, std::string reason) {
-  set_status(VmStatus::kStopping, std::move(reason));
   stop_requested_ = true;
   stop_error_.reset();
+  exit_reason_.clear();
   if (force || !qmp_) {
+    set_status(VmStatus::kStopping, std::move(reason));
     // `quit` closes the connection as it takes effect: its reply may never come, and
     // that is no failure. The kill after the grace period covers an emulator that ignores it.
     if (qmp_) qmp_->execute("quit", nullptr, [](Result<Json>) {});
@@ -496,9 +571,10 @@ void Supervisor::drive_stop(bool force, std::chrono::system_clock::time_point de
     return escalate_to_kill();
   }
   // The deadline is kept in wall-clock time, as a stop resumed after a restart reads it.
-  deadline_ = std::chrono::steady_clock::now() +
-              std::max<std::chrono::system_clock::duration>(deadline - std::chrono::system_clock::now(), {});
-  press_power_button();
+  auto left = std::max<std::chrono::system_clock::duration>(deadline - std::chrono::system_clock::now(), {});
+  deadline_ = std::chrono::steady_clock::now() + left;
+  stop_seconds_ = std::llround(std::chrono::duration<double>(left).count());
+  press_power_button();  // sets the status, with the time left as its reason
 }
 
 void Supervisor::resume_stop_without_monitor() {
@@ -543,13 +619,17 @@ void Supervisor::stop_command(const std::string& command) {
 // seconds until the deadline, then quit.
 void Supervisor::press_power_button() {
   if (stop_error_) return;
-  if (press_button_) stop_command("system_powerdown");
   auto now = std::chrono::steady_clock::now();
   if (now >= deadline_) {
-    info_.reason = "did not power off in time; quitting";
+    exit_reason_ = "forced after " + std::to_string(stop_seconds_) + " s: the guest did not power off";
+    log_vm_event(name_.str(), LogLevel::kWarning, "the guest did not power off within " +
+                                                      std::to_string(stop_seconds_) + " s; forcing the stop");
+    set_status(VmStatus::kStopping, "the guest did not power off within " + std::to_string(stop_seconds_) + " s; quitting");
     if (qmp_) qmp_->execute("quit", nullptr, [](Result<Json>) {});
     return escalate_to_kill();
   }
+  if (press_button_) stop_command("system_powerdown");
+  set_status(VmStatus::kStopping, "waiting for the guest, " + std::to_string(seconds_left(deadline_ - now)) + " s left");
   stop_timer_.expires_after(std::min<std::chrono::steady_clock::duration>(kPowerButtonRepeat, deadline_ - now));
   stop_timer_.async_wait([this, run = run_](boost::system::error_code ec) {
     if (!ec && run == run_) press_power_button();
@@ -597,12 +677,39 @@ void Supervisor::kill(int signal, Done done) {
   stop_requested_ = true;
   // A stop under way keeps its own record: carried on after a restart, it still ends the VM.
   if (info_.status == VmStatus::kRunning) record_intent(StopIntent{StopIntent::kSignalled, std::chrono::system_clock::now()});
-  ctx_.broker.call({BrokerOp::kKill, name_, signal}, [done = std::move(done), not_running](Result<int> r) {
-    if (r) return done({});
-    // The emulator exited and its cleanup removed the state the broker reads: a race with
-    // the exit, whose answer is the same as after it.
-    if (r.error().code == ErrorCode::kNotFound || r.error().sys_errno == ENOENT) return done(not_running);
-    done(r.error());
+  exit_reason_ = std::string("killed with ") + signal_name(signal);
+  ctx_.broker.call({BrokerOp::kKill, name_, signal}, [this, run = run_, signal, done = std::move(done),
+                                                      not_running](Result<int> r) mutable {
+    if (!r) {
+      // The emulator exited and its cleanup removed the state the broker reads: a race with
+      // the exit, whose answer is the same as after it.
+      if (r.error().code == ErrorCode::kNotFound || r.error().sys_errno == ENOENT) return done(not_running);
+      return done(r.error());
+    }
+    // Gone already: answered now if its exit is cleaned up, else with the cleanup under way
+    // (which sets the status and answers stop_waiters_).
+    bool cleaned = run != run_ && info_.status != VmStatus::kRunning && info_.status != VmStatus::kStopping;
+    if (cleaned) return done({});
+    wait_for_exit(signal, std::move(done));
+  });
+}
+
+void Supervisor::wait_for_exit(int signal, Done done) {
+  // The signal is sent; the kill answers once the emulator is gone and cleaned up, as a stop
+  // does, or at ctx_.kill_wait with an error: an operator reading "killed" may rely on it.
+  auto once = std::make_shared<Done>(std::move(done));
+  auto timer = std::make_shared<asio::steady_timer>(ctx_.io, ctx_.kill_wait);
+  stop_waiters_.push_back([once, timer](Result<void> r) {
+    timer->cancel();
+    if (auto d = std::exchange(*once, nullptr)) d(std::move(r));
+  });
+  timer->async_wait([this, once, signal](boost::system::error_code ec) {
+    if (ec) return;
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(ctx_.kill_wait).count();
+    if (auto d = std::exchange(*once, nullptr))
+      d(Error::make(ErrorCode::kSystem, "VM '" + name_.str() + "' is still running " + std::to_string(ms / 1000) + "." +
+                                            std::to_string(ms % 1000 / 100) + " s after " + signal_name(signal) +
+                                            (signal == SIGKILL ? "" : "; try --signal KILL")));
   });
 }
 
@@ -673,11 +780,22 @@ void Supervisor::adopted() {
 void Supervisor::adopted_without_monitor(std::string why) {
   // Alive but unasked: reported running, with the monitor's trouble as the reason; a stop that
   // was under way goes on without it.
+  log_vm_event(name_.str(), LogLevel::kWarning, "re-adopted (pid " + std::to_string(info_.pid) + ") without its monitor: " + why);
   if (info_.status == VmStatus::kStarting) set_status(VmStatus::kRunning, why);
   else info_.reason = std::move(why);
   resume_stop_without_monitor();
   adopted();
 }
 
+bool Supervisor::idle() const {
+  return !busy_ && ops_.empty() && !pidfd_ && !qmp_ && !starting_ && !unconverged_ && !watch_failed_ &&
+         stop_waiters_.empty() && (info_.status == VmStatus::kStopped || info_.status == VmStatus::kFailed);
+}
+
+void Supervisor::forget() {
+  if (!idle() || (info_.status == VmStatus::kStopped && info_.reason.empty())) return;
+  failure_.clear();
+  set_status(VmStatus::kStopped, "");
+}
 
 }  // namespace vl

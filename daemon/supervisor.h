@@ -10,14 +10,18 @@
 //   failed   | [3] starting   | [3] done       | -                 | -                 | -          | -
 //   starting | queued         | queued         | cleanup; failed   | kill, cleanup;    | quit       | kill, cleanup;
 //            |                |                |                   |   failed          |            |   failed [3]
-//   running  | "already       | stopping       | cleanup; failed   | noted in reason   | quit       | -
-//            |  running"      |                |                   |                   |            |
+//   running  | "already       | stopping       | cleanup; failed   | noted in reason   | quit;      | -
+//            |  running"      |                |                   |                   | stopping[6]|
 //   stopping | after the exit | joins the stop | cleanup; stopped  | kill [4]          | quit       | -
 //
 //   restart (op): stop, then start, as one operation: nothing queued runs between the two.
 //   kill: running or stopping: a signal through the broker, its exit then expected (recorded
 //     as a StopIntent, so that a daemon restarted before the exit reads it `stopped` too);
-//     otherwise "not running".
+//     answered once the exit is cleaned up (reason "killed with SIGTERM"), or with an error
+//     at SupervisorContext::kill_wait; otherwise "not running".
+//   graceful stop: the power button every 2 s, the reason counting down ("waiting for the
+//     guest, N s left"); at the deadline `quit`, and the exit reads "forced after N s: ...".
+//   forget (the domain XML was removed): only an idle VM (idle()): its last outcome is dropped.
 //   adopt (daemon start): emulator gone: cleanup; stopped. Alive: `starting` (operations wait)
 //     until the monitor says what runs: `running` is running; no answer: running, with the
 //     monitor's trouble as the reason; `prelaunch` is a start interrupted before `cont` (vmlaunchd died mid-start):
@@ -38,6 +42,8 @@
 //       failing): the broker kills at once; the stop ends with the exit, as `stopped`, and
 //       answers with the QMP error.
 //   [5] not resumed: whoever asked for the start was told it failed, and nobody expects it.
+//   [6] the guest's own power-off (guest: true): `stopping`, reason "guest powered off", kept
+//       through the second SHUTDOWN that `quit` brings (guest: false); the exit reads `stopped`.
 //
 // Runs and generations: each emulator run has a generation number (run_), bumped when a run
 // begins and again when it ends. Every asynchronous callback of a run (broker replies, QMP
@@ -102,6 +108,8 @@ struct SupervisorContext {
   std::chrono::milliseconds start_deadline = std::chrono::seconds(30);
   /// How often the teardown of an interrupted start is retried while the broker is away.
   std::chrono::milliseconds converge_retry = std::chrono::seconds(2);
+  /// How long a kill waits for the emulator to be gone before it answers that it is not.
+  std::chrono::milliseconds kill_wait = std::chrono::seconds(10);
 };
 
 class Supervisor final {
@@ -130,6 +138,11 @@ class Supervisor final {
   void adopt_unfinished_launch(std::string state_path);
 
   const VmInfo& info() const { return info_; }
+  /// Nothing of the VM runs, nothing is under way or pending: its supervisor holds only the
+  /// last outcome.
+  bool idle() const;
+  /// Drops the last outcome of an idle VM (whose definition was removed): it reads `stopped`.
+  void forget();
 
  private:
   void enqueue(std::function<void()> op);
@@ -180,6 +193,8 @@ class Supervisor final {
   void adopted_without_monitor(std::string why);
   /// SIGKILL through the broker after the grace period, unless the run ends first.
   void escalate_to_kill();
+  /// Answers a kill once the emulator is gone, or with an error after ctx_.kill_wait.
+  void wait_for_exit(int signal, Done done);
 
   /// A stop under way, recorded so that a vmlaunchd restarted meanwhile carries it on and
   /// reads its exit as the stop's (RUNTIME/vmlaunchd/NAME.stop; removed by the cleanup).
@@ -211,6 +226,8 @@ class Supervisor final {
   std::optional<Error> stop_error_;  ///< a monitor failure during the stop in progress
   bool stop_requested_ = false;
   bool press_button_ = true;  ///< false while a stop waits for a power-off the guest agent was asked for
+  std::string exit_reason_;  ///< the reason an exit asked for reports ("forced after 60 s: ...")
+  long long stop_seconds_ = 0;  ///< the graceful stop's whole wait, for its messages
   bool guest_shutdown_ = false;
   bool watch_failed_ = false;  ///< an adopted VM whose pidfd could not be opened (retrying)
   bool adopting_ = false;      ///< an adoption holds the queue until the monitor's verdict

@@ -5,7 +5,10 @@
 #include <grp.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <cstring>
 
 #include "common/sys.h"
 #include "helper/launch.h"
@@ -60,6 +63,54 @@ Result<void> check_emulator(const std::string& path) {
     return Error::make(ErrorCode::kDenied, "emulator '" + path + "' must be a root-owned executable "
                                            "not writable by group or others");
   return {};
+}
+
+Result<void> check_readable_by_vm(const std::vector<std::string>& files, const VmCredentials& creds) {
+  if (files.empty()) return {};
+  int fds[2];
+  VL_TRY(sys::check(::pipe2(fds, O_CLOEXEC), "pipe"));
+  UniqueFd rd(fds[0]), wr(fds[1]);
+  pid_t pid = ::fork();
+  if (pid < 0) return Error::from_errno("fork the readability check");
+  if (pid == 0) {
+    // Only system calls from here: this child of a root process becomes the VM's user (the
+    // same ids, in the same order, as drop_privileges_and_exec), tries each file and reports
+    // the first failure as {index, errno}. It never gets back to root, and execs nothing.
+    // PRIV: the ids come from the root-owned uid map and the configured VM group.
+    int report[2] = {-1, 0};
+    if (::setgroups(1, &creds.vm_group) < 0 || ::setresgid(creds.gid, creds.gid, creds.gid) < 0 ||
+        ::setresuid(creds.uid, creds.uid, creds.uid) < 0) {
+      report[1] = errno;
+    } else {
+      for (size_t i = 0; i < files.size(); ++i) {
+        int fd = ::open(files[i].c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+        if (fd < 0) {
+          report[0] = static_cast<int>(i);
+          report[1] = errno;
+          break;
+        }
+        ::close(fd);
+      }
+    }
+    (void)!::write(wr.get(), report, sizeof report);
+    ::_exit(0);
+  }
+  wr.reset();
+  int report[2] = {-1, 0};
+  ssize_t n;
+  do n = ::read(rd.get(), report, sizeof report);
+  while (n < 0 && errno == EINTR);
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (n != sizeof report) return Error::make(ErrorCode::kSystem, "the readability check of the boot files ended without an answer");
+  if (report[0] < 0 && report[1] != 0) return Error::from_errno(report[1], "become uid " + std::to_string(creds.uid) + " to check the boot files");
+  if (report[0] < 0) return {};
+  const std::string& file = files[static_cast<size_t>(report[0])];
+  return Error::make(ErrorCode::kDenied,
+                     "the VM's user (uid " + std::to_string(creds.uid) + ") cannot read '" + file + "' (" +
+                         std::strerror(report[1]) + "); make it readable by that uid or by group " +
+                         std::to_string(creds.vm_group) + ", as QEMU opens it as the VM's user");
 }
 
 Error drop_privileges_and_exec(const ExecSpec& spec, const VmCredentials& creds) {

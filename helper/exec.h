@@ -23,6 +23,12 @@ struct VmCredentials {
 /// writable by group or others, and executable.
 Result<void> check_emulator(const std::string& path);
 
+/// Checks, as the VM's user (in a short-lived child that drops to `creds` exactly as the
+/// emulator will), that each of `files` can be opened for reading: a kernel, initrd or
+/// firmware file the emulator could not read is refused before anything is launched, naming
+/// the file, rather than reported by QEMU after the exec.
+Result<void> check_readable_by_vm(const std::vector<std::string>& files, const VmCredentials& creds);
+
 /// Replaces the current (root) process with the emulator:
 ///  1. fds moved to their plan numbers, everything else closed;
 ///  2. capability bounding and ambient sets cleared;

@@ -207,6 +207,10 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
       uid = VL_TRY(uid_for_vm(config, vm));
       return publish_vm_user(config, vm, uid);
     }, nullptr));  // the assignment and its name are permanent by design (uid_map.h)
+    // A kernel or firmware the emulator could not open would fail only after the exec, in
+    // QEMU's words, in the root-only log: refused here, naming the file.
+    VL_CHECK(tx.step("boot-files", [&] { return check_readable_by_vm(env.domain.boot_files, {uid, uid, env.vm_group}); },
+                     nullptr));
     // One undo for both steps: chown_disks may fail part way, after changing some disks, and a
     // failed step has no undo of its own. Restoring from the journal puts back every disk
     // (unchanged ones are a no-op) and deletes the journal only if all of them came back.
@@ -293,7 +297,11 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
   // The emulator must not hold the launch log, which it could truncate or forge lines in: it
   // writes to a root relay instead (log_relay.h). Should the launch fail from here on, the
   // relay sees EOF when the helper exits, and exits too: nothing to roll back.
-  auto output = start_log_relay(vm);
+  // Its copy for the daemon, which quotes qemu's last lines when the VM fails; a launch
+  // without it only says less.
+  auto tail = create_emulator_tail(config, vm, env.daemon_gid);
+  if (!tail) log_warning(tail.error().message() + ", ignoring");
+  auto output = start_log_relay(vm, tail ? tail->get() : -1);
   if (!output) return log_error(std::move(output).error());
   for (const FdMapping& m : output->mappings()) spec.fds.push_back(m);
   UniqueFd null_fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));

@@ -28,6 +28,8 @@ namespace {
 // so that nothing else is left there).
 constexpr int kPipeFd = 0;
 constexpr int kLogFd = 1;
+// The copy the daemon may read (runtime_dir.h create_emulator_tail), if the relay has one.
+constexpr int kTailFd = 3;
 
 constexpr std::string_view kPrefix = "qemu: ";
 // Longer lines are split. A line is one write(), which O_APPEND places whole after whatever
@@ -38,7 +40,7 @@ constexpr size_t kMaxLine = 4096;
 // process only; allocates nothing after construction.
 class Relay final {
  public:
-  explicit Relay(std::string own_prefix) : own_prefix_(std::move(own_prefix)) {
+  Relay(std::string own_prefix, bool tail) : own_prefix_(std::move(own_prefix)), tail_(tail) {
     std::copy(kPrefix.begin(), kPrefix.end(), line_);
     last_refill_ = now();
   }
@@ -131,9 +133,13 @@ class Relay final {
   }
 
   // A full disk or a broken log must not stop the draining: such a write is lost, ignoring.
-  static void write_out(const char* p, size_t n) { (void)sys::write_all(kLogFd, std::string_view(p, n)); }
+  void write_out(const char* p, size_t n) const {
+    (void)sys::write_all(kLogFd, std::string_view(p, n));
+    if (tail_) (void)sys::write_all(kTailFd, std::string_view(p, n));
+  }
 
   std::string own_prefix_;
+  bool tail_ = false;
   char buf_[65536];
   char line_[kPrefix.size() + kMaxLine + 1];
   char said_[512];
@@ -169,8 +175,8 @@ bool lock_down() {
 }
 
 // The relay itself: tells the first child it is locked down, then copies until EOF.
-[[noreturn]] void relay_main(int ready_fd, const std::string& own_prefix) {
-  Relay relay(own_prefix);
+[[noreturn]] void relay_main(int ready_fd, const std::string& own_prefix, bool tail) {
+  Relay relay(own_prefix, tail);
   if (!lock_down()) ::_exit(1);
   if (::write(ready_fd, "y", 1) != 1) ::_exit(1);
   ::close(ready_fd);
@@ -182,16 +188,16 @@ bool lock_down() {
 // (a signal to the emulator's process group must not reach the relay), forks the relay and
 // exits, so that the relay is reparented and the emulator-to-be has no child to reap. Its exit
 // status says whether the relay got as far as its lockdown.
-[[noreturn]] void first_child(int pipe_read, const std::string& own_prefix) {
-  const FdMapping keep[] = {{pipe_read, kPipeFd}, {STDERR_FILENO, kLogFd}, {STDERR_FILENO, 2}};
-  if (place_fds(keep, std::size(keep)) < 0 || ::setsid() < 0 || ::chdir("/") < 0) ::_exit(1);
+[[noreturn]] void first_child(int pipe_read, const std::string& own_prefix, int tail) {
+  const FdMapping keep[] = {{pipe_read, kPipeFd}, {STDERR_FILENO, kLogFd}, {STDERR_FILENO, 2}, {tail, kTailFd}};
+  if (place_fds(keep, std::size(keep) - (tail < 0 ? 1 : 0)) < 0 || ::setsid() < 0 || ::chdir("/") < 0) ::_exit(1);
   int ready[2];
   if (::pipe2(ready, O_CLOEXEC) < 0) ::_exit(1);
   pid_t pid = ::fork();
   if (pid < 0) ::_exit(1);
   if (pid == 0) {
     ::close(ready[0]);
-    relay_main(ready[1], own_prefix);
+    relay_main(ready[1], own_prefix, tail >= 0);
   }
   ::close(ready[1]);
   char ok = 0;
@@ -206,7 +212,7 @@ std::vector<FdMapping> EmulatorOutput::mappings() const {
   return {{pipe.get(), 1}, {pipe.get(), 2}, {helper_log_fd, helper_log_fd}};
 }
 
-Result<EmulatorOutput> start_log_relay(const VmName& vm) {
+Result<EmulatorOutput> start_log_relay(const VmName& vm, int tail) {
   // Only a regular file can be truncated, or holds lines that nothing else tells apart. A pipe
   // or a socket (journald's stream under systemd, which records each line's transport and
   // applies its own rate limit) or a terminal passes through unchanged.
@@ -220,7 +226,7 @@ Result<EmulatorOutput> start_log_relay(const VmName& vm) {
   std::string own_prefix = "vmlaunch-helper: " + vm.str() + ": ";
   pid_t pid = ::fork();
   if (pid < 0) return Error::from_errno("fork the log relay");
-  if (pid == 0) first_child(pipe_read.get(), own_prefix);
+  if (pid == 0) first_child(pipe_read.get(), own_prefix, tail);
   pipe_read.reset();
   int status = VL_TRY(wait_for(pid));
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)

@@ -9,7 +9,10 @@
 // (kRelayBurst at once; lines beyond are dropped and counted) and kRelayMaxBytes per launch
 // (then one marker line, and the rest is read and discarded so the emulator never blocks).
 //
-// The relay holds nothing but the pipe and the log; it is not the emulator's child (a double
+// It appends the same lines to RUNTIME/vms/NAME/emulator.log (root:daemon group 0640), the
+// copy from which the daemon quotes qemu's last lines when the VM fails.
+//
+// The relay holds nothing but the pipe, the log and that copy; it is not the emulator's child (a double
 // fork reparents it); it ends at EOF, once every writer (the emulator and whatever inherited
 // its stdout or stderr) is gone. It stays uid 0 but without capabilities, under no_new_privs
 // and a seccomp allowlist of read, write, close and exit: the VM's uid can neither signal nor
@@ -43,11 +46,12 @@ struct EmulatorOutput {
 };
 
 /// Starts the relay for `vm` if fd 2 is a regular file (the log of a standalone launch), and
+/// has it append the same lines to `tail` too, if valid (runtime_dir.h create_emulator_tail),
 /// moves the helper's own logging to a private close-on-exec copy of it. If fd 2 is anything
 /// else (a pipe or a socket: journald under systemd, a terminal) it returns an EmulatorOutput
 /// that passes fds 1 and 2 through: nothing can truncate those, and journald tells the
 /// emulator's lines from the helper's by their transport. Nothing to undo on failure: a relay
 /// whose launch fails sees EOF when the helper exits and exits too.
-Result<EmulatorOutput> start_log_relay(const VmName& vm);
+Result<EmulatorOutput> start_log_relay(const VmName& vm, int tail = -1);
 
 }  // namespace vl::helper

@@ -21,9 +21,21 @@ Result<std::string> fetch_plan_from_daemon(const HostConfig& config, const VmNam
   int r = sd_bus_call_method(bus.get(), nullptr, kControlPath, kControlInterface, "GetLaunchPlan", &error, &reply,
                              "s", vm.str().c_str());
   if (r < 0) {
+    // The daemon's refusal is a sentence for the operator, carrying its own error code; the
+    // errno sd-bus derives from it (EIO for any of vmlaunch's errors) would add a stray
+    // ": Input/output error".
     std::string message = error.message ? error.message : "";
+    std::string name = error.name ? error.name : "";
     sd_bus_error_free(&error);
-    return Error::from_errno(-r, "vmlaunchd GetLaunchPlan(" + vm.str() + ")" + (message.empty() ? "" : ": " + message));
+    if (!message.empty() && name.rfind("org.vmlaunch.Error.", 0) == 0) {
+      ErrorCode code = ErrorCode::kSystem;
+      for (ErrorCode c : {ErrorCode::kInvalid, ErrorCode::kUnsupported, ErrorCode::kNotFound, ErrorCode::kConflict,
+                          ErrorCode::kDenied, ErrorCode::kInternal})
+        if (name == control_error_name(c)) code = c;
+      return Error::make(code, "vmlaunchd cannot plan VM '" + vm.str() + "': " + message);
+    }
+    return Error::from_errno(-r, "ask vmlaunchd for the launch plan of VM '" + vm.str() + "'" +
+                                     (message.empty() ? "" : " (" + message + ")"));
   }
   const char* json = nullptr;
   r = sd_bus_message_read(reply, "s", &json);

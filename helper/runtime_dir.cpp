@@ -19,6 +19,7 @@ constexpr char kSocket[] = "qmp.sock";
 constexpr char kAgentSocket[] = "agent.sock";
 constexpr char kState[] = "state.json";
 constexpr char kStateTmp[] = "state.json.tmp";
+constexpr char kEmulatorTail[] = "emulator.log";
 
 // Who besides root may add entries to a directory root works in.
 enum class Writers {
@@ -123,6 +124,22 @@ Result<UniqueFd> bind_agent_socket(const HostConfig& config, const VmName& vm, g
   return bind_vm_socket(config, vm, kAgentSocket, "guest agent", daemon_gid);
 }
 
+Result<UniqueFd> create_emulator_tail(const HostConfig& config, const VmName& vm, gid_t daemon_gid) {
+  RuntimeDirs dirs = VL_TRY(open_runtime_dirs(config, false));
+  UniqueFd dir = VL_TRY(open_vm_dir(dirs, config, vm));
+  std::string path = config.vm_runtime_dir(vm) + "/" + kEmulatorTail;
+  UniqueFd fd = VL_TRY(sys::check_fd(
+      ::openat(dir.get(), kEmulatorTail, O_WRONLY | O_APPEND | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640),
+      "create '" + path + "'"));
+  // PRIV: the file root just created, in root's own directory; the group is the daemon's.
+  if (::fchown(fd.get(), 0, daemon_gid) < 0) {
+    Error e = Error::from_errno("set owner of '" + path + "'");
+    ::unlinkat(dir.get(), kEmulatorTail, 0);
+    return e;
+  }
+  return fd;
+}
+
 Result<void> write_vm_state(const HostConfig& config, const VmState& state, gid_t daemon_gid) {
   auto vm = VmName::parse(state.vm);
   if (!vm) return std::move(vm).error();
@@ -190,7 +207,7 @@ Result<void> remove_runtime_dir(const HostConfig& config, const VmName& vm) {
   if (!dir) return is_missing(dir.error()) ? Result<void>() : Result<void>(std::move(dir).error());
   std::string path = config.vm_runtime_dir(vm);
   // PRIV: names below directories just checked to be changeable by root only.
-  for (const char* name : {kSocket, kAgentSocket, kState, kStateTmp})
+  for (const char* name : {kSocket, kAgentSocket, kState, kStateTmp, kEmulatorTail})
     if (::unlinkat(dir->get(), name, 0) < 0 && errno != ENOENT)
       return Error::from_errno("remove '" + path + "/" + name + "'");
   if (::unlinkat(dirs->vms.get(), vm.str().c_str(), AT_REMOVEDIR) < 0 && errno != ENOENT)

@@ -47,6 +47,10 @@ Result<UniqueFd> bind_monitor_socket(const HostConfig& config, const VmName& vm,
 /// Binds and listens on RUNTIME/vms/NAME/agent.sock (root:daemon_gid 0660), the guest agent
 /// channel's host end: the emulator gets the listening fd, the daemon connects by path.
 Result<UniqueFd> bind_agent_socket(const HostConfig& config, const VmName& vm, gid_t daemon_gid);
+/// Creates RUNTIME/vms/NAME/emulator.log (root:daemon_gid 0640, empty) for the log relay's
+/// copy of the emulator's output, which the daemon quotes when a start or a run fails
+/// (qemu's own last lines; the full log stays root's). Returns it open for appending.
+Result<UniqueFd> create_emulator_tail(const HostConfig& config, const VmName& vm, gid_t daemon_gid);
 /// Writes RUNTIME/vms/NAME/state.json (root:daemon_gid 0640), atomically.
 Result<void> write_vm_state(const HostConfig& config, const VmState& state, gid_t daemon_gid);
 /// Reads the state file: a regular file of root's naming this VM.
@@ -55,7 +59,8 @@ Result<VmState> read_vm_state(const HostConfig& config, const VmName& vm);
 Result<bool> runtime_dir_exists(const HostConfig& config, const VmName& vm);
 /// The VMs that have a runtime directory (entries that are no valid VM name are skipped).
 Result<std::vector<VmName>> list_runtime_dirs(const HostConfig& config);
-/// Removes the sockets, the state file and the directory; missing ones count as success.
+/// Removes the sockets, the state file, the emulator's output and the directory; missing ones
+/// count as success.
 Result<void> remove_runtime_dir(const HostConfig& config, const VmName& vm);
 
 }  // namespace vl::helper

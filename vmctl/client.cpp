@@ -29,7 +29,7 @@ Error from_bus_error(int r, const sd_bus_error& e, const std::string& what) {
 
 }  // namespace
 
-Result<Client> Client::connect(const std::string& socket_path) {
+Result<Client> Client::connect(const std::string& socket_path, const std::string& start_hint) {
   sd_bus* bus = nullptr;
   int r = sd_bus_new(&bus);
   std::string address = "unix:path=" + socket_path;
@@ -37,9 +37,9 @@ Result<Client> Client::connect(const std::string& socket_path) {
   if (r >= 0) r = sd_bus_start(bus);
   if (r < 0) {
     sd_bus_unref(bus);
+    // One sentence that says what to do; "Connection refused" would only repeat it.
     if (r == -ENOENT || r == -ECONNREFUSED)
-      return Error::from_errno(-r, "vmlaunchd is not running (no daemon at " + socket_path +
-                                       "); start it with 'systemctl start vmlaunchd'");
+      return Error::make(ErrorCode::kSystem, "vmlaunchd is not running (no daemon at " + socket_path + "); " + start_hint);
     if (r == -EACCES) return Error::from_errno(-r, "cannot open " + socket_path);
     return Error::from_errno(-r, "connect to vmlaunchd at " + socket_path);
   }

@@ -33,8 +33,9 @@ struct BatchCall {
 
 class Client final {
  public:
-  /// Connects to the control socket; the error says what to do if the daemon is not there.
-  static Result<Client> connect(const std::string& socket_path);
+  /// Connects to the control socket; if the daemon is not there, the error says so and ends
+  /// with `start_hint` ("start it with ...").
+  static Result<Client> connect(const std::string& socket_path, const std::string& start_hint);
   Client(Client&&) noexcept;
   ~Client();
   Client(const Client&) = delete;

@@ -190,6 +190,16 @@ int cmd_vncdisplay(vl::ctl::Client& client, const Options& o) {
   return fail(vl::Error::make(vl::ErrorCode::kNotFound, "VM '" + o.names[0] + "' has no VNC display (is it running?)"));
 }
 
+// What an operator runs to start the daemon: the systemd unit on a host booted with systemd
+// and the default configuration; otherwise the daemon itself, with the configuration vmctl read.
+std::string start_hint(const std::string& config) {
+  bool systemd = ::access("/run/systemd/system", F_OK) == 0;
+  if (systemd && config == VMLAUNCH_DEFAULT_CONFIG) return "start it with 'systemctl start vmlaunchd'";
+  std::string hint = "start it as the daemon user with 'vmlaunchd";
+  if (config != VMLAUNCH_DEFAULT_CONFIG) hint += " --config " + config;
+  return hint + "'";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -266,7 +276,7 @@ int main(int argc, char** argv) {
     if (!config) return fail(config.error());
     o.socket = config->control_socket();
   }
-  auto client = vl::ctl::Client::connect(o.socket);
+  auto client = vl::ctl::Client::connect(o.socket, start_hint(o.config));
   if (!client) return fail(client.error());
   if (o.command == "list") return cmd_list(*client, o);
   if (o.command == "status") return cmd_status(*client, o);

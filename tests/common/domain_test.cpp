@@ -323,6 +323,77 @@ TEST_SUITE("common/domain") {
     CHECK(r.error().message().find("/nonexistent/web1.xml") != std::string::npos);
     CHECK(r.error().sys_errno == ENOENT);
   }
+
+  TEST_CASE("interface settings: each is read, or refused naming it") {
+    auto nic_with = [](std::string_view inner, std::string_view model = "virtio") {
+      return domain_xml("    <interface type='bridge'><mac address='52:54:00:12:34:56'/><source bridge='br-dmz'/>"
+                        "<model type='" + std::string(model) + "'/>" + std::string(inner) + "</interface>\n");
+    };
+    auto r = parse_domain(nic_with("<address type='pci' domain='0x0000' bus='0x01' slot='0x1f' function='0x7' "
+                                   "multifunction='on'/><boot order='4'/><driver name='qemu' queues='1' "
+                                   "rx_queue_size='1024' tx_queue_size='256'><host tso4='off'/><guest ecn='on'/></driver>"
+                                   "<rom bar='on' enabled='no'/><alias name='ua-net.a_b'/>"),
+                          "web1.xml");
+    REQUIRE_MESSAGE(r.ok(), r.error().context);
+    const vl::Nic& nic = r->nics.at(0);
+    REQUIRE(nic.pci.has_value());
+    CHECK(*nic.pci == vl::PciAddress{1, 31, 7, true});
+    CHECK(nic.boot_order == 4);
+    CHECK(nic.rx_queue_size == 1024);
+    CHECK(nic.tx_queue_size == 256);
+    CHECK(nic.offloads == std::vector<vl::NicOffload>{{"host_tso4", false}, {"guest_ecn", true}});
+    CHECK(nic.rom_bar == true);
+    CHECK(nic.rom_disabled);
+    CHECK(nic.alias == "ua-net.a_b");
+
+    struct Case {
+      std::string xml;
+      const char* expected;
+    };
+    const Case cases[] = {
+        {nic_with("<driver queues='4'/>"), "<driver queues='4'> (multiqueue) is not supported yet"},
+        {nic_with("<driver name='vhost'/>"), "<driver name='vhost'> is not supported"},
+        {nic_with("<driver txmode='iothread'/>"), "<driver 'txmode'=...> is not supported"},
+        {nic_with("<driver rx_queue_size='300'/>"), "must be a power of two"},
+        {nic_with("<driver rx_queue_size='2048'/>"), "must be a number from 256 to 1024"},
+        {nic_with("<driver><host csum='maybe'/></driver>"), "<host csum='maybe'> must be 'on' or 'off'"},
+        {nic_with("<driver><guest gso='off'/></driver>"), "<guest 'gso'=...> is not supported"},
+        {nic_with("<driver><host csum='off'/></driver>", "e1000"), "need <model type='virtio'/>"},
+        {nic_with("<mtu size='9000'/>"), "<interface><mtu> is not supported yet"},
+        {nic_with("<rom file='/usr/share/qemu/pxe.rom'/>"), "<rom file='/usr/share/qemu/pxe.rom'> is not supported"},
+        {nic_with("<alias name='net0'/>"), "<alias name='net0'> is not supported (only user aliases"},
+        {nic_with("<alias name='ua-a,b'/>"), "<alias name='ua-a,b'> is not supported"},
+        {nic_with("<address type='ccw' cssid='0xfe'/>"), "<interface><address type='ccw'> is not supported"},
+        {nic_with("<address type='pci' domain='0x0001' bus='0' slot='3'/>"), "PCI domains other than 0"},
+        {nic_with("<address type='pci' slot='32'/>"), "<address slot='32'> must be a number from 0 to 31"},
+        {nic_with("<address type='pci' slot='0x3zz'/>"), "<address slot='0x3zz'> must be a number"},
+        {nic_with("<boot order='0'/>"), "<boot order='0'> must be a number from 1 to 65535"},
+        {nic_with("<boot order='1' loadparm='x'/>"), "<boot 'loadparm'=...> is not supported"},
+        {nic_with("<link state='down'/>"), "<interface><link> is not supported"},
+        {nic_with("<coalesce/>"), "<interface><coalesce> is not supported"},
+        // Values are quoted and capped in messages, whatever the XML holds.
+        {nic_with("<alias name='ua-" + std::string(300, 'x') + "'/>"), "is not supported (only user aliases"},
+    };
+    for (const auto& c : cases) {
+      auto bad = parse_domain(c.xml, "web1.xml");
+      REQUIRE_FALSE(bad.ok());
+      CAPTURE(bad.error().context);
+      CHECK(bad.error().context.find(c.expected) != std::string::npos);
+      CHECK(bad.error().context.size() < 300);
+    }
+  }
+
+  TEST_CASE("VNC listeners other than an address are refused, never turned into TCP") {
+    CHECK(error_of(domain_xml("    <graphics type='vnc'><listen type='socket' socket='/run/x.sock'/></graphics>\n"))
+              .find("<listen type='socket'> (VNC on a Unix socket) is not supported yet") != std::string::npos);
+    CHECK(error_of(domain_xml("    <graphics type='vnc'><listen type='none'/></graphics>\n"))
+              .find("<listen type='none'> (VNC without a listener) is not supported yet") != std::string::npos);
+    CHECK(error_of(domain_xml("    <graphics type='vnc'><listen type='network' network='default'/></graphics>\n"))
+              .find("<listen type='network'> is not supported") != std::string::npos);
+    auto ok = parse_domain(domain_xml("    <graphics type='vnc'><listen type='address' address='127.0.0.2'/></graphics>\n"), "web1.xml");
+    REQUIRE_MESSAGE(ok.ok(), ok.error().context);
+    CHECK(ok->vnc->listen == "127.0.0.2");
+  }
 }
 
 TEST_SUITE("common/domain: what virt-install writes") {

@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <map>
 #include <optional>
 #include <set>
@@ -274,4 +275,120 @@ TEST_SUITE("daemon/planner") {
     REQUIRE_FALSE(async->ok());
     CHECK(async->error().message().find(entry) != std::string::npos);
   }
+
+  // libvirt's dry run keeps only model and MAC of an interface; everything else the XML says of
+  // it must reach the plan. Each value below goes into the XML, and is looked for in the plan.
+  TEST_CASE("every interface setting of the XML reaches the plan: address, boot order, rings, offloads, ROM, alias") {
+    vl::test::TempDir tmp;
+    vl::HostConfig config;
+    config.cache_dir = tmp.path() + "/cache";
+    vl::Planner planner(config);
+    struct Expect {
+      std::string xml_value;  // as written in the XML
+      std::string property;   // the -device property it must set
+      nlohmann::json value;   // and the value it must have there
+    };
+    const std::vector<Expect> first = {
+        {"<address type='pci' domain='0x0000' bus='0x00' slot='0x07' function='0x0'/>", "addr", "0x7"},
+        {"", "bus", "pci.0"},
+        {"<boot order='2'/>", "bootindex", 2},
+        {"<driver name='qemu' queues='1' rx_queue_size='512' tx_queue_size='256'>"
+         "<host csum='off' gso='off' tso4='off' tso6='on' ecn='off' ufo='off' mrg_rxbuf='off'/>"
+         "<guest csum='off' tso4='off' tso6='off' ecn='on' ufo='off'/></driver>",
+         "rx_queue_size", 512},
+        {"", "tx_queue_size", 256},
+        {"", "csum", false}, {"", "gso", false}, {"", "host_tso4", false}, {"", "host_tso6", true},
+        {"", "host_ecn", false}, {"", "host_ufo", false}, {"", "mrg_rxbuf", false},
+        {"", "guest_csum", false}, {"", "guest_tso4", false}, {"", "guest_tso6", false},
+        {"", "guest_ecn", true}, {"", "guest_ufo", false},
+        {"<rom bar='off'/>", "rombar", 0},
+        {"<alias name='ua-uplink'/>", "id", "ua-uplink"},
+    };
+    const std::vector<Expect> second = {
+        {"<address type='pci' domain='0x0000' bus='0x00' slot='0x08' function='0x1' multifunction='on'/>", "addr", "0x8.0x1"},
+        {"", "multifunction", true},
+        {"<rom enabled='no'/>", "romfile", ""},
+        {"<boot order='3'/>", "bootindex", 3},
+    };
+    auto settings = [](const std::vector<Expect>& expects) {
+      std::string xml;
+      for (const auto& e : expects) xml += e.xml_value;
+      return xml;
+    };
+    std::string xml =
+        "<domain type='qemu'><name>web1</name><uuid>6c0e0c8e-3f7a-4b0b-9d7e-1b2a3c4d5e6f</uuid>"
+        "<memory unit='MiB'>64</memory><os><type arch='x86_64' machine='pc'>hvm</type></os>"
+        "<devices><emulator>/usr/bin/qemu-system-x86_64</emulator>"
+        "<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='/srv/a.img'/>"
+        "<target dev='vda' bus='virtio'/><boot order='1'/></disk>"
+        "<interface type='bridge'><mac address='52:54:00:12:34:56'/><source bridge='br0'/><model type='virtio'/>" +
+        settings(first) +
+        "</interface><interface type='bridge'><mac address='52:54:00:12:34:57'/><source bridge='br0'/>"
+        "<model type='e1000'/>" + settings(second) + "</interface></devices></domain>";
+    auto domain = vl::parse_domain(xml, "web1.xml");
+    REQUIRE_MESSAGE(domain.ok(), domain.error().context);
+    auto plan = planner.plan(*domain, xml);
+    REQUIRE_MESSAGE(plan.ok(), plan.error().message());
+
+    auto device_of = [&](const std::string& netdev) {
+      for (size_t i = 0; i + 1 < plan->argv.size(); ++i) {
+        if (plan->argv[i] != "-device") continue;
+        auto dev = nlohmann::json::parse(plan->argv[i + 1], nullptr, false);
+        if (dev.is_object() && dev.value("netdev", "") == netdev) return dev;
+      }
+      return nlohmann::json();
+    };
+    for (const auto& [netdev, expects] : {std::pair{"hostnet0", first}, std::pair{"hostnet1", second}}) {
+      auto dev = device_of(netdev);
+      CAPTURE(dev.dump());
+      REQUIRE(dev.is_object());
+      for (const auto& e : expects) {
+        CAPTURE(e.property);
+        REQUIRE(dev.contains(e.property));
+        CHECK(dev[e.property] == e.value);
+      }
+    }
+  }
+
+  TEST_CASE("an interface on a PCI bus above 0 lands on that bus, which libvirt adds as a controller") {
+    vl::test::TempDir tmp;
+    vl::HostConfig config;
+    config.cache_dir = tmp.path() + "/cache";
+    vl::Planner planner(config);
+    std::string xml = sample_xml("web1", "/srv/a.img", "");
+    xml.insert(xml.find("<model type='virtio'/>"), "<address type='pci' domain='0' bus='3' slot='1' function='0'/>");
+    auto domain = vl::parse_domain(xml, "web1.xml");
+    REQUIRE_MESSAGE(domain.ok(), domain.error().context);
+    auto plan = planner.plan(*domain, xml);
+    REQUIRE_MESSAGE(plan.ok(), plan.error().message());
+    bool bus_defined = false, nic_on_it = false;
+    for (const auto& w : plan->argv) {
+      auto dev = nlohmann::json::parse(w, nullptr, false);
+      if (!dev.is_object()) continue;
+      bus_defined |= dev.value("id", "") == "pci.3";
+      nic_on_it |= dev.value("netdev", "") == "hostnet0" && dev.value("bus", "") == "pci.3" && dev.value("addr", "") == "0x1";
+    }
+    CHECK(bus_defined);
+    CHECK(nic_on_it);
+  }
+
+  TEST_CASE("a plan longer than the helper accepts is refused at plan time, in the helper's words") {
+    vl::test::TempDir tmp;
+    vl::HostConfig config;
+    config.cache_dir = tmp.path() + "/cache";
+    vl::Planner planner(config);
+    std::string xml = sample_xml("web1", "/srv/a.img");
+    std::string args;
+    for (int i = 0; i < 520; ++i) args += "<qemu:arg value='-msg'/><qemu:arg value='timestamp=on'/>";
+    xml.insert(xml.rfind("</domain>"),
+               "<qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>" + args + "</qemu:commandline>");
+    auto domain = vl::parse_domain(xml, "web1.xml");
+    REQUIRE_MESSAGE(domain.ok(), domain.error().context);
+    auto plan = planner.plan(*domain, xml);
+    REQUIRE_FALSE(plan.ok());
+    CHECK_MESSAGE(plan.error().message().find("plan: 'argv' must be a non-empty array of at most 1024 strings") !=
+                      std::string::npos,
+                  plan.error().message());
+  }
 }
+

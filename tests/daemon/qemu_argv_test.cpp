@@ -194,6 +194,32 @@ TEST_SUITE("daemon/qemu_argv") {
     no_monitor.replace(no_monitor.find("id=charmonitor"), 14, "id=charmonitoX");
     CHECK_FALSE(rewrite(no_monitor, test_domain()).ok());
   }
+
+  TEST_CASE("an interface's PCI address must name a bus of the command line and a free slot") {
+    auto with_address = [](std::string address) {
+      std::string xml = "<domain type='qemu'><name>web1</name><devices><emulator>/usr/bin/qemu-system-x86_64</emulator>"
+                        "<interface type='bridge'><mac address='52:54:00:00:00:01'/><source bridge='br0'/>" +
+                        address + "</interface><graphics type='vnc' passwd='abc'/><serial type='pty'/></devices></domain>";
+      auto d = vl::parse_domain(xml, "t.xml");
+      REQUIRE_MESSAGE(d.ok(), (d.ok() ? std::string() : d.error().context));
+      return std::move(d).value();
+    };
+    auto no_bus = rewrite(native_line(), with_address("<address type='pci' bus='2' slot='5'/>"));
+    REQUIRE_FALSE(no_bus.ok());
+    CHECK_MESSAGE(no_bus.error().message().find("PCI bus 2 is not a controller of this domain") != std::string::npos,
+                  no_bus.error().message());
+
+    std::string taken = "-device '{\"driver\":\"VGA\",\"id\":\"video0\",\"bus\":\"pci.0\",\"addr\":\"0x5\"}' ";
+    auto clash = rewrite(native_line(taken), with_address("<address type='pci' bus='0' slot='5'/>"));
+    REQUIRE_FALSE(clash.ok());
+    CHECK_MESSAGE(clash.error().message().find("two devices at PCI address 0x5 of bus 'pci.0'") != std::string::npos,
+                  clash.error().message());
+
+    auto fine = rewrite(native_line(taken), with_address("<address type='pci' bus='0' slot='6'/>"));
+    REQUIRE_MESSAGE(fine.ok(), fine.error().message());
+    CHECK(contains(fine->argv, "{\"driver\":\"virtio-net-pci\",\"netdev\":\"hostnet0\",\"mac\":\"52:54:00:00:00:01\","
+                               "\"bus\":\"pci.0\",\"addr\":\"0x6\"}"));
+  }
 }
 
 TEST_SUITE("daemon/qemu_argv: guest agent channel") {

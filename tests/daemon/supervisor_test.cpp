@@ -95,6 +95,12 @@ const Json kCloseConnection = Json{{"close-the-connection", true}};
 // An answer for FakeMonitor: leave the command unanswered and send the SHUTDOWN event of a guest
 // that powers off, as QEMU does when the power button works.
 const Json kGuestShutdownEvent = Json{{"guest-shutdown-event", true}};
+// An answer for FakeMonitor: send these events first, then reply with `then` (or, if `then` is
+// kCloseConnection, close the connection).
+Json events_then(std::vector<Json> events, Json then) { return Json{{"send-events", events}, {"then", then}}; }
+// QEMU's SHUTDOWN events: the guest's own power-off, and the one `quit` brings after it.
+const Json kShutdownByGuest = Json{{"event", "SHUTDOWN"}, {"data", {{"guest", true}, {"reason", "guest-shutdown"}}}};
+const Json kShutdownByQuit = Json{{"event", "SHUTDOWN"}, {"data", {{"guest", false}, {"reason", "host-qmp-quit"}}}};
 
 // A QMP monitor that greets and answers each command with what `answer` returns for its name:
 // a "return" value, or nothing to leave the command unanswered (the connection stays open).
@@ -114,9 +120,23 @@ class FakeMonitor final {
     stop_ = true;
     thread_.join();
   }
+  /// Sends `event` to the client connected now, as QEMU does on its own (a guest's power-off).
+  void push(const Json& event) {
+    std::lock_guard<std::mutex> hold(write_);
+    REQUIRE(conn_ >= 0);
+    (void)vl::sys::write_all(conn_, event.dump() + "\n");
+  }
 
  private:
   void serve(int conn, const Answer& answer) {
+    struct Current {
+      FakeMonitor* self;
+      Current(FakeMonitor* s, int c) : self(s) { self->conn_ = c; }
+      ~Current() {
+        std::lock_guard<std::mutex> hold(self->write_);
+        self->conn_ = -1;
+      }
+    } current(this, conn);
     std::string greeting = R"({"QMP": {"version": {}, "capabilities": []}})" "\n";
     (void)vl::sys::write_all(conn, greeting);
     std::string buffer;
@@ -132,6 +152,10 @@ class FakeMonitor final {
         buffer.erase(0, nl + 1);
         std::optional<Json> ret = answer(cmd.value("execute", ""));
         if (!ret) continue;
+        if (ret->is_object() && ret->contains("send-events")) {
+          for (const Json& e : (*ret)["send-events"]) (void)vl::sys::write_all(conn, e.dump() + "\n");
+          ret = (*ret)["then"];
+        }
         if (*ret == kCloseConnection) return;
         if (*ret == kGuestShutdownEvent) {
           (void)vl::sys::write_all(conn, R"({"event": "SHUTDOWN", "data": {"guest": true, "reason": "guest-shutdown"}})" "\n");
@@ -145,6 +169,8 @@ class FakeMonitor final {
 
   vl::UniqueFd listener_;
   std::atomic<bool> stop_{false};
+  std::atomic<int> conn_{-1};
+  std::mutex write_;
   std::thread thread_;
 };
 
@@ -599,4 +625,205 @@ TEST_SUITE("daemon/supervisor") {
       CHECK_MESSAGE(supervisor.info().reason.empty(), supervisor.info().reason);
     }
   }
+
+  TEST_CASE("a guest that powers off during its adoption reads stopped, reason 'guest powered off', through both SHUTDOWN events") {
+    AdoptableVm fixture;
+    auto& [emulator, dir, config, vm, state] = fixture;
+    asio::io_context io;
+    {
+      ScriptedBroker broker(config.helper_socket(), [](const vl::BrokerRequest&) { return ok_reply(); });
+      // The guest powers off right after the adoption's query-status; on the supervisor's
+      // `quit` QEMU sends its second SHUTDOWN (guest: false) and ends.
+      FakeMonitor monitor(config.vm_runtime_dir(vm) + "/qmp.sock", [emulator = emulator](const std::string& command) {
+        if (command == "query-status")
+          return std::optional<Json>(events_then({kShutdownByGuest}, Json{{"status", "running"}, {"running", true}}));
+        if (command == "quit") {
+          ::kill(emulator, SIGKILL);
+          return std::optional<Json>(events_then({kShutdownByQuit}, kCloseConnection));
+        }
+        return std::optional<Json>(Json::object());
+      });
+      vl::BrokerClient client(io, config.helper_socket());
+      std::vector<vl::VmInfo> seen;
+      vl::SupervisorContext ctx{io, config, client, [](const vl::VmName&) { return std::string(); },
+                                [&](const vl::VmInfo& i) { seen.push_back(i); }};
+      vl::Supervisor supervisor(ctx, vm);
+      supervisor.adopt(state);
+      REQUIRE(run_until(io, [&] {
+        return supervisor.info().status == vl::VmStatus::kStopped || supervisor.info().status == vl::VmStatus::kFailed;
+      }));
+      CHECK(supervisor.info().status == vl::VmStatus::kStopped);
+      CHECK(supervisor.info().reason == "guest powered off");
+      CHECK_FALSE(broker.received(vl::BrokerOp::kKill));
+      // On its way out it said so: stopping, because the guest powered off.
+      CHECK(std::any_of(seen.begin(), seen.end(), [](const vl::VmInfo& i) {
+        return i.status == vl::VmStatus::kStopping && i.reason == "guest powered off";
+      }));
+    }
+  }
+
+  TEST_CASE("a graceful stop of a guest that ignores the button shows the time left, then reads 'forced after N s'") {
+    AdoptableVm fixture;
+    auto& [emulator, dir, config, vm, state] = fixture;
+    asio::io_context io;
+    {
+      ScriptedBroker broker(config.helper_socket(), [](const vl::BrokerRequest&) { return ok_reply(); });
+      FakeMonitor monitor(config.vm_runtime_dir(vm) + "/qmp.sock", [emulator = emulator](const std::string& command) {
+        if (command == "query-status") return std::optional<Json>(Json{{"status", "running"}, {"running", true}});
+        if (command == "quit") {
+          ::kill(emulator, SIGKILL);
+          return std::optional<Json>(events_then({kShutdownByQuit}, kCloseConnection));
+        }
+        return std::optional<Json>(Json::object());  // the press is answered, and ignored
+      });
+      vl::BrokerClient client(io, config.helper_socket());
+      std::vector<vl::VmInfo> seen;
+      vl::SupervisorContext ctx{io, config, client, [](const vl::VmName&) { return std::string(); },
+                                [&](const vl::VmInfo& i) { seen.push_back(i); }};
+      vl::Supervisor supervisor(ctx, vm);
+      supervisor.adopt(state);
+      REQUIRE(run_until(io, [&] { return supervisor.info().status == vl::VmStatus::kRunning; }));
+
+      std::optional<vl::Result<void>> stopped;
+      supervisor.stop(std::chrono::seconds(3), false, [&](vl::Result<void> r) { stopped = std::move(r); });
+      REQUIRE(run_until(io, [&] { return stopped.has_value(); }, 20000ms));
+      CHECK_MESSAGE(stopped->ok(), stopped->error().message());
+      CHECK(supervisor.info().status == vl::VmStatus::kStopped);
+      CHECK(supervisor.info().reason == "forced after 3 s: the guest did not power off");
+      // While it waited, it said how long is left, counting down.
+      std::vector<std::string> progress;
+      for (const auto& i : seen)
+        if (i.status == vl::VmStatus::kStopping) progress.push_back(i.reason);
+      REQUIRE_FALSE(progress.empty());
+      CHECK(progress.front() == "waiting for the guest, 3 s left");
+      CHECK(std::find(progress.begin(), progress.end(), "waiting for the guest, 1 s left") != progress.end());
+    }
+  }
+
+  TEST_CASE("kill answers only once the emulator is gone") {
+    AdoptableVm fixture;
+    auto& [emulator, dir, config, vm, state] = fixture;
+    asio::io_context io;
+    {
+      // The broker signals, and the emulator takes a moment to go, as a real one does.
+      ScriptedBroker broker(config.helper_socket(), [emulator = emulator](const vl::BrokerRequest& req) {
+        if (req.op == vl::BrokerOp::kKill) {
+          std::thread([emulator] {
+            std::this_thread::sleep_for(300ms);
+            ::kill(emulator, SIGKILL);
+          }).detach();
+        }
+        return ok_reply();
+      });
+      FakeMonitor monitor(config.vm_runtime_dir(vm) + "/qmp.sock", [](const std::string& command) {
+        if (command == "query-status") return std::optional<Json>(Json{{"status", "running"}, {"running", true}});
+        return std::optional<Json>(Json::object());
+      });
+      vl::BrokerClient client(io, config.helper_socket());
+      vl::SupervisorContext ctx{io, config, client, [](const vl::VmName&) { return std::string(); }, nullptr};
+      vl::Supervisor supervisor(ctx, vm);
+      supervisor.adopt(state);
+      REQUIRE(run_until(io, [&] { return supervisor.info().status == vl::VmStatus::kRunning; }));
+
+      std::optional<vl::Result<void>> killed;
+      supervisor.kill(SIGTERM, [&](vl::Result<void> r) { killed = std::move(r); });
+      REQUIRE(run_until(io, [&] { return killed.has_value(); }));
+      CHECK_MESSAGE(killed->ok(), killed->error().message());
+      // Answered after the exit and its cleanup, not before.
+      CHECK(supervisor.info().status == vl::VmStatus::kStopped);
+      CHECK(supervisor.info().pid == 0);
+    }
+  }
+
+  TEST_CASE("kill of an emulator that does not go answers with an error at its bound") {
+    AdoptableVm fixture;
+    auto& [emulator, dir, config, vm, state] = fixture;
+    asio::io_context io;
+    {
+      ScriptedBroker broker(config.helper_socket(), [](const vl::BrokerRequest&) { return ok_reply(); });
+      FakeMonitor monitor(config.vm_runtime_dir(vm) + "/qmp.sock", [](const std::string& command) {
+        if (command == "query-status") return std::optional<Json>(Json{{"status", "running"}, {"running", true}});
+        return std::optional<Json>(Json::object());
+      });
+      vl::BrokerClient client(io, config.helper_socket());
+      vl::SupervisorContext ctx{io, config, client, [](const vl::VmName&) { return std::string(); }, nullptr};
+      ctx.kill_wait = std::chrono::milliseconds(300);
+      vl::Supervisor supervisor(ctx, vm);
+      supervisor.adopt(state);
+      REQUIRE(run_until(io, [&] { return supervisor.info().status == vl::VmStatus::kRunning; }));
+
+      std::optional<vl::Result<void>> killed;
+      supervisor.kill(SIGINT, [&](vl::Result<void> r) { killed = std::move(r); });
+      REQUIRE(run_until(io, [&] { return killed.has_value(); }));
+      REQUIRE_FALSE(killed->ok());
+      CHECK_MESSAGE(killed->error().message().find("still running") != std::string::npos, killed->error().message());
+      CHECK(supervisor.info().status == vl::VmStatus::kRunning);
+    }
+  }
+
+  TEST_CASE("a running guest that powers itself off reads stopping, then stopped, reason 'guest powered off'") {
+    AdoptableVm fixture;
+    auto& [emulator, dir, config, vm, state] = fixture;
+    asio::io_context io;
+    {
+      ScriptedBroker broker(config.helper_socket(), [](const vl::BrokerRequest&) { return ok_reply(); });
+      // On the supervisor's `quit` QEMU sends its second SHUTDOWN (guest: false) and ends.
+      FakeMonitor monitor(config.vm_runtime_dir(vm) + "/qmp.sock", [emulator = emulator](const std::string& command) {
+        if (command == "query-status") return std::optional<Json>(Json{{"status", "running"}, {"running", true}});
+        if (command == "quit") {
+          ::kill(emulator, SIGKILL);
+          return std::optional<Json>(events_then({kShutdownByQuit}, kCloseConnection));
+        }
+        return std::optional<Json>(Json::object());
+      });
+      vl::BrokerClient client(io, config.helper_socket());
+      std::vector<vl::VmInfo> seen;
+      vl::SupervisorContext ctx{io, config, client, [](const vl::VmName&) { return std::string(); },
+                                [&](const vl::VmInfo& i) { seen.push_back(i); }};
+      vl::Supervisor supervisor(ctx, vm);
+      supervisor.adopt(state);
+      REQUIRE(run_until(io, [&] { return supervisor.info().status == vl::VmStatus::kRunning; }));
+
+      monitor.push(kShutdownByGuest);  // the guest's own `poweroff`
+      REQUIRE(run_until(io, [&] {
+        return supervisor.info().status == vl::VmStatus::kStopped || supervisor.info().status == vl::VmStatus::kFailed;
+      }));
+      CHECK(supervisor.info().status == vl::VmStatus::kStopped);
+      CHECK(supervisor.info().reason == "guest powered off");
+      CHECK_FALSE(broker.received(vl::BrokerOp::kKill));
+      CHECK(std::any_of(seen.begin(), seen.end(), [](const vl::VmInfo& i) {
+        return i.status == vl::VmStatus::kStopping && i.reason == "guest powered off";
+      }));
+    }
+  }
+
+  TEST_CASE("a crash quotes qemu's last two lines of output, bounded") {
+    AdoptableVm fixture;
+    auto& [emulator, dir, config, vm, state] = fixture;
+    asio::io_context io;
+    {
+      ScriptedBroker broker(config.helper_socket(), [](const vl::BrokerRequest&) { return ok_reply(); });
+      FakeMonitor monitor(config.vm_runtime_dir(vm) + "/qmp.sock", [](const std::string& command) {
+        if (command == "query-status") return std::optional<Json>(Json{{"status", "running"}, {"running", true}});
+        return std::optional<Json>(Json::object());
+      });
+      vl::BrokerClient client(io, config.helper_socket());
+      vl::SupervisorContext ctx{io, config, client, [](const vl::VmName&) { return std::string(); }, nullptr};
+      vl::Supervisor supervisor(ctx, vm);
+      supervisor.adopt(state);
+      REQUIRE(run_until(io, [&] { return supervisor.info().status == vl::VmStatus::kRunning; }));
+
+      // The relay's copy of the emulator's output, as the helper leaves it (a long first part).
+      std::string early(8000, 'x');
+      REQUIRE(vl::sys::write_file_atomic(config.vm_runtime_dir(vm) + "/emulator.log",
+                                         "qemu: " + early + "\nqemu: one\nqemu: qemu-system-x86_64: " + std::string(500, 'y') +
+                                             "\nqemu: char device redirected to /dev/pts/3 (label charserial0)\nqemu: last words\n",
+                                         0640));
+      ::kill(emulator, SIGKILL);
+      REQUIRE(run_until(io, [&] { return supervisor.info().status == vl::VmStatus::kFailed; }));
+      CHECK(supervisor.info().reason ==
+            "emulator exited unexpectedly; qemu said: qemu-system-x86_64: " + std::string(300 - 20, 'y') + " | last words");
+    }
+  }
 }
+

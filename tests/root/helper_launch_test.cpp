@@ -7,6 +7,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <fstream>
+
 #include "helper/nft_filter.h"
 #include "helper/uid_map.h"
 #include "tests/support/helper_env.h"
@@ -322,4 +324,27 @@ TEST_SUITE("root/helper_report") {
     CHECK(WEXITSTATUS(env.helper({"cleanup", "web1"}).status) == 0);
     CHECK_MESSAGE(vl::test::snapshot_diff(before, env.snapshot()).empty(), vl::test::snapshot_diff(before, env.snapshot()));
   }
+
+  TEST_CASE("a kernel the VM's user cannot read is refused before launch, naming it, and nothing changes") {
+    HelperEnv env;
+    // Where the argv policy accepts boot files (a directory only root can change), but the
+    // kernel is root's alone (0600): QEMU, as the VM's uid, could not open it.
+    vl::test::TempDir boot("/run");
+    ::chmod(boot.path().c_str(), 0755);
+    std::string kernel = boot.path() + "/vmlinuz", initrd = boot.path() + "/initramfs";
+    std::ofstream(kernel) << "not a kernel, and nobody but root may read it\n";
+    std::ofstream(initrd) << "initramfs\n";
+    REQUIRE(::chmod(kernel.c_str(), 0600) == 0);
+    REQUIRE(::chmod(initrd.c_str(), 0644) == 0);
+    env.define({.name = "kern1", .mac = "52:54:00:00:00:41", .kernel = kernel, .initrd = initrd, .cmdline = "console=ttyS0"});
+    vl::test::check_launch_refused(env, "kern1", "cannot read '" + kernel + "' (Permission denied)");
+
+    // Readable, it passes this check (and boots, or fails, as QEMU decides).
+    REQUIRE(::chmod(kernel.c_str(), 0644) == 0);
+    auto r = env.launch("kern1");
+    CHECK(r.log.find("cannot read '") == std::string::npos);
+    if (r.running()) env.kill_vm(r.pid);
+    (void)env.helper({"cleanup", "kern1"});
+  }
 }
+

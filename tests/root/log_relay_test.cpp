@@ -118,7 +118,8 @@ TEST_SUITE("root/log_relay") {
     }
 
     // The relay: root without capabilities, locked down, not the emulator's child, holding
-    // nothing but the pipe (0) and the log (1, 2): no tap, monitor socket, lock or report pipe.
+    // nothing but the pipe (0), the log (1, 2) and the daemon's copy of the emulator's output
+    // (3): no tap, monitor socket, lock or report pipe.
     pid_t relay = find_relay(vm.pid);
     auto status = vl::test::proc_status(relay);
     CHECK(status["Uid"] == "0\t0\t0\t0");
@@ -127,10 +128,14 @@ TEST_SUITE("root/log_relay") {
     CHECK(status["Seccomp"] == "2");
     CHECK(std::stoi(status["PPid"]) != vm.pid);
     CHECK(::getsid(relay) != ::getsid(vm.pid));
-    CHECK(open_fds(relay) == std::set<int>{0, 1, 2});
+    CHECK(open_fds(relay) == std::set<int>{0, 1, 2, 3});
     CHECK(same_file(stat_of(proc_fd(relay, 0)), err));
     CHECK(same_file(stat_of(proc_fd(relay, 1)), log));
     CHECK(same_file(stat_of(proc_fd(relay, 2)), log));
+    struct stat tail = stat_of(env.config().vm_runtime_dir(vl::VmName::parse("web1").value()) + "/emulator.log");
+    CHECK(same_file(stat_of(proc_fd(relay, 3)), tail));
+    CHECK(tail.st_uid == 0);
+    CHECK((tail.st_mode & 07777) == 0640);  // root's, readable by the daemon's group only
     // The VM's uid can neither signal nor trace it.
     uid_t uid = vl::helper::read_uid_map(env.config()).value().at("web1");
     pid_t child = ::fork();

@@ -299,4 +299,115 @@ TEST_SUITE("root/system") {
     sd_bus_message_unref(reply);
     sd_bus_flush_close_unref(bus);
   }
+
+  TEST_CASE("kill answers once the emulator is gone: the next list shows it stopped") {
+    SystemEnv env;
+    env.define({.name = "web1", .mac = mac_of(1)});
+    REQUIRE(env.vmctl({"start", "web1"}).exit_code == 0);
+    int pid = vm_row(env, "web1")["pid"].get<int>();
+    REQUIRE(pid > 0);
+    auto killed = env.vmctl({"kill", "web1"});
+    REQUIRE_MESSAGE(killed.exit_code == 0, killed.out << env.log());
+    // No waiting here: the kill has answered, so the emulator is gone and cleaned up.
+    Json row = vm_row(env, "web1");
+    CHECK(row["state"] == "stopped");
+    CHECK(row["reason"] == "killed with SIGTERM");
+    CHECK(row["pid"] == 0);
+    CHECK_FALSE(vl::test::process_alive(pid));
+    CHECK(::if_nametoindex("web1-0") == 0);
+    // The daemon's log tells the VM's story, naming it.
+    std::string log = env.log();
+    CHECK_MESSAGE(log.find("vmlaunchd: VM 'web1': started (pid " + std::to_string(pid) + ")") != std::string::npos, log);
+    CHECK_MESSAGE(log.find("vmlaunchd: VM 'web1': stopped: killed with SIGTERM") != std::string::npos, log);
+  }
+
+  TEST_CASE("a removed domain XML: a running VM keeps running and says so; a stopped or failed one disappears") {
+    SystemEnv env;
+    env.define({.name = "web1", .mac = mac_of(1)});
+    env.define({.name = "web2", .mac = mac_of(2)});
+    REQUIRE(env.vmctl({"start", "web1", "web2"}).exit_code == 0);
+    // web2 crashes: failed.
+    int pid2 = vm_row(env, "web2")["pid"].get<int>();
+    ::kill(pid2, SIGKILL);
+    Json row;
+    for (int i = 0; i < 1000; ++i) {
+      row = vm_row(env, "web2");
+      if (row["state"] == "failed") break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    REQUIRE(row["state"] == "failed");
+    CHECK(row["reason"] == "emulator exited unexpectedly");
+    CHECK_MESSAGE(env.log().find("vmlaunchd: VM 'web2': crashed: emulator exited unexpectedly") != std::string::npos, env.log());
+
+    std::filesystem::remove(env.root() + "/domains/web1.xml");
+    std::filesystem::remove(env.root() + "/domains/web2.xml");
+    // No restart: the next list reads the directory as it is now.
+    Json list = list_json(env);
+    REQUIRE(list.size() == 1);
+    CHECK(list[0]["name"] == "web1");
+    CHECK(list[0]["state"] == "running");
+    CHECK(list[0]["reason"] == "its definition web1.xml was removed; it keeps running until stopped");
+    auto status2 = env.vmctl({"status", "web2"});
+    CHECK(status2.exit_code == 1);
+    CHECK_MESSAGE(status2.out.find("not defined") != std::string::npos, status2.out);
+
+    auto stopped = env.vmctl({"stop", "--force", "web1"});
+    CHECK_MESSAGE(stopped.exit_code == 0, stopped.out);
+    CHECK(list_json(env).empty());
+    CHECK(::if_nametoindex("web1-0") == 0);
+
+    // Defined again, it is a VM like any other: stopped, no stale reason.
+    env.define({.name = "web2", .mac = mac_of(2)});
+    row = vm_row(env, "web2");
+    CHECK(row["state"] == "stopped");
+    CHECK(row["reason"] == "");
+  }
+
+  TEST_CASE("without a daemon, vmctl says how to start it with the configuration it was given, on one line") {
+    SystemEnv env;
+    env.stop_daemon();
+    auto r = env.vmctl({"list"});
+    CHECK(r.exit_code == 1);
+    CHECK_MESSAGE(r.out == "vmctl: vmlaunchd is not running (no daemon at " + env.config().control_socket() +
+                               "); start it as the daemon user with 'vmlaunchd --config " + env.config_path() + "'\n",
+                  r.out);
+  }
+
+  TEST_CASE("a start that qemu refuses says what qemu said, in the error and in status") {
+    SystemEnv env;
+    vl::test::TempDir boot("/run");
+    ::chmod(boot.path().c_str(), 0755);
+    std::string kernel = boot.path() + "/vmlinuz", initrd = boot.path() + "/initramfs";
+    std::ofstream(kernel) << "not a kernel\n";
+    std::ofstream(initrd) << "initramfs\n";
+    REQUIRE(::chmod(kernel.c_str(), 0644) == 0);
+    REQUIRE(::chmod(initrd.c_str(), 0644) == 0);
+    env.define({.name = "kern1", .mac = mac_of(41), .kernel = kernel, .initrd = initrd, .cmdline = "console=ttyS0"});
+    auto started = env.vmctl({"start", "kern1"});
+    CHECK(started.exit_code == 1);
+    // QEMU's own words, whatever they are for this file ("qemu: linux kernel too old to load a
+    // ram disk" from QEMU 7.2), not only the monitor's closed connection.
+    const std::string said = "qemu said: qemu: ";
+    CHECK_MESSAGE(started.out.find(said) != std::string::npos, started.out);
+    CHECK(started.out.find("kernel") != std::string::npos);
+    Json row = vm_row(env, "kern1");
+    CHECK(row["state"] == "failed");
+    CHECK_MESSAGE(row["reason"].get<std::string>().find(said) != std::string::npos, row.dump());
+    CHECK_FALSE(std::filesystem::exists(env.root() + "/run/vms/kern1"));
+  }
+
+  TEST_CASE("a start the daemon cannot plan says why in the operator's words: no method names, no stray errno") {
+    SystemEnv env;
+    std::string xml = env.define({.name = "web1", .mac = mac_of(1)});
+    // libvirt refuses VNC passwords over 8 characters; vmlaunch's parser leaves that to it.
+    xml.insert(xml.find("  </devices>"), "    <graphics type='vnc' autoport='yes' listen='127.0.0.1' passwd='much-too-long-password'/>\n");
+    std::ofstream(env.root() + "/domains/web1.xml", std::ios::trunc) << xml;  // keeps its owner and mode
+    auto started = env.vmctl({"start", "web1"});
+    CHECK(started.exit_code == 1);
+    CHECK_MESSAGE(started.out.find("vmlaunchd cannot plan VM 'web1': ") != std::string::npos, started.out);
+    CHECK_MESSAGE(started.out.find("VNC password") != std::string::npos, started.out);
+    CHECK(started.out.find("GetLaunchPlan") == std::string::npos);
+    CHECK(started.out.find("Input/output error") == std::string::npos);
+  }
 }
+
