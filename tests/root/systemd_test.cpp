@@ -188,6 +188,8 @@ TEST_CASE("under systemd, vmctl and systemctl tell one truth from boot to powero
   {
     auto status = c.run("systemctl show -p StatusText --value vmlaunchd.service");
     CHECK_MESSAGE(status.out.find(std::to_string(kBootVms) + " running") != std::string::npos, status.out);
+    auto watchdog = c.run("systemctl show -p WatchdogTimestampMonotonic --value vmlaunchd.service");
+    CHECK_MESSAGE(std::strtoull(watchdog.out.c_str(), nullptr, 10) > 0, "no WATCHDOG=1 seen: " << watchdog.out);
     auto machines = c.run("machinectl list --no-legend --no-pager");
     for (int i = 0; i < kBootVms; ++i)
       CHECK_MESSAGE(machines.out.find("vm" + std::to_string(i) + " vm ") != std::string::npos, machines.out);
@@ -246,6 +248,7 @@ TEST_CASE("under systemd, vmctl and systemctl tell one truth from boot to powero
     CHECK_MESSAGE(r.exit_code == 0, r.out);
     CHECK(vm_row(c, "vmy")["state"] == "stopped");
     CHECK(eventually([&] { return unit_state(c, "vmy") == "inactive"; }));
+    CHECK(eventually([&] { return c.run("machinectl status vmy").exit_code != 0; }));  // unregistered
     MESSAGE("one graceful stop (vmctl stop): " << seconds(one_stop) << " s");
   }
   // `systemctl kill -s KILL`: the unit's ExecStopPost cleans up; vmctl reads failed.
