@@ -193,8 +193,12 @@ TEST_CASE("under systemd, vmctl and systemctl tell one truth from boot to powero
     auto machines = c.run("machinectl list --no-legend --no-pager");
     for (int i = 0; i < kBootVms; ++i)
       CHECK_MESSAGE(machines.out.find("vm" + std::to_string(i) + " vm ") != std::string::npos, machines.out);
-    auto leader = c.run("machinectl show -p Leader --value vm0; machinectl show -p NetworkInterfaces --value vm0");
-    CHECK_MESSAGE(leader.out.find(std::to_string(vm_row(c, "vm0")["pid"].get<int>())) != std::string::npos, leader.out);
+    auto leader = c.run("machinectl show -p Leader --value vm0");
+    CHECK(std::atoi(leader.out.c_str()) == vm_row(c, "vm0")["pid"].get<int>());
+    auto interfaces = c.run("busctl get-property org.freedesktop.machine1 /org/freedesktop/machine1/machine/vm0 "
+                            "org.freedesktop.machine1.Machine NetworkInterfaces");
+    auto tap = c.run("cat /sys/class/net/vm0-0/ifindex");
+    CHECK_MESSAGE((!tap.out.empty() && interfaces.out == "ai 1 " + tap.out), interfaces.out << " vs " << tap.out);
     // qemu's own output is tagged with the VM's name.
     auto tagged = c.run("journalctl -b -t qemu-vm0 -o cat --no-pager");
     CHECK_MESSAGE(tagged.out.find("char device redirected") != std::string::npos, tagged.out);
@@ -278,15 +282,16 @@ TEST_CASE("under systemd, vmctl and systemctl tell one truth from boot to powero
   auto down = c.poweroff(std::chrono::seconds(300));
   REQUIRE_MESSAGE(down.count() >= 0, "the container did not power off in time");
   MESSAGE("poweroff with " << kBootVms << " VMs running, to the container's end: " << seconds(down) << " s");
-  // Each VM's unit ended with its emulator's own exit (qemu `quit` after the guest powered
-  // off), never by systemd's SIGTERM.
   MESSAGE("(" << kStubbornVms << " of them ignore the power button and are quit at their " << kStubbornDeadline
              << " s deadline; the others power off at the first press, " << seconds(one_stop) << " s for one)");
+  // Each VM was stopped by its unit's ExecStop through vmlaunchd (vmctl's "NAME stopped"), and
+  // its unit ended with the emulator's own exit, never by systemd's SIGTERM.
   for (int i = 0; i < kBootVms; ++i) {
     std::string unit = "kvm-vm@vm" + std::to_string(i) + ".service";
     auto journal = vl::test::run_program("/usr/bin/journalctl", {"journalctl", "-D", c.root() + "/var/log/journal", "-o",
                                                                  "cat", "--no-pager", "-u", unit});
     CHECK_MESSAGE(journal.out.find("terminating on signal") == std::string::npos, journal.out);
+    CHECK_MESSAGE(journal.out.find("vm" + std::to_string(i) + " stopped") != std::string::npos, journal.out);
     CHECK_MESSAGE(journal.out.rfind("Deactivated successfully") != std::string::npos, journal.out);
   }
 }
