@@ -164,7 +164,10 @@ TEST_CASE("under systemd, vmctl and systemctl tell one truth from boot to powero
   }
   MESSAGE("boot to " << kBootVms << " VMs running: " << seconds(boot_to_running) << " s (boot finished at "
                      << seconds(booted) << " s)");
-  CHECK_MESSAGE(running_count(list) == kBootVms, list.dump() << c.run("systemctl --failed; journalctl -b -p warning -o cat | tail -40").out);
+  // Diagnostics are gathered before an assertion, never inside its message (which doctest
+  // evaluates while it reports, where a nested failure cannot unwind).
+  std::string why = running_count(list) == kBootVms ? "" : c.run("systemctl --failed; journalctl -b -p warning -o cat | tail -40").out;
+  CHECK_MESSAGE(running_count(list) == kBootVms, list.dump() << why);
   for (int i = 0; i < kBootVms; ++i) CHECK(unit_state(c, "vm" + std::to_string(i)) == "active");
   // The autostart VMs started in their declared order, and a start is over only when its guest
   // runs: when the second one's unit began (a drop-in's ExecStartPre, below), vmlaunchd already
@@ -207,14 +210,16 @@ TEST_CASE("under systemd, vmctl and systemctl tell one truth from boot to powero
   // `systemctl start` returns once the guest runs, supervised; vmctl agrees at once.
   {
     auto r = c.run("systemctl start kvm-vm@vmx.service");
-    REQUIRE_MESSAGE(r.exit_code == 0, r.out << c.run("journalctl -b -u kvm-vm@vmx -o cat | tail -30").out);
+    std::string journal = r.exit_code == 0 ? "" : c.run("journalctl -b -u kvm-vm@vmx -o cat | tail -30").out;
+    REQUIRE_MESSAGE(r.exit_code == 0, r.out << journal);
     Json row = vm_row(c, "vmx");
     CHECK_MESSAGE(row["state"] == "running", row.dump());
   }
   // `vmctl start` returns once the guest runs; systemd agrees at once.
   {
     auto r = c.run("vmctl start vmy");
-    REQUIRE_MESSAGE(r.exit_code == 0, r.out << c.run("journalctl -b -u kvm-vm@vmy -o cat | tail -30").out);
+    std::string journal = r.exit_code == 0 ? "" : c.run("journalctl -b -u kvm-vm@vmy -o cat | tail -30").out;
+    REQUIRE_MESSAGE(r.exit_code == 0, r.out << journal);
     CHECK(unit_state(c, "vmy") == "active");
     CHECK(vm_row(c, "vmy")["state"] == "running");
   }

@@ -55,7 +55,11 @@ class SystemdContainer final {
     std::filesystem::create_directories(layers_ + "/upper");
     std::filesystem::create_directories(layers_ + "/work");
     std::string options = "lowerdir=/,upperdir=" + layers_ + "/upper,workdir=" + layers_ + "/work";
-    REQUIRE_MESSAGE(::mount("overlay", root_.c_str(), "overlay", 0, options.c_str()) == 0, "mount overlay: " << strerror(errno));
+    if (::mount("overlay", root_.c_str(), "overlay", 0, options.c_str()) != 0) {
+      int saved = errno;
+      tear_down();  // a constructor that fails runs no destructor
+      FAIL("mount overlay: " << strerror(saved));
+    }
     root_mounted_ = true;
     // The host's machine-id would make the container's journal the host's; firstboot is off.
     std::filesystem::remove(root_ + "/etc/machine-id");
@@ -132,19 +136,28 @@ class SystemdContainer final {
   /// Runs a shell command inside the container, as root, in all its namespaces.
   Output run(const std::string& command) {
     REQUIRE(leader_ > 0);
+    auto r = try_run(command);
+    REQUIRE_MESSAGE(r.ok(), r.error().message());
+    return *r;
+  }
+
+  /// run(), without assertions: also safe while a failed check unwinds (the teardown).
+  Result<Output> try_run(const std::string& command) {
+    if (leader_ <= 0) return Error::make(ErrorCode::kNotFound, "the container is not running");
     int fds[2];
-    REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
+    if (::pipe2(fds, O_CLOEXEC) != 0) return Error::from_errno("pipe2");
     UniqueFd out_read(fds[0]), out_write(fds[1]);
     UniqueFd null_fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
-    auto pid = spawn({"/usr/bin/nsenter",
-                      {"nsenter", "-t", std::to_string(leader_), "-a", "/bin/sh", "-c", command},
-                      {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "SYSTEMD_PAGER=", "SYSTEMD_COLORS=0"},
-                      {{null_fd.get(), 0}, {out_write.get(), 1}, {out_write.get(), 2}}});
-    REQUIRE_MESSAGE(pid.ok(), pid.error().message());
+    pid_t pid = VL_TRY(spawn({"/usr/bin/nsenter",
+                              {"nsenter", "-t", std::to_string(leader_), "-a", "/bin/sh", "-c", command},
+                              {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "SYSTEMD_PAGER=", "SYSTEMD_COLORS=0"},
+                              {{null_fd.get(), 0}, {out_write.get(), 1}, {out_write.get(), 2}}}));
     out_write.reset();
     Output r;
-    r.out = sys::read_all(out_read.get(), 4 << 20).value();
-    int status = wait_for(*pid).value();
+    auto out = sys::read_all(out_read.get(), 4 << 20);
+    int status = VL_TRY(wait_for(pid));
+    if (!out) return std::move(out).error();
+    r.out = std::move(out).value();
     r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     return r;
   }
@@ -154,7 +167,7 @@ class SystemdContainer final {
   std::chrono::milliseconds poweroff(std::chrono::seconds deadline) {
     if (nspawn_ <= 0) return std::chrono::milliseconds(0);
     auto t0 = std::chrono::steady_clock::now();
-    (void)run("systemctl --no-block poweroff");
+    (void)try_run("systemctl --no-block poweroff");
     while (std::chrono::steady_clock::now() - t0 < deadline) {
       if (nspawn_exited()) {
         leader_ = 0;
