@@ -9,6 +9,9 @@
 //   Restart(s name, u timeout)      -> ()
 //   Kill(s name, i signal)          -> ()
 //   GetLaunchPlan(s name)           -> s           the plan as JSON; root peers only
+//   Launched(s name)                -> ()          root only: a kvm-vm@NAME unit exec'd the emulator;
+//                                                  returns once the guest runs (or fails)
+//   LaunchFailed(s name, s message) -> ()          root only: a kvm-vm@NAME unit's launch failed
 //   signal StateChanged(s name, s state, s reason)
 // Errors are D-Bus errors named org.vmlaunch.Error.<Code> (NotFound, Denied, Conflict, ...)
 // whose message is the error's context.

@@ -61,7 +61,7 @@ Result<void> authorize(sd_bus_message* m, const ServerState& s, bool root_only) 
   if (!conn) return Error::make(ErrorCode::kInternal, "unknown connection");
   const Peer& peer = conn->peer();
   if (peer.uid == 0) return {};
-  if (root_only) return Error::make(ErrorCode::kDenied, "permission denied: only root may ask for launch plans");
+  if (root_only) return Error::make(ErrorCode::kDenied, "permission denied: only root may ask for launch plans or report launches");
   if (std::find(peer.groups.begin(), peer.groups.end(), s.admin_gid) != peer.groups.end()) return {};
   return Error::make(ErrorCode::kDenied, "permission denied: uid " + std::to_string(peer.uid) +
                                               " is neither root nor in group '" + s.admin_group + "'");
@@ -191,6 +191,30 @@ int method_plan(sd_bus_message* m, void* userdata, sd_bus_error*) {
   return 1;
 }
 
+// From `vmlaunch-helper supervise` in a kvm-vm@ unit's ExecStartPost (root only): the unit's
+// emulator was exec'd; answered once the guest runs, or with why it does not (the unit then
+// fails). The unit becomes active only with this answer (architecture.md, systemd mode).
+int method_launched(sd_bus_message* m, void* userdata, sd_bus_error*) {
+  auto* s = static_cast<ServerState*>(userdata);
+  AUTHORIZE(m, s, true);
+  const char* name = nullptr;
+  if (int r = sd_bus_message_read(m, "s", &name); r < 0) return r;
+  s->manager->launched(name, reply_later(m));
+  return 1;
+}
+
+// From `vmlaunch-helper launch` in a kvm-vm@ unit (root only): the launch failed, with this
+// error; the start waiting for the unit fails with it.
+int method_launch_failed(sd_bus_message* m, void* userdata, sd_bus_error*) {
+  auto* s = static_cast<ServerState*>(userdata);
+  AUTHORIZE(m, s, true);
+  const char* name = nullptr;
+  const char* message = nullptr;
+  if (int r = sd_bus_message_read(m, "ss", &name, &message); r < 0) return r;
+  s->manager->launch_failed(name, message);
+  return sd_bus_reply_method_return(m, "");
+}
+
 // Every method is "unprivileged" for sd-bus: the checks above replace its capability test,
 // which knows nothing of the admin group.
 const sd_bus_vtable kVtable[] = {
@@ -211,6 +235,10 @@ const sd_bus_vtable kVtable[] = {
                             SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD_WITH_ARGS("GetLaunchPlan", SD_BUS_ARGS("s", name), SD_BUS_RESULT("s", plan), method_plan,
                             SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD_WITH_ARGS("Launched", SD_BUS_ARGS("s", name), SD_BUS_NO_RESULT, method_launched,
+                            SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD_WITH_ARGS("LaunchFailed", SD_BUS_ARGS("s", name, "s", message), SD_BUS_NO_RESULT,
+                            method_launch_failed, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_SIGNAL_WITH_ARGS("StateChanged", SD_BUS_ARGS("s", name, "s", state, "s", reason), 0),
     SD_BUS_VTABLE_END};
 

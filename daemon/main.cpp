@@ -15,6 +15,7 @@
 #include "daemon/control_server.h"
 #include "daemon/manager.h"
 #include "daemon/planner.h"
+#include "daemon/service_notify.h"
 #include "vmlaunch_build_config.h"
 
 namespace {
@@ -75,8 +76,18 @@ int run_daemon(const std::string& config_path) {
   boost::asio::io_context io;
   vl::Manager manager(io, *config);
   vl::ControlServer server(io, *config, manager);
+  vl::ServiceNotifier notifier(io);
+  auto signal_state = std::move(manager.on_state_changed);  // the control server's StateChanged
+  manager.on_state_changed = [&notifier, signal_state](const vl::VmInfo& info) {
+    if (signal_state) signal_state(info);
+    notifier.state_changed(info);
+  };
   if (auto listening = server.listen(); !listening) return fail(listening.error());
   manager.adopt_running();
+  // Ready once it serves and every VM with runtime state has a supervisor (adopted VMs read
+  // `starting` until their monitor answers, and operations on them wait for that): a client
+  // that connects after `systemctl start vmlaunchd` returns sees every VM.
+  notifier.ready();
   if (auto watching = manager.watch_links(); !watching)
     std::fprintf(stderr, "vmlaunchd: %s; zone bridges are not watched\n", watching.error().message().c_str());
   if (auto following = manager.watch_domains(); !following)

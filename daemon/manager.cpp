@@ -270,6 +270,18 @@ void Manager::kill(const std::string& name, int signal, Done done) {
   (*s)->kill(signal, std::move(done));
 }
 
+void Manager::launched(const std::string& name, Done done) {
+  auto s = supervisor(name, true);
+  if (!s) return done(s.error());
+  (*s)->launched(std::move(done));
+}
+
+void Manager::launch_failed(const std::string& name, const std::string& message) {
+  auto s = supervisor(name, false);
+  if (!s) return;
+  (*s)->launch_failed(Error::make(ErrorCode::kSystem, message));
+}
+
 void Manager::launch_plan(const std::string& name, std::function<void(Result<std::string>)> done) {
   auto vm = VmName::parse(name);
   if (!vm) return done(vm.error());

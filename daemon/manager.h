@@ -64,6 +64,11 @@ class Manager final {
             StopMode mode = StopMode::kAcpi);
   void restart(const std::string& name, std::chrono::seconds timeout, Done done);
   void kill(const std::string& name, int signal, Done done);
+  /// A kvm-vm@NAME unit exec'd the emulator (its ExecStartPost says so): supervised from
+  /// here, `done` once the guest runs. Whether vmctl or systemctl asked for the start.
+  void launched(const std::string& name, Done done);
+  /// A kvm-vm@NAME unit's launch failed with `message` (the helper says so before it exits).
+  void launch_failed(const std::string& name, const std::string& message);
   /// The plan of a defined VM as JSON; a cache miss converts without blocking the loop.
   void launch_plan(const std::string& name, std::function<void(Result<std::string>)> done);
 

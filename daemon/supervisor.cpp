@@ -199,6 +199,20 @@ void Supervisor::begin_start(Done done) {
   ctx_.broker.call({BrokerOp::kStart, name_, 0}, [this, run = run_](Result<int> pid) {
     if (run != run_) return;
     if (!pid) return fail_start(pid.error());
+    if (*pid == 0) {
+      // systemd launches it (kvm-vm@NAME.service): wait for the unit's word, within the
+      // start's deadline; its ExecStartPost calls launched(), a failed helper launch_failed().
+      awaiting_unit_ = true;
+      start_step_ = "the launch by unit kvm-vm@" + name_.str() + ".service";
+      start_timer_.expires_after(ctx_.start_deadline);
+      start_timer_.async_wait([this, run = run_](boost::system::error_code ec) {
+        if (ec || run != run_ || !awaiting_unit_) return;
+        auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(ctx_.start_deadline).count();
+        fail_start(Error::make(ErrorCode::kSystem, "VM '" + name_.str() + "': no word from unit kvm-vm@" + name_.str() +
+                                                       ".service within " + std::to_string(ms) + " ms"));
+      });
+      return;
+    }
     auto state = read_state(ctx_.config, name_);
     if (!state) {
       // The broker takes the close of its report pipe for the exec; a helper killed before
@@ -210,6 +224,49 @@ void Supervisor::begin_start(Done done) {
     }
     attach(*state, true);
   });
+}
+
+void Supervisor::launched(Done done) {
+  if (starting_ && awaiting_unit_) {
+    // The start asked through the broker: the unit's caller is answered with it.
+    awaiting_unit_ = false;
+    Done requester = std::move(starting_);
+    starting_ = [requester = std::move(requester), done = std::move(done)](Result<void> r) {
+      done(r);
+      requester(std::move(r));
+    };
+    return attach_launched();
+  }
+  enqueue([this, done = std::move(done)]() mutable {
+    Done finish = op_done(std::move(done));
+    if (info_.status == VmStatus::kRunning || info_.status == VmStatus::kStopping)
+      return finish(Error::make(ErrorCode::kConflict, "VM '" + name_.str() + "' is already running"));
+    end_run();
+    clear_intent();
+    set_status(VmStatus::kStarting, "started by its systemd unit");
+    guest_shutdown_ = false;
+    stop_requested_ = false;
+    starting_ = std::move(finish);
+    attach_launched();
+  });
+}
+
+void Supervisor::attach_launched() {
+  auto state = read_state(ctx_.config, name_);
+  if (!state)
+    return fail_start(state.error().wrap("VM '" + name_.str() + "': its unit reports a launch, but its state is unreadable"));
+  attach(*state, true);
+}
+
+void Supervisor::launch_failed(const Error& error) {
+  if (starting_ && awaiting_unit_) {
+    awaiting_unit_ = false;
+    return fail_start(error);
+  }
+  // A `systemctl start` that failed before any start began here: one truth, the VM failed.
+  if (busy_ || (info_.status != VmStatus::kStopped && info_.status != VmStatus::kFailed)) return;
+  failure_ = error.message();
+  set_status(VmStatus::kFailed, failure_);
 }
 
 void Supervisor::complete_start(Result<void> result) {
@@ -270,6 +327,7 @@ void Supervisor::schedule_converge() {
 
 void Supervisor::end_run() {
   ++run_;
+  awaiting_unit_ = false;
   watch_failed_ = false;
   if (qmp_) {
     qmp_->on_event = nullptr;

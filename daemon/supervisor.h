@@ -14,6 +14,10 @@
 //            |  running"      |                |                   |                   | stopping[6]|
 //   stopping | after the exit | joins the stop | cleanup; stopped  | kill [4]          | quit       | -
 //
+//   Under systemd the broker's start only queues the unit kvm-vm@NAME: the start then waits
+//   (awaiting_unit_, with the start's deadline) for the unit to say Launched (its ExecStartPost)
+//   or LaunchFailed (the helper). A Launched nobody waits for is a `systemctl start`: a start
+//   op of its own. Either way the unit is active only once the start answered (architecture.md).
 //   restart (op): stop, then start, as one operation: nothing queued runs between the two.
 //   kill: running or stopping: a signal through the broker, its exit then expected (recorded
 //     as a StopIntent, so that a daemon restarted before the exit reads it `stopped` too);
@@ -130,6 +134,13 @@ class Supervisor final {
   /// Stop, then start, as one operation.
   void restart(std::chrono::seconds timeout, Done done);
   void kill(int signal, Done done);
+  /// The VM's systemd unit exec'd its emulator (paused before `cont`): the start waiting for
+  /// the unit goes on with it, or, if none waits (`systemctl start` issued directly), a start
+  /// begins with it. `done` once the guest runs or the start failed.
+  void launched(Done done);
+  /// The VM's systemd unit reports its launch failed: the start waiting for it fails with
+  /// `error`; with none waiting, the VM reads failed with it.
+  void launch_failed(const Error& error);
   /// Takes over a VM found running at daemon start; a dead one is cleaned up.
   void adopt(const VmState& state);
   /// A launch found unfinished at daemon start (a runtime directory without state): cleaned
@@ -156,6 +167,8 @@ class Supervisor final {
   void stop_by_agent(std::chrono::seconds timeout, Done done);
   void set_status(VmStatus status, std::string reason);
   void attach(const VmState& state, bool fresh);
+  /// A launch by the unit is done: attach its emulator as a fresh start's.
+  void attach_launched();
   void after_monitor_ready(bool fresh);
   /// One QMP command of a start: on failure the start fails, naming the command.
   void start_command(const std::string& command, QmpClient::Json arguments,
@@ -230,6 +243,7 @@ class Supervisor final {
   long long stop_seconds_ = 0;  ///< the graceful stop's whole wait, for its messages
   bool guest_shutdown_ = false;
   bool watch_failed_ = false;  ///< an adopted VM whose pidfd could not be opened (retrying)
+  bool awaiting_unit_ = false;  ///< the start in progress waits for its systemd unit's launch
   bool adopting_ = false;      ///< an adoption holds the queue until the monitor's verdict
   bool unconverged_ = false;   ///< a teardown is unfinished (footnote [3])
   std::string failure_;        ///< why the VM failed, for the reasons of later retries

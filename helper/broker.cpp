@@ -248,6 +248,9 @@ Result<void> serve_broker(const HostConfig& config, const std::string& config_pa
   int sfd = ::signalfd(-1, &stop, SFD_CLOEXEC);
   UniqueFd signals(sfd);
   log_info("broker listening on " + config.helper_socket() + " for uid " + std::to_string(daemon_uid));
+  // vmlaunchd.service is ordered after the broker: under Type=notify it starts once this
+  // socket accepts connections, not merely once the process exists.
+  (void)sd_notify(0, "READY=1");
   // One poll over the listener, the signals and the current connection: SIGTERM is seen
   // whenever no request is being handled, and no connection can hold the broker. The daemon
   // keeps one connection; a new one from its uid means it reconnected (or another process of

@@ -12,6 +12,7 @@
 #include "helper/fault.h"
 #include "helper/launch.h"
 #include "helper/log.h"
+#include "helper/machine.h"
 #include "helper/netlink.h"
 #include "helper/nft_filter.h"
 #include "helper/runtime_dir.h"
@@ -138,6 +139,10 @@ Result<void> cleanup_vm(const HostConfig& config, const VmName& vm) {
       {"remove-runtime-dir", [&] { return remove_runtime_dir(config, vm); }},
       {"remove-launch-record", [&] {
          confirm_launch(config, vm);
+         return Result<void>();
+       }},
+      {"unregister-machine", [&] {
+         unregister_machine(vm);  // tolerated: machined may be absent, or have dropped it
          return Result<void>();
        }},
   };

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <sys/file.h>
+#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <ctime>
@@ -19,6 +20,7 @@
 #include "helper/exec.h"
 #include "helper/log.h"
 #include "helper/log_relay.h"
+#include "helper/machine.h"
 #include "helper/netlink.h"
 #include "helper/nft_filter.h"
 #include "helper/runtime_dir.h"
@@ -177,7 +179,8 @@ Result<UniqueFd> lock_helper(const HostConfig& config) {
   return fd;
 }
 
-Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& plan_json, int* report_fd) {
+Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& plan_json, int* report_fd,
+                bool in_unit) {
   log_set_vm(vm.str());
   // Checks against other VMs (MACs, disks) and the shared nftables table must not interleave
   // with another launch or cleanup: one helper at a time, until exec (the fd is CLOEXEC).
@@ -311,6 +314,15 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
   if (report_fd && *report_fd >= 0) {
     spec.fds.push_back({*report_fd, kReportFdTarget});
     *report_fd = kReportFdTarget;
+  }
+  if (in_unit) {
+    // The helper's pid is the emulator's after the exec: machined takes it as the leader, and
+    // systemd, reading READY=1 from the main pid, runs ExecStartPost, which waits until the
+    // daemon has the guest running. An exec that fails after this still fails the unit: the
+    // main process exits before the daemon can report the guest running.
+    register_machine(vm, state.pid, state.taps);
+    if (int r = sd_notify(0, "READY=1\nSTATUS=emulator executing; vmlaunchd takes it from here"); r <= 0)
+      log_warning(Error::from_errno(r < 0 ? -r : 0, "sd_notify READY=1").message() + ", ignoring");
   }
   log_info("executing '" + spec.path + "' as uid " + std::to_string(uid) + " (pid " + std::to_string(state.pid) + ")");
   Error failed = drop_privileges_and_exec(spec, {uid, uid, env.vm_group});

@@ -23,7 +23,12 @@ namespace vl::helper {
 /// which case `cleanup` undoes it; systemd's ExecStopPost and the broker always run it).
 /// `report_fd` (may be null or -1): the broker's report pipe; on return it holds the number
 /// under which the pipe now lives (it is moved out of the way of the plan's fds).
-Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& plan_json, int* report_fd);
+/// `in_unit`: the launch runs as a kvm-vm@ unit's main process (type notify): just before the
+/// exec it registers the VM with systemd-machined and sends READY=1, so that the unit's
+/// ExecStartPost (`supervise`) hands the emulator to the daemon; the unit is active only
+/// once the daemon has the guest running.
+Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& plan_json, int* report_fd,
+                bool in_unit = false);
 
 /// Above every fd number a plan may use (3..18). Targets from here up are the helper's own
 /// (this report pipe, its private log fd): placed for the emulator but closed by its execve.

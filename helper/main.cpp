@@ -26,6 +26,7 @@ constexpr char kUsage[] =
     "Usage: vmlaunch-helper [--config PATH] launch NAME [--plan FILE]\n"
     "       vmlaunch-helper [--config PATH] cleanup NAME\n"
     "       vmlaunch-helper [--config PATH] serve\n"
+    "       vmlaunch-helper [--config PATH] supervise NAME\n"
     "\n"
     "The root side of vmlaunch. Must run as root.\n"
     "\n"
@@ -38,6 +39,8 @@ constexpr char kUsage[] =
     "                           against the domain XML.\n"
     "  cleanup NAME             Undo everything launch did. Idempotent.\n"
     "  serve                    Run the broker vmlaunchd talks to (start, kill, cleanup).\n"
+    "  supervise NAME           In a kvm-vm@NAME unit (ExecStartPost): hand the emulator the\n"
+    "                           unit launched to vmlaunchd and wait until the guest runs.\n"
     "\n"
     "Options:\n"
     "  --config PATH            Host configuration (default " VMLAUNCH_DEFAULT_CONFIG ")\n"
@@ -116,7 +119,7 @@ int main(int argc, char** argv) {
   }
   if (args.empty()) return usage_error("no command given");
   const std::string& command = args[0];
-  if (command != "launch" && command != "cleanup" && command != "serve")
+  if (command != "launch" && command != "cleanup" && command != "serve" && command != "supervise")
     return usage_error("unknown command '" + command + "'");
   if (args.size() != (command == "serve" ? 1u : 2u))
     return usage_error(command == "serve" ? "serve takes no arguments" : command + " takes exactly one VM name");
@@ -126,7 +129,15 @@ int main(int argc, char** argv) {
   }
   config_path = absolute(config_path);
   plan_path = absolute(plan_path);
+  // systemd's notification socket, kept across the sanitized environment: the broker and a
+  // unit's launch tell systemd when they are ready (sd_notify reads it from the environment;
+  // the emulator's environment is built from scratch and never has it).
+  const char* notify = std::getenv("NOTIFY_SOCKET");
+  std::string notify_socket = notify ? notify : "";
   sanitize_process(report_fd);
+  if (!notify_socket.empty()) ::setenv("NOTIFY_SOCKET", notify_socket.c_str(), 1);
+  // Launched by a kvm-vm@ unit (type notify) rather than by the broker or by hand.
+  const bool in_unit = !notify_socket.empty() && report_fd < 0 && command == "launch";
   // Tell whoever started `launch` why it failed (the broker relays it to the daemon).
   auto fail = [&](const vl::Error& e) {
     if (report_fd >= 3) (void)vl::sys::write_all(report_fd, vl::encode_broker_reply({false, 0, e}));
@@ -142,10 +153,21 @@ int main(int argc, char** argv) {
   auto vm = vl::VmName::parse(args[1]);
   if (!vm) return fail(vl::helper::log_error(vm.error()));
   if (command == "cleanup") return vl::helper::cleanup_vm(*config, *vm) ? 0 : 1;
+  if (command == "supervise") {
+    vl::helper::log_set_vm(vm->str());
+    auto running = vl::helper::report_launched(*config, *vm);
+    return running ? 0 : (vl::helper::log_error(running.error()), 1);
+  }
 
+  // A unit's launch tells the daemon why it failed: the start waiting for the unit (vmctl
+  // start) answers with the launch's own error, not a timeout.
+  auto fail_launch = [&](const vl::Error& e) {
+    if (in_unit) vl::helper::report_launch_failed(*config, *vm, e);
+    return fail(e);
+  };
   auto plan = plan_path.empty() ? vl::helper::fetch_plan_from_daemon(*config, *vm)
                                 : vl::sys::read_file(plan_path, 256 * 1024);
-  if (!plan) return fail(vl::helper::log_error(plan.error()));
-  vl::Error failed = vl::helper::launch_vm(*config, *vm, *plan, &report_fd);  // returns only on failure
-  return fail(failed);
+  if (!plan) return fail_launch(vl::helper::log_error(plan.error()));
+  vl::Error failed = vl::helper::launch_vm(*config, *vm, *plan, &report_fd, in_unit);  // returns only on failure
+  return fail_launch(failed);
 }

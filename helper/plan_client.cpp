@@ -8,18 +8,30 @@
 
 namespace vl::helper {
 
-Result<std::string> fetch_plan_from_daemon(const HostConfig& config, const VmName& vm) {
+namespace {
+
+using Bus = std::unique_ptr<sd_bus, sd_bus*(*)(sd_bus*)>;
+
+// Longer than any start may take in the daemon (its start deadline, 30 s, after a conversion
+// of a few seconds): sd-bus's default of 25 s would cut a slow but healthy start short.
+constexpr uint64_t kCallTimeoutUsec = 120ull * 1000 * 1000;
+
+Result<Bus> connect_daemon(const HostConfig& config, const std::string& why) {
   sd_bus* raw = nullptr;
   if (int r = sd_bus_new(&raw); r < 0) return Error::from_errno(-r, "sd_bus_new");
-  std::unique_ptr<sd_bus, sd_bus*(*)(sd_bus*)> bus(raw, sd_bus_flush_close_unref);
+  Bus bus(raw, sd_bus_flush_close_unref);
   std::string address = "unix:path=" + config.control_socket();
   if (int r = sd_bus_set_address(bus.get(), address.c_str()); r < 0) return Error::from_errno(-r, "set bus address");
   if (int r = sd_bus_start(bus.get()); r < 0)
-    return Error::from_errno(-r, "connect to vmlaunchd at '" + config.control_socket() + "' for the launch plan");
+    return Error::from_errno(-r, "connect to vmlaunchd at '" + config.control_socket() + "' " + why);
+  return bus;
+}
+
+// One method call; the reply (if wanted) is handed to the caller. `what` completes "vmlaunchd
+// ..." in an error, in the operator's words (no method names).
+Result<void> call(sd_bus* bus, const std::string& what, sd_bus_message* m, sd_bus_message** reply) {
   sd_bus_error error = SD_BUS_ERROR_NULL;
-  sd_bus_message* reply = nullptr;
-  int r = sd_bus_call_method(bus.get(), nullptr, kControlPath, kControlInterface, "GetLaunchPlan", &error, &reply,
-                             "s", vm.str().c_str());
+  int r = sd_bus_call(bus, m, kCallTimeoutUsec, &error, reply);
   if (r < 0) {
     // The daemon's refusal is a sentence for the operator, carrying its own error code; the
     // errno sd-bus derives from it (EIO for any of vmlaunch's errors) would add a stray
@@ -32,17 +44,53 @@ Result<std::string> fetch_plan_from_daemon(const HostConfig& config, const VmNam
       for (ErrorCode c : {ErrorCode::kInvalid, ErrorCode::kUnsupported, ErrorCode::kNotFound, ErrorCode::kConflict,
                           ErrorCode::kDenied, ErrorCode::kInternal})
         if (name == control_error_name(c)) code = c;
-      return Error::make(code, "vmlaunchd cannot plan VM '" + vm.str() + "': " + message);
+      return Error::make(code, "vmlaunchd " + what + ": " + message);
     }
-    return Error::from_errno(-r, "ask vmlaunchd for the launch plan of VM '" + vm.str() + "'" +
-                                     (message.empty() ? "" : " (" + message + ")"));
+    return Error::from_errno(-r, "vmlaunchd " + what + (message.empty() ? "" : " (" + message + ")"));
   }
+  return {};
+}
+
+Result<sd_bus_message*> new_call(sd_bus* bus, const char* method) {
+  sd_bus_message* m = nullptr;
+  if (int r = sd_bus_message_new_method_call(bus, &m, nullptr, kControlPath, kControlInterface, method); r < 0)
+    return Error::from_errno(-r, std::string("build ") + method + " call");
+  return m;
+}
+
+}  // namespace
+
+Result<std::string> fetch_plan_from_daemon(const HostConfig& config, const VmName& vm) {
+  Bus bus = VL_TRY(connect_daemon(config, "for the launch plan"));
+  sd_bus_message* m = VL_TRY(new_call(bus.get(), "GetLaunchPlan"));
+  std::unique_ptr<sd_bus_message, sd_bus_message*(*)(sd_bus_message*)> request(m, sd_bus_message_unref);
+  if (int r = sd_bus_message_append(m, "s", vm.str().c_str()); r < 0) return Error::from_errno(-r, "build GetLaunchPlan call");
+  sd_bus_message* reply = nullptr;
+  VL_CHECK(call(bus.get(), "cannot plan VM '" + vm.str() + "'", m, &reply));
   const char* json = nullptr;
-  r = sd_bus_message_read(reply, "s", &json);
+  int r = sd_bus_message_read(reply, "s", &json);
   std::string plan = r >= 0 && json ? json : "";
   sd_bus_message_unref(reply);
   if (r < 0) return Error::from_errno(-r, "read GetLaunchPlan reply");
   return plan;
+}
+
+Result<void> report_launched(const HostConfig& config, const VmName& vm) {
+  Bus bus = VL_TRY(connect_daemon(config, "to hand over VM '" + vm.str() + "'"));
+  sd_bus_message* m = VL_TRY(new_call(bus.get(), "Launched"));
+  std::unique_ptr<sd_bus_message, sd_bus_message*(*)(sd_bus_message*)> request(m, sd_bus_message_unref);
+  if (int r = sd_bus_message_append(m, "s", vm.str().c_str()); r < 0) return Error::from_errno(-r, "build Launched call");
+  return call(bus.get(), "did not take over VM '" + vm.str() + "'", m, nullptr);
+}
+
+void report_launch_failed(const HostConfig& config, const VmName& vm, const Error& error) {
+  auto bus = connect_daemon(config, "to report the failed launch");
+  if (!bus) return;
+  auto m = new_call(bus->get(), "LaunchFailed");
+  if (!m) return;
+  std::unique_ptr<sd_bus_message, sd_bus_message*(*)(sd_bus_message*)> request(*m, sd_bus_message_unref);
+  if (sd_bus_message_append(*m, "ss", vm.str().c_str(), error.message().c_str()) < 0) return;
+  (void)call(bus->get(), "was not told of the failed launch of VM '" + vm.str() + "'", *m, nullptr);
 }
 
 }  // namespace vl::helper

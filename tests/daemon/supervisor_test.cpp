@@ -467,6 +467,110 @@ TEST_SUITE("daemon/supervisor") {
   // The QMP contract: whatever fails on the monitor during a start (an error, a closed
   // connection, a command that is never answered), the start ends: the emulator is killed
   // through the broker, cleaned up, and the error names what failed.
+  TEST_CASE("under systemd a start waits for its unit's Launched, and both are answered once the guest runs") {
+    AdoptableVm fixture;
+    auto& [emulator, dir, config, vm, state] = fixture;
+    asio::io_context io;
+    {
+      // pid 0: the broker only queued kvm-vm@web1.service.
+      ScriptedBroker broker(config.helper_socket(), [](const vl::BrokerRequest&) { return ok_reply(0); });
+      std::atomic<bool> resumed{false};
+      FakeMonitor monitor(config.vm_runtime_dir(vm) + "/qmp.sock", [&](const std::string& command) {
+        if (command == "cont") resumed = true;
+        return std::optional<Json>(command == "query-status" ? Json{{"status", "prelaunch"}} : Json::object());
+      });
+      vl::BrokerClient client(io, config.helper_socket());
+      vl::SupervisorContext ctx{io, config, client, [](const vl::VmName&) { return std::string(); }, nullptr};
+      vl::Supervisor supervisor(ctx, vm);
+
+      std::optional<vl::Result<void>> started, launched;
+      supervisor.start([&](vl::Result<void> r) { started = std::move(r); });
+      // The broker's answer is no launch: nothing is read or resumed until the unit speaks.
+      CHECK_FALSE(run_until(io, [&] { return started.has_value(); }, 300ms));
+      CHECK(supervisor.info().status == vl::VmStatus::kStarting);
+      CHECK_FALSE(resumed);
+      supervisor.launched([&](vl::Result<void> r) { launched = std::move(r); });
+      REQUIRE(run_until(io, [&] { return started.has_value() && launched.has_value(); }));
+      CHECK_MESSAGE(started->ok(), started->error().message());
+      CHECK_MESSAGE(launched->ok(), launched->error().message());
+      CHECK(resumed);
+      CHECK(supervisor.info().status == vl::VmStatus::kRunning);
+      CHECK(supervisor.info().pid == emulator);
+    }
+  }
+
+  TEST_CASE("under systemd the unit's LaunchFailed fails the waiting start with the launch's own error") {
+    AdoptableVm fixture;
+    auto& [emulator, dir, config, vm, state] = fixture;
+    asio::io_context io;
+    {
+      ScriptedBroker broker(config.helper_socket(), [](const vl::BrokerRequest&) { return ok_reply(0); });
+      vl::BrokerClient client(io, config.helper_socket());
+      vl::SupervisorContext ctx{io, config, client, [](const vl::VmName&) { return std::string(); }, nullptr};
+      vl::Supervisor supervisor(ctx, vm);
+
+      std::optional<vl::Result<void>> started;
+      supervisor.start([&](vl::Result<void> r) { started = std::move(r); });
+      REQUIRE(run_until(io, [&] { return broker.received(vl::BrokerOp::kStart); }));
+      supervisor.launch_failed(vl::Error::make(vl::ErrorCode::kNotFound, "zone bridge 'br-lan' does not exist"));
+      REQUIRE(run_until(io, [&] { return started.has_value(); }));
+      REQUIRE_FALSE(started->ok());
+      CHECK_MESSAGE(started->error().message().find("br-lan") != std::string::npos, started->error().message());
+      CHECK(supervisor.info().status == vl::VmStatus::kFailed);
+      CHECK(supervisor.info().reason.find("br-lan") != std::string::npos);
+    }
+  }
+
+  TEST_CASE("under systemd a unit that says nothing fails the waiting start at the deadline, naming the unit") {
+    AdoptableVm fixture;
+    auto& [emulator, dir, config, vm, state] = fixture;
+    asio::io_context io;
+    {
+      ScriptedBroker broker(config.helper_socket(), [](const vl::BrokerRequest&) { return ok_reply(0); });
+      vl::BrokerClient client(io, config.helper_socket());
+      vl::SupervisorContext ctx{io, config, client, [](const vl::VmName&) { return std::string(); }, nullptr};
+      ctx.start_deadline = std::chrono::milliseconds(300);
+      vl::Supervisor supervisor(ctx, vm);
+
+      std::optional<vl::Result<void>> started;
+      supervisor.start([&](vl::Result<void> r) { started = std::move(r); });
+      REQUIRE(run_until(io, [&] { return started.has_value(); }));
+      REQUIRE_FALSE(started->ok());
+      CHECK_MESSAGE(started->error().message().find("kvm-vm@web1.service") != std::string::npos, started->error().message());
+    }
+  }
+
+  TEST_CASE("a Launched that no start waits for (systemctl start) begins a start: resumed, supervised, answered") {
+    AdoptableVm fixture;
+    auto& [emulator, dir, config, vm, state] = fixture;
+    asio::io_context io;
+    {
+      ScriptedBroker broker(config.helper_socket(), [](const vl::BrokerRequest&) { return ok_reply(0); });
+      std::atomic<bool> resumed{false};
+      FakeMonitor monitor(config.vm_runtime_dir(vm) + "/qmp.sock", [&](const std::string& command) {
+        if (command == "cont") resumed = true;
+        return std::optional<Json>(command == "query-status" ? Json{{"status", "prelaunch"}} : Json::object());
+      });
+      vl::BrokerClient client(io, config.helper_socket());
+      vl::SupervisorContext ctx{io, config, client, [](const vl::VmName&) { return std::string(); }, nullptr};
+      vl::Supervisor supervisor(ctx, vm);
+
+      std::optional<vl::Result<void>> launched;
+      supervisor.launched([&](vl::Result<void> r) { launched = std::move(r); });
+      REQUIRE(run_until(io, [&] { return launched.has_value(); }));
+      CHECK_MESSAGE(launched->ok(), launched->error().message());
+      CHECK(resumed);
+      CHECK(supervisor.info().status == vl::VmStatus::kRunning);
+      CHECK_FALSE(broker.received(vl::BrokerOp::kStart));  // systemd launched it, not the broker
+      // A second word for a VM that runs is refused, and changes nothing.
+      std::optional<vl::Result<void>> again;
+      supervisor.launched([&](vl::Result<void> r) { again = std::move(r); });
+      REQUIRE(run_until(io, [&] { return again.has_value(); }));
+      CHECK_FALSE(again->ok());
+      CHECK(supervisor.info().status == vl::VmStatus::kRunning);
+    }
+  }
+
   TEST_CASE("a monitor that never answers `cont` fails the start at its deadline: killed, cleaned up, named") {
     AdoptableVm fixture;
     auto& [emulator, dir, config, vm, state] = fixture;
