@@ -134,6 +134,43 @@ TEST_SUITE("root/uefi") {
     CHECK(std::filesystem::exists(store));
   }
 
+  TEST_CASE("hostile pflash plans from the daemon's uid are refused by the real helper, and no store is created") {
+    HelperEnv env;
+    env.install_domain("efi4", uefi_domain(env, "efi4"));
+    const std::string store = env.root() + "/images/nvram/efi4_VARS.fd";
+    const std::string other = env.root() + "/images/nvram/efi5_VARS.fd";
+    std::filesystem::create_directory(env.root() + "/images/nvram");
+    std::filesystem::copy_file("/usr/share/OVMF/OVMF_VARS_4M.fd", other);
+    const std::string writable_code = "/tmp/vmlaunch-test-OVMF_CODE-" + std::to_string(::getpid()) + ".fd";
+    std::filesystem::copy_file("/usr/share/OVMF/OVMF_CODE_4M.fd", writable_code, std::filesystem::copy_options::overwrite_existing);
+    ::chmod(writable_code.c_str(), 0666);
+    const std::string plan = env.plan_json("efi4");
+    REQUIRE(plan.find(store) != std::string::npos);
+    struct Case {
+      std::string from, to;
+      const char* expected;
+    };
+    const Case cases[] = {
+        {store, other, "is not a disk of the domain"},                                   // another VM's store
+        {store, env.root() + "/images/efi4.img", "is opened twice"},                     // the VM's disk as its store
+        {"/usr/share/OVMF/OVMF_CODE_4M.fd", writable_code, "is not a disk of the domain"},  // a loader a user can write
+        {"/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_CODE_4M.ms.fd", "pflash0 must be the domain's UEFI code image"},
+        // The code pflash without readonly.
+        {R"(\"node-name\":\"libvirt-pflash0-format\",\"read-only\":true)",
+         R"(\"node-name\":\"libvirt-pflash0-format\",\"read-only\":false)", "firmware must be opened read-only"},
+    };
+    for (const Case& c : cases) {
+      INFO(c.to);
+      REQUIRE(plan.find(c.from) != std::string::npos);
+      auto r = env.helper({"launch", "efi4", "--plan", env.write_plan("efi4", replace_all(plan, c.from, c.to))});
+      CHECK_FALSE(r.running());
+      CHECK_MESSAGE(r.log.find(c.expected) != std::string::npos, r.log);
+      CHECK_FALSE(std::filesystem::exists(store));
+      CHECK(contents(other) == contents("/usr/share/OVMF/OVMF_VARS_4M.fd"));
+    }
+    std::filesystem::remove(writable_code);
+  }
+
   TEST_CASE("a template or code image root did not install is refused by the helper, and nothing is created") {
     HelperEnv env;
     // A template the VM could read through root: any file outside the firmware directories.
