@@ -10,9 +10,13 @@
 #include "helper/uid_map.h"
 #include "tests/fixtures/virt_install.h"
 #include "tests/support/helper_env.h"
+#include "tests/support/system_env.h"
+
+#include <nlohmann/json.hpp>
 
 using vl::test::HelperEnv;
 using vl::test::owner_and_mode;
+using vl::test::SystemEnv;
 
 namespace {
 
@@ -110,6 +114,26 @@ TEST_SUITE("root/uefi") {
     CHECK(WEXITSTATUS(env.helper({"remove-nvram", "efi1"}).status) == 0);
     CHECK_FALSE(std::filesystem::exists(store));
     CHECK(WEXITSTATUS(env.helper({"remove-nvram", "efi1"}).status) == 0);
+  }
+
+  TEST_CASE("vmctl starts virt-install's UEFI domain through the daemon and the broker; OVMF runs as the VM's uid") {
+    SystemEnv env;
+    env.install_domain("efi6", uefi_domain(env, "efi6"));
+    const std::string store = env.root() + "/images/nvram/efi6_VARS.fd";
+    auto started = env.vmctl({"start", "efi6"});
+    REQUIRE_MESSAGE(started.exit_code == 0, started.out << env.log());
+    auto list = env.vmctl({"list", "--json"});
+    REQUIRE_MESSAGE(list.exit_code == 0, list.out);
+    nlohmann::json row;
+    for (const auto& r : nlohmann::json::parse(list.out))
+      if (r["name"] == "efi6") row = r;
+    CHECK(row["state"] == "running");
+    auto u = std::to_string(vl::helper::read_uid_map(env.config()).value().at("efi6"));
+    CHECK(owner_and_mode(store) == u + ":" + u + " 0600");
+    CHECK_MESSAGE(store_written(store, contents("/usr/share/OVMF/OVMF_VARS_4M.fd")), "OVMF did not write " << store);
+    auto stopped = env.vmctl({"stop", "efi6", "--force"});
+    CHECK_MESSAGE(stopped.exit_code == 0, stopped.out << env.log());
+    CHECK(std::filesystem::exists(store));
   }
 
   TEST_CASE("a failed launch removes the store it created, and keeps one it found" * doctest::skip(!kFaultInjection)) {
