@@ -208,4 +208,20 @@ TEST_SUITE("root/uefi") {
     CHECK_MESSAGE(r.log.find("UEFI variable store template '/etc/shadow' is not in a firmware directory") != std::string::npos, r.log);
     CHECK_FALSE(std::filesystem::exists(env.root() + "/images/nvram/efi3_VARS.fd"));
   }
+
+  TEST_CASE("another VM's variable store is refused as a disk, and keeps its owner") {
+    HelperEnv env;
+    env.install_domain("efi7", uefi_domain(env, "efi7"));
+    auto r = env.launch("efi7");
+    REQUIRE_MESSAGE(r.running(), r.log);
+    env.kill_vm(r.pid);
+    CHECK(WEXITSTATUS(env.helper({"cleanup", "efi7"}).status) == 0);
+    const std::string store = env.root() + "/images/nvram/efi7_VARS.fd";
+    const std::string owner = owner_and_mode(store);
+    env.define({.name = "web1", .mac = "52:54:00:00:30:01", .disk = store});
+    auto web1 = env.launch("web1");
+    CHECK_FALSE(web1.running());
+    CHECK_MESSAGE(web1.log.find("where the UEFI variable stores of VMs live") != std::string::npos, web1.log);
+    CHECK(owner_and_mode(store) == owner);
+  }
 }
