@@ -138,14 +138,20 @@ class ArgvChecker {
   struct ProtocolNode {
     Image image;
     bool used = false;
+    std::string filename;
   };
   std::map<std::string, ProtocolNode> protocol_nodes_;
+  // Image::disk for the domain's UEFI variable store (the helper's per-VM NVRAM file).
+  static constexpr int kNvramImage = -2;
+  std::map<std::string, std::string> firmware_nodes_;  // read-only firmware format nodes -> file
+  std::string nvram_node_;                             // the NVRAM's format node, once declared
   std::set<std::string> format_nodes_;          // what devices may use as a drive
   std::map<std::string, Image> layer_nodes_;    // format nodes of backing layers
   std::set<Image> images_opened_;
   Result<Image> image_of(const QemuOption& opt, const std::string& driver, const std::string& filename) const;
   Result<void> check_backing(const QemuOption& opt, const Json& bd, const Image& image) const;
   Result<void> check_boot_path(const QemuOption& opt, const std::string& path) const;
+  Result<void> check_pflash_code(const QemuOption& opt, const std::string& node) const;
 };
 
 const ArgvChecker::Rule ArgvChecker::kRules[] = {
@@ -403,12 +409,21 @@ Result<void> ArgvChecker::declare_blockdev(const QemuOption& opt) {
       return refuse(opt, "aio mode must be threads or native");
     if (!bd.contains("filename") || !bd["filename"].is_string()) return refuse(opt, "a protocol node needs a filename");
     Image image = VL_TRY(image_of(opt, driver, bd["filename"].get<std::string>()));
-    if (image.disk < 0 && !read_only)
+    if (image.disk == kNvramImage) {
+      if (!images_opened_.insert(image).second) return refuse(opt, "the UEFI variable store is opened twice");
+      protocol_nodes_[node] = ProtocolNode{image, false, {}};
+      return {};
+    }
+    // Firmware without "read-only" is accepted with "auto-read-only" (libvirt 9 writes the UEFI
+    // code image so): QEMU falls back to read-only because the file is root's (check_boot_path),
+    // and its format node must be read-only anyway.
+    bool auto_read_only = VL_TRY(bool_member(opt, bd, "auto-read-only"));
+    if (image.disk < 0 && !read_only && (!auto_read_only || !check_boot_path(opt, bd["filename"].get<std::string>())))
       return refuse(opt, "'" + bd["filename"].get<std::string>() + "' is not a disk of the domain XML");
     if (image.disk < 0) VL_CHECK(check_boot_path(opt, bd["filename"].get<std::string>()));
     if (image.disk >= 0 && !images_opened_.insert(image).second)
       return refuse(opt, "'" + bd["filename"].get<std::string>() + "' is opened twice");
-    protocol_nodes_[node] = ProtocolNode{image, false};
+    protocol_nodes_[node] = ProtocolNode{image, false, bd["filename"].get<std::string>()};
     return {};
   }
   if (driver == "raw" || driver == "qcow2") {
@@ -421,9 +436,16 @@ Result<void> ArgvChecker::declare_blockdev(const QemuOption& opt) {
     proto->second.used = true;
     const Image image = proto->second.image;
     VL_CHECK(check_backing(opt, bd, image));
+    if (image.disk == kNvramImage) {
+      // Not a drive devices may use: only -machine pflash1 maps it.
+      if (driver != "raw") return refuse(opt, "the UEFI variable store is opened as raw");
+      nvram_node_ = node;
+      return {};
+    }
     if (image.disk < 0) {
       if (!read_only || driver != "raw") return refuse(opt, "firmware must be opened read-only as raw");
       format_nodes_.insert(node);
+      firmware_nodes_[node] = proto->second.filename;
       return {};
     }
     const Disk& disk = domain_.disks[image.disk];
@@ -460,6 +482,7 @@ Result<ArgvChecker::Image> ArgvChecker::image_of(const QemuOption& opt, const st
       }
   }
   if (driver != "file") return refuse(opt, "'" + filename + "' is not a disk of the domain XML");
+  if (domain_.uefi && !domain_.uefi->nvram.empty() && filename == domain_.uefi->nvram) return Image{kNvramImage, -1};
   return Image{};
 }
 
@@ -559,8 +582,21 @@ Result<void> ArgvChecker::check_machine(const QemuOption& opt) {
     std::string value(keyval_value(p));
     if (keyval_key(p) == "memory-backend") VL_CHECK(reference(opt, memdevs_, value, "memory backend"));
     if (keyval_key(p) == "pcspk-audiodev") VL_CHECK(reference(opt, audiodevs_, value, "audio backend"));
-    if (keyval_key(p) == "pflash0" || keyval_key(p) == "pflash1") VL_CHECK(reference(opt, format_nodes_, value, "block node"));
+    if (keyval_key(p) == "pflash0") VL_CHECK(check_pflash_code(opt, value));
+    if (keyval_key(p) == "pflash1" && (nvram_node_.empty() || value != nvram_node_))
+      return refuse(opt, "pflash1 must be the domain's UEFI variable store (" +
+                             (domain_.uefi ? domain_.uefi->nvram : std::string("the domain has no UEFI firmware")) + ")");
   }
+  return {};
+}
+
+// The flash the guest executes: read-only firmware root installed (check_boot_path ran when its
+// node was declared), and for a UEFI domain exactly the loader its XML names.
+Result<void> ArgvChecker::check_pflash_code(const QemuOption& opt, const std::string& node) const {
+  auto it = firmware_nodes_.find(node);
+  if (it == firmware_nodes_.end()) return refuse(opt, "pflash0 must be a read-only firmware image, not '" + node + "'");
+  if (domain_.uefi && it->second != domain_.uefi->code)
+    return refuse(opt, "pflash0 must be the domain's UEFI code image '" + domain_.uefi->code + "'");
   return {};
 }
 

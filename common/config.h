@@ -69,6 +69,14 @@ struct HostConfig {
   std::string vm_runtime_dir(const VmName& vm) const { return runtime_dir + "/vms/" + vm.str(); }
   std::string uid_map_path() const { return state_dir + "/uids"; }
   std::string disk_journal_path(const VmName& vm) const { return state_dir + "/disks/" + vm.str() + ".json"; }
+  /// A UEFI VM's variable store: created by the helper from the firmware's template, owned by
+  /// the VM's uid, kept across starts. Never taken from the domain XML or the plan. It lives
+  /// under the first storage root because the emulator opens it by path as the VM's uid, and
+  /// state_dir is root's alone (0700). Empty when no storage root is configured.
+  std::string nvram_dir() const { return storage_roots.empty() ? std::string() : storage_roots.front() + "/nvram"; }
+  std::string nvram_path(const VmName& vm) const {
+    return storage_roots.empty() ? std::string() : nvram_dir() + "/" + vm.str() + "_VARS.fd";
+  }
   std::string udev_rule_path(const VmName& vm) const {
     return udev_rules_dir + "/90-vmlaunch-" + vm.str() + ".rules";
   }

@@ -131,6 +131,7 @@ class DomainParser {
   std::optional<Vnc> vnc_;
   int serial_ptys_ = 0;
   bool guest_agent_ = false;
+  std::optional<Uefi> uefi_;
   std::vector<std::string> boot_files_;
   VmlaunchMeta meta_;
 };
@@ -213,7 +214,8 @@ Result<Domain> DomainParser::parse(const xmlNode* root) {
     return unsupported(root, "more than " + std::to_string(VmName::kMaxNics) + " interfaces");
 
   return Domain{std::move(name).value(), uuid_, type_, emulator_, std::move(nics_),
-                std::move(disks_), std::move(vnc_), serial_ptys_, std::move(boot_files_), meta_, guest_agent_};
+                std::move(disks_), std::move(vnc_), serial_ptys_, std::move(boot_files_), meta_, guest_agent_,
+                std::move(uefi_)};
 }
 
 Result<void> DomainParser::parse_devices(const xmlNode* devices) {
@@ -654,30 +656,87 @@ Result<void> DomainParser::parse_channel(const xmlNode* n) {
   return {};
 }
 
-// UEFI keeps its variables in a per-VM NVRAM file that libvirtd creates from the firmware's
-// template; vmlaunch does not create one yet, and libvirt's dry run names one in its own
-// conversion root. Refused here by name, rather than later by the rewrite with a reason that
-// speaks of conversion roots.
-constexpr std::string_view kNoUefi =
-    " is not supported yet: UEFI needs a per-VM NVRAM file, which vmlaunch does not create yet";
+// The variable store each Debian `ovmf` code image is shipped with (as its descriptors in
+// /usr/share/qemu/firmware pair them, and the non-4M images by name). Any other code image
+// needs <nvram template=...>.
+constexpr std::pair<std::string_view, std::string_view> kOvmfPairs[] = {
+    {"/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"},
+    {"/usr/share/OVMF/OVMF_CODE_4M.ms.fd", "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"},
+    {"/usr/share/OVMF/OVMF_CODE_4M.secboot.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"},
+    {"/usr/share/OVMF/OVMF_CODE_4M.snakeoil.fd", "/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd"},
+    {"/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"},
+    {"/usr/share/OVMF/OVMF_CODE.ms.fd", "/usr/share/OVMF/OVMF_VARS.ms.fd"},
+    {"/usr/share/OVMF/OVMF_CODE.secboot.fd", "/usr/share/OVMF/OVMF_VARS.fd"},
+};
 
+// UEFI: <os firmware='efi'> (autoselection) or an explicit <loader type='pflash'>, each with a
+// variable store. The store's path is vmlaunch's own (Config::nvram_path): the XML's <nvram>
+// text names libvirtd's location, which vmlaunch neither reads nor writes; only its template
+// is used. Autoselection picks the plain 4 MiB image (no Secure Boot, so no SMM): libvirt 9
+// would pick the Secure Boot one with enrolled Microsoft keys and smm=on; a VM that wants that
+// names the loader and its template in the XML.
 Result<void> DomainParser::parse_os(const xmlNode* n) {
   VL_CHECK(refuse_repeated(n, {"boot", "initarg"}));
-  if (attr(n, "firmware").value_or("") == "efi") return unsupported(n, "<os firmware='efi'>" + std::string(kNoUefi));
+  std::string firmware = attr(n, "firmware").value_or("");
+  if (!firmware.empty() && firmware != "efi" && firmware != "bios")
+    return unsupported(n, "<os firmware='" + firmware + "'> is not supported (only 'efi' and 'bios')");
+  bool efi = firmware == "efi";
+  std::optional<Uefi> uefi;
+  const xmlNode* nvram = nullptr;
   Result<void> status;
   for_each_element(n, [&](const xmlNode* c) {
     std::string el = name_of(c);
-    if (status && el == "nvram") status = unsupported(c, "<nvram>" + std::string(kNoUefi));
-    if (status && el == "loader" && attr(c, "type").value_or("") == "pflash")
-      status = unsupported(c, "<loader type='pflash'>" + std::string(kNoUefi));
-    if (!status || (el != "loader" && el != "kernel" && el != "initrd" && el != "dtb")) return;
+    if (!status) return;
+    if (el == "firmware") {
+      for_each_element(c, [&](const xmlNode* f) {
+        if (status && name_of(f) == "feature" && attr(f, "enabled").value_or("") == "yes")
+          status = unsupported(f, "firmware autoselection with feature '" + attr(f, "name").value_or("") +
+                                      "' is not supported: name the <loader type='pflash'> and its <nvram "
+                                      "template=...> (for Secure Boot, OVMF_CODE_4M.ms.fd) in the XML");
+      });
+      return;
+    }
+    if (el == "nvram") {
+      nvram = c;
+      if (std::string type = attr(c, "type").value_or("file"); type != "file")
+        status = unsupported(c, "<nvram type='" + type + "'> is not supported (only a file)");
+      return;
+    }
+    bool pflash = el == "loader" && attr(c, "type").value_or(efi ? "pflash" : "rom") == "pflash";
+    if (pflash) {
+      if (attr(c, "readonly").value_or("") != "yes") {
+        status = unsupported(c, "<loader type='pflash'> must say readonly='yes': the UEFI code image is never writable");
+        return;
+      }
+      if (attr(c, "stateless").value_or("no") == "yes") {
+        status = unsupported(c, "<loader stateless='yes'> is not supported");
+        return;
+      }
+      uefi = Uefi{std::string(kOvmfCode), {}, {}};
+    }
+    if (el != "loader" && el != "kernel" && el != "initrd" && el != "dtb") return;
     std::string file = text_of(c);
     if (file.empty()) return;  // <loader/> with only attributes: firmware autoselection
     auto path = absolute_path(c, file);
     if (!path) status = std::move(path).error();
     else boot_files_.push_back(*path);
+    if (path && pflash) uefi->code = *path;
   });
-  return status;
+  VL_CHECK(status);
+  if (efi && !uefi) uefi = Uefi{std::string(kOvmfCode), {}, {}};
+  if (nvram && !uefi)
+    return unsupported(nvram, "<nvram> needs UEFI firmware (<os firmware='efi'> or <loader type='pflash'>)");
+  if (!uefi) return {};
+  if (auto t = nvram ? attr(nvram, "template") : std::nullopt; t && !t->empty()) {
+    uefi->vars_template = VL_TRY(absolute_path(nvram, *t));
+  } else {
+    for (const auto& [code, vars] : kOvmfPairs)
+      if (uefi->code == code) uefi->vars_template = vars;
+    if (uefi->vars_template.empty())
+      return unsupported(n, "UEFI code image '" + uefi->code + "' needs <nvram template=...> naming its variable store template");
+  }
+  uefi_ = std::move(uefi);
+  return {};
 }
 
 Result<void> DomainParser::parse_metadata(const xmlNode* n) {

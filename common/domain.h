@@ -130,6 +130,19 @@ struct VmlaunchMeta {
 };
 
 /// A parsed domain.
+/// UEFI firmware: QEMU's pflash pair. The code image is mapped read-only; the variable store
+/// (NVRAM) is a per-VM file that the helper creates from the template and owns by the VM's uid.
+/// Its path is vmlaunch's (Config::nvram_path), never the XML's <nvram> text.
+struct Uefi {
+  std::string code;           ///< pflash0: <loader type='pflash'>, or OVMF_CODE_4M.fd when autoselected
+  std::string vars_template;  ///< <nvram template=...>, or the code image's Debian pair
+  std::string nvram;          ///< the per-VM store; empty until set from the config (set_nvram_path)
+};
+
+/// The Debian `ovmf` images firmware autoselection picks (no Secure Boot, 4 MiB flash).
+inline constexpr std::string_view kOvmfCode = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+inline constexpr std::string_view kOvmfVars = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
 struct Domain {
   VmName name;
   std::string uuid;
@@ -147,6 +160,8 @@ struct Domain {
   /// guest agent. Its host end is RUNTIME/vms/NAME/agent.sock, bound by the helper, whatever
   /// <source path> says (libvirt's own location for it).
   bool guest_agent = false;
+  /// <os firmware='efi'> or <loader type='pflash'>: boots UEFI with a per-VM NVRAM file.
+  std::optional<Uefi> uefi;
 };
 
 /// The virtio-serial port name of QEMU's guest agent.

@@ -124,6 +124,7 @@ Result<Domain> load_domain_definition(const HostConfig& config, const VmName& vm
   if (domain.name != vm)
     return Error::invalid(file.path + ": <name> is '" + domain.name.str() + "', expected '" + vm.str() + "'");
   if (auto resolved = resolve_networks(domain, config); !resolved) return resolved.error().wrap(file.path);
+  resolve_nvram(domain, config);
   return domain;
 }
 

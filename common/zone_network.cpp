@@ -21,4 +21,8 @@ std::map<std::string, std::string> zone_bridges(const HostConfig& config) {
   return bridges;
 }
 
+void resolve_nvram(Domain& domain, const HostConfig& config) {
+  if (domain.uefi) domain.uefi->nvram = config.nvram_path(domain.name);
+}
+
 }  // namespace vl

@@ -18,6 +18,11 @@ namespace vl {
 /// the interface's line and the configuration file, if a network is no zone.
 Result<void> resolve_networks(Domain& domain, const HostConfig& config);
 
+/// Sets a UEFI domain's variable store to the path the configuration derives for it
+/// (HostConfig::nvram_path), the only store a plan may name. Like the networks, resolved by
+/// each side from the configuration it read itself.
+void resolve_nvram(Domain& domain, const HostConfig& config);
+
 /// Zone name -> bridge, for rewriting the XML libvirt converts (converter.h).
 std::map<std::string, std::string> zone_bridges(const HostConfig& config);
 

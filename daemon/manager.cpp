@@ -51,6 +51,7 @@ Result<const DomainCatalog::Entry*> DomainCatalog::refresh(const VmName& vm) {
   auto domain = parse_domain(entry.xml, file->path);
   if (domain) {
     if (auto resolved = resolve_networks(*domain, config_); !resolved) domain = resolved.error().wrap(file->path);
+    if (domain) resolve_nvram(*domain, config_);
   }
   if (domain) entry.domain = std::move(domain).value();
   else entry.error = domain.error();

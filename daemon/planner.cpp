@@ -1,5 +1,7 @@
 #include "daemon/planner.h"
 
+#include "daemon/uefi_xml.h"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -130,7 +132,8 @@ Result<std::string> Planner::cache_key_for(const Domain& domain, std::string_vie
   return plan_cache_key(xml, domain.emulator, libvirt_id_);
 }
 
-Result<Plan> Planner::plan(const Domain& domain, std::string_view xml, PlanStats* stats) {
+Result<Plan> Planner::plan(const Domain& domain, std::string_view original, PlanStats* stats) {
+  std::string xml = domain.uefi ? VL_TRY(uefi_xml_for_libvirt(original, *domain.uefi)) : std::string(original);
   std::string key = VL_TRY(cache_key_for(domain, xml));
   std::string entry = VL_TRY(native_command_line(domain, xml, key, stats));
   return plan_from_entry(domain, entry, key);
@@ -138,6 +141,11 @@ Result<Plan> Planner::plan(const Domain& domain, std::string_view xml, PlanStats
 
 void Planner::plan_async(boost::asio::io_context& io, const Domain& domain, std::string xml,
                          std::function<void(Result<Plan>)> done) {
+  if (domain.uefi) {
+    auto rewritten = uefi_xml_for_libvirt(xml, *domain.uefi);
+    if (!rewritten) return done(rewritten.error());
+    xml = std::move(rewritten).value();
+  }
   auto key = cache_key_for(domain, xml);
   if (!key) return done(key.error());
   auto cached = cache_.find(*key);

@@ -191,6 +191,12 @@ Result<std::vector<DiskClaim>> resolve_disks(const HostConfig& config, const Dom
   std::vector<DiskClaim> claims;
   for (const Disk& disk : domain.disks) {
     if (disk.source.empty() || disk.read_only || disk.shareable) continue;
+    // A UEFI variable store is a VM's own (nvram.h): given to another VM as a disk it would let
+    // that VM rewrite the first one's boot variables. Paths are canonical (domain.h) and no
+    // symlink is followed below a root, so the prefix decides.
+    if (std::string stores = config.nvram_dir() + "/"; stores.size() > 1 && disk.source.rfind(stores, 0) == 0)
+      return Error::make(ErrorCode::kDenied, "disk '" + disk.source + "' is in '" + config.nvram_dir() +
+                                                 "', where the UEFI variable stores of VMs live; a store is no disk");
     DiskClaim claim = VL_TRY(resolve_image(config, disk.source, disk.kind == Disk::Kind::kBlock, "disk"));
     if (!claim.block && claim.st.st_nlink != 1)
       return Error::make(ErrorCode::kDenied, "disk '" + disk.source + "' has " + std::to_string(claim.st.st_nlink) +

@@ -23,6 +23,7 @@
 #include "helper/machine.h"
 #include "helper/netlink.h"
 #include "helper/nft_filter.h"
+#include "helper/nvram.h"
 #include "helper/runtime_dir.h"
 #include "helper/tap.h"
 #include "helper/transaction.h"
@@ -197,6 +198,7 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
 
   // Declared before the transaction: its rollback (in its destructor) still uses them.
   uid_t uid = 0;
+  bool nvram_created = false;
   std::vector<UniqueFd> taps;
   UniqueFd monitor, agent;
   VmState state;
@@ -214,6 +216,16 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
     // QEMU's words, in the root-only log: refused here, naming the file.
     VL_CHECK(tx.step("boot-files", [&] { return check_readable_by_vm(env.domain.boot_files, {uid, uid, env.vm_group}); },
                      nullptr));
+    if (env.domain.uefi) {
+      // Kept across starts; only a store this launch created is removed on failure.
+      VL_CHECK(tx.step("nvram", [&]() -> Result<void> {
+        nvram_created = VL_TRY(prepare_nvram(config, vm, *env.domain.uefi, uid));
+        return {};
+      }, [&] {
+        if (!nvram_created) return;
+        if (auto r = remove_nvram(config, vm); !r) log_error(r.error());
+      }));
+    }
     // One undo for both steps: chown_disks may fail part way, after changing some disks, and a
     // failed step has no undo of its own. Restoring from the journal puts back every disk
     // (unchanged ones are a no-op) and deletes the journal only if all of them came back.

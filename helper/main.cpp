@@ -18,6 +18,7 @@
 #include "helper/fault.h"
 #include "helper/launch.h"
 #include "helper/log.h"
+#include "helper/nvram.h"
 #include "vmlaunch_build_config.h"
 
 namespace {
@@ -25,6 +26,7 @@ namespace {
 constexpr char kUsage[] =
     "Usage: vmlaunch-helper [--config PATH] launch NAME [--plan FILE]\n"
     "       vmlaunch-helper [--config PATH] cleanup NAME\n"
+    "       vmlaunch-helper [--config PATH] remove-nvram NAME\n"
     "       vmlaunch-helper [--config PATH] serve\n"
     "       vmlaunch-helper [--config PATH] supervise NAME\n"
     "\n"
@@ -38,6 +40,8 @@ constexpr char kUsage[] =
     "                           FILE as printed by 'vmlaunchd plan'; either way it is validated\n"
     "                           against the domain XML.\n"
     "  cleanup NAME             Undo everything launch did. Idempotent.\n"
+    "  remove-nvram NAME        Delete the UEFI variable store of VM NAME (as 'virsh undefine\n"
+    "                           --nvram' does); refused while NAME runs. Idempotent.\n"
     "  serve                    Run the broker vmlaunchd talks to (start, kill, cleanup).\n"
     "  supervise NAME           In a kvm-vm@NAME unit (ExecStartPost): hand the emulator the\n"
     "                           unit launched to vmlaunchd and wait until the guest runs.\n"
@@ -119,7 +123,7 @@ int main(int argc, char** argv) {
   }
   if (args.empty()) return usage_error("no command given");
   const std::string& command = args[0];
-  if (command != "launch" && command != "cleanup" && command != "serve" && command != "supervise")
+  if (command != "launch" && command != "cleanup" && command != "serve" && command != "supervise" && command != "remove-nvram")
     return usage_error("unknown command '" + command + "'");
   if (args.size() != (command == "serve" ? 1u : 2u))
     return usage_error(command == "serve" ? "serve takes no arguments" : command + " takes exactly one VM name");
@@ -157,6 +161,17 @@ int main(int argc, char** argv) {
     vl::helper::log_set_vm(vm->str());
     auto running = vl::helper::report_launched(*config, *vm);
     return running ? 0 : (vl::helper::log_error(running.error()), 1);
+  }
+  if (command == "remove-nvram") {
+    // The runtime directory exists from launch to cleanup: the emulator may have the store open.
+    struct stat st {};
+    if (::lstat(config->vm_runtime_dir(*vm).c_str(), &st) == 0) {
+      std::fprintf(stderr, "vmlaunch-helper: VM '%s' is running (%s exists): stop it first\n", vm->str().c_str(),
+                   config->vm_runtime_dir(*vm).c_str());
+      return 1;
+    }
+    auto removed = vl::helper::remove_nvram(*config, *vm);
+    return removed ? 0 : (vl::helper::log_error(removed.error()), 1);
   }
 
   // A unit's launch tells the daemon why it failed: the start waiting for the unit (vmctl

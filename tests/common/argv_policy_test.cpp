@@ -397,3 +397,87 @@ TEST_SUITE("common/argv_policy: guest agent channel") {
     CHECK(r.error().message().find("the only socket chardevs are the QMP monitor and the guest agent") != std::string::npos);
   }
 }
+
+namespace {
+
+constexpr char kNvram[] = "/srv/vm/nvram/web1_VARS.fd";
+
+// sample_domain() booting UEFI (what virt-install --boot uefi writes), with the variable store
+// the configuration derives for it.
+vl::Domain uefi_domain() {
+  vl::Domain d = sample_domain();
+  d.uefi = vl::Uefi{"/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd", kNvram};
+  return d;
+}
+
+// sample_args() with the pflash pair as libvirt 9 writes it; `code`, `nvram` and the
+// -machine suffix replaceable.
+std::vector<std::string> uefi_args(const std::string& code = R"({"driver":"file","filename":"/usr/share/OVMF/OVMF_CODE_4M.fd","node-name":"libvirt-pflash0-storage","auto-read-only":true,"discard":"unmap"})",
+                                   const std::string& code_format = R"({"node-name":"libvirt-pflash0-format","read-only":true,"driver":"raw","file":"libvirt-pflash0-storage"})",
+                                   const std::string& nvram = std::string(R"({"driver":"file","filename":")") + kNvram + R"(","node-name":"libvirt-pflash1-storage","auto-read-only":true,"discard":"unmap"})",
+                                   const std::string& flash = "pflash0=libvirt-pflash0-format,pflash1=libvirt-pflash1-format") {
+  std::vector<std::string> args = sample_args();
+  for (size_t i = 0; i + 1 < args.size(); ++i)
+    if (args[i] == "-machine") args[i + 1] += "," + flash;
+  args.insert(args.end(), {"-blockdev", code, "-blockdev", code_format, "-blockdev", nvram, "-blockdev",
+                           R"({"node-name":"libvirt-pflash1-format","read-only":false,"driver":"raw","file":"libvirt-pflash1-storage"})"});
+  return args;
+}
+
+}  // namespace
+
+TEST_SUITE("common/argv_policy: UEFI") {
+  TEST_CASE("pflash0 the domain's read-only code image and pflash1 its own variable store are accepted") {
+    auto r = vl::check_plan_argv(plan_with(uefi_args()), uefi_domain());
+    CHECK_MESSAGE(r.ok(), (r.ok() ? "" : r.error().context));
+  }
+
+  TEST_CASE("a pflash at another VM's store, a disk, a writable or other loader, or a writable code node is refused") {
+    struct Case {
+      std::vector<std::string> args;
+      const char* reason;
+    };
+    const std::string code = R"({"driver":"file","filename":"/usr/share/OVMF/OVMF_CODE_4M.fd","node-name":"libvirt-pflash0-storage","auto-read-only":true,"discard":"unmap"})";
+    const std::string other_vm = R"({"driver":"file","filename":"/srv/vm/nvram/web2_VARS.fd","node-name":"libvirt-pflash1-storage","auto-read-only":true,"discard":"unmap"})";
+    const std::string disk = R"({"driver":"file","filename":"/srv/vm/web1.qcow2","node-name":"libvirt-pflash1-storage","auto-read-only":true,"discard":"unmap"})";
+    const std::string tmp_code = R"({"driver":"file","filename":"/tmp/OVMF_CODE_4M.fd","node-name":"libvirt-pflash0-storage","auto-read-only":true,"discard":"unmap"})";
+    const std::string ms_code = R"({"driver":"file","filename":"/usr/share/OVMF/OVMF_CODE_4M.ms.fd","node-name":"libvirt-pflash0-storage","auto-read-only":true,"discard":"unmap"})";
+    const std::string writable_format = R"({"node-name":"libvirt-pflash0-format","read-only":false,"driver":"raw","file":"libvirt-pflash0-storage"})";
+    const std::string code_format = R"({"node-name":"libvirt-pflash0-format","read-only":true,"driver":"raw","file":"libvirt-pflash0-storage"})";
+    const std::string nvram = std::string(R"({"driver":"file","filename":")") + kNvram + R"(","node-name":"libvirt-pflash1-storage","auto-read-only":true,"discard":"unmap"})";
+    const Case cases[] = {
+        {uefi_args(code,
+                   code_format, other_vm), "not a disk of the domain"},
+        // The domain's disk opened a second time, as a flash.
+        {uefi_args(code,
+                   code_format, disk), "opened twice"},
+        // The disk's own node mapped as the variable store.
+        {uefi_args(code,
+                   code_format, nvram, "pflash0=libvirt-pflash0-format,pflash1=libvirt-2-format"), "pflash1 must be the domain's UEFI variable store"},
+        {uefi_args(tmp_code), "not a disk of the domain"},
+        {uefi_args(ms_code), "pflash0 must be the domain's UEFI code image"},
+        // The code image without readonly: a writable format node.
+        {uefi_args(code,
+                   writable_format), "firmware must be opened read-only"},
+        // The variable store as the code the guest executes.
+        {uefi_args(code,
+                   code_format, nvram, "pflash0=libvirt-pflash1-format,pflash1=libvirt-pflash1-format"), "pflash0 must be a read-only firmware image"},
+    };
+    for (const Case& c : cases) {
+      auto r = vl::check_plan_argv(plan_with(c.args), uefi_domain());
+      REQUIRE_FALSE_MESSAGE(r.ok(), c.reason);
+      CHECK_MESSAGE(r.error().message().find(c.reason) != std::string::npos, r.error().message());
+    }
+  }
+
+  TEST_CASE("the variable store is no drive for a device, and a domain without UEFI has none") {
+    auto as_drive = uefi_args();
+    as_drive.insert(as_drive.end(), {"-device", R"({"driver":"virtio-blk-pci","drive":"libvirt-pflash1-format","id":"x"})"});
+    auto r = vl::check_plan_argv(plan_with(as_drive), uefi_domain());
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().message().find("libvirt-pflash1-format") != std::string::npos);
+    auto plain = vl::check_plan_argv(plan_with(uefi_args()), sample_domain());
+    REQUIRE_FALSE(plain.ok());
+    CHECK(plain.error().message().find("is not a disk of the domain") != std::string::npos);
+  }
+}

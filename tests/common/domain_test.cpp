@@ -443,19 +443,54 @@ TEST_SUITE("common/domain: what virt-install writes") {
 }
 
 TEST_SUITE("common/domain: UEFI") {
-  TEST_CASE("UEFI, which needs a per-VM NVRAM file, is refused by name until vmlaunch creates one") {
-    std::string efi = domain_xml("", "  <os firmware='efi'><type arch='x86_64' machine='q35'>hvm</type></os>\n");
-    CHECK(error_of(efi).find("<os firmware='efi'> is not supported yet: UEFI needs a per-VM NVRAM file") != std::string::npos);
-    std::string pflash = domain_xml("", "  <os><type>hvm</type><loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>"
-                                        "<nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>/srv/web1_VARS.fd</nvram></os>\n");
-    CHECK(error_of(pflash).find("<loader type='pflash'> is not supported yet") != std::string::npos);
-    // What virt-install --boot uefi writes: refused at its <os>, whatever else it says.
+  TEST_CASE("firmware autoselection picks the plain 4 MiB OVMF and its template, as virt-install --boot uefi needs") {
     std::string uefi = vl::test::kVirtInstallUefi;
     uefi.replace(uefi.find("@DISK@"), 6, "/srv/images/deb12uefi.img");
-    CHECK(error_of(uefi).find("<os firmware='efi'> is not supported yet") != std::string::npos);
-    // A ROM loader (SeaBIOS) stays a boot file.
+    auto d = parse_domain(uefi, "deb12uefi.xml");
+    REQUIRE_MESSAGE(d.ok(), d.error().context);
+    REQUIRE(d->uefi);
+    CHECK(d->uefi->code == "/usr/share/OVMF/OVMF_CODE_4M.fd");
+    CHECK(d->uefi->vars_template == "/usr/share/OVMF/OVMF_VARS_4M.fd");
+    CHECK(d->uefi->nvram.empty());  // the configuration's, set by resolve_nvram
+  }
+
+  TEST_CASE("an explicit pflash loader is honoured; its template is Debian's pair or <nvram template>; <nvram>'s path is not used") {
+    auto ms = parse_domain(domain_xml("", "  <os><type>hvm</type><loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.ms.fd</loader>"
+                                          "<nvram>/var/lib/libvirt/qemu/nvram/web1_VARS.fd</nvram></os>\n"), "web1.xml");
+    REQUIRE_MESSAGE(ms.ok(), ms.error().context);
+    CHECK(ms->uefi->code == "/usr/share/OVMF/OVMF_CODE_4M.ms.fd");
+    CHECK(ms->uefi->vars_template == "/usr/share/OVMF/OVMF_VARS_4M.ms.fd");
+    CHECK(ms->uefi->nvram.empty());
+    auto custom = parse_domain(domain_xml("", "  <os><type>hvm</type><loader readonly='yes' type='pflash'>/usr/share/qemu/edk2-x86_64-code.fd</loader>"
+                                              "<nvram template='/usr/share/qemu/edk2-i386-vars.fd'/></os>\n"), "web1.xml");
+    REQUIRE_MESSAGE(custom.ok(), custom.error().context);
+    CHECK(custom->uefi->vars_template == "/usr/share/qemu/edk2-i386-vars.fd");
+    // A ROM loader (SeaBIOS) stays a boot file, without UEFI.
     auto rom = parse_domain(domain_xml("", "  <os><type>hvm</type><loader type='rom'>/usr/share/seabios/bios.bin</loader></os>\n"), "web1.xml");
     REQUIRE_MESSAGE(rom.ok(), rom.error().context);
     CHECK(rom->boot_files == std::vector<std::string>{"/usr/share/seabios/bios.bin"});
+    CHECK_FALSE(rom->uefi);
+  }
+
+  TEST_CASE("UEFI the helper could not set up safely is refused by name") {
+    struct Case {
+      const char* os;
+      const char* reason;
+    };
+    const Case cases[] = {
+        {"<os><type>hvm</type><loader type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader></os>", "must say readonly='yes'"},
+        {"<os><type>hvm</type><loader readonly='no' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader></os>", "must say readonly='yes'"},
+        {"<os><type>hvm</type><loader readonly='yes' type='pflash'>/srv/CODE.fd</loader></os>", "needs <nvram template=...>"},
+        {"<os><type>hvm</type><nvram>/srv/web1_VARS.fd</nvram></os>", "<nvram> needs UEFI firmware"},
+        {"<os firmware='efi'><type>hvm</type><nvram type='network'/></os>", "<nvram type='network'> is not supported"},
+        {"<os firmware='efi'><type>hvm</type><firmware><feature enabled='yes' name='secure-boot'/></firmware></os>",
+         "feature 'secure-boot' is not supported"},
+        {"<os firmware='efi'><type>hvm</type><loader readonly='yes' type='pflash' stateless='yes'/></os>", "stateless"},
+        {"<os firmware='xen'><type>hvm</type></os>", "firmware='xen'"},
+    };
+    for (const Case& c : cases) {
+      std::string err = error_of(domain_xml("", std::string("  ") + c.os + "\n"));
+      CHECK_MESSAGE(err.find(c.reason) != std::string::npos, c.os, " -> ", err);
+    }
   }
 }

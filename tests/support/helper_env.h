@@ -20,6 +20,7 @@
 
 #include "common/config.h"
 #include "common/domain.h"
+#include "common/zone_network.h"
 #include "common/plan.h"
 #include "common/spawn.h"
 #include "common/sys.h"
@@ -188,6 +189,7 @@ class HelperEnv {
     std::string xml = sys::read_file(root_ + "/domains/" + name + ".xml", 1 << 20).value();
     auto domain = parse_domain(xml, name + ".xml");
     REQUIRE_MESSAGE(domain.ok(), domain.error().message());
+    resolve_nvram(*domain, config_);
     HostConfig planning = config_;
     planning.emulators = {domain->emulator};
     Planner planner(planning);
