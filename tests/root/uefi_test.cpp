@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 
 #include <filesystem>
+#include <fstream>
 
 #include "helper/uid_map.h"
 #include "tests/fixtures/virt_install.h"
@@ -223,5 +224,36 @@ TEST_SUITE("root/uefi") {
     CHECK_FALSE(web1.running());
     CHECK_MESSAGE(web1.log.find("where the UEFI variable stores of VMs live") != std::string::npos, web1.log);
     CHECK(owner_and_mode(store) == owner);
+  }
+
+  TEST_CASE("a store with a second link, or a symlink in its place, is refused and not chowned") {
+    HelperEnv env;
+    env.install_domain("efi8", uefi_domain(env, "efi8"));
+    auto first = env.launch("efi8");
+    REQUIRE_MESSAGE(first.running(), first.log);
+    env.kill_vm(first.pid);
+    REQUIRE(WEXITSTATUS(env.helper({"cleanup", "efi8"}).status) == 0);
+    const std::string store = env.root() + "/images/nvram/efi8_VARS.fd";
+    const std::string link = env.root() + "/images/efi8-link";
+
+    // A second name for the store: whoever holds it could be handed the store's contents.
+    REQUIRE(::link(store.c_str(), link.c_str()) == 0);
+    REQUIRE(::chown(store.c_str(), 0, 0) == 0);
+    auto linked = env.launch("efi8");
+    CHECK_FALSE(linked.running());
+    CHECK_MESSAGE(linked.log.find("must be a regular file with one link") != std::string::npos, linked.log);
+    CHECK(owner_and_mode(store).rfind("0:0 ", 0) == 0);
+    REQUIRE(::unlink(link.c_str()) == 0);
+
+    // A symlink in the store's place is never followed.
+    const std::string target = env.root() + "/root-file";
+    { std::ofstream(target) << "root's"; }
+    REQUIRE(::unlink(store.c_str()) == 0);
+    REQUIRE(::symlink(target.c_str(), store.c_str()) == 0);
+    const std::string before = owner_and_mode(target);
+    auto symlinked = env.launch("efi8");
+    CHECK_FALSE(symlinked.running());
+    CHECK_MESSAGE(symlinked.log.find("must be a regular file with one link") != std::string::npos, symlinked.log);
+    CHECK(owner_and_mode(target) == before);
   }
 }
