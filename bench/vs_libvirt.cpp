@@ -70,7 +70,7 @@ void stop_vmlaunch() {
   stop_process(g_broker, SIGTERM, 10);
 }
 
-// Starts the broker and the daemon; returns once the control socket exists.
+// Starts the broker and the daemon; returns once the daemon is started (not yet serving).
 void start_vmlaunch() {
   vl::UniqueFd log(::open((g_work + "/vmlaunch.log").c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
   std::filesystem::remove(g_root + "/run/helper.sock");
@@ -86,8 +86,19 @@ void start_vmlaunch() {
                            kEnvironment, {{log.get(), 2}}});
   if (!daemon) die("daemon: " + daemon.error().message());
   g_daemon = *daemon;
-  wait_for_path(g_root + "/run/control.sock");
 }
+
+// Runs `argv` until it succeeds: while a daemon is coming up, its clients fail (no socket yet,
+// or a socket not yet listening).
+void retry_until_served(const std::vector<std::string>& argv, const std::string& log) {
+  auto deadline = Clock::now() + std::chrono::seconds(120);
+  while (!succeeded(run_quietly(argv))) {
+    if (Clock::now() > deadline) die(argv[argv.size() - 2] + " " + argv.back() + " never succeeded (see " + g_work + "/" + log + ")");
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
+void vmctl_start_when_ready(const std::string& name) { retry_until_served(vmctl_argv({"start", name}), "vmlaunch.log"); }
 
 // ---- libvirt ----
 
@@ -116,22 +127,7 @@ void start_libvirtd() {
 // any emulator left.
 void stop_libvirtd() { stop_process(g_libvirt_init, SIGTERM, 30); }
 
-// `virsh start NAME`, retried while libvirtd is still coming up; returns once it succeeded.
-void virsh_start_when_ready(const std::string& name) {
-  auto deadline = Clock::now() + std::chrono::seconds(120);
-  while (!succeeded(run_quietly(virsh_argv({"start", name})))) {
-    if (Clock::now() > deadline) die("virsh start " + name + " never succeeded (see " + g_work + "/libvirtd.log)");
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-}
-
-void wait_until_libvirtd_serves() {
-  auto deadline = Clock::now() + std::chrono::seconds(120);
-  while (!succeeded(run_quietly(virsh_argv({"version"})))) {
-    if (Clock::now() > deadline) die("libvirtd never answered (see " + g_work + "/libvirtd.log)");
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-}
+void virsh_start_when_ready(const std::string& name) { retry_until_served(virsh_argv({"start", name}), "libvirtd.log"); }
 
 std::vector<pid_t> children_of(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
@@ -157,6 +153,13 @@ long libvirt_rss_kib() {
 }
 
 // ---- measuring ----
+
+// The latest modification time of the files in a directory, to see whether a cache was rewritten.
+std::filesystem::file_time_type newest_write(const std::string& dir) {
+  std::filesystem::file_time_type newest{};
+  for (const auto& e : std::filesystem::directory_iterator(dir)) newest = std::max(newest, e.last_write_time());
+  return newest;
+}
 
 double timed(const std::function<void()>& f) {
   auto t0 = Clock::now();
@@ -301,7 +304,7 @@ int main(int argc, char** argv) {
   // libvirt: define every domain with a first libvirtd, then stop it.
   std::printf("defining the domains in libvirt...\n");
   start_libvirtd();
-  wait_until_libvirtd_serves();
+  retry_until_served(virsh_argv({"version"}), "libvirtd.log");
   define_libvirt("lv-bench", 0x10001);
   for (int i = 0; i < vms; ++i) {
     parallel_lv.push_back("lv-p" + std::to_string(i));
@@ -318,22 +321,28 @@ int main(int argc, char** argv) {
     if (!std::filesystem::exists(kLibvirtCapsCache)) die(std::string(kLibvirtCapsCache) + " is not libvirt's cache any more");
     run("/usr/bin/virsh", virsh_argv({"destroy", "lv-bench"}));
     stop_libvirtd();
+    auto probed = newest_write(kLibvirtCapsCache);
     restart_lv.push_back(timed([] { start_libvirtd(); virsh_start_when_ready("lv-bench"); }));
     run("/usr/bin/virsh", virsh_argv({"destroy", "lv-bench"}));
     stop_libvirtd();
+    if (newest_write(kLibvirtCapsCache) != probed)
+      std::printf("  libvirtd probed QEMU's capabilities again after its restart: the restart is not warm\n");
 
     for (const auto& e : std::filesystem::directory_iterator(g_root + "/cache")) std::filesystem::remove_all(e.path());
-    cold_vm.push_back(timed([] { start_vmlaunch(); vmctl({"start", "bench"}); }));
+    cold_vm.push_back(timed([] { start_vmlaunch(); vmctl_start_when_ready("bench"); }));
     vmctl({"stop", "--force", "bench"});
     stop_vmlaunch();
-    restart_vm.push_back(timed([] { start_vmlaunch(); vmctl({"start", "bench"}); }));
+    restart_vm.push_back(timed([] { start_vmlaunch(); vmctl_start_when_ready("bench"); }));
     vmctl({"stop", "--force", "bench"});
     stop_vmlaunch();
+    std::printf("  libvirtd cold %.1f ms, restarted %.1f ms; vmlaunch cold %.1f ms, restarted %.1f ms\n", cold_lv.back(),
+                restart_lv.back(), cold_vm.back(), restart_vm.back());
   }
 
   start_libvirtd();
-  wait_until_libvirtd_serves();
+  retry_until_served(virsh_argv({"version"}), "libvirtd.log");
   start_vmlaunch();
+  retry_until_served(vmctl_argv({"list"}), "vmlaunch.log");
 
   // 2. Warm start and stop, round-robin, each round in another order.
   auto plan = vl::plan_from_json(vmctl({"plan", "bare"}));
