@@ -1,7 +1,8 @@
 // vmlaunch against libvirt, side by side in one run, on the same guest, domain XML and bridge:
-//   1. first start, cold: a fresh libvirtd with an empty capabilities cache, a libvirtd
-//      restart with its cache, and a fresh vmlaunch (broker and daemon, empty plan cache), each
-//      from its daemon's start to its first VM running;
+//   1. first starts: libvirtd with an empty capabilities cache and vmlaunch (broker and
+//      daemon) with an empty plan cache, each from its daemon's start to its first VM running;
+//      the same after a restart with the cache kept; and the start alone once a daemon started
+//      with an empty cache has served for 5 s;
 //   2. warm start and stop, round-robin: a bare exec of the plan to QMP running, `vmctl start`,
 //      `virsh start`; then `quit`, `vmctl stop --force`, `virsh destroy`;
 //   3. VMS VMs at once: VMS bare execs, `vmctl start --parallel VMS`, VMS concurrent
@@ -18,7 +19,6 @@
 #include <signal.h>
 #include <sys/stat.h>
 
-#include <cmath>
 #include <functional>
 
 #include "bench/bench_support.h"
@@ -34,6 +34,8 @@ const char* kLibvirtSocket = "/run/libvirt/libvirt-sock";
 // libvirt's QEMU capabilities cache: what a cold libvirtd has to probe again.
 const char* kLibvirtCapsCache = "/var/cache/libvirt/qemu/capabilities";
 constexpr int kColdRounds = 3, kParallelRounds = 3;
+// How long a daemon started cold is left alone before its "settled" first start.
+constexpr std::chrono::seconds kSettle{5};
 
 // ---- vmlaunch ----
 
@@ -98,7 +100,6 @@ void retry_until_served(const std::vector<std::string>& argv, const std::string&
   }
 }
 
-void vmctl_start_when_ready(const std::string& name) { retry_until_served(vmctl_argv({"start", name}), "vmlaunch.log"); }
 
 // ---- libvirt ----
 
@@ -127,7 +128,6 @@ void start_libvirtd() {
 // any emulator left.
 void stop_libvirtd() { stop_process(g_libvirt_init, SIGTERM, 30); }
 
-void virsh_start_when_ready(const std::string& name) { retry_until_served(virsh_argv({"start", name}), "libvirtd.log"); }
 
 std::vector<pid_t> children_of(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
@@ -156,8 +156,10 @@ long libvirt_rss_kib() {
 
 // The latest modification time of the files in a directory, to see whether a cache was rewritten.
 std::filesystem::file_time_type newest_write(const std::string& dir) {
+  std::error_code ec;
   std::filesystem::file_time_type newest{};
-  for (const auto& e : std::filesystem::directory_iterator(dir)) newest = std::max(newest, e.last_write_time());
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) newest = std::max(newest, e.last_write_time());
+  if (ec) die(dir + " is not there: the cache is elsewhere");
   return newest;
 }
 
@@ -165,6 +167,48 @@ double timed(const std::function<void()>& f) {
   auto t0 = Clock::now();
   f();
   return ms_since(t0);
+}
+
+// One system under test, for its first starts.
+struct System {
+  std::function<void()> start_daemon, stop_daemon, clear_cache;
+  std::string cache_dir;  // if set, checked: a restart must not rewrite the cache
+  std::vector<std::string> serving, start_vm, stop_vm;  // `serving` succeeds once the daemon serves
+  std::string log;
+};
+
+struct FirstStarts {
+  std::vector<double> cold, restarted, settled;
+};
+
+// The first start of a VM: after a cold start of the daemon (empty cache), from the daemon's
+// start to the VM running; the same after a restart with the cache kept; and, the daemon
+// started cold and left alone for kSettle, the start alone (what a daemon that prepares its
+// work ahead gains).
+void first_starts(const System& s, FirstStarts& out) {
+  auto first_vm = [&] {
+    s.start_daemon();
+    retry_until_served(s.start_vm, s.log);
+  };
+  s.clear_cache();
+  out.cold.push_back(timed(first_vm));
+  run(s.stop_vm[0], s.stop_vm);
+  s.stop_daemon();
+
+  auto cached = s.cache_dir.empty() ? std::filesystem::file_time_type{} : newest_write(s.cache_dir);
+  out.restarted.push_back(timed(first_vm));
+  run(s.stop_vm[0], s.stop_vm);
+  s.stop_daemon();
+  if (!s.cache_dir.empty() && newest_write(s.cache_dir) != cached)
+    std::printf("  %s was rewritten after a restart: the restart is not warm\n", s.cache_dir.c_str());
+
+  s.clear_cache();
+  s.start_daemon();
+  retry_until_served(s.serving, s.log);
+  std::this_thread::sleep_for(kSettle);
+  out.settled.push_back(timed([&] { run(s.start_vm[0], s.start_vm); }));
+  run(s.stop_vm[0], s.stop_vm);
+  s.stop_daemon();
 }
 
 // Runs every argv at once; returns the wall time until the last has exited. Dies if one fails.
@@ -312,31 +356,24 @@ int main(int argc, char** argv) {
   }
   stop_libvirtd();
 
-  // 1. First start: each daemon started at t0, its first VM running at the end.
-  std::vector<double> cold_lv, restart_lv, cold_vm, restart_vm;
+  // 1. First starts.
+  System libvirt{start_libvirtd, stop_libvirtd, [] { std::filesystem::remove_all(kLibvirtCapsCache); },
+                 kLibvirtCapsCache, virsh_argv({"version"}), virsh_argv({"start", "lv-bench"}),
+                 virsh_argv({"destroy", "lv-bench"}), "libvirtd.log"};
+  System vmlaunch{start_vmlaunch, stop_vmlaunch,
+                  [] {
+                    for (const auto& e : std::filesystem::directory_iterator(g_root + "/cache")) std::filesystem::remove_all(e.path());
+                  },
+                  "", vmctl_argv({"list"}), vmctl_argv({"start", "bench"}), vmctl_argv({"stop", "--force", "bench"}),
+                  "vmlaunch.log"};
+  FirstStarts first_lv, first_vm;
   for (int round = 0; round < kColdRounds; ++round) {
     std::printf("first starts, round %d of %d...\n", round + 1, kColdRounds);
-    std::filesystem::remove_all(kLibvirtCapsCache);
-    cold_lv.push_back(timed([] { start_libvirtd(); virsh_start_when_ready("lv-bench"); }));
-    if (!std::filesystem::exists(kLibvirtCapsCache)) die(std::string(kLibvirtCapsCache) + " is not libvirt's cache any more");
-    run("/usr/bin/virsh", virsh_argv({"destroy", "lv-bench"}));
-    stop_libvirtd();
-    auto probed = newest_write(kLibvirtCapsCache);
-    restart_lv.push_back(timed([] { start_libvirtd(); virsh_start_when_ready("lv-bench"); }));
-    run("/usr/bin/virsh", virsh_argv({"destroy", "lv-bench"}));
-    stop_libvirtd();
-    if (newest_write(kLibvirtCapsCache) != probed)
-      std::printf("  libvirtd probed QEMU's capabilities again after its restart: the restart is not warm\n");
-
-    for (const auto& e : std::filesystem::directory_iterator(g_root + "/cache")) std::filesystem::remove_all(e.path());
-    cold_vm.push_back(timed([] { start_vmlaunch(); vmctl_start_when_ready("bench"); }));
-    vmctl({"stop", "--force", "bench"});
-    stop_vmlaunch();
-    restart_vm.push_back(timed([] { start_vmlaunch(); vmctl_start_when_ready("bench"); }));
-    vmctl({"stop", "--force", "bench"});
-    stop_vmlaunch();
-    std::printf("  libvirtd cold %.1f ms, restarted %.1f ms; vmlaunch cold %.1f ms, restarted %.1f ms\n", cold_lv.back(),
-                restart_lv.back(), cold_vm.back(), restart_vm.back());
+    first_starts(libvirt, first_lv);
+    first_starts(vmlaunch, first_vm);
+    std::printf("  libvirtd cold %.1f ms, restarted %.1f ms, settled %.1f ms; vmlaunch cold %.1f ms, restarted %.1f ms, settled %.1f ms\n",
+                first_lv.cold.back(), first_lv.restarted.back(), first_lv.settled.back(), first_vm.cold.back(),
+                first_vm.restarted.back(), first_vm.settled.back());
   }
 
   start_libvirtd();
@@ -438,8 +475,11 @@ int main(int argc, char** argv) {
   std::vector<Row> rows = {
       {"start → running, warm", stats_of(start_bare), stats_of(start_vm), stats_of(start_lv)},
       {"stop: `quit` / `vmctl stop --force` / `virsh destroy`", stats_of(stop_bare), stats_of(stop_vm), stats_of(stop_lv)},
-      {"first start, cold: daemon start → first VM running, empty cache", std::nullopt, stats_of(cold_vm), stats_of(cold_lv)},
-      {"first start after a daemon restart, cache kept", std::nullopt, stats_of(restart_vm), stats_of(restart_lv)},
+      {"first start, cold: daemon start → first VM running, empty cache", std::nullopt, stats_of(first_vm.cold),
+       stats_of(first_lv.cold)},
+      {"first start after a daemon restart, cache kept", std::nullopt, stats_of(first_vm.restarted), stats_of(first_lv.restarted)},
+      {"first start " + std::to_string(kSettle.count()) + " s after a cold daemon start (start → running)", std::nullopt,
+       stats_of(first_vm.settled), stats_of(first_lv.settled)},
       {at_once + ": start → all running", stats_of(par_bare), stats_of(par_vm), stats_of(par_lv)},
       {at_once + ": stop → all gone", stats_of(par_stop_bare), stats_of(par_stop_vm), stats_of(par_stop_lv)},
       {"resident memory with " + std::to_string(vms) + " VMs running: vmlaunchd / libvirtd + virtlogd", std::nullopt,
