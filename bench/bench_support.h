@@ -184,7 +184,16 @@ inline BareVm bare_start(const Plan& plan, const std::string& tap_name, const st
   if (::bind(mon.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0 || ::listen(mon.get(), 1) < 0) die("bind " + socket);
   UniqueFd null_fd(::open("/dev/null", O_WRONLY | O_CLOEXEC));
   std::vector<FdMapping> fds = {{null_fd.get(), 1}, {null_fd.get(), 2}};
-  for (const auto& s : plan.fds) fds.push_back({s.kind == FdSlot::Kind::kMonitor ? mon.get() : tap.get(), s.fd});
+  for (const auto& s : plan.fds) {
+    switch (s.kind) {
+      case FdSlot::Kind::kMonitor: fds.push_back({mon.get(), s.fd}); break;
+      case FdSlot::Kind::kTap:
+        if (s.nic != 0) die("bare exec: the plan has more than one NIC, the baseline prepares one tap");
+        fds.push_back({tap.get(), s.fd});
+        break;
+      case FdSlot::Kind::kAgent: die("bare exec: the plan has a guest agent channel, the baseline prepares none");
+    }
+  }
   std::vector<std::string> argv = plan.argv;
   for (std::string& arg : emulator_sandbox_args()) argv.push_back(std::move(arg));
   auto t0 = Clock::now();
