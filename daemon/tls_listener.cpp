@@ -21,6 +21,8 @@ namespace {
 
 using TlsStream = ssl::stream<tcp::socket>;
 
+constexpr auto kAcceptBackoff = std::chrono::milliseconds(100);
+
 // One admitted TLS client: its TLS stream and the daemon's end of the socketpair whose other
 // end the control server serves. Two pumps, one per direction; when either side ends or
 // fails, both are closed, so the session ends with the connection and vice versa.
@@ -96,7 +98,7 @@ std::string subject_dn(X509* cert) {
 }
 
 TlsListener::TlsListener(asio::io_context& io, const HostConfig& config, ControlServer& server)
-    : io_(io), config_(config), server_(server), ssl_(ssl::context::tls_server) {}
+    : io_(io), config_(config), server_(server), ssl_(ssl::context::tls_server), accept_backoff_(io) {}
 
 TlsListener::~TlsListener() { close(); }
 
@@ -150,15 +152,26 @@ void TlsListener::close() {
   boost::system::error_code ignored;
   acceptor_->close(ignored);
   acceptor_.reset();
+  accept_backoff_.cancel();
 }
 
 void TlsListener::accept_next() {
   acceptor_->async_accept([this](boost::system::error_code ec, tcp::socket socket) {
-    if (ec == asio::error::operation_aborted) return;
-    if (!ec) handshake(std::move(socket));
-    // Out of descriptors the backlog stays readable; the control socket's own backoff covers
-    // the daemon, and a failed accept here is retried with the next connection.
-    if (acceptor_) accept_next();
+    if (ec == asio::error::operation_aborted || !acceptor_) return;
+    if (!ec) {
+      if (std::exchange(accept_starved_, false)) std::fprintf(stderr, "vmlaunchd: accepting TLS connections again\n");
+      handshake(std::move(socket));
+      return accept_next();
+    }
+    // Out of descriptors (or another failure) the connection stays in the backlog and the
+    // listener readable: accepting again at once would spin. Retry after a pause instead.
+    if (!std::exchange(accept_starved_, true))
+      std::fprintf(stderr, "vmlaunchd: Failed to accept a TLS connection: %s; retrying every %lld ms\n",
+                   ec.message().c_str(), static_cast<long long>(kAcceptBackoff.count()));
+    accept_backoff_.expires_after(kAcceptBackoff);
+    accept_backoff_.async_wait([this](boost::system::error_code wait_ec) {
+      if (!wait_ec && acceptor_) accept_next();
+    });
   });
 }
 

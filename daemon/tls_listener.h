@@ -47,9 +47,11 @@ class TlsListener final {
   ControlServer& server_;
   boost::asio::ssl::context ssl_;
   std::unique_ptr<boost::asio::ip::tcp::acceptor> acceptor_;
+  boost::asio::steady_timer accept_backoff_;  ///< spaces accepts that failed (see accept_next)
   /// Handshakes in progress: capped at control.max_connections.
   std::shared_ptr<size_t> handshaking_ = std::make_shared<size_t>(0);
-  bool refusing_ = false;  ///< logged once per episode of refused handshakes
+  bool refusing_ = false;        ///< logged once per episode of refused handshakes
+  bool accept_starved_ = false;  ///< logged once per episode of failed accepts
 };
 
 /// Reads a certificate's subject as an RFC 2253 DN ("CN=alice,O=Example").
