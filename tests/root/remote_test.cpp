@@ -264,7 +264,7 @@ class TlsEnv : public RolesEnv {
  public:
   TlsEnv() : pki_(root() + "/pki") {
     write_config("[control]\nreadonly_group = \"" + group_name(kReaderGid) + "\"\nmax_connections = 4\n" +
-                 "max_connections_per_uid = 4\nmessage_timeout = 2\n[tls]\nlisten = \"127.0.0.1:" +
+                 "max_connections_per_uid = 4\nmessage_timeout = 5\n[tls]\nlisten = \"127.0.0.1:" +
                  std::to_string(kTlsPort) + "\"\ncert = \"" + pki_.path("server.pem") + "\"\nkey = \"" +
                  pki_.path("server.key") + "\"\nca = \"" + pki_.path("ca.pem") +
                  "\"\nadmin_dns = [\"CN=*,OU=ops,O=Example\"]\nreadonly_dns = [\"CN=bob,O=Example\"]\n");
@@ -459,9 +459,19 @@ TEST_SUITE("root/remote") {
   }
 
   TEST_CASE("idle TCP peers cannot hold the TLS listener: handshakes are capped and cut off at the deadline") {
-    TlsEnv env;  // max_connections = 4, message_timeout = 2 s
+    TlsEnv env;  // max_connections = 4, message_timeout = 5 s
     std::vector<vl::UniqueFd> idle;
     for (int i = 0; i < 4; ++i) idle.push_back(tcp_to_listener());
+    // A fifth finds every handshake slot taken: closed unread, while the four still wait.
+    vl::UniqueFd fifth = tcp_to_listener();
+    pollfd p5{fifth.get(), POLLIN, 0};
+    REQUIRE(::poll(&p5, 1, 60'000) == 1);
+    char byte;
+    CHECK(::recv(fifth.get(), &byte, 1, 0) <= 0);
+    pollfd first{idle[0].get(), POLLIN, 0};
+    CHECK(::poll(&first, 1, 0) == 0);
+    CHECK(env.log().find("Refusing TLS connections: 4 handshakes in progress (control.max_connections)") !=
+          std::string::npos);
     // Every idle peer is disconnected by the daemon once its handshake deadline passed.
     for (auto& fd : idle) {
       pollfd p{fd.get(), POLLIN, 0};
