@@ -1,5 +1,7 @@
 #include "common/config.h"
 
+#include <cctype>
+
 // toml++ 3.3.0 asserts on inputs it then reports correctly as errors (a table header such
 // as "[*]"); vmlaunch's default build keeps assertions, so a typo in the file aborted every
 // program reading it. Its internal checks are off here, as in a release build. This is the
@@ -56,6 +58,11 @@ class TableReader {
   }
 
   Result<void> read_path_list(std::string_view key, std::vector<std::string>& out) {
+    return read_string_list(key, out, true);
+  }
+
+  /// An array of distinct strings; of clean absolute paths if `paths`.
+  Result<void> read_string_list(std::string_view key, std::vector<std::string>& out, bool paths = false) {
     const toml::node* node = find(key);
     if (!node) return {};
     const toml::array* array = node->as_array();
@@ -64,7 +71,7 @@ class TableReader {
     for (const toml::node& item : *array) {
       auto value = item.value<std::string>();
       if (!item.is_string() || !value) return error_at(item, key, "expected an array of strings");
-      if (!is_clean_absolute(*value))
+      if (paths && !is_clean_absolute(*value))
         return error_at(item, key, "'" + *value + "' is not a clean absolute path");
       if (std::find(out.begin(), out.end(), *value) != out.end())
         return error_at(item, key, "'" + *value + "' is listed twice");
@@ -127,6 +134,29 @@ bool is_forbidden_storage_root(std::string_view root) {
                                               "/lib", "/proc", "/root", "/run", "/sbin",
                                               "/sys", "/usr", "/var", "/tmp"};
   return std::find(std::begin(kSystemDirs), std::end(kSystemDirs), root) != std::end(kSystemDirs);
+}
+
+// [tls]: the TCP listener is off unless `listen` names an address and port.
+Result<void> read_tls(TableReader& top, TlsConfig& tls, const std::string& source) {
+  Result<void> status;
+  const toml::table* t = top.sub_table("tls", status);
+  VL_CHECK(status);
+  if (!t) return {};
+  TableReader r(*t, "tls.", source);
+  VL_CHECK(r.read_string("listen", tls.listen));
+  VL_CHECK(r.read_path("cert", tls.cert));
+  VL_CHECK(r.read_path("key", tls.key));
+  VL_CHECK(r.read_path("ca", tls.ca));
+  VL_CHECK(r.read_string_list("admin_dns", tls.admin_dns));
+  VL_CHECK(r.read_string_list("readonly_dns", tls.readonly_dns));
+  VL_CHECK(r.finish());
+  if (!tls.listen.empty() && !split_host_port(tls.listen, 0))
+    return r.error_at(*t, "listen", "'" + tls.listen + "' is not ADDRESS:PORT (\"0.0.0.0:16514\", \"[::]:16514\")");
+  for (const auto* list : {&tls.admin_dns, &tls.readonly_dns})
+    for (const std::string& dn : *list)
+      if (dn.empty() || dn.size() > 1024 || dn.find('\0') != std::string::npos)
+        return r.error_at(*t, list == &tls.admin_dns ? "admin_dns" : "readonly_dns", "'" + dn + "' is not a DN pattern");
+  return {};
 }
 
 Result<void> read_zones(TableReader& top, HostConfig& config, const std::string& source) {
@@ -203,6 +233,39 @@ bool HostConfig::emulator_allowed(std::string_view path) const {
   return std::find(emulators.begin(), emulators.end(), path) != emulators.end();
 }
 
+std::optional<HostPort> split_host_port(std::string_view text, uint16_t default_port) {
+  HostPort out;
+  std::string_view rest;
+  if (!text.empty() && text.front() == '[') {  // [v6]:port
+    size_t close = text.find(']');
+    if (close == std::string_view::npos || close == 1) return std::nullopt;
+    out.host = std::string(text.substr(1, close - 1));
+    rest = text.substr(close + 1);
+  } else {
+    size_t colon = text.find(':');
+    out.host = std::string(text.substr(0, colon));
+    rest = colon == std::string_view::npos ? std::string_view() : text.substr(colon);
+  }
+  // A leading '-' would read as an option to the programs a host is handed to (ssh).
+  if (out.host.empty() || out.host.size() > 253 || out.host.front() == '-') return std::nullopt;
+  for (char c : out.host)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == ':' || c == '_')) return std::nullopt;
+  if (rest.empty()) {
+    if (default_port == 0) return std::nullopt;
+    out.port = default_port;
+    return out;
+  }
+  if (rest.front() != ':' || rest.size() < 2 || rest.size() > 6) return std::nullopt;
+  uint32_t port = 0;
+  for (char c : rest.substr(1)) {
+    if (c < '0' || c > '9') return std::nullopt;
+    port = port * 10 + static_cast<uint32_t>(c - '0');
+  }
+  if (port == 0 || port > 65535) return std::nullopt;
+  out.port = static_cast<uint16_t>(port);
+  return out;
+}
+
 Result<HostConfig> parse_config(std::string_view text, const std::string& source) {
   if (text.find('\0') != std::string_view::npos)
     return Error::invalid(source + ": contains a NUL byte");
@@ -269,7 +332,12 @@ Result<HostConfig> parse_config(std::string_view text, const std::string& source
     VL_CHECK(r.read_u32("max_connections_per_uid", c.max_connections_per_uid));
     VL_CHECK(r.read_u32("max_message_kib", c.max_message_kib));
     VL_CHECK(r.read_u32("message_timeout", c.message_timeout));
+    VL_CHECK(r.read_string("readonly_group", config.readonly_group));
     VL_CHECK(r.finish());
+    if (!config.readonly_group.empty() && !is_valid_name(config.readonly_group, 32))
+      return r.error_at(*t, "readonly_group", "'" + config.readonly_group + "' is not a valid group name");
+    if (!config.readonly_group.empty() && config.readonly_group == config.admin_group)
+      return r.error_at(*t, "readonly_group", "is the admin group ('" + config.admin_group + "')");
     // Each connection costs the daemon four descriptors; vmlaunchd.service allows 4096.
     if (c.max_connections < 1 || c.max_connections > 512)
       return r.error_at(*t, "max_connections", "must be 1-512");
@@ -282,6 +350,7 @@ Result<HostConfig> parse_config(std::string_view text, const std::string& source
       return r.error_at(*t, "message_timeout", "must be 1-3600 seconds");
   }
   VL_CHECK(status);
+  VL_CHECK(read_tls(top, config.tls, source));
   VL_CHECK(read_zones(top, config, source));
   VL_CHECK(top.finish());
   return config;

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,25 @@ struct ControlLimits {
   uint32_t message_timeout = 10;          ///< seconds for the handshake, and for each message once begun
 };
 
+/// The TLS listener for remote clients ([tls] in vmlaunch.toml); off while `listen` is empty.
+struct TlsConfig {
+  std::string listen;  ///< "ADDRESS:PORT", e.g. "0.0.0.0:16514" or "[::1]:16514"
+  std::string cert = "/etc/pki/vmlaunch/servercert.pem";
+  std::string key = "/etc/pki/vmlaunch/private/serverkey.pem";
+  std::string ca = "/etc/pki/vmlaunch/cacert.pem";
+  /// Client certificate subject DNs (RFC 2253, `*` wildcards) granted each role.
+  std::vector<std::string> admin_dns, readonly_dns;
+};
+
+/// A host and port parsed from "HOST:PORT" or "[V6ADDR]:PORT"; nullopt if malformed (a host
+/// of other than letters, digits, '.', '-', '_' and ':', or starting with '-'). A missing
+/// ":PORT" gives `default_port` (0: the port is required).
+struct HostPort {
+  std::string host;
+  uint16_t port = 0;
+};
+std::optional<HostPort> split_host_port(std::string_view text, uint16_t default_port);
+
 /// Everything vmlaunch.toml can say, with the documented defaults filled in.
 struct HostConfig {
   std::string source;  ///< the file it was read from, for messages
@@ -51,6 +71,7 @@ struct HostConfig {
   std::string daemon_user = "vmlaunch";
   std::string daemon_group = "vmlaunch";
   std::string admin_group = "vmlaunch-admin";
+  std::string readonly_group;  ///< [control] readonly_group: may List and Status; "" for none
   std::string vm_group = "kvm";
 
   UidRange uids;
@@ -58,6 +79,7 @@ struct HostConfig {
   std::vector<std::string> emulators = {"/usr/bin/qemu-system-x86_64"};
   std::vector<Zone> zones;
   ControlLimits control;
+  TlsConfig tls;
 
   const Zone* zone_named(std::string_view name) const;
   const Zone* zone_of_bridge(std::string_view bridge) const;

@@ -30,14 +30,14 @@ Peer peer_of(int fd) {
   return peer;
 }
 
-BusConnection::BusConnection(asio::io_context& io, UniqueFd socket, Peer peer, BusLimits limits)
+BusConnection::BusConnection(asio::io_context& io, UniqueFd socket, Identity who, BusLimits limits)
     : socket_(std::move(socket)),
       client_(io),
       feed_(io),
       timer_(io),
       deadline_(io),
       lifetime_(io),
-      peer_(std::move(peer)),
+      identity_(std::move(who)),
       limits_(limits),
       framer_(limits.max_message) {}
 
@@ -86,8 +86,8 @@ Result<void> BusConnection::start(const sd_bus_vtable* vtable, void* userdata) {
     (void)socket_.release();
   }
   if (r >= 0) r = sd_bus_set_server(bus_, 1, id);
-  // The peer was identified from the accepted socket (peer_of); sd-bus would see only the
-  // relay, whose peer is the daemon itself.
+  // The peer was identified at admission (its socket's credentials, or its certificate);
+  // sd-bus would see only the relay, whose peer is the daemon itself.
   if (r >= 0) r = sd_bus_set_anonymous(bus_, 1);
   // Descriptors cannot pass through the relay, and no method takes one.
   if (r >= 0) r = sd_bus_negotiate_fds(bus_, 0);
@@ -220,7 +220,7 @@ void BusConnection::drop(std::string reason) {
   if (closed_) return;
   closed_ = true;
   if (!reason.empty())
-    std::fprintf(stderr, "vmlaunchd: Dropped the control connection of uid %u: %s\n", static_cast<unsigned>(peer_.uid),
+    std::fprintf(stderr, "vmlaunchd: Dropped the control connection of %s: %s\n", identity_.who.c_str(),
                  reason.c_str());
   close_reason_ = std::move(reason);
   registry().erase(bus_);

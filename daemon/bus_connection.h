@@ -29,6 +29,7 @@
 
 #include "common/error.h"
 #include "common/unique_fd.h"
+#include "daemon/authorization.h"
 #include "daemon/bus_framer.h"
 
 namespace vl {
@@ -59,7 +60,9 @@ struct BusLimits {
 class BusConnection final : public std::enable_shared_from_this<BusConnection> {
  public:
   /// Takes the accepted socket; start() hands it to sd-bus.
-  BusConnection(boost::asio::io_context& io, UniqueFd socket, Peer peer, BusLimits limits = {});
+  /// `socket` carries the client's D-Bus stream (the accepted unix socket, or the daemon's end
+  /// of a TLS relay); `who` is the client as admitted, for the method handlers' checks.
+  BusConnection(boost::asio::io_context& io, UniqueFd socket, Identity who, BusLimits limits = {});
   ~BusConnection();
   BusConnection(const BusConnection&) = delete;
   BusConnection& operator=(const BusConnection&) = delete;
@@ -71,7 +74,7 @@ class BusConnection final : public std::enable_shared_from_this<BusConnection> {
   /// Pumps from the event loop, never from inside sd_bus_process (which must not recurse):
   /// for replies and signals queued by handlers.
   void schedule_pump();
-  const Peer& peer() const { return peer_; }
+  const Identity& identity() const { return identity_; }
   sd_bus* bus() const { return bus_; }
   /// True once the client went away (or broke the protocol or a limit) and the connection was
   /// dropped.
@@ -97,7 +100,7 @@ class BusConnection final : public std::enable_shared_from_this<BusConnection> {
   boost::asio::steady_timer timer_;               ///< sd-bus's own timeouts
   boost::asio::steady_timer deadline_;            ///< the current handshake or message
   boost::asio::steady_timer lifetime_;
-  Peer peer_;
+  Identity identity_;
   BusLimits limits_;
   BusFramer framer_;
   std::array<uint8_t, 64 * 1024> in_{};

@@ -14,7 +14,9 @@
 
 #include "common/control_protocol.h"
 #include "common/vm_name.h"
+#include "daemon/authorization.h"
 #include "daemon/bus_connection.h"
+#include "daemon/event_log.h"
 
 namespace vl {
 
@@ -33,8 +35,6 @@ constexpr BusLimits kDeniedLimits{4096, std::chrono::seconds(5), 16, 16 * 1024, 
 
 struct ServerState {
   Manager* manager;
-  gid_t admin_gid;
-  std::string admin_group;
 };
 
 int reply_error(sd_bus_message* m, const Error& e) {
@@ -52,25 +52,34 @@ Supervisor::Done reply_later(sd_bus_message* m) {
   };
 }
 
-bool is_admin(const Peer& peer, gid_t admin_gid) {
-  return peer.uid == 0 || std::find(peer.groups.begin(), peer.groups.end(), admin_gid) != peer.groups.end();
-}
-
-Result<void> authorize(sd_bus_message* m, const ServerState& s, bool root_only) {
+// Every call passes here first, with the method's name from the message itself: what a role
+// may call is one table (authorization.cpp), not a flag at each handler.
+Result<void> authorize(sd_bus_message* m) {
   auto conn = BusConnection::of(m);
   if (!conn) return Error::make(ErrorCode::kInternal, "unknown connection");
-  const Peer& peer = conn->peer();
-  if (peer.uid == 0) return {};
-  if (root_only) return Error::make(ErrorCode::kDenied, "permission denied: only root may ask for launch plans or report launches");
-  if (std::find(peer.groups.begin(), peer.groups.end(), s.admin_gid) != peer.groups.end()) return {};
-  return Error::make(ErrorCode::kDenied, "permission denied: uid " + std::to_string(peer.uid) +
-                                              " is neither root nor in group '" + s.admin_group + "'");
+  const Identity& who = conn->identity();
+  const char* method = sd_bus_message_get_member(m);
+  std::string_view name = method ? method : "";
+  auto ok = permit(who, name);
+  if (is_audited(who, name)) {
+    // The VM, when the call names one: its first argument (the handler reads it again).
+    std::string vm;
+    const char* signature = sd_bus_message_get_signature(m, 1);
+    const char* first = nullptr;
+    if (signature && signature[0] == 's' && sd_bus_message_read(m, "s", &first) > 0) {
+      vm = first;
+      sd_bus_message_rewind(m, 1);
+    }
+    std::string how = who.transport + (who.from.empty() ? "" : " from " + who.from) + ", " + role_name(who.role);
+    log_control_call(who.who, how, std::string(name), vm, ok.ok());
+  }
+  return ok;
 }
 
-#define AUTHORIZE(m, s, root_only)                             \
-  do {                                                         \
-    if (auto ok = authorize((m), *(s), (root_only)); !ok)      \
-      return reply_error((m), ok.error());                     \
+#define AUTHORIZE(m)                                      \
+  do {                                                    \
+    if (auto ok = authorize(m); !ok)                      \
+      return reply_error((m), ok.error());                \
   } while (0)
 
 int append_info(sd_bus_message* reply, const VmInfo& i) {
@@ -81,7 +90,7 @@ int append_info(sd_bus_message* reply, const VmInfo& i) {
 
 int method_list(sd_bus_message* m, void* userdata, sd_bus_error*) {
   auto* s = static_cast<ServerState*>(userdata);
-  AUTHORIZE(m, s, false);
+  AUTHORIZE(m);
   sd_bus_message* reply = nullptr;
   int r = sd_bus_message_new_method_return(m, &reply);
   if (r >= 0) r = sd_bus_message_open_container(reply, 'a', "(sssuusibi)");
@@ -95,7 +104,7 @@ int method_list(sd_bus_message* m, void* userdata, sd_bus_error*) {
 
 int method_status(sd_bus_message* m, void* userdata, sd_bus_error*) {
   auto* s = static_cast<ServerState*>(userdata);
-  AUTHORIZE(m, s, false);
+  AUTHORIZE(m);
   const char* name = nullptr;
   if (int r = sd_bus_message_read(m, "s", &name); r < 0) return r;
   auto info = s->manager->status(name);
@@ -120,7 +129,7 @@ int method_status(sd_bus_message* m, void* userdata, sd_bus_error*) {
 
 int method_start(sd_bus_message* m, void* userdata, sd_bus_error*) {
   auto* s = static_cast<ServerState*>(userdata);
-  AUTHORIZE(m, s, false);
+  AUTHORIZE(m);
   const char* name = nullptr;
   if (int r = sd_bus_message_read(m, "s", &name); r < 0) return r;
   s->manager->start(name, reply_later(m));
@@ -129,7 +138,7 @@ int method_start(sd_bus_message* m, void* userdata, sd_bus_error*) {
 
 int method_stop(sd_bus_message* m, void* userdata, sd_bus_error*) {
   auto* s = static_cast<ServerState*>(userdata);
-  AUTHORIZE(m, s, false);
+  AUTHORIZE(m);
   const char* name = nullptr;
   uint32_t timeout = 0;
   int force = 0;
@@ -142,7 +151,7 @@ int method_stop(sd_bus_message* m, void* userdata, sd_bus_error*) {
 // guest agent), like `virsh shutdown --mode`.
 int method_shutdown(sd_bus_message* m, void* userdata, sd_bus_error* error) {
   auto* s = static_cast<ServerState*>(userdata);
-  AUTHORIZE(m, s, false);
+  AUTHORIZE(m);
   const char* name = nullptr;
   const char* mode = nullptr;
   uint32_t timeout = 0;
@@ -158,7 +167,7 @@ int method_shutdown(sd_bus_message* m, void* userdata, sd_bus_error* error) {
 
 int method_restart(sd_bus_message* m, void* userdata, sd_bus_error*) {
   auto* s = static_cast<ServerState*>(userdata);
-  AUTHORIZE(m, s, false);
+  AUTHORIZE(m);
   const char* name = nullptr;
   uint32_t timeout = 0;
   if (int r = sd_bus_message_read(m, "su", &name, &timeout); r < 0) return r;
@@ -168,7 +177,7 @@ int method_restart(sd_bus_message* m, void* userdata, sd_bus_error*) {
 
 int method_kill(sd_bus_message* m, void* userdata, sd_bus_error*) {
   auto* s = static_cast<ServerState*>(userdata);
-  AUTHORIZE(m, s, false);
+  AUTHORIZE(m);
   const char* name = nullptr;
   int32_t signal = 0;
   if (int r = sd_bus_message_read(m, "si", &name, &signal); r < 0) return r;
@@ -178,7 +187,7 @@ int method_kill(sd_bus_message* m, void* userdata, sd_bus_error*) {
 
 int method_plan(sd_bus_message* m, void* userdata, sd_bus_error*) {
   auto* s = static_cast<ServerState*>(userdata);
-  AUTHORIZE(m, s, true);
+  AUTHORIZE(m);
   const char* name = nullptr;
   if (int r = sd_bus_message_read(m, "s", &name); r < 0) return r;
   sd_bus_message_ref(m);
@@ -196,7 +205,7 @@ int method_plan(sd_bus_message* m, void* userdata, sd_bus_error*) {
 // fails). The unit becomes active only with this answer (architecture.md, systemd mode).
 int method_launched(sd_bus_message* m, void* userdata, sd_bus_error*) {
   auto* s = static_cast<ServerState*>(userdata);
-  AUTHORIZE(m, s, true);
+  AUTHORIZE(m);
   const char* name = nullptr;
   if (int r = sd_bus_message_read(m, "s", &name); r < 0) return r;
   s->manager->launched(name, reply_later(m));
@@ -207,7 +216,7 @@ int method_launched(sd_bus_message* m, void* userdata, sd_bus_error*) {
 // error; the start waiting for the unit fails with it.
 int method_launch_failed(sd_bus_message* m, void* userdata, sd_bus_error*) {
   auto* s = static_cast<ServerState*>(userdata);
-  AUTHORIZE(m, s, true);
+  AUTHORIZE(m);
   const char* name = nullptr;
   const char* message = nullptr;
   if (int r = sd_bus_message_read(m, "ss", &name, &message); r < 0) return r;
@@ -248,13 +257,22 @@ std::unique_ptr<ServerState> g_state;
 
 ControlServer::ControlServer(asio::io_context& io, const HostConfig& config, Manager& manager)
     : io_(io), config_(config), manager_(manager), accept_backoff_(io) {
-  if (const group* g = ::getgrnam(config.admin_group.c_str())) admin_gid_ = g->gr_gid;
-  g_state = std::make_unique<ServerState>(ServerState{&manager_, admin_gid_, config.admin_group});
-  // Signals go to those who may see the state (List, Status): root and the admin group.
-  manager_.on_state_changed = [admin_gid = admin_gid_](const VmInfo& info) {
+  roles_.admin_group = config.admin_group;
+  roles_.readonly_group = config.readonly_group;
+  if (const group* g = ::getgrnam(config.admin_group.c_str())) roles_.admin_gid = g->gr_gid;
+  if (config.readonly_group.empty()) {
+  } else if (const group* g = ::getgrnam(config.readonly_group.c_str())) {
+    roles_.readonly_gid = g->gr_gid;
+  } else {
+    std::fprintf(stderr, "vmlaunchd: The read-only group '%s' (control.readonly_group) does not exist, ignoring\n",
+                 config.readonly_group.c_str());
+  }
+  g_state = std::make_unique<ServerState>(ServerState{&manager_});
+  // Signals go to those who may see the state (List, Status): every role but none.
+  manager_.on_state_changed = [](const VmInfo& info) {
     std::vector<std::shared_ptr<BusConnection>> live;
     for (auto& [bus, weak] : BusConnection::registry())
-      if (auto conn = weak.lock(); conn && is_admin(conn->peer(), admin_gid)) live.push_back(std::move(conn));
+      if (auto conn = weak.lock(); conn && conn->identity().role >= Role::kReadOnly) live.push_back(std::move(conn));
     for (const auto& conn : live) {
       sd_bus_emit_signal(conn->bus(), kControlPath, kControlInterface, "StateChanged", "sss", info.name.c_str(),
                          vm_status_name(info.status), info.reason.c_str());
@@ -313,35 +331,38 @@ void ControlServer::accept_next() {
     }
     if (!ec && std::exchange(accept_starved_, false))
       std::fprintf(stderr, "vmlaunchd: accepting control connections again\n");
-    if (!ec) admit(UniqueFd(socket.release()));
+    if (!ec) admit_local(UniqueFd(socket.release()));
     if (acceptor_) accept_next();
   });
 }
 
-// Who may connect is decided here, from the credentials, before a byte is read: root always;
-// admin-group members up to the connection limits (their sessions are bounded per message);
+void ControlServer::admit_local(UniqueFd fd) {
+  Peer peer = peer_of(fd.get());
+  admit(std::move(fd), local_identity(peer.uid, peer.groups, roles_));
+}
+
+// Who may connect is decided here, from the identity, before a byte is read: root always;
+// callers with a role up to the connection limits (their sessions are bounded per message);
 // anyone else only into a short denied session, while few exist. A refused connection is
 // closed unread.
-void ControlServer::admit(UniqueFd fd) {
-  Peer peer = peer_of(fd.get());
+void ControlServer::admit(UniqueFd fd, Identity who) {
   const ControlLimits& caps = config_.control;
-  const bool admin = is_admin(peer, admin_gid_);
-  size_t same_class = 0, same_uid = 0;
+  const bool allowed = who.role >= Role::kReadOnly;
+  size_t same_class = 0, same_peer = 0;
   for (auto& [bus, weak] : BusConnection::registry()) {
     auto conn = weak.lock();
-    if (!conn || conn->peer().uid == 0 || is_admin(conn->peer(), admin_gid_) != admin) continue;
+    if (!conn || conn->identity().role == Role::kRoot || (conn->identity().role >= Role::kReadOnly) != allowed) continue;
     ++same_class;
-    same_uid += conn->peer().uid == peer.uid;
+    same_peer += conn->identity().who == who.who;
   }
   std::string refused;
-  if (peer.uid == 0) {
-  } else if (admin && same_class >= caps.max_connections) {
+  if (who.role == Role::kRoot) {
+  } else if (allowed && same_class >= caps.max_connections) {
     refused = std::to_string(caps.max_connections) + " connections are open (control.max_connections)";
-  } else if (admin && same_uid >= caps.max_connections_per_uid) {
-    refused = "uid " + std::to_string(peer.uid) + " has " + std::to_string(same_uid) +
-              " connections open (control.max_connections_per_uid)";
-  } else if (!admin && (same_class >= kMaxDeniedSessions || same_uid >= 1)) {
-    refused = "too many connections from users outside group '" + config_.admin_group + "'";
+  } else if (allowed && same_peer >= caps.max_connections_per_uid) {
+    refused = who.who + " has " + std::to_string(same_peer) + " connections open (control.max_connections_per_uid)";
+  } else if (!allowed && (same_class >= kMaxDeniedSessions || same_peer >= 1)) {
+    refused = "too many connections from callers without a role";
   }
   if (!refused.empty()) {
     if (!std::exchange(refusing_, true))
@@ -350,12 +371,12 @@ void ControlServer::admit(UniqueFd fd) {
   }
   if (std::exchange(refusing_, false)) std::fprintf(stderr, "vmlaunchd: admitting control connections again\n");
   BusLimits limits = kDeniedLimits;
-  if (admin) {
+  if (allowed) {
     limits = BusLimits{};
     limits.max_message = size_t{caps.max_message_kib} * 1024;
     limits.message_deadline = std::chrono::seconds(caps.message_timeout);
   }
-  auto conn = std::make_shared<BusConnection>(io_, std::move(fd), std::move(peer), limits);
+  auto conn = std::make_shared<BusConnection>(io_, std::move(fd), std::move(who), limits);
   if (auto ok = conn->start(kVtable, g_state.get()); !ok)
     std::fprintf(stderr, "vmlaunchd: Failed to serve a control connection: %s, ignoring\n", ok.error().message().c_str());
   else

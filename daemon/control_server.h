@@ -1,13 +1,16 @@
 // The control socket: the D-Bus protocol spoken peer-to-peer (sd-bus), one connection per
 // client, all driven by the daemon's single Asio event loop.
 //
-// Authorization is by the peer's credentials (SO_PEERCRED, SO_PEERGROUPS), read at accept
-// time: root and members of the configured admin group may call everything except
-// GetLaunchPlan, which only root (the helper's `launch`) may call, and only they receive
-// StateChanged. Everyone else gets a short, tightly capped session in which every call is
-// answered with org.vmlaunch.Error.Denied naming the group to join. The number of connections
-// (in total and per uid) and the size and arrival time of every message are capped before
-// sd-bus buffers anything (ControlLimits, bus_connection.h); root is never refused.
+// Every connection is admitted with an Identity (authorization.h): a local peer's from its
+// credentials (SO_PEERCRED, SO_PEERGROUPS) at accept time, a TLS peer's from its certificate
+// (tls_listener.h). What the identity's role may call is decided per call from one table
+// (role_needed): root everything, admin all but the root-only calls, read-only List and
+// Status; only callers with a role receive StateChanged. Callers without one get a short,
+// tightly capped session in which every call is answered with org.vmlaunch.Error.Denied
+// saying what they lack. The number of connections (in total and per caller) and the size
+// and arrival time of every message are capped before sd-bus buffers anything (ControlLimits,
+// bus_connection.h); root is never refused. Calls of remote callers, and calls that change
+// anything, go to the event log with the caller's identity.
 #pragma once
 
 #include <sys/types.h>
@@ -19,6 +22,7 @@
 
 #include "common/config.h"
 #include "common/unique_fd.h"
+#include "daemon/authorization.h"
 #include "daemon/manager.h"
 
 namespace vl {
@@ -34,10 +38,13 @@ class ControlServer final {
   Result<void> listen();
   void close();
 
+  /// Caps a new connection of the caller `who` before reading from it; serves or closes it.
+  /// Every transport ends here: `fd` carries the client's D-Bus stream.
+  void admit(UniqueFd fd, Identity who);
+
  private:
   void accept_next();
-  /// Authorizes and caps a new connection before reading from it; serves or closes it.
-  void admit(UniqueFd fd);
+  void admit_local(UniqueFd fd);
 
   boost::asio::io_context& io_;
   const HostConfig& config_;
@@ -48,7 +55,7 @@ class ControlServer final {
   boost::asio::steady_timer accept_backoff_;
   bool accept_starved_ = false;  ///< logged once per episode of fd exhaustion
   bool refusing_ = false;        ///< logged once per episode of refused connections
-  gid_t admin_gid_ = static_cast<gid_t>(-1);
+  LocalRoles roles_;
 };
 
 }  // namespace vl

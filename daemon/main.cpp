@@ -16,6 +16,7 @@
 #include "daemon/manager.h"
 #include "daemon/planner.h"
 #include "daemon/service_notify.h"
+#include "daemon/tls_listener.h"
 #include "vmlaunch_build_config.h"
 
 namespace {
@@ -84,6 +85,13 @@ int run_daemon(const std::string& config_path) {
     notifier.state_changed(info);
   };
   if (auto listening = server.listen(); !listening) return fail(listening.error());
+  // Remote clients over TLS, only when configured: a listener that cannot start is an error,
+  // not a silent fallback to local-only.
+  vl::TlsListener tls(io, *config, server);
+  if (!config->tls.listen.empty()) {
+    if (auto listening = tls.listen(); !listening) return fail(listening.error());
+    std::fprintf(stderr, "vmlaunchd: listening for TLS clients on %s\n", config->tls.listen.c_str());
+  }
   manager.adopt_running();
   // Ready once it serves and every VM with runtime state has a supervisor (adopted VMs read
   // `starting` until their monitor answers, and operations on them wait for that): a client
@@ -98,6 +106,7 @@ int run_daemon(const std::string& config_path) {
   boost::asio::signal_set signals(io, SIGTERM, SIGINT);
   signals.async_wait([&](boost::system::error_code, int) {
     server.close();
+    tls.close();
     io.stop();
   });
   std::fprintf(stderr, "vmlaunchd: listening on %s\n", config->control_socket().c_str());

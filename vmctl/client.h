@@ -36,6 +36,14 @@ class Client final {
   /// Connects to the control socket; if the daemon is not there, the error says so and ends
   /// with `start_hint` ("start it with ...").
   static Result<Client> connect(const std::string& socket_path, const std::string& start_hint);
+  /// Connects to a far host's daemon through ssh (remote.h, ssh_bus_address). `url` names it
+  /// in messages; a call that fails because the connection closed says that ssh failed.
+  static Result<Client> connect_ssh(const std::string& bus_address, const std::string& url);
+  /// Speaks the protocol over `fd`, a connected stream already authenticated to the daemon
+  /// (the local end of the TLS relay); takes it over. When a call fails, `transport_error`
+  /// may know the real reason (the daemon's TLS alert), which then replaces the error if the
+  /// connection is closed.
+  static Result<Client> over_fd(int fd, const std::string& url, std::function<std::string()> transport_error);
   Client(Client&&) noexcept;
   ~Client();
   Client(const Client&) = delete;
@@ -54,7 +62,9 @@ class Client final {
 
  private:
   explicit Client(sd_bus* bus) : bus_(bus) {}
+  Error explain(Error e) const;
   sd_bus* bus_;
+  std::function<std::string()> transport_error_;
 };
 
 }  // namespace vl::ctl

@@ -12,6 +12,8 @@
 
 #include "common/config.h"
 #include "vmctl/client.h"
+#include "vmctl/remote.h"
+#include "vmctl/tls_client.h"
 #include "vmlaunch_build_config.h"
 
 namespace {
@@ -30,8 +32,17 @@ constexpr char kUsage[] =
     "  kill NAME...         Send a signal to the emulator (--signal, default SIGTERM)\n"
     "  vncdisplay NAME      Print the VM's VNC display (\"127.0.0.1:3\")\n"
     "  plan NAME            Print the VM's launch plan (root only)\n"
+    "  dial-stdio           Connect stdin and stdout to the local control socket: the far\n"
+    "                       side of -H ssh://\n"
     "\n"
     "Options:\n"
+    "  -H, --host URL       The daemon of another host: ssh://[USER@]HOST[:PORT] (through ssh\n"
+    "                       and 'vmctl dial-stdio' there) or tls://HOST[:PORT] (default\n"
+    "                       $VMCTL_HOST; empty: this host)\n"
+    "  --tls-ca PATH, --tls-cert PATH, --tls-key PATH\n"
+    "                       tls://: the CA that signed the server's certificate, and this\n"
+    "                       client's certificate and key (default /etc/pki/vmlaunch/ for\n"
+    "                       root, ~/.pki/vmlaunch/ otherwise; see vmctl(1))\n"
     "  --config PATH        Host configuration (default " VMLAUNCH_DEFAULT_CONFIG ")\n"
     "  --socket PATH        Control socket (default: from the configuration)\n"
     "  --all                start: every autostart VM; stop, restart, kill: every active VM\n"
@@ -50,6 +61,8 @@ constexpr char kUsage[] =
 struct Options {
   std::string config = VMLAUNCH_DEFAULT_CONFIG;
   std::string socket;
+  std::string host;  // -H: "" for the local daemon
+  vl::ctl::TlsFiles tls = vl::ctl::default_tls_files();
   std::string command;
   std::vector<std::string> names;
   bool all = false, json = false, force = false;
@@ -200,10 +213,35 @@ std::string start_hint(const std::string& config) {
   return hint + "'";
 }
 
+// The daemon this invocation talks to: a far one (-H, VMCTL_HOST) or the local one.
+vl::Result<vl::ctl::Client> open_client(Options& o) {
+  if (!o.host.empty()) {
+    auto target = vl::ctl::parse_remote(o.host);
+    if (!target) return target.error();
+    if (target->kind == vl::ctl::RemoteTarget::Kind::kTls) {
+      auto conn = vl::ctl::tls_connect(*target, o.tls);
+      if (!conn) return conn.error();
+      auto status = conn->status;
+      return vl::ctl::Client::over_fd(conn->bus_end.release(), o.host, [status] { return status->reason(); });
+    }
+    // VMCTL_SSH names another ssh program (like GIT_SSH), e.g. a wrapper adding options.
+    const char* ssh = std::getenv("VMCTL_SSH");
+    return vl::ctl::Client::connect_ssh(vl::ctl::ssh_bus_address(*target, ssh && *ssh ? ssh : "ssh"), o.host);
+  }
+  if (o.socket.empty()) {
+    auto config = vl::load_config(o.config);
+    if (!config) return config.error();
+    o.socket = config->control_socket();
+  }
+  return vl::ctl::Client::connect(o.socket, start_hint(o.config));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   Options o;
+  if (const char* host = std::getenv("VMCTL_HOST")) o.host = host;
+  bool host_given = false, local_given = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto value = [&](const char* opt) -> const char* {
@@ -221,6 +259,16 @@ int main(int argc, char** argv) {
       const char* v = value(a.c_str());
       if (!v) return usage_error(a + " needs a path");
       (a == "--config" ? o.config : o.socket) = v;
+      local_given = true;
+    } else if (a == "--tls-ca" || a == "--tls-cert" || a == "--tls-key") {
+      const char* v = value(a.c_str());
+      if (!v) return usage_error(a + " needs a path");
+      (a == "--tls-ca" ? o.tls.ca : a == "--tls-cert" ? o.tls.cert : o.tls.key) = v;
+    } else if (a == "-H" || a == "--host") {
+      const char* v = value(a.c_str());
+      if (!v) return usage_error(a + " needs a URL (ssh://[USER@]HOST[:PORT] or tls://HOST[:PORT])");
+      o.host = v;
+      host_given = true;
     } else if (a == "--timeout" || a == "--parallel") {
       const char* v = value(a.c_str());
       unsigned n = 0;
@@ -258,7 +306,12 @@ int main(int argc, char** argv) {
   if (!o.mode.empty() && o.command != "stop") return usage_error("--mode is an option of stop");
   if (!o.mode.empty() && o.force) return usage_error("--mode and --force exclude each other");
   if (o.command.empty()) return usage_error("no command given");
-  if (o.command == "list") {
+  // --config or --socket name this host's daemon: they win over VMCTL_HOST, not over -H.
+  if (host_given && local_given) return usage_error("-H names another host's daemon; --config and --socket this one's");
+  if (local_given || o.command == "dial-stdio") o.host.clear();
+  if (o.command == "dial-stdio") {
+    if (host_given || !o.names.empty()) return usage_error("dial-stdio takes no names and no -H");
+  } else if (o.command == "list") {
     if (!o.names.empty()) return usage_error("list takes no names");
   } else if (o.command == "status") {
     if (o.all) return usage_error("status takes VM names; use 'list' for all");
@@ -271,12 +324,15 @@ int main(int argc, char** argv) {
   } else {
     return usage_error("unknown command '" + o.command + "'");
   }
-  if (o.socket.empty()) {
-    auto config = vl::load_config(o.config);
-    if (!config) return fail(config.error());
-    o.socket = config->control_socket();
+  if (o.command == "dial-stdio") {
+    if (o.socket.empty()) {
+      auto config = vl::load_config(o.config);
+      if (!config) return fail(config.error());
+      o.socket = config->control_socket();
+    }
+    return vl::ctl::dial_stdio(o.socket);
   }
-  auto client = vl::ctl::Client::connect(o.socket, start_hint(o.config));
+  auto client = open_client(o);
   if (!client) return fail(client.error());
   if (o.command == "list") return cmd_list(*client, o);
   if (o.command == "status") return cmd_status(*client, o);

@@ -26,7 +26,12 @@ std::string describe(const vl::HostConfig& c) {
     << " admin_group=" << c.admin_group << " vm_group=" << c.vm_group << " uids=" << c.uids.first
     << "+" << c.uids.count << " control=" << c.control.max_connections << "/"
     << c.control.max_connections_per_uid << "/" << c.control.max_message_kib << "/"
-    << c.control.message_timeout << " roots=";
+    << c.control.message_timeout << " readonly_group=" << c.readonly_group << " tls=" << c.tls.listen << ","
+    << c.tls.cert << "," << c.tls.key << "," << c.tls.ca << ",admins:";
+  for (const auto& d : c.tls.admin_dns) o << d << ";";
+  o << ",readers:";
+  for (const auto& d : c.tls.readonly_dns) o << d << ";";
+  o << " roots=";
   for (const auto& r : c.storage_roots) o << r << ",";
   o << " emulators=";
   for (const auto& e : c.emulators) o << e << ",";
@@ -157,6 +162,18 @@ bridge = "br-lan"
         {"[control]\nmax_message_kib = 1\n", "key 'control.max_message_kib': must be 4-131072"},
         {"[control]\nmessage_timeout = 0\n", "key 'control.message_timeout'"},
         {"[control]\nmax_clients = 3\n", "key 'control.max_clients': unknown key"},
+        {"[control]\nreadonly_group = \"a b\"\n", "key 'control.readonly_group': 'a b' is not a valid group name"},
+        {"[control]\nreadonly_group = \"vmlaunch-admin\"\n", "key 'control.readonly_group': is the admin group"},
+        {"[tls]\nlisten = \"0.0.0.0\"\n", "key 'tls.listen': '0.0.0.0' is not ADDRESS:PORT"},
+        {"[tls]\nlisten = \"0.0.0.0:0\"\n", "key 'tls.listen'"},
+        {"[tls]\nlisten = \"0.0.0.0:65536\"\n", "key 'tls.listen'"},
+        {"[tls]\nlisten = \"[::1:16514\"\n", "key 'tls.listen'"},
+        {"[tls]\nlisten = \"host name:1\"\n", "key 'tls.listen'"},
+        {"[tls]\nkey = \"serverkey.pem\"\n", "key 'tls.key': expected an absolute path"},
+        {"[tls]\nadmin_dns = \"CN=*\"\n", "key 'tls.admin_dns': expected an array of strings"},
+        {"[tls]\nadmin_dns = [\"\"]\n", "key 'tls.admin_dns': '' is not a DN pattern"},
+        {"[tls]\nreadonly_dns = [\"CN=a\", \"CN=a\"]\n", "key 'tls.readonly_dns': 'CN=a' is listed twice"},
+        {"[tls]\nallowed_dns = []\n", "key 'tls.allowed_dns': unknown key"},
     };
     for (const auto& c : cases) {
       CAPTURE(c.toml);
@@ -182,6 +199,57 @@ bridge = "br-lan"
     CHECK(set->control.max_connections_per_uid == 2);
     CHECK(set->control.max_message_kib == 64);
     CHECK(set->control.message_timeout == 3);
+  }
+
+  TEST_CASE("the read-only group and the TLS listener: off by default, read from [control] and [tls]") {
+    auto defaults = vl::parse_config("", "/etc/vmlaunch/vmlaunch.toml");
+    REQUIRE(defaults.ok());
+    CHECK(defaults->readonly_group.empty());
+    CHECK(defaults->tls.listen.empty());
+    CHECK(defaults->tls.cert == "/etc/pki/vmlaunch/servercert.pem");
+    CHECK(defaults->tls.key == "/etc/pki/vmlaunch/private/serverkey.pem");
+    CHECK(defaults->tls.ca == "/etc/pki/vmlaunch/cacert.pem");
+    CHECK(defaults->tls.admin_dns.empty());
+    auto set = vl::parse_config("[control]\nreadonly_group = \"vmlaunch-ro\"\n[tls]\nlisten = \"[::]:16514\"\n"
+                                "cert = \"/srv/c.pem\"\nkey = \"/srv/k.pem\"\nca = \"/srv/ca.pem\"\n"
+                                "admin_dns = [\"CN=*,OU=ops,O=Example\"]\nreadonly_dns = [\"CN=*,O=Example\"]\n",
+                                "/etc/vmlaunch/vmlaunch.toml");
+    REQUIRE_MESSAGE(set.ok(), (set.ok() ? "" : set.error().context));
+    CHECK(set->readonly_group == "vmlaunch-ro");
+    CHECK(set->tls.listen == "[::]:16514");
+    CHECK(set->tls.cert == "/srv/c.pem");
+    CHECK(set->tls.key == "/srv/k.pem");
+    CHECK(set->tls.ca == "/srv/ca.pem");
+    CHECK(set->tls.admin_dns == std::vector<std::string>{"CN=*,OU=ops,O=Example"});
+    CHECK(set->tls.readonly_dns == std::vector<std::string>{"CN=*,O=Example"});
+  }
+
+  TEST_CASE("HOST:PORT: names, IPv4, bracketed IPv6, and the default port") {
+    struct Row {
+      const char* text;
+      uint16_t default_port;
+      const char* host;  // nullptr: rejected
+      uint16_t port;
+    };
+    const Row rows[] = {
+        {"0.0.0.0:16514", 0, "0.0.0.0", 16514},  {"[::]:16514", 0, "::", 16514},
+        {"[::1]", 22, "::1", 22},                {"host.example:2222", 22, "host.example", 2222},
+        {"host", 16514, "host", 16514},          {"host", 0, nullptr, 0},
+        {"host:", 22, nullptr, 0},               {"host:x", 22, nullptr, 0},
+        {":22", 22, nullptr, 0},                 {"[]:22", 22, nullptr, 0},
+        {"host:65536", 22, nullptr, 0},          {"host:0", 22, nullptr, 0},
+        {"-oProxyCommand=x", 22, nullptr, 0},    // would be an option to ssh
+        {"a;b:1", 22, nullptr, 0},               {"[::1]x", 22, nullptr, 0},
+    };
+    for (const Row& r : rows) {
+      CAPTURE(r.text);
+      auto hp = vl::split_host_port(r.text, r.default_port);
+      CHECK(hp.has_value() == (r.host != nullptr));
+      if (hp && r.host) {
+        CHECK(hp->host == r.host);
+        CHECK(hp->port == r.port);
+      }
+    }
   }
 
   TEST_CASE("NUL bytes and invalid UTF-8 are rejected") {

@@ -45,7 +45,7 @@ TEST_SUITE("daemon/bus_connection") {
     int fds[2];
     REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0);
     const int server_fd = fds[0];
-    auto conn = std::make_shared<vl::BusConnection>(io, vl::UniqueFd(server_fd), vl::peer_of(server_fd));
+    auto conn = std::make_shared<vl::BusConnection>(io, vl::UniqueFd(server_fd), vl::local_identity(0, {}, {}));
     REQUIRE(conn->start(kEmpty, nullptr).ok());
     conn->pump();
     std::thread client(ping_and_leave, fds[1]);
@@ -99,7 +99,7 @@ TEST_SUITE("daemon/bus_connection") {
     for (int fd = 0; fd < 1024; ++fd) before += is_open(fd);
     std::weak_ptr<vl::BusConnection> weak;
     {
-      auto conn = std::make_shared<vl::BusConnection>(io, vl::UniqueFd(fds[0]), vl::peer_of(fds[0]));
+      auto conn = std::make_shared<vl::BusConnection>(io, vl::UniqueFd(fds[0]), vl::local_identity(0, {}, {}));
       REQUIRE(conn->start(kEmpty, nullptr).ok());
       conn->pump();
       weak = conn;

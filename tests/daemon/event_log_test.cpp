@@ -63,4 +63,21 @@ TEST_SUITE("daemon/event_log") {
     CHECK(vl::sys::read_file(dir.path() + "/err", 4096).value() ==
           "vmlaunchd: VM 'web1': started (pid 42)\nvmlaunchd: VM 'web2': crashed: emulator exited unexpectedly\n");
   }
+
+  TEST_CASE("a control call is one line naming the caller, how it came, its role, the call, its VM and the outcome") {
+    vl::test::TempDir dir;
+    {
+      StderrTo redirect(dir.path() + "/err");
+      vl::log_control_call("certificate 'CN=alice,O=Example'", "tls from 192.0.2.7:40112, admin", "Start", "web1", true);
+      vl::log_control_call("uid 1000 (bob)", "local, read-only", "Kill", "web1", false);
+      vl::log_control_call("uid 1000 (bob)", "local, read-only", "List", "", true);
+      // The caller chose the name: it cannot forge a second line.
+      vl::log_control_call("uid 1000 (bob)", "local, admin", "Stop", "x\nvmlaunchd: forged", false);
+    }
+    CHECK(vl::sys::read_file(dir.path() + "/err", 4096).value() ==
+          "vmlaunchd: certificate 'CN=alice,O=Example' [tls from 192.0.2.7:40112, admin]: Start 'web1': allowed\n"
+          "vmlaunchd: uid 1000 (bob) [local, read-only]: Kill 'web1': refused\n"
+          "vmlaunchd: uid 1000 (bob) [local, read-only]: List: allowed\n"
+          "vmlaunchd: uid 1000 (bob) [local, admin]: Stop 'x\\x0avmlaunchd: forged': refused\n");
+  }
 }

@@ -1,0 +1,107 @@
+#include "daemon/authorization.h"
+
+#include <pwd.h>
+
+#include <algorithm>
+#include <array>
+
+namespace vl {
+
+namespace {
+
+// The closed lists: a method named here needs less, or more, than admin.
+constexpr std::array<std::string_view, 2> kReadOnlyMethods = {"List", "Status"};
+constexpr std::array<std::string_view, 3> kRootMethods = {"GetLaunchPlan", "Launched", "LaunchFailed"};
+
+bool has_group(const std::vector<gid_t>& groups, gid_t gid) {
+  return gid != static_cast<gid_t>(-1) && std::find(groups.begin(), groups.end(), gid) != groups.end();
+}
+
+std::string describe_uid(uid_t uid) {
+  std::string who = "uid " + std::to_string(uid);
+  // getpwuid may read files or ask NSS; it runs once per connection, at admission.
+  if (const passwd* pw = ::getpwuid(uid)) who += std::string(" (") + pw->pw_name + ")";
+  return who;
+}
+
+}  // namespace
+
+const char* role_name(Role role) {
+  switch (role) {
+    case Role::kNone: return "none";
+    case Role::kReadOnly: return "read-only";
+    case Role::kAdmin: return "admin";
+    case Role::kRoot: return "root";
+  }
+  return "none";
+}
+
+Identity local_identity(uid_t uid, const std::vector<gid_t>& groups, const LocalRoles& roles) {
+  Identity id;
+  id.uid = uid;
+  id.who = describe_uid(uid);
+  if (uid == 0) id.role = Role::kRoot;
+  else if (has_group(groups, roles.admin_gid)) id.role = Role::kAdmin;
+  else if (has_group(groups, roles.readonly_gid)) id.role = Role::kReadOnly;
+  else id.why_none = "is neither root nor in group '" + roles.admin_group + "'" +
+                     (roles.readonly_group.empty() ? "" : " or '" + roles.readonly_group + "'");
+  return id;
+}
+
+Identity tls_identity(const std::string& dn, const std::vector<std::string>& admin_dns,
+                      const std::vector<std::string>& readonly_dns) {
+  Identity id;
+  id.transport = "tls";
+  id.who = "certificate '" + dn + "'";
+  auto any = [&](const std::vector<std::string>& patterns) {
+    return std::any_of(patterns.begin(), patterns.end(), [&](const std::string& p) { return dn_matches(p, dn); });
+  };
+  if (any(admin_dns)) id.role = Role::kAdmin;
+  else if (any(readonly_dns)) id.role = Role::kReadOnly;
+  else id.why_none = "matches no allowed DN (tls.admin_dns, tls.readonly_dns)";
+  return id;
+}
+
+// Iterative wildcard match with one backtrack point: linear in practice, and no recursion a
+// long hostile DN could drive deep.
+bool dn_matches(std::string_view pattern, std::string_view dn) {
+  size_t p = 0, d = 0, star = std::string_view::npos, resume = 0;
+  while (d < dn.size()) {
+    if (p < pattern.size() && pattern[p] == '*') {
+      star = p++;
+      resume = d;
+    } else if (p < pattern.size() && pattern[p] == dn[d]) {
+      ++p, ++d;
+    } else if (star != std::string_view::npos) {
+      p = star + 1;
+      d = ++resume;
+    } else {
+      return false;
+    }
+  }
+  while (p < pattern.size() && pattern[p] == '*') ++p;
+  return p == pattern.size();
+}
+
+Role role_needed(std::string_view method) {
+  if (std::find(kReadOnlyMethods.begin(), kReadOnlyMethods.end(), method) != kReadOnlyMethods.end())
+    return Role::kReadOnly;
+  if (std::find(kRootMethods.begin(), kRootMethods.end(), method) != kRootMethods.end()) return Role::kRoot;
+  return Role::kAdmin;
+}
+
+Result<void> permit(const Identity& who, std::string_view method) {
+  Role need = role_needed(method);
+  if (who.role >= need) return {};
+  if (need == Role::kRoot)
+    return Error::make(ErrorCode::kDenied, "permission denied: only root may ask for launch plans or report launches");
+  if (who.role == Role::kNone) return Error::make(ErrorCode::kDenied, "permission denied: " + who.who + " " + who.why_none);
+  return Error::make(ErrorCode::kDenied, "permission denied: " + who.who + " is " + role_name(who.role) +
+                                              " and may not call " + std::string(method));
+}
+
+bool is_audited(const Identity& who, std::string_view method) {
+  return who.remote() || role_needed(method) > Role::kReadOnly;
+}
+
+}  // namespace vl
