@@ -118,7 +118,8 @@ int method_status(sd_bus_message* m, void* userdata, sd_bus_error*) {
       {"name", info->name}, {"state", vm_status_name(info->status)}, {"reason", info->reason},
       {"pid", std::to_string(info->pid)}, {"uid", std::to_string(info->uid)}, {"zone", info->zone},
       {"taps", taps}, {"vnc_display", info->vnc_display >= 0 ? std::to_string(info->vnc_display) : ""},
-      {"vnc_listen", info->vnc_listen}, {"network", info->network}};
+      {"vnc_listen", info->vnc_listen}, {"network", info->network}, {"plan", info->plan},
+      {"conversions", std::to_string(info->conversions)}};
   for (const auto& [k, v] : fields)
     if (r >= 0) r = sd_bus_message_append(reply, "{ss}", k, v.c_str());
   if (r >= 0) r = sd_bus_message_close_container(reply);

@@ -1,6 +1,8 @@
 // vmlaunch-convert: domain XML -> QEMU command line, by libvirt's embedded QEMU driver.
 //
-//   vmlaunch-convert EMBED_ROOT < domain.xml   prints 'K' + the command line, or 'E' + why
+//   vmlaunch-convert [--background] EMBED_ROOT < domain.xml
+//                                              prints 'K' + the command line, or 'E' + why;
+//                                              --background: at nice 19 (a pre-plan)
 //   vmlaunch-convert --identity                prints what identifies this libvirt
 //
 // A program of its own so that libvirt (its threads, its memory) never lives in vmlaunchd,
@@ -12,6 +14,7 @@
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
 #include <sched.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -100,12 +103,19 @@ int main(int argc, char** argv) {
     std::printf("%s\n", identity().c_str());
     return 0;
   }
-  if (argc != 2 || argv[1][0] != '/') {
-    std::fprintf(stderr, "usage: vmlaunch-convert EMBED_ROOT < domain.xml | --identity\n");
+  int arg = 1;
+  if (argc == 3 && std::string(argv[1]) == "--background") {
+    // Before libvirt starts its threads, which inherit it: nice is per thread on Linux.
+    // Raising one's own nice value needs no privilege; failing to only costs priority.
+    (void)::setpriority(PRIO_PROCESS, 0, 19);
+    ++arg;
+  }
+  if (argc != arg + 1 || argv[arg][0] != '/') {
+    std::fprintf(stderr, "usage: vmlaunch-convert [--background] EMBED_ROOT < domain.xml | --identity\n");
     return 2;
   }
   auto xml = vl::sys::read_all(0, 1 << 20);
-  std::string root = argv[1];
+  std::string root = argv[arg];
   isolate_environment(root);
   std::string reply = xml ? convert(*xml, root) : "E" + xml.error().message();
   return vl::sys::write_all(1, reply) ? 0 : 1;

@@ -264,12 +264,14 @@ class AsyncConversion final : public std::enable_shared_from_this<AsyncConversio
 
 void convert_to_native_async(boost::asio::io_context& io, const std::string& xml, const std::string& embed_root,
                              std::chrono::milliseconds timeout, std::function<void(Result<std::string>)> done,
-                             const std::map<std::string, std::string>& zone_bridges) {
+                             const std::map<std::string, std::string>& zone_bridges, ConvertPriority priority) {
   if (::mkdir(embed_root.c_str(), 0700) < 0 && errno != EEXIST)
     return done(Error::from_errno("create conversion root '" + embed_root + "'"));
   auto input = xml_for_libvirt(xml, zone_bridges);
   if (!input) return done(std::move(input).error());
-  auto conv = start_converter({embed_root}, *input);
+  std::vector<std::string> args = {embed_root};
+  if (priority == ConvertPriority::kBackground) args.insert(args.begin(), "--background");
+  auto conv = start_converter(std::move(args), *input);
   if (!conv) return done(std::move(conv).error());
   std::make_shared<AsyncConversion>(io, std::move(conv).value(), std::move(done))->start(timeout);
 }

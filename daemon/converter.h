@@ -33,10 +33,15 @@ Result<std::string> convert_to_native(const std::string& xml, const std::string&
                                       std::chrono::milliseconds timeout,
                                       const std::map<std::string, std::string>& zone_bridges = {});
 
+/// kBackground: the converter runs at the lowest CPU priority (nice 19), for conversions no
+/// one waits for yet (pre-plans), so that they never slow the VMs or a start.
+enum class ConvertPriority { kNormal, kBackground };
+
 /// The same without blocking: the converter's output is read on `io`, `done` runs there.
 void convert_to_native_async(boost::asio::io_context& io, const std::string& xml, const std::string& embed_root,
                              std::chrono::milliseconds timeout, std::function<void(Result<std::string>)> done,
-                             const std::map<std::string, std::string>& zone_bridges = {});
+                             const std::map<std::string, std::string>& zone_bridges = {},
+                             ConvertPriority priority = ConvertPriority::kNormal);
 
 /// What identifies the libvirt the converter uses (version, library file), for cache keys.
 Result<std::string> libvirt_identity();

@@ -1,11 +1,9 @@
 #include "daemon/domain_watch.h"
 
-#include <sys/inotify.h>
-
 #include <cstdio>
-#include <cstring>
 
 #include "common/sys.h"
+#include "daemon/inotify_events.h"
 
 namespace vl {
 
@@ -36,24 +34,22 @@ void DomainWatch::read_events() {
                    ec.message().c_str());
       return;
     }
-    for (size_t off = 0; off + sizeof(inotify_event) <= n;) {
-      inotify_event event;
-      std::memcpy(&event, buffer_ + off, sizeof event);
-      std::string name;
-      if (event.len > 0) name = std::string(buffer_ + off + sizeof event, strnlen(buffer_ + off + sizeof event, event.len));
-      off += sizeof event + event.len;
-      if (event.mask & IN_Q_OVERFLOW) {
-        handler_("", Change::kRescan);
-        continue;
-      }
+    bool gone = false;
+    for_each_inotify_event(buffer_, n, [&](const inotify_event& event, const std::string& name) {
+      if (gone) return;
+      if (event.mask & IN_Q_OVERFLOW) return handler_("", Change::kRescan);
       if (event.mask & IN_IGNORED) {  // the directory itself is gone
-        std::fprintf(stderr, "vmlaunchd: the domain directory '%s' is no longer watched\n", dir_.c_str());
+        gone = true;
         return;
       }
-      if (name.size() <= 4 || name.compare(name.size() - 4, 4, ".xml") != 0) continue;
+      if (name.size() <= 4 || name.compare(name.size() - 4, 4, ".xml") != 0) return;
       std::string vm = name.substr(0, name.size() - 4);
-      if (!VmName::parse(vm)) continue;  // not a VM's file (the catalog ignores it too)
+      if (!VmName::parse(vm)) return;  // not a VM's file (the catalog ignores it too)
       handler_(vm, event.mask & (IN_DELETE | IN_MOVED_FROM) ? Change::kRemoved : Change::kWritten);
+    });
+    if (gone) {
+      std::fprintf(stderr, "vmlaunchd: the domain directory '%s' is no longer watched\n", dir_.c_str());
+      return;
     }
     read_events();
   });

@@ -102,6 +102,12 @@ int run_daemon(const std::string& config_path) {
   if (auto following = manager.watch_domains(); !following)
     std::fprintf(stderr, "vmlaunchd: %s; domain changes are seen at the next request only\n",
                  following.error().message().c_str());
+  if (auto following = manager.watch_emulators(); !following)
+    std::fprintf(stderr, "vmlaunchd: %s; an emulator upgrade is planned for at the next start\n",
+                 following.error().message().c_str());
+  // After READY=1 and the watches: conversions run in the background, and a definition written
+  // meanwhile is queued again rather than missed.
+  manager.preplan_all();
   // VMs are not our children and keep running: stopping the daemon only stops serving.
   boost::asio::signal_set signals(io, SIGTERM, SIGINT);
   signals.async_wait([&](boost::system::error_code, int) {

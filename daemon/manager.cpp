@@ -76,6 +76,13 @@ Manager::Manager(boost::asio::io_context& io, const HostConfig& config)
       broker_(io, config.helper_socket()),
       planner_(config),
       catalog_(config),
+      preplanner_(io, planner_,
+                  [this](const std::string& vm) -> Result<std::pair<Domain, std::string>> {
+                    VmName name = VL_TRY(VmName::parse(vm));
+                    Domain domain = VL_TRY(catalog_.get(name));
+                    std::string xml = VL_TRY(catalog_.xml(name));
+                    return std::pair{std::move(domain), std::move(xml)};
+                  }),
       context_{io, config, broker_, nullptr, nullptr},
       link_watch_(io, config, broker_, [this] {
         std::vector<LinkWatch::Vm> running;
@@ -85,7 +92,10 @@ Manager::Manager(boost::asio::io_context& io, const HostConfig& config)
       }),
       domain_watch_(io, config.domains_dir, [this](const std::string& name, DomainWatch::Change change) {
         domain_changed(name, change);
-      }) {
+      }),
+      // A changed emulator changes the cache key of every domain using it; the others are
+      // cache hits, cheap to queue.
+      emulator_watch_(io, config.emulators, [this] { preplan_all(); }) {
   context_.vnc_password = [this](const VmName& vm) {
     auto domain = catalog_.get(vm);
     return domain && domain->vnc ? domain->vnc->password : std::string();
@@ -139,12 +149,19 @@ Result<void> Manager::watch_links() { return link_watch_.start(); }
 
 Result<void> Manager::watch_domains() { return domain_watch_.start(); }
 
+Result<void> Manager::watch_emulators() { return emulator_watch_.start(); }
+
+void Manager::preplan_all() {
+  for (const VmName& vm : catalog_.names()) preplanner_.enqueue(vm.str());
+}
+
 void Manager::domain_changed(const std::string& name, DomainWatch::Change change) {
   if (change == DomainWatch::Change::kRescan) {
     // Events were lost: the catalog's next read is right anyway; forget what is gone.
     std::vector<VmName> defined = catalog_.names();
     for (auto& [vm, s] : vms_)
       if (!std::binary_search(defined.begin(), defined.end(), VmName::parse(vm).value())) forget_if_idle(*s);
+    preplan_all();  // the cache makes this cheap for every VM whose XML did not change
     return;
   }
   auto vm = VmName::parse(name);
@@ -152,6 +169,7 @@ void Manager::domain_changed(const std::string& name, DomainWatch::Change change
   auto it = vms_.find(name);
   if (change == DomainWatch::Change::kRemoved) {
     if (catalog_.get(*vm).ok()) return;  // replaced meanwhile (a rename over it)
+    preplanner_.forget(name);
     if (it == vms_.end() || forget_if_idle(*it->second)) {
       log_vm_event(name, LogLevel::kInfo, "definition removed");
       VmInfo gone;
@@ -169,8 +187,10 @@ void Manager::domain_changed(const std::string& name, DomainWatch::Change change
   bool running = it != vms_.end() && !it->second->idle();
   if (!domain) {
     log_vm_event(name, LogLevel::kWarning, "definition not usable: " + domain.error().message());
+    preplanner_.forget(name);  // the definition's own error is what `list` shows
   } else {
     log_vm_event(name, LogLevel::kInfo, running ? "definition written; it applies at the next start" : "definition written");
+    preplanner_.enqueue(name);
   }
   if (on_state_changed) {
     VmInfo info = it != vms_.end() ? it->second->info() : VmInfo{};
@@ -200,6 +220,7 @@ std::vector<VmInfo> Manager::list() {
     if (!domain) {
       if (info.reason.empty()) info.reason = domain.error().message();
     } else {
+      add_preplan_failure(info);
       if (info.zone.empty()) info.zone = domain->meta.zone;
       info.autostart = domain->meta.autostart;
       info.start_order = domain->meta.start_order;
@@ -236,13 +257,26 @@ Result<VmInfo> Manager::status(const std::string& name) {
   if (auto it = vms_.find(vm.str()); it != vms_.end() && (domain || !forget_if_idle(*it->second))) {
     VmInfo info = domain ? it->second->info() : undefined_info(*it->second);
     add_network(info);
+    if (domain) add_preplan_failure(info);
+    info.plan = preplanner_.state(info.name);
+    info.conversions = planner_.conversions(info.name);
     return info;
   }
   if (!domain) return domain.error();
   VmInfo info;
   info.name = vm.str();
   info.zone = domain->meta.zone;
+  add_preplan_failure(info);
+  info.plan = preplanner_.state(info.name);
+  info.conversions = planner_.conversions(info.name);
   return info;
+}
+
+void Manager::add_preplan_failure(VmInfo& info) const {
+  // Only where nothing more pressing is said: a running VM's reason is about its run.
+  if (info.status != VmStatus::kStopped && info.status != VmStatus::kFailed) return;
+  if (std::string why = preplanner_.failure(info.name); !why.empty() && info.reason.empty())
+    info.reason = "cannot be planned: " + why;
 }
 
 void Manager::start(const std::string& name, Done done) {

@@ -11,8 +11,10 @@
 #include "common/domain.h"
 #include "daemon/broker_client.h"
 #include "daemon/domain_watch.h"
+#include "daemon/emulator_watch.h"
 #include "daemon/link_watch.h"
 #include "daemon/planner.h"
+#include "daemon/preplanner.h"
 #include "daemon/supervisor.h"
 
 namespace vl {
@@ -56,6 +58,10 @@ class Manager final {
   Result<void> watch_links();
   /// Starts following the domains directory (daemon/domain_watch.h).
   Result<void> watch_domains();
+  /// Queues every defined VM for planning ahead of its start (daemon/preplanner.h).
+  void preplan_all();
+  /// Starts following the allowed emulators, planning again when one changes.
+  Result<void> watch_emulators();
 
   std::vector<VmInfo> list();
   Result<VmInfo> status(const std::string& name);
@@ -76,6 +82,8 @@ class Manager final {
 
  private:
   Result<Supervisor*> supervisor(const std::string& name, bool must_be_defined);
+  /// A stopped or failed VM whose pre-plan failed says why in its reason, unless it has one.
+  void add_preplan_failure(VmInfo& info) const;
   /// Adds what the link watch knows about a running VM's network to `info`.
   void add_network(VmInfo& info) const;
   /// For a VM whose definition is gone: true (and its last state forgotten) if nothing of it
@@ -91,10 +99,12 @@ class Manager final {
   BrokerClient broker_;
   Planner planner_;
   DomainCatalog catalog_;
+  Preplanner preplanner_;
   SupervisorContext context_;
   std::map<std::string, std::unique_ptr<Supervisor>> vms_;
   LinkWatch link_watch_;
   DomainWatch domain_watch_;
+  EmulatorWatch emulator_watch_;
 };
 
 }  // namespace vl

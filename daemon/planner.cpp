@@ -114,12 +114,17 @@ Result<std::string> Planner::native_command_line(const Domain& domain, std::stri
   }
   VL_CHECK(check_conversion_access(domain));
   LockedRoot root = VL_TRY(lock_embed_root(config_.cache_dir));
+  ++conversions_[domain.name.str()];
   auto start = std::chrono::steady_clock::now();
   std::string native = VL_TRY(convert_to_native(std::string(xml), root.path, kConvertTimeout, zone_bridges(config_)));
   if (stats)
     stats->convert = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start);
+  return store_entry(key, root.path, native);
+}
+
+Result<std::string> Planner::store_entry(const std::string& key, const std::string& root, const std::string& native) {
   // The cached text still names its embed root; remember which, so the rewrite can check.
-  std::string entry = root.path + "\n" + native;
+  std::string entry = root + "\n" + native;
   VL_CHECK(cache_.store(key, entry));
   return entry;
 }
@@ -133,69 +138,103 @@ Result<std::string> Planner::cache_key_for(const Domain& domain, std::string_vie
 }
 
 Result<Plan> Planner::plan(const Domain& domain, std::string_view original, PlanStats* stats) {
-  std::string xml = domain.uefi ? VL_TRY(uefi_xml_for_libvirt(original, *domain.uefi)) : std::string(original);
+  Input input = VL_TRY(input_for(domain, std::string(original)));
+  std::string entry = VL_TRY(native_command_line(domain, input.xml, input.key, stats));
+  return plan_from_entry(domain, entry, input.key);
+}
+
+Result<Planner::Input> Planner::input_for(const Domain& domain, std::string xml) {
+  if (domain.uefi) xml = VL_TRY(uefi_xml_for_libvirt(xml, *domain.uefi));
   std::string key = VL_TRY(cache_key_for(domain, xml));
-  std::string entry = VL_TRY(native_command_line(domain, xml, key, stats));
-  return plan_from_entry(domain, entry, key);
+  return Input{std::move(xml), std::move(key)};
 }
 
 void Planner::plan_async(boost::asio::io_context& io, const Domain& domain, std::string xml,
                          std::function<void(Result<Plan>)> done) {
-  if (domain.uefi) {
-    auto rewritten = uefi_xml_for_libvirt(xml, *domain.uefi);
-    if (!rewritten) return done(rewritten.error());
-    xml = std::move(rewritten).value();
-  }
-  auto key = cache_key_for(domain, xml);
-  if (!key) return done(key.error());
-  auto cached = cache_.find(*key);
+  auto input = input_for(domain, std::move(xml));
+  if (!input) return done(input.error());
+  entry_async(io, domain, std::move(input->xml), input->key, /*background=*/false,
+              [this, domain, key = input->key, done = std::move(done)](Result<std::string> entry) {
+                if (!entry) return done(entry.error());
+                done(plan_from_entry(domain, *entry, key));
+              });
+}
+
+void Planner::prepare_async(boost::asio::io_context& io, const Domain& domain, std::string xml,
+                            std::function<void(Result<void>)> done) {
+  auto input = input_for(domain, std::move(xml));
+  if (!input) return done(input.error());
+  entry_async(io, domain, std::move(input->xml), input->key, /*background=*/true,
+              [this, domain, key = input->key, done = std::move(done)](Result<std::string> entry) {
+                if (!entry) return done(entry.error());
+                auto plan = plan_from_entry(domain, *entry, key, /*for_launch=*/false);
+                if (!plan) return done(plan.error());
+                done({});
+              });
+}
+
+unsigned Planner::conversions(const std::string& vm) const {
+  auto it = conversions_.find(vm);
+  return it == conversions_.end() ? 0 : it->second;
+}
+
+void Planner::entry_async(boost::asio::io_context& io, const Domain& domain, std::string xml, std::string key,
+                          bool background, EntryDone done) {
+  auto cached = cache_.find(key);
   if (!cached) return done(cached.error());
-  if (*cached) return done(plan_from_entry(domain, **cached, *key));
+  if (*cached) return done(std::move(**cached));
+  // The same XML and emulator already converting (a pre-plan, a concurrent start): one
+  // conversion serves both, and the second start does not pay another.
+  if (auto running = converting_.find(key); running != converting_.end()) {
+    running->second.push_back(std::move(done));
+    return;
+  }
   if (auto access = check_conversion_access(domain); !access) return done(access.error());
   auto root = lock_embed_root(config_.cache_dir, /*wait=*/false);
   if (!root) {
     if (root.error().code != ErrorCode::kConflict) return done(root.error());
     // Every root is converting: go on when one is free (see finish_conversion).
-    waiting_.push_back([this, &io, domain, xml = std::move(xml), done = std::move(done)]() mutable {
-      plan_async(io, domain, std::move(xml), std::move(done));
+    waiting_.push_back([this, &io, domain, xml = std::move(xml), key = std::move(key), background,
+                        done = std::move(done)]() mutable {
+      entry_async(io, domain, std::move(xml), std::move(key), background, std::move(done));
     });
     return;
   }
+  converting_[key].push_back(std::move(done));
+  ++conversions_[domain.name.str()];
   auto locked = std::make_shared<LockedRoot>(std::move(root).value());
-  std::string path = locked->path;
-  convert_to_native_async(io, xml, path, kConvertTimeout,
-                          [this, locked, domain, key = *key, done = std::move(done)](Result<std::string> native) {
-                            Result<Plan> plan = native ? store_and_plan(domain, locked->path, *native, key)
-                                                       : Result<Plan>(native.error());
+  convert_to_native_async(io, xml, locked->path, kConvertTimeout,
+                          [this, locked, key](Result<std::string> native) {
+                            Result<std::string> entry = native ? store_entry(key, locked->path, *native) : native.error();
                             locked->lock.reset();
-                            done(std::move(plan));
-                            if (!waiting_.empty()) {
-                              auto next = std::move(waiting_.front());
-                              waiting_.pop_front();
-                              next();
-                            }
+                            finish_conversion(key, entry);
                           },
-                          zone_bridges(config_));
+                          zone_bridges(config_), background ? ConvertPriority::kBackground : ConvertPriority::kNormal);
+}
+
+void Planner::finish_conversion(const std::string& key, const Result<std::string>& entry) {
+  auto waiters = std::move(converting_[key]);
+  converting_.erase(key);
+  for (auto& waiter : waiters) waiter(entry);
+  if (!waiting_.empty()) {
+    auto next = std::move(waiting_.front());
+    waiting_.pop_front();
+    next();
+  }
 }
 
 void Planner::release_vnc_display(const std::string& vm) { vnc_reserved_.erase(vm); }
 
 void Planner::reserve_vnc_display(const std::string& vm, int display) { vnc_reserved_[vm] = display; }
 
-Result<Plan> Planner::store_and_plan(const Domain& domain, const std::string& root, const std::string& native,
-                                     const std::string& key) {
-  std::string entry = root + "\n" + native;
-  VL_CHECK(cache_.store(key, entry));
-  return plan_from_entry(domain, entry, key);
-}
-
-Result<Plan> Planner::plan_from_entry(const Domain& domain, const std::string& entry, const std::string& key) {
+Result<Plan> Planner::plan_from_entry(const Domain& domain, const std::string& entry, const std::string& key,
+                                      bool for_launch) {
   size_t newline = entry.find('\n');
   if (newline == std::string::npos) return Error::make(ErrorCode::kInternal, "corrupt plan cache entry " + key);
   std::string root = entry.substr(0, newline);
   std::vector<std::string> words = VL_TRY(split_shell_words(std::string_view(entry).substr(newline + 1)));
   int display = 0;
-  const bool autoport = domain.vnc && !domain.vnc->port;
+  const bool autoport = for_launch && domain.vnc && !domain.vnc->port;
   if (autoport) {
     // Displays are reserved whatever the listen address: a display is a port number, and
     // 0.0.0.0 and 127.0.0.1 collide on it.

@@ -33,9 +33,19 @@ class Planner {
   Result<Plan> plan(const Domain& domain, std::string_view xml, PlanStats* stats = nullptr);
 
   /// The same for an event loop: a cache miss runs the converter without blocking `io`, and
-  /// `done` runs on it. At most one conversion per embed root is in flight; more wait.
+  /// `done` runs on it. At most one conversion per embed root is in flight; more wait. A plan
+  /// whose conversion is already under way (a pre-plan, another start) waits for that one.
   void plan_async(boost::asio::io_context& io, const Domain& domain, std::string xml,
                   std::function<void(Result<Plan>)> done);
+
+  /// Computes and caches `domain`'s conversion ahead of its start, with the converter at low
+  /// CPU priority, and checks the result as a plan would; reserves nothing. `done` runs on `io`.
+  void prepare_async(boost::asio::io_context& io, const Domain& domain, std::string xml,
+                     std::function<void(Result<void>)> done);
+
+  /// How many libvirt conversions this planner has started for `vm` (for `status`: a start
+  /// that found its plan ready runs none).
+  unsigned conversions(const std::string& vm) const;
 
   /// Frees the VNC display reserved for `vm`'s latest plan: its run ended, or the plan was
   /// abandoned (the start failed). Unknown VMs are ignored.
@@ -46,16 +56,36 @@ class Planner {
 
  private:
   Result<std::string> cache_key_for(const Domain& domain, std::string_view xml);
-  Result<Plan> plan_from_entry(const Domain& domain, const std::string& entry, const std::string& key);
-  Result<Plan> store_and_plan(const Domain& domain, const std::string& root, const std::string& native,
-                              const std::string& key);
+  /// What libvirt converts (the XML after the UEFI rewrite) and the cache key of its result.
+  struct Input {
+    std::string xml;
+    std::string key;
+  };
+  Result<Input> input_for(const Domain& domain, std::string xml);
+  /// `for_launch`: reserve a VNC display for the plan; otherwise (a pre-plan, which only checks
+  /// the argv) display 0 stands in and nothing is reserved.
+  Result<Plan> plan_from_entry(const Domain& domain, const std::string& entry, const std::string& key,
+                               bool for_launch = true);
   Result<std::string> native_command_line(const Domain& domain, std::string_view xml,
                                           const std::string& key, PlanStats* stats);
+  /// Stores a conversion made in embed root `root`; returns the cache entry.
+  Result<std::string> store_entry(const std::string& key, const std::string& root, const std::string& native);
+  using EntryDone = std::function<void(Result<std::string>)>;
+  /// The cache entry for `key`: from the cache, from the conversion of `key` under way, or from
+  /// a new one. `xml` is what libvirt gets (after the UEFI rewrite).
+  void entry_async(boost::asio::io_context& io, const Domain& domain, std::string xml, std::string key,
+                   bool background, EntryDone done);
+  /// Hands a finished conversion to everything that waited for it, then starts what waited
+  /// for a free root.
+  void finish_conversion(const std::string& key, const Result<std::string>& entry);
 
   const HostConfig& config_;
   PlanCache cache_;
   std::string libvirt_id_;
   std::deque<std::function<void()>> waiting_;
+  /// Conversions under way, by cache key, with everything waiting for their entry.
+  std::map<std::string, std::vector<EntryDone>> converting_;
+  std::map<std::string, unsigned> conversions_;
   /// VNC displays handed out with plans, by VM, skipped by the probe until released. Nothing
   /// listens on a display between the plan and the emulator's start, so the probe alone gives
   /// concurrent starts the same display (issue 9, item 7). One entry per VM at most: a new

@@ -484,14 +484,12 @@ void Supervisor::after_monitor_ready(bool fresh) {
     });
     return;
   }
+  // A fresh emulator waits in prelaunch: the helper execs no plan without exactly one -S
+  // (argv_policy.h). So `cont` follows at once, without a status query's round trip before it.
   auto go_on = [this] {
-    start_command("query-status", nullptr, [this](const Json& status) {
-      auto running = [this](const Json&) {
-        set_status(VmStatus::kRunning, "");
-        complete_start({});
-      };
-      if (QmpClient::string_field(status, "status") != "running") start_command("cont", nullptr, running);
-      else running(Json::object());
+    start_command("cont", nullptr, [this](const Json&) {
+      set_status(VmStatus::kRunning, "");
+      complete_start({});
     });
   };
   std::string password = ctx_.vnc_password(name_);

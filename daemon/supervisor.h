@@ -96,6 +96,10 @@ struct VmInfo {
   std::string network;
   bool autostart = false;
   int start_order = 0;
+  /// `status` only: the pre-plan's state (daemon/preplanner.h), and how many libvirt
+  /// conversions this daemon has run for the VM.
+  std::string plan;
+  unsigned conversions = 0;
 };
 
 /// What a supervisor needs from the daemon around it.

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -52,7 +53,8 @@ constexpr char kUsage[] =
     "  --mode acpi|agent    stop: how to ask the guest: the ACPI power button (the default),\n"
     "                       or QEMU's guest agent in the VM, which must answer\n"
     "  --signal NAME        kill: TERM, KILL or INT (default TERM)\n"
-    "  --parallel N         At most N operations at once (default 4)\n"
+    "  --parallel N         At most N operations at once (default: start and restart 4,\n"
+    "                       stop and kill all of them)\n"
     "  --help, --version\n"
     "\n"
     "start and stop always wait for the operation to finish.\n"
@@ -66,7 +68,8 @@ struct Options {
   std::string command;
   std::vector<std::string> names;
   bool all = false, json = false, force = false;
-  unsigned timeout = 120, parallel = 4;
+  unsigned timeout = 120;
+  unsigned parallel = 0;  // 0: the command's default (parallel_for)
   int signal = SIGTERM;
   std::string mode;  // stop --mode: "acpi" or "agent"; empty: the power button
 };
@@ -134,6 +137,14 @@ int cmd_status(vl::ctl::Client& client, const Options& o) {
   return status;
 }
 
+// How many operations of `o.command` run at once unless --parallel says. A start costs the host
+// a launch; a stop or kill mostly waits for the guest, so all of them wait together and the
+// batch ends with the slowest guest, not with the sum of the slowest of each round.
+unsigned parallel_for(const Options& o) {
+  if (o.parallel > 0) return o.parallel;
+  return o.command == "stop" || o.command == "kill" ? std::numeric_limits<unsigned>::max() : 4;
+}
+
 // start/stop/restart/kill over a set of VMs, with live progress and a summary.
 int cmd_batch(vl::ctl::Client& client, const Options& o) {
   std::vector<std::string> names = o.names;
@@ -173,7 +184,7 @@ int cmd_batch(vl::ctl::Client& client, const Options& o) {
     std::vector<vl::ctl::BatchCall> calls;
     for (const auto& n : names)
       if (order[n] == group) calls.push_back({n, method, o.timeout, o.force, o.signal, o.mode});
-    auto results = client.run_batch(calls, o.parallel, progress);
+    auto results = client.run_batch(calls, parallel_for(o), progress);
     for (size_t i = 0; i < calls.size(); ++i) {
       const auto& r = results[i];
       if (!r) {

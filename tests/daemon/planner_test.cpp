@@ -67,6 +67,32 @@ TEST_SUITE("daemon/planner") {
     CHECK(changed->cache_key != first->cache_key);
   }
 
+  TEST_CASE("a plan whose conversion is under way waits for it: a pre-plan and two starts run one conversion") {
+    vl::test::TempDir tmp;
+    vl::HostConfig config;
+    config.cache_dir = tmp.path() + "/cache";
+    vl::Planner planner(config);
+    std::string xml = sample_xml("web1", tmp.path() + "/disk.img");
+    auto domain = vl::parse_domain(xml, "web1.xml");
+    REQUIRE(domain.ok());
+    boost::asio::io_context io;
+    std::optional<vl::Result<void>> prepared;
+    std::vector<vl::Result<vl::Plan>> plans;
+    planner.prepare_async(io, *domain, xml, [&](vl::Result<void> r) { prepared = std::move(r); });
+    for (int i = 0; i < 2; ++i)
+      planner.plan_async(io, *domain, xml, [&](vl::Result<vl::Plan> p) { plans.push_back(std::move(p)); });
+    io.run_for(std::chrono::seconds(120));
+    REQUIRE(prepared.has_value());
+    CHECK_MESSAGE(prepared->ok(), (prepared->ok() ? std::string() : prepared->error().message()));
+    REQUIRE(plans.size() == 2);
+    for (auto& plan : plans) REQUIRE_MESSAGE(plan.ok(), (plan.ok() ? std::string() : plan.error().message()));
+    CHECK(plans[0]->argv.size() == plans[1]->argv.size());
+    CHECK(planner.conversions("web1") == 1);
+    // Each conversion takes a root of its own: a second one would have made embed/1.
+    CHECK(std::filesystem::exists(config.cache_dir + "/embed/0"));
+    CHECK_FALSE(std::filesystem::exists(config.cache_dir + "/embed/1"));
+  }
+
   TEST_CASE("XML libvirt cannot convert fails with libvirt's reason") {
     vl::test::TempDir tmp;
     vl::HostConfig config;

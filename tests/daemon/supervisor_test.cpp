@@ -499,6 +499,42 @@ TEST_SUITE("daemon/supervisor") {
     }
   }
 
+  TEST_CASE("a fresh start resumes the paused emulator with no status query before cont") {
+    // Plans always start QEMU paused (the helper refuses one without exactly one -S): asking
+    // for its status first would only add a monitor round trip to every start.
+    AdoptableVm fixture;
+    auto& [emulator, dir, config, vm, state] = fixture;
+    asio::io_context io;
+    {
+      ScriptedBroker broker(config.helper_socket(), [](const vl::BrokerRequest&) { return ok_reply(0); });
+      std::mutex lock;
+      std::vector<std::string> commands;
+      FakeMonitor monitor(config.vm_runtime_dir(vm) + "/qmp.sock", [&](const std::string& command) {
+        std::lock_guard<std::mutex> hold(lock);
+        commands.push_back(command);
+        return std::optional<Json>(command == "query-status" ? Json{{"status", "prelaunch"}} : Json::object());
+      });
+      vl::BrokerClient client(io, config.helper_socket());
+      vl::SupervisorContext ctx{io, config, client, [](const vl::VmName&) { return std::string("secret12"); }, nullptr};
+      vl::Supervisor supervisor(ctx, vm);
+      std::optional<vl::Result<void>> started, launched;
+      supervisor.start([&](vl::Result<void> r) { started = std::move(r); });
+      REQUIRE(run_until(io, [&] { return broker.received(vl::BrokerOp::kStart); }));
+      supervisor.launched([&](vl::Result<void> r) { launched = std::move(r); });
+      REQUIRE(run_until(io, [&] { return started.has_value() && launched.has_value(); }));
+      CHECK_MESSAGE(started->ok(), started->error().message());
+      CHECK(supervisor.info().status == vl::VmStatus::kRunning);
+      std::lock_guard<std::mutex> hold(lock);
+      auto cont = std::find(commands.begin(), commands.end(), "cont");
+      REQUIRE(cont != commands.end());
+      // Before it: the capabilities handshake, the VNC query (informational, sent without
+      // waiting) and the password, which must be set before the guest runs.
+      std::vector<std::string> before(commands.begin(), cont);
+      CHECK(std::find(before.begin(), before.end(), "query-status") == before.end());
+      CHECK(std::find(before.begin(), before.end(), "set_password") != before.end());
+    }
+  }
+
   TEST_CASE("under systemd the unit's LaunchFailed fails the waiting start with the launch's own error") {
     AdoptableVm fixture;
     auto& [emulator, dir, config, vm, state] = fixture;
