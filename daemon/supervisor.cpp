@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "common/sys.h"
+#include "daemon/emulator_output.h"
 #include "daemon/event_log.h"
 #include "daemon/guest_agent.h"
 
@@ -38,6 +39,9 @@ constexpr auto kKillGrace = std::chrono::seconds(5);
 constexpr auto kMonitorLossGrace = std::chrono::milliseconds(500);
 constexpr auto kPowerButtonRepeat = std::chrono::seconds(2);
 constexpr auto kWatchRetry = std::chrono::seconds(1);
+// How long the reason of a unit's failed run waits for journald to hold the emulator's last
+// lines; only an emulator that said nothing waits it all.
+constexpr auto kJournalWait = std::chrono::seconds(2);
 
 Result<VmState> read_state(const HostConfig& config, const VmName& vm) {
   return read_vm_state_file(config.vm_runtime_dir(vm) + "/state.json");
@@ -66,40 +70,6 @@ const char* signal_name(int signal) {
     case SIGINT: return "SIGINT";
   }
   return "a signal";
-}
-
-// QEMU's last words: the last lines of RUNTIME/vms/NAME/emulator.log, the log relay's copy of
-// the emulator's output (helper/runtime_dir.h), as "; qemu said: LINE | LINE", or "" if it has
-// none (a launch under systemd, whose output goes to the journal). Read before the cleanup,
-// which removes the file. Bounded: the last 4 KiB, two lines of at most 300 bytes each.
-std::string emulator_said(const HostConfig& config, const VmName& vm) {
-  constexpr size_t kTail = 4096, kLines = 2, kLineMax = 300;
-  UniqueFd fd(::open((config.vm_runtime_dir(vm) + "/emulator.log").c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
-  struct stat st {};
-  if (!fd || ::fstat(fd.get(), &st) < 0 || !S_ISREG(st.st_mode) || st.st_size <= 0) return "";
-  off_t from = st.st_size > static_cast<off_t>(kTail) ? st.st_size - static_cast<off_t>(kTail) : 0;
-  std::string text(static_cast<size_t>(st.st_size - from), '\0');
-  ssize_t n = ::pread(fd.get(), text.data(), text.size(), from);
-  if (n <= 0) return "";
-  text.resize(static_cast<size_t>(n));
-  std::vector<std::string> lines;
-  for (size_t pos = 0; pos < text.size();) {
-    size_t nl = text.find('\n', pos);
-    std::string line = text.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
-    pos = nl == std::string::npos ? text.size() : nl + 1;
-    if (line.rfind("qemu: ", 0) == 0) line.erase(0, 6);
-    // QEMU's notice for every pty chardev says nothing about a failure.
-    if (!line.empty() && line.rfind("char device redirected to ", 0) != 0) lines.push_back(line);
-  }
-  if (from > 0 && !lines.empty()) lines.erase(lines.begin());  // cut at its start
-  if (lines.empty()) return "";
-  std::string said = "; qemu said: ";
-  size_t first = lines.size() > kLines ? lines.size() - kLines : 0;
-  for (size_t i = first; i < lines.size(); ++i) {
-    std::string line = lines[i].substr(0, kLineMax);  // the relay escaped control characters
-    said += (i == first ? "" : " | ") + line;
-  }
-  return said;
 }
 
 bool gone(const Result<UniqueFd>& process) { return !process && process.error().code == ErrorCode::kNotFound; }
@@ -190,6 +160,7 @@ void Supervisor::begin_start(Done done) {
     return done(Error::make(ErrorCode::kConflict, "VM '" + name_.str() + "' is already running"));
   }
   end_run();  // whatever a failed earlier run left behind is history now
+  forget_run();
   clear_intent();
   set_status(VmStatus::kStarting, "");
   guest_shutdown_ = false;
@@ -242,6 +213,7 @@ void Supervisor::launched(Done done) {
     if (info_.status == VmStatus::kRunning || info_.status == VmStatus::kStopping)
       return finish(Error::make(ErrorCode::kConflict, "VM '" + name_.str() + "' is already running"));
     end_run();
+    forget_run();
     clear_intent();
     set_status(VmStatus::kStarting, "started by its systemd unit");
     guest_shutdown_ = false;
@@ -285,12 +257,21 @@ void Supervisor::fail_start(const Error& error) {
   // killed through the broker, then cleaned up (idempotent), before the failure is reported.
   Done done = std::exchange(starting_, nullptr);
   end_run();
-  failure_ = error.message() + emulator_said(ctx_.config, name_);
-  log_vm_event(name_.str(), LogLevel::kError, "start failed: " + failure_);
-  teardown([this, done = std::move(done), failed = Error::make(error.code, failure_)](Result<void> cleaned) {
-    if (cleaned) set_status(VmStatus::kFailed, failure_);
-    done(failed);
+  gather_said([this, done = std::move(done), error](std::string said) mutable {
+    failure_ = error.message() + said;
+    log_vm_event(name_.str(), LogLevel::kError, "start failed: " + failure_);
+    teardown([this, done = std::move(done), failed = Error::make(error.code, failure_)](Result<void> cleaned) {
+      if (cleaned) set_status(VmStatus::kFailed, failure_);
+      done(failed);
+    });
   });
+}
+
+void Supervisor::gather_said(std::function<void(std::string)> next) {
+  // Read before the cleanup, which removes the relay's copy with the runtime directory.
+  if (run_state_.invocation.empty())
+    return next(format_emulator_said(relay_output_lines(ctx_.config.vm_runtime_dir(name_) + "/emulator.log")));
+  said_.push_back(std::make_unique<EmulatorSaid>(ctx_.io, name_, run_state_, kJournalWait, std::move(next)));
 }
 
 void Supervisor::teardown(std::function<void(Result<void>)> done) {
@@ -344,9 +325,17 @@ void Supervisor::end_run() {
   monitor_grace_.cancel();
 }
 
+void Supervisor::forget_run() {
+  // No earlier run's output may be quoted for this one; its gatherings have answered (each
+  // holds the operation queue until it has).
+  run_state_ = {};
+  said_.clear();
+}
+
 void Supervisor::attach(const VmState& state, bool fresh) {
   ++run_;  // a new run: its callbacks carry this generation
   const uint64_t run = run_;
+  run_state_ = state;
   info_.pid = state.pid;
   info_.uid = state.uid;
   info_.zone = state.zone;
@@ -531,15 +520,21 @@ void Supervisor::exited() {
   bool expected = stop_requested_ || guest_shutdown_;
   // An exit during a start answers the start (its QMP callbacks are stale now and dropped).
   Done start_done = std::exchange(starting_, nullptr);
-  std::string said = expected && !start_done ? "" : emulator_said(ctx_.config, name_);
-  std::string reason = stop_error_                 ? stop_error_->message()
-                       : stop_requested_           ? exit_reason_
-                       : guest_shutdown_           ? "guest powered off"
-                                                   : "emulator exited unexpectedly" + said;
   // With no operation in progress the cleanup is one: a start asked for meanwhile waits for
   // it, and cannot see (or be overwritten by) this run's end.
   bool owns_queue = !busy_ || std::exchange(adopting_, false);
   busy_ = true;
+  if (expected && !start_done) return clean_up_exit(expected, owns_queue, "", nullptr);
+  gather_said([this, expected, owns_queue, start_done = std::move(start_done)](std::string said) mutable {
+    clean_up_exit(expected, owns_queue, said, std::move(start_done));
+  });
+}
+
+void Supervisor::clean_up_exit(bool expected, bool owns_queue, std::string said, Done start_done) {
+  std::string reason = stop_error_                 ? stop_error_->message()
+                       : stop_requested_           ? exit_reason_
+                       : guest_shutdown_           ? "guest powered off"
+                                                   : "emulator exited unexpectedly" + said;
   ctx_.broker.call({BrokerOp::kCleanup, name_, 0}, [this, expected, reason, owns_queue, said,
                                                     start_done = std::move(start_done)](Result<int> cleaned) mutable {
     if (start_done) {

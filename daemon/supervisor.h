@@ -69,6 +69,7 @@
 #include "common/config.h"
 #include "common/vm_state.h"
 #include "daemon/broker_client.h"
+#include "daemon/emulator_output.h"
 #include "daemon/qmp_client.h"
 
 namespace vl {
@@ -177,6 +178,13 @@ class Supervisor final {
   void stop_command(const std::string& command);
   void watch_exit();
   void exited();
+  /// The rest of exited(), once qemu's last lines (`said`) are known.
+  void clean_up_exit(bool expected, bool owns_queue, std::string said, Done start_done);
+  /// "; qemu said: ..." of the current run (daemon/emulator_output.h) to `next`: at once from
+  /// the log relay's copy, or from the journal for a run of a systemd unit.
+  void gather_said(std::function<void(std::string)> next);
+  /// Drops what is known of the last run's process (before a new run begins).
+  void forget_run();
   /// Closes the monitor and pidfd of the current run and makes its pending callbacks stale.
   void end_run();
   /// Ends the run, kills its emulator, cleans up and fails the start in progress, if one is
@@ -248,6 +256,8 @@ class Supervisor final {
   bool unconverged_ = false;   ///< a teardown is unfinished (footnote [3])
   std::string failure_;        ///< why the VM failed, for the reasons of later retries
   std::optional<StopIntent> resumed_stop_;  ///< found at adoption, carried on once the monitor answers
+  VmState run_state_;  ///< the current (or last) run's state, as attached; empty before that
+  std::vector<std::unique_ptr<EmulatorSaid>> said_;  ///< journal reads of the last run's lines
 };
 
 }  // namespace vl

@@ -6,6 +6,7 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <ctime>
 
 #include "common/argv_policy.h"
@@ -291,6 +292,7 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
       for (const DiskClaim& c : claims) state.disks.push_back(c.path);
       state.zone = env.zone;
       state.started_at = ::time(nullptr);
+      if (const char* id = std::getenv("INVOCATION_ID"); in_unit && id) state.invocation = id;  // checked by main
       return write_vm_state(config, state, env.daemon_gid);
     }, nullptr));  // removed with the runtime directory
     // Only a broker waits on a report pipe, and only a broker confirms (launch.h).
