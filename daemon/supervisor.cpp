@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <utility>
@@ -449,6 +450,8 @@ void Supervisor::after_monitor_ready(bool fresh) {
           set_status(VmStatus::kStopping, "guest powered off");
           qmp_->execute("quit", nullptr, [](Result<Json>) {});
         } else {
+          // The agent has the request already: carried on without pressing the button.
+          press_button_ = intent->kind != StopIntent::kAgent;
           drive_stop(intent->kind == StopIntent::kForced, intent->deadline, "stop resumed after a vmlaunchd restart");
         }
         return adopted();
@@ -583,29 +586,46 @@ void Supervisor::begin_stop(std::chrono::seconds timeout, bool force, Done done,
     return done(Error::make(ErrorCode::kSystem, "VM '" + name_.str() + "' is not watched: " + info_.reason));
   }
   if (info_.status != VmStatus::kRunning || !pidfd_) return done({});  // stopping a stopped VM is not an error
-  if (mode == StopMode::kAgent && !force) return stop_by_agent(timeout, std::move(done));
-  stop_waiters_.push_back(std::move(done));
   auto deadline = std::chrono::system_clock::now() + timeout;
+  if (mode != StopMode::kAcpi && !force) return stop_by_agent(deadline, std::move(done), mode == StopMode::kAuto);
+  stop_by_button(force, deadline, std::move(done));
+}
+
+void Supervisor::stop_by_button(bool force, std::chrono::system_clock::time_point deadline, Done done) {
+  stop_waiters_.push_back(std::move(done));
   record_intent(StopIntent{force ? StopIntent::kForced : StopIntent::kGraceful, deadline});
   press_button_ = true;
   drive_stop(force, deadline, force ? "forced" : "");
 }
 
 // The VM stays `running` while the agent is asked: if it does not answer, nothing was
-// requested and the stop fails (as virsh's does), instead of pressing the button unasked.
+// requested, and the stop either fails (--mode agent, as virsh's does) instead of pressing the
+// button unasked, or (a plain stop) goes on with the button, like libvirt's default mode.
 // Once it has the request, the stop is the button's without the presses: a power-off by the
 // deadline, else `quit` and the kill.
-void Supervisor::stop_by_agent(std::chrono::seconds timeout, Done done) {
+void Supervisor::stop_by_agent(std::chrono::system_clock::time_point deadline, Done done, bool or_button) {
   constexpr std::chrono::seconds kAgentDeadline{10};
-  auto deadline = std::chrono::system_clock::now() + timeout;
+  // A plain stop must not spend the guest's deadline on an agent that does not answer.
+  constexpr std::chrono::seconds kAgentTry{5};  // libvirt waits as long for the agent's guest-sync
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::system_clock::now());
+  auto bound = or_button ? std::clamp<std::chrono::milliseconds>(left, std::chrono::milliseconds(0), kAgentTry)
+                         : std::chrono::milliseconds(kAgentDeadline);
   std::string socket = ctx_.config.vm_runtime_dir(name_) + "/agent.sock";
-  request_guest_shutdown(ctx_.io, socket, kAgentDeadline,
-                         [this, run = run_, deadline, done = std::move(done)](Result<void> asked) mutable {
+  request_guest_shutdown(ctx_.io, socket, bound,
+                         [this, run = run_, deadline, or_button, done = std::move(done)](Result<void> asked) mutable {
     // The emulator ended meanwhile (its exit was handled): there is nothing left to stop.
     if (run != run_ || info_.status != VmStatus::kRunning || !pidfd_) return done({});
-    if (!asked) return done(asked.error().wrap("VM '" + name_.str() + "': stop --mode agent"));
+    if (!asked && !or_button) return done(asked.error().wrap("VM '" + name_.str() + "': stop --mode agent"));
+    if (!asked) {
+      // No channel at all is the common case, and no news.
+      if (asked.error().code != ErrorCode::kUnsupported)
+        log_vm_event(name_.str(), LogLevel::kInfo, "the guest agent did not take the stop (" + asked.error().message() +
+                                                       "); pressing the power button");
+      return stop_by_button(false, deadline, std::move(done));
+    }
+    log_vm_event(name_.str(), LogLevel::kInfo, "stopping: the guest agent was asked to power off");
     stop_waiters_.push_back(std::move(done));
-    record_intent(StopIntent{StopIntent::kGraceful, deadline});
+    record_intent(StopIntent{StopIntent::kAgent, deadline});
     press_button_ = false;
     drive_stop(false, deadline, "the guest agent was asked to power off");
   });
@@ -690,7 +710,8 @@ void Supervisor::press_power_button() {
 }
 
 // The intent file: RUNTIME/vmlaunchd/NAME.stop, in a directory of the daemon's own. One line:
-// "graceful MS", "forced MS" (the stop's deadline, milliseconds since the epoch) or "guest".
+// "graceful MS", "agent MS" (the guest agent has the request), "forced MS" (the stop's
+// deadline, milliseconds since the epoch), "signalled MS" or "guest".
 std::string Supervisor::intent_path() const { return ctx_.config.runtime_dir + "/vmlaunchd/" + name_.str() + ".stop"; }
 
 void Supervisor::record_intent(const StopIntent& intent) {
@@ -700,6 +721,7 @@ void Supervisor::record_intent(const StopIntent& intent) {
   const char* kind = intent.kind == StopIntent::kGuest       ? "guest"
                      : intent.kind == StopIntent::kForced    ? "forced"
                      : intent.kind == StopIntent::kSignalled ? "signalled"
+                     : intent.kind == StopIntent::kAgent     ? "agent"
                                                              : "graceful";
   (void)sys::write_file_atomic(intent_path(), std::string(kind) + " " + std::to_string(ms) + "\n", 0600);
 }
@@ -718,6 +740,7 @@ std::optional<Supervisor::StopIntent> Supervisor::read_intent() const {
   else if (k == "forced") intent.kind = StopIntent::kForced;
   else if (k == "graceful") intent.kind = StopIntent::kGraceful;
   else if (k == "signalled") intent.kind = StopIntent::kSignalled;
+  else if (k == "agent") intent.kind = StopIntent::kAgent;
   else return std::nullopt;
   intent.deadline = std::chrono::system_clock::time_point(std::chrono::milliseconds(ms));
   return intent;

@@ -25,6 +25,8 @@
 //     at SupervisorContext::kill_wait; otherwise "not running".
 //   graceful stop: the power button every 2 s, the reason counting down ("waiting for the
 //     guest, N s left"); at the deadline `quit`, and the exit reads "forced after N s: ...".
+//     A plain stop first offers it to the guest agent (5 s at most); taken, the stop waits for
+//     the power-off without pressing, and a stop resumed after a restart does the same.
 //   forget (the domain XML was removed): only an idle VM (idle()): its last outcome is dropped.
 //   adopt (daemon start): emulator gone: cleanup; stopped. Alive: `starting` (operations wait)
 //     until the monitor says what runs: `running` is running; no answer: running, with the
@@ -76,10 +78,11 @@ namespace vl {
 
 enum class VmStatus { kStopped, kStarting, kRunning, kStopping, kFailed };
 
-/// How a graceful stop asks the guest: the ACPI power button, or QEMU's guest agent in the VM
-/// (`guest-shutdown`, then waiting for the power-off as for the button). Like `virsh shutdown
-/// --mode acpi|agent`.
-enum class StopMode { kAcpi, kAgent };
+/// How a graceful stop asks the guest: the ACPI power button, QEMU's guest agent in the VM
+/// (`guest-shutdown`, then waiting for the power-off as for the button), like `virsh shutdown
+/// --mode acpi|agent`; or, as virsh's shutdown without a mode, the agent if the domain has its
+/// channel and it takes the request within a few seconds, else the button.
+enum class StopMode { kAcpi, kAgent, kAuto };
 const char* vm_status_name(VmStatus status);
 
 /// What List and Status report about one VM.
@@ -130,8 +133,9 @@ class Supervisor final {
   /// Graceful: ACPI power button (pressed again every 2 s), `quit` after `timeout`, SIGKILL
   /// 5 s later. Forced: `quit`.
   /// With StopMode::kAgent the guest agent is asked instead of the button, once; if it does not
-  /// answer, the stop fails at once and the VM keeps running.
-  void stop(std::chrono::seconds timeout, bool force, Done done, StopMode mode = StopMode::kAcpi);
+  /// answer, the stop fails at once and the VM keeps running. With kAuto such an agent (or none)
+  /// means the button.
+  void stop(std::chrono::seconds timeout, bool force, Done done, StopMode mode = StopMode::kAuto);
   /// Stop, then start, as one operation.
   void restart(std::chrono::seconds timeout, Done done);
   void kill(int signal, Done done);
@@ -163,9 +167,12 @@ class Supervisor final {
   /// `done`, followed by the end of the operation it answers.
   Done op_done(Done done);
   void begin_start(Done done);
-  void begin_stop(std::chrono::seconds timeout, bool force, Done done, StopMode mode = StopMode::kAcpi);
-  /// The guest agent's part of a stop --mode agent: asks it, then stops like the button would.
-  void stop_by_agent(std::chrono::seconds timeout, Done done);
+  void begin_stop(std::chrono::seconds timeout, bool force, Done done, StopMode mode = StopMode::kAuto);
+  /// The power button (or, forced, `quit`) until `deadline`.
+  void stop_by_button(bool force, std::chrono::system_clock::time_point deadline, Done done);
+  /// Asks the guest agent, then stops like the button would; if it does not take the request,
+  /// the stop fails, or with `or_button` goes on with the button.
+  void stop_by_agent(std::chrono::system_clock::time_point deadline, Done done, bool or_button);
   void set_status(VmStatus status, std::string reason);
   void attach(const VmState& state, bool fresh);
   /// A launch by the unit is done: attach its emulator as a fresh start's.
@@ -220,7 +227,7 @@ class Supervisor final {
   /// A stop under way, recorded so that a vmlaunchd restarted meanwhile carries it on and
   /// reads its exit as the stop's (RUNTIME/vmlaunchd/NAME.stop; removed by the cleanup).
   struct StopIntent {
-    enum Kind { kGraceful, kForced, kGuest, kSignalled } kind = kGraceful;
+    enum Kind { kGraceful, kAgent, kForced, kGuest, kSignalled } kind = kGraceful;
     std::chrono::system_clock::time_point deadline;
   };
   std::string intent_path() const;

@@ -38,8 +38,8 @@ constexpr char kUsage[] =
     "  --json               Machine-readable output\n"
     "  --timeout SECONDS    Graceful stop deadline before 'quit' (default 120)\n"
     "  --force              stop: quit at once instead of pressing the power button\n"
-    "  --mode acpi|agent    stop: how to ask the guest: the ACPI power button (the default),\n"
-    "                       or QEMU's guest agent in the VM, which must answer\n"
+    "  --mode acpi|agent    stop: how to ask the guest: only the ACPI power button, or only\n"
+    "                       QEMU's guest agent (default: the agent if it answers, else the button)\n"
     "  --signal NAME        kill: TERM, KILL or INT (default TERM)\n"
     "  --parallel N         At most N operations at once (default 4)\n"
     "  --help, --version\n"
@@ -55,7 +55,7 @@ struct Options {
   bool all = false, json = false, force = false;
   unsigned timeout = 120, parallel = 4;
   int signal = SIGTERM;
-  std::string mode;  // stop --mode: "acpi" or "agent"; empty: the power button
+  std::string mode;  // stop --mode: "acpi" or "agent"; empty: the agent if it answers, else the button
 };
 
 int usage_error(const std::string& what) {
