@@ -152,7 +152,7 @@ Result<std::string> run_converter(std::vector<std::string> args, std::string_vie
   VL_CHECK(status);
   if (!waited) return std::move(waited).error();
   if (reply.empty())
-    return Error::make(ErrorCode::kInternal, "'" + path + "' died without a reply (wait status " + std::to_string(*waited) + ")");
+    return Error::make(ErrorCode::kInternal, quote_for_message(path, kQuotePathMax) + " died without a reply (wait status " + std::to_string(*waited) + ")");
   return reply;
 }
 

@@ -125,7 +125,7 @@ int main(int argc, char** argv) {
   if (args.empty()) return usage_error("no command given");
   const std::string& command = args[0];
   if (command != "launch" && command != "cleanup" && command != "serve" && command != "supervise" && command != "remove-nvram")
-    return usage_error("unknown command '" + command + "'");
+    return usage_error("unknown command " + vl::quote_for_message(command));
   if (args.size() != (command == "serve" ? 1u : 2u))
     return usage_error(command == "serve" ? "serve takes no arguments" : command + " takes exactly one VM name");
   if (::geteuid() != 0) {

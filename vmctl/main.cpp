@@ -165,7 +165,7 @@ int cmd_batch(vl::ctl::Client& client, const Options& o) {
       const auto& r = results[i];
       if (!r) {
         ++failed;
-        if (!o.json) std::fprintf(stderr, "vmctl: %s %s: %s\n", o.command.c_str(), calls[i].vm.c_str(), r.error().message().c_str());
+        if (!o.json) std::fprintf(stderr, "vmctl: %s %s: %s\n", o.command.c_str(), vl::quote_for_message(calls[i].vm).c_str(), r.error().message().c_str());
       }
       out.push_back({{"name", calls[i].vm}, {"ok", r.ok()}, {"error", r ? "" : r.error().message()}});
     }
@@ -187,7 +187,7 @@ int cmd_vncdisplay(vl::ctl::Client& client, const Options& o) {
     std::printf("%s:%s\n", listen.empty() ? "127.0.0.1" : listen.c_str(), display.c_str());
     return 0;
   }
-  return fail(vl::Error::make(vl::ErrorCode::kNotFound, "VM '" + o.names[0] + "' has no VNC display (is it running?)"));
+  return fail(vl::Error::make(vl::ErrorCode::kNotFound, "VM " + vl::quote_for_message(o.names[0]) + " has no VNC display (is it running?)"));
 }
 
 // What an operator runs to start the daemon: the systemd unit on a host booted with systemd
@@ -246,7 +246,7 @@ int main(int argc, char** argv) {
     } else if (a == "--force") {
       o.force = true;
     } else if (a.size() > 1 && a[0] == '-') {
-      return usage_error("unknown option " + a);
+      return usage_error("unknown option " + vl::quote_for_message(a));
     } else if (o.command.empty()) {
       o.command = a;
     } else {
