@@ -268,20 +268,20 @@ Result<void> ArgvChecker::keyval_tokens(const QemuOption& opt, Keys keys, std::s
   for (size_t i = 0; i < parts.size(); ++i) {
     const std::string& p = parts[i];
     if (i == 0 && bare_first && p.find('=') == std::string::npos) {
-      if (!is_token(p, extra)) return refuse(opt, "unexpected value '" + p + "'");
+      if (!is_token(p, extra)) return refuse(opt, "unexpected value " + quote_for_message(p));
       continue;
     }
     if (p.find('=') == std::string::npos || !one_of(keyval_key(p), keys))
-      return refuse(opt, "property '" + std::string(keyval_key(p)) + "' is not allowed");
+      return refuse(opt, "property " + quote_for_message(std::string(keyval_key(p))) + " is not allowed");
     if (!is_token(keyval_value(p), extra))
-      return refuse(opt, "value of '" + std::string(keyval_key(p)) + "' is not a plain token");
+      return refuse(opt, "value of " + quote_for_message(std::string(keyval_key(p))) + " is not a plain token");
   }
   return {};
 }
 
 Result<void> ArgvChecker::reference(const QemuOption& opt, const std::set<std::string>& ids, const std::string& id,
                                     const char* what) const {
-  if (!ids.count(id)) return refuse(opt, std::string("refers to ") + what + " '" + id + "' that the plan does not declare");
+  if (!ids.count(id)) return refuse(opt, std::string("refers to ") + what + " " + quote_for_message(id) + " that the plan does not declare");
   return {};
 }
 
@@ -359,9 +359,9 @@ Result<void> ArgvChecker::declare_chardev(const QemuOption& opt) {
   } else if (parts[0] == "pty" || parts[0] == "null") {
     if (parts.size() != 2) return refuse(opt, "pty and null chardevs take no options");
   } else {
-    return refuse(opt, "chardev backend '" + parts[0] + "' is not allowed (only pty, null, the monitor and the guest agent)");
+    return refuse(opt, "chardev backend " + quote_for_message(parts[0]) + " is not allowed (only pty, null, the monitor and the guest agent)");
   }
-  if (!chardevs_.insert(id).second) return refuse(opt, "chardev id '" + id + "' declared twice");
+  if (!chardevs_.insert(id).second) return refuse(opt, "chardev id " + quote_for_message(id) + " declared twice");
   return {};
 }
 
@@ -369,7 +369,7 @@ Result<void> ArgvChecker::declare_netdev(const QemuOption& opt) {
   Json nd = VL_TRY(json_object(opt));
   for (const auto& [key, value] : nd.items())
     if (!one_of(key, {"type", "id", "fd"}) || !value.is_string())
-      return refuse(opt, "netdev property '" + key + "' is not allowed (only type, id and fd)");
+      return refuse(opt, "netdev property " + quote_for_message(key) + " is not allowed (only type, id and fd)");
   if (nd.size() != 3 || nd["type"] != "tap") return refuse(opt, "only tap netdevs on the plan's tap fds are allowed");
   std::string id = nd["id"], fd = nd["fd"];
   const FdSlot* slot = nullptr;
@@ -377,7 +377,7 @@ Result<void> ArgvChecker::declare_netdev(const QemuOption& opt) {
     if (s.kind == FdSlot::Kind::kTap && std::to_string(s.fd) == fd) slot = &s;
   if (!slot) return refuse(opt, "fd " + fd + " is not one of the plan's tap fds");
   if (!nics_seen_.insert(slot->nic).second) return refuse(opt, "tap fd " + fd + " is used twice");
-  if (!is_token(id) || !netdevs_.insert(id).second) return refuse(opt, "netdev id '" + id + "' is malformed or declared twice");
+  if (!is_token(id) || !netdevs_.insert(id).second) return refuse(opt, "netdev id " + quote_for_message(id) + " is malformed or declared twice");
   return {};
 }
 
@@ -386,18 +386,18 @@ Result<void> ArgvChecker::declare_blockdev(const QemuOption& opt) {
   std::string driver = VL_TRY(string_member(opt, bd, "driver"));
   std::string node = VL_TRY(string_member(opt, bd, "node-name"));
   if (!is_token(node)) return refuse(opt, "a blockdev needs a plain node-name");
-  if (protocol_nodes_.count(node) || format_nodes_.count(node)) return refuse(opt, "node '" + node + "' declared twice");
+  if (protocol_nodes_.count(node) || format_nodes_.count(node)) return refuse(opt, "node " + quote_for_message(node) + " declared twice");
   auto only_keys = [&](Keys keys) -> Result<void> {
     for (const auto& [key, value] : bd.items()) {
-      if (!one_of(key, keys)) return refuse(opt, "blockdev property '" + key + "' is not allowed");
+      if (!one_of(key, keys)) return refuse(opt, "blockdev property " + quote_for_message(key) + " is not allowed");
       if (key == "cache") {
         if (!value.is_object()) return refuse(opt, "'cache' must be an object");
         for (const auto& [k, v] : value.items())
-          if (!one_of(k, {"direct", "no-flush"}) || !v.is_boolean()) return refuse(opt, "cache property '" + k + "' is not allowed");
+          if (!one_of(k, {"direct", "no-flush"}) || !v.is_boolean()) return refuse(opt, "cache property " + quote_for_message(k) + " is not allowed");
       } else if (key == "backing") {
         if (!value.is_null() && !value.is_string()) return refuse(opt, "'backing' must be null or a node name");
       } else if (value.is_object() || value.is_array()) {
-        return refuse(opt, "property '" + key + "' must be a plain value");
+        return refuse(opt, "property " + quote_for_message(key) + " must be a plain value");
       }
     }
     return {};
@@ -451,14 +451,14 @@ Result<void> ArgvChecker::declare_blockdev(const QemuOption& opt) {
     const Disk& disk = domain_.disks[image.disk];
     const std::string& format = image.layer < 0 ? disk.format : disk.backing[image.layer].format;
     const std::string& source = image.layer < 0 ? disk.source : disk.backing[image.layer].source;
-    if (format != driver) return refuse(opt, "'" + source + "' is declared '" + format + "', not '" + driver + "'");
+    if (format != driver) return refuse(opt, quote_for_message(source, kQuotePathMax) + " is declared " + quote_for_message(format) + ", not " + quote_for_message(driver));
     if ((image.layer >= 0 || disk.read_only) && !read_only)
-      return refuse(opt, "'" + source + "' is read-only in the domain XML");
+      return refuse(opt, quote_for_message(source, kQuotePathMax) + " is read-only in the domain XML");
     if (image.layer < 0) format_nodes_.insert(node);
     else layer_nodes_[node] = image;
     return {};
   }
-  return refuse(opt, "blockdev driver '" + driver + "' is not allowed (only file, host_device, host_cdrom, raw, qcow2)");
+  return refuse(opt, "blockdev driver " + quote_for_message(driver) + " is not allowed (only file, host_device, host_cdrom, raw, qcow2)");
 }
 
 // Which of the domain's images a protocol node opens. A file that is no disk or declared
@@ -471,17 +471,17 @@ Result<ArgvChecker::Image> ArgvChecker::image_of(const QemuOption& opt, const st
     const Disk& disk = domain_.disks[d];
     if (disk.source == filename) {
       if (block != (disk.kind == Disk::Kind::kBlock))
-        return refuse(opt, "driver '" + driver + "' does not match the domain's disk type for '" + filename + "'");
+        return refuse(opt, "driver " + quote_for_message(driver) + " does not match the domain's disk type for " + quote_for_message(filename, kQuotePathMax));
       return Image{static_cast<int>(d), -1};
     }
     for (size_t l = 0; l < disk.backing.size(); ++l)
       if (disk.backing[l].source == filename) {
         if (block != disk.backing[l].block)
-          return refuse(opt, "driver '" + driver + "' does not match the declared layer type for '" + filename + "'");
+          return refuse(opt, "driver " + quote_for_message(driver) + " does not match the declared layer type for " + quote_for_message(filename, kQuotePathMax));
         return Image{static_cast<int>(d), static_cast<int>(l)};
       }
   }
-  if (driver != "file") return refuse(opt, "'" + filename + "' is not a disk of the domain XML");
+  if (driver != "file") return refuse(opt, quote_for_message(filename, kQuotePathMax) + " is not a disk of the domain XML");
   if (domain_.uefi && !domain_.uefi->nvram.empty() && filename == domain_.uefi->nvram) return Image{kNvramImage, -1};
   return Image{};
 }
@@ -506,7 +506,7 @@ Result<void> ArgvChecker::check_backing(const QemuOption& opt, const Json& bd, c
   }
   auto layer = layer_nodes_.find(backing.get<std::string>());
   if (chain_ends || layer == layer_nodes_.end() || layer->second != Image{image.disk, static_cast<int>(next)})
-    return refuse(opt, "backing node '" + backing.get<std::string>() + "' is not the layer the domain XML declares "
+    return refuse(opt, "backing node " + quote_for_message(backing.get<std::string>()) + " is not the layer the domain XML declares "
                        "(backing files are not allowed beyond the declared chain)");
   return {};
 }
@@ -525,16 +525,16 @@ Result<void> ArgvChecker::declare_object(const QemuOption& opt) {
   std::string id = VL_TRY(string_member(opt, obj, "id"));
   if (!is_token(id)) return refuse(opt, "an object needs a plain id");
   for (const auto& [key, value] : obj.items())
-    if (value.is_object() || value.is_array()) return refuse(opt, "property '" + key + "' must be a plain value");
+    if (value.is_object() || value.is_array()) return refuse(opt, "property " + quote_for_message(key) + " must be a plain value");
   if (std::find(std::begin(kMemoryBackends), std::end(kMemoryBackends), type) != std::end(kMemoryBackends)) {
     for (const auto& [key, value] : obj.items())
       if (!one_of(key, {"qom-type", "id", "size", "share", "prealloc", "merge", "dump", "hugetlb", "hugetlbsize", "seal",
                         "x-use-canonical-path-for-ramblock-id"}))
-        return refuse(opt, "memory backend property '" + key + "' is not allowed");
+        return refuse(opt, "memory backend property " + quote_for_message(key) + " is not allowed");
     memdevs_.insert(id);
   } else if (type == "rng-random") {
     for (const auto& [key, value] : obj.items())
-      if (!one_of(key, {"qom-type", "id", "filename"})) return refuse(opt, "rng property '" + key + "' is not allowed");
+      if (!one_of(key, {"qom-type", "id", "filename"})) return refuse(opt, "rng property " + quote_for_message(key) + " is not allowed");
     if (!one_of(VL_TRY(string_member(opt, obj, "filename")), {"/dev/urandom", "/dev/random", "/dev/hwrng"}))
       return refuse(opt, "an rng reads /dev/urandom, /dev/random or /dev/hwrng only");
     rngs_.insert(id);
@@ -545,10 +545,10 @@ Result<void> ArgvChecker::declare_object(const QemuOption& opt) {
     for (const auto& [key, value] : obj.items())
       if (!one_of(key, {"qom-type", "id", "poll-max-ns", "poll-grow", "poll-shrink", "aio-max-batch",
                         "thread-pool-min", "thread-pool-max"}))
-        return refuse(opt, "iothread property '" + key + "' is not allowed");
+        return refuse(opt, "iothread property " + quote_for_message(key) + " is not allowed");
     iothreads_.insert(id);
   } else {
-    return refuse(opt, "object type '" + type + "' is not allowed");
+    return refuse(opt, "object type " + quote_for_message(type) + " is not allowed");
   }
   return {};
 }
@@ -594,9 +594,9 @@ Result<void> ArgvChecker::check_machine(const QemuOption& opt) {
 // node was declared), and for a UEFI domain exactly the loader its XML names.
 Result<void> ArgvChecker::check_pflash_code(const QemuOption& opt, const std::string& node) const {
   auto it = firmware_nodes_.find(node);
-  if (it == firmware_nodes_.end()) return refuse(opt, "pflash0 must be a read-only firmware image, not '" + node + "'");
+  if (it == firmware_nodes_.end()) return refuse(opt, "pflash0 must be a read-only firmware image, not " + quote_for_message(node));
   if (domain_.uefi && it->second != domain_.uefi->code)
-    return refuse(opt, "pflash0 must be the domain's UEFI code image '" + domain_.uefi->code + "'");
+    return refuse(opt, "pflash0 must be the domain's UEFI code image " + quote_for_message(domain_.uefi->code, kQuotePathMax));
   return {};
 }
 
@@ -657,16 +657,16 @@ Result<void> ArgvChecker::check_device(const QemuOption& opt) {
   std::string driver = VL_TRY(string_member(opt, dev, "driver"));
   if (!is_token(driver)) return refuse(opt, "a device needs a driver");
   for (std::string_view prefix : kDeniedDevicePrefixes)
-    if (driver.rfind(prefix, 0) == 0) return refuse(opt, "device '" + driver + "' reaches host resources");
+    if (driver.rfind(prefix, 0) == 0) return refuse(opt, "device " + quote_for_message(driver) + " reaches host resources");
   for (const auto& [key, value] : dev.items()) {
-    if (value.is_object() || value.is_array()) return refuse(opt, "property '" + key + "' must be a plain value");
+    if (value.is_object() || value.is_array()) return refuse(opt, "property " + quote_for_message(key) + " must be a plain value");
     if (std::find(std::begin(kDeniedDeviceKeys), std::end(kDeniedDeviceKeys), key) != std::end(kDeniedDeviceKeys))
-      return refuse(opt, "device property '" + key + "' names a host object");
+      return refuse(opt, "device property " + quote_for_message(key) + " names a host object");
     if (!value.is_string()) continue;
     const std::string& s = value.get_ref<const std::string&>();
     // libvirt writes "romfile":"" for <rom enabled='no'/>; any other ROM is a host file.
     if (key == "romfile" && !s.empty()) return refuse(opt, "ROM files from host paths are not allowed");
-    if (!s.empty() && s[0] == '/') return refuse(opt, "device property '" + key + "' names a host path");
+    if (!s.empty() && s[0] == '/') return refuse(opt, "device property " + quote_for_message(key) + " names a host path");
     if (key == "chardev") VL_CHECK(reference(opt, chardevs_, s, "chardev"));
     if (key == "chardev" && s == "charmonitor") return refuse(opt, "the monitor chardev is not a device backend");
     if (key == "netdev") VL_CHECK(reference(opt, netdevs_, s, "netdev"));
@@ -699,7 +699,7 @@ Result<void> ArgvChecker::check_vnc(const QemuOption& opt) {
   for (size_t i = 1; i < parts.size(); ++i) {
     std::string_view key = keyval_key(parts[i]), value = keyval_value(parts[i]);
     if (!one_of(key, {"password", "audiodev", "share", "lossy", "non-adaptive", "power-control"}) || !is_token(value))
-      return refuse(opt, "VNC property '" + std::string(key) + "' is not allowed");
+      return refuse(opt, "VNC property " + quote_for_message(std::string(key)) + " is not allowed");
     if (key == "password") password = value == "on";
     if (key == "audiodev") VL_CHECK(reference(opt, audiodevs_, std::string(value), "audio backend"));
   }
@@ -725,7 +725,7 @@ Result<void> ArgvChecker::check_global(const QemuOption& opt) {
   std::string_view property = key.substr(dot + 1);
   if (one_of(property, {"chardev", "drive", "netdev", "romfile", "memdev", "audiodev"}) ||
       std::find(std::begin(kDeniedDeviceKeys), std::end(kDeniedDeviceKeys), property) != std::end(kDeniedDeviceKeys))
-    return refuse(opt, "global property '" + std::string(property) + "' is not allowed");
+    return refuse(opt, "global property " + quote_for_message(std::string(property)) + " is not allowed");
   if (!is_token(keyval_value(parts[0]))) return refuse(opt, "the value is not a plain token");
   return {};
 }
@@ -771,7 +771,7 @@ Result<void> ArgvChecker::check_boot_path(const QemuOption& opt, const std::stri
   bool system = std::any_of(std::begin(kFirmwareDirs), std::end(kFirmwareDirs),
                             [&](std::string_view dir) { return path.rfind(dir, 0) == 0; });
   if (!declared && !system)
-    return refuse(opt, "'" + path + "' is neither named in the domain's <os> nor QEMU firmware");
+    return refuse(opt, quote_for_message(path, kQuotePathMax) + " is neither named in the domain's <os> nor QEMU firmware");
   if (auto r = check_root_owned_file(path); !r) return refuse(opt, r.error().context);
   return {};
 }
@@ -824,33 +824,33 @@ std::string normalize_path(const std::string& path) {
 // A symlink found on the way was placed by root (its directory is root's alone) and is
 // substituted, at most 16 times.
 Result<void> check_root_owned_chain(const std::string& shown, const std::string& path, int hops) {
-  if (hops > 16) return Error::make(ErrorCode::kDenied, "'" + shown + "' has too many levels of symlinks");
+  if (hops > 16) return Error::make(ErrorCode::kDenied, quote_for_message(shown, kQuotePathMax) + " has too many levels of symlinks");
   UniqueFd dir(::open("/", O_PATH | O_DIRECTORY | O_CLOEXEC));
   if (!dir) return Error::from_errno("open /");
   std::string walked;
   size_t start = 1;
   for (;;) {
     struct stat st {};
-    VL_TRY(sys::check(::fstat(dir.get(), &st), "stat a directory above '" + shown + "'"));
+    VL_TRY(sys::check(::fstat(dir.get(), &st), "stat a directory above " + quote_for_message(shown, kQuotePathMax)));
     if (st.st_uid != 0 || (st.st_mode & (S_IWGRP | S_IWOTH)))
-      return Error::make(ErrorCode::kDenied, "'" + shown + "' is in a directory that users other than root can change");
+      return Error::make(ErrorCode::kDenied, quote_for_message(shown, kQuotePathMax) + " is in a directory that users other than root can change");
     size_t slash = path.find('/', start);
     bool last = slash == std::string::npos;
     std::string component = path.substr(start, last ? std::string::npos : slash - start);
     UniqueFd next(::openat(dir.get(), component.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
-    if (!next) return Error::from_errno("open '" + shown + "'");
-    VL_TRY(sys::check(::fstat(next.get(), &st), "stat '" + shown + "'"));
+    if (!next) return Error::from_errno("open " + quote_for_message(shown, kQuotePathMax));
+    VL_TRY(sys::check(::fstat(next.get(), &st), "stat " + quote_for_message(shown, kQuotePathMax)));
     if (S_ISLNK(st.st_mode)) {
       char target[4096];
       ssize_t n = ::readlinkat(next.get(), "", target, sizeof target - 1);
-      if (n <= 0) return Error::from_errno("read symlink in '" + shown + "'");
+      if (n <= 0) return Error::from_errno("read symlink in " + quote_for_message(shown, kQuotePathMax));
       std::string t(target, static_cast<size_t>(n));
       std::string rest = last ? "" : path.substr(slash);
       return check_root_owned_chain(shown, normalize_path((t[0] == '/' ? t : walked + "/" + t) + rest), hops + 1);
     }
     if (last) {
       if (!S_ISREG(st.st_mode) || st.st_uid != 0 || (st.st_mode & (S_IWGRP | S_IWOTH)))
-        return Error::make(ErrorCode::kDenied, "'" + shown + "' must be a regular file only root can change");
+        return Error::make(ErrorCode::kDenied, quote_for_message(shown, kQuotePathMax) + " must be a regular file only root can change");
       return {};
     }
     walked += "/" + component;
@@ -864,7 +864,7 @@ Result<void> check_root_owned_chain(const std::string& shown, const std::string&
 Result<void> check_root_owned_file(const std::string& path) {
   if (path.empty() || path[0] != '/' || path.find("/../") != std::string::npos || path.ends_with("/..") ||
       path.find("//") != std::string::npos || path.find("/./") != std::string::npos)
-    return Error::make(ErrorCode::kDenied, "'" + path + "' is not a canonical absolute path");
+    return Error::make(ErrorCode::kDenied, quote_for_message(path, kQuotePathMax) + " is not a canonical absolute path");
   return check_root_owned_chain(path, path, 0);
 }
 

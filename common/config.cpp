@@ -27,8 +27,8 @@ class TableReader {
       : table_(table), prefix_(std::move(prefix)), source_(source) {}
 
   Error error_at(const toml::node& node, std::string_view key, std::string_view what) const {
-    return Error::invalid(source_ + ":" + std::to_string(node.source().begin.line) + ": key '" +
-                          prefix_ + std::string(key) + "': " + std::string(what));
+    return Error::invalid(source_ + ":" + std::to_string(node.source().begin.line) + ": key " +
+                          quote_for_message(prefix_ + std::string(key)) + ": " + std::string(what));
   }
 
   Result<void> read_string(std::string_view key, std::string& out) {
@@ -43,7 +43,7 @@ class TableReader {
   Result<void> read_path(std::string_view key, std::string& out) {
     VL_CHECK(read_string(key, out));
     if (const toml::node* node = find(key); node && !is_clean_absolute(out))
-      return error_at(*node, key, "expected an absolute path without '.', '..' or '//' parts");
+      return error_at(*node, key, "expected an absolute path without '.', '..' or '//' parts, not " + quote_for_message(out, kQuotePathMax));
     return {};
   }
 
@@ -72,9 +72,9 @@ class TableReader {
       auto value = item.value<std::string>();
       if (!item.is_string() || !value) return error_at(item, key, "expected an array of strings");
       if (paths && !is_clean_absolute(*value))
-        return error_at(item, key, "'" + *value + "' is not a clean absolute path");
+        return error_at(item, key, quote_for_message(*value, kQuotePathMax) + " is not a clean absolute path");
       if (std::find(out.begin(), out.end(), *value) != out.end())
-        return error_at(item, key, "'" + *value + "' is listed twice");
+        return error_at(item, key, quote_for_message(*value, kQuotePathMax) + " is listed twice");
       out.push_back(*value);
     }
     return {};
@@ -176,10 +176,11 @@ Result<void> read_zones(TableReader& top, HostConfig& config, const std::string&
     VL_CHECK(reader.read_string("bridge", zone.bridge));
     VL_CHECK(reader.finish());
     if (!is_valid_ifname(zone.bridge))
-      return reader.error_at(node, "bridge", "missing or not a valid interface name");
+      return reader.error_at(node, "bridge", zone.bridge.empty() ? std::string("missing")
+                                                                  : quote_for_message(zone.bridge) + " is not a valid interface name");
     if (const Zone* other = config.zone_of_bridge(zone.bridge))
-      return reader.error_at(node, "bridge", "bridge '" + zone.bridge + "' is already zone '" +
-                                                 other->name + "'");
+      return reader.error_at(node, "bridge", "bridge " + quote_for_message(zone.bridge) + " is already zone " +
+                                                 quote_for_message(other->name));
     config.zones.push_back(std::move(zone));
   }
   return {};
@@ -306,7 +307,7 @@ Result<HostConfig> parse_config(std::string_view text, const std::string& source
     for (const auto& [key, n] : {std::pair{"daemon_user", &config.daemon_user}, {"daemon_group", &config.daemon_group},
                                  {"admin_group", &config.admin_group}, {"vm_group", &config.vm_group}})
       if (!is_valid_name(*n, 32))
-        return r.error_at(*t, key, "'" + *n + "' is not a valid user or group name");
+        return r.error_at(*t, key, quote_for_message(*n) + " is not a valid user or group name");
     VL_CHECK(check_uid_range(config, *t, r));
   }
   VL_CHECK(status);
@@ -316,7 +317,7 @@ Result<HostConfig> parse_config(std::string_view text, const std::string& source
     VL_CHECK(r.finish());
     for (const std::string& root_dir : config.storage_roots)
       if (is_forbidden_storage_root(root_dir))
-        return r.error_at(*t, "roots", "'" + root_dir + "' is a system directory, not a storage root");
+        return r.error_at(*t, "roots", quote_for_message(root_dir, kQuotePathMax) + " is a system directory, not a storage root");
   }
   VL_CHECK(status);
   if (const toml::table* t = top.sub_table("emulators", status)) {

@@ -164,7 +164,7 @@ Result<Domain> DomainParser::parse(const xmlNode* root) {
     return error(root, "root element is <" + name_of(root) + ">, expected <domain>");
   type_ = attr(root, "type").value_or("");
   if (type_ != "kvm" && type_ != "qemu")
-    return unsupported(root, "domain type '" + type_ + "' is not supported (use 'kvm' or 'qemu')");
+    return unsupported(root, "domain type " + quote_for_message(type_) + " is not supported (use 'kvm' or 'qemu')");
 
   VL_CHECK(refuse_repeated(root, {"sysinfo"}));
   bool have_devices = false;
@@ -227,7 +227,7 @@ Result<void> DomainParser::parse_devices(const xmlNode* devices) {
     std::string el = name_of(n);
     if (std::find_if(std::begin(kDevicesSupported), std::end(kDevicesSupported),
                      [&](const char* s) { return el == s; }) == std::end(kDevicesSupported)) {
-      status = unsupported(n, "device <" + el + "> is not supported by vmlaunch");
+      status = unsupported(n, "device " + quote_for_message("<" + el + ">") + " is not supported by vmlaunch");
       return;
     }
     if (el == "emulator") {
@@ -249,7 +249,7 @@ Result<void> DomainParser::parse_interface(const xmlNode* n) {
   // 'network' is how most libvirt hosts name where a VM plugs in; vmlaunch's networks are its
   // zones, so <source network='dmz'/> means zone dmz's bridge (resolve_networks, zone_network.h).
   if (type != "bridge" && type != "network")
-    return unsupported(n, "<interface type='" + type + "'> is not supported (only 'bridge', and "
+    return unsupported(n, "<interface type=" + quote_for_message(type) + "> is not supported (only 'bridge', and "
                           "'network' naming a zone: the tap is created by vmlaunch and filtered on "
                           "the zone bridge)");
   VL_CHECK(refuse_repeated(n, {"ip"}));
@@ -462,7 +462,7 @@ Result<void> DomainParser::parse_ip(const xmlNode* n, Nic& nic) {
     ip->prefix = static_cast<int>(p);
   }
   if (std::find(nic.ips.begin(), nic.ips.end(), *ip) != nic.ips.end())
-    return error(n, "<ip address='" + ip->str() + "'> is given twice");
+    return error(n, "<ip address=" + quote_for_message(ip->str()) + "> is given twice");
   if (nic.ips.size() >= kMaxIpsPerNic)
     return unsupported(n, "more than " + std::to_string(kMaxIpsPerNic) + " <ip> addresses on one interface");
   nic.ips.push_back(*ip);
@@ -471,13 +471,13 @@ Result<void> DomainParser::parse_ip(const xmlNode* n, Nic& nic) {
 
 Result<std::string> DomainParser::absolute_path(const xmlNode* n, const std::string& path) {
   if (path.empty() || path.front() != '/')
-    return error(n, "path '" + path + "' is not absolute");
+    return error(n, "path " + quote_for_message(path, kQuotePathMax) + " is not absolute");
   if (path.find("/../") != std::string::npos || path.ends_with("/..") ||
       path.find("/./") != std::string::npos || path.find("//") != std::string::npos)
-    return error(n, "path '" + path + "' has '.', '..' or empty components");
+    return error(n, "path " + quote_for_message(path, kQuotePathMax) + " has '.', '..' or empty components");
   for (char c : path)
     if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f)
-      return error(n, "path " + quote_for_message(path) + " contains control characters");
+      return error(n, "path " + quote_for_message(path, kQuotePathMax) + " contains control characters");
   return path;
 }
 
@@ -488,10 +488,10 @@ Result<void> DomainParser::parse_disk(const xmlNode* n) {
   std::string type = attr(n, "type").value_or("file");
   if (type == "file") disk.kind = Disk::Kind::kFile;
   else if (type == "block") disk.kind = Disk::Kind::kBlock;
-  else return unsupported(n, "<disk type='" + type + "'> is not supported (only 'file' and 'block')");
+  else return unsupported(n, "<disk type=" + quote_for_message(type) + "> is not supported (only 'file' and 'block')");
   disk.device = attr(n, "device").value_or("disk");
   if (disk.device != "disk" && disk.device != "cdrom")
-    return unsupported(n, "<disk device='" + disk.device + "'> is not supported");
+    return unsupported(n, "<disk device=" + quote_for_message(disk.device) + "> is not supported");
   Result<void> status;
   for_each_element(n, [&](const xmlNode* c) {
     if (!status) return;
@@ -525,8 +525,8 @@ Result<void> DomainParser::parse_disk(const xmlNode* n) {
   VL_CHECK(status);
   if (disk.source.empty() && disk.device != "cdrom") return error(n, "disk has no <source>");
   if (disk.format != "raw" && disk.format != "qcow2" && !disk.source.empty())
-    return unsupported(n, "disk format '" + disk.format +
-                              "' is not supported (set <driver type='raw'|'qcow2'/>: probing "
+    return unsupported(n, "disk format " + quote_for_message(disk.format) +
+                              " is not supported (set <driver type='raw'|'qcow2'/>: probing "
                               "formats is unsafe)");
   if (disk.format == "raw" && !disk.backing.empty()) return error(n, "a raw disk has no backing file");
   disks_.push_back(std::move(disk));
@@ -548,7 +548,7 @@ Result<void> DomainParser::parse_backing_store(const xmlNode* n, Disk& disk) {
       return error(layer, "a raw image has no backing file");
     BackingLayer bl;
     std::string type = attr(layer, "type").value_or("file");
-    if (type != "file" && type != "block") return unsupported(layer, "<backingStore type='" + type + "'> is not supported");
+    if (type != "file" && type != "block") return unsupported(layer, "<backingStore type=" + quote_for_message(type) + "> is not supported");
     bl.block = type == "block";
     const xmlNode* next = nullptr;
     Result<void> status;
@@ -570,7 +570,7 @@ Result<void> DomainParser::parse_backing_store(const xmlNode* n, Disk& disk) {
     VL_CHECK(status);
     if (bl.source.empty()) return error(layer, "<backingStore> needs a <source>");
     if (bl.format != "raw" && bl.format != "qcow2")
-      return unsupported(layer, "backing format '" + bl.format + "' is not supported (set <format type='raw'|'qcow2'/>)");
+      return unsupported(layer, "backing format " + quote_for_message(bl.format) + " is not supported (set <format type='raw'|'qcow2'/>)");
     disk.backing.push_back(std::move(bl));
     layer = next;
   }
@@ -579,7 +579,7 @@ Result<void> DomainParser::parse_backing_store(const xmlNode* n, Disk& disk) {
 
 Result<void> DomainParser::parse_graphics(const xmlNode* n) {
   std::string type = attr(n, "type").value_or("");
-  if (type != "vnc") return unsupported(n, "<graphics type='" + type + "'> is not supported (only 'vnc')");
+  if (type != "vnc") return unsupported(n, "<graphics type=" + quote_for_message(type) + "> is not supported (only 'vnc')");
   if (vnc_) return unsupported(n, "more than one <graphics> is not supported");
   VL_CHECK(refuse_repeated(n, {}));
   if (attr(n, "socket") || attr(n, "websocket"))
@@ -602,13 +602,13 @@ Result<void> DomainParser::parse_graphics(const xmlNode* n) {
   });
   VL_CHECK(status);
   if (vnc.listen.empty() || vnc.listen.find_first_of(",:") != std::string::npos)
-    return unsupported(n, "VNC listen address '" + vnc.listen + "' is not supported (IPv4 only)");
+    return unsupported(n, "VNC listen address " + quote_for_message(vnc.listen) + " is not supported (IPv4 only)");
   if (attr(n, "autoport").value_or("yes") == "no") {
     std::string port = attr(n, "port").value_or("");
     char* end = nullptr;
     long p = std::strtol(port.c_str(), &end, 10);
     if (port.empty() || *end != '\0' || p < 5900 || p > 65535)
-      return error(n, "VNC port '" + port + "' must be 5900-65535 when autoport='no'");
+      return error(n, "VNC port " + quote_for_message(port) + " must be 5900-65535 when autoport='no'");
     vnc.port = static_cast<int>(p);
   }
   vnc.password = attr(n, "passwd").value_or("");
@@ -618,7 +618,7 @@ Result<void> DomainParser::parse_graphics(const xmlNode* n) {
 
 Result<void> DomainParser::parse_serial(const xmlNode* n) {
   std::string type = attr(n, "type").value_or("");
-  if (type != "pty") return unsupported(n, "<serial type='" + type + "'> is not supported (only 'pty')");
+  if (type != "pty") return unsupported(n, "<serial type=" + quote_for_message(type) + "> is not supported (only 'pty')");
   if (++serial_ptys_ > 16) return unsupported(n, "more than 16 serial ports");
   return {};
 }
@@ -679,7 +679,7 @@ Result<void> DomainParser::parse_os(const xmlNode* n) {
   VL_CHECK(refuse_repeated(n, {"boot", "initarg"}));
   std::string firmware = attr(n, "firmware").value_or("");
   if (!firmware.empty() && firmware != "efi" && firmware != "bios")
-    return unsupported(n, "<os firmware='" + firmware + "'> is not supported (only 'efi' and 'bios')");
+    return unsupported(n, "<os firmware=" + quote_for_message(firmware) + "> is not supported (only 'efi' and 'bios')");
   bool efi = firmware == "efi";
   std::optional<Uefi> uefi;
   const xmlNode* nvram = nullptr;
@@ -690,8 +690,8 @@ Result<void> DomainParser::parse_os(const xmlNode* n) {
     if (el == "firmware") {
       for_each_element(c, [&](const xmlNode* f) {
         if (status && name_of(f) == "feature" && attr(f, "enabled").value_or("") == "yes")
-          status = unsupported(f, "firmware autoselection with feature '" + attr(f, "name").value_or("") +
-                                      "' is not supported: name the <loader type='pflash'> and its <nvram "
+          status = unsupported(f, "firmware autoselection with feature " + quote_for_message(attr(f, "name").value_or("")) +
+                                      " is not supported: name the <loader type='pflash'> and its <nvram "
                                       "template=...> (for Secure Boot, OVMF_CODE_4M.ms.fd) in the XML");
       });
       return;
@@ -699,7 +699,7 @@ Result<void> DomainParser::parse_os(const xmlNode* n) {
     if (el == "nvram") {
       nvram = c;
       if (std::string type = attr(c, "type").value_or("file"); type != "file")
-        status = unsupported(c, "<nvram type='" + type + "'> is not supported (only a file)");
+        status = unsupported(c, "<nvram type=" + quote_for_message(type) + "> is not supported (only a file)");
       return;
     }
     bool pflash = el == "loader" && attr(c, "type").value_or(efi ? "pflash" : "rom") == "pflash";
@@ -733,7 +733,7 @@ Result<void> DomainParser::parse_os(const xmlNode* n) {
     for (const auto& [code, vars] : kOvmfPairs)
       if (uefi->code == code) uefi->vars_template = vars;
     if (uefi->vars_template.empty())
-      return unsupported(n, "UEFI code image '" + uefi->code + "' needs <nvram template=...> naming its variable store template");
+      return unsupported(n, "UEFI code image " + quote_for_message(uefi->code, kQuotePathMax) + " needs <nvram template=...> naming its variable store template");
   }
   uefi_ = std::move(uefi);
   return {};

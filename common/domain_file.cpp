@@ -32,8 +32,8 @@ Result<gid_t> group_id(const std::string& name) {
   group g {};
   group* found = nullptr;
   int rc = ::getgrnam_r(name.c_str(), &g, buf.data(), buf.size(), &found);
-  if (rc != 0) return Error::from_errno(rc, "look up daemon group '" + name + "'");
-  if (!found) return Error::make(ErrorCode::kNotFound, "daemon group '" + name + "' does not exist");
+  if (rc != 0) return Error::from_errno(rc, "look up daemon group " + quote_for_message(name));
+  if (!found) return Error::make(ErrorCode::kNotFound, "daemon group " + quote_for_message(name) + " does not exist");
   return found->gr_gid;
 }
 
@@ -63,17 +63,17 @@ Result<void> check_domain_file(const struct stat& st, const std::string& path, c
     return {};
   }
   return Error::make(ErrorCode::kDenied,
-                     "domain file '" + path + "' " + problem + " (" + owner_and_mode(st) +
+                     "domain file " + quote_for_message(path, kQuotePathMax) + " " + problem + " (" + owner_and_mode(st) +
                          "): it decides what root runs and holds the VM's secrets (VNC password), so only root may "
-                         "write it and only root and group '" + daemon_group + "' may read it: " + fix);
+                         "write it and only root and group " + quote_for_message(daemon_group) + " may read it: " + fix);
 }
 
 Result<void> check_domains_dir(const struct stat& st, const std::string& path) {
   if (!S_ISDIR(st.st_mode))
-    return Error::make(ErrorCode::kDenied, "domains directory '" + path + "' is not a directory");
+    return Error::make(ErrorCode::kDenied, "domains directory " + quote_for_message(path, kQuotePathMax) + " is not a directory");
   if (st.st_uid != 0 || writable_by_others(st))
     return Error::make(ErrorCode::kDenied,
-                       "domains directory '" + path + "' must be owned by root and writable by no one else, or "
+                       "domains directory " + quote_for_message(path, kQuotePathMax) + " must be owned by root and writable by no one else, or "
                        "whoever can write to it can swap a VM's definition (" + owner_and_mode(st) +
                            "): chown root " + path + "; chmod go-w " + path);
   return {};
@@ -83,9 +83,9 @@ Result<DomainFile> open_domain_definition(const HostConfig& config, const VmName
   gid_t daemon_gid = VL_TRY(group_id(config.daemon_group));
   const std::string& dir = config.domains_dir;
   UniqueFd dir_fd = VL_TRY(sys::check_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC),
-                                         "open domains directory '" + dir + "'"));
+                                         "open domains directory " + quote_for_message(dir, kQuotePathMax)));
   struct stat dst {};
-  VL_TRY(sys::check(::fstat(dir_fd.get(), &dst), "stat domains directory '" + dir + "'"));
+  VL_TRY(sys::check(::fstat(dir_fd.get(), &dst), "stat domains directory " + quote_for_message(dir, kQuotePathMax)));
   VL_CHECK(check_domains_dir(dst, dir));
 
   DomainFile file;
@@ -99,21 +99,21 @@ Result<DomainFile> open_domain_definition(const HostConfig& config, const VmName
     if (err == ENOENT)
       return Error::make(ErrorCode::kNotFound, "VM '" + vm.str() + "' is not defined (no " + file.path + ")");
     if (err == ELOOP)
-      return Error::make(ErrorCode::kDenied, "domain file '" + file.path + "' is a symbolic link: replace it with "
+      return Error::make(ErrorCode::kDenied, "domain file " + quote_for_message(file.path, kQuotePathMax) + " is a symbolic link: replace it with "
                                              "the file itself, then " + fix_file(file.path, config.daemon_group));
     if (err == EACCES)
-      return Error::make(ErrorCode::kDenied, "domain file '" + file.path + "' is not readable by the daemon's group '" +
+      return Error::make(ErrorCode::kDenied, "domain file " + quote_for_message(file.path, kQuotePathMax) + " is not readable by the daemon's group '" +
                                              config.daemon_group + "': " + fix_file(file.path, config.daemon_group));
-    return Error::from_errno(err, "open domain file '" + file.path + "'");
+    return Error::from_errno(err, "open domain file " + quote_for_message(file.path, kQuotePathMax));
   }
-  VL_TRY(sys::check(::fstat(file.fd.get(), &file.st), "stat domain file '" + file.path + "'"));
+  VL_TRY(sys::check(::fstat(file.fd.get(), &file.st), "stat domain file " + quote_for_message(file.path, kQuotePathMax)));
   VL_CHECK(check_domain_file(file.st, file.path, config.daemon_group, daemon_gid));
   return file;
 }
 
 Result<std::string> read_domain_file(const DomainFile& file) {
   auto text = sys::read_all(file.fd.get(), kMaxDomainBytes);
-  if (!text) return text.error().wrap("'" + file.path + "'");
+  if (!text) return text.error().wrap(quote_for_message(file.path, kQuotePathMax));
   return text;
 }
 
@@ -122,7 +122,7 @@ Result<Domain> load_domain_definition(const HostConfig& config, const VmName& vm
   std::string xml = VL_TRY(read_domain_file(file));
   Domain domain = VL_TRY(parse_domain(xml, file.path));
   if (domain.name != vm)
-    return Error::invalid(file.path + ": <name> is '" + domain.name.str() + "', expected '" + vm.str() + "'");
+    return Error::invalid(file.path + ": <name> is " + quote_for_message(domain.name.str()) + ", expected '" + vm.str() + "'");
   if (auto resolved = resolve_networks(domain, config); !resolved) return resolved.error().wrap(file.path);
   resolve_nvram(domain, config);
   return domain;

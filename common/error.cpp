@@ -1,5 +1,6 @@
 #include "common/error.h"
 
+#include <cstdio>
 #include <cstring>
 
 namespace vl {
@@ -25,9 +26,22 @@ ErrorCode error_code_from_name(std::string_view name) {
   return ErrorCode::kInternal;
 }
 
+// One printable line, whatever was put in: a control character that reached the context
+// unquoted (a line break in a library's text) is shown as \xNN.
 std::string Error::message() const {
-  if (sys_errno == 0) return context;
-  return context + ": " + std::strerror(sys_errno);
+  std::string line;
+  line.reserve(context.size());
+  for (unsigned char c : context) {
+    if (c >= 0x20 && c != 0x7f) {
+      line += static_cast<char>(c);
+      continue;
+    }
+    char escaped[8];
+    std::snprintf(escaped, sizeof escaped, "\\x%02x", c);
+    line += escaped;
+  }
+  if (sys_errno == 0) return line;
+  return line + ": " + std::strerror(sys_errno);
 }
 
 Error Error::wrap(std::string_view outer) const& {

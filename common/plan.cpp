@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/vm_name.h"
+
 namespace vl {
 
 using Json = nlohmann::ordered_json;
@@ -70,7 +72,7 @@ Result<Plan> plan_from_json(std::string_view text) {
     static constexpr std::string_view kKeys[] = {"vm", "emulator", "argv", "fds", "vnc",
                                                  "serial_ptys", "cache_key"};
     if (std::find(std::begin(kKeys), std::end(kKeys), key) == std::end(kKeys))
-      return Error::invalid("plan: unknown key '" + key.substr(0, 64) + "'");
+      return Error::invalid("plan: unknown key " + quote_for_message(key.substr(0, 64)));
   }
   Plan plan;
   plan.vm = VL_TRY(get_string(j, "vm", 64));
@@ -105,7 +107,7 @@ Result<Plan> plan_from_json(std::string_view text) {
       slot.kind = FdSlot::Kind::kTap;
       slot.nic = VL_TRY(get_int(f, "nic", 0, 9));
     } else {
-      return Error::invalid("plan: unknown fd kind '" + kind.substr(0, 16) + "'");
+      return Error::invalid("plan: unknown fd kind " + quote_for_message(kind.substr(0, 16)));
     }
     for (const FdSlot& other : plan.fds) {
       if (other.fd == slot.fd) return Error::invalid("plan: fd " + std::to_string(slot.fd) + " used twice");

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "common/vm_name.h"
+
 namespace vl {
 
 namespace {
@@ -24,7 +26,7 @@ Result<std::vector<QemuOption>> parse_qemu_options(const std::vector<std::string
   std::vector<QemuOption> options;
   for (size_t i = 0; i < words.size(); ++i) {
     const std::string& w = words[i];
-    if (w.size() < 2 || w[0] != '-') return Error::invalid("unexpected non-option word '" + w + "'");
+    if (w.size() < 2 || w[0] != '-') return Error::invalid("unexpected non-option word " + quote_for_message(w));
     QemuOption opt{w, "", false};
     if (!is_qemu_flag(w)) {
       if (i + 1 >= words.size()) return Error::invalid("option " + w + " lacks its value");

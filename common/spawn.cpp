@@ -10,6 +10,7 @@
 #include <climits>
 
 #include "common/sys.h"
+#include "common/vm_name.h"
 
 namespace vl {
 
@@ -90,9 +91,9 @@ Error exec_in_place(const ExecSpec& spec) {
   if (auto v = validate_fd_mappings(spec.fds); !v) return std::move(v).error();
   ExecArrays arrays(spec);
   if (int r = place_fds(spec.fds.data(), spec.fds.size()); r < 0)
-    return Error::from_errno(-r, "place fds for '" + spec.path + "'");
+    return Error::from_errno(-r, "place fds for " + quote_for_message(spec.path, kQuotePathMax));
   ::execve(spec.path.c_str(), arrays.argv.data(), arrays.env.data());
-  return Error::from_errno("execute '" + spec.path + "'");
+  return Error::from_errno("execute " + quote_for_message(spec.path, kQuotePathMax));
 }
 
 Result<pid_t> spawn(const ExecSpec& spec) {
@@ -111,7 +112,7 @@ Result<pid_t> spawn(const ExecSpec& spec) {
 
   pid_t parent = ::getpid();
   pid_t pid = ::fork();
-  if (pid < 0) return Error::from_errno("fork for '" + spec.path + "'");
+  if (pid < 0) return Error::from_errno("fork for " + quote_for_message(spec.path, kQuotePathMax));
   if (pid == 0) {
     int err = 0;
     reset_signals();  // a parent that blocks or ignores signals must not pass that on
@@ -140,8 +141,8 @@ Result<pid_t> spawn(const ExecSpec& spec) {
   ssize_t n = sys::retry_eintr([&] { return ::read(report_read.get(), &child_errno, sizeof child_errno); });
   if (n == 0) return pid;
   (void)wait_for(pid);
-  if (n < 0) return Error::from_errno("read exec report of '" + spec.path + "'");
-  return Error::from_errno(child_errno, "execute '" + spec.path + "'");
+  if (n < 0) return Error::from_errno("read exec report of " + quote_for_message(spec.path, kQuotePathMax));
+  return Error::from_errno(child_errno, "execute " + quote_for_message(spec.path, kQuotePathMax));
 }
 
 Result<int> wait_for(pid_t pid) {

@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 
+#include "common/vm_name.h"
+
 namespace vl::sys {
 
 Result<std::string> read_all(int fd, size_t max_bytes) {
@@ -19,10 +21,10 @@ Result<std::string> read_all(int fd, size_t max_bytes) {
 }
 
 Result<std::string> read_file(const std::string& path, size_t max_bytes) {
-  auto fd = check_fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY), "open '" + path + "'");
+  auto fd = check_fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY), "open " + quote_for_message(path, kQuotePathMax));
   if (!fd) return std::move(fd).error();
   auto text = read_all(fd->get(), max_bytes);
-  if (!text) return text.error().wrap("'" + path + "'");
+  if (!text) return text.error().wrap(quote_for_message(path, kQuotePathMax));
   return text;
 }
 
@@ -39,11 +41,11 @@ Result<void> write_file_atomic(const std::string& path, std::string_view data, u
   std::string tmp = path + ".tmp." + std::to_string(::getpid());
   UniqueFd fd = VL_TRY(check_fd(
       ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode),
-      "create '" + tmp + "'"));
+      "create " + quote_for_message(tmp, kQuotePathMax)));
   auto written = write_all(fd.get(), data);
-  if (written && ::fsync(fd.get()) < 0) written = Error::from_errno("fsync '" + tmp + "'");
+  if (written && ::fsync(fd.get()) < 0) written = Error::from_errno("fsync " + quote_for_message(tmp, kQuotePathMax));
   if (written && ::rename(tmp.c_str(), path.c_str()) < 0)
-    written = Error::from_errno("rename '" + tmp + "' to '" + path + "'");
+    written = Error::from_errno("rename " + quote_for_message(tmp, kQuotePathMax) + " to " + quote_for_message(path, kQuotePathMax));
   if (!written) ::unlink(tmp.c_str());
   return written;
 }

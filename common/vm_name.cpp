@@ -29,10 +29,9 @@ std::string VmName::tap_name(unsigned nic) const {
   return name_ + "-" + static_cast<char>('0' + (nic % kMaxNics));
 }
 
-std::string quote_for_message(std::string_view text) {
-  constexpr size_t kMax = 64;
+std::string quote_for_message(std::string_view text, size_t max) {
   std::string out = "'";
-  for (size_t i = 0; i < text.size() && i < kMax; ++i) {
+  for (size_t i = 0; i < text.size() && i < max; ++i) {
     unsigned char c = static_cast<unsigned char>(text[i]);
     if (c >= 0x20 && c < 0x7f && c != '\\' && c != '\'') {
       out += static_cast<char>(c);
@@ -42,7 +41,7 @@ std::string quote_for_message(std::string_view text) {
       out += buf;
     }
   }
-  if (text.size() > kMax) out += "...";
+  if (text.size() > max) out += "...";
   return out + "'";
 }
 

@@ -35,8 +35,13 @@ class VmName {
   std::string name_;
 };
 
+/// How many characters of a value quote_for_message() shows: names, types, addresses...
+inline constexpr size_t kQuoteMax = 64;
+/// ... and of a file path, which an operator needs whole to find the file.
+inline constexpr size_t kQuotePathMax = 256;
+
 /// Quotes arbitrary bytes for an error message: printable ASCII as is, the rest as \xNN, and
-/// at most 64 characters, so hostile input cannot forge log lines or flood them.
-std::string quote_for_message(std::string_view text);
+/// at most `max` characters (then "..."), so hostile input cannot forge log lines or flood them.
+std::string quote_for_message(std::string_view text, size_t max = kQuoteMax);
 
 }  // namespace vl

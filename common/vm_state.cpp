@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstring>
 
 #include "common/sys.h"
@@ -18,6 +19,7 @@ std::string vm_state_to_json(const VmState& s) {
   Json j = {{"vm", s.vm},       {"pid", s.pid},   {"start_time", s.start_time}, {"uid", s.uid},
             {"emulator", s.emulator}, {"taps", s.taps}, {"macs", s.macs}, {"disks", s.disks}, {"zone", s.zone},
             {"started_at", s.started_at}};
+  if (!s.invocation.empty()) j["invocation"] = s.invocation;
   return j.dump(2) + "\n";
 }
 
@@ -49,7 +51,14 @@ Result<VmState> vm_state_from_json(std::string_view text) {
   s.uid = j["uid"].get<uid_t>();
   s.started_at = j["started_at"].get<int64_t>();
   if (s.pid <= 1) return bad();
+  // Optional: a launch outside a unit has none. Only the form systemd gives it is accepted, as
+  // the daemon matches the journal with it.
+  if (j.contains("invocation") && (!str("invocation", s.invocation) || !is_invocation_id(s.invocation))) return bad();
   return s;
+}
+
+bool is_invocation_id(std::string_view id) {
+  return id.size() == 32 && std::all_of(id.begin(), id.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
 }
 
 Result<VmState> read_vm_state_file(const std::string& path) {

@@ -24,11 +24,17 @@ struct VmState {
   std::vector<std::string> disks;   ///< disks whose owner was changed
   std::string zone;
   int64_t started_at = 0;           ///< seconds since the epoch
+  /// Under systemd, the invocation ID of the kvm-vm@NAME.service run that launched it (32 hex
+  /// digits, systemd's $INVOCATION_ID): the journal's _SYSTEMD_INVOCATION_ID of this run's
+  /// output. "" for a launch outside a unit.
+  std::string invocation;
   friend bool operator==(const VmState&, const VmState&) = default;
 };
 
 std::string vm_state_to_json(const VmState& state);
 Result<VmState> vm_state_from_json(std::string_view text);
+/// True if `id` has the form of a systemd invocation ID: 32 lowercase hex digits.
+bool is_invocation_id(std::string_view id);
 /// Reads and parses a state file; errors name the path.
 Result<VmState> read_vm_state_file(const std::string& path);
 

@@ -50,7 +50,7 @@ Result<void> BrokerClient::connect() {
   sa.sun_family = AF_UNIX;
   path_.copy(sa.sun_path, sizeof sa.sun_path - 1);
   if (!fd || ::connect(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0)
-    return Error::from_errno("connect to the vmlaunch broker at '" + path_ + "' (is 'vmlaunch-helper serve' running?)");
+    return Error::from_errno("connect to the vmlaunch broker at " + quote_for_message(path_, kQuotePathMax) + " (is 'vmlaunch-helper serve' running?)");
   socket_ = std::make_unique<asio::posix::stream_descriptor>(io_, fd.release());
   return {};
 }

@@ -148,8 +148,8 @@ int method_stop(sd_bus_message* m, void* userdata, sd_bus_error*) {
   return 1;
 }
 
-// Stop with the way the guest is asked: "acpi" (the power button, as Stop) or "agent" (QEMU's
-// guest agent), like `virsh shutdown --mode`.
+// Stop with the way the guest is asked: "acpi" (the power button only) or "agent" (QEMU's
+// guest agent only), like `virsh shutdown --mode`; Stop tries the agent, then the button.
 int method_shutdown(sd_bus_message* m, void* userdata, sd_bus_error* error) {
   auto* s = static_cast<ServerState*>(userdata);
   AUTHORIZE(m);

@@ -1,7 +1,6 @@
 #include "daemon/converter.h"
 
 #include <fcntl.h>
-#include <libxml/parser.h>
 #include <libxml/tree.h>
 #include <poll.h>
 #include <signal.h>
@@ -19,6 +18,7 @@
 #include "common/spawn.h"
 #include "common/vm_name.h"
 #include "daemon/asio.h"
+#include "daemon/domain_document.h"
 #include "common/sys.h"
 #include "vmlaunch_build_config.h"
 
@@ -29,25 +29,15 @@ namespace {
 constexpr size_t kMaxNativeBytes = 1 << 20;
 constexpr size_t kMaxXmlBytes = 1 << 20;
 
-struct XmlDocFree {
-  void operator()(xmlDoc* d) const { xmlFreeDoc(d); }
-};
-
-void ignore_xml_error(void*, xmlError*) {}
-
-bool is_element(const xmlNode* n, const char* name) {
-  return n->type == XML_ELEMENT_NODE && !n->ns && xmlStrEqual(n->name, reinterpret_cast<const xmlChar*>(name));
-}
-
 // The <ip> elements of <domain><devices><interface>: where the domain parser reads them.
 std::vector<xmlNode*> interface_ips(xmlNode* domain) {
   std::vector<xmlNode*> found;
   for (xmlNode* devices = domain->children; devices; devices = devices->next) {
-    if (!is_element(devices, "devices")) continue;
+    if (!is_domain_element(devices, "devices")) continue;
     for (xmlNode* nic = devices->children; nic; nic = nic->next) {
-      if (!is_element(nic, "interface")) continue;
+      if (!is_domain_element(nic, "interface")) continue;
       for (xmlNode* c = nic->children; c; c = c->next)
-        if (is_element(c, "ip")) found.push_back(c);
+        if (is_domain_element(c, "ip")) found.push_back(c);
     }
   }
   return found;
@@ -60,15 +50,15 @@ Result<bool> networks_to_bridges(xmlNode* domain, const std::map<std::string, st
   bool changed = false;
   const auto* type_attr = reinterpret_cast<const xmlChar*>("type");
   for (xmlNode* devices = domain->children; devices; devices = devices->next) {
-    if (!is_element(devices, "devices")) continue;
+    if (!is_domain_element(devices, "devices")) continue;
     for (xmlNode* nic = devices->children; nic; nic = nic->next) {
-      if (!is_element(nic, "interface")) continue;
+      if (!is_domain_element(nic, "interface")) continue;
       xmlChar* type = xmlGetNoNsProp(nic, type_attr);
       bool network = type && xmlStrEqual(type, reinterpret_cast<const xmlChar*>("network"));
       xmlFree(type);
       if (!network) continue;
       for (xmlNode* c = nic->children; c; c = c->next) {
-        if (!is_element(c, "source")) continue;
+        if (!is_domain_element(c, "source")) continue;
         xmlChar* name = xmlGetNoNsProp(c, reinterpret_cast<const xmlChar*>("network"));
         std::string zone = name ? reinterpret_cast<const char*>(name) : "";
         xmlFree(name);
@@ -152,7 +142,7 @@ Result<std::string> run_converter(std::vector<std::string> args, std::string_vie
   VL_CHECK(status);
   if (!waited) return std::move(waited).error();
   if (reply.empty())
-    return Error::make(ErrorCode::kInternal, "'" + path + "' died without a reply (wait status " + std::to_string(*waited) + ")");
+    return Error::make(ErrorCode::kInternal, quote_for_message(path, kQuotePathMax) + " died without a reply (wait status " + std::to_string(*waited) + ")");
   return reply;
 }
 
@@ -160,15 +150,8 @@ Result<std::string> run_converter(std::vector<std::string> args, std::string_vie
 
 Result<std::string> xml_for_libvirt(std::string_view xml, const std::map<std::string, std::string>& zone_bridges) {
   if (xml.size() > kMaxXmlBytes) return Error::invalid("domain XML larger than 1 MiB");
-  xmlSetStructuredErrorFunc(nullptr, ignore_xml_error);
-  // As the domain parser reads it: nothing outside the document is loaded.
-  constexpr int kOptions = XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING;
-  std::unique_ptr<xmlDoc, XmlDocFree> doc(
-      xmlReadMemory(xml.data(), static_cast<int>(xml.size()), "domain.xml", nullptr, kOptions));
-  if (!doc) return Error::invalid("domain XML is not well-formed");
-  if (doc->intSubset || doc->extSubset) return Error::invalid("a DOCTYPE is not allowed in domain XML");
+  XmlDocument doc = VL_TRY(read_domain_document(xml));
   xmlNode* root = xmlDocGetRootElement(doc.get());
-  if (!root || !is_element(root, "domain")) return Error::invalid("domain XML has no <domain> root element");
   std::vector<xmlNode*> ips = interface_ips(root);
   bool bridged = VL_TRY(networks_to_bridges(root, zone_bridges));
   if (ips.empty() && !bridged) return std::string(xml);
@@ -176,13 +159,7 @@ Result<std::string> xml_for_libvirt(std::string_view xml, const std::map<std::st
     xmlUnlinkNode(ip);
     xmlFreeNode(ip);
   }
-  xmlChar* out = nullptr;
-  int size = 0;
-  xmlDocDumpMemoryEnc(doc.get(), &out, &size, "UTF-8");
-  if (!out) return Error::make(ErrorCode::kInternal, "cannot serialize domain XML");
-  std::string result(reinterpret_cast<const char*>(out), static_cast<size_t>(size));
-  xmlFree(out);
-  return result;
+  return write_domain_document(doc.get());
 }
 
 std::string converter_path() {
@@ -203,7 +180,7 @@ Result<std::string> convert_to_native(const std::string& xml, const std::string&
                                       std::chrono::milliseconds timeout,
                                       const std::map<std::string, std::string>& zone_bridges) {
   if (::mkdir(embed_root.c_str(), 0700) < 0 && errno != EEXIST)
-    return Error::from_errno("create conversion root '" + embed_root + "'");
+    return Error::from_errno("create conversion root " + quote_for_message(embed_root, kQuotePathMax));
   std::string input = VL_TRY(xml_for_libvirt(xml, zone_bridges));
   std::string reply = VL_TRY(run_converter({embed_root}, input, timeout));
   return parse_reply(reply, 0);
@@ -266,7 +243,7 @@ void convert_to_native_async(boost::asio::io_context& io, const std::string& xml
                              std::chrono::milliseconds timeout, std::function<void(Result<std::string>)> done,
                              const std::map<std::string, std::string>& zone_bridges, ConvertPriority priority) {
   if (::mkdir(embed_root.c_str(), 0700) < 0 && errno != EEXIST)
-    return done(Error::from_errno("create conversion root '" + embed_root + "'"));
+    return done(Error::from_errno("create conversion root " + quote_for_message(embed_root, kQuotePathMax)));
   auto input = xml_for_libvirt(xml, zone_bridges);
   if (!input) return done(std::move(input).error());
   std::vector<std::string> args = {embed_root};

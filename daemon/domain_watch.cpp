@@ -20,7 +20,7 @@ Result<void> DomainWatch::start() {
   // replace a file); IN_ATTRIB because the owner and mode decide whether a file is accepted
   // (common/domain_file.h). Removed: deleted, or renamed away.
   constexpr uint32_t kMask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_ATTRIB | IN_DELETE | IN_MOVED_FROM | IN_ONLYDIR;
-  VL_TRY(sys::check(::inotify_add_watch(fd.get(), dir_.c_str(), kMask), "watch '" + dir_ + "'"));
+  VL_TRY(sys::check(::inotify_add_watch(fd.get(), dir_.c_str(), kMask), "watch " + quote_for_message(dir_, kQuotePathMax)));
   stream_ = std::make_unique<boost::asio::posix::stream_descriptor>(io_, fd.release());
   read_events();
   return {};

@@ -88,16 +88,16 @@ Result<std::vector<LinkEvent>> parse_link_messages(std::span<const uint8_t> data
 
 NetworkCheck check_network(const std::string& bridge, const std::vector<std::string>& taps, const LinkTable& links) {
   auto br = links.find(bridge);
-  if (br == links.end()) return {false, false, "detached: bridge '" + bridge + "' is gone"};
-  if (br->second.kind != "bridge") return {false, false, "detached: '" + bridge + "' is not a bridge"};
+  if (br == links.end()) return {false, false, "detached: bridge " + quote_for_message(bridge) + " is gone"};
+  if (br->second.kind != "bridge") return {false, false, "detached: " + quote_for_message(bridge) + " is not a bridge"};
   for (const std::string& tap : taps) {
     auto t = links.find(tap);
     // A tap vanishes only with its emulator: the supervisor reports that, not this.
     if (t == links.end()) continue;
     if (t->second.master != br->second.ifindex)
-      return {false, true, "detached: tap '" + tap + "' is not a port of bridge '" + bridge + "'"};
+      return {false, true, "detached: tap " + quote_for_message(tap) + " is not a port of bridge " + quote_for_message(bridge)};
   }
-  return {true, false, "attached to bridge '" + bridge + "'"};
+  return {true, false, "attached to bridge " + quote_for_message(bridge)};
 }
 
 Result<LinkTable> dump_links() {

@@ -67,7 +67,7 @@ class Manager final {
   Result<VmInfo> status(const std::string& name);
   void start(const std::string& name, Done done);
   void stop(const std::string& name, std::chrono::seconds timeout, bool force, Done done,
-            StopMode mode = StopMode::kAcpi);
+            StopMode mode = StopMode::kAuto);
   void restart(const std::string& name, std::chrono::seconds timeout, Done done);
   void kill(const std::string& name, int signal, Done done);
   /// A kvm-vm@NAME unit exec'd the emulator (its ExecStartPost says so): supervised from

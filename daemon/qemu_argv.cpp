@@ -62,7 +62,7 @@ bool is_utf8(std::string_view s) {
 Result<std::string> string_member(const Json& j, const char* key, std::string_view option) {
   auto it = j.find(key);
   if (it == j.end()) return std::string();
-  if (!it->is_string()) return Error::invalid(std::string(option) + ": '" + key + "' must be a string");
+  if (!it->is_string()) return Error::invalid(std::string(option) + ": " + quote_for_message(key) + " must be a string");
   return it->get<std::string>();
 }
 
@@ -102,7 +102,7 @@ Result<Plan> Rewriter::run(const std::vector<std::string>& words) {
   while (i < words.size() && is_env_assignment(words[i])) ++i;
   if (i >= words.size()) return Error::invalid("native command line has no program");
   if (words[i] != domain_.emulator)
-    return Error::invalid("native command line runs '" + words[i] + "', the domain's emulator is '" +
+    return Error::invalid("native command line runs " + quote_for_message(words[i]) + ", the domain's emulator is '" +
                           domain_.emulator + "'");
   std::vector<QemuOption> options =
       VL_TRY(parse_qemu_options(std::vector<std::string>(words.begin() + static_cast<ptrdiff_t>(i) + 1, words.end())));
@@ -256,7 +256,7 @@ Result<void> Rewriter::rewrite_object(QemuOption& opt, bool& keep) {
   // file it never writes. vmlaunch passes no secrets that way (anything using keyid is
   // refused below), so the object is dropped.
   std::string id = VL_TRY(string_member(obj, "id", "-object"));
-  if (id != "masterKey0") return Error::unsupported("secret object '" + id + "' is not supported");
+  if (id != "masterKey0") return Error::unsupported("secret object " + quote_for_message(id) + " is not supported");
   keep = false;
   return {};
 }
@@ -285,7 +285,7 @@ Result<void> Rewriter::rewrite_chardev(QemuOption& opt) {
     return {};
   }
   if (parts[0] != "pty" && parts[0] != "null" && parts[0] != "spicevmc")
-    return Error::unsupported("chardev '" + id + "' of backend '" + parts[0] + "' is not supported");
+    return Error::unsupported("chardev " + quote_for_message(id) + " of backend " + quote_for_message(parts[0]) + " is not supported");
   return {};
 }
 
@@ -294,16 +294,16 @@ Result<void> Rewriter::rewrite_netdev(QemuOption& opt) {
   if (nd.is_discarded() || !nd.is_object())
     return Error::unsupported("-netdev in non-JSON form is not supported: " + opt.value);
   std::string type = VL_TRY(string_member(nd, "type", "-netdev"));
-  if (type != "tap") return Error::unsupported("netdev type '" + type + "'");
+  if (type != "tap") return Error::unsupported("netdev type " + quote_for_message(type));
   std::string id = VL_TRY(string_member(nd, "id", "-netdev"));
   for (const auto& [key, value] : nd.items()) {
     if (key == "type" || key == "id" || key == "fd") continue;
     if (key == "vhost" || key == "vhostfd" || key == "vhostfds")
       return Error::unsupported("netdev " + id + ": vhost-net is not supported yet");
-    return Error::unsupported("netdev " + id + ": key '" + key + "' is not supported");
+    return Error::unsupported("netdev " + id + ": key " + quote_for_message(key) + " is not supported");
   }
   if (id.rfind("hostnet", 0) != 0 || id.size() != 8 || !std::isdigit(static_cast<unsigned char>(id[7])))
-    return Error::invalid("unexpected netdev id '" + id + "'");
+    return Error::invalid("unexpected netdev id " + quote_for_message(id));
   int nic = id[7] - '0';
   if (static_cast<size_t>(nic) >= domain_.nics.size())
     return Error::invalid("netdev " + id + " has no matching <interface>");
@@ -337,7 +337,7 @@ Result<void> Rewriter::rewrite_vnc(QemuOption& opt) {
     std::string key = parts[i].substr(0, parts[i].find('='));
     if (key != "password" && key != "audiodev" && key != "share" && key != "lossy" &&
         key != "non-adaptive" && key != "power-control")
-      return Error::unsupported("VNC option '" + key + "' is not supported");
+      return Error::unsupported("VNC option " + quote_for_message(key) + " is not supported");
   }
   int display = domain_.vnc->port ? *domain_.vnc->port - 5900 : vnc_display_;
   parts[0] = domain_.vnc->listen + ":" + std::to_string(display);

@@ -3,6 +3,8 @@
 #include <cerrno>
 #include <utility>
 
+#include "common/vm_name.h"
+
 namespace vl {
 
 namespace asio = boost::asio;
@@ -43,8 +45,8 @@ void QmpClient::connect(const std::string& path, std::function<void(Result<void>
     if (ec || !self->greeting_) return;
     auto g = std::move(self->greeting_);
     self->greeting_ = nullptr;
-    g(Error::from_errno(ETIMEDOUT, "monitor '" + path + "' sent no greeting within " + describe(timeout)));
-    self->give_up("monitor '" + path + "' sent no greeting");
+    g(Error::make(ErrorCode::kSystem, "monitor " + quote_for_message(path, kQuotePathMax) + " sent no greeting within " + describe(timeout)));
+    self->give_up("monitor " + quote_for_message(path, kQuotePathMax) + " sent no greeting");
   });
   socket_.async_connect(asio::local::stream_protocol::endpoint(path),
                         [self = shared_from_this(), path](boost::system::error_code ec) {
@@ -52,8 +54,8 @@ void QmpClient::connect(const std::string& path, std::function<void(Result<void>
                             if (!self->greeting_) return;  // the deadline already answered
                             auto g = std::move(self->greeting_);
                             self->greeting_ = nullptr;
-                            g(Error::make(ErrorCode::kSystem, "connect to monitor '" + path + "': " + ec.message()));
-                            return self->give_up("connect to monitor '" + path + "': " + ec.message());
+                            g(Error::make(ErrorCode::kSystem, "connect to monitor " + quote_for_message(path, kQuotePathMax) + ": " + ec.message()));
+                            return self->give_up("connect to monitor " + quote_for_message(path, kQuotePathMax) + ": " + ec.message());
                           }
                           self->read_next();
                         });
@@ -109,8 +111,8 @@ void QmpClient::expire(uint64_t id, std::chrono::milliseconds timeout) {
   if (it == pending_.end()) return;
   Pending p = std::move(it->second);
   pending_.erase(it);
-  p.done(Error::from_errno(ETIMEDOUT, "QMP command '" + p.command + "' got no reply within " + describe(timeout)));
-  give_up("monitor gave up after QMP command '" + p.command + "' timed out");
+  p.done(Error::make(ErrorCode::kSystem, "QMP command " + quote_for_message(p.command) + " got no reply within " + describe(timeout)));
+  give_up("monitor gave up after QMP command " + quote_for_message(p.command) + " timed out");
 }
 
 void QmpClient::give_up(const std::string& why) {

@@ -40,7 +40,8 @@ class QmpClient final : public std::enable_shared_from_this<QmpClient> {
   /// Connects, reads the greeting and negotiates capabilities, each within the timeout.
   void connect(const std::string& path, std::function<void(Result<void>)> ready);
   /// Runs a command; `done` gets its "return" value or its "error" as an Error. With no reply
-  /// within the timeout, `done` gets ETIMEDOUT naming the command and the connection closes.
+  /// within the timeout, `done` gets an error naming the command and the time waited (no errno:
+  /// the cause is known), and the connection closes.
   void execute(const std::string& command, Json arguments, ReplyHandler done);
   /// The same with this command's own deadline (for commands that legitimately take longer).
   void execute(const std::string& command, Json arguments, std::chrono::milliseconds timeout, ReplyHandler done);

@@ -8,11 +8,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <utility>
 
 #include "common/sys.h"
+#include "daemon/emulator_output.h"
 #include "daemon/event_log.h"
 #include "daemon/guest_agent.h"
 
@@ -38,6 +40,9 @@ constexpr auto kKillGrace = std::chrono::seconds(5);
 constexpr auto kMonitorLossGrace = std::chrono::milliseconds(500);
 constexpr auto kPowerButtonRepeat = std::chrono::seconds(2);
 constexpr auto kWatchRetry = std::chrono::seconds(1);
+// How long the reason of a unit's failed run waits for journald to hold the emulator's last
+// lines; only an emulator that said nothing waits it all.
+constexpr auto kJournalWait = std::chrono::seconds(2);
 
 Result<VmState> read_state(const HostConfig& config, const VmName& vm) {
   return read_vm_state_file(config.vm_runtime_dir(vm) + "/state.json");
@@ -66,40 +71,6 @@ const char* signal_name(int signal) {
     case SIGINT: return "SIGINT";
   }
   return "a signal";
-}
-
-// QEMU's last words: the last lines of RUNTIME/vms/NAME/emulator.log, the log relay's copy of
-// the emulator's output (helper/runtime_dir.h), as "; qemu said: LINE | LINE", or "" if it has
-// none (a launch under systemd, whose output goes to the journal). Read before the cleanup,
-// which removes the file. Bounded: the last 4 KiB, two lines of at most 300 bytes each.
-std::string emulator_said(const HostConfig& config, const VmName& vm) {
-  constexpr size_t kTail = 4096, kLines = 2, kLineMax = 300;
-  UniqueFd fd(::open((config.vm_runtime_dir(vm) + "/emulator.log").c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
-  struct stat st {};
-  if (!fd || ::fstat(fd.get(), &st) < 0 || !S_ISREG(st.st_mode) || st.st_size <= 0) return "";
-  off_t from = st.st_size > static_cast<off_t>(kTail) ? st.st_size - static_cast<off_t>(kTail) : 0;
-  std::string text(static_cast<size_t>(st.st_size - from), '\0');
-  ssize_t n = ::pread(fd.get(), text.data(), text.size(), from);
-  if (n <= 0) return "";
-  text.resize(static_cast<size_t>(n));
-  std::vector<std::string> lines;
-  for (size_t pos = 0; pos < text.size();) {
-    size_t nl = text.find('\n', pos);
-    std::string line = text.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
-    pos = nl == std::string::npos ? text.size() : nl + 1;
-    if (line.rfind("qemu: ", 0) == 0) line.erase(0, 6);
-    // QEMU's notice for every pty chardev says nothing about a failure.
-    if (!line.empty() && line.rfind("char device redirected to ", 0) != 0) lines.push_back(line);
-  }
-  if (from > 0 && !lines.empty()) lines.erase(lines.begin());  // cut at its start
-  if (lines.empty()) return "";
-  std::string said = "; qemu said: ";
-  size_t first = lines.size() > kLines ? lines.size() - kLines : 0;
-  for (size_t i = first; i < lines.size(); ++i) {
-    std::string line = lines[i].substr(0, kLineMax);  // the relay escaped control characters
-    said += (i == first ? "" : " | ") + line;
-  }
-  return said;
 }
 
 bool gone(const Result<UniqueFd>& process) { return !process && process.error().code == ErrorCode::kNotFound; }
@@ -190,6 +161,7 @@ void Supervisor::begin_start(Done done) {
     return done(Error::make(ErrorCode::kConflict, "VM '" + name_.str() + "' is already running"));
   }
   end_run();  // whatever a failed earlier run left behind is history now
+  forget_run();
   clear_intent();
   set_status(VmStatus::kStarting, "");
   guest_shutdown_ = false;
@@ -242,6 +214,7 @@ void Supervisor::launched(Done done) {
     if (info_.status == VmStatus::kRunning || info_.status == VmStatus::kStopping)
       return finish(Error::make(ErrorCode::kConflict, "VM '" + name_.str() + "' is already running"));
     end_run();
+    forget_run();
     clear_intent();
     set_status(VmStatus::kStarting, "started by its systemd unit");
     guest_shutdown_ = false;
@@ -285,12 +258,21 @@ void Supervisor::fail_start(const Error& error) {
   // killed through the broker, then cleaned up (idempotent), before the failure is reported.
   Done done = std::exchange(starting_, nullptr);
   end_run();
-  failure_ = error.message() + emulator_said(ctx_.config, name_);
-  log_vm_event(name_.str(), LogLevel::kError, "start failed: " + failure_);
-  teardown([this, done = std::move(done), failed = Error::make(error.code, failure_)](Result<void> cleaned) {
-    if (cleaned) set_status(VmStatus::kFailed, failure_);
-    done(failed);
+  gather_said([this, done = std::move(done), error](std::string said) mutable {
+    failure_ = error.message() + said;
+    log_vm_event(name_.str(), LogLevel::kError, "start failed: " + failure_);
+    teardown([this, done = std::move(done), failed = Error::make(error.code, failure_)](Result<void> cleaned) {
+      if (cleaned) set_status(VmStatus::kFailed, failure_);
+      done(failed);
+    });
   });
+}
+
+void Supervisor::gather_said(std::function<void(std::string)> next) {
+  // Read before the cleanup, which removes the relay's copy with the runtime directory.
+  if (run_state_.invocation.empty())
+    return next(format_emulator_said(relay_output_lines(ctx_.config.vm_runtime_dir(name_) + "/emulator.log")));
+  said_.push_back(std::make_unique<EmulatorSaid>(ctx_.io, name_, run_state_, kJournalWait, std::move(next)));
 }
 
 void Supervisor::teardown(std::function<void(Result<void>)> done) {
@@ -344,9 +326,17 @@ void Supervisor::end_run() {
   monitor_grace_.cancel();
 }
 
+void Supervisor::forget_run() {
+  // No earlier run's output may be quoted for this one; its gatherings have answered (each
+  // holds the operation queue until it has).
+  run_state_ = {};
+  said_.clear();
+}
+
 void Supervisor::attach(const VmState& state, bool fresh) {
   ++run_;  // a new run: its callbacks carry this generation
   const uint64_t run = run_;
+  run_state_ = state;
   info_.pid = state.pid;
   info_.uid = state.uid;
   info_.zone = state.zone;
@@ -460,6 +450,8 @@ void Supervisor::after_monitor_ready(bool fresh) {
           set_status(VmStatus::kStopping, "guest powered off");
           qmp_->execute("quit", nullptr, [](Result<Json>) {});
         } else {
+          // The agent has the request already: carried on without pressing the button.
+          press_button_ = intent->kind != StopIntent::kAgent;
           drive_stop(intent->kind == StopIntent::kForced, intent->deadline, "stop resumed after a vmlaunchd restart");
         }
         return adopted();
@@ -529,15 +521,21 @@ void Supervisor::exited() {
   bool expected = stop_requested_ || guest_shutdown_;
   // An exit during a start answers the start (its QMP callbacks are stale now and dropped).
   Done start_done = std::exchange(starting_, nullptr);
-  std::string said = expected && !start_done ? "" : emulator_said(ctx_.config, name_);
-  std::string reason = stop_error_                 ? stop_error_->message()
-                       : stop_requested_           ? exit_reason_
-                       : guest_shutdown_           ? "guest powered off"
-                                                   : "emulator exited unexpectedly" + said;
   // With no operation in progress the cleanup is one: a start asked for meanwhile waits for
   // it, and cannot see (or be overwritten by) this run's end.
   bool owns_queue = !busy_ || std::exchange(adopting_, false);
   busy_ = true;
+  if (expected && !start_done) return clean_up_exit(expected, owns_queue, "", nullptr);
+  gather_said([this, expected, owns_queue, start_done = std::move(start_done)](std::string said) mutable {
+    clean_up_exit(expected, owns_queue, said, std::move(start_done));
+  });
+}
+
+void Supervisor::clean_up_exit(bool expected, bool owns_queue, std::string said, Done start_done) {
+  std::string reason = stop_error_                 ? stop_error_->message()
+                       : stop_requested_           ? exit_reason_
+                       : guest_shutdown_           ? "guest powered off"
+                                                   : "emulator exited unexpectedly" + said;
   ctx_.broker.call({BrokerOp::kCleanup, name_, 0}, [this, expected, reason, owns_queue, said,
                                                     start_done = std::move(start_done)](Result<int> cleaned) mutable {
     if (start_done) {
@@ -586,29 +584,46 @@ void Supervisor::begin_stop(std::chrono::seconds timeout, bool force, Done done,
     return done(Error::make(ErrorCode::kSystem, "VM '" + name_.str() + "' is not watched: " + info_.reason));
   }
   if (info_.status != VmStatus::kRunning || !pidfd_) return done({});  // stopping a stopped VM is not an error
-  if (mode == StopMode::kAgent && !force) return stop_by_agent(timeout, std::move(done));
-  stop_waiters_.push_back(std::move(done));
   auto deadline = std::chrono::system_clock::now() + timeout;
+  if (mode != StopMode::kAcpi && !force) return stop_by_agent(deadline, std::move(done), mode == StopMode::kAuto);
+  stop_by_button(force, deadline, std::move(done));
+}
+
+void Supervisor::stop_by_button(bool force, std::chrono::system_clock::time_point deadline, Done done) {
+  stop_waiters_.push_back(std::move(done));
   record_intent(StopIntent{force ? StopIntent::kForced : StopIntent::kGraceful, deadline});
   press_button_ = true;
   drive_stop(force, deadline, force ? "forced" : "");
 }
 
 // The VM stays `running` while the agent is asked: if it does not answer, nothing was
-// requested and the stop fails (as virsh's does), instead of pressing the button unasked.
+// requested, and the stop either fails (--mode agent, as virsh's does) instead of pressing the
+// button unasked, or (a plain stop) goes on with the button, like libvirt's default mode.
 // Once it has the request, the stop is the button's without the presses: a power-off by the
 // deadline, else `quit` and the kill.
-void Supervisor::stop_by_agent(std::chrono::seconds timeout, Done done) {
+void Supervisor::stop_by_agent(std::chrono::system_clock::time_point deadline, Done done, bool or_button) {
   constexpr std::chrono::seconds kAgentDeadline{10};
-  auto deadline = std::chrono::system_clock::now() + timeout;
+  // A plain stop must not spend the guest's deadline on an agent that does not answer.
+  constexpr std::chrono::seconds kAgentTry{5};  // libvirt waits as long for the agent's guest-sync
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::system_clock::now());
+  auto bound = or_button ? std::clamp<std::chrono::milliseconds>(left, std::chrono::milliseconds(0), kAgentTry)
+                         : std::chrono::milliseconds(kAgentDeadline);
   std::string socket = ctx_.config.vm_runtime_dir(name_) + "/agent.sock";
-  request_guest_shutdown(ctx_.io, socket, kAgentDeadline,
-                         [this, run = run_, deadline, done = std::move(done)](Result<void> asked) mutable {
+  request_guest_shutdown(ctx_.io, socket, bound,
+                         [this, run = run_, deadline, or_button, done = std::move(done)](Result<void> asked) mutable {
     // The emulator ended meanwhile (its exit was handled): there is nothing left to stop.
     if (run != run_ || info_.status != VmStatus::kRunning || !pidfd_) return done({});
-    if (!asked) return done(asked.error().wrap("VM '" + name_.str() + "': stop --mode agent"));
+    if (!asked && !or_button) return done(asked.error().wrap("VM '" + name_.str() + "': stop --mode agent"));
+    if (!asked) {
+      // No channel at all is the common case, and no news.
+      if (asked.error().code != ErrorCode::kUnsupported)
+        log_vm_event(name_.str(), LogLevel::kInfo, "the guest agent did not take the stop (" + asked.error().message() +
+                                                       "); pressing the power button");
+      return stop_by_button(false, deadline, std::move(done));
+    }
+    log_vm_event(name_.str(), LogLevel::kInfo, "stopping: the guest agent was asked to power off");
     stop_waiters_.push_back(std::move(done));
-    record_intent(StopIntent{StopIntent::kGraceful, deadline});
+    record_intent(StopIntent{StopIntent::kAgent, deadline});
     press_button_ = false;
     drive_stop(false, deadline, "the guest agent was asked to power off");
   });
@@ -693,7 +708,8 @@ void Supervisor::press_power_button() {
 }
 
 // The intent file: RUNTIME/vmlaunchd/NAME.stop, in a directory of the daemon's own. One line:
-// "graceful MS", "forced MS" (the stop's deadline, milliseconds since the epoch) or "guest".
+// "graceful MS", "agent MS" (the guest agent has the request), "forced MS" (the stop's
+// deadline, milliseconds since the epoch), "signalled MS" or "guest".
 std::string Supervisor::intent_path() const { return ctx_.config.runtime_dir + "/vmlaunchd/" + name_.str() + ".stop"; }
 
 void Supervisor::record_intent(const StopIntent& intent) {
@@ -703,6 +719,7 @@ void Supervisor::record_intent(const StopIntent& intent) {
   const char* kind = intent.kind == StopIntent::kGuest       ? "guest"
                      : intent.kind == StopIntent::kForced    ? "forced"
                      : intent.kind == StopIntent::kSignalled ? "signalled"
+                     : intent.kind == StopIntent::kAgent     ? "agent"
                                                              : "graceful";
   (void)sys::write_file_atomic(intent_path(), std::string(kind) + " " + std::to_string(ms) + "\n", 0600);
 }
@@ -721,6 +738,7 @@ std::optional<Supervisor::StopIntent> Supervisor::read_intent() const {
   else if (k == "forced") intent.kind = StopIntent::kForced;
   else if (k == "graceful") intent.kind = StopIntent::kGraceful;
   else if (k == "signalled") intent.kind = StopIntent::kSignalled;
+  else if (k == "agent") intent.kind = StopIntent::kAgent;
   else return std::nullopt;
   intent.deadline = std::chrono::system_clock::time_point(std::chrono::milliseconds(ms));
   return intent;

@@ -25,6 +25,8 @@
 //     at SupervisorContext::kill_wait; otherwise "not running".
 //   graceful stop: the power button every 2 s, the reason counting down ("waiting for the
 //     guest, N s left"); at the deadline `quit`, and the exit reads "forced after N s: ...".
+//     A plain stop first offers it to the guest agent (5 s at most); taken, the stop waits for
+//     the power-off without pressing, and a stop resumed after a restart does the same.
 //   forget (the domain XML was removed): only an idle VM (idle()): its last outcome is dropped.
 //   adopt (daemon start): emulator gone: cleanup; stopped. Alive: `starting` (operations wait)
 //     until the monitor says what runs: `running` is running; no answer: running, with the
@@ -69,16 +71,18 @@
 #include "common/config.h"
 #include "common/vm_state.h"
 #include "daemon/broker_client.h"
+#include "daemon/emulator_output.h"
 #include "daemon/qmp_client.h"
 
 namespace vl {
 
 enum class VmStatus { kStopped, kStarting, kRunning, kStopping, kFailed };
 
-/// How a graceful stop asks the guest: the ACPI power button, or QEMU's guest agent in the VM
-/// (`guest-shutdown`, then waiting for the power-off as for the button). Like `virsh shutdown
-/// --mode acpi|agent`.
-enum class StopMode { kAcpi, kAgent };
+/// How a graceful stop asks the guest: the ACPI power button, QEMU's guest agent in the VM
+/// (`guest-shutdown`, then waiting for the power-off as for the button), like `virsh shutdown
+/// --mode acpi|agent`; or, as virsh's shutdown without a mode, the agent if the domain has its
+/// channel and it takes the request within a few seconds, else the button.
+enum class StopMode { kAcpi, kAgent, kAuto };
 const char* vm_status_name(VmStatus status);
 
 /// What List and Status report about one VM.
@@ -133,8 +137,9 @@ class Supervisor final {
   /// Graceful: ACPI power button (pressed again every 2 s), `quit` after `timeout`, SIGKILL
   /// 5 s later. Forced: `quit`.
   /// With StopMode::kAgent the guest agent is asked instead of the button, once; if it does not
-  /// answer, the stop fails at once and the VM keeps running.
-  void stop(std::chrono::seconds timeout, bool force, Done done, StopMode mode = StopMode::kAcpi);
+  /// answer, the stop fails at once and the VM keeps running. With kAuto such an agent (or none)
+  /// means the button.
+  void stop(std::chrono::seconds timeout, bool force, Done done, StopMode mode = StopMode::kAuto);
   /// Stop, then start, as one operation.
   void restart(std::chrono::seconds timeout, Done done);
   void kill(int signal, Done done);
@@ -166,9 +171,12 @@ class Supervisor final {
   /// `done`, followed by the end of the operation it answers.
   Done op_done(Done done);
   void begin_start(Done done);
-  void begin_stop(std::chrono::seconds timeout, bool force, Done done, StopMode mode = StopMode::kAcpi);
-  /// The guest agent's part of a stop --mode agent: asks it, then stops like the button would.
-  void stop_by_agent(std::chrono::seconds timeout, Done done);
+  void begin_stop(std::chrono::seconds timeout, bool force, Done done, StopMode mode = StopMode::kAuto);
+  /// The power button (or, forced, `quit`) until `deadline`.
+  void stop_by_button(bool force, std::chrono::system_clock::time_point deadline, Done done);
+  /// Asks the guest agent, then stops like the button would; if it does not take the request,
+  /// the stop fails, or with `or_button` goes on with the button.
+  void stop_by_agent(std::chrono::system_clock::time_point deadline, Done done, bool or_button);
   void set_status(VmStatus status, std::string reason);
   void attach(const VmState& state, bool fresh);
   /// A launch by the unit is done: attach its emulator as a fresh start's.
@@ -181,6 +189,13 @@ class Supervisor final {
   void stop_command(const std::string& command);
   void watch_exit();
   void exited();
+  /// The rest of exited(), once qemu's last lines (`said`) are known.
+  void clean_up_exit(bool expected, bool owns_queue, std::string said, Done start_done);
+  /// "; qemu said: ..." of the current run (daemon/emulator_output.h) to `next`: at once from
+  /// the log relay's copy, or from the journal for a run of a systemd unit.
+  void gather_said(std::function<void(std::string)> next);
+  /// Drops what is known of the last run's process (before a new run begins).
+  void forget_run();
   /// Closes the monitor and pidfd of the current run and makes its pending callbacks stale.
   void end_run();
   /// Ends the run, kills its emulator, cleans up and fails the start in progress, if one is
@@ -216,7 +231,7 @@ class Supervisor final {
   /// A stop under way, recorded so that a vmlaunchd restarted meanwhile carries it on and
   /// reads its exit as the stop's (RUNTIME/vmlaunchd/NAME.stop; removed by the cleanup).
   struct StopIntent {
-    enum Kind { kGraceful, kForced, kGuest, kSignalled } kind = kGraceful;
+    enum Kind { kGraceful, kAgent, kForced, kGuest, kSignalled } kind = kGraceful;
     std::chrono::system_clock::time_point deadline;
   };
   std::string intent_path() const;
@@ -252,6 +267,8 @@ class Supervisor final {
   bool unconverged_ = false;   ///< a teardown is unfinished (footnote [3])
   std::string failure_;        ///< why the VM failed, for the reasons of later retries
   std::optional<StopIntent> resumed_stop_;  ///< found at adoption, carried on once the monitor answers
+  VmState run_state_;  ///< the current (or last) run's state, as attached; empty before that
+  std::vector<std::unique_ptr<EmulatorSaid>> said_;  ///< journal reads of the last run's lines
 };
 
 }  // namespace vl

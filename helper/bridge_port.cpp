@@ -9,7 +9,7 @@ Result<void> attach_vm_port(Netlink& nl, const std::string& bridge, const std::s
   // PRIV: the bridge is a declared zone's, checked to be a bridge; the tap is the one this
   // launch created, still down and held only by the helper, so no frame can pass before the
   // port is set up below.
-  VL_CHECK(nl.enslave(bridge_link->ifindex, tap_link->ifindex, "attach tap '" + tap + "' to bridge '" + bridge + "'"));
+  VL_CHECK(nl.enslave(bridge_link->ifindex, tap_link->ifindex, "attach tap " + quote_for_message(tap) + " to bridge " + quote_for_message(bridge)));
   // Learning off before the port can forward: a down port is disabled and learns nothing.
   VL_CHECK(nl.set_port_learning(tap_link->ifindex, false, tap));
   VL_CHECK(nl.add_static_fdb(tap_link->ifindex, mac, tap));

@@ -73,11 +73,11 @@ Result<int> start_detached(const BrokerContext& ctx, const VmName& vm) {
   UniqueFd report_read(fds[0]), report_write(fds[1]);
   std::string log_dir = ctx.config.state_dir + "/logs";
   if (::mkdir(ctx.config.state_dir.c_str(), 0700) < 0 && errno != EEXIST)
-    return Error::from_errno("create '" + ctx.config.state_dir + "'");
-  if (::mkdir(log_dir.c_str(), 0750) < 0 && errno != EEXIST) return Error::from_errno("create '" + log_dir + "'");
+    return Error::from_errno("create " + quote_for_message(ctx.config.state_dir, kQuotePathMax));
+  if (::mkdir(log_dir.c_str(), 0750) < 0 && errno != EEXIST) return Error::from_errno("create " + quote_for_message(log_dir, kQuotePathMax));
   std::string log_path = log_dir + "/" + vm.str() + ".log";
   UniqueFd log = VL_TRY(sys::check_fd(::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0640),
-                                      "open '" + log_path + "'"));
+                                      "open " + quote_for_message(log_path, kQuotePathMax)));
   UniqueFd null_fd = VL_TRY(sys::check_fd(::open("/dev/null", O_RDONLY | O_CLOEXEC), "open /dev/null"));
   ExecSpec spec{ctx.self_exe,
                 {"vmlaunch-helper", "--config", ctx.config_path, "launch", vm.str(), "--report-fd", "3"},
@@ -204,8 +204,8 @@ Result<void> prepare_runtime_dir(const HostConfig& config, gid_t daemon_gid) {
   RuntimeDirs dirs = VL_TRY(open_runtime_dirs(config, true));
   const std::string& dir = config.runtime_dir;
   // PRIV: RUNTIME was just checked to be root's directory; the group is the daemon's.
-  VL_TRY(sys::check(::fchown(dirs.runtime.get(), 0, daemon_gid), "chown '" + dir + "'"));
-  VL_TRY(sys::check(::fchmod(dirs.runtime.get(), 01775), "chmod '" + dir + "'"));
+  VL_TRY(sys::check(::fchown(dirs.runtime.get(), 0, daemon_gid), "chown " + quote_for_message(dir, kQuotePathMax)));
+  VL_TRY(sys::check(::fchmod(dirs.runtime.get(), 01775), "chmod " + quote_for_message(dir, kQuotePathMax)));
   return {};
 }
 
@@ -213,15 +213,15 @@ Result<UniqueFd> listen_broker_socket(const HostConfig& config, gid_t daemon_gid
   VL_CHECK(prepare_runtime_dir(config, daemon_gid));
   std::string path = config.helper_socket();
   sockaddr_un sa{};
-  if (path.size() >= sizeof sa.sun_path) return Error::invalid("socket path '" + path + "' too long");
+  if (path.size() >= sizeof sa.sun_path) return Error::invalid("socket path " + quote_for_message(path, kQuotePathMax) + " too long");
   sa.sun_family = AF_UNIX;
   path.copy(sa.sun_path, sizeof sa.sun_path - 1);
   UniqueFd fd = VL_TRY(sys::check_fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0), "socket"));
   ::unlink(path.c_str());
-  VL_TRY(sys::check(::bind(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa), "bind '" + path + "'"));
-  VL_TRY(sys::check(::chown(path.c_str(), 0, daemon_gid), "chown '" + path + "'"));
-  VL_TRY(sys::check(::chmod(path.c_str(), 0660), "chmod '" + path + "'"));
-  VL_TRY(sys::check(::listen(fd.get(), 8), "listen '" + path + "'"));
+  VL_TRY(sys::check(::bind(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa), "bind " + quote_for_message(path, kQuotePathMax)));
+  VL_TRY(sys::check(::chown(path.c_str(), 0, daemon_gid), "chown " + quote_for_message(path, kQuotePathMax)));
+  VL_TRY(sys::check(::chmod(path.c_str(), 0660), "chmod " + quote_for_message(path, kQuotePathMax)));
+  VL_TRY(sys::check(::listen(fd.get(), 8), "listen " + quote_for_message(path, kQuotePathMax)));
   return fd;
 }
 
@@ -229,10 +229,10 @@ Result<UniqueFd> listen_broker_socket(const HostConfig& config, gid_t daemon_gid
 
 Result<void> serve_broker(const HostConfig& config, const std::string& config_path) {
   const passwd* daemon_user = ::getpwnam(config.daemon_user.c_str());
-  if (!daemon_user) return Error::make(ErrorCode::kNotFound, "daemon user '" + config.daemon_user + "' does not exist");
+  if (!daemon_user) return Error::make(ErrorCode::kNotFound, "daemon user " + quote_for_message(config.daemon_user) + " does not exist");
   uid_t daemon_uid = daemon_user->pw_uid;
   const group* daemon_group = ::getgrnam(config.daemon_group.c_str());
-  if (!daemon_group) return Error::make(ErrorCode::kNotFound, "daemon group '" + config.daemon_group + "' does not exist");
+  if (!daemon_group) return Error::make(ErrorCode::kNotFound, "daemon group " + quote_for_message(config.daemon_group) + " does not exist");
   char exe[PATH_MAX];
   ssize_t len = ::readlink("/proc/self/exe", exe, sizeof exe - 1);
   if (len < 0) return Error::from_errno("readlink /proc/self/exe");

@@ -57,18 +57,18 @@ Result<void> remove_taps(const VmName& vm, std::optional<uid_t> uid, const std::
     if (!uid || owner != uid) {
       std::string whose = owner ? "a tap of uid " + std::to_string(*owner) : std::string("a tap without an owner");
       std::string vm_uid = uid ? "the VM's uid " + std::to_string(*uid) : std::string("the VM's (it never had a uid)");
-      log_warning("interface '" + tap + "' is " + (link->kind != "tun" ? "not a tap" : whose + ", not of " + vm_uid) +
+      log_warning("interface " + quote_for_message(tap) + " is " + (link->kind != "tun" ? "not a tap" : whose + ", not of " + vm_uid) +
                   "; leaving it alone");
       if (link->master != 0) {
         char bridge[IF_NAMESIZE] = "?";
         (void)::if_indextoname(static_cast<unsigned>(link->master), bridge);
-        foreign_ports.push_back("'" + tap + "' is still a port of bridge '" + bridge + "'");
+        foreign_ports.push_back(quote_for_message(tap) + " is still a port of bridge " + quote_for_message(bridge));
       }
       continue;
     }
     // PRIV: a tun/tap owned by the VM's uid (root-owned uid map), found by ifindex just now.
     VL_CHECK(nl.remove_index(link->ifindex, tap));
-    log_info("removed tap '" + tap + "'");
+    log_info("removed tap " + quote_for_message(tap));
   }
   if (!foreign_ports.empty() && VL_TRY(vm_filter_exists(vm.str()))) {
     std::string which;
@@ -151,7 +151,7 @@ Result<void> cleanup_vm(const HostConfig& config, const VmName& vm) {
     return step.second();
   };
   for (const Step& step : ordered)
-    if (auto done = run(step); !done) return log_error(std::move(done).error().wrap("cleanup stopped at step '" + std::string(step.first) + "'"));
+    if (auto done = run(step); !done) return log_error(std::move(done).error().wrap("cleanup stopped at step " + quote_for_message(std::string(step.first))));
   Result<void> first_failure;
   for (const Step& step : independent) {
     auto done = run(step);

@@ -111,7 +111,7 @@ void add_removal(Json& batch, const std::string& vm, const VmObjects& objects) {
 // Appends the uid of `name` unless it is a VM's.
 void add_operator(const HostConfig& config, const passwd* pw, const std::string& why, std::vector<uid_t>& uids) {
   if (config.uids.contains(pw->pw_uid)) {
-    log_warning("user '" + std::string(pw->pw_name) + "' (" + why + ") has uid " + std::to_string(pw->pw_uid) +
+    log_warning("user " + quote_for_message(std::string(pw->pw_name)) + " (" + why + ") has uid " + std::to_string(pw->pw_uid) +
                 ", which is a VM's: it may not reach any console, ignoring");
     return;
   }
@@ -129,19 +129,19 @@ std::vector<uid_t> console_operators(const HostConfig& config) {
   if (const passwd* daemon = ::getpwnam(config.daemon_user.c_str()))
     add_operator(config, daemon, "the daemon user", uids);
   else
-    log_warning("daemon user '" + config.daemon_user + "' does not exist; it may not reach consoles, ignoring");
+    log_warning("daemon user " + quote_for_message(config.daemon_user) + " does not exist; it may not reach consoles, ignoring");
   const group* admin = ::getgrnam(config.admin_group.c_str());
   if (!admin) {
-    log_warning("admin group '" + config.admin_group + "' does not exist; only root may reach consoles, ignoring");
+    log_warning("admin group " + quote_for_message(config.admin_group) + " does not exist; only root may reach consoles, ignoring");
   } else {
     gid_t admin_gid = admin->gr_gid;
     // getgrnam's result is overwritten by the next lookup: copy the member names first.
     std::vector<std::string> members;
     for (char** m = admin->gr_mem; m && *m; ++m) members.emplace_back(*m);
-    std::string why = "member of '" + config.admin_group + "'";
+    std::string why = "member of " + quote_for_message(config.admin_group);
     for (const std::string& name : members) {
       if (const passwd* pw = ::getpwnam(name.c_str())) add_operator(config, pw, why, uids);
-      else log_warning("member '" + name + "' of group '" + config.admin_group + "' is no user, ignoring");
+      else log_warning("member " + quote_for_message(name) + " of group " + quote_for_message(config.admin_group) + " is no user, ignoring");
     }
     // Users whose primary group is the admin group are members too, though /etc/group does not
     // list them.

@@ -49,24 +49,24 @@ std::string owner_and_mode(const struct stat& st) {
 // are resolved, is one of the directories above such a root, so it is checked too.
 Result<void> check_root_controlled(const std::string& root) {
   UniqueFd dir = VL_TRY(sys::check_fd(::open(root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC),
-                                      "open storage root '" + root + "'"));
+                                      "open storage root " + quote_for_message(root, kQuotePathMax)));
   struct stat st {};
-  VL_TRY(sys::check(::fstat(dir.get(), &st), "stat storage root '" + root + "'"));
+  VL_TRY(sys::check(::fstat(dir.get(), &st), "stat storage root " + quote_for_message(root, kQuotePathMax)));
   if (st.st_uid != 0 || writable_by_others(st))
-    return Error::make(ErrorCode::kDenied, "storage root '" + root + "' must be owned by root and not writable by "
+    return Error::make(ErrorCode::kDenied, "storage root " + quote_for_message(root, kQuotePathMax) + " must be owned by root and not writable by "
                                            "group or others (it has " + owner_and_mode(st) + ")");
   // Walk up through "..": the directories that really contain the root, symlinks resolved.
   for (;;) {
     UniqueFd parent = VL_TRY(sys::check_fd(::openat(dir.get(), "..", O_PATH | O_DIRECTORY | O_CLOEXEC),
-                                           "open the parent of storage root '" + root + "'"));
+                                           "open the parent of storage root " + quote_for_message(root, kQuotePathMax)));
     struct stat pst {};
-    VL_TRY(sys::check(::fstat(parent.get(), &pst), "stat a parent of storage root '" + root + "'"));
+    VL_TRY(sys::check(::fstat(parent.get(), &pst), "stat a parent of storage root " + quote_for_message(root, kQuotePathMax)));
     if (pst.st_dev == st.st_dev && pst.st_ino == st.st_ino) return {};  // "/" is its own parent
     if (pst.st_uid != 0 || (writable_by_others(pst) && !(pst.st_mode & S_ISVTX))) {
       char path[PATH_MAX] = {};
       std::string proc = "/proc/self/fd/" + std::to_string(parent.get());
       if (::readlink(proc.c_str(), path, sizeof path - 1) < 0) std::snprintf(path, sizeof path, "?");
-      return Error::make(ErrorCode::kDenied, "storage root '" + root + "' lies below '" + path +
+      return Error::make(ErrorCode::kDenied, "storage root " + quote_for_message(root, kQuotePathMax) + " lies below '" + path +
                                              "', which someone other than root can change (" + owner_and_mode(pst) + ")");
     }
     dir = std::move(parent);
@@ -96,7 +96,7 @@ Result<UniqueFd> open_beneath(const std::string& root, const std::string& path) 
   const bool dev = under_dev(root);
   std::string base = dev ? "/dev" : root;
   UniqueFd base_fd = VL_TRY(sys::check_fd(::open(base.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC),
-                                          "open storage root '" + base + "'"));
+                                          "open storage root " + quote_for_message(base, kQuotePathMax)));
   std::string rel = path.substr(base.size() + 1);
   open_how how{};
   how.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC;
@@ -106,24 +106,24 @@ Result<UniqueFd> open_beneath(const std::string& root, const std::string& path) 
     long raw = ::syscall(SYS_openat2, base_fd.get(), rel.c_str(), &how, sizeof how);
     if (raw < 0) {
       if (errno == ELOOP || errno == EXDEV)
-        return Error::make(ErrorCode::kDenied, dev ? "disk '" + path + "' leaves /dev, or passes through an "
+        return Error::make(ErrorCode::kDenied, dev ? "disk " + quote_for_message(path, kQuotePathMax) + " leaves /dev, or passes through an "
                                                      "absolute symlink before its last component"
-                                                   : "disk '" + path + "' is or passes through a symlink, "
-                                                     "or leaves its storage root '" + root + "'");
-      return Error::from_errno("open disk '" + path + "'");
+                                                   : "disk " + quote_for_message(path, kQuotePathMax) + " is or passes through a symlink, "
+                                                     "or leaves its storage root " + quote_for_message(root, kQuotePathMax));
+      return Error::from_errno("open disk " + quote_for_message(path, kQuotePathMax));
     }
     UniqueFd fd(static_cast<int>(raw));
     struct stat st {};
-    VL_TRY(sys::check(::fstat(fd.get(), &st), "stat disk '" + path + "'"));
+    VL_TRY(sys::check(::fstat(fd.get(), &st), "stat disk " + quote_for_message(path, kQuotePathMax)));
     if (!dev || !S_ISLNK(st.st_mode)) return fd;  // outside /dev a link is refused by the caller
-    if (links == kMaxDevLinks) return Error::make(ErrorCode::kDenied, "disk '" + path + "': too many levels of symlinks");
+    if (links == kMaxDevLinks) return Error::make(ErrorCode::kDenied, "disk " + quote_for_message(path, kQuotePathMax) + ": too many levels of symlinks");
     char target[PATH_MAX];
     ssize_t n = ::readlinkat(fd.get(), "", target, sizeof target - 1);
-    if (n < 0) return Error::from_errno("read link '" + path + "'");
+    if (n < 0) return Error::from_errno("read link " + quote_for_message(path, kQuotePathMax));
     std::string link(target, static_cast<size_t>(n));
     if (link.empty() || link.front() == '/') {
       if (link.rfind("/dev/", 0) != 0)
-        return Error::make(ErrorCode::kDenied, "disk '" + path + "' is a link out of /dev ('" + link + "')");
+        return Error::make(ErrorCode::kDenied, "disk " + quote_for_message(path, kQuotePathMax) + " is a link out of /dev (" + quote_for_message(link, kQuotePathMax) + ")");
       rel = link.substr(5);
     } else {
       rel = rel.substr(0, rel.rfind('/') + 1) + link;  // relative to the link's directory
@@ -135,7 +135,7 @@ Result<Json> read_journal(const std::string& path) {
   auto text = sys::read_file(path, 1 << 20);
   if (!text) {
     Error e = std::move(text).error();  // keeps the errno: ENOENT means "no journal"
-    e.context = "read disk journal '" + path + "'" + (e.sys_errno ? "" : ": " + e.context);
+    e.context = "read disk journal " + quote_for_message(path, kQuotePathMax) + (e.sys_errno ? "" : ": " + e.context);
     return e;
   }
   Json j = Json::parse(*text, nullptr, false);
@@ -149,12 +149,12 @@ Result<Json> read_journal(const std::string& path) {
     valid = valid && e["uid"].get<uint64_t>() < UINT32_MAX && e["gid"].get<uint64_t>() < UINT32_MAX &&
             e["mode"].get<uint64_t>() <= 07777;
   }
-  if (!valid) return Error::invalid("disk journal '" + path + "' is corrupt");
+  if (!valid) return Error::invalid("disk journal " + quote_for_message(path, kQuotePathMax) + " is corrupt");
   return j;
 }
 
 Result<void> ensure_dir(const std::string& dir, mode_t mode) {
-  if (::mkdir(dir.c_str(), mode) < 0 && errno != EEXIST) return Error::from_errno("create '" + dir + "'");
+  if (::mkdir(dir.c_str(), mode) < 0 && errno != EEXIST) return Error::from_errno("create " + quote_for_message(dir, kQuotePathMax));
   return {};
 }
 
@@ -168,19 +168,19 @@ Result<DiskClaim> resolve_image(const HostConfig& config, const std::string& pat
                                 const std::string& what) {
   const std::string* root = root_of(config, path);
   if (!root)
-    return Error::make(ErrorCode::kDenied, what + " '" + path + "' is not below any storage root of " + config.source);
+    return Error::make(ErrorCode::kDenied, what + " " + quote_for_message(path, kQuotePathMax) + " is not below any storage root of " + config.source);
   VL_CHECK(check_root_controlled(*root));
   DiskClaim claim;
   claim.path = path;
   claim.fd = VL_TRY(open_beneath(*root, path));
-  VL_TRY(sys::check(::fstat(claim.fd.get(), &claim.st), "stat " + what + " '" + path + "'"));
+  VL_TRY(sys::check(::fstat(claim.fd.get(), &claim.st), "stat " + what + " " + quote_for_message(path, kQuotePathMax)));
   if (S_ISLNK(claim.st.st_mode))  // RESOLVE_NO_SYMLINKS hands back O_PATH|O_NOFOLLOW links
-    return Error::make(ErrorCode::kDenied, what + " '" + path + "' is a symlink; refusing to follow it");
+    return Error::make(ErrorCode::kDenied, what + " " + quote_for_message(path, kQuotePathMax) + " is a symlink; refusing to follow it");
   claim.block = S_ISBLK(claim.st.st_mode);
   if (!S_ISREG(claim.st.st_mode) && !claim.block)
-    return Error::make(ErrorCode::kDenied, what + " '" + path + "' is neither a regular file nor a block device");
+    return Error::make(ErrorCode::kDenied, what + " " + quote_for_message(path, kQuotePathMax) + " is neither a regular file nor a block device");
   if (claim.block != declared_block)
-    return Error::invalid(what + " '" + path + "' is declared type='" + (declared_block ? "block" : "file") +
+    return Error::invalid(what + " " + quote_for_message(path, kQuotePathMax) + " is declared type='" + (declared_block ? "block" : "file") +
                           "' but is not one");
   return claim;
 }
@@ -195,11 +195,11 @@ Result<std::vector<DiskClaim>> resolve_disks(const HostConfig& config, const Dom
     // that VM rewrite the first one's boot variables. Paths are canonical (domain.h) and no
     // symlink is followed below a root, so the prefix decides.
     if (std::string stores = config.nvram_dir() + "/"; stores.size() > 1 && disk.source.rfind(stores, 0) == 0)
-      return Error::make(ErrorCode::kDenied, "disk '" + disk.source + "' is in '" + config.nvram_dir() +
+      return Error::make(ErrorCode::kDenied, "disk " + quote_for_message(disk.source, kQuotePathMax) + " is in '" + config.nvram_dir() +
                                                  "', where the UEFI variable stores of VMs live; a store is no disk");
     DiskClaim claim = VL_TRY(resolve_image(config, disk.source, disk.kind == Disk::Kind::kBlock, "disk"));
     if (!claim.block && claim.st.st_nlink != 1)
-      return Error::make(ErrorCode::kDenied, "disk '" + disk.source + "' has " + std::to_string(claim.st.st_nlink) +
+      return Error::make(ErrorCode::kDenied, "disk " + quote_for_message(disk.source, kQuotePathMax) + " has " + std::to_string(claim.st.st_nlink) +
                                                  " hard links; refusing to change its owner");
     claims.push_back(std::move(claim));
   }
@@ -213,7 +213,7 @@ Result<void> check_backing_layers(const HostConfig& config, const Domain& domain
       // Shared by every VM built on it, so it is not given to one: whoever else could write it
       // could change what every such VM boots.
       if (image.st.st_uid != 0 || (image.st.st_mode & (S_IWGRP | S_IWOTH)))
-        return Error::make(ErrorCode::kDenied, "backing layer '" + layer.source + "' must be owned by root and not "
+        return Error::make(ErrorCode::kDenied, "backing layer " + quote_for_message(layer.source, kQuotePathMax) + " must be owned by root and not "
                                                "writable by group or others (it is " + owner_and_mode(image.st) + ")");
     }
   return {};
@@ -226,7 +226,7 @@ Result<void> check_disks_unclaimed(const HostConfig& config, const VmName& vm,
   // (While the VM runs its journal exists too; its runtime directory then says so more precisely.)
   std::string own = config.disk_journal_path(vm);
   if (::access(own.c_str(), F_OK) == 0 && ::access(config.vm_runtime_dir(vm).c_str(), F_OK) != 0)
-    return Error::make(ErrorCode::kConflict, "disk journal '" + own + "' of VM '" + vm.str() + "' is left from a run "
+    return Error::make(ErrorCode::kConflict, "disk journal " + quote_for_message(own, kQuotePathMax) + " of VM '" + vm.str() + "' is left from a run "
                                              "whose disks cleanup could not all restore: run 'vmlaunch-helper cleanup " +
                                              vm.str() + "' once they can be (its error says why not), or restore "
                                              "them by hand and remove the journal");
@@ -234,7 +234,7 @@ Result<void> check_disks_unclaimed(const HostConfig& config, const VmName& vm,
   DIR* d = ::opendir(dir.c_str());
   if (!d) {
     if (errno == ENOENT) return {};  // no journals at all
-    return Error::from_errno("read disk journals in '" + dir + "'");
+    return Error::from_errno("read disk journals in " + quote_for_message(dir, kQuotePathMax));
   }
   std::unique_ptr<DIR, int (*)(DIR*)> closer(d, ::closedir);
   while (dirent* e = ::readdir(d)) {
@@ -247,7 +247,7 @@ Result<void> check_disks_unclaimed(const HostConfig& config, const VmName& vm,
     for (const Json& entry : (*journal)["disks"])
       for (const DiskClaim& c : claims)
         if (entry["dev"].get<uint64_t>() == c.st.st_dev && entry["ino"].get<uint64_t>() == c.st.st_ino)
-          return Error::make(ErrorCode::kConflict, "disk '" + c.path + "' is in use by VM '" +
+          return Error::make(ErrorCode::kConflict, "disk " + quote_for_message(c.path, kQuotePathMax) + " is in use by VM '" +
                                                        name.substr(0, name.size() - 5) + "'");
   }
   return {};
@@ -268,12 +268,12 @@ Result<void> write_disk_journal(const HostConfig& config, const VmName& vm,
 Result<void> chown_disks(const std::vector<DiskClaim>& claims, uid_t uid, gid_t gid) {
   for (const DiskClaim& c : claims) {
     // PRIV: the fd was resolved below a storage root without symlinks; uid/gid are the VM's.
-    VL_TRY(sys::check(::fchownat(c.fd.get(), "", uid, gid, AT_EMPTY_PATH), "chown disk '" + c.path + "'"));
+    VL_TRY(sys::check(::fchownat(c.fd.get(), "", uid, gid, AT_EMPTY_PATH), "chown disk " + quote_for_message(c.path, kQuotePathMax)));
     // fchmod does not take O_PATH fds; the /proc link refers to the very inode the fd holds.
     VL_CHECK(maybe_fail("disk-chmod"));  // a failure half way through one disk, for the tests
     std::string proc = "/proc/self/fd/" + std::to_string(c.fd.get());
-    VL_TRY(sys::check(::chmod(proc.c_str(), 0600), "chmod disk '" + c.path + "'"));
-    log_info("disk '" + c.path + "' now owned by " + std::to_string(uid) + ":" + std::to_string(gid) + " mode 0600");
+    VL_TRY(sys::check(::chmod(proc.c_str(), 0600), "chmod disk " + quote_for_message(c.path, kQuotePathMax)));
+    log_info("disk " + quote_for_message(c.path, kQuotePathMax) + " now owned by " + std::to_string(uid) + ":" + std::to_string(gid) + " mode 0600");
   }
   return {};
 }
@@ -284,20 +284,20 @@ namespace {
 Result<void> restore_disk(const HostConfig& config, const Json& entry) {
   std::string disk = entry["path"].get<std::string>();
   const std::string* root = root_of(config, disk);
-  if (!root) return Error::make(ErrorCode::kNotFound, "disk '" + disk + "' is no longer below a storage root of " + config.source);
+  if (!root) return Error::make(ErrorCode::kNotFound, "disk " + quote_for_message(disk, kQuotePathMax) + " is no longer below a storage root of " + config.source);
   UniqueFd fd = VL_TRY(open_beneath(*root, disk));
   struct stat st {};
-  VL_TRY(sys::check(::fstat(fd.get(), &st), "stat disk '" + disk + "'"));
+  VL_TRY(sys::check(::fstat(fd.get(), &st), "stat disk " + quote_for_message(disk, kQuotePathMax)));
   if (st.st_dev != entry["dev"].get<uint64_t>() || st.st_ino != entry["ino"].get<uint64_t>())
-    return Error::make(ErrorCode::kConflict, "disk '" + disk + "' was replaced since launch (another inode has its path)");
+    return Error::make(ErrorCode::kConflict, "disk " + quote_for_message(disk, kQuotePathMax) + " was replaced since launch (another inode has its path)");
   uid_t uid = entry["uid"].get<uid_t>();
   gid_t gid = entry["gid"].get<gid_t>();
   mode_t mode = entry["mode"].get<mode_t>() & 07777;
   std::string proc = "/proc/self/fd/" + std::to_string(fd.get());
   // PRIV: restores exactly what the root-owned journal recorded, on the same inode.
   if (::fchownat(fd.get(), "", uid, gid, AT_EMPTY_PATH) < 0 || ::chmod(proc.c_str(), mode) < 0)
-    return Error::from_errno("restore owner of disk '" + disk + "'");
-  log_info("disk '" + disk + "' restored to " + std::to_string(uid) + ":" + std::to_string(gid));
+    return Error::from_errno("restore owner of disk " + quote_for_message(disk, kQuotePathMax));
+  log_info("disk " + quote_for_message(disk, kQuotePathMax) + " restored to " + std::to_string(uid) + ":" + std::to_string(gid));
   return {};
 }
 
@@ -323,13 +323,13 @@ Result<void> restore_disks(const HostConfig& config, const VmName& vm) {
     }
   }
   if (left.empty()) {
-    if (::unlink(path.c_str()) < 0 && errno != ENOENT) return Error::from_errno("remove '" + path + "'");
+    if (::unlink(path.c_str()) < 0 && errno != ENOENT) return Error::from_errno("remove " + quote_for_message(path, kQuotePathMax));
     return {};
   }
   (*journal)["disks"] = left;
   VL_CHECK(sys::write_file_atomic(path, journal->dump() + "\n", 0600));
   return first_failure.error().wrap(std::to_string(left.size()) + " disk(s) of VM '" + vm.str() + "' not restored, "
-                                    "their record stays in '" + path + "' for the next cleanup");
+                                    "their record stays in " + quote_for_message(path, kQuotePathMax) + " for the next cleanup");
 }
 
 Result<void> write_udev_rule(const HostConfig& config, const VmName& vm,
@@ -349,7 +349,7 @@ Result<void> write_udev_rule(const HostConfig& config, const VmName& vm,
 
 Result<void> remove_udev_rule(const HostConfig& config, const VmName& vm) {
   std::string path = config.udev_rule_path(vm);
-  if (::unlink(path.c_str()) < 0 && errno != ENOENT) return Error::from_errno("remove '" + path + "'");
+  if (::unlink(path.c_str()) < 0 && errno != ENOENT) return Error::from_errno("remove " + quote_for_message(path, kQuotePathMax));
   return {};
 }
 

@@ -58,9 +58,9 @@ Result<void> verify_ids(const VmCredentials& c) {
 
 Result<void> check_emulator(const std::string& path) {
   struct stat st {};
-  VL_TRY(sys::check(::stat(path.c_str(), &st), "emulator '" + path + "'"));
+  VL_TRY(sys::check(::stat(path.c_str(), &st), "emulator " + quote_for_message(path, kQuotePathMax)));
   if (!S_ISREG(st.st_mode) || st.st_uid != 0 || (st.st_mode & (S_IWGRP | S_IWOTH)) || !(st.st_mode & S_IXOTH))
-    return Error::make(ErrorCode::kDenied, "emulator '" + path + "' must be a root-owned executable "
+    return Error::make(ErrorCode::kDenied, "emulator " + quote_for_message(path, kQuotePathMax) + " must be a root-owned executable "
                                            "not writable by group or others");
   return {};
 }
@@ -108,7 +108,7 @@ Result<void> check_readable_by_vm(const std::vector<std::string>& files, const V
   if (report[0] < 0) return {};
   const std::string& file = files[static_cast<size_t>(report[0])];
   return Error::make(ErrorCode::kDenied,
-                     "the VM's user (uid " + std::to_string(creds.uid) + ") cannot read '" + file + "' (" +
+                     "the VM's user (uid " + std::to_string(creds.uid) + ") cannot read " + quote_for_message(file, kQuotePathMax) + " (" +
                          std::strerror(report[1]) + "); make it readable by that uid or by group " +
                          std::to_string(creds.vm_group) + ", as QEMU opens it as the VM's user");
 }
@@ -134,7 +134,7 @@ Error drop_privileges_and_exec(const ExecSpec& spec, const VmCredentials& creds)
   if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) return Error::from_errno("set no_new_privs");
   if (auto r = install_seccomp_baseline(); !r) return std::move(r).error();
   ::execve(spec.path.c_str(), argv.data(), env.data());
-  return Error::from_errno("execute '" + spec.path + "'");
+  return Error::from_errno("execute " + quote_for_message(spec.path, kQuotePathMax));
 }
 
 }  // namespace vl::helper

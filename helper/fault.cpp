@@ -3,6 +3,8 @@
 #include <cstdlib>
 #include <string>
 
+#include "common/vm_name.h"
+
 namespace vl::helper {
 
 #ifdef VMLAUNCH_FAULT_INJECTION
@@ -16,7 +18,7 @@ void fault_injection_init() {
 
 Result<void> maybe_fail(std::string_view step) {
   if (!g_fail_at.empty() && g_fail_at == step)
-    return Error::from_errno(EIO, "injected fault at step '" + std::string(step) + "'");
+    return Error::from_errno(EIO, "injected fault at step " + quote_for_message(std::string(step)));
   return {};
 }
 #else

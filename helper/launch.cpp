@@ -6,6 +6,7 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <ctime>
 
 #include "common/argv_policy.h"
@@ -46,14 +47,14 @@ struct LaunchEnv {
 
 Result<gid_t> group_id(const std::string& name, const char* role) {
   const group* g = ::getgrnam(name.c_str());
-  if (!g) return Error::make(ErrorCode::kNotFound, std::string(role) + " group '" + name + "' does not exist");
+  if (!g) return Error::make(ErrorCode::kNotFound, std::string(role) + " group " + quote_for_message(name) + " does not exist");
   return g->gr_gid;
 }
 
 Result<void> check_plan(const Plan& plan, const Domain& domain) {
-  if (plan.vm != domain.name.str()) return Error::invalid("plan is for VM '" + plan.vm + "', not '" + domain.name.str() + "'");
+  if (plan.vm != domain.name.str()) return Error::invalid("plan is for VM " + quote_for_message(plan.vm) + ", not '" + domain.name.str() + "'");
   if (plan.emulator != domain.emulator)
-    return Error::make(ErrorCode::kDenied, "plan runs '" + plan.emulator + "', the domain XML says '" + domain.emulator + "'");
+    return Error::make(ErrorCode::kDenied, "plan runs " + quote_for_message(plan.emulator, kQuotePathMax) + ", the domain XML says " + quote_for_message(domain.emulator, kQuotePathMax));
   size_t monitors = 0, agents = 0;
   std::vector<bool> nic_seen(domain.nics.size(), false);
   for (const FdSlot& slot : plan.fds) {
@@ -82,16 +83,16 @@ Result<void> check_plan(const Plan& plan, const Domain& domain) {
 Result<std::string> check_zones(const HostConfig& config, const Domain& domain) {
   std::string zone = domain.meta.zone;
   if (!zone.empty() && !config.zone_named(zone))
-    return Error::make(ErrorCode::kNotFound, "zone '" + zone + "' of VM '" + domain.name.str() + "' is not declared in " + config.source);
+    return Error::make(ErrorCode::kNotFound, "zone " + quote_for_message(zone) + " of VM '" + domain.name.str() + "' is not declared in " + config.source);
   for (const Nic& nic : domain.nics) {
     const Zone* z = config.zone_of_bridge(nic.bridge);
-    if (!z) return Error::make(ErrorCode::kDenied, "bridge '" + nic.bridge + "' is not the bridge of any zone in " + config.source);
+    if (!z) return Error::make(ErrorCode::kDenied, "bridge " + quote_for_message(nic.bridge) + " is not the bridge of any zone in " + config.source);
     if (!zone.empty() && z->name != zone)
-      return Error::make(ErrorCode::kDenied, "bridge '" + nic.bridge + "' belongs to zone '" + z->name + "', but VM '" +
-                                                 domain.name.str() + "' is in zone '" + zone + "'");
+      return Error::make(ErrorCode::kDenied, "bridge " + quote_for_message(nic.bridge) + " belongs to zone " + quote_for_message(z->name) + ", but VM '" +
+                                                 domain.name.str() + "' is in zone " + quote_for_message(zone));
     if (zone.empty()) zone = z->name;
     else if (z->name != zone)
-      return Error::make(ErrorCode::kDenied, "VM '" + domain.name.str() + "' has interfaces in zones '" + zone + "' and '" + z->name + "'");
+      return Error::make(ErrorCode::kDenied, "VM '" + domain.name.str() + "' has interfaces in zones " + quote_for_message(zone) + " and " + quote_for_message(z->name));
   }
   return zone;
 }
@@ -101,8 +102,8 @@ Result<std::vector<unsigned>> check_bridges(const Domain& domain) {
   std::vector<unsigned> mtus;
   for (const Nic& nic : domain.nics) {
     auto link = VL_TRY(nl.find(nic.bridge));
-    if (!link) return Error::make(ErrorCode::kNotFound, "zone bridge '" + nic.bridge + "' does not exist");
-    if (link->kind != "bridge") return Error::make(ErrorCode::kDenied, "interface '" + nic.bridge + "' is not a bridge");
+    if (!link) return Error::make(ErrorCode::kNotFound, "zone bridge " + quote_for_message(nic.bridge) + " does not exist");
+    if (link->kind != "bridge") return Error::make(ErrorCode::kDenied, "interface " + quote_for_message(nic.bridge) + " is not a bridge");
     mtus.push_back(link->mtu);
   }
   return mtus;
@@ -120,7 +121,7 @@ Result<void> check_macs_unique(const HostConfig& config, const Domain& domain) {
     for (const Nic& mine : domain.nics)
       for (const std::string& theirs : other->macs)
         if (mine.mac.str() == theirs)
-          return Error::make(ErrorCode::kConflict, "MAC " + theirs + " is in use by running VM '" + other->vm + "'");
+          return Error::make(ErrorCode::kConflict, "MAC " + theirs + " is in use by running VM " + quote_for_message(other->vm));
   }
   return {};
 }
@@ -133,7 +134,7 @@ Result<LaunchEnv> read_and_validate(const HostConfig& config, const VmName& vm, 
   if (!plan) return std::move(plan).error();
   VL_CHECK(check_plan(*plan, domain));
   if (!config.emulator_allowed(domain.emulator))
-    return Error::make(ErrorCode::kDenied, "emulator '" + domain.emulator + "' is not allowed by " + config.source);
+    return Error::make(ErrorCode::kDenied, "emulator " + quote_for_message(domain.emulator, kQuotePathMax) + " is not allowed by " + config.source);
   VL_CHECK(check_emulator(domain.emulator));
   std::string zone = VL_TRY(check_zones(config, domain));
   std::vector<unsigned> mtus = VL_TRY(check_bridges(domain));
@@ -291,6 +292,7 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
       for (const DiskClaim& c : claims) state.disks.push_back(c.path);
       state.zone = env.zone;
       state.started_at = ::time(nullptr);
+      if (const char* id = std::getenv("INVOCATION_ID"); in_unit && id) state.invocation = id;  // checked by main
       return write_vm_state(config, state, env.daemon_gid);
     }, nullptr));  // removed with the runtime directory
     // Only a broker waits on a report pipe, and only a broker confirms (launch.h).

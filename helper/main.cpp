@@ -11,6 +11,7 @@
 #include "common/config.h"
 #include "common/spawn.h"
 #include "common/sys.h"
+#include "common/vm_state.h"
 #include "common/broker_protocol.h"
 #include "helper/broker.h"
 #include "helper/cleanup.h"
@@ -124,7 +125,7 @@ int main(int argc, char** argv) {
   if (args.empty()) return usage_error("no command given");
   const std::string& command = args[0];
   if (command != "launch" && command != "cleanup" && command != "serve" && command != "supervise" && command != "remove-nvram")
-    return usage_error("unknown command '" + command + "'");
+    return usage_error("unknown command " + vl::quote_for_message(command));
   if (args.size() != (command == "serve" ? 1u : 2u))
     return usage_error(command == "serve" ? "serve takes no arguments" : command + " takes exactly one VM name");
   if (::geteuid() != 0) {
@@ -138,8 +139,13 @@ int main(int argc, char** argv) {
   // the emulator's environment is built from scratch and never has it).
   const char* notify = std::getenv("NOTIFY_SOCKET");
   std::string notify_socket = notify ? notify : "";
+  // The unit run's invocation ID too, which the launch records for the daemon: it tells this
+  // run's output in the journal from earlier runs'.
+  const char* invocation = std::getenv("INVOCATION_ID");
+  std::string invocation_id = invocation && vl::is_invocation_id(invocation) ? invocation : "";
   sanitize_process(report_fd);
   if (!notify_socket.empty()) ::setenv("NOTIFY_SOCKET", notify_socket.c_str(), 1);
+  if (!invocation_id.empty()) ::setenv("INVOCATION_ID", invocation_id.c_str(), 1);
   // Launched by a kvm-vm@ unit (type notify) rather than by the broker or by hand.
   const bool in_unit = !notify_socket.empty() && report_fd < 0 && command == "launch";
   // Tell whoever started `launch` why it failed (the broker relays it to the daemon).

@@ -57,7 +57,7 @@ Netlink::~Netlink() {
 Result<LinkPtr> Netlink::get(const std::string& name) {
   rtnl_link* link = nullptr;
   if (int r = rtnl_link_get_kernel(sock_, 0, name.c_str(), &link); r < 0)
-    return netlink_error(r, "look up interface '" + name + "'");
+    return netlink_error(r, "look up interface " + quote_for_message(name));
   return LinkPtr(link);
 }
 
@@ -65,7 +65,7 @@ Result<std::optional<LinkInfo>> Netlink::find(const std::string& name) {
   rtnl_link* raw = nullptr;
   int r = rtnl_link_get_kernel(sock_, 0, name.c_str(), &raw);
   if (r == -NLE_OBJ_NOTFOUND || r == -NLE_NODEV) return std::optional<LinkInfo>();
-  if (r < 0) return netlink_error(r, "look up interface '" + name + "'");
+  if (r < 0) return netlink_error(r, "look up interface " + quote_for_message(name));
   LinkPtr link(raw);
   LinkInfo info;
   info.ifindex = rtnl_link_get_ifindex(link.get());
@@ -89,7 +89,7 @@ Result<void> Netlink::change(const std::string& name, unsigned mtu, bool up) {
   if (mtu > 0) rtnl_link_set_mtu(change.get(), mtu);
   if (up) rtnl_link_set_flags(change.get(), IFF_UP);
   if (int r = rtnl_link_change(sock_, link.get(), change.get(), 0); r < 0)
-    return netlink_error(r, std::string(up ? "set up" : "set MTU of") + " interface '" + name + "'");
+    return netlink_error(r, std::string(up ? "set up" : "set MTU of") + " interface " + quote_for_message(name));
   return {};
 }
 
@@ -102,7 +102,7 @@ Result<void> Netlink::set_down(const std::string& name) {
   if (!change) return Error::make(ErrorCode::kSystem, "allocate netlink link");
   rtnl_link_unset_flags(change.get(), IFF_UP);
   if (int r = rtnl_link_change(sock_, link.get(), change.get(), 0); r < 0)
-    return netlink_error(r, "set down interface '" + name + "'");
+    return netlink_error(r, "set down interface " + quote_for_message(name));
   return {};
 }
 
@@ -110,11 +110,11 @@ Result<void> Netlink::remove(const std::string& name) {
   rtnl_link* raw = nullptr;
   int r = rtnl_link_get_kernel(sock_, 0, name.c_str(), &raw);
   if (r == -NLE_OBJ_NOTFOUND || r == -NLE_NODEV) return {};
-  if (r < 0) return netlink_error(r, "look up interface '" + name + "'");
+  if (r < 0) return netlink_error(r, "look up interface " + quote_for_message(name));
   LinkPtr link(raw);
   r = rtnl_link_delete(sock_, link.get());
   if (r < 0 && r != -NLE_OBJ_NOTFOUND && r != -NLE_NODEV)
-    return netlink_error(r, "delete interface '" + name + "'");
+    return netlink_error(r, "delete interface " + quote_for_message(name));
   return {};
 }
 
@@ -123,12 +123,12 @@ Result<void> Netlink::remove_index(int ifindex, const std::string& name) {
   if (!link) return Error::make(ErrorCode::kSystem, "allocate netlink link");
   rtnl_link_set_ifindex(link.get(), ifindex);
   int r = rtnl_link_delete(sock_, link.get());
-  if (r < 0 && r != -NLE_OBJ_NOTFOUND && r != -NLE_NODEV) return netlink_error(r, "delete interface '" + name + "'");
+  if (r < 0 && r != -NLE_OBJ_NOTFOUND && r != -NLE_NODEV) return netlink_error(r, "delete interface " + quote_for_message(name));
   return {};
 }
 
 Result<std::optional<uid_t>> Netlink::tun_owner(int ifindex, const std::string& name) {
-  std::string what = "read the owner of interface '" + name + "'";
+  std::string what = "read the owner of interface " + quote_for_message(name);
   ifinfomsg request{};
   request.ifi_family = AF_UNSPEC;
   request.ifi_index = ifindex;
@@ -154,7 +154,7 @@ Result<void> Netlink::send_and_ack(nl_msg* msg, const std::string& what) {
 }
 
 Result<void> Netlink::set_port_learning(int port, bool on, const std::string& name) {
-  std::string what = std::string("turn MAC learning ") + (on ? "on" : "off") + " on bridge port '" + name + "'";
+  std::string what = std::string("turn MAC learning ") + (on ? "on" : "off") + " on bridge port " + quote_for_message(name);
   // RTM_SETLINK in the AF_BRIDGE family goes to the port's bridge (br_setlink), which reads port
   // flags from a nested IFLA_PROTINFO only (without NLA_F_NESTED it is the old STP state byte).
   // libnl-route's bridge link type builds this only for links read in the AF_BRIDGE family, so
@@ -174,7 +174,7 @@ Result<void> Netlink::set_port_learning(int port, bool on, const std::string& na
 }
 
 Result<void> Netlink::add_static_fdb(int port, const MacAddress& mac, const std::string& name) {
-  std::string what = "add static FDB entry " + mac.str() + " on bridge port '" + name + "'";
+  std::string what = "add static FDB entry " + mac.str() + " on bridge port " + quote_for_message(name);
   // NTF_MASTER: the bridge's FDB, not the port device's own address list. NUD_NOARP is the
   // bridge's "static": NUD_PERMANENT would make it "local", an address of the bridge itself,
   // whose frames the host takes instead of forwarding them to the port. NTF_STICKY: a frame from

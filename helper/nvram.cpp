@@ -33,28 +33,28 @@ Result<UniqueFd> open_nvram_dir(const HostConfig& config, bool create) {
   std::string dir = config.nvram_dir();
   if (dir.empty()) return Error::make(ErrorCode::kInvalid, "UEFI needs a storage root for its variable store ([storage] roots is empty)");
   // PRIV: a fixed name under the first storage root of the root-owned configuration.
-  if (create && ::mkdir(dir.c_str(), 0711) < 0 && errno != EEXIST) return Error::from_errno("create '" + dir + "'");
+  if (create && ::mkdir(dir.c_str(), 0711) < 0 && errno != EEXIST) return Error::from_errno("create " + quote_for_message(dir, kQuotePathMax));
   UniqueFd fd(::open(dir.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-  if (!fd) return Error::from_errno("open '" + dir + "'");
+  if (!fd) return Error::from_errno("open " + quote_for_message(dir, kQuotePathMax));
   struct stat st {};
-  VL_TRY(sys::check(::fstat(fd.get(), &st), "stat '" + dir + "'"));
+  VL_TRY(sys::check(::fstat(fd.get(), &st), "stat " + quote_for_message(dir, kQuotePathMax)));
   if (st.st_uid != 0 || (st.st_mode & (S_IWGRP | S_IWOTH)))
-    return Error::make(ErrorCode::kDenied, "'" + dir + "' must be a directory only root can change");
+    return Error::make(ErrorCode::kDenied, quote_for_message(dir, kQuotePathMax) + " must be a directory only root can change");
   return fd;
 }
 
 Result<void> copy_template(const std::string& from, int to, const std::string& shown) {
   UniqueFd in(::open(from.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
-  if (!in) return Error::from_errno("open UEFI variable store template '" + from + "'");
+  if (!in) return Error::from_errno("open UEFI variable store template " + quote_for_message(from, kQuotePathMax));
   char buf[65536];
   for (;;) {
     ssize_t n = ::read(in.get(), buf, sizeof buf);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return Error::from_errno("read '" + from + "'");
+    if (n < 0) return Error::from_errno("read " + quote_for_message(from, kQuotePathMax));
     if (n == 0) break;
     VL_CHECK(sys::write_all(to, std::string_view(buf, static_cast<size_t>(n))));
   }
-  VL_TRY(sys::check(::fsync(to), "sync '" + shown + "'"));
+  VL_TRY(sys::check(::fsync(to), "sync " + quote_for_message(shown, kQuotePathMax)));
   return {};
 }
 
@@ -69,26 +69,26 @@ Result<bool> prepare_nvram(const HostConfig& config, const VmName& vm, const Uef
   UniqueFd existing(::openat(dir.get(), name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
   if (existing) {
     struct stat st {};
-    VL_TRY(sys::check(::fstat(existing.get(), &st), "stat '" + path + "'"));
+    VL_TRY(sys::check(::fstat(existing.get(), &st), "stat " + quote_for_message(path, kQuotePathMax)));
     if (!S_ISREG(st.st_mode) || st.st_nlink != 1)
-      return Error::make(ErrorCode::kDenied, "UEFI variable store '" + path + "' must be a regular file with one link");
+      return Error::make(ErrorCode::kDenied, "UEFI variable store " + quote_for_message(path, kQuotePathMax) + " must be a regular file with one link");
     // PRIV: the fd of a regular file in a directory only root can change; O_PATH, so chmod
     // goes through the fd's /proc entry as disk_owner does.
-    VL_TRY(sys::check(::fchownat(existing.get(), "", uid, uid, AT_EMPTY_PATH), "chown '" + path + "'"));
+    VL_TRY(sys::check(::fchownat(existing.get(), "", uid, uid, AT_EMPTY_PATH), "chown " + quote_for_message(path, kQuotePathMax)));
     std::string proc = "/proc/self/fd/" + std::to_string(existing.get());
-    VL_TRY(sys::check(::chmod(proc.c_str(), 0600), "chmod '" + path + "'"));
+    VL_TRY(sys::check(::chmod(proc.c_str(), 0600), "chmod " + quote_for_message(path, kQuotePathMax)));
     return false;
   }
-  if (errno != ENOENT) return Error::from_errno("open '" + path + "'");
+  if (errno != ENOENT) return Error::from_errno("open " + quote_for_message(path, kQuotePathMax));
   // PRIV: an unnamed file in root's directory, filled from root-owned firmware, then given to
   // the VM's uid and linked under the name no one else can create there.
   UniqueFd tmp(::openat(dir.get(), ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600));
-  if (!tmp) return Error::from_errno("create UEFI variable store in '" + config.nvram_dir() + "'");
+  if (!tmp) return Error::from_errno("create UEFI variable store in " + quote_for_message(config.nvram_dir(), kQuotePathMax));
   VL_CHECK(copy_template(uefi.vars_template, tmp.get(), path));
-  VL_TRY(sys::check(::fchown(tmp.get(), uid, uid), "chown '" + path + "'"));
-  VL_TRY(sys::check(::fchmod(tmp.get(), 0600), "chmod '" + path + "'"));
+  VL_TRY(sys::check(::fchown(tmp.get(), uid, uid), "chown " + quote_for_message(path, kQuotePathMax)));
+  VL_TRY(sys::check(::fchmod(tmp.get(), 0600), "chmod " + quote_for_message(path, kQuotePathMax)));
   std::string proc = "/proc/self/fd/" + std::to_string(tmp.get());
-  VL_TRY(sys::check(::linkat(AT_FDCWD, proc.c_str(), dir.get(), name.c_str(), AT_SYMLINK_FOLLOW), "create '" + path + "'"));
+  VL_TRY(sys::check(::linkat(AT_FDCWD, proc.c_str(), dir.get(), name.c_str(), AT_SYMLINK_FOLLOW), "create " + quote_for_message(path, kQuotePathMax)));
   return true;
 }
 
@@ -97,7 +97,7 @@ Result<void> remove_nvram(const HostConfig& config, const VmName& vm) {
   if (!dir) return dir.error().sys_errno == ENOENT ? Result<void>() : Result<void>(dir.error());
   std::string name = vm.str() + "_VARS.fd";
   if (::unlinkat(dir->get(), name.c_str(), 0) < 0 && errno != ENOENT)
-    return Error::from_errno("remove '" + config.nvram_path(vm) + "'");
+    return Error::from_errno("remove " + quote_for_message(config.nvram_path(vm), kQuotePathMax));
   return {};
 }
 

@@ -18,12 +18,12 @@ constexpr uint64_t kCallTimeoutUsec = 120ull * 1000 * 1000;
 
 Result<Bus> connect_daemon(const HostConfig& config, const std::string& why) {
   sd_bus* raw = nullptr;
-  if (int r = sd_bus_new(&raw); r < 0) return Error::from_errno(-r, "sd_bus_new");
+  if (int r = sd_bus_new(&raw); r < 0) return Error::from_errno(-r, "connect to vmlaunchd " + why);
   Bus bus(raw, sd_bus_flush_close_unref);
   std::string address = "unix:path=" + config.control_socket();
-  if (int r = sd_bus_set_address(bus.get(), address.c_str()); r < 0) return Error::from_errno(-r, "set bus address");
+  if (int r = sd_bus_set_address(bus.get(), address.c_str()); r < 0) return Error::from_errno(-r, "connect to vmlaunchd " + why);
   if (int r = sd_bus_start(bus.get()); r < 0)
-    return Error::from_errno(-r, "connect to vmlaunchd at '" + config.control_socket() + "' " + why);
+    return Error::from_errno(-r, "connect to vmlaunchd at " + quote_for_message(config.control_socket(), kQuotePathMax) + " " + why);
   return bus;
 }
 
@@ -51,10 +51,10 @@ Result<void> call(sd_bus* bus, const std::string& what, sd_bus_message* m, sd_bu
   return {};
 }
 
-Result<sd_bus_message*> new_call(sd_bus* bus, const char* method) {
+Result<sd_bus_message*> new_call(sd_bus* bus, const char* method, const char* what) {
   sd_bus_message* m = nullptr;
   if (int r = sd_bus_message_new_method_call(bus, &m, nullptr, kControlPath, kControlInterface, method); r < 0)
-    return Error::from_errno(-r, std::string("build ") + method + " call");
+    return Error::from_errno(-r, std::string("build the request to vmlaunchd (") + what + ")");
   return m;
 }
 
@@ -62,31 +62,31 @@ Result<sd_bus_message*> new_call(sd_bus* bus, const char* method) {
 
 Result<std::string> fetch_plan_from_daemon(const HostConfig& config, const VmName& vm) {
   Bus bus = VL_TRY(connect_daemon(config, "for the launch plan"));
-  sd_bus_message* m = VL_TRY(new_call(bus.get(), "GetLaunchPlan"));
+  sd_bus_message* m = VL_TRY(new_call(bus.get(), "GetLaunchPlan", "the launch plan"));
   std::unique_ptr<sd_bus_message, sd_bus_message*(*)(sd_bus_message*)> request(m, sd_bus_message_unref);
-  if (int r = sd_bus_message_append(m, "s", vm.str().c_str()); r < 0) return Error::from_errno(-r, "build GetLaunchPlan call");
+  if (int r = sd_bus_message_append(m, "s", vm.str().c_str()); r < 0) return Error::from_errno(-r, "build the request to vmlaunchd (the launch plan)");
   sd_bus_message* reply = nullptr;
   VL_CHECK(call(bus.get(), "cannot plan VM '" + vm.str() + "'", m, &reply));
   const char* json = nullptr;
   int r = sd_bus_message_read(reply, "s", &json);
   std::string plan = r >= 0 && json ? json : "";
   sd_bus_message_unref(reply);
-  if (r < 0) return Error::from_errno(-r, "read GetLaunchPlan reply");
+  if (r < 0) return Error::from_errno(-r, "read the launch plan from vmlaunchd");
   return plan;
 }
 
 Result<void> report_launched(const HostConfig& config, const VmName& vm) {
   Bus bus = VL_TRY(connect_daemon(config, "to hand over VM '" + vm.str() + "'"));
-  sd_bus_message* m = VL_TRY(new_call(bus.get(), "Launched"));
+  sd_bus_message* m = VL_TRY(new_call(bus.get(), "Launched", "the hand-over"));
   std::unique_ptr<sd_bus_message, sd_bus_message*(*)(sd_bus_message*)> request(m, sd_bus_message_unref);
-  if (int r = sd_bus_message_append(m, "s", vm.str().c_str()); r < 0) return Error::from_errno(-r, "build Launched call");
+  if (int r = sd_bus_message_append(m, "s", vm.str().c_str()); r < 0) return Error::from_errno(-r, "build the request to vmlaunchd (the hand-over)");
   return call(bus.get(), "did not take over VM '" + vm.str() + "'", m, nullptr);
 }
 
 void report_launch_failed(const HostConfig& config, const VmName& vm, const Error& error) {
   auto bus = connect_daemon(config, "to report the failed launch");
   if (!bus) return;
-  auto m = new_call(bus->get(), "LaunchFailed");
+  auto m = new_call(bus->get(), "LaunchFailed", "the failed launch");
   if (!m) return;
   std::unique_ptr<sd_bus_message, sd_bus_message*(*)(sd_bus_message*)> request(*m, sd_bus_message_unref);
   if (sd_bus_message_append(*m, "ss", vm.str().c_str(), error.message().c_str()) < 0) return;

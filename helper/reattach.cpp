@@ -25,19 +25,19 @@ Result<VmState> running_state(const HostConfig& config, const VmName& vm) {
                           std::to_string(state->macs.size()) + " MACs");
   for (size_t i = 0; i < state->taps.size(); ++i)
     if (state->taps[i] != vm.tap_name(static_cast<unsigned>(i)))
-      return Error::invalid("state of VM '" + vm.str() + "' names tap '" + state->taps[i] + "' for NIC " + std::to_string(i));
+      return Error::invalid("state of VM '" + vm.str() + "' names tap " + quote_for_message(state->taps[i], kQuotePathMax) + " for NIC " + std::to_string(i));
   return std::move(state).value();
 }
 
 Result<LinkInfo> zone_bridge(const HostConfig& config, Netlink& nl, const VmState& state) {
   const Zone* zone = config.zone_named(state.zone);
-  if (!zone) return Error::make(ErrorCode::kNotFound, "zone '" + state.zone + "' of VM '" + state.vm + "' is not declared in " + config.source);
+  if (!zone) return Error::make(ErrorCode::kNotFound, "zone " + quote_for_message(state.zone, kQuotePathMax) + " of VM " + quote_for_message(state.vm, kQuotePathMax) + " is not declared in " + config.source);
   auto link = VL_TRY(nl.find(zone->bridge));
-  if (!link) return Error::make(ErrorCode::kNotFound, "zone bridge '" + zone->bridge + "' does not exist");
+  if (!link) return Error::make(ErrorCode::kNotFound, "zone bridge " + quote_for_message(zone->bridge) + " does not exist");
   // Anyone with CAP_NET_ADMIN can create a dummy or veth under the bridge's name; a VM's tap
   // goes to a bridge only.
   if (link->kind != "bridge")
-    return Error::make(ErrorCode::kDenied, "interface '" + zone->bridge + "' is not a bridge; not attaching VM '" + state.vm + "' to it");
+    return Error::make(ErrorCode::kDenied, "interface " + quote_for_message(zone->bridge) + " is not a bridge; not attaching VM " + quote_for_message(state.vm, kQuotePathMax) + " to it");
   return *link;
 }
 
@@ -45,11 +45,11 @@ Result<LinkInfo> zone_bridge(const HostConfig& config, Netlink& nl, const VmStat
 // removes taps by the same rule).
 Result<LinkInfo> vm_tap(Netlink& nl, const std::string& name, uid_t uid) {
   auto link = VL_TRY(nl.find(name));
-  if (!link) return Error::make(ErrorCode::kNotFound, "tap '" + name + "' does not exist");
+  if (!link) return Error::make(ErrorCode::kNotFound, "tap " + quote_for_message(name) + " does not exist");
   std::optional<uid_t> owner;
   if (link->kind == "tun") owner = VL_TRY(nl.tun_owner(link->ifindex, name));
   if (owner != uid)
-    return Error::make(ErrorCode::kDenied, "interface '" + name + "' is not a tap of uid " + std::to_string(uid));
+    return Error::make(ErrorCode::kDenied, "interface " + quote_for_message(name) + " is not a tap of uid " + std::to_string(uid));
   return *link;
 }
 
@@ -73,7 +73,7 @@ Result<void> reattach_vm(const HostConfig& config, const VmName& vm) {
     LinkInfo link = VL_TRY(vm_tap(nl, tap, *uid));
     if (link.master == bridge.ifindex) continue;
     if (link.master != 0)
-      return Error::make(ErrorCode::kDenied, "tap '" + tap + "' is a port of another interface (ifindex " +
+      return Error::make(ErrorCode::kDenied, "tap " + quote_for_message(tap) + " is a port of another interface (ifindex " +
                                                  std::to_string(link.master) + "); leaving it");
     MacAddress mac = VL_TRY(MacAddress::parse(state.macs[i]));
     // PRIV: the VM's own tap (owner checked above), set down so that it is a disabled port,
@@ -81,10 +81,10 @@ Result<void> reattach_vm(const HostConfig& config, const VmName& vm) {
     VL_CHECK(nl.set_down(tap));
     if (auto attached = attach_vm_port(nl, bridge_name, tap, mac); !attached) {
       // Undo: out of the bridge again (ifindex 0 releases), and down: no half-made port.
-      if (auto released = nl.enslave(0, link.ifindex, "release tap '" + tap + "'"); !released) log_error(released.error());
+      if (auto released = nl.enslave(0, link.ifindex, "release tap " + quote_for_message(tap)); !released) log_error(released.error());
       return std::move(attached).error();
     }
-    log_info("tap '" + tap + "' re-attached to bridge '" + bridge_name + "' of zone '" + state.zone +
+    log_info("tap " + quote_for_message(tap) + " re-attached to bridge " + quote_for_message(bridge_name) + " of zone '" + state.zone +
              "' (learning off, static FDB entry " + mac.str() + ") and up");
   }
   return {};

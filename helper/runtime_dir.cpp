@@ -33,15 +33,15 @@ Result<UniqueFd> open_root_dir(int at, const std::string& name, const std::strin
   UniqueFd fd(::openat(at, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
   if (!fd) {
     if (errno == ELOOP || errno == ENOTDIR)
-      return Error::make(ErrorCode::kDenied, "'" + path + "' is not a directory (a symlink?); refusing to work below it");
-    return Error::from_errno("open '" + path + "'");
+      return Error::make(ErrorCode::kDenied, quote_for_message(path, kQuotePathMax) + " is not a directory (a symlink?); refusing to work below it");
+    return Error::from_errno("open " + quote_for_message(path, kQuotePathMax));
   }
   struct stat st {};
-  VL_TRY(sys::check(::fstat(fd.get(), &st), "stat '" + path + "'"));
+  VL_TRY(sys::check(::fstat(fd.get(), &st), "stat " + quote_for_message(path, kQuotePathMax)));
   bool others_write = (st.st_mode & (S_IWGRP | S_IWOTH)) != 0;
   if (st.st_uid != 0 || (others_write && !(writers == Writers::kStickyShared && (st.st_mode & S_ISVTX))))
     return Error::make(ErrorCode::kDenied,
-                       "'" + path + "' must be a directory owned by root and writable by root only" +
+                       quote_for_message(path, kQuotePathMax) + " must be a directory owned by root and writable by root only" +
                            (writers == Writers::kStickyShared ? " (or sticky)" : "") + "; refusing to work below it");
   return fd;
 }
@@ -57,12 +57,12 @@ bool is_missing(const Error& error) { return error.code == ErrorCode::kSystem &&
 Result<RuntimeDirs> open_runtime_dirs(const HostConfig& config, bool create) {
   const std::string& runtime = config.runtime_dir;
   std::string vms = runtime + "/vms";
-  if (create && ::mkdir(runtime.c_str(), 0755) < 0 && errno != EEXIST) return Error::from_errno("create '" + runtime + "'");
+  if (create && ::mkdir(runtime.c_str(), 0755) < 0 && errno != EEXIST) return Error::from_errno("create " + quote_for_message(runtime, kQuotePathMax));
   RuntimeDirs dirs;
   dirs.runtime = VL_TRY(open_root_dir(AT_FDCWD, runtime, runtime, Writers::kStickyShared));
   // PRIV: root's own directory, created inside a directory just checked to be root's.
   if (create && ::mkdirat(dirs.runtime.get(), "vms", 0755) < 0 && errno != EEXIST)
-    return Error::from_errno("create '" + vms + "'");
+    return Error::from_errno("create " + quote_for_message(vms, kQuotePathMax));
   dirs.vms = VL_TRY(open_root_dir(dirs.runtime.get(), "vms", vms, Writers::kRootOnly));
   return dirs;
 }
@@ -73,15 +73,15 @@ Result<void> create_runtime_dir(const HostConfig& config, const VmName& vm, gid_
   if (::mkdirat(dirs.vms.get(), vm.str().c_str(), 0700) < 0) {
     if (errno == EEXIST)
       return Error::make(ErrorCode::kConflict, "VM '" + vm.str() + "' is already running, or its last run was "
-                                               "not cleaned up ('" + dir + "' exists; run 'vmlaunch-helper cleanup " +
+                                               "not cleaned up (" + quote_for_message(dir, kQuotePathMax) + " exists; run 'vmlaunch-helper cleanup " +
                                                vm.str() + "')");
-    return Error::from_errno("create '" + dir + "'");
+    return Error::from_errno("create " + quote_for_message(dir, kQuotePathMax));
   }
   auto owned = [&]() -> Result<void> {
     UniqueFd fd = VL_TRY(open_vm_dir(dirs, config, vm));
     // PRIV: the directory root just created; the group is the configured daemon group.
-    VL_TRY(sys::check(::fchown(fd.get(), 0, daemon_gid), "set owner of '" + dir + "'"));
-    VL_TRY(sys::check(::fchmod(fd.get(), 0750), "set mode of '" + dir + "'"));
+    VL_TRY(sys::check(::fchown(fd.get(), 0, daemon_gid), "set owner of " + quote_for_message(dir, kQuotePathMax)));
+    VL_TRY(sys::check(::fchmod(fd.get(), 0750), "set mode of " + quote_for_message(dir, kQuotePathMax)));
     return {};
   }();
   if (!owned) ::unlinkat(dirs.vms.get(), vm.str().c_str(), AT_REMOVEDIR);
@@ -98,16 +98,16 @@ Result<UniqueFd> bind_vm_socket(const HostConfig& config, const VmName& vm, cons
   UniqueFd dir = VL_TRY(open_vm_dir(dirs, config, vm));
   std::string path = config.vm_runtime_dir(vm) + "/" + file;
   sockaddr_un sa{};
-  if (path.size() >= sizeof sa.sun_path) return Error::invalid(std::string(what) + " socket path '" + path + "' is too long");
+  if (path.size() >= sizeof sa.sun_path) return Error::invalid(std::string(what) + " socket path " + quote_for_message(path, kQuotePathMax) + " is too long");
   UniqueFd fd = VL_TRY(sys::check_fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), std::string("create ") + what + " socket"));
   sa.sun_family = AF_UNIX;
   path.copy(sa.sun_path, sizeof sa.sun_path - 1);
   // bind() takes a path; every directory on it was just checked to be changeable by root only.
-  VL_TRY(sys::check(::bind(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa), "bind '" + path + "'"));
+  VL_TRY(sys::check(::bind(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa), "bind " + quote_for_message(path, kQuotePathMax)));
   // PRIV: the socket root just bound, in root's own directory; the group is the daemon's.
   if (::fchownat(dir.get(), file, 0, daemon_gid, AT_SYMLINK_NOFOLLOW) < 0 || ::fchmodat(dir.get(), file, 0660, 0) < 0 ||
       ::listen(fd.get(), 4) < 0) {
-    Error e = Error::from_errno(std::string("set up ") + what + " socket '" + path + "'");
+    Error e = Error::from_errno(std::string("set up ") + what + " socket " + quote_for_message(path, kQuotePathMax));
     ::unlinkat(dir.get(), file, 0);
     return e;
   }
@@ -130,10 +130,10 @@ Result<UniqueFd> create_emulator_tail(const HostConfig& config, const VmName& vm
   std::string path = config.vm_runtime_dir(vm) + "/" + kEmulatorTail;
   UniqueFd fd = VL_TRY(sys::check_fd(
       ::openat(dir.get(), kEmulatorTail, O_WRONLY | O_APPEND | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640),
-      "create '" + path + "'"));
+      "create " + quote_for_message(path, kQuotePathMax)));
   // PRIV: the file root just created, in root's own directory; the group is the daemon's.
   if (::fchown(fd.get(), 0, daemon_gid) < 0) {
-    Error e = Error::from_errno("set owner of '" + path + "'");
+    Error e = Error::from_errno("set owner of " + quote_for_message(path, kQuotePathMax));
     ::unlinkat(dir.get(), kEmulatorTail, 0);
     return e;
   }
@@ -151,9 +151,9 @@ Result<void> write_vm_state(const HostConfig& config, const VmState& state, gid_
                                      "create '" + path + ".tmp'"));
   auto written = sys::write_all(fd.get(), vm_state_to_json(state));
   // PRIV: the file root just created, in root's own directory; the group is the daemon's.
-  if (written && ::fchown(fd.get(), 0, daemon_gid) < 0) written = Error::from_errno("set owner of '" + path + "'");
-  if (written && ::fsync(fd.get()) < 0) written = Error::from_errno("fsync '" + path + "'");
-  if (written && ::renameat(dir.get(), kStateTmp, dir.get(), kState) < 0) written = Error::from_errno("write '" + path + "'");
+  if (written && ::fchown(fd.get(), 0, daemon_gid) < 0) written = Error::from_errno("set owner of " + quote_for_message(path, kQuotePathMax));
+  if (written && ::fsync(fd.get()) < 0) written = Error::from_errno("fsync " + quote_for_message(path, kQuotePathMax));
+  if (written && ::renameat(dir.get(), kStateTmp, dir.get(), kState) < 0) written = Error::from_errno("write " + quote_for_message(path, kQuotePathMax));
   if (!written) ::unlinkat(dir.get(), kStateTmp, 0);
   return written;
 }
@@ -163,16 +163,16 @@ Result<VmState> read_vm_state(const HostConfig& config, const VmName& vm) {
   UniqueFd dir = VL_TRY(open_vm_dir(dirs, config, vm));
   std::string path = config.vm_runtime_dir(vm) + "/" + kState;
   UniqueFd fd = VL_TRY(sys::check_fd(::openat(dir.get(), kState, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC),
-                                     "open '" + path + "'"));
+                                     "open " + quote_for_message(path, kQuotePathMax)));
   struct stat st {};
-  VL_TRY(sys::check(::fstat(fd.get(), &st), "stat '" + path + "'"));
+  VL_TRY(sys::check(::fstat(fd.get(), &st), "stat " + quote_for_message(path, kQuotePathMax)));
   if (!S_ISREG(st.st_mode) || st.st_uid != 0 || st.st_nlink != 1)
-    return Error::make(ErrorCode::kDenied, "'" + path + "' must be a regular file of root's with one link");
+    return Error::make(ErrorCode::kDenied, quote_for_message(path, kQuotePathMax) + " must be a regular file of root's with one link");
   auto text = sys::read_all(fd.get(), 1 << 16);
-  if (!text) return text.error().wrap("'" + path + "'");
+  if (!text) return text.error().wrap(quote_for_message(path, kQuotePathMax));
   auto state = vm_state_from_json(*text);
   if (!state) return state.error().wrap(path);
-  if (state->vm != vm.str()) return Error::invalid(path + ": the state of VM '" + state->vm + "'");
+  if (state->vm != vm.str()) return Error::invalid(path + ": the state of VM " + quote_for_message(state->vm, kQuotePathMax));
   return state;
 }
 
@@ -182,7 +182,7 @@ Result<bool> runtime_dir_exists(const HostConfig& config, const VmName& vm) {
   struct stat st {};
   if (::fstatat(dirs->vms.get(), vm.str().c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) return true;
   if (errno == ENOENT) return false;
-  return Error::from_errno("stat '" + config.vm_runtime_dir(vm) + "'");
+  return Error::from_errno("stat " + quote_for_message(config.vm_runtime_dir(vm), kQuotePathMax));
 }
 
 Result<std::vector<VmName>> list_runtime_dirs(const HostConfig& config) {
@@ -211,7 +211,7 @@ Result<void> remove_runtime_dir(const HostConfig& config, const VmName& vm) {
     if (::unlinkat(dir->get(), name, 0) < 0 && errno != ENOENT)
       return Error::from_errno("remove '" + path + "/" + name + "'");
   if (::unlinkat(dirs->vms.get(), vm.str().c_str(), AT_REMOVEDIR) < 0 && errno != ENOENT)
-    return Error::from_errno("remove '" + path + "'");
+    return Error::from_errno("remove " + quote_for_message(path, kQuotePathMax));
   return {};
 }
 

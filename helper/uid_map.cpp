@@ -59,12 +59,12 @@ Result<std::optional<uid_t>> assigned_uid(const HostConfig& config, const VmName
 Result<void> publish_vm_user(const HostConfig& config, const VmName& vm, uid_t uid) {
   std::string name = "vm-" + vm.str();
   if (const passwd* existing = ::getpwnam(name.c_str()); existing && existing->pw_uid != uid) {
-    log_warning("user '" + name + "' already exists with uid " + std::to_string(existing->pw_uid) +
+    log_warning("user " + quote_for_message(name) + " already exists with uid " + std::to_string(existing->pw_uid) +
                 "; not naming uid " + std::to_string(uid) + ", ignoring");
     return {};
   }
   const std::string& dir = config.userdb_dir;
-  if (::mkdir(dir.c_str(), 0755) < 0 && errno != EEXIST) return Error::from_errno("create '" + dir + "'");
+  if (::mkdir(dir.c_str(), 0755) < 0 && errno != EEXIST) return Error::from_errno("create " + quote_for_message(dir, kQuotePathMax));
   std::string id = std::to_string(uid);
   std::string user = "{\"userName\":\"" + name + "\",\"uid\":" + id + ",\"gid\":" + id +
                      ",\"realName\":\"vmlaunch VM " + vm.str() + "\",\"homeDirectory\":\"/nonexistent\","
@@ -77,18 +77,18 @@ Result<void> publish_vm_user(const HostConfig& config, const VmName& vm, uid_t u
     std::string link = dir + "/" + id + kind, tmp = link + ".tmp";
     ::unlink(tmp.c_str());
     if (::symlink((name + kind).c_str(), tmp.c_str()) < 0 || ::rename(tmp.c_str(), link.c_str()) < 0)
-      return Error::from_errno("link '" + link + "'");
+      return Error::from_errno("link " + quote_for_message(link, kQuotePathMax));
   }
   return {};
 }
 
 Result<uid_t> uid_for_vm(const HostConfig& config, const VmName& vm) {
   if (::mkdir(config.state_dir.c_str(), 0700) < 0 && errno != EEXIST)
-    return Error::from_errno("create state directory '" + config.state_dir + "'");
+    return Error::from_errno("create state directory " + quote_for_message(config.state_dir, kQuotePathMax));
   std::string lock_path = config.uid_map_path() + ".lock";
   UniqueFd lock = VL_TRY(sys::check_fd(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600),
-                                       "open '" + lock_path + "'"));
-  VL_TRY(sys::check(sys::retry_eintr([&] { return ::flock(lock.get(), LOCK_EX); }), "lock '" + lock_path + "'"));
+                                       "open " + quote_for_message(lock_path, kQuotePathMax)));
+  VL_TRY(sys::check(sys::retry_eintr([&] { return ::flock(lock.get(), LOCK_EX); }), "lock " + quote_for_message(lock_path, kQuotePathMax)));
 
   auto map = VL_TRY(read_uid_map(config));
   if (auto it = map.find(vm.str()); it != map.end()) return it->second;

@@ -8,6 +8,7 @@
 #include <map>
 
 #include "common/control_protocol.h"
+#include "common/vm_name.h"
 
 namespace vl::ctl {
 
@@ -107,7 +108,7 @@ Result<std::vector<VmRow>> Client::list() {
   sd_bus_message* reply = nullptr;
   int r = sd_bus_call_method(bus_, nullptr, kControlPath, kControlInterface, "List", &error, &reply, "");
   if (r < 0) {
-    Error e = explain(from_bus_error(r, error, "List"));
+    Error e = explain(from_bus_error(r, error, "list the VMs"));
     sd_bus_error_free(&error);
     return e;
   }
@@ -124,7 +125,7 @@ Result<std::vector<VmRow>> Client::list() {
     rows.push_back(std::move(row));
   }
   sd_bus_message_unref(reply);
-  if (r < 0) return Error::from_errno(-r, "read List reply");
+  if (r < 0) return Error::from_errno(-r, "read the list of VMs from vmlaunchd");
   return rows;
 }
 
@@ -133,7 +134,7 @@ Result<std::vector<std::pair<std::string, std::string>>> Client::status(const st
   sd_bus_message* reply = nullptr;
   int r = sd_bus_call_method(bus_, nullptr, kControlPath, kControlInterface, "Status", &error, &reply, "s", vm.c_str());
   if (r < 0) {
-    Error e = explain(from_bus_error(r, error, "Status"));
+    Error e = explain(from_bus_error(r, error, "ask for the status of VM " + quote_for_message(vm)));
     sd_bus_error_free(&error);
     return e;
   }
@@ -145,7 +146,7 @@ Result<std::vector<std::pair<std::string, std::string>>> Client::status(const st
     if (r > 0) fields.emplace_back(k, v);
   }
   sd_bus_message_unref(reply);
-  if (r < 0) return Error::from_errno(-r, "read Status reply");
+  if (r < 0) return Error::from_errno(-r, "read the status of VM " + quote_for_message(vm) + " from vmlaunchd");
   return fields;
 }
 
@@ -155,7 +156,7 @@ Result<std::string> Client::launch_plan(const std::string& vm) {
   int r = sd_bus_call_method(bus_, nullptr, kControlPath, kControlInterface, "GetLaunchPlan", &error, &reply, "s",
                              vm.c_str());
   if (r < 0) {
-    Error e = explain(from_bus_error(r, error, "GetLaunchPlan"));
+    Error e = explain(from_bus_error(r, error, "ask for the launch plan of VM " + quote_for_message(vm)));
     sd_bus_error_free(&error);
     return e;
   }
@@ -221,7 +222,7 @@ std::vector<Result<void>> Client::run_batch(
       sd_bus_message_unref(msg);
       if (r < 0) {
         delete state;
-        results[next] = Error::from_errno(-r, "send " + c.method);
+        results[next] = Error::from_errno(-r, "send the request for VM " + quote_for_message(c.vm) + " to vmlaunchd");
       } else {
         ++in_flight;
       }

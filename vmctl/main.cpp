@@ -50,8 +50,8 @@ constexpr char kUsage[] =
     "  --json               Machine-readable output\n"
     "  --timeout SECONDS    Graceful stop deadline before 'quit' (default 120)\n"
     "  --force              stop: quit at once instead of pressing the power button\n"
-    "  --mode acpi|agent    stop: how to ask the guest: the ACPI power button (the default),\n"
-    "                       or QEMU's guest agent in the VM, which must answer\n"
+    "  --mode acpi|agent    stop: how to ask the guest: only the ACPI power button, or only\n"
+    "                       QEMU's guest agent (default: the agent if it answers, else the button)\n"
     "  --signal NAME        kill: TERM, KILL or INT (default TERM)\n"
     "  --parallel N         At most N operations at once (default: start and restart 4,\n"
     "                       stop and kill all of them)\n"
@@ -71,7 +71,7 @@ struct Options {
   unsigned timeout = 120;
   unsigned parallel = 0;  // 0: the command's default (parallel_for)
   int signal = SIGTERM;
-  std::string mode;  // stop --mode: "acpi" or "agent"; empty: the power button
+  std::string mode;  // stop --mode: "acpi" or "agent"; empty: the agent if it answers, else the button
 };
 
 int usage_error(const std::string& what) {
@@ -189,7 +189,7 @@ int cmd_batch(vl::ctl::Client& client, const Options& o) {
       const auto& r = results[i];
       if (!r) {
         ++failed;
-        if (!o.json) std::fprintf(stderr, "vmctl: %s %s: %s\n", o.command.c_str(), calls[i].vm.c_str(), r.error().message().c_str());
+        if (!o.json) std::fprintf(stderr, "vmctl: %s %s: %s\n", o.command.c_str(), vl::quote_for_message(calls[i].vm).c_str(), r.error().message().c_str());
       }
       out.push_back({{"name", calls[i].vm}, {"ok", r.ok()}, {"error", r ? "" : r.error().message()}});
     }
@@ -211,7 +211,7 @@ int cmd_vncdisplay(vl::ctl::Client& client, const Options& o) {
     std::printf("%s:%s\n", listen.empty() ? "127.0.0.1" : listen.c_str(), display.c_str());
     return 0;
   }
-  return fail(vl::Error::make(vl::ErrorCode::kNotFound, "VM '" + o.names[0] + "' has no VNC display (is it running?)"));
+  return fail(vl::Error::make(vl::ErrorCode::kNotFound, "VM " + vl::quote_for_message(o.names[0]) + " has no VNC display (is it running?)"));
 }
 
 // What an operator runs to start the daemon: the systemd unit on a host booted with systemd
@@ -305,7 +305,7 @@ int main(int argc, char** argv) {
     } else if (a == "--force") {
       o.force = true;
     } else if (a.size() > 1 && a[0] == '-') {
-      return usage_error("unknown option " + a);
+      return usage_error("unknown option " + vl::quote_for_message(a));
     } else if (o.command.empty()) {
       o.command = a;
     } else {

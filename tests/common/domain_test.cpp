@@ -139,12 +139,12 @@ TEST_SUITE("common/domain") {
       std::string devices, extra, expected;
     };
     const Case cases[] = {
-        {"<hostdev mode='subsystem' type='pci'/>\n", "", "device <hostdev> is not supported"},
+        {"<hostdev mode='subsystem' type='pci'/>\n", "", "device '<hostdev>' is not supported"},
         {"<interface type='direct'><mac address='52:54:00:00:00:01'/></interface>\n", "",
          "<interface type='direct'> is not supported"},
         {"<interface type='user'><mac address='52:54:00:00:00:01'/></interface>\n", "",
          "<interface type='user'> is not supported"},
-        {"<filesystem type='mount'/>\n", "", "device <filesystem>"},
+        {"<filesystem type='mount'/>\n", "", "device '<filesystem>'"},
         {"<disk type='network'/>\n", "", "<disk type='network'>"},
         {"<disk type='file'><driver type='raw'/><source file='/x'/><iotune/></disk>\n", "", "<iotune>"},
         {"<disk type='file'><source file='/x'/></disk>\n", "", "probing formats is unsafe"},

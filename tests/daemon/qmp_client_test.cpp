@@ -144,7 +144,7 @@ TEST_SUITE("daemon/qmp_client") {
     qmp->close();
   }
 
-  TEST_CASE("a monitor that never greets fails the connect with ETIMEDOUT") {
+  TEST_CASE("a monitor that never greets fails the connect, saying how long it waited, with no errno tail") {
     vl::test::TempDir dir;
     FakeMonitor monitor(dir.path() + "/qmp.sock", [](int fd) { wait_for_eof(fd); });
     asio::io_context io;
@@ -157,12 +157,13 @@ TEST_SUITE("daemon/qmp_client") {
     run_until(io, [&] { return ready.has_value() && closed; });
     REQUIRE(ready.has_value());
     REQUIRE_FALSE(ready->ok());
-    CHECK(ready->error().sys_errno == ETIMEDOUT);
+    CHECK(ready->error().sys_errno == 0);  // no ": Connection timed out" tail
+    CHECK(ready->error().message().find("within") != std::string::npos);
     CHECK(ready->error().message().find("greeting") != std::string::npos);
     CHECK(closed);
   }
 
-  TEST_CASE("a command the monitor never answers fails with ETIMEDOUT naming it, and the connection closes") {
+  TEST_CASE("a command the monitor never answers fails naming it and the time waited, and the connection closes") {
     vl::test::TempDir dir;
     FakeMonitor monitor(dir.path() + "/qmp.sock", [](int fd) {
       if (!handshake(fd)) return;
@@ -185,7 +186,8 @@ TEST_SUITE("daemon/qmp_client") {
     run_until(io, [&] { return reply.has_value() && other.has_value() && closed; });
     REQUIRE(reply.has_value());
     REQUIRE_FALSE(reply->ok());
-    CHECK(reply->error().sys_errno == ETIMEDOUT);
+    CHECK(reply->error().sys_errno == 0);
+    CHECK(reply->error().message().find("within") != std::string::npos);
     CHECK(reply->error().message().find("query-status") != std::string::npos);
     // The connection is given up: everything else pending fails with it, on_closed fires.
     REQUIRE(other.has_value());

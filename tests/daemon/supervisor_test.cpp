@@ -802,6 +802,41 @@ TEST_SUITE("daemon/supervisor") {
     }
   }
 
+  TEST_CASE("a stop the guest agent took, resumed after a daemon restart, waits for the power-off without pressing the button") {
+    AdoptableVm fixture;
+    auto& [emulator, dir, config, vm, state] = fixture;
+    // What the daemon that asked the agent left behind: the stop's kind and its deadline.
+    auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(60);
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(deadline.time_since_epoch()).count();
+    std::filesystem::create_directories(config.runtime_dir + "/vmlaunchd");
+    REQUIRE(vl::sys::write_file_atomic(config.runtime_dir + "/vmlaunchd/web1.stop", "agent " + std::to_string(ms) + "\n", 0600));
+    asio::io_context io;
+    {
+      ScriptedBroker broker(config.helper_socket(), [](const vl::BrokerRequest&) { return ok_reply(); });
+      std::atomic<int> presses{0};
+      FakeMonitor monitor(config.vm_runtime_dir(vm) + "/qmp.sock", [&presses](const std::string& command) {
+        if (command == "query-status") return std::optional<Json>(Json{{"status", "running"}, {"running", true}});
+        if (command == "system_powerdown") ++presses;
+        return std::optional<Json>(Json::object());
+      });
+      vl::BrokerClient client(io, config.helper_socket());
+      vl::SupervisorContext ctx{io, config, client, [](const vl::VmName&) { return std::string(); }, nullptr};
+      vl::Supervisor supervisor(ctx, vm);
+      supervisor.adopt(state);
+      REQUIRE(run_until(io, [&] { return supervisor.info().reason.find("waiting for the guest") != std::string::npos; }));
+      CHECK(supervisor.info().status == vl::VmStatus::kStopping);
+      // Long enough for the button's first press and its repetition 2 s later.
+      run_until(io, [] { return false; }, 2500ms);
+      CHECK(presses.load() == 0);
+      // The guest powers off as the agent asked: the exit is the stop's.
+      ::kill(emulator, SIGKILL);
+      REQUIRE(run_until(io, [&] {
+        return supervisor.info().status == vl::VmStatus::kStopped || supervisor.info().status == vl::VmStatus::kFailed;
+      }));
+      CHECK(supervisor.info().status == vl::VmStatus::kStopped);
+    }
+  }
+
   TEST_CASE("a graceful stop of a guest that ignores the button shows the time left, then reads 'forced after N s'") {
     AdoptableVm fixture;
     auto& [emulator, dir, config, vm, state] = fixture;

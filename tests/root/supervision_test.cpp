@@ -490,7 +490,7 @@ TEST_SUITE("root/supervision") {
     env.kill_daemon();
     auto r = stop.get();
     CHECK(r.exit_code == 1);
-    CHECK_MESSAGE(r.out.find("vmctl: stop web1: lost the connection to vmlaunchd") != std::string::npos, r.out);
+    CHECK_MESSAGE(r.out.find("vmctl: stop 'web1': lost the connection to vmlaunchd") != std::string::npos, r.out);
     env.start_daemon();
   }
 

@@ -1,0 +1,193 @@
+#include "daemon/emulator_output.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <systemd/sd-journal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+
+#include "common/sys.h"
+
+namespace vl {
+
+namespace {
+
+constexpr size_t kSaidLines = 2, kSaidLineMax = 300;
+constexpr size_t kRelayTail = 4096;
+constexpr int kJournalLines = 16;
+constexpr size_t kJournalFieldMax = 4096;
+
+// The relay escapes what it copies; the journal holds the emulator's bytes as they were: a
+// line quoted in a reason must not carry escape sequences or line breaks either way.
+std::string escape_controls(const std::string& line) {
+  std::string out;
+  for (unsigned char c : line) {
+    if (c < 0x20 || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
+
+struct JournalCloser {
+  void operator()(sd_journal* j) const { sd_journal_close(j); }
+};
+using JournalPtr = std::unique_ptr<sd_journal, JournalCloser>;
+
+Result<JournalPtr> open_run_journal(const VmName& vm, const VmState& state) {
+  sd_journal* raw = nullptr;
+  // Not SD_JOURNAL_SYSTEM: the emulator runs as the VM's uid, and journald (SplitMode=uid)
+  // files what a uid outside the system range writes in that uid's own journal file, even for a
+  // system unit.
+  if (int r = sd_journal_open(&raw, SD_JOURNAL_LOCAL_ONLY); r < 0) return Error::from_errno(-r, "open the journal");
+  JournalPtr j(raw);
+  // Without read access sd-journal opens no file and finds nothing: say so rather than wait.
+  if (sd_journal_has_runtime_files(j.get()) <= 0 && sd_journal_has_persistent_files(j.get()) <= 0)
+    return Error::make(ErrorCode::kDenied, "no journal file is readable (is the daemon's user in group systemd-journal?)");
+  // Fields of different names must all match: this unit, this run, the emulator's process
+  // (the helper execs it in place) and its standard output, not the helper's own log lines.
+  for (const std::string& match : {"_SYSTEMD_UNIT=kvm-vm@" + vm.str() + ".service", "_SYSTEMD_INVOCATION_ID=" + state.invocation,
+                                   "_PID=" + std::to_string(state.pid), std::string("_TRANSPORT=stdout")})
+    if (int r = sd_journal_add_match(j.get(), match.data(), match.size()); r < 0)
+      return Error::from_errno(-r, "match the journal");
+  (void)sd_journal_set_data_threshold(j.get(), kJournalFieldMax);
+  return j;
+}
+
+std::vector<std::string> read_run_lines(sd_journal* j) {
+  std::vector<std::string> lines;
+  if (sd_journal_seek_tail(j) < 0) return lines;
+  for (int n = 0; n < kJournalLines && sd_journal_previous(j) > 0; ++n) {
+    const void* data = nullptr;
+    size_t size = 0;
+    if (sd_journal_get_data(j, "MESSAGE", &data, &size) < 0) continue;
+    std::string field(static_cast<const char*>(data), std::min(size, kJournalFieldMax));
+    lines.push_back(field.substr(std::min(field.size(), sizeof "MESSAGE=" - 1)));
+  }
+  std::reverse(lines.begin(), lines.end());
+  return lines;
+}
+
+}  // namespace
+
+std::string format_emulator_said(const std::vector<std::string>& lines) {
+  std::vector<const std::string*> said;
+  for (const std::string& line : lines)
+    // QEMU's notice for every pty chardev says nothing about a failure.
+    if (!line.empty() && line.rfind("char device redirected to ", 0) != 0) said.push_back(&line);
+  if (said.empty()) return "";
+  std::string out = "; qemu said: ";
+  size_t first = said.size() > kSaidLines ? said.size() - kSaidLines : 0;
+  for (size_t i = first; i < said.size(); ++i)
+    out += (i == first ? "" : " | ") + escape_controls(*said[i]).substr(0, kSaidLineMax);
+  return out;
+}
+
+std::vector<std::string> relay_output_lines(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
+  struct stat st {};
+  if (!fd || ::fstat(fd.get(), &st) < 0 || !S_ISREG(st.st_mode) || st.st_size <= 0) return {};
+  off_t from = st.st_size > static_cast<off_t>(kRelayTail) ? st.st_size - static_cast<off_t>(kRelayTail) : 0;
+  std::string text(static_cast<size_t>(st.st_size - from), '\0');
+  ssize_t n = ::pread(fd.get(), text.data(), text.size(), from);
+  if (n <= 0) return {};
+  text.resize(static_cast<size_t>(n));
+  std::vector<std::string> lines;
+  for (size_t pos = 0; pos < text.size();) {
+    size_t nl = text.find('\n', pos);
+    std::string line = text.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
+    pos = nl == std::string::npos ? text.size() : nl + 1;
+    if (line.rfind("qemu: ", 0) == 0) line.erase(0, 6);
+    lines.push_back(std::move(line));
+  }
+  if (from > 0 && !lines.empty()) lines.erase(lines.begin());  // cut at its start
+  return lines;
+}
+
+Result<std::vector<std::string>> journal_output_lines(const VmName& vm, const VmState& state) {
+  JournalPtr j = VL_TRY(open_run_journal(vm, state));
+  return read_run_lines(j.get());
+}
+
+// Owned by its EmulatorSaid and by the asynchronous waits in flight, so that a wait completing
+// after the EmulatorSaid is gone finds `done_` empty and does nothing. finish() ends the
+// waits; the answer is posted, so it never runs inside start().
+struct EmulatorSaid::Waiter final : std::enable_shared_from_this<Waiter> {
+  Waiter(boost::asio::io_context& io, std::function<void(std::string)> done) : io_(io), timer_(io), done_(std::move(done)) {}
+
+  void start(const VmName& vm, const VmState& state, std::chrono::milliseconds wait) {
+    auto opened = open_run_journal(vm, state);
+    if (!opened) return finish({});
+    journal_ = std::move(*opened);
+    // Before the first read, so that nothing appended after it goes unnoticed.
+    int fd = sd_journal_get_fd(journal_.get());
+    if (fd < 0) return finish(read_run_lines(journal_.get()));
+    if (check()) return;
+    // A dup for asio: the journal keeps its own fd (one owner each); readiness is shared.
+    int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    if (copy < 0) return finish({});
+    changes_ = std::make_unique<boost::asio::posix::stream_descriptor>(io_, copy);
+    timer_.expires_after(wait);
+    timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+      if (ec || self->finished_) return;
+      (void)sd_journal_process(self->journal_.get());  // takes in what was appended meanwhile
+      self->finish(read_run_lines(self->journal_.get()));
+    });
+    watch();
+  }
+
+  void watch() {
+    changes_->async_wait(boost::asio::posix::stream_descriptor::wait_read, [self = shared_from_this()](boost::system::error_code ec) {
+      if (ec || self->finished_) return;
+      (void)sd_journal_process(self->journal_.get());
+      if (!self->check()) self->watch();
+    });
+  }
+
+  // True once the run's lines are there (and handed over).
+  bool check() {
+    std::vector<std::string> lines = read_run_lines(journal_.get());
+    if (format_emulator_said(lines).empty()) return false;
+    finish(std::move(lines));
+    return true;
+  }
+
+  void finish(std::vector<std::string> lines) {
+    if (std::exchange(finished_, true)) return;
+    timer_.cancel();
+    if (changes_) changes_->close();
+    boost::asio::post(io_, [self = shared_from_this(), said = format_emulator_said(lines)] {
+      if (auto done = std::exchange(self->done_, nullptr)) done(said);
+    });
+  }
+
+  void cancel() {
+    done_ = nullptr;
+    finished_ = true;
+    timer_.cancel();
+    if (changes_) changes_->close();
+  }
+
+  boost::asio::io_context& io_;
+  boost::asio::steady_timer timer_;
+  std::function<void(std::string)> done_;
+  bool finished_ = false;
+  JournalPtr journal_;
+  std::unique_ptr<boost::asio::posix::stream_descriptor> changes_;
+};
+
+EmulatorSaid::EmulatorSaid(boost::asio::io_context& io, VmName vm, VmState state, std::chrono::milliseconds wait,
+                           std::function<void(std::string)> done)
+    : waiter_(std::make_shared<Waiter>(io, std::move(done))) {
+  waiter_->start(vm, state, wait);
+}
+
+EmulatorSaid::~EmulatorSaid() { waiter_->cancel(); }
+
+}  // namespace vl
