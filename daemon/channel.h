@@ -8,9 +8,10 @@
 //
 // Flow control: a channel sends what its source gave it, then, if the owning connection has
 // more than kChannelHighWater messages queued that the client has not read, its source stops
-// reading until the queue is down to kChannelLowWater (BusConnection::when_drained). So a
-// slow client costs the daemon at most about kChannelHighWater chunks of kChannelChunk
-// bytes per connection, and the VM's side waits (QEMU stops draining the guest's UART, or its
+// reading until the queue is down to kChannelLowWater (BusConnection::when_drained). Messages
+// queue in the daemon only once the kernel's send buffer of the client's socket is full (sd-bus
+// asks for 8 MiB). So a slow client costs the daemon at most about kChannelHighWater chunks of
+// kChannelChunk bytes per connection beyond that buffer, and the VM's side waits (QEMU stops draining the guest's UART, or its
 // VNC server its updates) rather than the daemon buffering.
 #pragma once
 
