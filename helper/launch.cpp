@@ -290,8 +290,7 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
         agent = VL_TRY(bind_agent_socket(config, vm, env.daemon_gid));
         return {};
       }, [&] { agent.reset(); }));
-    // The console socket and the serial log's files (serial_log.h); the files are a record
-    // and stay after a failure, as after the VM.
+    // The console socket and the serial log's files (serial_log.h).
     if (env.domain.serial_ptys > 0) {
       VL_CHECK(tx.step("console-socket", [&]() -> Result<void> {
         console = VL_TRY(bind_console_socket(config, vm, env.daemon_gid));
@@ -300,7 +299,11 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
       VL_CHECK(tx.step("serial-log", [&]() -> Result<void> {
         serial_log = VL_TRY(open_serial_log(config, vm, env.daemon_gid));
         return {};
-      }, nullptr));
+      }, [&] {
+        bool rotated = serial_log.rotated;
+        serial_log = {};
+        if (auto r = unopen_serial_log(config, vm, rotated); !r) log_error(r.error());
+      }));
     }
     VL_CHECK(tx.step("state-file", [&]() -> Result<void> {
       state.vm = vm.str();

@@ -119,12 +119,31 @@ Result<SerialLogFiles> open_serial_log(const HostConfig& config, const VmName& v
   UniqueFd dir = VL_TRY(open_log_dir(config, daemon_gid));
   std::string current = vm.str() + ".serial.log", previous = current + ".1";
   // PRIV: names below root's own directory, made of a validated VM name.
-  if (::renameat(dir.get(), current.c_str(), dir.get(), previous.c_str()) < 0 && errno != ENOENT)
-    return Error::from_errno("rename '" + config.serial_log_path(vm) + "' to '" + previous + "'");
   SerialLogFiles files;
+  if (::renameat(dir.get(), current.c_str(), dir.get(), previous.c_str()) == 0) files.rotated = true;
+  else if (errno != ENOENT) return Error::from_errno("rename '" + config.serial_log_path(vm) + "' to '" + previous + "'");
   files.current = VL_TRY(open_part(dir.get(), config.log_dir, current, O_EXCL, daemon_gid));
   files.previous = VL_TRY(open_part(dir.get(), config.log_dir, previous, 0, daemon_gid));
   return files;
+}
+
+Result<void> unopen_serial_log(const HostConfig& config, const VmName& vm, bool rotated) {
+  UniqueFd dir = VL_TRY(sys::check_fd(::open(config.log_dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC),
+                                      "open log directory '" + config.log_dir + "'"));
+  std::string current = vm.str() + ".serial.log", previous = current + ".1";
+  // PRIV: names below root's own directory (checked by open_serial_log), of a validated VM name.
+  if (rotated) {
+    VL_TRY(sys::check(::renameat(dir.get(), previous.c_str(), dir.get(), current.c_str()),
+                      "rename '" + previous + "' back to '" + config.serial_log_path(vm) + "'"));
+    return {};
+  }
+  for (const std::string& name : {current, previous}) {
+    struct stat st {};
+    if (::fstatat(dir.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_size == 0)
+      ::unlinkat(dir.get(), name.c_str(), 0);
+  }
+  ::rmdir(config.log_dir.c_str());  // only if empty: another VM's log keeps it
+  return {};
 }
 
 Result<UniqueFd> start_serial_log(SerialLogFiles files) {

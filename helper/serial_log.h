@@ -31,12 +31,17 @@ inline constexpr size_t kSerialLogPart = kSerialLogPartBytes;  ///< bytes per pa
 struct SerialLogFiles {
   UniqueFd current;
   UniqueFd previous;
+  bool rotated = false;  ///< the previous run's part was renamed to .1
 };
 
 /// Creates LOG if missing and checks it (a directory owned by root, writable by root only);
 /// renames the previous run's NAME.serial.log to NAME.serial.log.1 and creates both files
-/// afresh as root:daemon_gid 0640. Nothing to undo: the log is a record, kept after the VM.
+/// afresh as root:daemon_gid 0640.
 Result<SerialLogFiles> open_serial_log(const HostConfig& config, const VmName& vm, gid_t daemon_gid);
+/// Undoes open_serial_log for a launch that failed before its emulator ran: the previous run's
+/// part is current again (or the new empty files go, and LOG if it is empty). A log that
+/// recorded a run stays: it is a record, kept after the VM.
+Result<void> unopen_serial_log(const HostConfig& config, const VmName& vm, bool rotated);
 
 /// Starts the relay that appends to `files`; returns the pipe's write end (close-on-exec),
 /// for the emulator. Nothing to undo: the relay ends at EOF, once the emulator and the helper
