@@ -10,6 +10,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <pty.h>
+#include <termios.h>
 
 #include <chrono>
 #include <thread>
@@ -101,6 +103,50 @@ TEST_SUITE("root/console") {
     size_t first = log.find(kBanner);
     CHECK_MESSAGE((first != std::string::npos && log.find(kBanner, first + 1) != std::string::npos), log);
     CHECK(std::filesystem::exists(path + ".1"));
+  }
+
+  TEST_CASE("console: on a terminal, raw mode while attached and the terminal restored after Ctrl-] and after SIGTERM") {
+    SystemEnv env;
+    env.define({.name = "term1", .mac = "52:54:00:00:31:06"});
+    REQUIRE(env.vmctl({"start", "term1"}).exit_code == 0);
+    for (bool by_signal : {false, true}) {
+      INFO(by_signal);
+      int master = -1, slave = -1;
+      REQUIRE(::openpty(&master, &slave, nullptr, nullptr, nullptr) == 0);
+      vl::UniqueFd term(master), tty(slave);
+      ::fcntl(term.get(), F_SETFD, FD_CLOEXEC);
+      ::fcntl(tty.get(), F_SETFD, FD_CLOEXEC);
+      termios before{};
+      REQUIRE(::tcgetattr(tty.get(), &before) == 0);
+      REQUIRE((before.c_lflag & (ICANON | ECHO)) == (ICANON | ECHO));
+      auto pid = vl::spawn({vl::test::build_path("VMLAUNCH_VMCTL"), {"vmctl", "--config", env.config_path(), "console", "term1"},
+                            {"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, {{tty.get(), 0}, {tty.get(), 1}, {tty.get(), 2}}});
+      REQUIRE(pid.ok());
+      // Attached: the terminal is raw (no echo, no line editing).
+      std::string seen;
+      auto deadline = std::chrono::steady_clock::now() + 60s;
+      termios during{};
+      while (std::chrono::steady_clock::now() < deadline) {
+        pollfd p{term.get(), POLLIN, 0};
+        if (::poll(&p, 1, 200) > 0) {
+          char buf[4096];
+          ssize_t n = ::read(term.get(), buf, sizeof buf);
+          if (n > 0) seen.append(buf, static_cast<size_t>(n));
+        }
+        REQUIRE(::tcgetattr(tty.get(), &during) == 0);
+        if (seen.find("escape character is ^]") != std::string::npos && !(during.c_lflag & (ICANON | ECHO))) break;
+      }
+      CHECK_MESSAGE(!(during.c_lflag & (ICANON | ECHO)), seen);
+      if (by_signal) ::kill(*pid, SIGTERM);
+      else REQUIRE(vl::sys::write_all(term.get(), "\x1d").ok());
+      int status = vl::wait_for(*pid).value();
+      CHECK(WIFEXITED(status));
+      termios after{};
+      REQUIRE(::tcgetattr(tty.get(), &after) == 0);
+      CHECK(after.c_lflag == before.c_lflag);
+      CHECK(after.c_iflag == before.c_iflag);
+      CHECK(after.c_oflag == before.c_oflag);
+    }
   }
 
   TEST_CASE("console: a VM without a running emulator has no console; the log of an unknown VM is an error") {

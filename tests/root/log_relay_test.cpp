@@ -284,6 +284,30 @@ TEST_SUITE("root/log_relay") {
     CHECK(std::filesystem::exists(path));
   }
 
+#ifdef VMLAUNCH_FAULT_INJECTION
+  TEST_CASE("a launch that fails before its emulator runs leaves the previous run's serial log current") {
+    HelperEnv env;
+    env.define({.name = "web1"});
+    auto vm = env.launch("web1");
+    REQUIRE_MESSAGE(vm.running(), vm.log);
+    std::string path = env.root() + "/log/web1.serial.log";
+    {
+      vl::UniqueFd writer(::open(proc_fd(vm.pid, 16).c_str(), O_WRONLY | O_CLOEXEC));
+      REQUIRE(writer.valid());
+      write_text(writer.get(), "the first run\n");
+    }
+    CHECK(eventually([&] { return vl::sys::read_file(path, 4096).value() == "the first run\n"; }));
+    env.kill_vm(vm.pid);
+    CHECK(WEXITSTATUS(env.helper({"cleanup", "web1"}).status) == 0);
+    for (const char* step : {"serial-log", "state-file", "exec"}) {
+      INFO(step);
+      auto failed = env.launch("web1", {std::string("VMLAUNCH_FAIL_AT=") + step});
+      CHECK_FALSE(failed.running());
+      CHECK(vl::sys::read_file(path, 4096).value() == "the first run\n");
+    }
+  }
+#endif
+
   TEST_CASE("with a socket or pipe as stderr (journald) the emulator's output passes through, no relay") {
     HelperEnv env;
     env.define({.name = "web1"});
