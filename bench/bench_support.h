@@ -192,6 +192,8 @@ inline BareVm bare_start(const Plan& plan, const std::string& tap_name, const st
         fds.push_back({tap.get(), s.fd});
         break;
       case FdSlot::Kind::kAgent: die("bare exec: the plan has a guest agent channel, the baseline prepares none");
+      case FdSlot::Kind::kSerial:
+      case FdSlot::Kind::kSerialLog: die("bare exec: the plan has a serial port, the baseline prepares none");
     }
   }
   std::vector<std::string> argv = plan.argv;

@@ -88,6 +88,8 @@ class ArgvChecker {
   // First pass: backends other options refer to.
   Result<void> declare(const QemuOption& opt);
   Result<void> declare_chardev(const QemuOption& opt);
+  Result<void> declare_fd_set(const QemuOption& opt);
+  const FdSlot* slot_of(FdSlot::Kind kind) const;
   Result<void> declare_netdev(const QemuOption& opt);
   Result<void> declare_blockdev(const QemuOption& opt);
   Result<void> declare_object(const QemuOption& opt);
@@ -125,6 +127,7 @@ class ArgvChecker {
   const Domain& domain_;
   std::set<std::string> chardevs_, netdevs_, audiodevs_, rngs_, memdevs_, iothreads_;
   bool have_monitor_chardev_ = false, have_monitor_ = false, have_agent_chardev_ = false;
+  bool have_serial_chardev_ = false, have_serial_log_ = false;
   std::set<int> nics_seen_;
   // -blockdev nodes: protocol nodes by name (with the disk they open, -1 for firmware), and
   // format nodes that devices may use as a drive.
@@ -172,6 +175,7 @@ const ArgvChecker::Rule ArgvChecker::kRules[] = {
     {"-smp", &ArgvChecker::check_smp},
     {"-uuid", &ArgvChecker::check_uuid},
     {"-chardev", &ArgvChecker::check_declared},
+    {"-add-fd", &ArgvChecker::check_declared},
     {"-netdev", &ArgvChecker::check_declared},
     {"-blockdev", &ArgvChecker::check_declared},
     {"-object", &ArgvChecker::check_declared},
@@ -207,7 +211,6 @@ const std::pair<std::string_view, const char*> ArgvChecker::kRefused[] = {
     {"-runas", "the helper changes the uid itself"},
     {"-chroot", "the helper sets up the emulator's environment itself"},
     {"-readconfig", "reads options from a file the helper has not checked"},
-    {"-add-fd", "fds are the plan's slots only"},
     {"-D", "writes a log file the helper does not control"},
     {"-d", "debug logging is not allowed"},
     {"-trace", "tracing can write files the helper does not control"},
@@ -316,11 +319,15 @@ Result<void> ArgvChecker::run() {
   }
   if (!have_monitor_chardev_ || !have_monitor_)
     return Error::make(ErrorCode::kDenied, "the emulator command line is refused: it has no QMP monitor on the plan's monitor fd");
+  if (have_serial_chardev_ != (slot_of(FdSlot::Kind::kSerial) != nullptr) || have_serial_chardev_ != have_serial_log_)
+    return Error::make(ErrorCode::kDenied, "the emulator command line is refused: the plan's serial console fd, its log "
+                                           "pipe and the serial chardev come together or not at all");
   return check_disk_nodes();
 }
 
 Result<void> ArgvChecker::declare(const QemuOption& opt) {
   if (opt.name == "-chardev") return declare_chardev(opt);
+  if (opt.name == "-add-fd") return declare_fd_set(opt);
   if (opt.name == "-netdev") return declare_netdev(opt);
   if (opt.name == "-blockdev") return declare_blockdev(opt);
   if (opt.name == "-object") return declare_object(opt);
@@ -333,7 +340,19 @@ Result<void> ArgvChecker::declare_chardev(const QemuOption& opt) {
   if (parts.size() < 2 || parts[1].rfind("id=", 0) != 0 || !is_token(keyval_value(parts[1])))
     return refuse(opt, "expected BACKEND,id=ID");
   std::string id(keyval_value(parts[1]));
-  if (parts[0] == "socket" && id != "charmonitor") {
+  if (parts[0] == "socket" && id == "charserial0") {
+    // The console: exactly on the socket root bound in the VM's runtime directory, its
+    // logfile exactly the fd set of root's log pipe (declare_fd_set). Any other logfile would
+    // be a file the VM's uid opens and grows, any other path a socket of someone else's.
+    const FdSlot* serial = slot_of(FdSlot::Kind::kSerial);
+    const FdSlot* log = slot_of(FdSlot::Kind::kSerialLog);
+    std::vector<std::string> expected = {"socket", "id=charserial0", "fd=" + std::to_string(serial ? serial->fd : -1),
+                                         "server=on", "wait=off",
+                                         "logfile=/dev/fdset/" + std::to_string(log ? log->fd : -1), "logappend=on"};
+    if (!serial || !log || parts != expected || have_serial_chardev_)
+      return refuse(opt, "the serial console must be the plan's serial fd, logged to the plan's serial log pipe");
+    have_serial_chardev_ = true;
+  } else if (parts[0] == "socket" && id != "charmonitor") {
     // The guest agent's channel, exactly on the fd root bound in the VM's runtime directory,
     // and only for a domain that declares the agent: a path or address would reach the
     // network or another process's socket.
@@ -362,6 +381,24 @@ Result<void> ArgvChecker::declare_chardev(const QemuOption& opt) {
     return refuse(opt, "chardev backend " + quote_for_message(parts[0]) + " is not allowed (only pty, null, the monitor and the guest agent)");
   }
   if (!chardevs_.insert(id).second) return refuse(opt, "chardev id " + quote_for_message(id) + " declared twice");
+  return {};
+}
+
+const FdSlot* ArgvChecker::slot_of(FdSlot::Kind kind) const {
+  for (const FdSlot& s : plan_.fds)
+    if (s.kind == kind) return &s;
+  return nullptr;
+}
+
+// An fd set holds only the serial log pipe, under its own number: the one name a chardev's
+// logfile may have (/dev/fdset/N). Any other fd would hand the emulator a descriptor the plan
+// did not ask root for under a name options could open.
+Result<void> ArgvChecker::declare_fd_set(const QemuOption& opt) {
+  const FdSlot* log = slot_of(FdSlot::Kind::kSerialLog);
+  std::string fd = std::to_string(log ? log->fd : -1);
+  if (!log || split_keyval(opt.value) != std::vector<std::string>{"fd=" + fd, "set=" + fd} || have_serial_log_)
+    return refuse(opt, "the only fd set is the plan's serial log pipe, once");
+  have_serial_log_ = true;
   return {};
 }
 

@@ -21,8 +21,10 @@ namespace vl {
 
 /// Checks every option of plan.argv (argv[0] excluded) against the allowlist for `domain`:
 ///  - only known options, each with values of the expected shape;
-///  - -netdev only as the tap fds of the plan's own slots; chardevs only pty, null and the
-///    plan's monitor fd; exactly one QMP monitor on it;
+///  - -netdev only as the tap fds of the plan's own slots; chardevs only pty, null, the
+///    plan's monitor and agent fds and the serial console on the plan's serial fd, logged to
+///    /dev/fdset/N where the one -add-fd puts the plan's serial log pipe (fd=N,set=N);
+///    exactly one QMP monitor;
 ///  - -blockdev only for the domain's disks (exact paths, declared format, no backing file:
 ///    qcow2 nodes must say "backing": null) and read-only root-owned firmware;
 ///  - -vnc exactly as the domain's <graphics> says (listen address, port, password);

@@ -288,6 +288,7 @@ Result<HostConfig> parse_config(std::string_view text, const std::string& source
     VL_CHECK(r.read_path("runtime", config.runtime_dir));
     VL_CHECK(r.read_path("state", config.state_dir));
     VL_CHECK(r.read_path("cache", config.cache_dir));
+    VL_CHECK(r.read_path("log", config.log_dir));
     VL_CHECK(r.read_path("udev_rules", config.udev_rules_dir));
     VL_CHECK(r.read_path("userdb", config.userdb_dir));
     VL_CHECK(r.finish());

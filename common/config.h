@@ -56,6 +56,8 @@ struct HostPort {
   uint16_t port = 0;
 };
 std::optional<HostPort> split_host_port(std::string_view text, uint16_t default_port);
+/// The size of each of the serial log's two parts (helper/serial_log.h).
+inline constexpr size_t kSerialLogPartBytes = size_t{1} << 20;
 
 /// Everything vmlaunch.toml can say, with the documented defaults filled in.
 struct HostConfig {
@@ -65,6 +67,7 @@ struct HostConfig {
   std::string runtime_dir = "/run/vmlaunch";
   std::string state_dir = "/var/lib/vmlaunch";
   std::string cache_dir = "/var/cache/vmlaunch";
+  std::string log_dir = "/var/log/vmlaunch";
   std::string udev_rules_dir = "/run/udev/rules.d";
   std::string userdb_dir = "/run/userdb";
 
@@ -89,6 +92,9 @@ struct HostConfig {
   std::string control_socket() const { return runtime_dir + "/control.sock"; }
   std::string helper_socket() const { return runtime_dir + "/helper.sock"; }
   std::string vm_runtime_dir(const VmName& vm) const { return runtime_dir + "/vms/" + vm.str(); }
+  /// The first serial port's output, from the first byte (helper/serial_log.h); the previous
+  /// part, once it filled, is serial_log_path(vm) + ".1".
+  std::string serial_log_path(const VmName& vm) const { return log_dir + "/" + vm.str() + ".serial.log"; }
   std::string uid_map_path() const { return state_dir + "/uids"; }
   std::string disk_journal_path(const VmName& vm) const { return state_dir + "/disks/" + vm.str() + ".json"; }
   /// A UEFI VM's variable store: created by the helper from the firmware's template, owned by

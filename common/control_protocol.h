@@ -12,7 +12,21 @@
 //   Launched(s name)                -> ()          root only: a kvm-vm@NAME unit exec'd the emulator;
 //                                                  returns once the guest runs (or fails)
 //   LaunchFailed(s name, s message) -> ()          root only: a kvm-vm@NAME unit's launch failed
+//   OpenConsole(s name, b write)    -> u channel  a channel to the VM's serial console (write: the one
+//                                                  writer; refused, naming the holder, while another
+//                                                  writes); output arrives as ChannelData
+//   OpenVnc(s name)                 -> u channel  a channel to a new connection to the VM's VNC server
+//   ChannelWrite(u channel, ay data)-> ()          bytes for the VM; answered once written. At most
+//                                                  256 KiB may wait unwritten per channel (Conflict)
+//   CloseChannel(u channel)         -> ()
+//   ReadSerialLog(s name)           -> ay          the VM's serial log, both parts, older first
 //   signal StateChanged(s name, s state, s reason)
+//   signal ChannelData(u channel, ay data)         to the channel's connection only; up to 16 KiB
+//   signal ChannelClosed(u channel, s reason)      to the channel's connection only; the channel is gone
+// Channels belong to the connection that opened them (others get NotFound) and close when it
+// goes; a connection may hold 16. Flow control (daemon/channel.h): while a connection has more
+// than 64 messages unread, the channels' sources pause, so a slow client slows its VM's console
+// or VNC stream instead of growing the daemon.
 // Errors are D-Bus errors named org.vmlaunch.Error.<Code> (NotFound, Denied, Conflict, ...)
 // whose message is the error's context.
 #pragma once

@@ -119,6 +119,7 @@ class DomainParser {
   Result<void> parse_backing_store(const xmlNode* n, Disk& disk);
   Result<void> parse_graphics(const xmlNode* n);
   Result<void> parse_serial(const xmlNode* n);
+  void parse_console(const xmlNode* n);
   Result<void> parse_channel(const xmlNode* n);
   Result<void> parse_metadata(const xmlNode* n);
   Result<void> parse_os(const xmlNode* n);
@@ -130,6 +131,7 @@ class DomainParser {
   std::vector<Disk> disks_;
   std::optional<Vnc> vnc_;
   int serial_ptys_ = 0;
+  bool console_is_serial_ = false;  ///< a pty <console> whose target is a serial port
   bool guest_agent_ = false;
   std::optional<Uefi> uefi_;
   std::vector<std::string> boot_files_;
@@ -213,6 +215,10 @@ Result<Domain> DomainParser::parse(const xmlNode* root) {
   if (nics_.size() > VmName::kMaxNics)
     return unsupported(root, "more than " + std::to_string(VmName::kMaxNics) + " interfaces");
 
+  // A pty <console> on a domain without <serial> is libvirt's serial port 0 (it adds the
+  // <serial> itself; virt-install writes only the <console>).
+  if (serial_ptys_ == 0 && console_is_serial_) serial_ptys_ = 1;
+
   return Domain{std::move(name).value(), uuid_, type_, emulator_, std::move(nics_),
                 std::move(disks_), std::move(vnc_), serial_ptys_, std::move(boot_files_), meta_, guest_agent_,
                 std::move(uefi_)};
@@ -239,6 +245,7 @@ Result<void> DomainParser::parse_devices(const xmlNode* devices) {
     if (el == "disk") status = parse_disk(n);
     if (el == "graphics") status = parse_graphics(n);
     if (el == "serial") status = parse_serial(n);
+    if (el == "console") parse_console(n);
     if (el == "channel") status = parse_channel(n);
   });
   return status;
@@ -614,6 +621,14 @@ Result<void> DomainParser::parse_graphics(const xmlNode* n) {
   vnc.password = attr(n, "passwd").value_or("");
   vnc_ = vnc;
   return {};
+}
+
+void DomainParser::parse_console(const xmlNode* n) {
+  std::string target_type;
+  for_each_element(n, [&](const xmlNode* c) {
+    if (name_of(c) == "target") target_type = attr(c, "type").value_or("");
+  });
+  console_is_serial_ |= attr(n, "type").value_or("") == "pty" && (target_type.empty() || target_type == "serial");
 }
 
 Result<void> DomainParser::parse_serial(const xmlNode* n) {

@@ -151,6 +151,8 @@ struct Domain {
   std::vector<Nic> nics;
   std::vector<Disk> disks;
   std::optional<Vnc> vnc;
+  /// <serial type='pty'> devices; 1 for a domain with none but a pty <console> on a serial
+  /// target (libvirt's serial port 0).
   int serial_ptys = 0;
   /// Files named in <os> (<loader>, <kernel>, <initrd>, <dtb>): the only boot files besides
   /// QEMU's own firmware directories that a plan may name.

@@ -13,6 +13,8 @@ const char* fd_kind_name(FdSlot::Kind kind) {
     case FdSlot::Kind::kMonitor: return "monitor";
     case FdSlot::Kind::kTap: return "tap";
     case FdSlot::Kind::kAgent: return "agent";
+    case FdSlot::Kind::kSerial: return "serial";
+    case FdSlot::Kind::kSerialLog: return "serial-log";
   }
   return "?";
 }
@@ -103,6 +105,10 @@ Result<Plan> plan_from_json(std::string_view text) {
       slot.kind = FdSlot::Kind::kMonitor;
     } else if (kind == "agent") {
       slot.kind = FdSlot::Kind::kAgent;
+    } else if (kind == "serial") {
+      slot.kind = FdSlot::Kind::kSerial;
+    } else if (kind == "serial-log") {
+      slot.kind = FdSlot::Kind::kSerialLog;
     } else if (kind == "tap") {
       slot.kind = FdSlot::Kind::kTap;
       slot.nic = VL_TRY(get_int(f, "nic", 0, 9));

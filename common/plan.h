@@ -15,7 +15,10 @@ namespace vl {
 
 /// One fd the emulator expects at a fixed number.
 struct FdSlot {
-  enum class Kind { kMonitor, kTap, kAgent };  ///< kAgent: the guest agent channel's listening socket
+  /// kAgent: the guest agent channel's listening socket; kSerial: the first serial port's
+  /// listening socket (the console the daemon relays); kSerialLog: the write end of the pipe
+  /// through which root's relay logs that port's output (helper/serial_log.h).
+  enum class Kind { kMonitor, kTap, kAgent, kSerial, kSerialLog };
   Kind kind = Kind::kMonitor;
   int fd = -1;
   int nic = -1;  ///< for kTap: index of the <interface> in the domain XML

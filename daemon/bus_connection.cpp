@@ -116,9 +116,10 @@ void BusConnection::pump() {
     if (r < 0) return drop("");  // the client went away (or broke the protocol)
     if (r == 0) break;
   }
-  uint64_t queued = 0;
-  if (sd_bus_get_n_queued_write(bus_, &queued) >= 0 && queued > limits_.max_queued_out)
+  uint64_t queued = queued_out();
+  if (queued > limits_.max_queued_out)
     return drop("it does not read what it is sent (" + std::to_string(queued) + " messages queued)");
+  run_drained_waiters();
   int events = sd_bus_get_events(bus_);
   auto self = shared_from_this();
   // sd-bus wants input: read more from the client once the last chunk is all passed on.
@@ -137,6 +138,36 @@ void BusConnection::pump() {
       if (!ec) self->pump();
     });
   }
+}
+
+uint64_t BusConnection::queued_out() const {
+  uint64_t queued = 0;
+  if (!bus_ || sd_bus_get_n_queued_write(bus_, &queued) < 0) return 0;
+  return queued;
+}
+
+void BusConnection::when_drained(uint64_t low_water, std::function<void()> ready) {
+  if (closed_) return;
+  drained_waiters_.emplace_back(low_water, std::move(ready));
+  schedule_pump();  // runs it from the loop if the queue is short enough already
+}
+
+void BusConnection::on_close(std::function<void()> closed) {
+  if (closed_) return asio::post(client_.get_executor(), std::move(closed));
+  close_waiters_.push_back(std::move(closed));
+}
+
+// Waiters run from the event loop (pump() is), each at most once; one may add another.
+void BusConnection::run_drained_waiters() {
+  if (drained_waiters_.empty()) return;
+  uint64_t queued = queued_out();
+  std::vector<std::function<void()>> ready;
+  std::erase_if(drained_waiters_, [&](auto& w) {
+    if (queued > w.first) return false;
+    ready.push_back(std::move(w.second));
+    return true;
+  });
+  for (auto& f : ready) f();
 }
 
 void BusConnection::read_client() {
@@ -223,6 +254,8 @@ void BusConnection::drop(std::string reason) {
     std::fprintf(stderr, "vmlaunchd: Dropped the control connection of %s: %s\n", identity_.who.c_str(),
                  reason.c_str());
   close_reason_ = std::move(reason);
+  drained_waiters_.clear();
+  for (auto& f : std::exchange(close_waiters_, {})) asio::post(client_.get_executor(), std::move(f));
   registry().erase(bus_);
   sd_bus_close(bus_);  // closes sd-bus's descriptors; nothing is flushed to a dropped client
   boost::system::error_code ignored;

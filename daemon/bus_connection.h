@@ -22,6 +22,7 @@
 #include "daemon/asio.h"
 #include <array>
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -82,6 +83,15 @@ class BusConnection final : public std::enable_shared_from_this<BusConnection> {
   /// Why the connection was dropped by the daemon ("" if the client left or it is open).
   const std::string& close_reason() const { return close_reason_; }
 
+  /// Messages queued for the client right now (replies and signals not yet written).
+  uint64_t queued_out() const;
+  /// Calls `ready` (once, from the event loop) when at most `low_water` messages are queued
+  /// for the client, at once if that is so now; dropped if the connection closes first.
+  /// Channels use it to pause their source while a client reads slowly (channel.h).
+  void when_drained(uint64_t low_water, std::function<void()> ready);
+  /// Calls `closed` (once) when the connection is dropped or the client leaves.
+  void on_close(std::function<void()> closed);
+
   /// The live connections, by their sd-bus object (method handlers find their peer here).
   static std::map<sd_bus*, std::weak_ptr<BusConnection>>& registry();
   /// The connection a method call arrived on, or null.
@@ -93,6 +103,7 @@ class BusConnection final : public std::enable_shared_from_this<BusConnection> {
   void feed_bus();
   void track_deadline();
   void drop(std::string reason);
+  void run_drained_waiters();
 
   UniqueFd socket_;                               ///< until start() gives it to sd-bus
   boost::asio::posix::stream_descriptor client_;  ///< our own dup of the socket: reads, readiness
@@ -113,6 +124,8 @@ class BusConnection final : public std::enable_shared_from_this<BusConnection> {
   bool waiting_write_ = false;
   bool closed_ = false;
   std::string close_reason_;
+  std::vector<std::pair<uint64_t, std::function<void()>>> drained_waiters_;
+  std::vector<std::function<void()>> close_waiters_;
 };
 
 }  // namespace vl

@@ -9,14 +9,19 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <utility>
 
 #include "common/control_protocol.h"
+#include "common/sys.h"
 #include "common/vm_name.h"
 #include "daemon/authorization.h"
 #include "daemon/bus_connection.h"
+#include "daemon/channel.h"
+#include "daemon/console_hub.h"
 #include "daemon/event_log.h"
+#include "daemon/vnc_channel.h"
 
 namespace vl {
 
@@ -35,6 +40,8 @@ constexpr BusLimits kDeniedLimits{4096, std::chrono::seconds(5), 16, 16 * 1024, 
 
 struct ServerState {
   Manager* manager;
+  asio::io_context* io;
+  const HostConfig* config;
 };
 
 int reply_error(sd_bus_message* m, const Error& e) {
@@ -82,6 +89,16 @@ Result<void> authorize(sd_bus_message* m) {
       return reply_error((m), ok.error());                \
   } while (0)
 
+// A method return whose arguments `fill` appends.
+int reply_with(sd_bus_message* m, const std::function<int(sd_bus_message*)>& fill) {
+  sd_bus_message* reply = nullptr;
+  int r = sd_bus_message_new_method_return(m, &reply);
+  if (r >= 0) r = fill(reply);
+  if (r >= 0) r = sd_bus_send(nullptr, reply, nullptr);
+  sd_bus_message_unref(reply);
+  return r;
+}
+
 int append_info(sd_bus_message* reply, const VmInfo& i) {
   return sd_bus_message_append(reply, "(sssuusibi)", i.name.c_str(), vm_status_name(i.status), i.reason.c_str(),
                                static_cast<uint32_t>(i.pid), static_cast<uint32_t>(i.uid), i.zone.c_str(),
@@ -91,15 +108,12 @@ int append_info(sd_bus_message* reply, const VmInfo& i) {
 int method_list(sd_bus_message* m, void* userdata, sd_bus_error*) {
   auto* s = static_cast<ServerState*>(userdata);
   AUTHORIZE(m);
-  sd_bus_message* reply = nullptr;
-  int r = sd_bus_message_new_method_return(m, &reply);
-  if (r >= 0) r = sd_bus_message_open_container(reply, 'a', "(sssuusibi)");
-  for (const VmInfo& info : s->manager->list())
-    if (r >= 0) r = append_info(reply, info);
-  if (r >= 0) r = sd_bus_message_close_container(reply);
-  if (r >= 0) r = sd_bus_send(nullptr, reply, nullptr);
-  sd_bus_message_unref(reply);
-  return r;
+  return reply_with(m, [&](sd_bus_message* reply) {
+    int r = sd_bus_message_open_container(reply, 'a', "(sssuusibi)");
+    for (const VmInfo& info : s->manager->list())
+      if (r >= 0) r = append_info(reply, info);
+    return r >= 0 ? sd_bus_message_close_container(reply) : r;
+  });
 }
 
 int method_status(sd_bus_message* m, void* userdata, sd_bus_error*) {
@@ -111,21 +125,18 @@ int method_status(sd_bus_message* m, void* userdata, sd_bus_error*) {
   if (!info) return reply_error(m, info.error());
   std::string taps;
   for (const auto& t : info->taps) taps += (taps.empty() ? "" : ",") + t;
-  sd_bus_message* reply = nullptr;
-  int r = sd_bus_message_new_method_return(m, &reply);
-  if (r >= 0) r = sd_bus_message_open_container(reply, 'a', "{ss}");
   const std::pair<const char*, std::string> fields[] = {
       {"name", info->name}, {"state", vm_status_name(info->status)}, {"reason", info->reason},
       {"pid", std::to_string(info->pid)}, {"uid", std::to_string(info->uid)}, {"zone", info->zone},
       {"taps", taps}, {"vnc_display", info->vnc_display >= 0 ? std::to_string(info->vnc_display) : ""},
       {"vnc_listen", info->vnc_listen}, {"network", info->network}, {"plan", info->plan},
       {"conversions", std::to_string(info->conversions)}};
-  for (const auto& [k, v] : fields)
-    if (r >= 0) r = sd_bus_message_append(reply, "{ss}", k, v.c_str());
-  if (r >= 0) r = sd_bus_message_close_container(reply);
-  if (r >= 0) r = sd_bus_send(nullptr, reply, nullptr);
-  sd_bus_message_unref(reply);
-  return r;
+  return reply_with(m, [&](sd_bus_message* reply) {
+    int r = sd_bus_message_open_container(reply, 'a', "{ss}");
+    for (const auto& [k, v] : fields)
+      if (r >= 0) r = sd_bus_message_append(reply, "{ss}", k, v.c_str());
+    return r >= 0 ? sd_bus_message_close_container(reply) : r;
+  });
 }
 
 int method_start(sd_bus_message* m, void* userdata, sd_bus_error*) {
@@ -225,6 +236,83 @@ int method_launch_failed(sd_bus_message* m, void* userdata, sd_bus_error*) {
   return sd_bus_reply_method_return(m, "");
 }
 
+int reply_channel(sd_bus_message* m, Result<std::shared_ptr<Channel>> channel) {
+  if (!channel) return reply_error(m, channel.error());
+  return sd_bus_reply_method_return(m, "u", (*channel)->id());
+}
+
+// Consoles and VNC are for root and the admin group (AUTHORIZE): they reach into the guest.
+int method_open_console(sd_bus_message* m, void* userdata, sd_bus_error*) {
+  auto* s = static_cast<ServerState*>(userdata);
+  AUTHORIZE(m);
+  const char* name = nullptr;
+  int write = 0;
+  if (int r = sd_bus_message_read(m, "sb", &name, &write); r < 0) return r;
+  auto vm = VmName::parse(name);
+  if (!vm) return reply_error(m, vm.error());
+  auto conn = BusConnection::of(m);
+  return reply_channel(m, ConsoleHub::open(*s->io, vm->str(), s->config->vm_runtime_dir(*vm) + "/console.sock", conn,
+                                           write != 0, conn->identity().who));
+}
+
+int method_open_vnc(sd_bus_message* m, void* userdata, sd_bus_error*) {
+  auto* s = static_cast<ServerState*>(userdata);
+  AUTHORIZE(m);
+  const char* name = nullptr;
+  if (int r = sd_bus_message_read(m, "s", &name); r < 0) return r;
+  auto info = s->manager->status(name);
+  if (!info) return reply_error(m, info.error());
+  if (info->status != VmStatus::kRunning)
+    return reply_error(m, Error::make(ErrorCode::kConflict, "VM '" + info->name + "' is " + vm_status_name(info->status)));
+  if (info->vnc_display < 0)
+    return reply_error(m, Error::make(ErrorCode::kNotFound, "VM '" + info->name + "' has no VNC display"));
+  return reply_channel(m, open_vnc_channel(*s->io, info->name, info->vnc_listen,
+                                           static_cast<uint16_t>(5900 + info->vnc_display), BusConnection::of(m)));
+}
+
+int method_channel_write(sd_bus_message* m, void*, sd_bus_error*) {
+  AUTHORIZE(m);
+  uint32_t id = 0;
+  const void* data = nullptr;
+  size_t size = 0;
+  if (int r = sd_bus_message_read(m, "u", &id); r < 0) return r;
+  if (int r = sd_bus_message_read_array(m, 'y', &data, &size); r < 0) return r;
+  auto channel = ChannelTable::find(id, BusConnection::of(m).get());
+  if (!channel) return reply_error(m, channel.error());
+  const auto* bytes = static_cast<const uint8_t*>(data);
+  (*channel)->write(std::vector<uint8_t>(bytes, bytes + size), reply_later(m));
+  return 1;
+}
+
+int method_close_channel(sd_bus_message* m, void*, sd_bus_error*) {
+  AUTHORIZE(m);
+  uint32_t id = 0;
+  if (int r = sd_bus_message_read(m, "u", &id); r < 0) return r;
+  auto channel = ChannelTable::find(id, BusConnection::of(m).get());
+  if (!channel) return reply_error(m, channel.error());
+  (*channel)->close("closed by the client");
+  return sd_bus_reply_method_return(m, "");
+}
+
+// Both parts of the serial log (helper/serial_log.h), the older first: at most twice
+// kSerialLogPartBytes. The files are the daemon group's to read; the VM need not be running.
+int method_read_serial_log(sd_bus_message* m, void* userdata, sd_bus_error*) {
+  auto* s = static_cast<ServerState*>(userdata);
+  AUTHORIZE(m);
+  const char* name = nullptr;
+  if (int r = sd_bus_message_read(m, "s", &name); r < 0) return r;
+  auto vm = VmName::parse(name);
+  if (!vm) return reply_error(m, vm.error());
+  std::string path = s->config->serial_log_path(*vm);
+  auto previous = sys::read_file(path + ".1", kSerialLogPartBytes + 1);
+  auto current = sys::read_file(path, kSerialLogPartBytes + 1);
+  if (!current && !previous)
+    return reply_error(m, Error::make(ErrorCode::kNotFound, "no serial log of VM '" + vm->str() + "' at '" + path +
+                                                                "': " + current.error().message()));
+  std::string text = (previous ? *previous : "") + (current ? *current : "");
+  return reply_with(m, [&](sd_bus_message* reply) { return sd_bus_message_append_array(reply, 'y', text.data(), text.size()); });
+}
+
 // Every method is "unprivileged" for sd-bus: the checks above replace its capability test,
 // which knows nothing of the admin group.
 const sd_bus_vtable kVtable[] = {
@@ -249,7 +337,19 @@ const sd_bus_vtable kVtable[] = {
                             SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD_WITH_ARGS("LaunchFailed", SD_BUS_ARGS("s", name, "s", message), SD_BUS_NO_RESULT,
                             method_launch_failed, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD_WITH_ARGS("OpenConsole", SD_BUS_ARGS("s", name, "b", write), SD_BUS_RESULT("u", channel),
+                            method_open_console, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD_WITH_ARGS("OpenVnc", SD_BUS_ARGS("s", name), SD_BUS_RESULT("u", channel), method_open_vnc,
+                            SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD_WITH_ARGS("ChannelWrite", SD_BUS_ARGS("u", channel, "ay", data), SD_BUS_NO_RESULT,
+                            method_channel_write, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD_WITH_ARGS("CloseChannel", SD_BUS_ARGS("u", channel), SD_BUS_NO_RESULT, method_close_channel,
+                            SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD_WITH_ARGS("ReadSerialLog", SD_BUS_ARGS("s", name), SD_BUS_RESULT("ay", log),
+                            method_read_serial_log, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_SIGNAL_WITH_ARGS("StateChanged", SD_BUS_ARGS("s", name, "s", state, "s", reason), 0),
+    SD_BUS_SIGNAL_WITH_ARGS("ChannelData", SD_BUS_ARGS("u", channel, "ay", data), 0),
+    SD_BUS_SIGNAL_WITH_ARGS("ChannelClosed", SD_BUS_ARGS("u", channel, "s", reason), 0),
     SD_BUS_VTABLE_END};
 
 std::unique_ptr<ServerState> g_state;
@@ -268,7 +368,7 @@ ControlServer::ControlServer(asio::io_context& io, const HostConfig& config, Man
     std::fprintf(stderr, "vmlaunchd: The read-only group '%s' (control.readonly_group) does not exist, ignoring\n",
                  config.readonly_group.c_str());
   }
-  g_state = std::make_unique<ServerState>(ServerState{&manager_});
+  g_state = std::make_unique<ServerState>(ServerState{&manager_, &io_, &config_});
   // Signals go to those who may see the state (List, Status): every role but none.
   manager_.on_state_changed = [](const VmInfo& info) {
     std::vector<std::shared_ptr<BusConnection>> live;
@@ -299,6 +399,7 @@ Result<void> ControlServer::listen() {
 }
 
 void ControlServer::close() {
+  ChannelTable::close_all("vmlaunchd is stopping");
   if (!acceptor_) return;
   boost::system::error_code ignored;
   acceptor_->close(ignored);

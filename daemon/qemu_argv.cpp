@@ -93,6 +93,7 @@ class Rewriter {
   Plan plan_;
   bool have_monitor_ = false;
   bool have_agent_ = false;
+  bool have_serial_ = false;
 };
 
 Result<Plan> Rewriter::run(const std::vector<std::string>& words) {
@@ -137,6 +138,12 @@ Result<Plan> Rewriter::run(const std::vector<std::string>& words) {
   // -no-shutdown (a guest poweroff becomes a SHUTDOWN event it answers with `quit`).
   if (!have_s) plan_.argv.push_back("-S");
   if (!have_no_shutdown) plan_.argv.push_back("-no-shutdown");
+  // The serial chardev's logfile names this fd set; QEMU reads -add-fd before it creates any
+  // chardev, wherever the option stands.
+  if (have_serial_) {
+    plan_.argv.push_back("-add-fd");
+    plan_.argv.push_back(join_keyval({"fd=" + std::to_string(kSerialLogFd), "set=" + std::to_string(kSerialLogFd)}));
+  }
   if (!have_monitor_) return Error::invalid("native command line has no QMP monitor chardev");
 
   size_t taps = std::count_if(plan_.fds.begin(), plan_.fds.end(),
@@ -282,6 +289,18 @@ Result<void> Rewriter::rewrite_chardev(QemuOption& opt) {
     opt.value = join_keyval({"socket", "id=charchannel0", "fd=" + std::to_string(kAgentFd), "server=on", "wait=off"});
     plan_.fds.push_back({FdSlot::Kind::kAgent, kAgentFd, -1});
     have_agent_ = true;
+    return {};
+  }
+  if (id == "charserial0" && parts[0] == "pty") {
+    // The console: a listening socket root bound in the runtime directory, which the daemon
+    // connects to when someone attaches (a pty would be the VM uid's, and QEMU drops a pty's
+    // output while nobody holds it). Everything the guest prints also goes to the logfile, a
+    // pipe to root's relay (helper/serial_log.h), whether anyone is attached or not.
+    opt.value = join_keyval({"socket", "id=charserial0", "fd=" + std::to_string(kSerialFd), "server=on", "wait=off",
+                             "logfile=/dev/fdset/" + std::to_string(kSerialLogFd), "logappend=on"});
+    plan_.fds.push_back({FdSlot::Kind::kSerial, kSerialFd, -1});
+    plan_.fds.push_back({FdSlot::Kind::kSerialLog, kSerialLogFd, -1});
+    have_serial_ = true;
     return {};
   }
   if (parts[0] != "pty" && parts[0] != "null" && parts[0] != "spicevmc")

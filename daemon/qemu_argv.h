@@ -21,9 +21,13 @@ inline constexpr int kMonitorFd = 3;
 inline constexpr int kFirstTapFd = 4;
 /// The guest agent channel's listening socket: after the last possible tap.
 inline constexpr int kAgentFd = kFirstTapFd + static_cast<int>(VmName::kMaxNics);
+/// The first serial port's listening socket, and the pipe its output is logged through (also
+/// the number of the fd set, /dev/fdset/N, that names the pipe to the chardev's logfile).
+inline constexpr int kSerialFd = kAgentFd + 1;
+inline constexpr int kSerialLogFd = kAgentFd + 2;
 
 /// The rewrite's own version: part of the plan cache key, bump it when the output changes.
-inline constexpr int kRewriteVersion = 3;
+inline constexpr int kRewriteVersion = 4;
 
 /// Rewrites the words of a native command line (environment assignments included) into a
 /// plan for `domain`. `conversion_root` is the embed root the words came from: no word of the

@@ -26,6 +26,7 @@
 #include "helper/nft_filter.h"
 #include "helper/nvram.h"
 #include "helper/runtime_dir.h"
+#include "helper/serial_log.h"
 #include "helper/tap.h"
 #include "helper/transaction.h"
 #include "helper/uid_map.h"
@@ -55,7 +56,7 @@ Result<void> check_plan(const Plan& plan, const Domain& domain) {
   if (plan.vm != domain.name.str()) return Error::invalid("plan is for VM " + quote_for_message(plan.vm) + ", not '" + domain.name.str() + "'");
   if (plan.emulator != domain.emulator)
     return Error::make(ErrorCode::kDenied, "plan runs " + quote_for_message(plan.emulator, kQuotePathMax) + ", the domain XML says " + quote_for_message(domain.emulator, kQuotePathMax));
-  size_t monitors = 0, agents = 0;
+  size_t monitors = 0, agents = 0, serials = 0;
   std::vector<bool> nic_seen(domain.nics.size(), false);
   for (const FdSlot& slot : plan.fds) {
     if (slot.kind == FdSlot::Kind::kMonitor) {
@@ -64,6 +65,10 @@ Result<void> check_plan(const Plan& plan, const Domain& domain) {
     }
     if (slot.kind == FdSlot::Kind::kAgent) {
       ++agents;
+      continue;
+    }
+    if (slot.kind == FdSlot::Kind::kSerial || slot.kind == FdSlot::Kind::kSerialLog) {
+      ++serials;
       continue;
     }
     if (slot.nic < 0 || static_cast<size_t>(slot.nic) >= domain.nics.size() || nic_seen[slot.nic])
@@ -76,6 +81,10 @@ Result<void> check_plan(const Plan& plan, const Domain& domain) {
                                              : "plan has a guest agent fd, but the domain XML declares no agent channel");
   for (size_t i = 0; i < nic_seen.size(); ++i)
     if (!nic_seen[i]) return Error::invalid("plan has no tap fd for interface " + std::to_string(i));
+  // The serial log is root's record of what the guest printed: a plan may not leave it out.
+  if (serials != (domain.serial_ptys > 0 ? 2u : 0u))
+    return Error::invalid(domain.serial_ptys > 0 ? "plan must have the serial console fd and its log pipe"
+                                                 : "plan has serial console fds, but the domain XML declares no serial port");
   // The argv is the daemon's proposal; what root executes is decided here (argv_policy.h).
   return check_plan_argv(plan, domain);
 }
@@ -201,7 +210,8 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
   uid_t uid = 0;
   bool nvram_created = false;
   std::vector<UniqueFd> taps;
-  UniqueFd monitor, agent;
+  UniqueFd monitor, agent, console;
+  SerialLogFiles serial_log;
   VmState state;
   Transaction tx;
   auto run = [&]() -> Result<void> {
@@ -281,6 +291,21 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
         agent = VL_TRY(bind_agent_socket(config, vm, env.daemon_gid));
         return {};
       }, [&] { agent.reset(); }));
+    // The console socket and the serial log's files (serial_log.h).
+    if (env.domain.serial_ptys > 0) {
+      VL_CHECK(tx.step("console-socket", [&]() -> Result<void> {
+        console = VL_TRY(bind_console_socket(config, vm, env.daemon_gid));
+        return {};
+      }, [&] { console.reset(); }));
+      VL_CHECK(tx.step("serial-log", [&]() -> Result<void> {
+        serial_log = VL_TRY(open_serial_log(config, vm, env.daemon_gid));
+        return {};
+      }, [&] {
+        bool rotated = serial_log.rotated;
+        serial_log = {};
+        if (auto r = unopen_serial_log(config, vm, rotated); !r) log_error(r.error());
+      }));
+    }
     VL_CHECK(tx.step("state-file", [&]() -> Result<void> {
       state.vm = vm.str();
       state.pid = ::getpid();
@@ -303,12 +328,24 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
   };
   if (auto r = run(); !r) return log_error(std::move(r).error());
 
+  // Started before the emulator's first byte; it ends at EOF if the launch fails from here.
+  UniqueFd serial_pipe;
+  if (serial_log.current) {
+    auto pipe = start_serial_log(std::move(serial_log));
+    if (!pipe) return log_error(std::move(pipe).error());
+    serial_pipe = std::move(pipe).value();
+  }
   ExecSpec spec{env.domain.emulator, env.plan.argv, emulator_environment(), {}};
   for (std::string& arg : emulator_sandbox_args()) spec.argv.push_back(std::move(arg));
   for (const FdSlot& slot : env.plan.fds) {
-    int fd = slot.kind == FdSlot::Kind::kMonitor ? monitor.get()
-             : slot.kind == FdSlot::Kind::kAgent ? agent.get()
-                                                 : taps[slot.nic].get();
+    int fd = -1;
+    switch (slot.kind) {
+      case FdSlot::Kind::kMonitor: fd = monitor.get(); break;
+      case FdSlot::Kind::kAgent: fd = agent.get(); break;
+      case FdSlot::Kind::kTap: fd = taps[slot.nic].get(); break;
+      case FdSlot::Kind::kSerial: fd = console.get(); break;
+      case FdSlot::Kind::kSerialLog: fd = serial_pipe.get(); break;
+    }
     spec.fds.push_back({fd, slot.fd});
   }
   // The emulator must not hold the launch log, which it could truncate or forge lines in: it

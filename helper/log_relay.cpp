@@ -15,6 +15,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <span>
 
 #include "common/sys.h"
 #include "helper/launch.h"
@@ -157,47 +158,47 @@ struct SeccompRelease {
   void operator()(void* ctx) const { seccomp_release(ctx); }
 };
 
-// The relay keeps uid 0 (see log_relay.h) but nothing else that root has: no capabilities, no
+// A relay keeps uid 0 (see log_relay.h) but nothing else that root has: no capabilities, no
 // way to gain any, and no system call beyond what copying needs.
-bool lock_down() {
-  ::prctl(PR_SET_NAME, "vmlaunch-log", 0, 0, 0);  // what ps and top show
+bool lock_down(const char* name, std::span<const int> syscalls) {
+  ::prctl(PR_SET_NAME, name, 0, 0, 0);  // what ps and top show
   capng_clear(CAPNG_SELECT_BOTH);
   if (capng_apply(CAPNG_SELECT_BOTH) != 0) return false;
   if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) return false;
   std::unique_ptr<void, SeccompRelease> ctx(seccomp_init(SCMP_ACT_KILL_PROCESS));
   if (!ctx) return false;
   for (int nr : {SCMP_SYS(read), SCMP_SYS(write), SCMP_SYS(close), SCMP_SYS(exit), SCMP_SYS(exit_group),
-                 SCMP_SYS(clock_gettime), SCMP_SYS(rt_sigreturn), SCMP_SYS(restart_syscall)})
+                 SCMP_SYS(rt_sigreturn), SCMP_SYS(restart_syscall)})
+    if (seccomp_rule_add(ctx.get(), SCMP_ACT_ALLOW, nr, 0) < 0) return false;
+  for (int nr : syscalls)
     if (seccomp_rule_add(ctx.get(), SCMP_ACT_ALLOW, nr, 0) < 0) return false;
   if (seccomp_load(ctx.get()) != 0) return false;
   (void)ctx.release();  // freeing it now might need munmap or brk, which the filter kills
   return true;
 }
 
-// The relay itself: tells the first child it is locked down, then copies until EOF.
-[[noreturn]] void relay_main(int ready_fd, const std::string& own_prefix, bool tail) {
-  Relay relay(own_prefix, tail);
-  if (!lock_down()) ::_exit(1);
+// The relay itself: locks down, tells the first child so, then copies until EOF.
+[[noreturn]] void relay_main(int ready_fd, const RelaySpec& spec) {
+  if (!lock_down(spec.name, spec.syscalls)) ::_exit(1);
   if (::write(ready_fd, "y", 1) != 1) ::_exit(1);
   ::close(ready_fd);
-  relay.run();
+  spec.run();
   ::_exit(0);
 }
 
-// The first child of the helper: keeps only the pipe and the log, leaves the helper's session
-// (a signal to the emulator's process group must not reach the relay), forks the relay and
-// exits, so that the relay is reparented and the emulator-to-be has no child to reap. Its exit
-// status says whether the relay got as far as its lockdown.
-[[noreturn]] void first_child(int pipe_read, const std::string& own_prefix, int tail) {
-  const FdMapping keep[] = {{pipe_read, kPipeFd}, {STDERR_FILENO, kLogFd}, {STDERR_FILENO, 2}, {tail, kTailFd}};
-  if (place_fds(keep, std::size(keep) - (tail < 0 ? 1 : 0)) < 0 || ::setsid() < 0 || ::chdir("/") < 0) ::_exit(1);
+// The first child of the helper: keeps only the relay's fds, leaves the helper's session (a
+// signal to the emulator's process group must not reach the relay), forks the relay and exits,
+// so that the relay is reparented and the emulator-to-be has no child to reap. Its exit status
+// says whether the relay got as far as its lockdown.
+[[noreturn]] void first_child(const RelaySpec& spec) {
+  if (place_fds(spec.fds.data(), spec.fds.size()) < 0 || ::setsid() < 0 || ::chdir("/") < 0) ::_exit(1);
   int ready[2];
   if (::pipe2(ready, O_CLOEXEC) < 0) ::_exit(1);
   pid_t pid = ::fork();
   if (pid < 0) ::_exit(1);
   if (pid == 0) {
     ::close(ready[0]);
-    relay_main(ready[1], own_prefix, tail >= 0);
+    relay_main(ready[1], spec);
   }
   ::close(ready[1]);
   char ok = 0;
@@ -206,6 +207,16 @@ bool lock_down() {
 }
 
 }  // namespace
+
+Result<void> start_relay(const RelaySpec& spec, const std::string& what) {
+  pid_t pid = ::fork();
+  if (pid < 0) return Error::from_errno("fork " + what);
+  if (pid == 0) first_child(spec);
+  int status = VL_TRY(wait_for(pid));
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    return Error::make(ErrorCode::kSystem, what + " did not start");
+  return {};
+}
 
 std::vector<FdMapping> EmulatorOutput::mappings() const {
   if (!pipe) return {};
@@ -223,14 +234,15 @@ Result<EmulatorOutput> start_log_relay(const VmName& vm, int tail) {
   UniqueFd pipe_read(fds[0]), pipe_write(fds[1]);
   // Above every fd number of the plan and the report pipe: exec.cpp closes it at execve.
   int helper_log_fd = VL_TRY(log_keep_private_stderr(kReportFdTarget + 1));
-  std::string own_prefix = "vmlaunch-helper: " + vm.str() + ": ";
-  pid_t pid = ::fork();
-  if (pid < 0) return Error::from_errno("fork the log relay");
-  if (pid == 0) first_child(pipe_read.get(), own_prefix, tail);
+  // Built here, before the fork: the relay allocates nothing once locked down.
+  auto relay = std::make_unique<Relay>("vmlaunch-helper: " + vm.str() + ": ", tail >= 0);
+  RelaySpec spec{"vmlaunch-log",
+                 {{pipe_read.get(), kPipeFd}, {STDERR_FILENO, kLogFd}, {STDERR_FILENO, 2}},
+                 {SCMP_SYS(clock_gettime)},
+                 [&relay] { relay->run(); }};
+  if (tail >= 0) spec.fds.push_back({tail, kTailFd});
+  VL_CHECK(start_relay(spec, "the log relay for the emulator's output"));
   pipe_read.reset();
-  int status = VL_TRY(wait_for(pid));
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-    return Error::make(ErrorCode::kSystem, "the log relay for the emulator's output did not start");
   log_info("emulator output goes to the log through a relay, prefixed \"qemu: \"");
   return EmulatorOutput{std::move(pipe_write), helper_log_fd};
 }

@@ -21,6 +21,8 @@
 // user's other processes the means to kill or trace it, and so to write the log.
 #pragma once
 
+#include <functional>
+#include <string>
 #include <vector>
 
 #include "common/error.h"
@@ -44,6 +46,21 @@ struct EmulatorOutput {
   /// Empty when passing through.
   std::vector<FdMapping> mappings() const;
 };
+
+/// A root relay process: what it is called, the fds it keeps (everything else is closed),
+/// the system calls it needs beyond read, write, close and exit, and its loop, which runs
+/// after the lockdown and must allocate nothing (the filter leaves malloc no brk or mmap).
+struct RelaySpec {
+  const char* name;
+  std::vector<FdMapping> fds;
+  std::vector<int> syscalls;
+  std::function<void()> run;
+};
+
+/// Starts a relay as described at the top of this file (detached by a double fork, in its own
+/// session, no capabilities, no_new_privs, seccomp) and returns once it is locked down.
+/// `what` names it in errors ("the log relay for the emulator's output").
+Result<void> start_relay(const RelaySpec& spec, const std::string& what);
 
 /// Starts the relay for `vm` if fd 2 is a regular file (the log of a standalone launch), and
 /// has it append the same lines to `tail` too, if valid (runtime_dir.h create_emulator_tail),

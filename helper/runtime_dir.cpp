@@ -17,6 +17,7 @@ namespace {
 
 constexpr char kSocket[] = "qmp.sock";
 constexpr char kAgentSocket[] = "agent.sock";
+constexpr char kConsoleSocket[] = "console.sock";
 constexpr char kState[] = "state.json";
 constexpr char kStateTmp[] = "state.json.tmp";
 constexpr char kEmulatorTail[] = "emulator.log";
@@ -124,6 +125,10 @@ Result<UniqueFd> bind_agent_socket(const HostConfig& config, const VmName& vm, g
   return bind_vm_socket(config, vm, kAgentSocket, "guest agent", daemon_gid);
 }
 
+Result<UniqueFd> bind_console_socket(const HostConfig& config, const VmName& vm, gid_t daemon_gid) {
+  return bind_vm_socket(config, vm, kConsoleSocket, "serial console", daemon_gid);
+}
+
 Result<UniqueFd> create_emulator_tail(const HostConfig& config, const VmName& vm, gid_t daemon_gid) {
   RuntimeDirs dirs = VL_TRY(open_runtime_dirs(config, false));
   UniqueFd dir = VL_TRY(open_vm_dir(dirs, config, vm));
@@ -207,7 +212,7 @@ Result<void> remove_runtime_dir(const HostConfig& config, const VmName& vm) {
   if (!dir) return is_missing(dir.error()) ? Result<void>() : Result<void>(std::move(dir).error());
   std::string path = config.vm_runtime_dir(vm);
   // PRIV: names below directories just checked to be changeable by root only.
-  for (const char* name : {kSocket, kAgentSocket, kState, kStateTmp, kEmulatorTail})
+  for (const char* name : {kSocket, kAgentSocket, kConsoleSocket, kState, kStateTmp, kEmulatorTail})
     if (::unlinkat(dir->get(), name, 0) < 0 && errno != ENOENT)
       return Error::from_errno("remove '" + path + "/" + name + "'");
   if (::unlinkat(dirs->vms.get(), vm.str().c_str(), AT_REMOVEDIR) < 0 && errno != ENOENT)

@@ -47,6 +47,9 @@ Result<UniqueFd> bind_monitor_socket(const HostConfig& config, const VmName& vm,
 /// Binds and listens on RUNTIME/vms/NAME/agent.sock (root:daemon_gid 0660), the guest agent
 /// channel's host end: the emulator gets the listening fd, the daemon connects by path.
 Result<UniqueFd> bind_agent_socket(const HostConfig& config, const VmName& vm, gid_t daemon_gid);
+/// Binds and listens on RUNTIME/vms/NAME/console.sock (root:daemon_gid 0660), the first serial
+/// port's host end, which the daemon connects to while someone is attached to the console.
+Result<UniqueFd> bind_console_socket(const HostConfig& config, const VmName& vm, gid_t daemon_gid);
 /// Creates RUNTIME/vms/NAME/emulator.log (root:daemon_gid 0640, empty) for the log relay's
 /// copy of the emulator's output, which the daemon quotes when a start or a run fails
 /// (qemu's own last lines; the full log stays root's). Returns it open for appending.

@@ -2,8 +2,10 @@
 
 #include <systemd/sd-bus.h>
 
+#include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 
@@ -96,10 +98,25 @@ Error Client::explain(Error e) const {
   return why.empty() ? e : Error::make(ErrorCode::kSystem, why);
 }
 
-Client::Client(Client&& other) noexcept : bus_(other.bus_), transport_error_(std::move(other.transport_error_)) {
+// The callbacks of watch_channels and the signal matches that call them.
+struct Client::Watch {
+  std::function<void(uint32_t, std::span<const uint8_t>)> data;
+  std::function<void(uint32_t, const std::string&)> closed;
+  sd_bus_slot* data_slot = nullptr;
+  sd_bus_slot* closed_slot = nullptr;
+  ~Watch() {
+    sd_bus_slot_unref(data_slot);
+    sd_bus_slot_unref(closed_slot);
+  }
+};
+
+Client::Client(sd_bus* bus) : bus_(bus) {}
+Client::Client(Client&& other) noexcept
+    : bus_(other.bus_), transport_error_(std::move(other.transport_error_)), watch_(std::move(other.watch_)) {
   other.bus_ = nullptr;
 }
 Client::~Client() {
+  watch_.reset();
   if (bus_) sd_bus_flush_close_unref(bus_);
 }
 
@@ -166,6 +183,148 @@ Result<std::string> Client::launch_plan(const std::string& vm) {
   sd_bus_message_unref(reply);
   return out;
 }
+
+namespace {
+
+// Calls `method` with arguments appended by `append`, returns the reply (the caller unrefs).
+Result<sd_bus_message*> call(sd_bus* bus, const char* method, const std::function<int(sd_bus_message*)>& append) {
+  sd_bus_message* msg = nullptr;
+  int r = sd_bus_message_new_method_call(bus, &msg, nullptr, kControlPath, kControlInterface, method);
+  if (r >= 0) r = append(msg);
+  sd_bus_error error = SD_BUS_ERROR_NULL;
+  sd_bus_message* reply = nullptr;
+  if (r >= 0) r = sd_bus_call(bus, msg, 0, &error, &reply);
+  sd_bus_message_unref(msg);
+  if (r < 0) {
+    Error e = from_bus_error(r, error, method);
+    sd_bus_error_free(&error);
+    return e;
+  }
+  return reply;
+}
+
+Result<uint32_t> channel_of(Result<sd_bus_message*> reply, const char* method) {
+  if (!reply) return std::move(reply).error();
+  uint32_t id = 0;
+  int r = sd_bus_message_read(*reply, "u", &id);
+  sd_bus_message_unref(*reply);
+  if (r < 0) return Error::from_errno(-r, std::string("read ") + method + " reply");
+  return id;
+}
+
+int on_write_reply(sd_bus_message* m, void* userdata, sd_bus_error*) {
+  std::unique_ptr<std::function<void(Result<void>)>> done(static_cast<std::function<void(Result<void>)>*>(userdata));
+  const sd_bus_error* e = sd_bus_message_get_error(m);
+  if (*done) (*done)(e ? Result<void>(from_bus_error(-EIO, *e, "")) : Result<void>());
+  return 0;
+}
+
+}  // namespace
+
+Result<std::string> Client::read_serial_log(const std::string& vm) {
+  auto reply = call(bus_, "ReadSerialLog", [&](sd_bus_message* m) { return sd_bus_message_append(m, "s", vm.c_str()); });
+  if (!reply) return std::move(reply).error();
+  const void* data = nullptr;
+  size_t size = 0;
+  int r = sd_bus_message_read_array(*reply, 'y', &data, &size);
+  std::string out = r >= 0 ? std::string(static_cast<const char*>(data), size) : "";
+  sd_bus_message_unref(*reply);
+  if (r < 0) return Error::from_errno(-r, "read ReadSerialLog reply");
+  return out;
+}
+
+Result<uint32_t> Client::open_console(const std::string& vm, bool write) {
+  return channel_of(call(bus_, "OpenConsole", [&](sd_bus_message* m) {
+    return sd_bus_message_append(m, "sb", vm.c_str(), static_cast<int>(write));
+  }), "OpenConsole");
+}
+
+Result<uint32_t> Client::open_vnc(const std::string& vm) {
+  return channel_of(call(bus_, "OpenVnc", [&](sd_bus_message* m) { return sd_bus_message_append(m, "s", vm.c_str()); }),
+                    "OpenVnc");
+}
+
+Result<void> Client::channel_write(uint32_t channel, std::span<const uint8_t> bytes,
+                                   std::function<void(Result<void>)> done) {
+  sd_bus_message* msg = nullptr;
+  int r = sd_bus_message_new_method_call(bus_, &msg, nullptr, kControlPath, kControlInterface, "ChannelWrite");
+  if (r >= 0) r = sd_bus_message_append(msg, "u", channel);
+  if (r >= 0) r = sd_bus_message_append_array(msg, 'y', bytes.data(), bytes.size());
+  auto* state = new std::function<void(Result<void>)>(std::move(done));
+  // Answered once the VM took the bytes, however long that is.
+  if (r >= 0) r = sd_bus_call_async(bus_, nullptr, msg, on_write_reply, state, UINT64_MAX - 1);
+  sd_bus_message_unref(msg);
+  if (r < 0) {
+    delete state;
+    return Error::from_errno(-r, "send ChannelWrite");
+  }
+  return {};
+}
+
+Result<void> Client::close_channel(uint32_t channel) {
+  sd_bus_message* msg = nullptr;
+  int r = sd_bus_message_new_method_call(bus_, &msg, nullptr, kControlPath, kControlInterface, "CloseChannel");
+  if (r >= 0) r = sd_bus_message_append(msg, "u", channel);
+  if (r >= 0) r = sd_bus_send(bus_, msg, nullptr);
+  sd_bus_message_unref(msg);
+  if (r < 0) return Error::from_errno(-r, "send CloseChannel");
+  return {};
+}
+
+Result<void> Client::watch_channels(std::function<void(uint32_t, std::span<const uint8_t>)> data,
+                                    std::function<void(uint32_t, const std::string&)> closed) {
+  auto watch = std::make_unique<Watch>();
+  watch->data = std::move(data);
+  watch->closed = std::move(closed);
+  auto on_data = [](sd_bus_message* m, void* userdata, sd_bus_error*) -> int {
+    auto* w = static_cast<Watch*>(userdata);
+    uint32_t id = 0;
+    const void* bytes = nullptr;
+    size_t size = 0;
+    if (sd_bus_message_read(m, "u", &id) >= 0 && sd_bus_message_read_array(m, 'y', &bytes, &size) >= 0)
+      w->data(id, {static_cast<const uint8_t*>(bytes), size});
+    return 0;
+  };
+  auto on_closed = [](sd_bus_message* m, void* userdata, sd_bus_error*) -> int {
+    auto* w = static_cast<Watch*>(userdata);
+    uint32_t id = 0;
+    const char* reason = nullptr;
+    if (sd_bus_message_read(m, "us", &id, &reason) >= 0) w->closed(id, reason);
+    return 0;
+  };
+  int r = sd_bus_match_signal(bus_, &watch->data_slot, nullptr, kControlPath, kControlInterface, "ChannelData", on_data,
+                              watch.get());
+  if (r >= 0)
+    r = sd_bus_match_signal(bus_, &watch->closed_slot, nullptr, kControlPath, kControlInterface, "ChannelClosed",
+                            on_closed, watch.get());
+  if (r < 0) return Error::from_errno(-r, "watch channels");
+  watch_ = std::move(watch);
+  return {};
+}
+
+pollfd Client::poll_fd() const {
+  int events = sd_bus_get_events(bus_);
+  return {sd_bus_get_fd(bus_), static_cast<short>(events < 0 ? POLLIN : events), 0};
+}
+
+int Client::poll_timeout_ms() const {
+  uint64_t at = UINT64_MAX;
+  if (sd_bus_get_timeout(bus_, &at) < 0 || at == UINT64_MAX) return -1;
+  timespec now{};
+  ::clock_gettime(CLOCK_MONOTONIC, &now);
+  uint64_t now_us = static_cast<uint64_t>(now.tv_sec) * 1000000 + static_cast<uint64_t>(now.tv_nsec) / 1000;
+  return at <= now_us ? 0 : static_cast<int>(std::min<uint64_t>((at - now_us + 999) / 1000, INT32_MAX));
+}
+
+Result<void> Client::process() {
+  for (;;) {
+    int r = sd_bus_process(bus_, nullptr);
+    if (r < 0) return Error::from_errno(-r, "lost the connection to vmlaunchd");
+    if (r == 0) return {};
+  }
+}
+
+void Client::flush() { sd_bus_flush(bus_); }
 
 namespace {
 

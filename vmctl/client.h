@@ -2,8 +2,12 @@
 // and bounded-parallel batches of long operations.
 #pragma once
 
+#include <poll.h>
+
+#include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -54,6 +58,29 @@ class Client final {
   Result<std::vector<std::pair<std::string, std::string>>> status(const std::string& vm);
   Result<std::string> launch_plan(const std::string& vm);
 
+  /// The VM's serial log (both parts, older first).
+  Result<std::string> read_serial_log(const std::string& vm);
+  /// Opens a channel (control_protocol.h) to the VM's serial console, as its writer or not.
+  Result<uint32_t> open_console(const std::string& vm, bool write);
+  /// Opens a channel to a new connection to the VM's VNC server.
+  Result<uint32_t> open_vnc(const std::string& vm);
+  /// Sends bytes for the VM without waiting; `done` runs from process() with the answer.
+  Result<void> channel_write(uint32_t channel, std::span<const uint8_t> bytes, std::function<void(Result<void>)> done);
+  /// Closes a channel without waiting for the answer.
+  Result<void> close_channel(uint32_t channel);
+  /// Calls `data` for every ChannelData and `closed` for every ChannelClosed the daemon sends,
+  /// from process(), until the client goes.
+  Result<void> watch_channels(std::function<void(uint32_t, std::span<const uint8_t>)> data,
+                              std::function<void(uint32_t, const std::string&)> closed);
+  /// For a poll() loop: the connection's fd and the events sd-bus waits for now.
+  pollfd poll_fd() const;
+  /// ... and how long poll() may wait for it, in ms (-1: no limit).
+  int poll_timeout_ms() const;
+  /// Handles whatever arrived or may be sent now; an error: the connection is gone.
+  Result<void> process();
+  /// Sends what is queued, waiting for it (before exit).
+  void flush();
+
   /// Runs calls with at most `parallel` in flight, in order. `progress` sees every state
   /// change signal of the daemon; the results come back in the calls' order.
   std::vector<Result<void>> run_batch(const std::vector<BatchCall>& calls, unsigned parallel,
@@ -61,10 +88,13 @@ class Client final {
                                                                const std::string& reason)>& progress);
 
  private:
-  explicit Client(sd_bus* bus) : bus_(bus) {}
+  struct Watch;
+
+  explicit Client(sd_bus* bus);
   Error explain(Error e) const;
   sd_bus* bus_;
   std::function<std::string()> transport_error_;
+  std::unique_ptr<Watch> watch_;
 };
 
 }  // namespace vl::ctl

@@ -13,6 +13,7 @@
 
 #include "common/config.h"
 #include "vmctl/client.h"
+#include "vmctl/console.h"
 #include "vmctl/remote.h"
 #include "vmctl/tls_client.h"
 #include "vmlaunch_build_config.h"
@@ -32,6 +33,10 @@ constexpr char kUsage[] =
     "  restart NAME...      Stop, then start\n"
     "  kill NAME...         Send a signal to the emulator (--signal, default SIGTERM)\n"
     "  vncdisplay NAME      Print the VM's VNC display (\"127.0.0.1:3\")\n"
+    "  console NAME         Attach to the VM's serial console through vmlaunchd; Ctrl-] detaches\n"
+    "                       (--read-only: watch only; --log: print the serial log instead)\n"
+    "  vnc NAME             Forward a local port to the VM's VNC server through vmlaunchd\n"
+    "                       (--listen ADDRESS:PORT, default 127.0.0.1:0: a free port, printed)\n"
     "  plan NAME            Print the VM's launch plan (root only)\n"
     "  dial-stdio           Connect stdin and stdout to the local control socket: the far\n"
     "                       side of -H ssh://\n"
@@ -55,6 +60,9 @@ constexpr char kUsage[] =
     "  --signal NAME        kill: TERM, KILL or INT (default TERM)\n"
     "  --parallel N         At most N operations at once (default: start and restart 4,\n"
     "                       stop and kill all of them)\n"
+    "  --read-only          console: watch without writing (another client may be the writer)\n"
+    "  --log                console: print the VM's serial log, from its boot\n"
+    "  --listen ADDR:PORT   vnc: where to listen (IPv4)\n"
     "  --help, --version\n"
     "\n"
     "start and stop always wait for the operation to finish.\n"
@@ -67,7 +75,8 @@ struct Options {
   vl::ctl::TlsFiles tls = vl::ctl::default_tls_files();
   std::string command;
   std::vector<std::string> names;
-  bool all = false, json = false, force = false;
+  bool all = false, json = false, force = false, read_only = false, log = false;
+  std::string listen = "127.0.0.1:0";  // vnc --listen
   unsigned timeout = 120;
   unsigned parallel = 0;  // 0: the command's default (parallel_for)
   int signal = SIGTERM;
@@ -298,6 +307,14 @@ int main(int argc, char** argv) {
       std::string m = v ? v : "";
       if (m != "acpi" && m != "agent") return usage_error("--mode takes acpi or agent");
       o.mode = m;
+    } else if (a == "--listen") {
+      const char* v = value("--listen");
+      if (!v) return usage_error("--listen needs ADDRESS:PORT");
+      o.listen = v;
+    } else if (a == "--read-only") {
+      o.read_only = true;
+    } else if (a == "--log") {
+      o.log = true;
     } else if (a == "--all") {
       o.all = true;
     } else if (a == "--json") {
@@ -317,6 +334,8 @@ int main(int argc, char** argv) {
   if (!o.mode.empty() && o.command != "stop") return usage_error("--mode is an option of stop");
   if (!o.mode.empty() && o.force) return usage_error("--mode and --force exclude each other");
   if (o.command.empty()) return usage_error("no command given");
+  if ((o.read_only || o.log) && o.command != "console") return usage_error("--read-only and --log are options of console");
+  if (o.read_only && o.log) return usage_error("--read-only and --log exclude each other");
   // --config or --socket name this host's daemon: they win over VMCTL_HOST, not over -H.
   if (host_given && local_given) return usage_error("-H names another host's daemon; --config and --socket this one's");
   if (local_given || o.command == "dial-stdio") o.host.clear();
@@ -330,7 +349,7 @@ int main(int argc, char** argv) {
   } else if (batch) {
     if (o.all && !o.names.empty()) return usage_error(o.command + " takes VM names or --all, not both");
     if (!o.all && o.names.empty()) return usage_error(o.command + " needs VM names or --all");
-  } else if (o.command == "vncdisplay" || o.command == "plan") {
+  } else if (o.command == "vncdisplay" || o.command == "plan" || o.command == "console" || o.command == "vnc") {
     if (o.names.size() != 1) return usage_error(o.command + " takes exactly one VM name");
   } else {
     return usage_error("unknown command '" + o.command + "'");
@@ -348,6 +367,14 @@ int main(int argc, char** argv) {
   if (o.command == "list") return cmd_list(*client, o);
   if (o.command == "status") return cmd_status(*client, o);
   if (o.command == "vncdisplay") return cmd_vncdisplay(*client, o);
+  if (o.command == "console" && o.log) {
+    auto log = client->read_serial_log(o.names[0]);
+    if (!log) return fail(log.error());
+    std::fwrite(log->data(), 1, log->size(), stdout);
+    return 0;
+  }
+  if (o.command == "console") return vl::ctl::run_console(*client, o.names[0], o.read_only);
+  if (o.command == "vnc") return vl::ctl::run_vnc_forward(*client, o.names[0], o.listen);
   if (o.command == "plan") {
     auto plan = client->launch_plan(o.names[0]);
     if (!plan) return fail(plan.error());

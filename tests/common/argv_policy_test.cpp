@@ -137,7 +137,7 @@ TEST_SUITE("common/argv_policy") {
         {plus({"-runas", "root"}), "-runas"},
         {plus({"-chroot", "/"}), "-chroot"},
         {plus({"-readconfig", "/tmp/x.cfg"}), "-readconfig"},
-        {plus({"-add-fd", "fd=5,set=1"}), "-add-fd"},
+        {plus({"-add-fd", "fd=5,set=1"}), "the only fd set is the plan's serial log pipe"},
         {plus({"-D", "/tmp/log"}), "-D"},
         {plus({"-trace", "file=/etc/passwd"}), "-trace"},
         {plus({"-L", "/tmp"}), "-L"},
@@ -479,5 +479,66 @@ TEST_SUITE("common/argv_policy: UEFI") {
     auto plain = vl::check_plan_argv(plan_with(uefi_args()), sample_domain());
     REQUIRE_FALSE(plain.ok());
     CHECK(plain.error().message().find("is not a disk of the domain") != std::string::npos);
+  }
+}
+
+TEST_SUITE("common/argv_policy: serial console and its log") {
+  constexpr char kConsole[] = "socket,id=charserial0,fd=15,server=on,wait=off,logfile=/dev/fdset/16,logappend=on";
+
+  // The sample with the daemon's console in place of the pty: the chardev, the fd set, the slots.
+  Plan serial_plan(const std::string& chardev, std::vector<std::string> fd_sets = {"fd=16,set=16"},
+                   bool slots = true) {
+    std::vector<std::string> args = with_value("-chardev", chardev, 1);
+    for (const std::string& set : fd_sets) {
+      args.push_back("-add-fd");
+      args.push_back(set);
+    }
+    Plan p = plan_with(args);
+    if (slots) {
+      p.fds.push_back({FdSlot::Kind::kSerial, 15, -1});
+      p.fds.push_back({FdSlot::Kind::kSerialLog, 16, -1});
+    }
+    return p;
+  }
+
+  TEST_CASE("the console on the plan's serial fd, logged to the plan's log pipe, is accepted") {
+    auto r = vl::check_plan_argv(serial_plan(kConsole), sample_domain());
+    CHECK_MESSAGE(r.ok(), r.error().message());
+  }
+
+  TEST_CASE("a console or logfile anywhere else, or an fd set of another fd, is refused") {
+    for (const char* chardev : {
+             "socket,id=charserial0,fd=15,server=on,wait=off,logfile=/etc/shadow,logappend=on",
+             "socket,id=charserial0,fd=15,server=on,wait=off,logfile=/var/log/vmlaunch/other.serial.log,logappend=on",
+             "socket,id=charserial0,fd=15,server=on,wait=off,logfile=/dev/fdset/3,logappend=on",
+             "socket,id=charserial0,fd=15,server=on,wait=off",                         // no log
+             "socket,id=charserial0,fd=3,server=on,wait=off,logfile=/dev/fdset/16,logappend=on",  // the monitor
+             "socket,id=charserial0,path=/tmp/c.sock,server=on,wait=off,logfile=/dev/fdset/16,logappend=on",
+             "socket,id=charserial0,host=0.0.0.0,port=4555,server=on,wait=off,logfile=/dev/fdset/16,logappend=on",
+             "socket,id=charserial0,fd=15,server=on,wait=off,logfile=/dev/fdset/16,logappend=on,tls-creds=x",
+             "file,id=charserial0,path=/dev/fdset/16",
+             "pty,id=charserial0,logfile=/dev/fdset/16",
+         }) {
+      INFO(chardev);
+      auto r = vl::check_plan_argv(serial_plan(chardev), sample_domain());
+      REQUIRE_FALSE(r.ok());
+      CHECK(r.error().code == vl::ErrorCode::kDenied);
+    }
+    for (std::vector<std::string> sets : std::vector<std::vector<std::string>>{
+             {"fd=3,set=16"},                  // the monitor's socket under the log's name
+             {"fd=16,set=1"},                  // a set the logfile does not name
+             {"fd=16,set=16,opaque=x"},
+             {"fd=16,set=16", "fd=4,set=16"},  // a tap added to the log's set
+             {"fd=16,set=16", "fd=16,set=16"},
+             {}}) {
+      INFO(sets.size());
+      auto r = vl::check_plan_argv(serial_plan(kConsole, sets), sample_domain());
+      REQUIRE_FALSE(r.ok());
+      CHECK(r.error().code == vl::ErrorCode::kDenied);
+    }
+    // Without the slots root would bind the console and the pipe for, nothing of it is allowed.
+    auto r = vl::check_plan_argv(serial_plan(kConsole, {"fd=16,set=16"}, false), sample_domain());
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().code == vl::ErrorCode::kDenied);
   }
 }

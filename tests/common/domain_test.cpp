@@ -494,3 +494,27 @@ TEST_SUITE("common/domain: UEFI") {
     }
   }
 }
+
+TEST_SUITE("common/domain: serial console") {
+  std::string with_devices(const std::string& devices) {
+    return "<domain type='qemu'><name>web1</name><devices><emulator>/usr/bin/qemu-system-x86_64</emulator>" + devices +
+           "</devices></domain>";
+  }
+
+  TEST_CASE("a pty <console> without <serial> is serial port 0, as libvirt makes it (virt-install writes only it)") {
+    auto d = vl::parse_domain(with_devices("<console type='pty'/>"), "web1.xml");
+    REQUIRE(d.ok());
+    CHECK(d->serial_ptys == 1);
+    d = vl::parse_domain(with_devices("<console type='pty'><target type='serial' port='0'/></console>"), "web1.xml");
+    REQUIRE(d.ok());
+    CHECK(d->serial_ptys == 1);
+    // Beside a <serial> it is that port, not another.
+    d = vl::parse_domain(with_devices("<serial type='pty'/><console type='pty'/>"), "web1.xml");
+    REQUIRE(d.ok());
+    CHECK(d->serial_ptys == 1);
+    // A virtio console is no serial port.
+    d = vl::parse_domain(with_devices("<console type='pty'><target type='virtio'/></console>"), "web1.xml");
+    REQUIRE(d.ok());
+    CHECK(d->serial_ptys == 0);
+  }
+}

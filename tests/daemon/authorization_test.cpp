@@ -116,6 +116,7 @@ TEST_SUITE("daemon/authorization") {
     CHECK(vl::is_audited(local_admin, "Kill"));
     CHECK_FALSE(vl::is_audited(local_admin, "List"));
     CHECK_FALSE(vl::is_audited(local_admin, "Status"));
+    CHECK_FALSE(vl::is_audited(local_admin, "ChannelWrite"));
     CHECK(vl::is_audited(remote_reader, "List"));
     CHECK(vl::is_audited(remote_reader, "Status"));
   }

@@ -5,20 +5,27 @@
 
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <systemd/sd-bus.h>
+
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <cstring>
 #include <fstream>
+#include <future>
 #include <thread>
 #include <vector>
 
 #include "common/unique_fd.h"
+#include "daemon/channel.h"
 #include "tests/support/temp_dir.h"
 
 using namespace std::chrono_literals;
@@ -200,5 +207,100 @@ TEST_SUITE("daemon/control_server") {
     int cpu_ms = code * 10;
     MESSAGE("CPU over " << kWall.count() << " ms of EMFILE: about " << cpu_ms << " ms");
     CHECK(cpu_ms < 100);  // a spinning loop burns the whole 500 ms
+  }
+}
+
+TEST_SUITE("daemon/channels") {
+  // A console whose client reads nothing: once the client's socket is full (sd-bus asks the
+  // kernel for an 8 MiB send buffer, 16 MiB for root) and kChannelHighWater messages wait in the
+  // daemon, the daemon stops reading the VM's side, so the VM's writes stall at a bound instead
+  // of the daemon buffering them or dropping the client; once the client reads, they flow again.
+  TEST_CASE("a client that does not read pauses the console's source; it is neither buffered without bound nor dropped") {
+    vl::test::TempDir dir;
+    boost::asio::io_context io;
+    vl::HostConfig config = test_config(dir.path());
+    // The test process is the client: its own group is the admin group.
+    config.admin_group = ::getgrgid(::getgid())->gr_name;
+    std::filesystem::create_directories(dir.path() + "/vms/web1");
+    vl::UniqueFd vm_listener(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    (dir.path() + "/vms/web1/console.sock").copy(sa.sun_path, sizeof sa.sun_path - 1);
+    REQUIRE(::bind(vm_listener.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
+    REQUIRE(::listen(vm_listener.get(), 1) == 0);
+    vl::Manager manager(io, config);
+    vl::ControlServer server(io, config, manager);
+    REQUIRE(server.listen().ok());
+    // The daemon's loop on a thread of its own, stopped and joined however the test ends.
+    struct Loop {
+      boost::asio::io_context& io;
+      boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work{io.get_executor()};
+      std::thread thread{[this] { io.run(); }};
+      ~Loop() {
+        work.reset();
+        io.stop();
+        thread.join();
+      }
+    } loop{io};
+
+    sd_bus* bus = nullptr;
+    REQUIRE(sd_bus_new(&bus) >= 0);
+    std::string address = "unix:path=" + config.control_socket();
+    REQUIRE(sd_bus_set_address(bus, address.c_str()) >= 0);
+    REQUIRE(sd_bus_start(bus) >= 0);
+    sd_bus_error error = SD_BUS_ERROR_NULL;
+    sd_bus_message* reply = nullptr;
+    int r = sd_bus_call_method(bus, nullptr, "/org/vmlaunch1", "org.vmlaunch.Manager1", "OpenConsole", &error, &reply,
+                               "sb", "web1", 1);
+    REQUIRE_MESSAGE(r >= 0, (error.message ? error.message : "?"));
+    sd_bus_message_unref(reply);
+    vl::UniqueFd vm(::accept4(vm_listener.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+    REQUIRE(vm.valid());
+
+    // Writes as the guest would, until nothing more goes for a second (or 64 MiB went).
+    auto flood = [&] {
+      std::vector<char> chunk(64 * 1024, 'x');
+      size_t total = 0;
+      auto idle_since = std::chrono::steady_clock::now();
+      while (total < (64u << 20) && std::chrono::steady_clock::now() - idle_since < 1s) {
+        pollfd p{vm.get(), POLLOUT, 0};
+        (void)::poll(&p, 1, 100);
+        ssize_t n = ::send(vm.get(), chunk.data(), chunk.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n > 0) total += static_cast<size_t>(n), idle_since = std::chrono::steady_clock::now();
+      }
+      return total;
+    };
+    size_t stalled_at = flood();
+    MESSAGE("the VM side wrote " << (stalled_at >> 10) << " KiB before it stalled");
+    CHECK(stalled_at < (24u << 20));  // socket buffers plus at most ~1 MiB in the daemon
+    std::promise<size_t> channels;  // read on the loop's thread, which owns the table
+    boost::asio::post(io, [&] { channels.set_value(vl::ChannelTable::size()); });
+    CHECK(channels.get_future().get() == 1);  // the client was not dropped
+
+    // The client reads what waits, until nothing more comes for a second; the console flows
+    // again.
+    size_t received = 0;
+    auto deadline = std::chrono::steady_clock::now() + 60s;
+    auto last = std::chrono::steady_clock::now();
+    while (std::chrono::steady_clock::now() - last < 1s && std::chrono::steady_clock::now() < deadline) {
+      sd_bus_message* m = nullptr;
+      r = sd_bus_process(bus, &m);
+      REQUIRE(r >= 0);
+      if (m && sd_bus_message_is_signal(m, "org.vmlaunch.Manager1", "ChannelData")) {
+        const void* data = nullptr;
+        size_t size = 0;
+        uint32_t id = 0;
+        REQUIRE(sd_bus_message_read(m, "u", &id) >= 0);
+        REQUIRE(sd_bus_message_read_array(m, 'y', &data, &size) >= 0);
+        received += size;
+        last = std::chrono::steady_clock::now();
+      }
+      sd_bus_message_unref(m);
+      if (r == 0) sd_bus_wait(bus, 100000);
+    }
+    CHECK(received >= stalled_at / 2);
+    CHECK(flood() > 0);
+
+    sd_bus_flush_close_unref(bus);
   }
 }

@@ -79,9 +79,15 @@ TEST_SUITE("daemon/qemu_argv") {
     CHECK(contains(argv, "-S"));
     CHECK(contains(argv, "-no-shutdown"));
     CHECK_FALSE(contains(argv, "-sandbox"));  // the helper appends its own
-    REQUIRE(plan->fds.size() == 2);
+    // The serial pty becomes root's console socket, logged through root's pipe (fd set 16).
+    CHECK(contains(argv, "socket,id=charserial0,fd=15,server=on,wait=off,logfile=/dev/fdset/16,logappend=on"));
+    CHECK(contains(argv, "fd=16,set=16"));
+    CHECK_FALSE(contains(argv, "pty,id=charserial0"));
+    REQUIRE(plan->fds.size() == 4);
     CHECK(plan->fds[0] == vl::FdSlot{vl::FdSlot::Kind::kMonitor, 3, -1});
     CHECK(plan->fds[1] == vl::FdSlot{vl::FdSlot::Kind::kTap, 4, 0});
+    CHECK(plan->fds[2] == vl::FdSlot{vl::FdSlot::Kind::kSerial, 15, -1});
+    CHECK(plan->fds[3] == vl::FdSlot{vl::FdSlot::Kind::kSerialLog, 16, -1});
     REQUIRE(plan->vnc);
     CHECK(plan->vnc->display == 7);
     CHECK(plan->vnc->has_password);

@@ -8,6 +8,9 @@
 #   declared: MAC, IPv4, IPv6 and the MAC's EUI-64 link-local address)
 #   vlg.peer=  vlg.peer6=  vlg.nbr_mac=  vlg.nbr_ip=  vlg.nbr_ip6=
 #
+#   vlg.scenario=console: no attack; answers every line typed on the serial console with
+#   "VLG ECHO <line>" (root/console_test.cpp).
+#
 #   vlg.scenario=agent: no attack; a stand-in for qemu-guest-agent on the virtio-serial port
 #   org.qemu.guest_agent.0 (root/guest_agent_test.cpp).
 /bin/busybox mkdir -p /proc /sys /dev /bin /sbin /usr/bin /usr/sbin
@@ -83,6 +86,12 @@ attack() { say "ATTACK $*"; }
 sent() { vlattack eth0 "$@" >/dev/console 2>&1; }
 
 case $vlg_scenario in
+  console)
+    say READY
+    while IFS= read -r line </dev/console; do
+      say "ECHO $line"
+    done
+    ;;
   agent)
     # Answers guest-sync with its id and powers off on guest-shutdown, as qemu-guest-agent
     # does; ignores the rest. The port reads end-of-file while no host client is connected.

@@ -6,7 +6,6 @@
 #include <doctest/doctest.h>
 
 #include <poll.h>
-#include <termios.h>
 
 #include <chrono>
 #include <future>
@@ -29,20 +28,10 @@ std::string state_of(SystemEnv& env, const std::string& name) {
   return "";
 }
 
-// The guest's serial console, opened raw once the launch log names its pty. Output before that
-// is lost; the guest prints its markers seconds later.
+// The guest's serial console, through its socket once the VM runs. Output before that is in
+// the serial log only; the guest prints its markers seconds later.
 vl::UniqueFd open_console(SystemEnv& env, const std::string& name) {
-  std::string log = vl::sys::read_file(env.root() + "/state/logs/" + name + ".log", 1 << 20).value();
-  size_t at = log.find("redirected to /dev/pts/");
-  REQUIRE_MESSAGE(at != std::string::npos, log);
-  std::string pty = log.substr(at + 14, log.find(' ', at + 14) - at - 14);
-  vl::UniqueFd fd(::open(pty.c_str(), O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC));
-  REQUIRE_MESSAGE(fd.valid(), pty);
-  termios t{};
-  REQUIRE(::tcgetattr(fd.get(), &t) == 0);
-  ::cfmakeraw(&t);
-  REQUIRE(::tcsetattr(fd.get(), TCSANOW, &t) == 0);
-  return fd;
+  return vl::test::connect_console(env.root() + "/run/vms/" + name + "/console.sock");
 }
 
 // Reads the console into `text` until it holds `marker` or `limit` passes.
@@ -64,12 +53,7 @@ bool wait_for_console(int fd, std::string& text, const std::string& marker, std:
 void check_stopped_by_agent(const std::string& name, std::vector<std::string> stop_args) {
   vl::test::LinuxGuestFiles files;
   SystemEnv env;
-  vl::test::DomainSpec spec{.name = name, .mac = "52:54:00:00:30:01"};
-  spec.memory_mib = 256;
-  spec.nic_model = "virtio";
-  spec.kernel = files.kernel();
-  spec.initrd = files.initrd();
-  spec.cmdline = "console=ttyS0 quiet panic=-1 vlg.scenario=agent vlg.ip=10.0.0.2";
+  vl::test::DomainSpec spec = vl::test::linux_guest_domain(files, name, "52:54:00:00:30:01", "agent");
   spec.guest_agent = true;
   env.define(spec);
   auto started = env.vmctl({"start", name});

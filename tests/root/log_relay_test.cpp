@@ -98,7 +98,9 @@ pid_t find_relay(pid_t qemu) {
 TEST_SUITE("root/log_relay") {
   TEST_CASE("the emulator's stdout and stderr are a pipe to a locked-down root relay, never the log file") {
     HelperEnv env;
-    env.define({.name = "web1"});
+    // A second serial port stays a pty, whose notice is QEMU's own output (the first is the
+    // console socket, which QEMU announces nowhere).
+    env.define({.name = "web1", .devices = "    <serial type='pty'/>\n"});
     auto vm = env.launch("web1");
     REQUIRE_MESSAGE(vm.running(), vm.log);
     struct stat log = stat_of(env.root() + "/helper.log");
@@ -150,7 +152,7 @@ TEST_SUITE("root/log_relay") {
 
     // What the emulator writes arrives prefixed, line by line, with control characters
     // defused: it cannot pass for the helper's lines or rewrite them on a terminal.
-    // QEMU's own output (the serial pty it opened) arrives the same way.
+    // QEMU's own output (the second serial port's pty) arrives the same way.
     vl::UniqueFd emulator_stderr = open_emulator_stderr(vm.pid);
     write_text(emulator_stderr.get(), "hello from the emulator\n");
     write_text(emulator_stderr.get(), "vmlaunch-helper: web1: cleaned up\n\x1b[1Aup\rback\n");
@@ -226,6 +228,85 @@ TEST_SUITE("root/log_relay") {
     CHECK(text.size() < 256 * 1024);
     CHECK(WEXITSTATUS(env.helper({"cleanup", "web1"}).status) == 0);
   }
+
+  TEST_CASE("the serial log: a pipe to a locked-down root relay that caps the file at two parts of 1 MiB") {
+    HelperEnv env;
+    env.define({.name = "web1"});
+    auto vm = env.launch("web1");  // paused before the guest's first instruction: no output yet
+    REQUIRE_MESSAGE(vm.running(), vm.log);
+    std::string path = env.root() + "/log/web1.serial.log";
+    struct stat current = stat_of(path), previous = stat_of(path + ".1");
+    CHECK(current.st_uid == 0);
+    CHECK((current.st_mode & 07777) == 0640);
+    CHECK(current.st_size == 0);
+
+    // The emulator holds a pipe as the plan's serial-log fd (16), never the files.
+    struct stat pipe = stat_of(proc_fd(vm.pid, 16));
+    CHECK(S_ISFIFO(pipe.st_mode));
+    for (int fd : open_fds(vm.pid)) {
+      struct stat st {};
+      if (::stat(proc_fd(vm.pid, fd).c_str(), &st) != 0) continue;
+      CHECK_MESSAGE((!same_file(st, current) && !same_file(st, previous)), "emulator fd " << fd);
+    }
+    // Its reader: root without capabilities, locked down, not the emulator's child, holding
+    // the pipe (0), the current part (1, 2) and the previous part (3) only.
+    auto readers = holders(pipe, vm.pid);
+    REQUIRE(readers.size() == 1);
+    pid_t relay = *readers.begin();
+    auto status = vl::test::proc_status(relay);
+    CHECK(status["Name"] == "vmlaunch-serial");
+    CHECK(status["Uid"] == "0\t0\t0\t0");
+    for (const char* cap : {"CapInh", "CapPrm", "CapEff", "CapAmb"}) CHECK(status[cap] == "0000000000000000");
+    CHECK(status["NoNewPrivs"] == "1");
+    CHECK(status["Seccomp"] == "2");
+    CHECK(std::stoi(status["PPid"]) != vm.pid);
+    CHECK(open_fds(relay) == std::set<int>{0, 1, 2, 3});
+    CHECK(same_file(stat_of(proc_fd(relay, 1)), current));
+    CHECK(same_file(stat_of(proc_fd(relay, 3)), previous));
+
+    // 2.5 MiB, as a guest would print it: the file never passes 1 MiB, the previous part holds
+    // the MiB before the current one, and the writes never block.
+    std::string mib[3];
+    for (int i = 0; i < 3; ++i) mib[i] = std::string(1 << 20, static_cast<char>('a' + i));
+    vl::UniqueFd writer(::open(proc_fd(vm.pid, 16).c_str(), O_WRONLY | O_CLOEXEC));
+    REQUIRE(writer.valid());
+    write_text(writer.get(), mib[0] + mib[1] + mib[2].substr(0, 512 * 1024));
+    CHECK(eventually([&] {
+      return vl::sys::read_file(path + ".1", 2 << 20).value() == mib[1] &&
+             vl::sys::read_file(path, 2 << 20).value() == mib[2].substr(0, 512 * 1024);
+    }, std::chrono::seconds(60)));
+    CHECK(stat_of(path).st_size <= 1 << 20);
+    writer.reset();
+    env.kill_vm(vm.pid);
+    CHECK(eventually([&] { return gone_or_zombie(relay); }));
+    CHECK(WEXITSTATUS(env.helper({"cleanup", "web1"}).status) == 0);
+    // The log is a record: cleanup keeps it.
+    CHECK(std::filesystem::exists(path));
+  }
+
+#ifdef VMLAUNCH_FAULT_INJECTION
+  TEST_CASE("a launch that fails before its emulator runs leaves the previous run's serial log current") {
+    HelperEnv env;
+    env.define({.name = "web1"});
+    auto vm = env.launch("web1");
+    REQUIRE_MESSAGE(vm.running(), vm.log);
+    std::string path = env.root() + "/log/web1.serial.log";
+    {
+      vl::UniqueFd writer(::open(proc_fd(vm.pid, 16).c_str(), O_WRONLY | O_CLOEXEC));
+      REQUIRE(writer.valid());
+      write_text(writer.get(), "the first run\n");
+    }
+    CHECK(eventually([&] { return vl::sys::read_file(path, 4096).value() == "the first run\n"; }));
+    env.kill_vm(vm.pid);
+    CHECK(WEXITSTATUS(env.helper({"cleanup", "web1"}).status) == 0);
+    for (const char* step : {"serial-log", "state-file", "exec"}) {
+      INFO(step);
+      auto failed = env.launch("web1", {std::string("VMLAUNCH_FAIL_AT=") + step});
+      CHECK_FALSE(failed.running());
+      CHECK(vl::sys::read_file(path, 4096).value() == "the first run\n");
+    }
+  }
+#endif
 
   TEST_CASE("with a socket or pipe as stderr (journald) the emulator's output passes through, no relay") {
     HelperEnv env;

@@ -90,13 +90,22 @@ TEST_SUITE("root/plan_exec") {
       std::string tap_name = domain->name.tap_name(0);
       std::string monitor_path = tmp.path() + "/monitor.sock";
       vl::UniqueFd monitor = listen_unix(monitor_path);
+      vl::UniqueFd console = listen_unix(tmp.path() + "/console.sock");
+      int log_pipe[2];
+      REQUIRE(::pipe2(log_pipe, O_CLOEXEC) == 0);
+      vl::UniqueFd serial_log(log_pipe[0]), serial_log_writer(log_pipe[1]);
       vl::UniqueFd log(::open((tmp.path() + "/qemu.log").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600));
       pid_t pid;
       {
         vl::UniqueFd tap = create_tap(tap_name);
         std::vector<vl::FdMapping> fds = {{log.get(), 1}, {log.get(), 2}};
-        for (const vl::FdSlot& slot : plan->fds)
-          fds.push_back({slot.kind == vl::FdSlot::Kind::kMonitor ? monitor.get() : tap.get(), slot.fd});
+        for (const vl::FdSlot& slot : plan->fds) {
+          int fd = slot.kind == vl::FdSlot::Kind::kMonitor   ? monitor.get()
+                   : slot.kind == vl::FdSlot::Kind::kSerial  ? console.get()
+                   : slot.kind == vl::FdSlot::Kind::kSerialLog ? serial_log_writer.get()
+                                                               : tap.get();
+          fds.push_back({fd, slot.fd});
+        }
         std::vector<std::string> argv = plan->argv;  // as the helper runs it: with its sandbox
         for (std::string& arg : vl::emulator_sandbox_args()) argv.push_back(std::move(arg));
         auto spawned = vl::spawn({plan->emulator, argv, vl::emulator_environment(), fds});
@@ -105,6 +114,8 @@ TEST_SUITE("root/plan_exec") {
       }
       // qemu alone holds the tap now; the monitor socket stays ours only for connect().
       monitor.reset();
+      console.reset();
+      serial_log_writer.reset();
 
       auto qmp = vl::test::QmpConnection::connect(monitor_path);
       std::string qemu_log = vl::sys::read_file(tmp.path() + "/qemu.log", 1 << 16).value();
@@ -129,6 +140,7 @@ TEST_SUITE("root/plan_exec") {
       // The tap was non-persistent: it went away with qemu's fd.
       CHECK(::if_nametoindex(tap_name.c_str()) == 0);
       std::filesystem::remove(monitor_path);
+      std::filesystem::remove(tmp.path() + "/console.sock");
     }
     CHECK_FALSE(vl::test::netns_in_use(ns_inode));
     // Only what the test made itself is left in its directory: the disk, the log, the cache.

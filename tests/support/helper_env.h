@@ -77,6 +77,7 @@ struct DomainSpec {
   std::string initrd;   // <os><initrd>
   std::string cmdline;  // <os><cmdline>
   bool guest_agent = false;  // the guest agent <channel> virt-install adds
+  std::string devices;       // more <devices> XML, as written
 };
 
 struct HelperResult {
@@ -106,6 +107,7 @@ class HelperEnv {
         << "runtime = \"" << root_ << "/run\"\n"
         << "state = \"" << root_ << "/state\"\n"
         << "cache = \"" << cache_dir_ << "\"\n"
+        << "log = \"" << root_ << "/log\"\n"
         << "udev_rules = \"" << root_ << "/udev\"\n"
         << "userdb = \"" << root_ << "/userdb\"\n"
         << users_
@@ -167,6 +169,7 @@ class HelperEnv {
     }
     if (spec.guest_agent)
       xml += "    <channel type='unix'><source mode='bind'/><target type='virtio' name='org.qemu.guest_agent.0'/></channel>\n";
+    xml += spec.devices;
     xml += "    <serial type='pty'/>\n  </devices>\n</domain>\n";
     install_domain(spec.name, xml);
     return xml;
@@ -265,8 +268,10 @@ class HelperEnv {
     s["nft"] = tables;
     for (const auto& e : std::filesystem::recursive_directory_iterator(root_)) {
       std::string p = e.path().string();
-      // uid assignments, their userdb names and the helpers' lock file are permanent by design.
+      // uid assignments, their userdb names, the helpers' lock file and the serial logs (a
+      // record of each run, kept after the VM) are permanent by design.
       if (p.find("/state/uids") != std::string::npos || p.find("/userdb") != std::string::npos ||
+          p.rfind(root_ + "/log", 0) == 0 ||
           p.ends_with("/state/helper.lock") ||
           p.ends_with("helper.log") || p.ends_with(".plan.json"))
         continue;

@@ -8,7 +8,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <sys/socket.h>
-#include <termios.h>
+#include <sys/un.h>
 
 #include <chrono>
 #include <cstring>
@@ -149,6 +149,32 @@ class FrameCapture final {
   std::vector<Frame> frames_;
 };
 
+/// A domain that boots the Linux guest with `scenario` (tests/guest/init.sh), its console on the
+/// first serial port, one virtio NIC on the default zone bridge.
+inline DomainSpec linux_guest_domain(const LinuxGuestFiles& files, const std::string& name, const std::string& mac,
+                                     const std::string& scenario) {
+  DomainSpec spec{.name = name, .mac = mac};
+  spec.memory_mib = 256;
+  spec.nic_model = "virtio";
+  spec.kernel = files.kernel();
+  spec.initrd = files.initrd();
+  spec.cmdline = "console=ttyS0 quiet panic=-1 vlg.scenario=" + scenario + " vlg.ip=10.0.0.2";
+  return spec;
+}
+
+/// Connects to a VM's serial console socket (RUNTIME/vms/NAME/console.sock) as root may,
+/// non-blocking.
+inline UniqueFd connect_console(const std::string& path) {
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  REQUIRE(fd.valid());
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  REQUIRE(path.size() < sizeof sa.sun_path);
+  path.copy(sa.sun_path, sizeof sa.sun_path - 1);
+  REQUIRE_MESSAGE(::connect(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0, path << ": " << std::strerror(errno));
+  return fd;
+}
+
 /// A guest launched by the real helper, paused in `prelaunch` until run(): its serial console
 /// is open before the first instruction, so no output is lost.
 class LinuxGuest final {
@@ -161,21 +187,7 @@ class LinuxGuest final {
     REQUIRE_MESSAGE(qmp.ok(), (qmp.ok() ? "" : qmp.error().message()));
     qmp_.emplace(std::move(*qmp));
     REQUIRE(qmp_->execute("qmp_capabilities").ok());
-    auto chardevs = qmp_->execute("query-chardev");
-    REQUIRE(chardevs.ok());
-    std::string pty;
-    for (const auto& c : *chardevs) {
-      std::string file = c.value("filename", "");
-      if (file.rfind("pty:", 0) == 0) pty = file.substr(4);
-    }
-    REQUIRE_MESSAGE(!pty.empty(), chardevs->dump());
-    serial_.reset(::open(pty.c_str(), O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC));
-    REQUIRE_MESSAGE(serial_.valid(), pty);
-    // Raw: no echo of the guest's output back into its console, no line editing.
-    termios t{};
-    REQUIRE(::tcgetattr(serial_.get(), &t) == 0);
-    ::cfmakeraw(&t);
-    REQUIRE(::tcsetattr(serial_.get(), TCSANOW, &t) == 0);
+    serial_ = connect_console(env.root() + "/run/vms/" + name + "/console.sock");
   }
   LinuxGuest(const LinuxGuest&) = delete;
   LinuxGuest& operator=(const LinuxGuest&) = delete;
