@@ -76,8 +76,10 @@ TEST_SUITE("chaos/invariants") {
          "orphan process 201 (/usr/bin/qemu-system-x86_64) of VM uid 70009"},
         {"a launch for a stopped VM", [](HostView& v) { v.procs.push_back({202, 0, 'S', 1, "/b/vmlaunch-helper", "vmlaunch-helper --config /t/vmlaunch.toml launch db1 --report-fd 3 "}); },
          "stray helper process 202"},
-        {"two relays for one VM", [](HostView& v) { v.procs.push_back({203, 0, 'S', 1, "/b/vmlaunch-helper", "vmlaunch-helper --config /t/vmlaunch.toml launch web1 --report-fd 3 "}); },
-         "stray helper process 203"},
+        {"three relays for one VM", [](HostView& v) {
+           for (pid_t pid : {203, 204}) v.procs.push_back({pid, 0, 'S', 1, "/b/vmlaunch-helper", "vmlaunch-helper --config /t/vmlaunch.toml launch web1 --report-fd 3 "});
+         },
+         "stray helper process 204"},
         {"orphan tap", [](HostView& v) { v.links["x-0"] = {"x-0", 11, 0, false, "tun"}; }, "orphan tap x-0"},
         {"orphan chain", [](HostView& v) { v.nft.chains.insert("vm-x"); }, "orphan chain vm-x"},
         {"orphan map element", [](HostView& v) { v.nft.tap_map["x-0"] = "vm-x"; }, "orphan map element x-0 -> vm-x"},
