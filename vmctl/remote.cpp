@@ -33,7 +33,7 @@ Result<RemoteTarget> parse_remote(std::string_view url) {
   RemoteTarget t;
   t.url = std::string(url);
   auto bad = [&](const std::string& why) {
-    return Error::invalid("host '" + quote_for_message(url) + "': " + why +
+    return Error::invalid("host " + quote_for_message(url) + ": " + why +
                           " (expected ssh://[USER@]HOST[:PORT] or tls://HOST[:PORT])");
   };
   std::string_view rest;
@@ -50,11 +50,12 @@ Result<RemoteTarget> parse_remote(std::string_view url) {
   if (size_t at = rest.find('@'); at != std::string_view::npos) {
     if (t.kind != RemoteTarget::Kind::kSsh) return bad("a user name is for ssh:// only");
     t.user = std::string(rest.substr(0, at));
-    if (!valid_user(t.user)) return bad("'" + quote_for_message(t.user) + "' is not a user name");
+    if (!valid_user(t.user)) return bad(quote_for_message(t.user) + " is not a user name");
     rest = rest.substr(at + 1);
   }
   auto hp = split_host_port(rest, t.kind == RemoteTarget::Kind::kSsh ? kSshPort : kTlsPort);
-  if (!hp) return bad("'" + quote_for_message(rest) + "' is not HOST[:PORT]");
+  if (rest.empty()) return bad("no host");
+  if (!hp) return bad(quote_for_message(rest) + " is not HOST[:PORT]");
   t.host = hp->host;
   t.port = hp->port;
   return t;

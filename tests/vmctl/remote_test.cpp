@@ -39,6 +39,8 @@ TEST_SUITE("vmctl/remote") {
       REQUIRE(t.ok() == r.ok);
       if (!t) {
         CHECK(t.error().message().rfind("host '", 0) == 0);
+        // Each value quoted once: 'x', never ''x''.
+        CHECK_MESSAGE(t.error().message().find("''") == std::string::npos, t.error().message());
         continue;
       }
       CHECK(t->kind == r.kind);
