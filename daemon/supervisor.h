@@ -18,6 +18,8 @@
 //   (awaiting_unit_, with the start's deadline) for the unit to say Launched (its ExecStartPost)
 //   or LaunchFailed (the helper). A Launched nobody waits for is a `systemctl start`: a start
 //   op of its own. Either way the unit is active only once the start answered (architecture.md).
+//   Open gap: a Launched read before the broker's answer to the same start (a loaded host
+//   can order them so) is queued behind that start, which then fails at its deadline.
 //   restart (op): stop, then start, as one operation: nothing queued runs between the two.
 //   kill: running or stopping: a signal through the broker, its exit then expected (recorded
 //     as a StopIntent, so that a daemon restarted before the exit reads it `stopped` too);

@@ -520,6 +520,9 @@ TEST_SUITE("daemon/supervisor") {
       std::optional<vl::Result<void>> started, launched;
       supervisor.start([&](vl::Result<void> r) { started = std::move(r); });
       REQUIRE(run_until(io, [&] { return broker.received(vl::BrokerOp::kStart); }));
+      // As the unit's Launched comes after the broker's answer (pid 0, the unit is queued):
+      // the loop reads that answer first. A Launched before it is an open gap (supervisor.h).
+      CHECK_FALSE(run_until(io, [&] { return started.has_value(); }, 1000ms));
       supervisor.launched([&](vl::Result<void> r) { launched = std::move(r); });
       REQUIRE(run_until(io, [&] { return started.has_value() && launched.has_value(); }));
       CHECK_MESSAGE(started->ok(), started->error().message());
