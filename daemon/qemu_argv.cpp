@@ -292,6 +292,7 @@ Result<void> Rewriter::rewrite_chardev(QemuOption& opt) {
     return {};
   }
   if (id == "charserial0" && parts[0] == "pty") {
+    if (have_serial_) return Error::invalid("two serial console chardevs");
     // The console: a listening socket root bound in the runtime directory, which the daemon
     // connects to when someone attaches (a pty would be the VM uid's, and QEMU drops a pty's
     // output while nobody holds it). Everything the guest prints also goes to the logfile, a

@@ -94,6 +94,12 @@ TEST_SUITE("daemon/qemu_argv") {
     CHECK(plan->serial_ptys == 1);
   }
 
+  TEST_CASE("a second serial console chardev is refused, not given the console's fds twice") {
+    auto plan = rewrite(native_line("-chardev pty,id=charserial0 "), test_domain());
+    REQUIRE_FALSE(plan.ok());
+    CHECK(plan.error().context.find("two serial console chardevs") != std::string::npos);
+  }
+
   TEST_CASE("a path that merely contains 'keyid' is not mistaken for a secret reference") {
     std::string line = native_line("-blockdev '{\"driver\":\"file\",\"filename\":\"/srv/keyid-backup.img\",\"node-name\":\"k\"}' ");
     auto plan = rewrite(line, test_domain());
