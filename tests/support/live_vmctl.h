@@ -51,9 +51,7 @@ class LiveVmctl final {
     while (out_text_.find(marker) == std::string::npos && std::chrono::steady_clock::now() < deadline) {
       pollfd p{out_.get(), POLLIN, 0};
       (void)::poll(&p, 1, 200);
-      char buf[4096];
-      ssize_t n;
-      while ((n = ::read(out_.get(), buf, sizeof buf)) > 0) out_text_.append(buf, static_cast<size_t>(n));
+      drain();
     }
     return out_text_.find(marker) != std::string::npos;
   }
@@ -66,7 +64,7 @@ class LiveVmctl final {
       pid_t r = ::waitpid(pid_, &status, WNOHANG);
       if (r == pid_) {
         pid_ = -1;
-        wait_for("\x01never", 0s);  // collect the rest of the output
+        drain();  // what it wrote before it ended
         return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
       }
       wait_for("\x01never", 1s);  // drains the output meanwhile
@@ -77,6 +75,12 @@ class LiveVmctl final {
   const std::string& output() const { return out_text_; }
 
  private:
+  void drain() {
+    char buf[4096];
+    ssize_t n;
+    while ((n = ::read(out_.get(), buf, sizeof buf)) > 0) out_text_.append(buf, static_cast<size_t>(n));
+  }
+
   vl::UniqueFd in_, out_;
   pid_t pid_ = -1;
   std::string out_text_;
