@@ -94,6 +94,7 @@ class ArgvChecker {
   Result<void> declare_blockdev(const QemuOption& opt);
   Result<void> declare_object(const QemuOption& opt);
   Result<void> declare_audiodev(const QemuOption& opt);
+  Result<void> declare_vnc_tls(const QemuOption& opt, const Json& obj);
   Result<void> check_disk_nodes();
 
   // Second pass: one function per option.
@@ -128,6 +129,7 @@ class ArgvChecker {
   std::set<std::string> chardevs_, netdevs_, audiodevs_, rngs_, memdevs_, iothreads_;
   bool have_monitor_chardev_ = false, have_monitor_ = false, have_agent_chardev_ = false;
   bool have_serial_chardev_ = false, have_serial_log_ = false;
+  bool have_vnc_tls_ = false;
   std::set<int> nics_seen_;
   // -blockdev nodes: protocol nodes by name (with the disk they open, -1 for firmware), and
   // format nodes that devices may use as a drive.
@@ -578,6 +580,8 @@ Result<void> ArgvChecker::declare_object(const QemuOption& opt) {
   } else if (type == "rng-builtin") {
     if (obj.size() != 2) return refuse(opt, "rng-builtin takes no properties");
     rngs_.insert(id);
+  } else if (type == "tls-creds-x509") {
+    VL_CHECK(declare_vnc_tls(opt, obj));
   } else if (type == "iothread") {
     for (const auto& [key, value] : obj.items())
       if (!one_of(key, {"qom-type", "id", "poll-max-ns", "poll-grow", "poll-shrink", "aio-max-batch",
@@ -587,6 +591,20 @@ Result<void> ArgvChecker::declare_object(const QemuOption& opt) {
   } else {
     return refuse(opt, "object type " + quote_for_message(type) + " is not allowed");
   }
+  return {};
+}
+
+// The VNC server's TLS credentials: exactly the object vmlaunch writes (vnc_tls_object), once,
+// and only with [vnc] tls on. Its dir must be the one the helper filled for this VM: any other
+// would serve a key someone else chose (or another VM's), and endpoint=client would make the
+// emulator a TLS client.
+Result<void> ArgvChecker::declare_vnc_tls(const QemuOption& opt, const Json& obj) {
+  if (!domain_.vnc || domain_.vnc->tls_dir.empty())
+    return refuse(opt, "TLS credentials are for VNC with [vnc] tls on, and it is off for this VM");
+  if (obj != Json::parse(vnc_tls_object(domain_.vnc->tls_dir, domain_.vnc->tls_verify_client)))
+    return refuse(opt, "the only TLS credentials are " + vnc_tls_object(domain_.vnc->tls_dir, domain_.vnc->tls_verify_client));
+  if (have_vnc_tls_) return refuse(opt, "the VNC TLS credentials are declared twice");
+  have_vnc_tls_ = true;
   return {};
 }
 
@@ -732,16 +750,25 @@ Result<void> ArgvChecker::check_vnc(const QemuOption& opt) {
   if (!plan_.vnc || plan_.vnc->listen != vnc.listen || plan_.vnc->display != d ||
       plan_.vnc->has_password != !vnc.password.empty())
     return refuse(opt, "the plan's VNC setup does not match its -vnc option");
-  bool password = false;
+  bool password = false, tls = false;
   for (size_t i = 1; i < parts.size(); ++i) {
     std::string_view key = keyval_key(parts[i]), value = keyval_value(parts[i]);
-    if (!one_of(key, {"password", "audiodev", "share", "lossy", "non-adaptive", "power-control"}) || !is_token(value))
+    if (!one_of(key, {"password", "audiodev", "share", "lossy", "non-adaptive", "power-control", "tls-creds"}) ||
+        !is_token(value))
       return refuse(opt, "VNC property " + quote_for_message(std::string(key)) + " is not allowed");
     if (key == "password") password = value == "on";
     if (key == "audiodev") VL_CHECK(reference(opt, audiodevs_, std::string(value), "audio backend"));
+    if (key == "tls-creds") {
+      if (vnc.tls_dir.empty()) return refuse(opt, "VNC property 'tls-creds' needs VNC over TLS, which is off ([vnc] tls)");
+      if (value != kVncTlsCredsId || !have_vnc_tls_ || tls)
+        return refuse(opt, std::string("tls-creds must name the plan's one credentials object, ") + kVncTlsCredsId);
+      tls = true;
+    }
   }
   if (password != !vnc.password.empty())
     return refuse(opt, vnc.password.empty() ? "the domain XML sets no VNC password" : "the domain XML requires a VNC password");
+  // Configured TLS is a promise to the operator: VNC in clear text would break it silently.
+  if (!vnc.tls_dir.empty() && !tls) return refuse(opt, "VNC over TLS is on ([vnc] tls): tls-creds=" + std::string(kVncTlsCredsId) + " is required");
   return {};
 }
 

@@ -27,7 +27,9 @@ namespace vl {
 ///    exactly one QMP monitor;
 ///  - -blockdev only for the domain's disks (exact paths, declared format, no backing file:
 ///    qcow2 nodes must say "backing": null) and read-only root-owned firmware;
-///  - -vnc exactly as the domain's <graphics> says (listen address, port, password);
+///  - -vnc exactly as the domain's <graphics> says (listen address, port, password), with
+///    TLS exactly when [vnc] tls is on: tls-creds= naming the one tls-creds-x509 object, whose
+///    dir is the VM's own credentials directory (Vnc::tls_dir), endpoint server;
 ///  - -kernel/-initrd/-bios/-dtb and firmware images only files the domain's <os> names or
 ///    QEMU's firmware directories hold, and only if root alone can change them;
 ///  - no -sandbox (the helper appends its own, see emulator_sandbox_args).

@@ -47,6 +47,14 @@ class TableReader {
     return {};
   }
 
+  Result<void> read_bool(std::string_view key, bool& out) {
+    const toml::node* node = find(key);
+    if (!node) return {};
+    if (!node->is_boolean()) return error_at(*node, key, "expected true or false");
+    out = *node->value<bool>();
+    return {};
+  }
+
   Result<void> read_u32(std::string_view key, uint32_t& out) {
     const toml::node* node = find(key);
     if (!node) return {};
@@ -157,6 +165,19 @@ Result<void> read_tls(TableReader& top, TlsConfig& tls, const std::string& sourc
       if (dn.empty() || dn.size() > 1024 || dn.find('\0') != std::string::npos)
         return r.error_at(*t, list == &tls.admin_dns ? "admin_dns" : "readonly_dns", "'" + dn + "' is not a DN pattern");
   return {};
+}
+
+// [vnc]: TLS for every VM's VNC server, off by default.
+Result<void> read_vnc(TableReader& top, VncTlsConfig& vnc, const std::string& source) {
+  Result<void> status;
+  const toml::table* t = top.sub_table("vnc", status);
+  VL_CHECK(status);
+  if (!t) return {};
+  TableReader r(*t, "vnc.", source);
+  VL_CHECK(r.read_bool("tls", vnc.tls));
+  VL_CHECK(r.read_path("tls_dir", vnc.tls_dir));
+  VL_CHECK(r.read_bool("tls_verify_client", vnc.verify_client));
+  return r.finish();
 }
 
 Result<void> read_zones(TableReader& top, HostConfig& config, const std::string& source) {
@@ -353,6 +374,7 @@ Result<HostConfig> parse_config(std::string_view text, const std::string& source
   }
   VL_CHECK(status);
   VL_CHECK(read_tls(top, config.tls, source));
+  VL_CHECK(read_vnc(top, config.vnc, source));
   VL_CHECK(read_zones(top, config, source));
   VL_CHECK(top.finish());
   return config;

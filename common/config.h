@@ -48,6 +48,17 @@ struct TlsConfig {
   std::vector<std::string> admin_dns, readonly_dns;
 };
 
+/// VNC over TLS ([vnc] in vmlaunch.toml), libvirt's vnc_tls: off unless `tls` is true, and
+/// then for every VM with <graphics type='vnc'>. The server identity is read by root from
+/// `tls_dir` (or `tls_dir/NAME/` if that directory exists): ca-cert.pem, server-cert.pem and
+/// server-key.pem, the names QEMU's tls-creds-x509 reads. The helper copies them for each
+/// launch into HostConfig::vnc_tls_dir, readable by the VM's uid alone.
+struct VncTlsConfig {
+  bool tls = false;
+  std::string tls_dir = "/etc/pki/vmlaunch-vnc";
+  bool verify_client = false;  ///< tls_verify_client: clients need a certificate from the CA
+};
+
 /// A host and port parsed from "HOST:PORT" or "[V6ADDR]:PORT"; nullopt if malformed (a host
 /// of other than letters, digits, '.', '-', '_' and ':', or starting with '-'). A missing
 /// ":PORT" gives `default_port` (0: the port is required).
@@ -83,6 +94,7 @@ struct HostConfig {
   std::vector<Zone> zones;
   ControlLimits control;
   TlsConfig tls;
+  VncTlsConfig vnc;
 
   const Zone* zone_named(std::string_view name) const;
   const Zone* zone_of_bridge(std::string_view bridge) const;
@@ -105,6 +117,9 @@ struct HostConfig {
   std::string nvram_path(const VmName& vm) const {
     return storage_roots.empty() ? std::string() : nvram_dir() + "/" + vm.str() + "_VARS.fd";
   }
+  /// A launched VM's copy of the VNC TLS credentials (helper/vnc_tls.h): the directory its
+  /// plan's tls-creds-x509 object must name. Outside vms/NAME, which the VM's uid cannot enter.
+  std::string vnc_tls_dir(const VmName& vm) const { return runtime_dir + "/vnc-tls/" + vm.str(); }
   std::string udev_rule_path(const VmName& vm) const {
     return udev_rules_dir + "/90-vmlaunch-" + vm.str() + ".rules";
   }

@@ -120,6 +120,10 @@ struct Vnc {
   std::string listen = "127.0.0.1";
   std::optional<int> port;  ///< fixed port (autoport='no'); otherwise a free display is chosen
   std::string password;     ///< empty: none
+  /// VNC over TLS: the VM's credentials directory (HostConfig::vnc_tls_dir), empty for none.
+  /// Never from the XML: set from the configuration by resolve_vnc_tls (zone_network.h).
+  std::string tls_dir;
+  bool tls_verify_client = false;
 };
 
 /// vmlaunch's own settings in <metadata><vmlaunch:vm xmlns:vmlaunch="urn:vmlaunch:domain:1">.

@@ -8,6 +8,12 @@ namespace vl {
 
 using Json = nlohmann::ordered_json;
 
+std::string vnc_tls_object(const std::string& dir, bool verify_client) {
+  Json obj = {{"qom-type", "tls-creds-x509"}, {"id", kVncTlsCredsId}, {"dir", dir}, {"endpoint", "server"},
+              {"verify-peer", verify_client}};
+  return obj.dump();
+}
+
 const char* fd_kind_name(FdSlot::Kind kind) {
   switch (kind) {
     case FdSlot::Kind::kMonitor: return "monitor";

@@ -59,6 +59,15 @@ Result<Plan> plan_from_json(std::string_view text);
 /// output (which copies its caller's, LD_PRELOAD included).
 std::vector<std::string> emulator_environment();
 
+/// The id of the VNC server's TLS credentials object, which -vnc names with tls-creds=.
+inline constexpr char kVncTlsCredsId[] = "vnc-tls-creds0";
+
+/// The JSON value of the `-object` that gives a VNC server with TLS its credentials: QEMU's
+/// tls-creds-x509, endpoint server, reading `dir` (the VM's HostConfig::vnc_tls_dir), asking
+/// clients for a certificate if `verify_client`. The only such object a plan may have
+/// (argv_policy.h); libvirt writes the same for vnc_tls = 1.
+std::string vnc_tls_object(const std::string& dir, bool verify_client);
+
 /// Name of an fd slot kind on the wire ("monitor", "tap", "agent").
 const char* fd_kind_name(FdSlot::Kind kind);
 

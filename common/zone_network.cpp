@@ -25,4 +25,10 @@ void resolve_nvram(Domain& domain, const HostConfig& config) {
   if (domain.uefi) domain.uefi->nvram = config.nvram_path(domain.name);
 }
 
+void resolve_vnc_tls(Domain& domain, const HostConfig& config) {
+  if (!domain.vnc || !config.vnc.tls) return;
+  domain.vnc->tls_dir = config.vnc_tls_dir(domain.name);
+  domain.vnc->tls_verify_client = config.vnc.verify_client;
+}
+
 }  // namespace vl

@@ -52,6 +52,7 @@ Result<const DomainCatalog::Entry*> DomainCatalog::refresh(const VmName& vm) {
   if (domain) {
     if (auto resolved = resolve_networks(*domain, config_); !resolved) domain = resolved.error().wrap(file->path);
     if (domain) resolve_nvram(*domain, config_);
+    if (domain) resolve_vnc_tls(*domain, config_);
   }
   if (domain) entry.domain = std::move(domain).value();
   else entry.error = domain.error();

@@ -131,6 +131,11 @@ Result<Plan> Rewriter::run(const std::vector<std::string>& words) {
     if (!keep) continue;
     have_s |= opt.name == "-S";
     have_no_shutdown |= opt.name == "-no-shutdown";
+    // The VNC server's TLS credentials object, where libvirt puts it: just before -vnc.
+    if (opt.name == "-vnc" && !domain_.vnc->tls_dir.empty()) {
+      plan_.argv.push_back("-object");
+      plan_.argv.push_back(vnc_tls_object(domain_.vnc->tls_dir, domain_.vnc->tls_verify_client));
+    }
     plan_.argv.push_back(opt.name);
     if (opt.has_value) plan_.argv.push_back(opt.value);
   }
@@ -361,6 +366,9 @@ Result<void> Rewriter::rewrite_vnc(QemuOption& opt) {
   }
   int display = domain_.vnc->port ? *domain_.vnc->port - 5900 : vnc_display_;
   parts[0] = domain_.vnc->listen + ":" + std::to_string(display);
+  // VNC over TLS is vmlaunch's configuration ([vnc] tls), not libvirt's: the converter runs
+  // with a qemu.conf of its own, so the words for it are added here (helper/vnc_tls.h).
+  if (!domain_.vnc->tls_dir.empty()) parts.push_back(std::string("tls-creds=") + kVncTlsCredsId);
   opt.value = join_keyval(parts);
   plan_.vnc = VncSetup{domain_.vnc->listen, display, !domain_.vnc->password.empty()};
   return {};

@@ -27,7 +27,7 @@ inline constexpr int kSerialFd = kAgentFd + 1;
 inline constexpr int kSerialLogFd = kAgentFd + 2;
 
 /// The rewrite's own version: part of the plan cache key, bump it when the output changes.
-inline constexpr int kRewriteVersion = 4;
+inline constexpr int kRewriteVersion = 5;
 
 /// Rewrites the words of a native command line (environment assignments included) into a
 /// plan for `domain`. `conversion_root` is the embed root the words came from: no word of the

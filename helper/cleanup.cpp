@@ -18,6 +18,7 @@
 #include "helper/runtime_dir.h"
 #include "helper/uid_map.h"
 #include "helper/uid_reaper.h"
+#include "helper/vnc_tls.h"
 
 namespace vl::helper {
 
@@ -135,6 +136,7 @@ Result<void> cleanup_vm(const HostConfig& config, const VmName& vm) {
   const Step independent[] = {
       {"remove-console-filter", [&] { return remove_console_filter(vm.str()); }},
       {"remove-udev-rule", [&] { return remove_udev_rule(config, vm); }},
+      {"remove-vnc-tls", [&] { return remove_vnc_credentials(config, vm); }},
       {"restore-disks", [&] { return restore_disks(config, vm); }},
       {"remove-runtime-dir", [&] { return remove_runtime_dir(config, vm); }},
       {"remove-launch-record", [&] {

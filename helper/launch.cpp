@@ -30,6 +30,7 @@
 #include "helper/tap.h"
 #include "helper/transaction.h"
 #include "helper/uid_map.h"
+#include "helper/vnc_tls.h"
 
 namespace vl::helper {
 
@@ -44,6 +45,7 @@ struct LaunchEnv {
   std::vector<unsigned> bridge_mtus;
   gid_t daemon_gid = 0;
   gid_t vm_group = 0;
+  std::optional<VncCredentials> vnc_tls;  ///< read when [vnc] tls is on and the VM has VNC
 };
 
 Result<gid_t> group_id(const std::string& name, const char* role) {
@@ -150,7 +152,9 @@ Result<LaunchEnv> read_and_validate(const HostConfig& config, const VmName& vm, 
   VL_CHECK(check_macs_unique(config, domain));
   gid_t daemon_gid = VL_TRY(group_id(config.daemon_group, "daemon"));
   gid_t vm_group = VL_TRY(group_id(config.vm_group, "VM"));
-  return LaunchEnv{config, std::move(domain), std::move(plan).value(), zone, mtus, daemon_gid, vm_group};
+  std::optional<VncCredentials> vnc_tls;
+  if (domain.vnc && !domain.vnc->tls_dir.empty()) vnc_tls = VL_TRY(read_vnc_credentials(config, vm));
+  return LaunchEnv{config, std::move(domain), std::move(plan).value(), zone, mtus, daemon_gid, vm_group, std::move(vnc_tls)};
 }
 
 // STATE/NAME.launch: a VM name has no '.', so it cannot meet STATE's other entries. A file,
@@ -237,6 +241,11 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
         if (auto r = remove_nvram(config, vm); !r) log_error(r.error());
       }));
     }
+    // The emulator reads them by path as its uid when it starts (vnc_tls.h).
+    if (env.vnc_tls)
+      VL_CHECK(tx.step("vnc-tls", [&] { return install_vnc_credentials(config, vm, *env.vnc_tls, uid, uid); }, [&] {
+        if (auto r = remove_vnc_credentials(config, vm); !r) log_error(r.error());
+      }));
     // One undo for both steps: chown_disks may fail part way, after changing some disks, and a
     // failed step has no undo of its own. Restoring from the journal puts back every disk
     // (unchanged ones are a no-op) and deletes the journal only if all of them came back.

@@ -2,6 +2,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -540,5 +541,99 @@ TEST_SUITE("common/argv_policy: serial console and its log") {
     auto r = vl::check_plan_argv(serial_plan(kConsole, {"fd=16,set=16"}, false), sample_domain());
     REQUIRE_FALSE(r.ok());
     CHECK(r.error().code == vl::ErrorCode::kDenied);
+  }
+}
+
+namespace {
+
+constexpr char kTlsDir[] = "/run/vmlaunch/vnc-tls/web1";
+constexpr char kTlsObject[] =
+    R"({"qom-type":"tls-creds-x509","id":"vnc-tls-creds0","dir":"/run/vmlaunch/vnc-tls/web1","endpoint":"server","verify-peer":false})";
+constexpr char kTlsVnc[] = "127.0.0.1:2,password=on,audiodev=audio1,tls-creds=vnc-tls-creds0";
+
+// sample_domain() as the helper sees it with [vnc] tls on (resolve_vnc_tls).
+vl::Domain tls_domain(bool verify_client = false) {
+  vl::Domain d = sample_domain();
+  d.vnc->tls_dir = kTlsDir;
+  d.vnc->tls_verify_client = verify_client;
+  return d;
+}
+
+// The sample's -vnc replaced by `vnc`, preceded by `objects` (each an -object value).
+std::vector<std::string> tls_args(const std::string& vnc, const std::vector<std::string>& objects) {
+  std::vector<std::string> args = with_value("-vnc", vnc);
+  auto at = std::find(args.begin(), args.end(), "-vnc");
+  for (const std::string& object : objects) at = args.insert(at, {"-object", object}) + 2;
+  return args;
+}
+
+}  // namespace
+
+TEST_SUITE("common/argv_policy") {
+  TEST_CASE("VNC over TLS: the daemon's tls-creds-x509 object in the VM's own directory is accepted") {
+    auto r = vl::check_plan_argv(plan_with(tls_args(kTlsVnc, {kTlsObject})), tls_domain());
+    CHECK_MESSAGE(r.ok(), (r.ok() ? "" : r.error().context));
+    std::string verifying = kTlsObject;
+    verifying.replace(verifying.find("\"verify-peer\":false"), 19, "\"verify-peer\":true");
+    r = vl::check_plan_argv(plan_with(tls_args(kTlsVnc, {verifying})), tls_domain(true));
+    CHECK_MESSAGE(r.ok(), (r.ok() ? "" : r.error().context));
+    // The words the daemon writes are the words the helper accepts.
+    CHECK(vl::vnc_tls_object(kTlsDir, false) == kTlsObject);
+  }
+
+  TEST_CASE("VNC over TLS: credentials elsewhere, a second object, a client endpoint or clear text are refused") {
+    auto object_with = [](const std::string& from, const std::string& to) {
+      std::string o = kTlsObject;
+      o.replace(o.find(from), from.size(), to);
+      return o;
+    };
+    struct Case {
+      std::vector<std::string> args;
+      vl::Domain domain;
+      std::string expected;
+    };
+    const Case cases[] = {
+        // The directory: only the one root filled for this VM.
+        {tls_args(kTlsVnc, {object_with(kTlsDir, "/etc/pki/vmlaunch-vnc")}), tls_domain(), "the only TLS credentials"},
+        {tls_args(kTlsVnc, {object_with(kTlsDir, "/run/vmlaunch/vnc-tls/web2")}), tls_domain(), "the only TLS credentials"},
+        {tls_args(kTlsVnc, {object_with(kTlsDir, "/run/vmlaunch/vnc-tls/web1/../web2")}), tls_domain(), "the only TLS credentials"},
+        {tls_args(kTlsVnc, {object_with(kTlsDir, "/home/mallory")}), tls_domain(), "the only TLS credentials"},
+        // The emulator as a TLS client, or not checking what the configuration says to check.
+        {tls_args(kTlsVnc, {object_with("\"server\"", "\"client\"")}), tls_domain(), "the only TLS credentials"},
+        {tls_args(kTlsVnc, {kTlsObject}), tls_domain(true), "the only TLS credentials"},
+        // Other properties, other types, other ids.
+        {tls_args(kTlsVnc, {object_with("\"verify-peer\":false", "\"verify-peer\":false,\"priority\":\"NORMAL:+VERS-SSL3.0\"")}),
+         tls_domain(), "the only TLS credentials"},
+        {tls_args(kTlsVnc, {object_with("\"verify-peer\":false", "\"verify-peer\":\"no\"")}), tls_domain(), "the only TLS credentials"},
+        {tls_args(kTlsVnc, {object_with("tls-creds-x509", "tls-creds-anon")}), tls_domain(), "object type 'tls-creds-anon'"},
+        {tls_args(kTlsVnc, {object_with("tls-creds-x509", "tls-creds-psk")}), tls_domain(), "object type 'tls-creds-psk'"},
+        {tls_args("127.0.0.1:2,password=on,audiodev=audio1,tls-creds=evil",
+                  {kTlsObject, object_with("vnc-tls-creds0", "evil")}),
+         tls_domain(), "the only TLS credentials"},
+        {tls_args(kTlsVnc, {kTlsObject, kTlsObject}), tls_domain(), "declared twice"},
+        // -vnc: TLS exactly when configured, on the one object.
+        {tls_args("127.0.0.1:2,password=on,audiodev=audio1", {kTlsObject}), tls_domain(), "tls-creds=vnc-tls-creds0 is required"},
+        {tls_args("127.0.0.1:2,password=on,audiodev=audio1", {}), tls_domain(), "tls-creds=vnc-tls-creds0 is required"},
+        {tls_args(kTlsVnc, {}), tls_domain(), "one credentials object"},
+        {tls_args("127.0.0.1:2,password=on,audiodev=audio1,tls-creds=vnc-tls-creds0,tls-creds=vnc-tls-creds0", {kTlsObject}),
+         tls_domain(), "one credentials object"},
+        {tls_args("127.0.0.1:2,password=on,audiodev=audio1,tls-creds=objrng0", {kTlsObject}), tls_domain(), "one credentials object"},
+        {tls_args(kTlsVnc + std::string(",tls-authz=a"), {kTlsObject}), tls_domain(), "'tls-authz'"},
+        {tls_args(kTlsVnc + std::string(",sasl=on"), {kTlsObject}), tls_domain(), "'sasl'"},
+        // With TLS off, neither the object nor tls-creds.
+        {tls_args(kTlsVnc, {kTlsObject}), sample_domain(), "off for this VM"},
+        {tls_args("127.0.0.1:2,password=on,audiodev=audio1", {kTlsObject}), sample_domain(), "off for this VM"},
+        {tls_args(kTlsVnc, {}), sample_domain(), "needs VNC over TLS, which is off"},
+    };
+    for (const Case& c : cases) {
+      std::string shown;
+      for (const auto& a : c.args) shown += a + " ";
+      CAPTURE(shown);
+      auto r = vl::check_plan_argv(plan_with(c.args), c.domain);
+      REQUIRE_FALSE(r.ok());
+      CAPTURE(r.error().context);
+      CHECK(r.error().context.find(c.expected) != std::string::npos);
+      CHECK(r.error().code == vl::ErrorCode::kDenied);
+    }
   }
 }

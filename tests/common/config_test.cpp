@@ -31,6 +31,7 @@ std::string describe(const vl::HostConfig& c) {
   for (const auto& d : c.tls.admin_dns) o << d << ";";
   o << ",readers:";
   for (const auto& d : c.tls.readonly_dns) o << d << ";";
+  o << " vnc=" << c.vnc.tls << "," << c.vnc.tls_dir << "," << c.vnc.verify_client;
   o << " roots=";
   for (const auto& r : c.storage_roots) o << r << ",";
   o << " emulators=";
@@ -222,6 +223,40 @@ bridge = "br-lan"
     CHECK(set->tls.ca == "/srv/ca.pem");
     CHECK(set->tls.admin_dns == std::vector<std::string>{"CN=*,OU=ops,O=Example"});
     CHECK(set->tls.readonly_dns == std::vector<std::string>{"CN=*,O=Example"});
+  }
+
+  TEST_CASE("VNC over TLS: off by default, read from [vnc], strict about types and paths") {
+    auto defaults = vl::parse_config("", "x.toml");
+    REQUIRE(defaults.ok());
+    CHECK_FALSE(defaults->vnc.tls);
+    CHECK(defaults->vnc.tls_dir == "/etc/pki/vmlaunch-vnc");
+    CHECK_FALSE(defaults->vnc.verify_client);
+    auto set = vl::parse_config("[vnc]\ntls = true\ntls_dir = \"/srv/pki/vnc\"\ntls_verify_client = true\n", "x.toml");
+    REQUIRE_MESSAGE(set.ok(), (set.ok() ? "" : set.error().context));
+    CHECK(set->vnc.tls);
+    CHECK(set->vnc.tls_dir == "/srv/pki/vnc");
+    CHECK(set->vnc.verify_client);
+    auto name = vl::VmName::parse("web1");
+    REQUIRE(name.ok());
+    CHECK(set->vnc_tls_dir(*name) == "/run/vmlaunch/vnc-tls/web1");
+    struct Bad {
+      const char* text;
+      const char* expected;
+    } bad[] = {
+        {"[vnc]\ntls = \"yes\"\n", "x.toml:2: key 'vnc.tls': expected true or false"},
+        {"[vnc]\ntls = 1\n", "key 'vnc.tls': expected true or false"},
+        {"[vnc]\ntls_verify_client = \"on\"\n", "key 'vnc.tls_verify_client': expected true or false"},
+        {"[vnc]\ntls_dir = \"pki/vnc\"\n", "key 'vnc.tls_dir': expected an absolute path"},
+        {"[vnc]\ntls_dir = \"/etc/pki/../vnc\"\n", "key 'vnc.tls_dir': expected an absolute path"},
+        {"[vnc]\ntls_x509_cert_dir = \"/etc/pki/vnc\"\n", "key 'vnc.tls_x509_cert_dir': unknown key"},
+        {"vnc = true\n", "key 'vnc': expected a table"},
+    };
+    for (const Bad& b : bad) {
+      CAPTURE(b.text);
+      auto r = vl::parse_config(b.text, "x.toml");
+      REQUIRE_FALSE(r.ok());
+      CHECK(r.error().context.find(b.expected) != std::string::npos);
+    }
   }
 
   TEST_CASE("HOST:PORT: names, IPv4, bracketed IPv6, and the default port") {

@@ -94,6 +94,30 @@ TEST_SUITE("daemon/qemu_argv") {
     CHECK(plan->serial_ptys == 1);
   }
 
+  TEST_CASE("with VNC over TLS on, -vnc names a tls-creds-x509 object in the VM's own directory, just before it") {
+    vl::Domain d = test_domain();
+    d.vnc->tls_dir = "/run/vmlaunch/vnc-tls/web1";
+    d.vnc->tls_verify_client = true;
+    auto plan = rewrite(native_line(), d);
+    REQUIRE_MESSAGE(plan.ok(), (plan.ok() ? std::string() : plan.error().context));
+    const auto& argv = plan->argv;
+    auto vnc = std::find(argv.begin(), argv.end(), "-vnc");
+    REQUIRE(vnc != argv.end());
+    CHECK(vnc[1] == "127.0.0.1:7,password=on,audiodev=audio1,tls-creds=vnc-tls-creds0");
+    REQUIRE(vnc - argv.begin() >= 2);
+    CHECK(vnc[-2] == "-object");
+    CHECK(vnc[-1] == R"({"qom-type":"tls-creds-x509","id":"vnc-tls-creds0","dir":"/run/vmlaunch/vnc-tls/web1",)"
+                     R"("endpoint":"server","verify-peer":true})");
+    CHECK(std::count(argv.begin(), argv.end(), "-object") == 1);  // libvirt's master key is still dropped
+  }
+
+  TEST_CASE("with VNC over TLS off, -vnc stays clear text and no credentials object is added") {
+    auto plan = rewrite(native_line(), test_domain());
+    REQUIRE(plan.ok());
+    CHECK(contains(plan->argv, "127.0.0.1:7,password=on,audiodev=audio1"));
+    CHECK_FALSE(contains(plan->argv, "-object"));
+  }
+
   TEST_CASE("a second serial console chardev is refused, not given the console's fds twice") {
     auto plan = rewrite(native_line("-chardev pty,id=charserial0 "), test_domain());
     REQUIRE_FALSE(plan.ok());
