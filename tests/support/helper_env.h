@@ -193,6 +193,7 @@ class HelperEnv {
     auto domain = parse_domain(xml, name + ".xml");
     REQUIRE_MESSAGE(domain.ok(), domain.error().message());
     resolve_nvram(*domain, config_);
+    resolve_vnc_tls(*domain, config_);
     HostConfig planning = config_;
     planning.emulators = {domain->emulator};
     Planner planner(planning);
