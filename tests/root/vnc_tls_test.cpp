@@ -62,6 +62,11 @@ class VncPki final {
     openssl({"x509", "-req", "-in", work("server.csr"), "-CA", work("ca.pem"), "-CAkey", work("ca.key"),
              "-CAcreateserial", "-days", "2", "-copy_extensions", "copy", "-out", dir_ + "/server-cert.pem"});
     std::filesystem::copy_file(work("ca.pem"), dir_ + "/ca-cert.pem");
+    // A viewer's certificate from the same CA, for tls_verify_client.
+    openssl({"req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
+             work("client.key"), "-out", work("client.csr"), "-subj", "/CN=viewer"});
+    openssl({"x509", "-req", "-in", work("client.csr"), "-CA", work("ca.pem"), "-CAkey", work("ca.key"),
+             "-CAcreateserial", "-days", "2", "-out", work("client.pem")});
     ::chmod((dir_ + "/server-key.pem").c_str(), 0600);
   }
   const std::string& dir() const { return dir_; }
@@ -154,11 +159,17 @@ struct TlsClient {
   long verify = X509_V_OK;
 };
 
-TlsClient tls_handshake(int fd, const std::string& ca) {
+// With `cert`, the client presents it (its key is `cert` with .pem replaced by .key).
+TlsClient tls_handshake(int fd, const std::string& ca, const std::string& cert = "") {
   TlsClient c;
   c.ctx.reset(SSL_CTX_new(TLS_client_method()));
   REQUIRE(c.ctx);
   REQUIRE(SSL_CTX_load_verify_locations(c.ctx.get(), ca.c_str(), nullptr) == 1);
+  if (!cert.empty()) {
+    std::string key = cert.substr(0, cert.size() - 4) + ".key";
+    REQUIRE(SSL_CTX_use_certificate_file(c.ctx.get(), cert.c_str(), SSL_FILETYPE_PEM) == 1);
+    REQUIRE(SSL_CTX_use_PrivateKey_file(c.ctx.get(), key.c_str(), SSL_FILETYPE_PEM) == 1);
+  }
   SSL_CTX_set_verify(c.ctx.get(), SSL_VERIFY_PEER, nullptr);
   c.ssl.reset(SSL_new(c.ctx.get()));
   REQUIRE(c.ssl);
@@ -168,6 +179,21 @@ TlsClient tls_handshake(int fd, const std::string& ca) {
   c.verify = SSL_get_verify_result(c.ssl.get());
   ERR_clear_error();
   return c;
+}
+
+// The first bytes inside TLS: RFB's SecurityResult, or "" if the server ended the session.
+std::string security_result(SSL* ssl) {
+  std::string out(4, '\0');
+  size_t got = 0;
+  while (got < out.size()) {
+    int r = SSL_read(ssl, out.data() + got, static_cast<int>(out.size() - got));
+    if (r <= 0) {
+      ERR_clear_error();
+      return "";
+    }
+    got += static_cast<size_t>(r);
+  }
+  return out;
 }
 
 std::string tls_read_exactly(SSL* ssl, size_t n) {
@@ -183,11 +209,12 @@ std::string tls_read_exactly(SSL* ssl, size_t n) {
 
 std::string vm_tls_dir(HelperEnv& env, const std::string& vm) { return env.root() + "/run/vnc-tls/" + vm; }
 
-// A VM with VNC on 127.0.0.1:kPort and the configuration's [vnc] tls on.
-void define_tls_vm(HelperEnv& env, const VncPki& pki, const std::string& password = "") {
-  env.write_config("[vnc]\ntls = true\ntls_dir = \"" + pki.dir() + "\"\n");
+// A VM with an interface on br-lan, VNC on 127.0.0.1:kPort and the configuration's [vnc] tls on.
+void define_tls_vm(HelperEnv& env, const VncPki& pki, const std::string& password = "", bool verify_client = false) {
+  env.write_config("[vnc]\ntls = true\ntls_dir = \"" + pki.dir() + "\"\n" +
+                   (verify_client ? "tls_verify_client = true\n" : ""));
   std::string passwd = password.empty() ? "" : " passwd='" + password + "'";
-  env.define({.name = "tls1", .nic = false,
+  env.define({.name = "tls1", .mac = "52:54:00:00:41:01", .bridge = "br-lan",
               .devices = "    <graphics type='vnc' autoport='no' port='" + std::to_string(kPort) +
                          "' listen='127.0.0.1'" + passwd + "/>\n"});
 }
@@ -263,6 +290,30 @@ TEST_SUITE("root/vnc_tls") {
     CHECK_MESSAGE(cleaned.status == 0, cleaned.log);
   }
 
+  TEST_CASE("with tls_verify_client, a viewer without a certificate from the CA is turned away, one with it is served") {
+    HelperEnv env;
+    VncPki pki(env.root() + "/pki");
+    define_tls_vm(env, pki, "", /*verify_client=*/true);
+    auto launched = env.launch("tls1");
+    REQUIRE_MESSAGE(launched.running(), launched.log);
+    {
+      vl::UniqueFd s = connect_vnc();
+      vencrypt_until_tls(s.get(), kX509None);
+      TlsClient tls = tls_handshake(s.get(), pki.work("ca.pem"));
+      // Under TLS 1.3 the client's handshake may complete before the server refuses it.
+      CHECK((tls.connected != 1 || security_result(tls.ssl.get()).empty()));
+    }
+    {
+      vl::UniqueFd s = connect_vnc();
+      vencrypt_until_tls(s.get(), kX509None);
+      TlsClient tls = tls_handshake(s.get(), pki.work("ca.pem"), pki.work("client.pem"));
+      REQUIRE_MESSAGE(tls.connected == 1, X509_verify_cert_error_string(tls.verify));
+      CHECK(security_result(tls.ssl.get()) == std::string(4, '\0'));
+    }
+    env.kill_vm(launched.pid);
+    CHECK(env.helper({"cleanup", "tls1"}).status == 0);
+  }
+
   TEST_CASE("VNC over TLS through vmctl vnc: the daemon plans it, and the channel relays the TLS session unchanged") {
     SystemEnv env;
     VncPki pki(env.root() + "/pki");
@@ -299,7 +350,7 @@ TEST_SUITE("root/vnc_tls") {
     HelperEnv env;
     VncPki pki(env.root() + "/pki");
     define_tls_vm(env, pki);
-    for (const char* step : {"vnc-tls", "disk-journal", "console-filter", "monitor-socket", "exec"}) {
+    for (const char* step : {"vnc-tls", "disk-journal", "console-filter", "tap", "bridge-attach", "monitor-socket", "exec"}) {
       CAPTURE(step);
       auto r = env.launch("tls1", {std::string("VMLAUNCH_FAIL_AT=") + step});
       REQUIRE_FALSE(r.running());
