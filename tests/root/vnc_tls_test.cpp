@@ -69,6 +69,19 @@ class VncPki final {
              "-CAcreateserial", "-days", "2", "-out", work("client.pem")});
     ::chmod((dir_ + "/server-key.pem").c_str(), 0600);
   }
+  /// A server identity of its own for VM `vm` in dir()/vm/, issued by the other CA.
+  void own_identity(const std::string& vm) {
+    std::string own = dir_ + "/" + vm;
+    std::filesystem::create_directory(own);
+    ::chmod(own.c_str(), 0755);
+    openssl({"req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
+             own + "/server-key.pem", "-out", work(vm + ".csr"), "-subj", "/CN=127.0.0.1", "-addext",
+             "subjectAltName=IP:127.0.0.1"});
+    openssl({"x509", "-req", "-in", work(vm + ".csr"), "-CA", work("otherca.pem"), "-CAkey", work("otherca.key"),
+             "-CAcreateserial", "-days", "2", "-copy_extensions", "copy", "-out", own + "/server-cert.pem"});
+    std::filesystem::copy_file(work("otherca.pem"), own + "/ca-cert.pem");
+    ::chmod((own + "/server-key.pem").c_str(), 0600);
+  }
   const std::string& dir() const { return dir_; }
   std::string work(const std::string& name) const { return dir_ + "/work/" + name; }
 
@@ -272,6 +285,26 @@ TEST_SUITE("root/vnc_tls") {
     CHECK_MESSAGE(cleaned.status == 0, cleaned.log);
     CHECK_FALSE(std::filesystem::exists(dir));
     CHECK(std::filesystem::exists(pki.dir() + "/server-key.pem"));  // the operator's source stays
+  }
+
+  TEST_CASE("a VM with a directory of its own in tls_dir presents that identity, not the shared one") {
+    HelperEnv env;
+    VncPki pki(env.root() + "/pki");
+    pki.own_identity("tls1");
+    define_tls_vm(env, pki);
+    auto launched = env.launch("tls1");
+    REQUIRE_MESSAGE(launched.running(), launched.log);
+    CHECK(vl::sys::read_file(vm_tls_dir(env, "tls1") + "/server-key.pem", 1 << 16).value() ==
+          vl::sys::read_file(pki.dir() + "/tls1/server-key.pem", 1 << 16).value());
+    for (auto [ca, accepted] : {std::pair{"otherca.pem", true}, std::pair{"ca.pem", false}}) {
+      CAPTURE(ca);
+      vl::UniqueFd s = connect_vnc();
+      vencrypt_until_tls(s.get(), kX509None);
+      TlsClient tls = tls_handshake(s.get(), pki.work(ca));
+      CHECK((tls.connected == 1) == accepted);
+    }
+    env.kill_vm(launched.pid);
+    CHECK(env.helper({"cleanup", "tls1"}).status == 0);
   }
 
   TEST_CASE("VNC over TLS with a password: VeNCrypt x509 then the VNC challenge") {
