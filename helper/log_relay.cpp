@@ -203,7 +203,10 @@ bool lock_down(const char* name, std::span<const int> syscalls) {
   ::close(ready[1]);
   char ok = 0;
   ssize_t n = sys::retry_eintr([&] { return ::read(ready[0], &ok, 1); });
-  ::_exit(n == 1 && ok == 'y' ? 0 : 1);
+  // Then the end of the pipe: once the launch goes on, the relay holds its fds and no other.
+  char more = 0;
+  ssize_t end = sys::retry_eintr([&] { return ::read(ready[0], &more, 1); });
+  ::_exit(n == 1 && ok == 'y' && end == 0 ? 0 : 1);
 }
 
 }  // namespace
