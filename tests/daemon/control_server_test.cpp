@@ -397,3 +397,84 @@ TEST_SUITE("daemon/channels") {
     sd_bus_flush_close_unref(bus);
   }
 }
+
+TEST_SUITE("daemon/serial_log") {
+  // Each ReadSerialLog reply carries up to 2 MiB (both parts of the log). A client that sends
+  // calls and reads no reply would otherwise have them all built and queued in the daemon: the
+  // connection limit counts messages (1024), not bytes, so that was up to 2 GiB per connection.
+  TEST_CASE("a client that asks for the serial log again and again without reading gets refusals, not gigabytes queued") {
+    AdminServer daemon([](vl::HostConfig& config) { config.log_dir = config.runtime_dir + "/log"; });
+    std::filesystem::create_directories(daemon.config.log_dir);
+    for (const char* part : {"/web1.serial.log", "/web1.serial.log.1"})
+      std::ofstream(daemon.config.log_dir + part) << std::string(vl::kSerialLogPartBytes, 'x');
+    Loop loop{daemon.io};
+    sd_bus* bus = client_bus(daemon.config);
+
+    constexpr int kCalls = 60;
+    struct Count {
+      int logs = 0, refused = 0, other = 0;
+    } count;
+    auto on_reply = [](sd_bus_message* m, void* userdata, sd_bus_error*) -> int {
+      auto* c = static_cast<Count*>(userdata);
+      const void* data = nullptr;
+      size_t size = 0;
+      if (sd_bus_message_is_method_error(m, "org.vmlaunch.Error.Conflict")) ++c->refused;
+      else if (!sd_bus_message_is_method_error(m, nullptr) && sd_bus_message_read_array(m, 'y', &data, &size) >= 0 &&
+               size == 2 * vl::kSerialLogPartBytes)
+        ++c->logs;
+      else ++c->other;
+      return 0;
+    };
+    for (int i = 0; i < kCalls; ++i)
+      REQUIRE(sd_bus_call_method_async(bus, nullptr, nullptr, "/org/vmlaunch1", "org.vmlaunch.Manager1", "ReadSerialLog", on_reply,
+                                       &count, "s", "web1") >= 0);
+    REQUIRE(sd_bus_flush(bus) >= 0);
+    // Unread, until the daemon has answered what it was sent: what it queues for the client no
+    // longer changes.
+    auto queued = [&] {
+      std::promise<uint64_t> total;
+      boost::asio::post(daemon.io, [&] {
+        uint64_t n = 0;
+        for (auto& [b, weak] : vl::BusConnection::registry())
+          if (auto conn = weak.lock()) n += conn->queued_out();
+        total.set_value(n);
+      });
+      return total.get_future().get();
+    };
+    uint64_t last = UINT64_MAX;
+    int same = 0;
+    for (auto deadline = std::chrono::steady_clock::now() + 60s; same < 5 && std::chrono::steady_clock::now() < deadline;) {
+      uint64_t now = queued();
+      same = now == last ? same + 1 : 0;
+      last = now;
+      std::this_thread::sleep_for(200ms);
+    }
+    MESSAGE("messages queued in the daemon for the client that does not read: " << last);
+
+    for (auto deadline = std::chrono::steady_clock::now() + 120s;
+         count.logs + count.refused + count.other < kCalls && std::chrono::steady_clock::now() < deadline;) {
+      int r = sd_bus_process(bus, nullptr);
+      REQUIRE(r >= 0);
+      if (r == 0) sd_bus_wait(bus, 100000);
+    }
+    MESSAGE(count.logs << " logs, " << count.refused << " refused");
+    CHECK(count.other == 0);
+    CHECK(count.logs + count.refused == kCalls);
+    CHECK(count.logs >= 1);
+    CHECK(count.logs <= 16);  // what the kernel's socket buffers hold, and a few replies queued in the daemon
+
+    // A client that reads gets the log every time.
+    for (int i = 0; i < 3; ++i) {
+      sd_bus_error error = SD_BUS_ERROR_NULL;
+      sd_bus_message* reply = nullptr;
+      REQUIRE(sd_bus_call_method(bus, nullptr, "/org/vmlaunch1", "org.vmlaunch.Manager1", "ReadSerialLog", &error, &reply,
+                                 "s", "web1") >= 0);
+      const void* data = nullptr;
+      size_t size = 0;
+      REQUIRE(sd_bus_message_read_array(reply, 'y', &data, &size) >= 0);
+      CHECK(size == 2 * vl::kSerialLogPartBytes);
+      sd_bus_message_unref(reply);
+    }
+    sd_bus_flush_close_unref(bus);
+  }
+}
