@@ -216,6 +216,8 @@ class Pki final {
     leaf("alice", "/O=Example/OU=ops/CN=alice", "ca");
     leaf("bob", "/O=Example/CN=bob", "ca");
     leaf("eve", "/O=Evil/CN=eve", "ca");
+    // From the right CA, in O=Example but not OU=ops, with a CN chosen to read as OU=ops.
+    leaf("mole", "/O=Example/CN=mole,OU=ops", "ca");
     leaf("mallory", "/O=Example/OU=ops/CN=mallory", "otherca");
     expired("old", "/O=Example/OU=ops/CN=old");
     // The daemon (user nobody) reads its key, which only it may read.
@@ -441,6 +443,19 @@ TEST_SUITE("root/remote") {
     CHECK(log.find("certificate 'CN=eve,O=Evil' [tls from 127.0.0.1:") != std::string::npos);
     CHECK(log.find(", none]: Start 'web1': refused") != std::string::npos);
     CHECK(log.find("TLS handshake with 127.0.0.1:") != std::string::npos);
+  }
+
+  // The DN is "CN=mole\,OU=ops,O=Example": the admin pattern "CN=*,OU=ops,O=Example" must not
+  // match it by letting the '*' end on the backslash.
+  TEST_CASE("a certificate whose CN ends in ',OU=ops' is not in OU=ops: it gets no role and nothing runs") {
+    TlsEnv env;
+    env.define({.name = "web1", .mac = mac_of(9)});
+    auto start = env.vmctl_tls("mole", {"start", "web1"});
+    CHECK(start.exit_code == 1);
+    CHECK_MESSAGE(start.out.find("permission denied: certificate 'CN=mole\\,OU=ops,O=Example' matches no allowed DN") !=
+                      std::string::npos,
+                  start.out);
+    CHECK(state_of(env, "web1") == "stopped");
   }
 
   TEST_CASE("vmctl checks the daemon's certificate: another CA or another name is refused before anything is sent") {
