@@ -295,11 +295,24 @@ class TlsEnv : public RolesEnv {
   Pki pki_;
 };
 
-vl::UniqueFd tcp_to_listener() {
+// A TCP connection to the TLS listener from `from` (an address of 127.0.0.0/8).
+vl::UniqueFd tcp_to_listener(const char* from = "127.0.0.1") {
   sockaddr_in sa = loopback(kTlsPort);
   vl::UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in src{};
+  src.sin_family = AF_INET;
+  REQUIRE(::inet_pton(AF_INET, from, &src.sin_addr) == 1);
+  REQUIRE(::bind(s.get(), reinterpret_cast<sockaddr*>(&src), sizeof src) == 0);
   REQUIRE(::connect(s.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
   return s;
+}
+
+// True once the daemon closed `fd` (within `limit`); false while it stays open.
+bool closed_by_daemon(int fd, int limit_ms) {
+  pollfd p{fd, POLLIN, 0};
+  if (::poll(&p, 1, limit_ms) != 1) return false;
+  char c;
+  return ::recv(fd, &c, 1, 0) <= 0;
 }
 
 }  // namespace
@@ -476,26 +489,33 @@ TEST_SUITE("root/remote") {
   TEST_CASE("idle TCP peers cannot hold the TLS listener: handshakes are capped and cut off at the deadline") {
     TlsEnv env;  // max_connections = 4, message_timeout = 5 s
     std::vector<vl::UniqueFd> idle;
-    for (int i = 0; i < 4; ++i) idle.push_back(tcp_to_listener());
-    // A fifth finds every handshake slot taken: closed unread, while the four still wait.
-    vl::UniqueFd fifth = tcp_to_listener();
-    pollfd p5{fifth.get(), POLLIN, 0};
-    REQUIRE(::poll(&p5, 1, 60'000) == 1);
-    char byte;
-    CHECK(::recv(fifth.get(), &byte, 1, 0) <= 0);
-    pollfd first{idle[0].get(), POLLIN, 0};
-    CHECK(::poll(&first, 1, 0) == 0);
+    // One address holds at most half of the handshake slots: a third from it is closed unread.
+    for (int i = 0; i < 2; ++i) idle.push_back(tcp_to_listener("127.0.0.2"));
+    vl::UniqueFd third = tcp_to_listener("127.0.0.2");
+    CHECK(closed_by_daemon(third.get(), 60'000));
+    CHECK(env.log().find("Refusing TLS connections: 2 handshakes in progress from 127.0.0.2 (half of "
+                         "control.max_connections)") != std::string::npos);
+    // Another address takes the other half; then every slot is taken, and a fifth peer is
+    // closed unread, while the four still wait.
+    for (int i = 0; i < 2; ++i) idle.push_back(tcp_to_listener("127.0.0.3"));
+    vl::UniqueFd fifth = tcp_to_listener("127.0.0.4");
+    CHECK(closed_by_daemon(fifth.get(), 60'000));
+    CHECK_FALSE(closed_by_daemon(idle[0].get(), 0));
     CHECK(env.log().find("Refusing TLS connections: 4 handshakes in progress (control.max_connections)") !=
           std::string::npos);
     // Every idle peer is disconnected by the daemon once its handshake deadline passed.
-    for (auto& fd : idle) {
-      pollfd p{fd.get(), POLLIN, 0};
-      REQUIRE(::poll(&p, 1, 60'000) == 1);
-      char c;
-      CHECK(::recv(fd.get(), &c, 1, 0) <= 0);
-    }
+    for (auto& fd : idle) CHECK(closed_by_daemon(fd.get(), 60'000));
     // And the listener serves again.
     auto list = env.vmctl_tls("alice", {"list"});
     CHECK_MESSAGE(list.exit_code == 0, list.out);
+  }
+
+  TEST_CASE("a peer that opens handshakes as fast as it may cannot lock the other addresses out of the TLS listener") {
+    TlsEnv env;  // max_connections = 4, message_timeout = 5 s
+    std::vector<vl::UniqueFd> idle;
+    for (int i = 0; i < 4; ++i) idle.push_back(tcp_to_listener("127.0.0.2"));
+    REQUIRE_FALSE(closed_by_daemon(idle[0].get(), 0));  // its share is held meanwhile
+    auto list = env.vmctl_tls("alice", {"list"});  // from 127.0.0.1
+    CHECK_MESSAGE(list.exit_code == 0, list.out << env.log());
   }
 }
