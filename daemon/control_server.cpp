@@ -268,8 +268,15 @@ int method_open_vnc(sd_bus_message* m, void* userdata, sd_bus_error*) {
     return reply_error(m, Error::make(ErrorCode::kConflict, "VM '" + info->name + "' is " + vm_status_name(info->status)));
   if (info->vnc_display < 0)
     return reply_error(m, Error::make(ErrorCode::kNotFound, "VM '" + info->name + "' has no VNC display"));
-  return reply_channel(m, open_vnc_channel(*s->io, info->name, info->vnc_listen,
-                                           static_cast<uint16_t>(5900 + info->vnc_display), BusConnection::of(m)));
+  // Answered once connected: the connect may wait on a stopped emulator, the daemon does not.
+  sd_bus_message_ref(m);
+  open_vnc_channel(*s->io, info->name, info->vnc_listen, static_cast<uint16_t>(5900 + info->vnc_display),
+                   BusConnection::of(m), [m](Result<std::shared_ptr<Channel>> channel) {
+                     reply_channel(m, std::move(channel));
+                     if (auto conn = BusConnection::of(m)) conn->schedule_pump();
+                     sd_bus_message_unref(m);
+                   });
+  return 1;
 }
 
 int method_channel_write(sd_bus_message* m, void*, sd_bus_error*) {
