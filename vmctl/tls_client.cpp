@@ -6,6 +6,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -164,6 +165,10 @@ TlsFiles default_tls_files() {
 Result<TlsConnection> tls_connect(const RemoteTarget& target, const TlsFiles& files, std::chrono::milliseconds deadline) {
   const std::string where = target.host + " port " + std::to_string(target.port);
   const Clock::time_point until = Clock::now() + deadline;
+  // OpenSSL writes to the socket itself: its alert after a far side that closed unread (a
+  // daemon refusing the connection), or a record after the daemon went away, meets a reset
+  // socket. That is an error to report, not a SIGPIPE that ends vmctl without a word.
+  ::signal(SIGPIPE, SIG_IGN);
   SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
   if (!ctx) return Error::make(ErrorCode::kSystem, "TLS: " + openssl_reason());
   // Freed with the last SSL that uses it (SSL_new takes a reference).
