@@ -19,7 +19,8 @@
 //   ChannelWrite(u channel, ay data)-> ()          bytes for the VM; answered once written. At most
 //                                                  256 KiB may wait unwritten per channel (Conflict)
 //   CloseChannel(u channel)         -> ()
-//   ReadSerialLog(s name)           -> ay          the VM's serial log, both parts, older first
+//   ReadSerialLog(s name)           -> ay          the VM's serial log, both parts, older first;
+//                                                  Conflict while more than 2 replies wait unread
 //   signal StateChanged(s name, s state, s reason)
 //   signal ChannelData(u channel, ay data)         to the channel's connection only; up to 16 KiB
 //   signal ChannelClosed(u channel, s reason)      to the channel's connection only; the channel is gone

@@ -64,19 +64,29 @@ Identity tls_identity(const std::string& dn, const std::vector<std::string>& adm
   return id;
 }
 
+// The length of the DN's character at `d`: an escape ("\," "\+" "\\" "\C3" ...: the backslash
+// and the character after it) counts as one, so that matching never splits it.
+namespace {
+size_t dn_unit(std::string_view dn, size_t d) { return dn[d] == '\\' && d + 1 < dn.size() ? 2 : 1; }
+}  // namespace
+
 // Iterative wildcard match with one backtrack point: linear in practice, and no recursion a
-// long hostile DN could drive deep.
+// long hostile DN could drive deep. It steps over the DN by dn_unit: were a '*' allowed to end
+// on the backslash of "\,", the pattern's next ',' would match the escaped comma, and a value
+// such as CN "mole,OU=ops" would pass for the RDN OU=ops.
 bool dn_matches(std::string_view pattern, std::string_view dn) {
   size_t p = 0, d = 0, star = std::string_view::npos, resume = 0;
   while (d < dn.size()) {
+    const size_t unit = dn_unit(dn, d);
     if (p < pattern.size() && pattern[p] == '*') {
       star = p++;
       resume = d;
-    } else if (p < pattern.size() && pattern[p] == dn[d]) {
-      ++p, ++d;
+    } else if (pattern.substr(p, unit) == dn.substr(d, unit)) {
+      p += unit, d += unit;
     } else if (star != std::string_view::npos) {
       p = star + 1;
-      d = ++resume;
+      resume += dn_unit(dn, resume);
+      d = resume;
     } else {
       return false;
     }

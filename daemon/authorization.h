@@ -63,7 +63,9 @@ Identity tls_identity(const std::string& dn, const std::vector<std::string>& adm
                       const std::vector<std::string>& readonly_dns);
 
 /// libvirt's tls_allowed_dn_list matching: the whole DN against the pattern, where `*` matches
-/// any run of characters (fnmatch without special meaning for '/', '\\', '[' or '?').
+/// any run of characters (fnmatch without special meaning for '/', '\\', '[' or '?'), an escape
+/// of the DN ("\," "\+" "\\" ...) counting as one character: a `*` never ends inside one, so
+/// a comma inside a value never reads as the start of another RDN.
 bool dn_matches(std::string_view pattern, std::string_view dn);
 
 /// The role a method of org.vmlaunch.Manager1 needs: read-only for List and Status, root for

@@ -1,5 +1,8 @@
 #include "daemon/console_hub.h"
 
+#include <sys/socket.h>
+
+#include <cerrno>
 #include <vector>
 
 namespace vl {
@@ -45,11 +48,22 @@ Result<std::shared_ptr<Channel>> ConsoleHub::open(asio::io_context& io, const st
   if (!hub) {
     hub = std::make_shared<ConsoleHub>(io, vm);
     boost::system::error_code ec;
-    // A local socket of root's in the VM's runtime directory: connecting does not block.
-    hub->socket_.connect(asio::local::stream_protocol::endpoint(socket_path), ec);
+    // Non-blocking: a local socket's connect completes at once or fails with EAGAIN when the
+    // listener's backlog is full. QEMU accepts only while nobody is connected and not at all
+    // while its emulator is stopped, and connections this hub closed wait in that backlog
+    // until it does: a blocking connect would hold the daemon's only event loop meanwhile.
+    // Asio's own connect would wait for a non-blocking one to finish: the call is made here.
+    asio::local::stream_protocol::endpoint endpoint(socket_path);
+    hub->socket_.open(asio::local::stream_protocol(), ec);
+    if (!ec) hub->socket_.non_blocking(true, ec);
+    if (!ec && ::connect(hub->socket_.native_handle(), endpoint.data(), static_cast<socklen_t>(endpoint.size())) < 0)
+      ec.assign(errno, boost::system::system_category());
     if (ec == boost::system::errc::no_such_file_or_directory || ec == boost::system::errc::connection_refused)
       return Error::make(ErrorCode::kNotFound, "VM '" + vm + "' has no serial console now (it is not running, "
                                                    "or its domain XML has no <serial>)");
+    if (ec == boost::asio::error::would_block || ec == boost::asio::error::try_again)
+      return Error::make(ErrorCode::kConflict, "the serial console of VM '" + vm + "' accepts no connection now "
+                                                   "(its emulator is stopped or busy); try again later");
     if (ec) return Error::make(ErrorCode::kSystem, "connect to the console of VM '" + vm + "': " + ec.message());
     hubs()[vm] = hub;
   }

@@ -30,6 +30,8 @@ namespace asio = boost::asio;
 namespace {
 
 constexpr auto kAcceptBackoff = std::chrono::milliseconds(100);
+// Replies a client may leave unread and still be sent a serial log (method_read_serial_log).
+constexpr uint64_t kMaxUnreadBeforeLog = 2;
 
 // Peers that may call nothing still get one short session, so that vmctl can tell them which
 // group to join; it is all such a session can buy. Its messages are capped at 4 KiB (a method
@@ -266,8 +268,15 @@ int method_open_vnc(sd_bus_message* m, void* userdata, sd_bus_error*) {
     return reply_error(m, Error::make(ErrorCode::kConflict, "VM '" + info->name + "' is " + vm_status_name(info->status)));
   if (info->vnc_display < 0)
     return reply_error(m, Error::make(ErrorCode::kNotFound, "VM '" + info->name + "' has no VNC display"));
-  return reply_channel(m, open_vnc_channel(*s->io, info->name, info->vnc_listen,
-                                           static_cast<uint16_t>(5900 + info->vnc_display), BusConnection::of(m)));
+  // Answered once connected: the connect may wait on a stopped emulator, the daemon does not.
+  sd_bus_message_ref(m);
+  open_vnc_channel(*s->io, info->name, info->vnc_listen, static_cast<uint16_t>(5900 + info->vnc_display),
+                   BusConnection::of(m), [m](Result<std::shared_ptr<Channel>> channel) {
+                     reply_channel(m, std::move(channel));
+                     if (auto conn = BusConnection::of(m)) conn->schedule_pump();
+                     sd_bus_message_unref(m);
+                   });
+  return 1;
 }
 
 int method_channel_write(sd_bus_message* m, void*, sd_bus_error*) {
@@ -296,6 +305,9 @@ int method_close_channel(sd_bus_message* m, void*, sd_bus_error*) {
 
 // Both parts of the serial log (helper/serial_log.h), the older first: at most twice
 // kSerialLogPartBytes. The files are the daemon group's to read; the VM need not be running.
+// The one reply that large: a connection's cap counts messages (BusLimits::max_queued_out), so
+// while replies wait unread for this client, another log is refused instead of queued, or a
+// client that sends calls and reads nothing would have the daemon hold gigabytes for it.
 int method_read_serial_log(sd_bus_message* m, void* userdata, sd_bus_error*) {
   auto* s = static_cast<ServerState*>(userdata);
   AUTHORIZE(m);
@@ -303,6 +315,10 @@ int method_read_serial_log(sd_bus_message* m, void* userdata, sd_bus_error*) {
   if (int r = sd_bus_message_read(m, "s", &name); r < 0) return r;
   auto vm = VmName::parse(name);
   if (!vm) return reply_error(m, vm.error());
+  if (auto conn = BusConnection::of(m); conn && conn->queued_out() > kMaxUnreadBeforeLog)
+    return reply_error(m, Error::make(ErrorCode::kConflict, std::to_string(conn->queued_out()) +
+                                                                " replies wait unread on this connection; read them "
+                                                                "before asking for another serial log"));
   std::string path = s->config->serial_log_path(*vm);
   auto previous = sys::read_file(path + ".1", kSerialLogPartBytes + 1);
   auto current = sys::read_file(path, kSerialLogPartBytes + 1);

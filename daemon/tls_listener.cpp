@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstdio>
@@ -97,6 +98,15 @@ std::string subject_dn(X509* cert) {
   return dn;
 }
 
+std::string handshake_source(const asio::ip::address& address) {
+  if (address.is_v4()) return address.to_string();
+  asio::ip::address_v6 v6 = address.to_v6();
+  if (v6.is_v4_mapped()) return asio::ip::make_address_v4(asio::ip::v4_mapped, v6).to_string();
+  asio::ip::address_v6::bytes_type bytes = v6.to_bytes();
+  std::fill(bytes.begin() + 8, bytes.end(), 0);
+  return asio::ip::address_v6(bytes).to_string() + "/64";
+}
+
 TlsListener::TlsListener(asio::io_context& io, const HostConfig& config, ControlServer& server)
     : io_(io), config_(config), server_(server), ssl_(ssl::context::tls_server), accept_backoff_(io) {}
 
@@ -179,18 +189,26 @@ void TlsListener::accept_next() {
 void TlsListener::handshake(tcp::socket socket) {
   const ControlLimits& caps = config_.control;
   boost::system::error_code ec;
-  const std::string peer = [&] {
-    auto ep = socket.remote_endpoint(ec);
-    return ec ? std::string("an unknown address") : ep.address().to_string() + ":" + std::to_string(ep.port());
-  }();
-  if (*handshaking_ >= caps.max_connections) {
-    if (!std::exchange(refusing_, true))
-      std::fprintf(stderr, "vmlaunchd: Refusing TLS connections: %zu handshakes in progress (control.max_connections)\n",
-                   *handshaking_);
+  auto endpoint = socket.remote_endpoint(ec);
+  if (ec) return;  // already gone
+  const std::string peer = endpoint.address().to_string() + ":" + std::to_string(endpoint.port());
+  const std::string source = handshake_source(endpoint.address());
+  const size_t per_source = std::max<size_t>(1, caps.max_connections / 2);
+  size_t& from_source = (*handshaking_from_)[source];
+  std::string refused;
+  if (*handshaking_ >= caps.max_connections)
+    refused = std::to_string(*handshaking_) + " handshakes in progress (control.max_connections)";
+  else if (from_source >= per_source)
+    refused = std::to_string(from_source) + " handshakes in progress from " + source +
+              " (half of control.max_connections)";
+  if (!refused.empty()) {
+    if (from_source == 0) handshaking_from_->erase(source);
+    if (!std::exchange(refusing_, true)) std::fprintf(stderr, "vmlaunchd: Refusing TLS connections: %s\n", refused.c_str());
     return;  // closed unread
   }
   refusing_ = false;
   ++*handshaking_;
+  ++from_source;
   auto tls = std::make_shared<TlsStream>(std::move(socket), ssl_);
   auto timer = std::make_shared<asio::steady_timer>(io_, std::chrono::seconds(caps.message_timeout));
   timer->async_wait([weak = std::weak_ptr<TlsStream>(tls)](boost::system::error_code wait_ec) {
@@ -198,8 +216,11 @@ void TlsListener::handshake(tcp::socket socket) {
     if (auto stream = weak.lock(); stream && !wait_ec) stream->lowest_layer().close(ignored);  // the handshake fails
   });
   auto counter = handshaking_;
-  tls->async_handshake(ssl::stream_base::server, [this, tls, timer, counter, peer](boost::system::error_code hs_ec) {
+  auto by_source = handshaking_from_;
+  tls->async_handshake(ssl::stream_base::server, [this, tls, timer, counter, by_source, source,
+                                                  peer](boost::system::error_code hs_ec) {
     --*counter;
+    if (auto it = by_source->find(source); it != by_source->end() && --it->second == 0) by_source->erase(it);
     timer->cancel();
     if (hs_ec) {
       std::fprintf(stderr, "vmlaunchd: TLS handshake with %s failed: %s\n", peer.c_str(), hs_ec.message().c_str());

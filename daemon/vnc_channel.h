@@ -5,6 +5,8 @@
 #pragma once
 
 #include "daemon/asio.h"
+#include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -13,10 +15,19 @@
 
 namespace vl {
 
+/// Why a channel could not be opened, or the channel.
+using ChannelOpened = std::function<void(Result<std::shared_ptr<Channel>>)>;
+
+/// How long connecting to a VM's VNC server may take. A listener whose emulator is stopped (or
+/// busy) accepts nothing; once its backlog is full the kernel drops further connection attempts
+/// and a connect would wait minutes.
+inline constexpr std::chrono::seconds kVncConnectDeadline{10};
+
 /// Connects to `address`:`port` (the VM's VNC listener; the wildcard addresses mean the
-/// loopback address) and returns the channel for `owner`, registered in the ChannelTable.
-Result<std::shared_ptr<Channel>> open_vnc_channel(boost::asio::io_context& io, const std::string& vm,
-                                                  const std::string& address, uint16_t port,
-                                                  std::weak_ptr<BusConnection> owner);
+/// loopback address) without holding the event loop, and calls `done` with the channel for
+/// `owner`, registered in the ChannelTable, or with why not (within kVncConnectDeadline). A
+/// channel counts against its owner's kMaxChannelsPerConnection from the start of the connect.
+void open_vnc_channel(boost::asio::io_context& io, const std::string& vm, const std::string& address, uint16_t port,
+                      std::weak_ptr<BusConnection> owner, ChannelOpened done);
 
 }  // namespace vl

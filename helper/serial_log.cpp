@@ -1,5 +1,6 @@
 #include "helper/serial_log.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <seccomp.h>
 #include <sys/stat.h>
@@ -7,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <memory>
 #include <string>
 
@@ -80,18 +82,43 @@ class SerialRelay final {
   size_t size_ = 0;  ///< the current part starts empty (open_serial_log)
 };
 
+// Whether the directory `dir` has no entry but "." and "..".
+Result<bool> is_empty_dir(int dir, const std::string& path) {
+  UniqueFd copy = VL_TRY(sys::check_fd(::openat(dir, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC), "open '" + path + "'"));
+  DIR* d = ::fdopendir(copy.get());
+  if (!d) return Error::from_errno("read '" + path + "'");
+  (void)copy.release();  // closedir closes it
+  bool empty = true;
+  while (const dirent* e = ::readdir(d))
+    if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) {
+      empty = false;
+      break;
+    }
+  ::closedir(d);
+  return empty;
+}
+
 // LOG: created if missing, then required to be a directory of root's that only root can
 // change, and made root:daemon_gid 0750 so that the daemon, and nobody else, can read the logs.
+// A directory that existed must be that already, or empty: one that others use too (LOG set to
+// /var/log by mistake) is refused rather than made the daemon group's and closed to everyone
+// else.
 Result<UniqueFd> open_log_dir(const HostConfig& config, gid_t daemon_gid) {
   const std::string& path = config.log_dir;
   // PRIV: LOG comes from root's configuration.
-  if (::mkdir(path.c_str(), 0750) < 0 && errno != EEXIST) return Error::from_errno("create log directory '" + path + "'");
+  const bool created = ::mkdir(path.c_str(), 0750) == 0;
+  if (!created && errno != EEXIST) return Error::from_errno("create log directory '" + path + "'");
   UniqueFd dir = VL_TRY(sys::check_fd(::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC),
                                       "open log directory '" + path + "'"));
   struct stat st {};
   VL_TRY(sys::check(::fstat(dir.get(), &st), "stat '" + path + "'"));
   if (st.st_uid != 0 || (st.st_mode & 0022))
     return Error::make(ErrorCode::kDenied, "log directory '" + path + "' must be owned by root and writable by root only");
+  const bool ours = st.st_gid == daemon_gid && (st.st_mode & 07777) == 0750;
+  if (!created && !ours && !VL_TRY(is_empty_dir(dir.get(), path)))
+    return Error::make(ErrorCode::kDenied, "log directory '" + path + "' holds other files and is not root:" +
+                                               config.daemon_group + " mode 0750: give [paths] log a directory "
+                                               "of vmlaunch's own");
   // PRIV: the directory just checked to be root's.
   if (::fchown(dir.get(), 0, daemon_gid) < 0 || ::fchmod(dir.get(), 0750) < 0)
     return Error::from_errno("set owner and mode of '" + path + "'");

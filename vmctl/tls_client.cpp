@@ -6,11 +6,13 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <thread>
 
@@ -26,7 +28,22 @@ std::string openssl_reason() {
   return reason ? reason : "unknown error";
 }
 
-UniqueFd tcp_connect(const RemoteTarget& t, std::string& error) {
+using Clock = std::chrono::steady_clock;
+
+// Waits for `events` on `fd` until `until`; false once it passed.
+bool wait_until(int fd, short events, Clock::time_point until) {
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()).count();
+    if (left <= 0) return false;
+    pollfd p{fd, events, 0};
+    int r = ::poll(&p, 1, static_cast<int>(std::min<long long>(left, 60'000)));
+    if (r > 0) return true;
+    if (r < 0 && errno != EINTR) return true;  // the next call reports the error
+  }
+}
+
+// Non-blocking from here on: each address gets what is left of the deadline.
+UniqueFd tcp_connect(const RemoteTarget& t, Clock::time_point until, std::string& error) {
   addrinfo hints{};
   hints.ai_socktype = SOCK_STREAM;
   addrinfo* found = nullptr;
@@ -37,9 +54,15 @@ UniqueFd tcp_connect(const RemoteTarget& t, std::string& error) {
   }
   UniqueFd fd;
   for (addrinfo* a = found; a; a = a->ai_next) {
-    fd.reset(::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol));
-    if (fd && ::connect(fd.get(), a->ai_addr, a->ai_addrlen) == 0) break;
-    error = "connect to " + t.host + " port " + std::to_string(t.port) + ": " + std::strerror(errno);
+    fd.reset(::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol));
+    int err = !fd ? errno : ::connect(fd.get(), a->ai_addr, a->ai_addrlen) == 0 ? 0 : errno;
+    if (err == EINPROGRESS) {
+      socklen_t len = sizeof err;
+      if (!wait_until(fd.get(), POLLOUT, until)) err = ETIMEDOUT;
+      else if (::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
+    }
+    if (err == 0) break;
+    error = "connect to " + t.host + " port " + std::to_string(t.port) + ": " + std::strerror(err);
     fd.reset();
   }
   ::freeaddrinfo(found);
@@ -139,8 +162,13 @@ TlsFiles default_tls_files() {
   return f;
 }
 
-Result<TlsConnection> tls_connect(const RemoteTarget& target, const TlsFiles& files) {
+Result<TlsConnection> tls_connect(const RemoteTarget& target, const TlsFiles& files, std::chrono::milliseconds deadline) {
   const std::string where = target.host + " port " + std::to_string(target.port);
+  const Clock::time_point until = Clock::now() + deadline;
+  // OpenSSL writes to the socket itself: its alert after a far side that closed unread (a
+  // daemon refusing the connection), or a record after the daemon went away, meets a reset
+  // socket. That is an error to report, not a SIGPIPE that ends vmctl without a word.
+  ::signal(SIGPIPE, SIG_IGN);
   SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
   if (!ctx) return Error::make(ErrorCode::kSystem, "TLS: " + openssl_reason());
   // Freed with the last SSL that uses it (SSL_new takes a reference).
@@ -163,7 +191,7 @@ Result<TlsConnection> tls_connect(const RemoteTarget& target, const TlsFiles& fi
   }
 
   std::string error;
-  UniqueFd sock = tcp_connect(target, error);
+  UniqueFd sock = tcp_connect(target, until, error);
   if (!sock) return Error::make(ErrorCode::kSystem, error);
   SSL* ssl = SSL_new(ctx);
   if (!ssl) return Error::make(ErrorCode::kSystem, "TLS: " + openssl_reason());
@@ -175,10 +203,21 @@ Result<TlsConnection> tls_connect(const RemoteTarget& target, const TlsFiles& fi
     X509_VERIFY_PARAM_set1_host(param, target.host.c_str(), 0);
   }
   SSL_set_fd(ssl, sock.get());
-  if (SSL_connect(ssl) != 1) {
+  int done = 0;
+  bool timed_out = false;
+  while ((done = SSL_connect(ssl)) != 1) {
+    int err = SSL_get_error(ssl, done);
+    if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE) break;
+    if (!wait_until(sock.get(), err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, until)) {
+      timed_out = true;
+      break;
+    }
+  }
+  if (done != 1) {
     long verify = SSL_get_verify_result(ssl);
-    std::string why = verify != X509_V_OK ? std::string("the server's certificate: ") + X509_verify_cert_error_string(verify)
-                                           : openssl_reason();
+    std::string why = timed_out ? "no answer within " + std::to_string(deadline.count() / 1000) + " s"
+                      : verify != X509_V_OK ? std::string("the server's certificate: ") + X509_verify_cert_error_string(verify)
+                                            : openssl_reason();
     SSL_free(ssl);
     return Error::make(ErrorCode::kDenied, "TLS handshake with " + where + " failed: " + why);
   }
@@ -188,8 +227,6 @@ Result<TlsConnection> tls_connect(const RemoteTarget& target, const TlsFiles& fi
     return Error::from_errno("create the TLS relay");
   }
   UniqueFd bus_end(pair[0]), relay_end(pair[1]);
-  int flags = ::fcntl(sock.get(), F_GETFL);
-  ::fcntl(sock.get(), F_SETFL, flags | O_NONBLOCK);
   TlsConnection out{std::move(bus_end), std::make_shared<TransportStatus>()};
   // Detached: it ends with the connection, or with vmctl.
   std::thread(relay, ssl, std::move(sock), std::move(relay_end), out.status).detach();

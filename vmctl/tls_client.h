@@ -8,6 +8,7 @@
 // or VMCTL_TLS_CA, VMCTL_TLS_CERT, VMCTL_TLS_KEY override them.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -42,9 +43,14 @@ struct TlsConnection {
   std::shared_ptr<TransportStatus> status;
 };
 
+/// How long the TCP connect and the TLS handshake may take together: a far side that accepts
+/// and then says nothing (or a host that drops the packets) must not hold vmctl forever.
+inline constexpr std::chrono::milliseconds kTlsConnectDeadline{30'000};
+
 /// Connects to `target`, checks the server's certificate, presents ours, and starts the relay.
 /// The error names the step and OpenSSL's reason (a file that cannot be read, a server
-/// certificate that does not verify or does not name the host).
-Result<TlsConnection> tls_connect(const RemoteTarget& target, const TlsFiles& files);
+/// certificate that does not verify or does not name the host, no answer within `deadline`).
+Result<TlsConnection> tls_connect(const RemoteTarget& target, const TlsFiles& files,
+                                  std::chrono::milliseconds deadline = kTlsConnectDeadline);
 
 }  // namespace vl::ctl

@@ -40,6 +40,38 @@ TEST_SUITE("daemon/authorization") {
     }
   }
 
+  // subject_dn escapes a ',' or '+' inside a value as "\," and "\+" (RFC 2253). A '*' that could
+  // end on such a backslash would let the pattern's next ',' match the escaped one: a CN that
+  // ends in ",OU=ops" would pass for a member of OU=ops.
+  TEST_CASE("a * never ends inside an escape: a value with an escaped comma is not read as more RDNs") {
+    struct Row {
+      const char* pattern;
+      const char* dn;
+      bool match;
+    };
+    // Raw strings: the DN as subject_dn prints it, backslashes and all.
+    const Row rows[] = {
+        {R"(CN=*,O=Example)", R"(CN=x\\,O=Example)", true},              // CN "x\": the comma separates
+        {R"(CN=*,O=Example)", R"(CN=x\\\,O=Example)", false},            // CN "x\,O=Example"
+        {R"(CN=*,O=Example)", R"(CN=x\,O=Example)", false},              // CN "x,O=Example", no O
+        {R"(CN=*,O=Example)", R"(CN=x,O=Evil\,O=Example)", false},       // O "Evil,O=Example"
+        {R"(CN=*,OU=ops,O=Example)", R"(CN=mole\,OU=ops,O=Example)", false},
+        {R"(*,O=Example)", R"(CN=x,OU=a\,O=Example)", false},
+        {R"(CN=*,O=Example)", R"(CN=Smith\, John,O=Example)", true},     // an escaped comma inside the *
+        {R"(CN=Smith\, John,O=Example)", R"(CN=Smith\, John,O=Example)", true},
+        {R"(CN=Smith*,O=Example)", R"(CN=Smith\, John,O=Example)", true},
+        {R"(CN=*,O=Example)", R"(CN=alice+UID=7,O=Example)", true},      // a multi-valued RDN, O=Example
+        {R"(CN=*,O=Example)", R"(CN=alice\+O=Example)", false},          // CN "alice+O=Example"
+        {R"(CN=caf\C3\A9,O=Example)", R"(CN=caf\C3\A9,O=Example)", true},  // escaped UTF-8
+        {R"(CN=*\A9,O=Example)", R"(CN=caf\C3\A9,O=Example)", true},
+    };
+    for (const Row& r : rows) {
+      CAPTURE(r.pattern);
+      CAPTURE(r.dn);
+      CHECK(vl::dn_matches(r.pattern, r.dn) == r.match);
+    }
+  }
+
   TEST_CASE("a hostile DN with many stars against a long DN is answered, not backtracked exponentially") {
     std::string pattern = "CN=" + std::string(200, '*') + "!";
     std::string dn = "CN=" + std::string(5000, 'a');

@@ -20,11 +20,13 @@
 #include <filesystem>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <thread>
 #include <vector>
 
 #include "common/unique_fd.h"
+#include "daemon/bus_connection.h"
 #include "daemon/channel.h"
 #include "tests/support/temp_dir.h"
 
@@ -108,6 +110,61 @@ std::string hello_and_header(uint32_t body) {
   uint32_t serial = 1;
   std::memcpy(header + 8, &serial, 4);
   return s + std::string(header, sizeof header);
+}
+
+// The console socket of VM `vm` under runtime dir `dir`, listening as QEMU's does (backlog 1)
+// and accepting only when the test says so.
+vl::UniqueFd console_listener(const std::string& dir, const std::string& vm) {
+  std::filesystem::create_directories(dir + "/vms/" + vm);
+  vl::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  (dir + "/vms/" + vm + "/console.sock").copy(sa.sun_path, sizeof sa.sun_path - 1);
+  REQUIRE(::bind(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
+  REQUIRE(::listen(fd.get(), 1) == 0);
+  return fd;
+}
+
+// A listening control server on a temporary runtime directory whose admin group is the test
+// process's own group (the test is the client); `adjust` may change the configuration first.
+struct AdminServer {
+  vl::test::TempDir dir;
+  boost::asio::io_context io;
+  vl::HostConfig config;
+  vl::Manager manager;
+  vl::ControlServer server;
+  explicit AdminServer(const std::function<void(vl::HostConfig&)>& adjust = {})
+      : config(admin_config(dir.path(), adjust)), manager(io, config), server(io, config, manager) {
+    REQUIRE(server.listen().ok());
+  }
+  static vl::HostConfig admin_config(const std::string& dir, const std::function<void(vl::HostConfig&)>& adjust) {
+    vl::HostConfig config = test_config(dir);
+    config.admin_group = ::getgrgid(::getgid())->gr_name;
+    if (adjust) adjust(config);
+    return config;
+  }
+};
+
+// The daemon's loop on a thread of its own, stopped and joined however the test ends.
+struct Loop {
+  boost::asio::io_context& io;
+  boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work{io.get_executor()};
+  std::thread thread{[this] { io.run(); }};
+  ~Loop() {
+    work.reset();
+    io.stop();
+    thread.join();
+  }
+};
+
+// A client connection to the control socket of `config`.
+sd_bus* client_bus(const vl::HostConfig& config) {
+  sd_bus* bus = nullptr;
+  REQUIRE(sd_bus_new(&bus) >= 0);
+  std::string address = "unix:path=" + config.control_socket();
+  REQUIRE(sd_bus_set_address(bus, address.c_str()) >= 0);
+  REQUIRE(sd_bus_start(bus) >= 0);
+  return bus;
 }
 
 // True once the server hung up on `fd` (EOF or reset after draining what it sent).
@@ -221,33 +278,12 @@ TEST_SUITE("daemon/channels") {
     vl::HostConfig config = test_config(dir.path());
     // The test process is the client: its own group is the admin group.
     config.admin_group = ::getgrgid(::getgid())->gr_name;
-    std::filesystem::create_directories(dir.path() + "/vms/web1");
-    vl::UniqueFd vm_listener(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    sockaddr_un sa{};
-    sa.sun_family = AF_UNIX;
-    (dir.path() + "/vms/web1/console.sock").copy(sa.sun_path, sizeof sa.sun_path - 1);
-    REQUIRE(::bind(vm_listener.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
-    REQUIRE(::listen(vm_listener.get(), 1) == 0);
+    vl::UniqueFd vm_listener = console_listener(dir.path(), "web1");
     vl::Manager manager(io, config);
     vl::ControlServer server(io, config, manager);
     REQUIRE(server.listen().ok());
-    // The daemon's loop on a thread of its own, stopped and joined however the test ends.
-    struct Loop {
-      boost::asio::io_context& io;
-      boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work{io.get_executor()};
-      std::thread thread{[this] { io.run(); }};
-      ~Loop() {
-        work.reset();
-        io.stop();
-        thread.join();
-      }
-    } loop{io};
-
-    sd_bus* bus = nullptr;
-    REQUIRE(sd_bus_new(&bus) >= 0);
-    std::string address = "unix:path=" + config.control_socket();
-    REQUIRE(sd_bus_set_address(bus, address.c_str()) >= 0);
-    REQUIRE(sd_bus_start(bus) >= 0);
+    Loop loop{io};
+    sd_bus* bus = client_bus(config);
     sd_bus_error error = SD_BUS_ERROR_NULL;
     sd_bus_message* reply = nullptr;
     int r = sd_bus_call_method(bus, nullptr, "/org/vmlaunch1", "org.vmlaunch.Manager1", "OpenConsole", &error, &reply,
@@ -301,6 +337,144 @@ TEST_SUITE("daemon/channels") {
     CHECK(received >= stalled_at / 2);
     CHECK(flood() > 0);
 
+    sd_bus_flush_close_unref(bus);
+  }
+}
+
+TEST_SUITE("daemon/channels") {
+  // QEMU's console socket listens with a backlog of 1 and accepts only while no client is
+  // connected; an emulator that is stopped (or frozen, or busy) accepts nothing. Connections the
+  // daemon opened and closed meanwhile stay in that backlog, so a blocking connect would then
+  // wait, and hold the daemon's one event loop, until the emulator runs again.
+  TEST_CASE("a console socket that accepts nothing gets a clear refusal, and the daemon keeps answering") {
+    AdminServer daemon;
+    Loop loop{daemon.io};
+    // Declared after the loop: closed first however the test ends, which frees a connect
+    // stuck on it.
+    vl::UniqueFd vm_listener = console_listener(daemon.dir.path(), "web1");
+    sd_bus* bus = client_bus(daemon.config);
+    REQUIRE(sd_bus_set_method_call_timeout(bus, 5'000'000) >= 0);
+
+    bool refused = false;
+    for (int attempt = 0; attempt < 4 && !refused; ++attempt) {
+      sd_bus_error error = SD_BUS_ERROR_NULL;
+      sd_bus_message* reply = nullptr;
+      int r = sd_bus_call_method(bus, nullptr, "/org/vmlaunch1", "org.vmlaunch.Manager1", "OpenConsole", &error,
+                                 &reply, "sb", "web1", 1);
+      if (r < 0) {
+        std::string why = std::string(error.name ? error.name : "?") + ": " + (error.message ? error.message : "?");
+        INFO("attempt " << attempt << ": " << why);
+        REQUIRE(sd_bus_error_has_name(&error, "org.vmlaunch.Error.Conflict"));  // not a timeout
+        CHECK(std::string(error.message).find("'web1'") != std::string::npos);
+        refused = true;
+      } else {
+        uint32_t id = 0;
+        REQUIRE(sd_bus_message_read(reply, "u", &id) >= 0);
+        REQUIRE(sd_bus_call_method(bus, nullptr, "/org/vmlaunch1", "org.vmlaunch.Manager1", "CloseChannel", &error,
+                                   nullptr, "u", id) >= 0);
+      }
+      sd_bus_message_unref(reply);
+      sd_bus_error_free(&error);
+    }
+    CHECK(refused);
+    // The daemon answers other calls meanwhile.
+    sd_bus_error error = SD_BUS_ERROR_NULL;
+    CHECK(sd_bus_call_method(bus, nullptr, "/org/vmlaunch1", "org.vmlaunch.Manager1", "List", &error, nullptr, "") >= 0);
+    sd_bus_error_free(&error);
+
+    // Once the emulator takes what waits, the console opens again.
+    REQUIRE(::fcntl(vm_listener.get(), F_SETFL, O_NONBLOCK) == 0);
+    for (;;) {
+      vl::UniqueFd stale(::accept4(vm_listener.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+      if (!stale) break;
+    }
+    sd_bus_message* reply = nullptr;
+    int r = sd_bus_call_method(bus, nullptr, "/org/vmlaunch1", "org.vmlaunch.Manager1", "OpenConsole", &error, &reply,
+                               "sb", "web1", 1);
+    CHECK_MESSAGE(r >= 0, (error.message ? error.message : "?"));
+    sd_bus_message_unref(reply);
+    sd_bus_error_free(&error);
+    sd_bus_flush_close_unref(bus);
+  }
+}
+
+TEST_SUITE("daemon/serial_log") {
+  // Each ReadSerialLog reply carries up to 2 MiB (both parts of the log). A client that sends
+  // calls and reads no reply would otherwise have them all built and queued in the daemon: the
+  // connection limit counts messages (1024), not bytes, so that was up to 2 GiB per connection.
+  TEST_CASE("a client that asks for the serial log again and again without reading gets refusals, not gigabytes queued") {
+    AdminServer daemon([](vl::HostConfig& config) { config.log_dir = config.runtime_dir + "/log"; });
+    std::filesystem::create_directories(daemon.config.log_dir);
+    for (const char* part : {"/web1.serial.log", "/web1.serial.log.1"})
+      std::ofstream(daemon.config.log_dir + part) << std::string(vl::kSerialLogPartBytes, 'x');
+    Loop loop{daemon.io};
+    sd_bus* bus = client_bus(daemon.config);
+
+    constexpr int kCalls = 60;
+    struct Count {
+      int logs = 0, refused = 0, other = 0;
+    } count;
+    auto on_reply = [](sd_bus_message* m, void* userdata, sd_bus_error*) -> int {
+      auto* c = static_cast<Count*>(userdata);
+      const void* data = nullptr;
+      size_t size = 0;
+      if (sd_bus_message_is_method_error(m, "org.vmlaunch.Error.Conflict")) ++c->refused;
+      else if (!sd_bus_message_is_method_error(m, nullptr) && sd_bus_message_read_array(m, 'y', &data, &size) >= 0 &&
+               size == 2 * vl::kSerialLogPartBytes)
+        ++c->logs;
+      else ++c->other;
+      return 0;
+    };
+    for (int i = 0; i < kCalls; ++i)
+      REQUIRE(sd_bus_call_method_async(bus, nullptr, nullptr, "/org/vmlaunch1", "org.vmlaunch.Manager1", "ReadSerialLog", on_reply,
+                                       &count, "s", "web1") >= 0);
+    REQUIRE(sd_bus_flush(bus) >= 0);
+    // Unread, until the daemon has answered what it was sent: what it queues for the client no
+    // longer changes.
+    auto queued = [&] {
+      std::promise<uint64_t> total;
+      boost::asio::post(daemon.io, [&] {
+        uint64_t n = 0;
+        for (auto& [b, weak] : vl::BusConnection::registry())
+          if (auto conn = weak.lock()) n += conn->queued_out();
+        total.set_value(n);
+      });
+      return total.get_future().get();
+    };
+    uint64_t last = UINT64_MAX;
+    int same = 0;
+    for (auto deadline = std::chrono::steady_clock::now() + 60s; same < 5 && std::chrono::steady_clock::now() < deadline;) {
+      uint64_t now = queued();
+      same = now == last ? same + 1 : 0;
+      last = now;
+      std::this_thread::sleep_for(200ms);
+    }
+    MESSAGE("messages queued in the daemon for the client that does not read: " << last);
+
+    for (auto deadline = std::chrono::steady_clock::now() + 120s;
+         count.logs + count.refused + count.other < kCalls && std::chrono::steady_clock::now() < deadline;) {
+      int r = sd_bus_process(bus, nullptr);
+      REQUIRE(r >= 0);
+      if (r == 0) sd_bus_wait(bus, 100000);
+    }
+    MESSAGE(count.logs << " logs, " << count.refused << " refused");
+    CHECK(count.other == 0);
+    CHECK(count.logs + count.refused == kCalls);
+    CHECK(count.logs >= 1);
+    CHECK(count.logs <= 16);  // what the kernel's socket buffers hold, and a few replies queued in the daemon
+
+    // A client that reads gets the log every time.
+    for (int i = 0; i < 3; ++i) {
+      sd_bus_error error = SD_BUS_ERROR_NULL;
+      sd_bus_message* reply = nullptr;
+      REQUIRE(sd_bus_call_method(bus, nullptr, "/org/vmlaunch1", "org.vmlaunch.Manager1", "ReadSerialLog", &error, &reply,
+                                 "s", "web1") >= 0);
+      const void* data = nullptr;
+      size_t size = 0;
+      REQUIRE(sd_bus_message_read_array(reply, 'y', &data, &size) >= 0);
+      CHECK(size == 2 * vl::kSerialLogPartBytes);
+      sd_bus_message_unref(reply);
+    }
     sd_bus_flush_close_unref(bus);
   }
 }

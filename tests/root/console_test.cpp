@@ -15,7 +15,9 @@
 
 #include <chrono>
 #include <thread>
+#include <vector>
 
+#include "common/vm_state.h"
 #include "tests/support/live_vmctl.h"
 
 using vl::test::LiveVmctl;
@@ -57,6 +59,16 @@ uint16_t vnc_port(LiveVmctl& vnc) {
   size_t at = vnc.output().find("127.0.0.1:");
   REQUIRE(at != std::string::npos);
   return static_cast<uint16_t>(std::stoi(vnc.output().substr(at + 10)));
+}
+
+// Defines and starts VM `name` with a VNC server on 127.0.0.1:`port` (`extra`: more attributes
+// of <graphics>).
+void start_with_vnc(SystemEnv& env, const std::string& name, const std::string& mac, int port, const std::string& extra = "") {
+  vl::test::DomainSpec spec{.name = name, .mac = mac};
+  spec.devices = "    <graphics type='vnc' autoport='no' port='" + std::to_string(port) + "' listen='127.0.0.1'" + extra + "/>\n";
+  env.define(spec);
+  auto started = env.vmctl({"start", name});
+  REQUIRE_MESSAGE(started.exit_code == 0, started.out << env.log());
 }
 
 }  // namespace
@@ -164,11 +176,7 @@ TEST_SUITE("root/console") {
 
   TEST_CASE("vnc: a local port reaches the VM's VNC server through the daemon: RFB banner and, with a password, its challenge") {
     SystemEnv env;
-    vl::test::DomainSpec spec{.name = "vnc1", .mac = "52:54:00:00:31:04"};
-    spec.devices = "    <graphics type='vnc' autoport='no' port='5931' listen='127.0.0.1' passwd='secret1'/>\n";
-    env.define(spec);
-    auto started = env.vmctl({"start", "vnc1"});
-    REQUIRE_MESSAGE(started.exit_code == 0, started.out << env.log());
+    start_with_vnc(env, "vnc1", "52:54:00:00:31:04", 5931, " passwd='secret1'");
     LiveVmctl vnc(env, {"vnc", "vnc1", "--listen", "127.0.0.1:0"});
     uint16_t port = vnc_port(vnc);
     CHECK(port != 5931);
@@ -183,6 +191,48 @@ TEST_SUITE("root/console") {
       REQUIRE(vl::sys::write_all(viewer.get(), std::string(1, '\x02')).ok());
       CHECK(read_exactly(viewer.get(), 16, 60s).size() == 16);  // the DES challenge
     }
+    vnc.terminate();
+    CHECK(vnc.wait_exit(60s) == 0);
+  }
+
+  // A stopped emulator accepts no connection; its VNC listener (backlog 1) queues two, then the
+  // kernel drops further SYNs and a blocking connect would hold the daemon for minutes.
+  TEST_CASE("vnc: a VM whose emulator is stopped gets viewers a clear error in time, and the daemon keeps answering") {
+    SystemEnv env;
+    start_with_vnc(env, "vnc2", "52:54:00:00:31:07", 5932);
+    auto state = vl::read_vm_state_file(env.root() + "/run/vms/vnc2/state.json");
+    REQUIRE(state.ok());
+    pid_t emulator = state->pid;
+    REQUIRE(::kill(emulator, SIGSTOP) == 0);
+    struct Resume {
+      pid_t pid;
+      ~Resume() { ::kill(pid, SIGCONT); }
+    } resume{emulator};
+    LiveVmctl vnc(env, {"vnc", "vnc2", "--listen", "127.0.0.1:0"});
+    uint16_t port = vnc_port(vnc);
+    std::vector<vl::UniqueFd> viewers;
+    for (int i = 0; i < 4; ++i) viewers.push_back(connect_tcp(port));
+    // While a viewer waits for its channel, the daemon answers every other call at once.
+    auto deadline = std::chrono::steady_clock::now() + 120s;
+    while (vnc.output().find("no answer within") == std::string::npos && std::chrono::steady_clock::now() < deadline) {
+      auto status = env.vmctl({"status", "vnc2"});
+      REQUIRE_MESSAGE(status.exit_code == 0, status.out);
+      vnc.wait_for("no answer within", 1s);
+    }
+    CHECK_MESSAGE(vnc.output().find("connect to the VNC server of VM 'vnc2' at 127.0.0.1:5932: no answer within") !=
+                      std::string::npos,
+                  vnc.output());
+
+    // Running again, the emulator serves a new viewer.
+    REQUIRE(::kill(emulator, SIGCONT) == 0);
+    viewers.clear();
+    deadline = std::chrono::steady_clock::now() + 120s;
+    std::string banner;
+    while (banner != "RFB 003.008\n" && std::chrono::steady_clock::now() < deadline) {
+      vl::UniqueFd viewer = connect_tcp(port);
+      banner = read_exactly(viewer.get(), 12, 30s);
+    }
+    CHECK(banner == "RFB 003.008\n");
     vnc.terminate();
     CHECK(vnc.wait_exit(60s) == 0);
   }

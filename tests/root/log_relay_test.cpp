@@ -11,6 +11,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <filesystem>
+#include <fstream>
 #include <set>
 
 #include "helper/uid_map.h"
@@ -282,6 +284,36 @@ TEST_SUITE("root/log_relay") {
     CHECK(WEXITSTATUS(env.helper({"cleanup", "web1"}).status) == 0);
     // The log is a record: cleanup keeps it.
     CHECK(std::filesystem::exists(path));
+  }
+
+  // [paths] log set by mistake to a directory others use (/var/log): making it the daemon
+  // group's 0750 would close it to every other reader on the host.
+  TEST_CASE("a log directory that holds other files and is not vmlaunch's is refused and left as it was; an empty one is adopted") {
+    HelperEnv env;
+    env.define({.name = "web1"});
+    const std::string log = env.root() + "/log";
+    REQUIRE(std::filesystem::create_directory(log));
+    REQUIRE(::chmod(log.c_str(), 0755) == 0);
+    std::ofstream(log + "/syslog") << "another program's log\n";
+    auto refused = env.launch("web1");
+    CHECK_FALSE(refused.running());
+    CHECK_MESSAGE(refused.log.find("log directory '" + log + "' holds other files and is not root:") != std::string::npos,
+                  refused.log);
+    struct stat st = stat_of(log);
+    CHECK((st.st_mode & 07777) == 0755);
+    CHECK(st.st_gid == 0);
+    CHECK(vl::sys::read_file(log + "/syslog", 4096).value() == "another program's log\n");
+    CHECK_FALSE(std::filesystem::exists(log + "/web1.serial.log"));
+
+    // Empty, as `install -d` leaves it: it becomes the log directory.
+    std::filesystem::remove(log + "/syslog");
+    auto vm = env.launch("web1");
+    REQUIRE_MESSAGE(vm.running(), vm.log);
+    st = stat_of(log);
+    CHECK((st.st_mode & 07777) == 0750);
+    CHECK(std::filesystem::exists(log + "/web1.serial.log"));
+    env.kill_vm(vm.pid);
+    CHECK(WEXITSTATUS(env.helper({"cleanup", "web1"}).status) == 0);
   }
 
 #ifdef VMLAUNCH_FAULT_INJECTION

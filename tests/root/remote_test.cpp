@@ -216,6 +216,8 @@ class Pki final {
     leaf("alice", "/O=Example/OU=ops/CN=alice", "ca");
     leaf("bob", "/O=Example/CN=bob", "ca");
     leaf("eve", "/O=Evil/CN=eve", "ca");
+    // From the right CA, in O=Example but not OU=ops, with a CN chosen to read as OU=ops.
+    leaf("mole", "/O=Example/CN=mole,OU=ops", "ca");
     leaf("mallory", "/O=Example/OU=ops/CN=mallory", "otherca");
     expired("old", "/O=Example/OU=ops/CN=old");
     // The daemon (user nobody) reads its key, which only it may read.
@@ -293,11 +295,24 @@ class TlsEnv : public RolesEnv {
   Pki pki_;
 };
 
-vl::UniqueFd tcp_to_listener() {
+// A TCP connection to the TLS listener from `from` (an address of 127.0.0.0/8).
+vl::UniqueFd tcp_to_listener(const char* from = "127.0.0.1") {
   sockaddr_in sa = loopback(kTlsPort);
   vl::UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in src{};
+  src.sin_family = AF_INET;
+  REQUIRE(::inet_pton(AF_INET, from, &src.sin_addr) == 1);
+  REQUIRE(::bind(s.get(), reinterpret_cast<sockaddr*>(&src), sizeof src) == 0);
   REQUIRE(::connect(s.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
   return s;
+}
+
+// True once the daemon closed `fd` (within `limit`); false while it stays open.
+bool closed_by_daemon(int fd, int limit_ms) {
+  pollfd p{fd, POLLIN, 0};
+  if (::poll(&p, 1, limit_ms) != 1) return false;
+  char c;
+  return ::recv(fd, &c, 1, 0) <= 0;
 }
 
 }  // namespace
@@ -443,6 +458,19 @@ TEST_SUITE("root/remote") {
     CHECK(log.find("TLS handshake with 127.0.0.1:") != std::string::npos);
   }
 
+  // The DN is "CN=mole\,OU=ops,O=Example": the admin pattern "CN=*,OU=ops,O=Example" must not
+  // match it by letting the '*' end on the backslash.
+  TEST_CASE("a certificate whose CN ends in ',OU=ops' is not in OU=ops: it gets no role and nothing runs") {
+    TlsEnv env;
+    env.define({.name = "web1", .mac = mac_of(9)});
+    auto start = env.vmctl_tls("mole", {"start", "web1"});
+    CHECK(start.exit_code == 1);
+    CHECK_MESSAGE(start.out.find("permission denied: certificate 'CN=mole\\,OU=ops,O=Example' matches no allowed DN") !=
+                      std::string::npos,
+                  start.out);
+    CHECK(state_of(env, "web1") == "stopped");
+  }
+
   TEST_CASE("vmctl checks the daemon's certificate: another CA or another name is refused before anything is sent") {
     TlsEnv env;
     auto wrong_ca = env.vmctl_tls("alice", {"list"}, "otherca");
@@ -461,26 +489,33 @@ TEST_SUITE("root/remote") {
   TEST_CASE("idle TCP peers cannot hold the TLS listener: handshakes are capped and cut off at the deadline") {
     TlsEnv env;  // max_connections = 4, message_timeout = 5 s
     std::vector<vl::UniqueFd> idle;
-    for (int i = 0; i < 4; ++i) idle.push_back(tcp_to_listener());
-    // A fifth finds every handshake slot taken: closed unread, while the four still wait.
-    vl::UniqueFd fifth = tcp_to_listener();
-    pollfd p5{fifth.get(), POLLIN, 0};
-    REQUIRE(::poll(&p5, 1, 60'000) == 1);
-    char byte;
-    CHECK(::recv(fifth.get(), &byte, 1, 0) <= 0);
-    pollfd first{idle[0].get(), POLLIN, 0};
-    CHECK(::poll(&first, 1, 0) == 0);
+    // One address holds at most half of the handshake slots: a third from it is closed unread.
+    for (int i = 0; i < 2; ++i) idle.push_back(tcp_to_listener("127.0.0.2"));
+    vl::UniqueFd third = tcp_to_listener("127.0.0.2");
+    CHECK(closed_by_daemon(third.get(), 60'000));
+    CHECK(env.log().find("Refusing TLS connections: 2 handshakes in progress from 127.0.0.2 (half of "
+                         "control.max_connections)") != std::string::npos);
+    // Another address takes the other half; then every slot is taken, and a fifth peer is
+    // closed unread, while the four still wait.
+    for (int i = 0; i < 2; ++i) idle.push_back(tcp_to_listener("127.0.0.3"));
+    vl::UniqueFd fifth = tcp_to_listener("127.0.0.4");
+    CHECK(closed_by_daemon(fifth.get(), 60'000));
+    CHECK_FALSE(closed_by_daemon(idle[0].get(), 0));
     CHECK(env.log().find("Refusing TLS connections: 4 handshakes in progress (control.max_connections)") !=
           std::string::npos);
     // Every idle peer is disconnected by the daemon once its handshake deadline passed.
-    for (auto& fd : idle) {
-      pollfd p{fd.get(), POLLIN, 0};
-      REQUIRE(::poll(&p, 1, 60'000) == 1);
-      char c;
-      CHECK(::recv(fd.get(), &c, 1, 0) <= 0);
-    }
+    for (auto& fd : idle) CHECK(closed_by_daemon(fd.get(), 60'000));
     // And the listener serves again.
     auto list = env.vmctl_tls("alice", {"list"});
     CHECK_MESSAGE(list.exit_code == 0, list.out);
+  }
+
+  TEST_CASE("a peer that opens handshakes as fast as it may cannot lock the other addresses out of the TLS listener") {
+    TlsEnv env;  // max_connections = 4, message_timeout = 5 s
+    std::vector<vl::UniqueFd> idle;
+    for (int i = 0; i < 4; ++i) idle.push_back(tcp_to_listener("127.0.0.2"));
+    REQUIRE_FALSE(closed_by_daemon(idle[0].get(), 0));  // its share is held meanwhile
+    auto list = env.vmctl_tls("alice", {"list"});  // from 127.0.0.1
+    CHECK_MESSAGE(list.exit_code == 0, list.out << env.log());
   }
 }
