@@ -5,41 +5,12 @@
 //   2. `vmctl list` and `vmctl status` with 1,000 defined VMs;
 //   3. daemon RSS and idle wakeups with N running VMs.
 // Usage (root): control_plane BUILD_DIR [RUNNING_VMS]
-#include <signal.h>
-
-#include "bench/bench_support.h"
-#include "tests/support/netns.h"
-#include "tests/support/temp_dir.h"
+#include "bench/bench_system.h"
 
 namespace {
 
 using namespace vl::bench;
-std::string g_build, g_root;
-
-// What a failed run must not leave behind: the processes it started, and the mode of
-// /dev/net/tun, which it opens to other users for the run.
-pid_t g_broker = 0, g_daemon = 0;
-struct stat g_tun{};
-std::vector<std::string> g_stop_vms;  // the vmctl command that stops every VM, once there is one
-
-void clean_up_at_exit() {
-  if (!g_stop_vms.empty()) (void)run_quietly(g_stop_vms);
-  for (pid_t pid : {g_daemon, g_broker})
-    if (pid > 0 && ::kill(pid, SIGTERM) == 0) (void)vl::wait_for(pid);
-  if (g_tun.st_mode) ::chmod("/dev/net/tun", g_tun.st_mode & 07777);
-}
-
-std::string vmctl(std::vector<std::string> args) {
-  std::vector<std::string> argv = {"vmctl", "--config", g_root + "/vmlaunch.toml"};
-  argv.insert(argv.end(), args.begin(), args.end());
-  return run(g_build + "/vmctl/vmctl", argv);
-}
-
-void define(const std::string& name, int n, bool nic) {
-  std::string image = g_root + "/images/" + name + ".img";
-  write_domain(g_root + "/domains/" + name + ".xml", domain_xml(name, image, nic ? std::optional<int>(n) : std::nullopt));
-  copy_image(g_build + "/tests/guest/guest.img", image);
-}
+std::string g_root;
 
 // The bare baseline, one launch: exec the plan, QMP to running, then quit.
 double bare_launch(const vl::Plan& plan, int i) {
@@ -53,32 +24,11 @@ double bare_launch(const vl::Plan& plan, int i) {
 
 int main(int argc, char** argv) {
   if (argc < 2) die("usage: control_plane BUILD_DIR [RUNNING_VMS]");
-  g_build = argv[1];
-  int running_vms = argc > 2 ? std::atoi(argv[2]) : 100;
-  vl::test::ScopedNetns ns;
-  vl::test::TempDir tmp;
-  g_root = tmp.path();
-  ::chmod(g_root.c_str(), 0755);
-  for (const char* d : {"domains", "images", "cache"}) std::filesystem::create_directory(g_root + "/" + d);
-  if (::chown((g_root + "/cache").c_str(), 65534, 65534) < 0) die("chown cache");
-  if (::stat("/dev/net/tun", &g_tun) < 0) die("stat /dev/net/tun");
-  std::atexit(clean_up_at_exit);
-  ::chmod("/dev/net/tun", 0666);
-  std::ofstream(g_root + "/vmlaunch.toml") << vmlaunch_config(g_root, g_root + "/images");
-  if (std::system("ip link add br-bench type bridge && ip link set br-bench up") != 0) die("bridge");
-  vl::UniqueFd null_fd(::open("/dev/null", O_WRONLY | O_CLOEXEC));
-  std::string config = g_root + "/vmlaunch.toml";
-  auto broker = vl::spawn({g_build + "/helper/vmlaunch-helper", {"vmlaunch-helper", "--config", config, "serve"}, {},
-                           {{null_fd.get(), 2}}});
-  wait_for_path(g_root + "/run/helper.sock");
-  auto daemon = vl::spawn({"/usr/bin/setpriv", {"setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                                                g_build + "/daemon/vmlaunchd", "--config", config, "run"},
-                           {}, {{null_fd.get(), 2}}});
-  if (broker) g_broker = *broker;
-  if (daemon) g_daemon = *daemon;
-  if (!broker || !daemon) die("start broker/daemon");
-  g_stop_vms = {g_build + "/vmctl/vmctl", "--config", config, "stop", "--force", "--all"};
-  wait_for_path(g_root + "/run/control.sock");
+  const int running_vms = argc > 2 ? std::atoi(argv[2]) : 100;
+  BenchSystem system(argv[1]);
+  g_root = system.root();
+  auto vmctl = [&](std::vector<std::string> args) { return system.vmctl(std::move(args)); };
+  auto define = [&](const std::string& name, int n, bool nic) { system.define(name, nic ? std::optional<int>(n) : std::nullopt); };
 
   // 1. Launch overhead, warm plan cache, alternating the two ways.
   define("bench", 1, true);
@@ -113,7 +63,7 @@ int main(int argc, char** argv) {
     lists.push_back(ms_since(t0));
   }
   auto t0 = Clock::now();
-  for (int i = 0; i < 20; ++i) run(g_build + "/vmctl/vmctl", {"vmctl", "--version"});
+  for (int i = 0; i < 20; ++i) run(std::string(argv[1]) + "/vmctl/vmctl", {"vmctl", "--version"});
   double exec_only = ms_since(t0) / 20;
   std::printf("vmctl list, 1001 defined VMs:         %s (vmctl --version alone: %.1f ms)\n", describe(stats_of(lists)).c_str(), exec_only);
   std::vector<double> statuses;
@@ -134,7 +84,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> start = {"start", "--parallel", "4"};
   start.insert(start.end(), names.begin(), names.end());
   vmctl(start);
-  pid_t dpid = *daemon;  // setpriv execs vmlaunchd in place
+  pid_t dpid = system.daemon();
   long before = status_field(dpid, "voluntary_ctxt_switches") + status_field(dpid, "nonvoluntary_ctxt_switches");
   std::this_thread::sleep_for(std::chrono::seconds(10));
   long after = status_field(dpid, "voluntary_ctxt_switches") + status_field(dpid, "nonvoluntary_ctxt_switches");
@@ -142,5 +92,5 @@ int main(int argc, char** argv) {
               status_field(dpid, "VmRSS"), after - before);
   std::vector<std::string> stop = {"stop", "--force", "--all", "--parallel", "8"};
   vmctl(stop);
-  return 0;  // clean_up_at_exit stops the daemon and the broker
+  return 0;  // ~BenchSystem stops the VMs, the daemon and the broker
 }

@@ -1,7 +1,9 @@
 // The protocol between vmlaunchd and the root broker (vmlaunch-helper serve).
 //
-// One request per SOCK_SEQPACKET message, one reply per request, in order. Messages are JSON
-// objects of at most kMaxBrokerMessage bytes. The request set is closed: start, kill, cleanup,
+// One request per SOCK_SEQPACKET message, one reply per request, in order on each connection.
+// Requests on different connections are handled concurrently: the daemon keeps up to
+// kBrokerConnections connections, one request in flight on each. Messages are JSON objects of at
+// most kMaxBrokerMessage bytes. The request set is closed: start, kill, cleanup,
 // reattach, each naming one VM; nothing else is ever parsed into a request.
 #pragma once
 
@@ -13,6 +15,8 @@
 namespace vl {
 
 inline constexpr size_t kMaxBrokerMessage = 4096;
+/// How many connections (and so requests in flight) the daemon uses at most.
+inline constexpr size_t kBrokerConnections = 16;
 
 enum class BrokerOp : unsigned char { kStart, kKill, kCleanup, kReattach };
 

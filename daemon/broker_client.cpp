@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "common/sys.h"
@@ -31,19 +32,61 @@ const char* op_name(BrokerOp op) {
 BrokerClient::BrokerClient(asio::io_context& io, std::string socket_path) : io_(io), path_(std::move(socket_path)) {}
 
 void BrokerClient::call(const BrokerRequest& request, Callback done) {
-  queue_.push_back({encode_broker_request(request), request.op, std::move(done)});
-  if (!busy_) send_next();
+  queue_.push_back({encode_broker_request(request), request.op, request.vm.str(), std::move(done)});
+  dispatch();
 }
 
-void BrokerClient::fail_all(const Error& error) {
+bool BrokerClient::in_flight(const std::string& vm) const {
+  return std::any_of(lanes_.begin(), lanes_.end(), [&](const auto& lane) { return lane->current && lane->current->vm == vm; });
+}
+
+BrokerClient::Lane* BrokerClient::free_lane() {
+  // An open connection first: sequential requests share one connection.
+  Lane* free = nullptr;
+  for (auto& lane : lanes_)
+    if (!lane->current && (!free || (lane->socket && !free->socket))) free = lane.get();
+  if (!free && lanes_.size() < kBrokerConnections) free = lanes_.emplace_back(std::make_unique<Lane>()).get();
+  return free;
+}
+
+void BrokerClient::dispatch() {
+  // Oldest first. send() may end requests and run their callbacks, which may queue more: the
+  // scan starts over after each send rather than trusting an iterator across it.
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    if (in_flight(it->vm)) {
+      ++it;
+      continue;
+    }
+    Lane* free = free_lane();
+    if (!free) return;  // all lanes busy: the next answer dispatches again
+    free->current = std::move(*it);
+    queue_.erase(it);
+    send(*free);
+    it = queue_.begin();
+  }
+}
+
+void BrokerClient::finish(Lane& lane, Result<int> result) {
+  Pending done = std::move(*lane.current);
+  lane.current.reset();
+  done.done(std::move(result));  // may call(), which dispatches
+  dispatch();
+}
+
+void BrokerClient::fail_all(Lane& lane, const Error& error) {
+  lane.socket.reset();
   auto queue = std::move(queue_);
   queue_.clear();
-  socket_.reset();
-  busy_ = false;
+  if (lane.current) {
+    Pending failed = std::move(*lane.current);
+    lane.current.reset();
+    failed.done(error);
+  }
   for (auto& pending : queue) pending.done(error);
+  dispatch();  // whatever the callbacks asked for meanwhile
 }
 
-Result<void> BrokerClient::connect() {
+Result<void> BrokerClient::connect(Lane& lane) {
   // Connecting is a local, immediate operation; a missing broker is reported right away.
   UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
   sockaddr_un sa{};
@@ -51,65 +94,54 @@ Result<void> BrokerClient::connect() {
   path_.copy(sa.sun_path, sizeof sa.sun_path - 1);
   if (!fd || ::connect(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0)
     return Error::from_errno("connect to the vmlaunch broker at " + quote_for_message(path_, kQuotePathMax) + " (is 'vmlaunch-helper serve' running?)");
-  socket_ = std::make_unique<asio::posix::stream_descriptor>(io_, fd.release());
+  lane.socket = std::make_unique<asio::posix::stream_descriptor>(io_, fd.release());
   return {};
 }
 
-void BrokerClient::connection_lost(bool request_unread, const std::string& what) {
-  socket_.reset();
-  Pending& front = queue_.front();
+void BrokerClient::connection_lost(Lane& lane, bool request_unread, const std::string& what) {
+  lane.socket.reset();
+  Pending& current = *lane.current;
   // Cleanup and reattach are idempotent by contract (helper/cleanup.h, helper/reattach.h):
   // sending them twice is harmless.
-  bool retry = !front.resent && (request_unread || front.op == BrokerOp::kCleanup || front.op == BrokerOp::kReattach);
+  bool retry = !current.resent && (request_unread || current.op == BrokerOp::kCleanup || current.op == BrokerOp::kReattach);
   if (retry) {
-    front.resent = true;
-    return send_next();
+    current.resent = true;
+    return send(lane);
   }
-  Pending failed = std::move(front);
-  queue_.pop_front();
   std::string message = request_unread ? what
                                        : "the vmlaunch broker closed the connection before answering '" +
-                                             std::string(op_name(failed.op)) + "' (its outcome is unknown; " +
+                                             std::string(op_name(current.op)) + "' (its outcome is unknown; " +
                                              "check the VM's state)";
-  failed.done(Error::make(ErrorCode::kSystem, message));
-  send_next();  // the requests behind it were never sent: they go out on a new connection
+  finish(lane, Error::make(ErrorCode::kSystem, message));
 }
 
-void BrokerClient::send_next() {
-  if (queue_.empty()) {
-    busy_ = false;
-    return;
+void BrokerClient::send(Lane& lane) {
+  if (!lane.socket) {
+    if (auto connected = connect(lane); !connected) return fail_all(lane, connected.error());
   }
-  busy_ = true;
-  if (!socket_) {
-    if (auto connected = connect(); !connected) return fail_all(connected.error());
-  }
-  const std::string& msg = queue_.front().message;
-  if (::send(socket_->native_handle(), msg.data(), msg.size(), MSG_NOSIGNAL) < 0) {
+  const std::string& msg = lane.current->message;
+  if (::send(lane.socket->native_handle(), msg.data(), msg.size(), MSG_NOSIGNAL) < 0) {
     int err = errno;
     if (not_delivered(err))  // a connection the broker closed since the last reply
-      return connection_lost(true, "send to the vmlaunch broker: " + std::string(std::strerror(err)));
-    return fail_all(Error::from_errno(err, "send to the vmlaunch broker"));
+      return connection_lost(lane, true, "send to the vmlaunch broker: " + std::string(std::strerror(err)));
+    return fail_all(lane, Error::from_errno(err, "send to the vmlaunch broker"));
   }
-  await_reply();
+  await_reply(lane);
 }
 
-void BrokerClient::await_reply() {
-  socket_->async_wait(asio::posix::stream_descriptor::wait_read, [this](boost::system::error_code ec) {
-    if (ec) return fail_all(Error::make(ErrorCode::kSystem, "broker connection: " + ec.message()));
+void BrokerClient::await_reply(Lane& lane) {
+  lane.socket->async_wait(asio::posix::stream_descriptor::wait_read, [this, &lane](boost::system::error_code ec) {
+    if (ec) return fail_all(lane, Error::make(ErrorCode::kSystem, "broker connection: " + ec.message()));
     char buf[kMaxBrokerMessage];
-    ssize_t n = ::recv(socket_->native_handle(), buf, sizeof buf, MSG_DONTWAIT);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return await_reply();
+    ssize_t n = ::recv(lane.socket->native_handle(), buf, sizeof buf, MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return await_reply(lane);
     if (n < 0 && errno == ECONNRESET)  // closed with our request unread in its queue
-      return connection_lost(true, "the vmlaunch broker reset the connection");
-    if (n <= 0) return connection_lost(false, "");
-    Pending answered = std::move(queue_.front());
-    queue_.pop_front();
+      return connection_lost(lane, true, "the vmlaunch broker reset the connection");
+    if (n <= 0) return connection_lost(lane, false, "");
     auto reply = parse_broker_reply(std::string_view(buf, static_cast<size_t>(n)));
-    if (!reply) answered.done(reply.error());
-    else if (!reply->ok) answered.done(reply->error);
-    else answered.done(reply->pid);
-    send_next();
+    if (!reply) return finish(lane, reply.error());
+    if (!reply->ok) return finish(lane, reply->error);
+    finish(lane, reply->pid);
   });
 }
 

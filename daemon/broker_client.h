@@ -1,6 +1,12 @@
-// The daemon's side of the broker protocol: requests queued and answered in order.
+// The daemon's side of the broker protocol: requests queued, several in flight.
 //
-// One connection, opened on demand and kept. The broker may have gone since the last reply (a
+// Up to kBrokerConnections connections ("lanes"), opened on demand and kept, each with at most
+// one request in flight (the protocol is one reply per request, in order, per connection): a
+// request goes out on the first free lane, so starts of different VMs run concurrently in the
+// broker, and a slow request (a kill waiting for an exit) holds only its own lane. Requests of
+// one VM still go out one at a time, in the order they were made (a kill sent without waiting
+// for its answer is handled before the cleanup that follows it, as on one connection): a
+// request waits while another of its VM is in flight. On each lane: the broker may have gone since the last reply The broker may have gone since the last reply (a
 // restart, its idle deadline, a newer connection replacing ours): a request that provably never
 // reached it is sent again, once, on a new connection. "Never reached" is what the kernel
 // says: the send failed (EPIPE, ECONNRESET, ENOTCONN), or the broker closed the connection
@@ -14,7 +20,9 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "common/broker_protocol.h"
 
@@ -35,22 +43,36 @@ class BrokerClient final {
   struct Pending {
     std::string message;
     BrokerOp op;
+    std::string vm;
     Callback done;
     bool resent = false;  ///< the one retry on a new connection is used up
   };
+  /// One connection and the request in flight on it, if any.
+  struct Lane {
+    std::unique_ptr<boost::asio::posix::stream_descriptor> socket;
+    std::optional<Pending> current;
+  };
 
-  void send_next();
-  void await_reply();
-  /// The connection broke before an answer to the front request: retry it or fail it.
-  void connection_lost(bool request_unread, const std::string& what);
-  Result<void> connect();
-  void fail_all(const Error& error);
+  /// Hands queued requests to free lanes, opening lanes up to kBrokerConnections; a request
+  /// whose VM has one in flight waits.
+  void dispatch();
+  bool in_flight(const std::string& vm) const;
+  /// A lane without a request, preferring one whose connection is open; null if none is left.
+  Lane* free_lane();
+  void send(Lane& lane);
+  void await_reply(Lane& lane);
+  /// The lane's connection broke before an answer to its request: retry it or fail it.
+  void connection_lost(Lane& lane, bool request_unread, const std::string& what);
+  Result<void> connect(Lane& lane);
+  /// Fails the lane's request and every queued one (the broker cannot be reached).
+  void fail_all(Lane& lane, const Error& error);
+  /// Ends the lane's request with `result`, then lets the lane take the next.
+  void finish(Lane& lane, Result<int> result);
 
   boost::asio::io_context& io_;
   std::string path_;
-  std::unique_ptr<boost::asio::posix::stream_descriptor> socket_;
   std::deque<Pending> queue_;
-  bool busy_ = false;
+  std::vector<std::unique_ptr<Lane>> lanes_;  ///< never shrinks: callbacks hold Lane pointers
 };
 
 }  // namespace vl

@@ -5,6 +5,7 @@
 #include <pwd.h>
 #include <grp.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -18,6 +19,9 @@
 #include <chrono>
 #include <climits>
 #include <memory>
+#include <optional>
+#include <utility>
+#include <vector>
 
 #include "common/broker_protocol.h"
 #include "common/domain_file.h"
@@ -38,8 +42,12 @@ namespace {
 
 // How long a SIGKILL'd emulator may take to exit before `kill` answers anyway.
 constexpr int kKillWaitMs = 5000;
-// How long the daemon's connection may stay silent before the broker closes it.
+// How long a connection may stay silent before the broker closes it.
 constexpr int64_t kIdleMs = 60'000;
+// Connections served at once, each with at most one request in flight: the daemon opens up to
+// kBrokerConnections (broker_protocol.h); the rest is room for a restarted daemon while the
+// requests of its predecessor finish.
+constexpr size_t kMaxConnections = 2 * kBrokerConnections;
 
 struct BrokerContext {
   const HostConfig& config;
@@ -151,48 +159,143 @@ constexpr OpEntry kOps[] = {
 // A start whose outcome cannot be delivered (the daemon died during the launch) is undone: a
 // daemon restarted meanwhile may have looked for VMs before this launch made its runtime
 // directory, and nobody else would ever resume or stop its paused emulator (launch.h).
-void undo_undelivered_start(const BrokerContext& ctx, const VmName& vm) {
+// The cleanup runs in a process of its own, like every request, so that the loop goes on.
+void undo_undelivered_start(const BrokerContext& ctx, const VmName& vm, const std::vector<int>& loop_fds) {
   log_warning("the daemon did not receive the outcome of the start; undoing the launch");
+  pid_t pid = ::fork();
+  if (pid < 0) log_error(Error::from_errno("fork to undo the launch"));  // the daemon's next cleanup does it
+  if (pid != 0) return;
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  for (int fd : loop_fds)
+    if (fd >= 0) ::close(fd);
   (void)cleanup_vm(ctx.config, vm);  // logs its own failure; the daemon's next cleanup retries it
+  ::_exit(0);
 }
 
-// Reads and answers one request; false when the connection is to be closed (EOF, error, or a
+BrokerReply handle_request(const BrokerContext& ctx, const BrokerRequest& request) {
+  BrokerReply reply;
+  for (const OpEntry& entry : kOps) {
+    if (entry.op != request.op) continue;
+    auto result = entry.handle(ctx, request);
+    reply.ok = result.ok();
+    if (result) reply.pid = *result;
+    else reply.error = log_error(result.error());
+  }
+  return reply;
+}
+
+// One connection of the daemon's uid. It has at most one request in flight, handled by a
+// worker process (the connection is not read meanwhile), so that a slow start, kill or cleanup
+// of one VM holds neither the loop nor the other connections.
+struct Connection {
+  UniqueFd fd;  ///< reset when closed; the slot stays while its worker runs
+  std::chrono::steady_clock::time_point last_heard;
+  UniqueFd worker;  ///< the read end of the busy worker's reply pipe
+  std::optional<BrokerRequest> request;  ///< what the worker handles
+  std::string reply;  ///< what the worker said so far (one message of at most kMaxBrokerMessage)
+  bool busy() const { return worker.valid(); }
+};
+
+// The broker's whole state: bounded by kMaxConnections slots.
+struct Broker {
+  const BrokerContext& ctx;
+  UniqueFd listener;
+  UniqueFd signals;
+  std::vector<Connection> connections;
+
+  // The fds a worker must not keep: the broker's own (a worker holding a connection would keep
+  // it open after the loop closed it; one holding the listener would outlive a restart).
+  std::vector<int> loop_fds() const {
+    std::vector<int> fds{listener.get(), signals.get()};
+    for (const Connection& c : connections) fds.insert(fds.end(), {c.fd.get(), c.worker.get()});
+    return fds;
+  }
+};
+
+// Forks a worker that handles `request` exactly as the loop once did itself, writes its reply
+// to a pipe and exits. Returns the pipe's read end. The worker dies with the broker (SIGKILL):
+// a start's launch lives on regardless (it runs in a session of its own), as before.
+Result<UniqueFd> fork_worker(const Broker& broker, const BrokerRequest& request) {
+  int fds[2];
+  VL_TRY(sys::check(::pipe2(fds, O_CLOEXEC), "pipe2"));
+  UniqueFd reply_read(fds[0]), reply_write(fds[1]);
+  pid_t parent = ::getpid();
+  pid_t pid = ::fork();
+  if (pid < 0) return Error::from_errno("fork a worker for a broker request");
+  if (pid > 0) return reply_read;
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (::getppid() != parent) ::_exit(1);  // the broker died before the signal was armed
+  for (int fd : broker.loop_fds())
+    if (fd >= 0 && fd != reply_write.get()) ::close(fd);
+  log_set_vm(request.vm.str());
+  std::string out = encode_broker_reply(handle_request(broker.ctx, request));
+  // At most kMaxBrokerMessage (< PIPE_BUF) bytes: one atomic write the loop reads whole.
+  (void)sys::write_all(reply_write.get(), out);
+  ::_exit(0);
+}
+
+// Reads and starts one request; false when the connection is to be closed (EOF, error, or a
 // malformed request).
-bool serve_request(const BrokerContext& ctx, int fd) {
+bool read_request(Broker& broker, Connection& conn) {
+  int fd = conn.fd.get();
   char buf[kMaxBrokerMessage + 1];
   ssize_t n = sys::retry_eintr([&] { return ::recv(fd, buf, sizeof buf, MSG_TRUNC | MSG_DONTWAIT); });
   if (n < 0 && errno == EAGAIN) return true;
   if (n <= 0) return false;
-  BrokerReply reply;
   auto request = n > static_cast<ssize_t>(kMaxBrokerMessage) ? Result<BrokerRequest>(Error::invalid("request too large"))
                                                             : parse_broker_request(std::string_view(buf, n));
   if (!request) {
     log_error(request.error().wrap("malformed broker request; closing the connection"));
+    BrokerReply reply;
     reply.error = request.error();
     std::string out = encode_broker_reply(reply);
     (void)::send(fd, out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     return false;
   }
-  log_set_vm(request->vm.str());
-  for (const OpEntry& entry : kOps) {
-    if (entry.op != request->op) continue;
-    auto result = entry.handle(ctx, *request);
-    reply.ok = result.ok();
-    if (result) reply.pid = *result;
-    else reply.error = log_error(result.error());
+  auto worker = fork_worker(broker, *request);
+  if (!worker) {
+    BrokerReply reply;
+    reply.error = log_error(std::move(worker).error());
+    std::string out = encode_broker_reply(reply);
+    return ::send(fd, out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT) >= 0;
   }
-  log_set_vm("");
-  std::string out = encode_broker_reply(reply);
+  conn.worker = std::move(worker).value();
+  conn.request = std::move(request).value();
+  conn.reply.clear();
+  return true;
+}
+
+// The worker's reply pipe is readable: collect, and at EOF relay the reply to the connection.
+void collect_reply(const Broker& broker, Connection& conn) {
+  char buf[kMaxBrokerMessage];
+  ssize_t n = sys::retry_eintr([&] { return ::read(conn.worker.get(), buf, sizeof buf); });
+  if (n > 0 && conn.reply.size() + static_cast<size_t>(n) <= kMaxBrokerMessage) {
+    conn.reply.append(buf, static_cast<size_t>(n));
+    return;
+  }
+  // EOF (or a reply over the cap, which the worker never writes): the request is done.
+  conn.worker.reset();
+  BrokerRequest request = *std::exchange(conn.request, std::nullopt);
+  log_set_vm(request.vm.str());
+  auto reply = parse_broker_reply(conn.reply);
+  if (!reply) {  // the worker died before it answered
+    reply = BrokerReply{};
+    reply->error = log_error(Error::make(ErrorCode::kInternal, "the broker's worker for this request died"));
+  }
+  std::string out = encode_broker_reply(*reply);
   // Never blocks: a peer that sends requests and does not read the replies fills its receive
   // queue, and a blocking send would then hold the broker (and every later request) forever.
-  // The daemon reads each reply before its next request, so a full queue is never the daemon.
-  bool sent = sys::retry_eintr([&] { return ::send(fd, out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT); }) >= 0;
-  if (!sent && errno == EAGAIN) log_warning("the peer does not read its replies; closing its connection");
-  if (reply.ok && request->op == BrokerOp::kStart) {
-    if (sent) confirm_launch(ctx.config, request->vm);  // launch.h
-    else if (reply.pid > 0) undo_undelivered_start(ctx, request->vm);  // not a unit's: systemd has those
+  // The daemon reads each reply before its next request on a connection, so a full queue is
+  // never the daemon.
+  bool sent = conn.fd && sys::retry_eintr([&] { return ::send(conn.fd.get(), out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT); }) >= 0;
+  if (!sent && conn.fd && errno == EAGAIN) log_warning("the peer does not read its replies; closing its connection");
+  if (!sent) conn.fd.reset();
+  if (reply->ok && request.op == BrokerOp::kStart) {
+    if (sent) confirm_launch(broker.ctx.config, request.vm);  // launch.h
+    else if (reply->pid > 0) undo_undelivered_start(broker.ctx, request.vm, broker.loop_fds());  // not a unit's: systemd has those
   }
-  return sent;
+  conn.last_heard = std::chrono::steady_clock::now();
+  log_set_vm("");
 }
 
 // RUNTIME is root:daemon-group 01775: the daemon may create its control socket there, and the
@@ -238,48 +341,71 @@ Result<void> serve_broker(const HostConfig& config, const std::string& config_pa
   if (len < 0) return Error::from_errno("readlink /proc/self/exe");
   BrokerContext ctx{config, config_path, std::string(exe, static_cast<size_t>(len))};
 
-  UniqueFd listener = VL_TRY(listen_broker_socket(config, daemon_group->gr_gid));
+  Broker broker{ctx, VL_TRY(listen_broker_socket(config, daemon_group->gr_gid)), {}, {}};
   ::signal(SIGCHLD, SIG_IGN);
+  // Emulators are children of the start's worker, which exits once the launch has answered:
+  // as this process's orphans they are still reaped by the kernel (SIGCHLD ignored) rather
+  // than left to an init that may not reap.
+  (void)::prctl(PR_SET_CHILD_SUBREAPER, 1);
   sigset_t stop;
   sigemptyset(&stop);
   sigaddset(&stop, SIGTERM);
   sigaddset(&stop, SIGINT);
   sigprocmask(SIG_BLOCK, &stop, nullptr);
-  int sfd = ::signalfd(-1, &stop, SFD_CLOEXEC);
-  UniqueFd signals(sfd);
+  broker.signals.reset(::signalfd(-1, &stop, SFD_CLOEXEC));
   log_info("broker listening on " + config.helper_socket() + " for uid " + std::to_string(daemon_uid));
   // vmlaunchd.service is ordered after the broker: under Type=notify it starts once this
   // socket accepts connections, not merely once the process exists.
   (void)sd_notify(0, "READY=1");
-  // One poll over the listener, the signals and the current connection: SIGTERM is seen
-  // whenever no request is being handled, and no connection can hold the broker. The daemon
-  // keeps one connection; a new one from its uid means it reconnected (or another process of
-  // that uid is trying its luck) and replaces the current one, and a connection silent for
-  // kIdleMs is closed. The daemon resends a request the broker never read (daemon/broker_client.h).
-  UniqueFd conn;
-  auto last_heard = std::chrono::steady_clock::now();
+  // One poll over the signals, the listener, each idle connection and each busy connection's
+  // worker. Nothing a peer does holds the loop: requests are handled by workers, a busy
+  // connection is not read until its reply is out, a connection silent for kIdleMs is closed,
+  // and beyond kMaxConnections a new connection replaces the one silent longest (the daemon
+  // reconnects on its next request, and resends a request the broker never read:
+  // daemon/broker_client.h) or, if every one is busy, is refused. SIGTERM stops reading and
+  // accepting; the requests in flight are answered first.
+  bool stopping = false;
+  auto& conns = broker.connections;
   for (;;) {
+    using Clock = std::chrono::steady_clock;
+    auto now = Clock::now();
+    conns.erase(std::remove_if(conns.begin(), conns.end(), [&](const Connection& c) { return !c.fd && !c.busy(); }), conns.end());
+    if (stopping && conns.empty()) break;
+    // Once stopping, neither the signals (the signalfd stays readable) nor new connections.
+    std::vector<pollfd> p{{stopping ? -1 : broker.signals.get(), POLLIN, 0}, {stopping ? -1 : broker.listener.get(), POLLIN, 0}};
     int timeout = -1;
-    if (conn) {
-      auto idle = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - last_heard);
-      timeout = static_cast<int>(std::max<int64_t>(0, kIdleMs - idle.count()));
+    for (const Connection& c : conns) {
+      p.push_back({c.busy() ? c.worker.get() : c.fd.get(), POLLIN, 0});
+      if (c.busy()) continue;
+      auto idle = std::chrono::duration_cast<std::chrono::milliseconds>(now - c.last_heard).count();
+      int left = static_cast<int>(std::max<int64_t>(0, kIdleMs - idle));
+      timeout = timeout < 0 ? left : std::min(timeout, left);
     }
-    pollfd p[3] = {{signals.get(), POLLIN, 0}, {conn ? conn.get() : -1, POLLIN, 0}, {listener.get(), POLLIN, 0}};
-    int ready = sys::retry_eintr([&] { return ::poll(p, 3, timeout); });
+    int ready = sys::retry_eintr([&] { return ::poll(p.data(), p.size(), timeout); });
     if (ready < 0) return Error::from_errno("poll");
-    if (p[0].revents) break;
-    if (conn && ready == 0) {
-      log_info("closing the daemon's connection, silent for " + std::to_string(kIdleMs / 1000) + " s");
-      conn.reset();
+    if (p[0].revents && !stopping) {
+      stopping = true;
+      for (Connection& c : conns)
+        if (!c.busy()) c.fd.reset();
       continue;
     }
-    if (p[1].revents) {  // a request (or EOF) first; the listener's turn comes next round
-      if (!serve_request(ctx, conn.get())) conn.reset();
-      last_heard = std::chrono::steady_clock::now();
-      continue;
+    now = Clock::now();
+    for (size_t i = 0; i < conns.size(); ++i) {
+      Connection& c = conns[i];
+      if (p[i + 2].revents) {
+        if (c.busy()) {
+          collect_reply(broker, c);
+          if (stopping && !c.busy()) c.fd.reset();  // answered: the last word on it
+        }
+        else if (!read_request(broker, c)) c.fd.reset();
+        else c.last_heard = now;
+      } else if (!c.busy() && now - c.last_heard >= std::chrono::milliseconds(kIdleMs)) {
+        log_info("closing a connection silent for " + std::to_string(kIdleMs / 1000) + " s");
+        c.fd.reset();
+      }
     }
-    if (!p[2].revents) continue;
-    UniqueFd fresh(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (!p[1].revents) continue;
+    UniqueFd fresh(::accept4(broker.listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
     if (!fresh) continue;
     ucred cred{};
     socklen_t cred_len = sizeof cred;
@@ -287,9 +413,21 @@ Result<void> serve_broker(const HostConfig& config, const std::string& config_pa
       log_warning("refused a connection from uid " + std::to_string(cred.uid) + " (only the daemon's uid may connect)");
       continue;
     }
-    if (conn) log_info("a new connection from the daemon's uid replaces the current one");
-    conn = std::move(fresh);
-    last_heard = std::chrono::steady_clock::now();
+    size_t open = std::count_if(conns.begin(), conns.end(), [](const Connection& c) { return c.fd || c.busy(); });
+    if (open >= kMaxConnections) {
+      Connection* oldest = nullptr;
+      for (Connection& c : conns)
+        if (!c.busy() && c.fd && (!oldest || c.last_heard < oldest->last_heard)) oldest = &c;
+      if (!oldest) {
+        log_warning("refused a connection: " + std::to_string(kMaxConnections) + " requests are in flight");
+        continue;
+      }
+      log_info("a new connection replaces the one silent longest");
+      oldest->fd = std::move(fresh);
+      oldest->last_heard = now;
+      continue;
+    }
+    conns.push_back(Connection{std::move(fresh), now, {}, std::nullopt, {}});
   }
   ::unlink(config.helper_socket().c_str());
   log_info("broker stopped");

@@ -6,10 +6,19 @@
 //   kill NAME SIG signal the VM's emulator (pid and start time from its root-owned state)
 //   cleanup NAME  undo a launch (helper/cleanup.h)
 //   reattach NAME put a running VM's taps back on its zone bridge (helper/reattach.h)
-// Any malformed request ends the connection. One connection is served at a time, in one
-// poll() loop with the listener and the signalfd: SIGTERM/SIGINT end the broker whenever no
-// request is being handled; a new connection from the daemon's uid replaces the current one;
-// a connection silent for 60 s is closed (the daemon reconnects on its next request).
+// Any malformed request ends the connection.
+//
+// Concurrency. Up to 32 connections are served at once (the daemon keeps up to 16:
+// kBrokerConnections), each with at most one request in flight, so launches, kills and cleanups
+// of different VMs proceed side by side; what they share is locked inside the helper only where
+// it is shared (locks.h). One poll() loop watches the signalfd, the listener, each idle
+// connection and each busy connection's worker: a request is handled by a forked worker
+// process, which writes its reply to a pipe and exits, and the loop relays it; a busy
+// connection is not read until its reply is out, so a peer has at most one request in flight
+// per connection and the broker at most 32 workers. A new connection beyond the cap replaces
+// the one silent longest, or is refused if all are busy; a connection silent for 60 s is closed
+// (the daemon reconnects on its next request). SIGTERM/SIGINT stop accepting and reading; the
+// requests in flight are answered, then the broker ends.
 // Nothing a peer does can block that loop: the socket is SOCK_SEQPACKET, so a request arrives
 // whole or not at all (there is no partial request to wait for), reads never block, and a
 // reply that does not fit in the peer's receive queue (a peer that does not read) closes the

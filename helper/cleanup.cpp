@@ -11,6 +11,7 @@
 #include "helper/disk_owner.h"
 #include "helper/fault.h"
 #include "helper/launch.h"
+#include "helper/locks.h"
 #include "helper/log.h"
 #include "helper/machine.h"
 #include "helper/netlink.h"
@@ -84,7 +85,8 @@ Result<void> remove_taps(const VmName& vm, std::optional<uid_t> uid, const std::
 
 Result<void> cleanup_vm(const HostConfig& config, const VmName& vm) {
   log_set_vm(vm.str());
-  auto lock = lock_helper(config);
+  // A launch of this VM still under way finishes (or fails) first; other VMs go on (locks.h).
+  auto lock = lock_vm(config, vm);
   if (!lock) return log_error(std::move(lock).error());
   auto known = vm_is_known(config, vm);
   if (!known) return log_error(std::move(known).error());
@@ -131,10 +133,11 @@ Result<void> cleanup_vm(const HostConfig& config, const VmName& vm) {
   const Step ordered[] = {
       {"kill-processes", [&] { return *uid ? kill_uid_processes(**uid, "VM '" + vm.str() + "'", kKillTimeout) : Result<void>(); }},
       {"remove-taps", [&] { return remove_taps(vm, *uid, listed); }},
-      {"remove-filter", [&] { return remove_vm_filter(vm.str()); }},
+      // The tables are shared: removing the last VM's objects drops the table (locks.h).
+      {"remove-filter", [&] { return with_shared_lock(config, [&] { return remove_vm_filter(vm.str()); }); }},
   };
   const Step independent[] = {
-      {"remove-console-filter", [&] { return remove_console_filter(vm.str()); }},
+      {"remove-console-filter", [&] { return with_shared_lock(config, [&] { return remove_console_filter(vm.str()); }); }},
       {"remove-udev-rule", [&] { return remove_udev_rule(config, vm); }},
       {"remove-vnc-tls", [&] { return remove_vnc_credentials(config, vm); }},
       {"restore-disks", [&] { return restore_disks(config, vm); }},

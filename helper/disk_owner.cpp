@@ -243,6 +243,9 @@ Result<void> check_disks_unclaimed(const HostConfig& config, const VmName& vm,
     // A journal that cannot be read may record any disk: claiming one could hand a disk that
     // another VM still writes to a second VM, so nothing is claimed until someone looks.
     auto journal = read_journal(dir + "/" + name);
+    // Removed since the listing: that VM's cleanup released its disks (journals are replaced
+    // atomically, so a journal that exists is whole).
+    if (!journal && journal.error().sys_errno == ENOENT) continue;
     if (!journal) return std::move(journal).error().wrap("cannot tell which disks are in use");
     for (const Json& entry : (*journal)["disks"])
       for (const DiskClaim& c : claims)

@@ -20,6 +20,7 @@
 #include "helper/disk_owner.h"
 #include "helper/exec.h"
 #include "helper/log.h"
+#include "helper/locks.h"
 #include "helper/log_relay.h"
 #include "helper/machine.h"
 #include "helper/netlink.h"
@@ -121,13 +122,17 @@ Result<std::vector<unsigned>> check_bridges(const Domain& domain) {
 }
 
 // A MAC may belong to one running VM only, or one VM could impersonate another past the
-// filter. Running VMs are the ones that matter, and their root-owned state files are few and
-// small: the cost does not grow with the number of defined VMs.
+// filter. Every launch records its MACs in a claim file (runtime_dir.h) under the shared-state
+// lock, before its emulator exists; a claim counts while its process (the launch, then the
+// emulator it became) lives. The state file stands in for a claim written by an older helper.
+// Only live VMs count, and their root-owned files are few and small: the cost does not grow
+// with the number of defined VMs.
 Result<void> check_macs_unique(const HostConfig& config, const Domain& domain) {
-  // Read through the checked runtime directory (runtime_dir.h): only root's own state files.
+  // Read through the checked runtime directory (runtime_dir.h): only root's own files.
   for (const VmName& name : VL_TRY(list_runtime_dirs(config))) {
     if (name == domain.name) continue;
-    auto other = read_vm_state(config, name);
+    auto other = read_vm_claim(config, name);
+    if (!other) other = read_vm_state(config, name);
     if (!other || !process_matches(other->pid, other->start_time)) continue;
     for (const Nic& mine : domain.nics)
       for (const std::string& theirs : other->macs)
@@ -149,7 +154,6 @@ Result<LaunchEnv> read_and_validate(const HostConfig& config, const VmName& vm, 
   VL_CHECK(check_emulator(domain.emulator));
   std::string zone = VL_TRY(check_zones(config, domain));
   std::vector<unsigned> mtus = VL_TRY(check_bridges(domain));
-  VL_CHECK(check_macs_unique(config, domain));
   gid_t daemon_gid = VL_TRY(group_id(config.daemon_group, "daemon"));
   gid_t vm_group = VL_TRY(group_id(config.vm_group, "VM"));
   std::optional<VncCredentials> vnc_tls;
@@ -164,7 +168,7 @@ std::string launch_record_path(const HostConfig& config, const VmName& vm) {
 }
 
 // Written before the exec, so a broker that sees the exec (its report pipe closing) always
-// finds it; STATE is root's 0700 (lock_helper created it).
+// finds it; STATE is root's 0700 (lock_vm created it).
 Result<void> record_unconfirmed_launch(const HostConfig& config, const VmName& vm, const VmState& state) {
   return sys::write_file_atomic(launch_record_path(config, vm),
                                 std::to_string(state.pid) + " " + std::to_string(state.start_time) + "\n", 0600);
@@ -184,23 +188,13 @@ bool launch_unconfirmed(const HostConfig& config, const VmName& vm, const VmStat
   return record && *record == std::to_string(emulator.pid) + " " + std::to_string(emulator.start_time) + "\n";
 }
 
-Result<UniqueFd> lock_helper(const HostConfig& config) {
-  if (::mkdir(config.state_dir.c_str(), 0700) < 0 && errno != EEXIST)
-    return Error::from_errno("create state directory '" + config.state_dir + "'");
-  std::string path = config.state_dir + "/helper.lock";
-  UniqueFd fd = VL_TRY(sys::check_fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600),
-                                     "open '" + path + "'"));
-  VL_TRY(sys::check(sys::retry_eintr([&] { return ::flock(fd.get(), LOCK_EX); }), "lock '" + path + "'"));
-  return fd;
-}
-
 Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& plan_json, int* report_fd,
                 bool in_unit) {
   log_set_vm(vm.str());
-  // Checks against other VMs (MACs, disks) and the shared nftables table must not interleave
-  // with another launch or cleanup: one helper at a time, until exec (the fd is CLOEXEC).
-  auto lock = lock_helper(config);
-  if (!lock) return log_error(std::move(lock).error());
+  // One launch, cleanup or reattach of this VM at a time, until exec (the fd is CLOEXEC).
+  // Other VMs' launches run alongside; what they share is locked per section (locks.h).
+  auto vm_lock = lock_vm(config, vm);
+  if (!vm_lock) return log_error(std::move(vm_lock).error());
   auto env_or = read_and_validate(config, vm, plan_json);
   if (!env_or) return log_error(std::move(env_or).error());
   LaunchEnv& env = *env_or;
@@ -208,7 +202,6 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
   if (!claims_or) return log_error(std::move(claims_or).error());
   if (auto r = check_backing_layers(config, env.domain); !r) return log_error(std::move(r).error());
   std::vector<DiskClaim>& claims = *claims_or;
-  if (auto r = check_disks_unclaimed(config, vm, claims); !r) return log_error(std::move(r).error());
 
   // Declared before the transaction: its rollback (in its destructor) still uses them.
   uid_t uid = 0;
@@ -219,10 +212,32 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
   VmState state;
   Transaction tx;
   auto run = [&]() -> Result<void> {
+    // The claims: checked against every other VM's and recorded in one section of the
+    // shared-state lock, so that of two launches claiming one MAC or disk exactly one wins.
+    UniqueFd shared = VL_TRY(lock_shared_state(config));
+    VL_CHECK(check_macs_unique(config, env.domain));
+    VL_CHECK(check_disks_unclaimed(config, vm, claims));
     VL_CHECK(tx.step("runtime-dir", [&] { return create_runtime_dir(config, vm, env.daemon_gid); },
                      [&] {
                        if (auto r = remove_runtime_dir(config, vm); !r) log_error(r.error());
                      }));
+    VL_CHECK(tx.step("mac-claim", [&]() -> Result<void> {
+      VmState claim;
+      claim.vm = vm.str();
+      claim.pid = ::getpid();
+      claim.start_time = VL_TRY(process_start_time(claim.pid));
+      for (const Nic& nic : env.domain.nics) claim.macs.push_back(nic.mac.str());
+      return write_vm_claim(config, claim);
+    }, nullptr));  // removed with the runtime directory
+    // One undo for this step and disk-owner: chown_disks may fail part way, after changing
+    // some disks, and a failed step has no undo of its own. Restoring from the journal puts
+    // back every disk (unchanged ones are a no-op) and deletes the journal only if all of them
+    // came back.
+    VL_CHECK(tx.step("disk-journal", [&] { return write_disk_journal(config, vm, claims); },
+                     [&] {
+                       if (auto r = restore_disks(config, vm); !r) log_error(r.error());
+                     }));
+    shared.reset();
     VL_CHECK(tx.step("uid", [&]() -> Result<void> {
       uid = VL_TRY(uid_for_vm(config, vm));
       return publish_vm_user(config, vm, uid);
@@ -246,13 +261,6 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
       VL_CHECK(tx.step("vnc-tls", [&] { return install_vnc_credentials(config, vm, *env.vnc_tls, uid, uid); }, [&] {
         if (auto r = remove_vnc_credentials(config, vm); !r) log_error(r.error());
       }));
-    // One undo for both steps: chown_disks may fail part way, after changing some disks, and a
-    // failed step has no undo of its own. Restoring from the journal puts back every disk
-    // (unchanged ones are a no-op) and deletes the journal only if all of them came back.
-    VL_CHECK(tx.step("disk-journal", [&] { return write_disk_journal(config, vm, claims); },
-                     [&] {
-                       if (auto r = restore_disks(config, vm); !r) log_error(r.error());
-                     }));
     VL_CHECK(tx.step("disk-owner", [&] { return chown_disks(claims, uid, uid); }, nullptr));
     VL_CHECK(tx.step("udev-rule", [&] { return write_udev_rule(config, vm, claims, uid, uid); },
                      [&] {
@@ -261,16 +269,20 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
     std::vector<NicFilter> filters;
     for (size_t i = 0; i < env.domain.nics.size(); ++i)
       filters.push_back({vm.tap_name(static_cast<unsigned>(i)), env.domain.nics[i].mac, env.domain.nics[i].ips});
-    VL_CHECK(tx.step("nft-filter", [&] { return install_vm_filter(vm.str(), filters); }, [&] {
-      if (auto r = remove_vm_filter(vm.str()); !r) log_error(r.error());
+    // The tables are shared: a removal drops one when it empties it (locks.h).
+    VL_CHECK(tx.step("nft-filter", [&] { return with_shared_lock(config, [&] { return install_vm_filter(vm.str(), filters); }); }, [&] {
+      if (auto r = with_shared_lock(config, [&] { return remove_vm_filter(vm.str()); }); !r) log_error(r.error());
     }));
     // Before the emulator listens: no moment at which another uid can reach the console. The
     // checked argv has -vnc only with a matching plan.vnc (argv_policy.h): every listener is covered.
     if (env.plan.vnc)
       VL_CHECK(tx.step("console-filter", [&] {
-        return install_console_filter(vm.str(), static_cast<uint16_t>(5900 + env.plan.vnc->display), console_operators(config));
+        auto operators = console_operators(config);
+        return with_shared_lock(config, [&] {
+          return install_console_filter(vm.str(), static_cast<uint16_t>(5900 + env.plan.vnc->display), operators);
+        });
       }, [&] {
-        if (auto r = remove_console_filter(vm.str()); !r) log_error(r.error());
+        if (auto r = with_shared_lock(config, [&] { return remove_console_filter(vm.str()); }); !r) log_error(r.error());
       }));
     Netlink nl = VL_TRY(Netlink::open());
     for (size_t i = 0; i < filters.size(); ++i) {

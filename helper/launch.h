@@ -34,9 +34,6 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
 /// (this report pipe, its private log fd): placed for the emulator but closed by its execve.
 inline constexpr int kReportFdTarget = 31;
 
-/// The helpers' global lock (STATE/helper.lock): launches and cleanups run one at a time.
-Result<UniqueFd> lock_helper(const HostConfig& config);
-
 /// Unconfirmed launches. A launch the broker runs (one with a report pipe) records its
 /// emulator, pid and start time, in STATE/NAME.launch (root's own directory) before the
 /// exec; the broker removes the record once the daemon has its answer (confirm_launch). A

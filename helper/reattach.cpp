@@ -2,7 +2,7 @@
 
 #include "common/vm_state.h"
 #include "helper/bridge_port.h"
-#include "helper/launch.h"
+#include "helper/locks.h"
 #include "helper/log.h"
 #include "helper/netlink.h"
 #include "helper/nft_filter.h"
@@ -56,8 +56,9 @@ Result<LinkInfo> vm_tap(Netlink& nl, const std::string& name, uid_t uid) {
 }  // namespace
 
 Result<void> reattach_vm(const HostConfig& config, const VmName& vm) {
-  // One helper at a time: a cleanup removing the filter must not interleave with this.
-  UniqueFd lock = VL_TRY(lock_helper(config));
+  // A cleanup of this VM removing the filter must not interleave with this (locks.h). Other
+  // VMs' removals cannot drop the table under it: its chain keeps the table in use.
+  UniqueFd lock = VL_TRY(lock_vm(config, vm));
   VmState state = VL_TRY(running_state(config, vm));
   auto uid = VL_TRY(assigned_uid(config, vm));
   if (!uid) return Error::make(ErrorCode::kNotFound, "VM '" + vm.str() + "' has no uid");

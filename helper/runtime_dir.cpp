@@ -20,6 +20,8 @@ constexpr char kAgentSocket[] = "agent.sock";
 constexpr char kConsoleSocket[] = "console.sock";
 constexpr char kState[] = "state.json";
 constexpr char kStateTmp[] = "state.json.tmp";
+constexpr char kClaim[] = "claim.json";
+constexpr char kClaimTmp[] = "claim.json.tmp";
 constexpr char kEmulatorTail[] = "emulator.log";
 
 // Who besides root may add entries to a directory root works in.
@@ -145,29 +147,33 @@ Result<UniqueFd> create_emulator_tail(const HostConfig& config, const VmName& vm
   return fd;
 }
 
-Result<void> write_vm_state(const HostConfig& config, const VmState& state, gid_t daemon_gid) {
+namespace {
+
+// Writes a VmState to RUNTIME/vms/NAME/FILE atomically (through TMP), root:gid with `mode`.
+Result<void> write_state_file(const HostConfig& config, const VmState& state, const char* file, const char* tmp,
+                              mode_t mode, gid_t gid) {
   auto vm = VmName::parse(state.vm);
   if (!vm) return std::move(vm).error();
   RuntimeDirs dirs = VL_TRY(open_runtime_dirs(config, false));
   UniqueFd dir = VL_TRY(open_vm_dir(dirs, config, *vm));
-  std::string path = config.vm_runtime_dir(*vm) + "/" + kState;
-  ::unlinkat(dir.get(), kStateTmp, 0);  // left by a launch that crashed while writing
-  UniqueFd fd = VL_TRY(sys::check_fd(::openat(dir.get(), kStateTmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640),
+  std::string path = config.vm_runtime_dir(*vm) + "/" + file;
+  ::unlinkat(dir.get(), tmp, 0);  // left by a launch that crashed while writing
+  UniqueFd fd = VL_TRY(sys::check_fd(::openat(dir.get(), tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode),
                                      "create '" + path + ".tmp'"));
   auto written = sys::write_all(fd.get(), vm_state_to_json(state));
-  // PRIV: the file root just created, in root's own directory; the group is the daemon's.
-  if (written && ::fchown(fd.get(), 0, daemon_gid) < 0) written = Error::from_errno("set owner of " + quote_for_message(path, kQuotePathMax));
+  // PRIV: the file root just created, in root's own directory; the group is the daemon's or root's.
+  if (written && ::fchown(fd.get(), 0, gid) < 0) written = Error::from_errno("set owner of " + quote_for_message(path, kQuotePathMax));
   if (written && ::fsync(fd.get()) < 0) written = Error::from_errno("fsync " + quote_for_message(path, kQuotePathMax));
-  if (written && ::renameat(dir.get(), kStateTmp, dir.get(), kState) < 0) written = Error::from_errno("write " + quote_for_message(path, kQuotePathMax));
-  if (!written) ::unlinkat(dir.get(), kStateTmp, 0);
+  if (written && ::renameat(dir.get(), tmp, dir.get(), file) < 0) written = Error::from_errno("write " + quote_for_message(path, kQuotePathMax));
+  if (!written) ::unlinkat(dir.get(), tmp, 0);
   return written;
 }
 
-Result<VmState> read_vm_state(const HostConfig& config, const VmName& vm) {
+Result<VmState> read_state_file(const HostConfig& config, const VmName& vm, const char* file) {
   RuntimeDirs dirs = VL_TRY(open_runtime_dirs(config, false));
   UniqueFd dir = VL_TRY(open_vm_dir(dirs, config, vm));
-  std::string path = config.vm_runtime_dir(vm) + "/" + kState;
-  UniqueFd fd = VL_TRY(sys::check_fd(::openat(dir.get(), kState, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC),
+  std::string path = config.vm_runtime_dir(vm) + "/" + file;
+  UniqueFd fd = VL_TRY(sys::check_fd(::openat(dir.get(), file, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC),
                                      "open " + quote_for_message(path, kQuotePathMax)));
   struct stat st {};
   VL_TRY(sys::check(::fstat(fd.get(), &st), "stat " + quote_for_message(path, kQuotePathMax)));
@@ -180,6 +186,20 @@ Result<VmState> read_vm_state(const HostConfig& config, const VmName& vm) {
   if (state->vm != vm.str()) return Error::invalid(path + ": the state of VM " + quote_for_message(state->vm, kQuotePathMax));
   return state;
 }
+
+}  // namespace
+
+Result<void> write_vm_state(const HostConfig& config, const VmState& state, gid_t daemon_gid) {
+  return write_state_file(config, state, kState, kStateTmp, 0640, daemon_gid);
+}
+
+Result<VmState> read_vm_state(const HostConfig& config, const VmName& vm) { return read_state_file(config, vm, kState); }
+
+Result<void> write_vm_claim(const HostConfig& config, const VmState& claim) {
+  return write_state_file(config, claim, kClaim, kClaimTmp, 0600, 0);
+}
+
+Result<VmState> read_vm_claim(const HostConfig& config, const VmName& vm) { return read_state_file(config, vm, kClaim); }
 
 Result<bool> runtime_dir_exists(const HostConfig& config, const VmName& vm) {
   auto dirs = open_runtime_dirs(config, false);
@@ -212,7 +232,7 @@ Result<void> remove_runtime_dir(const HostConfig& config, const VmName& vm) {
   if (!dir) return is_missing(dir.error()) ? Result<void>() : Result<void>(std::move(dir).error());
   std::string path = config.vm_runtime_dir(vm);
   // PRIV: names below directories just checked to be changeable by root only.
-  for (const char* name : {kSocket, kAgentSocket, kConsoleSocket, kState, kStateTmp, kEmulatorTail})
+  for (const char* name : {kSocket, kAgentSocket, kConsoleSocket, kState, kStateTmp, kClaim, kClaimTmp, kEmulatorTail})
     if (::unlinkat(dir->get(), name, 0) < 0 && errno != ENOENT)
       return Error::from_errno("remove '" + path + "/" + name + "'");
   if (::unlinkat(dirs->vms.get(), vm.str().c_str(), AT_REMOVEDIR) < 0 && errno != ENOENT)

@@ -10,9 +10,9 @@
 // otherwise make root signal any process through a forged state.json, or unlink files anywhere
 // through a symlinked vms/NAME.
 //
-// Creating the directory is also the per-VM launch lock: mkdir fails if it exists, so two
-// launches of one VM cannot both proceed, and a leftover of a crashed launch is reported
-// instead of being silently reused.
+// The directory exists from a launch's claim to its cleanup: mkdir fails if it exists, so a
+// second launch of a running VM, or of one whose last run was not cleaned up, is refused instead
+// of silently reusing it (launches of one VM are serialized by lock_vm, locks.h).
 #pragma once
 
 #include <sys/types.h>
@@ -58,11 +58,19 @@ Result<UniqueFd> create_emulator_tail(const HostConfig& config, const VmName& vm
 Result<void> write_vm_state(const HostConfig& config, const VmState& state, gid_t daemon_gid);
 /// Reads the state file: a regular file of root's naming this VM.
 Result<VmState> read_vm_state(const HostConfig& config, const VmName& vm);
+/// Writes RUNTIME/vms/NAME/claim.json (root 0600): what a launch claims that no other running
+/// VM may have (its MACs), with the launching process (pid, start time), which the emulator
+/// keeps. Written while the shared-state lock is held (locks.h), long before the state file,
+/// so a concurrent launch checks against it; valid while that process lives, removed with the
+/// directory.
+Result<void> write_vm_claim(const HostConfig& config, const VmState& claim);
+/// Reads the claim file, with the checks of read_vm_state.
+Result<VmState> read_vm_claim(const HostConfig& config, const VmName& vm);
 /// True if anything is called RUNTIME/vms/NAME (a symlink too: the other calls refuse it).
 Result<bool> runtime_dir_exists(const HostConfig& config, const VmName& vm);
 /// The VMs that have a runtime directory (entries that are no valid VM name are skipped).
 Result<std::vector<VmName>> list_runtime_dirs(const HostConfig& config);
-/// Removes the sockets, the state file, the emulator's output and the directory; missing ones
+/// Removes the sockets, the state and claim files, the emulator's output and the directory; missing ones
 /// count as success.
 Result<void> remove_runtime_dir(const HostConfig& config, const VmName& vm);
 

@@ -57,7 +57,7 @@ inline bool has(const std::string& s, const char* what) { return s.find(what) !=
 /// passes through unchanged when the daemon dies while it connects or waits for a reply.
 inline bool daemon_gone(const std::string& error) {
   for (const char* m : {"lost the connection to vmlaunchd", "vmlaunchd is not running", "Connection terminated",
-                        "Connection reset by peer", "Transport endpoint is not connected"})
+                        "Connection reset by peer", "Transport endpoint is not connected", "Broken pipe"})
     if (has(error, m)) return true;
   return false;
 }

@@ -168,3 +168,34 @@ TEST_SUITE("daemon/broker_client") {
     CHECK_MESSAGE(cleanup->ok(), (cleanup->ok() ? std::string() : cleanup->error().message()));
   }
 }
+
+TEST_SUITE("daemon/broker_client") {
+  TEST_CASE("a request goes out on another connection while an earlier one waits for its answer") {
+    DaemonSide daemon;
+    ScriptedBroker broker(daemon.path);
+    std::optional<vl::Result<int>> slow, fast;
+    std::thread broker_side([&] {
+      vl::UniqueFd first = accept_request(broker);  // the start: held unanswered
+      BROKER_EXPECT(first);
+      vl::UniqueFd second = accept_request(broker);  // the cleanup, on a connection of its own
+      BROKER_EXPECT(second);
+      ScriptedBroker::answer(second.get(), 0);
+      ScriptedBroker::answer(first.get(), 45);
+    });
+    daemon.client.call({vl::BrokerOp::kStart, vl::VmName::parse("web1").value(), 0}, [&](vl::Result<int> r) { slow = std::move(r); });
+    daemon.client.call({vl::BrokerOp::kCleanup, vl::VmName::parse("web2").value(), 0}, [&](vl::Result<int> r) {
+      fast = std::move(r);
+      CHECK_FALSE(slow.has_value());  // answered first, as the broker did
+    });
+    for (auto until = std::chrono::steady_clock::now() + 10s; !(slow && fast) && std::chrono::steady_clock::now() < until;) {
+      daemon.io.restart();
+      daemon.io.run_for(10ms);
+    }
+    broker_side.join();
+    REQUIRE(slow);
+    REQUIRE(fast);
+    CHECK(fast->ok());
+    REQUIRE(slow->ok());
+    CHECK(slow->value() == 45);
+  }
+}

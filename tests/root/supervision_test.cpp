@@ -20,9 +20,14 @@
 #include "common/vm_state.h"
 #include "tests/support/qmp.h"
 
+#include "tests/support/eventually.h"
+#include "tests/support/lock_probe.h"
 #include "tests/support/system_env.h"
 
+using vl::test::eventually;
+using vl::test::HelperLock;
 using vl::test::SystemEnv;
+using vl::test::waiting_for_lock;
 using Json = nlohmann::json;
 using namespace std::chrono_literals;
 
@@ -81,34 +86,6 @@ void add_vnc_autoport(SystemEnv& env, const std::string& name) {
   std::ofstream(path) << xml;
 }
 
-// Holds the helpers' global lock (STATE/helper.lock) while it lives: a launch waits for it
-// before its first change, so the test decides when that launch may go on.
-class HelperLock final {
- public:
-  explicit HelperLock(const vl::HostConfig& config) {
-    std::filesystem::create_directories(config.state_dir);
-    std::string path = config.state_dir + "/helper.lock";
-    fd_.reset(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-    REQUIRE(fd_);
-    REQUIRE(::flock(fd_.get(), LOCK_EX) == 0);
-  }
-  void release() { fd_.reset(); }
-
- private:
-  vl::UniqueFd fd_;
-};
-
-// Polls `done` for up to `limit` (the harness may poll; the product never does).
-template <typename Pred>
-bool eventually(Pred done, std::chrono::milliseconds limit = 60s) {
-  auto until = std::chrono::steady_clock::now() + limit;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > until) return false;
-    std::this_thread::sleep_for(20ms);
-  }
-  return true;
-}
-
 // The row of one VM in `vmctl list --json`.
 Json row_of(SystemEnv& env, const std::string& name) {
   auto r = env.vmctl({"list", "--json"});
@@ -132,14 +109,6 @@ pid_t find_launch_helper(SystemEnv& env, const std::string& name) {
     if (words.rfind(wanted, 0) == 0) return std::stoi(pid);
   }
   return 0;
-}
-
-// True once `pid` waits for a lock (a "->" line of /proc/locks names the blocked waiter).
-bool waiting_for_lock(pid_t pid) {
-  std::ifstream locks("/proc/locks");
-  for (std::string line; std::getline(locks, line);)
-    if (line.find("->") != std::string::npos && line.find(" " + std::to_string(pid) + " ") != std::string::npos) return true;
-  return false;
 }
 
 // Waits for the broker's `launch NAME` to block on the helper lock the test holds: past its
