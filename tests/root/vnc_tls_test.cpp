@@ -383,7 +383,7 @@ TEST_SUITE("root/vnc_tls") {
     HelperEnv env;
     VncPki pki(env.root() + "/pki");
     define_tls_vm(env, pki);
-    for (const char* step : {"vnc-tls", "disk-journal", "console-filter", "tap", "bridge-attach", "monitor-socket", "exec"}) {
+    for (const char* step : {"vnc-tls", "disk-owner", "console-filter", "tap", "bridge-attach", "monitor-socket", "exec"}) {
       CAPTURE(step);
       auto r = env.launch("tls1", {std::string("VMLAUNCH_FAIL_AT=") + step});
       REQUIRE_FALSE(r.running());
