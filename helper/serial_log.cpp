@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstring>
 #include <memory>
 #include <string>
 
@@ -82,27 +81,31 @@ class SerialRelay final {
   size_t size_ = 0;  ///< the current part starts empty (open_serial_log)
 };
 
-// Whether the directory `dir` has no entry but "." and "..".
-Result<bool> is_empty_dir(int dir, const std::string& path) {
+// Whether every entry of the directory `dir` is a serial log of vmlaunch's naming
+// (NAME.serial.log or NAME.serial.log.1): true of an empty directory too.
+Result<bool> holds_only_serial_logs(int dir, const std::string& path) {
   UniqueFd copy = VL_TRY(sys::check_fd(::openat(dir, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC), "open '" + path + "'"));
   DIR* d = ::fdopendir(copy.get());
   if (!d) return Error::from_errno("read '" + path + "'");
   (void)copy.release();  // closedir closes it
-  bool empty = true;
-  while (const dirent* e = ::readdir(d))
-    if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) {
-      empty = false;
+  bool only_logs = true;
+  while (const dirent* e = ::readdir(d)) {
+    std::string_view name = e->d_name;
+    if (name == "." || name == "..") continue;
+    if (!name.ends_with(".serial.log") && !name.ends_with(".serial.log.1")) {
+      only_logs = false;
       break;
     }
+  }
   ::closedir(d);
-  return empty;
+  return only_logs;
 }
 
 // LOG: created if missing, then required to be a directory of root's that only root can
 // change, and made root:daemon_gid 0750 so that the daemon, and nobody else, can read the logs.
-// A directory that existed must be that already, or empty: one that others use too (LOG set to
-// /var/log by mistake) is refused rather than made the daemon group's and closed to everyone
-// else.
+// A directory that existed must be that already, or hold nothing but serial logs (an earlier
+// installation's, whose daemon group may differ): one that others use too (LOG set to /var/log
+// by mistake) is refused rather than made the daemon group's and closed to everyone else.
 Result<UniqueFd> open_log_dir(const HostConfig& config, gid_t daemon_gid) {
   const std::string& path = config.log_dir;
   // PRIV: LOG comes from root's configuration.
@@ -115,7 +118,7 @@ Result<UniqueFd> open_log_dir(const HostConfig& config, gid_t daemon_gid) {
   if (st.st_uid != 0 || (st.st_mode & 0022))
     return Error::make(ErrorCode::kDenied, "log directory '" + path + "' must be owned by root and writable by root only");
   const bool ours = st.st_gid == daemon_gid && (st.st_mode & 07777) == 0750;
-  if (!created && !ours && !VL_TRY(is_empty_dir(dir.get(), path)))
+  if (!created && !ours && !VL_TRY(holds_only_serial_logs(dir.get(), path)))
     return Error::make(ErrorCode::kDenied, "log directory '" + path + "' holds other files and is not root:" +
                                                config.daemon_group + " mode 0750: give [paths] log a directory "
                                                "of vmlaunch's own");

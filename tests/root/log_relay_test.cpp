@@ -288,7 +288,7 @@ TEST_SUITE("root/log_relay") {
 
   // [paths] log set by mistake to a directory others use (/var/log): making it the daemon
   // group's 0750 would close it to every other reader on the host.
-  TEST_CASE("a log directory that holds other files and is not vmlaunch's is refused and left as it was; an empty one is adopted") {
+  TEST_CASE("a log directory that holds other files and is not vmlaunch's is refused and left as it was; an empty one or one of serial logs only is adopted") {
     HelperEnv env;
     env.define({.name = "web1"});
     const std::string log = env.root() + "/log";
@@ -305,9 +305,27 @@ TEST_SUITE("root/log_relay") {
     CHECK(vl::sys::read_file(log + "/syslog", 4096).value() == "another program's log\n");
     CHECK_FALSE(std::filesystem::exists(log + "/web1.serial.log"));
 
-    // Empty, as `install -d` leaves it: it becomes the log directory.
+    // Holding only serial logs, as an earlier installation with another daemon group left it:
+    // it becomes the log directory.
     std::filesystem::remove(log + "/syslog");
+    std::ofstream(log + "/old.serial.log") << "an earlier run\n";
+    std::ofstream(log + "/old.serial.log.1") << "an earlier run\n";
+    REQUIRE(::chown(log.c_str(), 0, 65534) == 0);
+    REQUIRE(::chmod(log.c_str(), 0750) == 0);
     auto vm = env.launch("web1");
+    REQUIRE_MESSAGE(vm.running(), vm.log);
+    st = stat_of(log);
+    CHECK((st.st_mode & 07777) == 0750);
+    CHECK(st.st_gid != 65534);
+    CHECK(std::filesystem::exists(log + "/web1.serial.log"));
+    env.kill_vm(vm.pid);
+    CHECK(WEXITSTATUS(env.helper({"cleanup", "web1"}).status) == 0);
+
+    // Empty, as `install -d` leaves it: it becomes the log directory.
+    std::filesystem::remove_all(log);
+    REQUIRE(std::filesystem::create_directory(log));
+    REQUIRE(::chmod(log.c_str(), 0755) == 0);
+    vm = env.launch("web1");
     REQUIRE_MESSAGE(vm.running(), vm.log);
     st = stat_of(log);
     CHECK((st.st_mode & 07777) == 0750);
