@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
+#include <initializer_list>
 #include <map>
 #include <optional>
 
@@ -44,6 +45,14 @@ class RawTerminal final {
   ~RawTerminal() {
     if (active_) ::tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved_);
   }
+  /// Stops the process (SIGTSTP's default) with the terminal as it was, raw again once continued.
+  void stop_process() {
+    if (active_) ::tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved_);
+    ::raise(SIGSTOP);
+    termios raw = saved_;
+    ::cfmakeraw(&raw);
+    if (active_) ::tcsetattr(STDIN_FILENO, TCSAFLUSH, &raw);
+  }
   RawTerminal(const RawTerminal&) = delete;
   RawTerminal& operator=(const RawTerminal&) = delete;
   /// "\r\n" in raw mode (no output processing), "\n" otherwise.
@@ -54,12 +63,12 @@ class RawTerminal final {
   bool active_ = false;
 };
 
-// SIGINT, SIGTERM and SIGHUP as readable events for the poll loop, blocked while it lives.
+// Signals as readable events for the poll loop, blocked while it lives.
 class SignalEvents final {
  public:
-  SignalEvents() {
+  explicit SignalEvents(std::initializer_list<int> signals) {
     sigemptyset(&set_);
-    for (int s : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&set_, s);
+    for (int s : signals) sigaddset(&set_, s);
     ::sigprocmask(SIG_BLOCK, &set_, &old_);
     fd_.reset(::signalfd(-1, &set_, SFD_CLOEXEC | SFD_NONBLOCK));
     ::signal(SIGPIPE, SIG_IGN);  // a closed stdout or viewer is an error to handle, not a death
@@ -76,6 +85,11 @@ class SignalEvents final {
   SignalEvents(const SignalEvents&) = delete;
   SignalEvents& operator=(const SignalEvents&) = delete;
   int fd() const { return fd_.get(); }
+  /// The signal that made fd() readable, 0 if none is pending.
+  int next() {
+    signalfd_siginfo info{};
+    return ::read(fd_.get(), &info, sizeof info) == sizeof info ? static_cast<int>(info.ssi_signo) : 0;
+  }
 
  private:
   sigset_t set_{}, old_{};
@@ -122,7 +136,8 @@ int run_console(Client& client, const std::string& vm, bool read_only) {
   channel = *opened;
   std::fprintf(stderr, "Connected to the serial console of VM '%s'%s; escape character is ^]\n", vm.c_str(),
                read_only ? " (read-only)" : "");
-  SignalEvents signals;
+  // Left to their default action, these would end or stop vmctl with the terminal raw.
+  SignalEvents signals{SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGTSTP};
   RawTerminal terminal;
   unsigned in_flight = 0;
   bool input_open = true, detached = false;
@@ -133,6 +148,10 @@ int run_console(Client& client, const std::string& vm, bool read_only) {
                      {signals.fd(), POLLIN, 0}};
     if (::poll(fds, 3, client.poll_timeout_ms()) < 0 && errno != EINTR) break;
     if (fds[2].revents & POLLIN) {
+      if (int signal = signals.next(); signal == SIGTSTP) {
+        terminal.stop_process();
+        continue;
+      }
       done = detached = true;  // the channel is closed below, the terminal restored on return
       break;
     }
@@ -240,7 +259,7 @@ int run_vnc_forward(Client& client, const std::string& vm, const std::string& li
   std::printf("Forwarding %s:%u to the VNC server of VM '%s'; connect a VNC viewer there, Ctrl-C ends.\n", host.c_str(),
               static_cast<unsigned>(port), vm.c_str());
   std::fflush(stdout);
-  SignalEvents signals;
+  SignalEvents signals{SIGINT, SIGTERM, SIGHUP};
   int status = 0;
   for (;;) {
     size_t backlog = 0;

@@ -117,12 +117,12 @@ TEST_SUITE("root/console") {
     CHECK(std::filesystem::exists(path + ".1"));
   }
 
-  TEST_CASE("console: on a terminal, raw mode while attached and the terminal restored after Ctrl-] and after SIGTERM") {
+  TEST_CASE("console: on a terminal, raw mode while attached and the terminal restored after Ctrl-], SIGTERM, SIGQUIT, and while stopped by SIGTSTP") {
     SystemEnv env;
     env.define({.name = "term1", .mac = "52:54:00:00:31:06"});
     REQUIRE(env.vmctl({"start", "term1"}).exit_code == 0);
-    for (bool by_signal : {false, true}) {
-      INFO(by_signal);
+    for (int signal : {0, SIGTERM, SIGQUIT, SIGTSTP}) {
+      INFO(signal);
       int master = -1, slave = -1;
       REQUIRE(::openpty(&master, &slave, nullptr, nullptr, nullptr) == 0);
       vl::UniqueFd term(master), tty(slave);
@@ -136,20 +136,39 @@ TEST_SUITE("root/console") {
       REQUIRE(pid.ok());
       // Attached: the terminal is raw (no echo, no line editing).
       std::string seen;
-      auto deadline = std::chrono::steady_clock::now() + 60s;
-      termios during{};
-      while (std::chrono::steady_clock::now() < deadline) {
-        pollfd p{term.get(), POLLIN, 0};
-        if (::poll(&p, 1, 200) > 0) {
-          char buf[4096];
-          ssize_t n = ::read(term.get(), buf, sizeof buf);
-          if (n > 0) seen.append(buf, static_cast<size_t>(n));
+      auto wait_raw = [&] {
+        auto deadline = std::chrono::steady_clock::now() + 60s;
+        termios during{};
+        while (std::chrono::steady_clock::now() < deadline) {
+          pollfd p{term.get(), POLLIN, 0};
+          if (::poll(&p, 1, 200) > 0) {
+            char buf[4096];
+            ssize_t n = ::read(term.get(), buf, sizeof buf);
+            if (n > 0) seen.append(buf, static_cast<size_t>(n));
+          }
+          REQUIRE(::tcgetattr(tty.get(), &during) == 0);
+          if (seen.find("escape character is ^]") != std::string::npos && !(during.c_lflag & (ICANON | ECHO))) break;
         }
-        REQUIRE(::tcgetattr(tty.get(), &during) == 0);
-        if (seen.find("escape character is ^]") != std::string::npos && !(during.c_lflag & (ICANON | ECHO))) break;
+        CHECK_MESSAGE(!(during.c_lflag & (ICANON | ECHO)), seen);
+      };
+      wait_raw();
+      if (signal == SIGTSTP) {
+        // Stopped, it leaves the terminal as it found it; continued, it is raw again.
+        ::kill(*pid, SIGTSTP);
+        int stopped = 0;
+        pid_t seen_pid = 0;
+        auto stop_deadline = std::chrono::steady_clock::now() + 30s;
+        while ((seen_pid = ::waitpid(*pid, &stopped, WUNTRACED | WNOHANG)) == 0 && std::chrono::steady_clock::now() < stop_deadline)
+          std::this_thread::sleep_for(50ms);
+        REQUIRE_MESSAGE(seen_pid == *pid, "vmctl did not stop on SIGTSTP");
+        CHECK(WIFSTOPPED(stopped));
+        termios meanwhile{};
+        REQUIRE(::tcgetattr(tty.get(), &meanwhile) == 0);
+        CHECK(meanwhile.c_lflag == before.c_lflag);
+        ::kill(*pid, SIGCONT);
+        wait_raw();
       }
-      CHECK_MESSAGE(!(during.c_lflag & (ICANON | ECHO)), seen);
-      if (by_signal) ::kill(*pid, SIGTERM);
+      if (signal == SIGTERM || signal == SIGQUIT) ::kill(*pid, signal);
       else REQUIRE(vl::sys::write_all(term.get(), "\x1d").ok());
       int status = vl::wait_for(*pid).value();
       CHECK(WIFEXITED(status));
