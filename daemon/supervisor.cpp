@@ -168,9 +168,17 @@ void Supervisor::begin_start(Done done) {
   stop_requested_ = false;
   starting_ = std::move(done);
   start_step_ = "the broker's launch";
+  awaiting_broker_ = true;
   ctx_.broker.call({BrokerOp::kStart, name_, 0}, [this, run = run_](Result<int> pid) {
     if (run != run_) return;
+    awaiting_broker_ = false;
+    std::optional<Result<void>> early = std::exchange(early_unit_word_, std::nullopt);
     if (!pid) return fail_start(pid.error());
+    if (*pid == 0 && early) {
+      // The unit spoke before this answer was read (a loaded host): its word goes on now.
+      if (!*early) return fail_start(early->error());
+      return attach_launched();
+    }
     if (*pid == 0) {
       // systemd launches it (kvm-vm@NAME.service): wait for the unit's word, within the
       // start's deadline; its ExecStartPost calls launched(), a failed helper launch_failed().
@@ -199,14 +207,20 @@ void Supervisor::begin_start(Done done) {
 }
 
 void Supervisor::launched(Done done) {
-  if (starting_ && awaiting_unit_) {
+  if (starting_ && (awaiting_unit_ || awaiting_broker_)) {
     // The start asked through the broker: the unit's caller is answered with it.
-    awaiting_unit_ = false;
     Done requester = std::move(starting_);
     starting_ = [requester = std::move(requester), done = std::move(done)](Result<void> r) {
       done(r);
       requester(std::move(r));
     };
+    // Read before the broker's answer to that start (reliability finding 9): kept until it
+    // comes, which may still be a failure, and nothing is attached before.
+    if (awaiting_broker_) {
+      early_unit_word_ = Result<void>();
+      return;
+    }
+    awaiting_unit_ = false;
     return attach_launched();
   }
   enqueue([this, done = std::move(done)]() mutable {
@@ -232,6 +246,10 @@ void Supervisor::attach_launched() {
 }
 
 void Supervisor::launch_failed(const Error& error) {
+  if (starting_ && awaiting_broker_) {
+    early_unit_word_ = Result<void>(error);  // as in launched(): acted on at the broker's answer
+    return;
+  }
   if (starting_ && awaiting_unit_) {
     awaiting_unit_ = false;
     return fail_start(error);
@@ -310,6 +328,8 @@ void Supervisor::schedule_converge() {
 void Supervisor::end_run() {
   ++run_;
   awaiting_unit_ = false;
+  awaiting_broker_ = false;
+  early_unit_word_.reset();
   watch_failed_ = false;
   if (qmp_) {
     qmp_->on_event = nullptr;

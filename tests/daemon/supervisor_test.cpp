@@ -292,6 +292,15 @@ bool run_until(asio::io_context& io, Pred done, std::chrono::milliseconds limit 
   return done();
 }
 
+// A broker's answers: a start is held back until `answer` is set (10 s at most), then answered
+// "the unit is queued" (pid 0); anything else is granted at once.
+ScriptedBroker::Answer unit_queued_once(const std::atomic<bool>& answer) {
+  return [&answer](const vl::BrokerRequest& req) {
+    for (int i = 0; req.op == vl::BrokerOp::kStart && !answer && i < 1000; ++i) std::this_thread::sleep_for(10ms);
+    return ok_reply(0);
+  };
+}
+
 }  // namespace
 
 TEST_SUITE("daemon/supervisor") {
@@ -520,9 +529,8 @@ TEST_SUITE("daemon/supervisor") {
       std::optional<vl::Result<void>> started, launched;
       supervisor.start([&](vl::Result<void> r) { started = std::move(r); });
       REQUIRE(run_until(io, [&] { return broker.received(vl::BrokerOp::kStart); }));
-      // As the unit's Launched comes after the broker's answer (pid 0, the unit is queued):
-      // the loop reads that answer first. A Launched before it is an open gap (supervisor.h).
-      CHECK_FALSE(run_until(io, [&] { return started.has_value(); }, 1000ms));
+      // The unit's Launched, whether the loop has read the broker's answer (pid 0: the unit is
+      // queued) yet or not.
       supervisor.launched([&](vl::Result<void> r) { launched = std::move(r); });
       REQUIRE(run_until(io, [&] { return started.has_value() && launched.has_value(); }));
       CHECK_MESSAGE(started->ok(), started->error().message());
@@ -553,6 +561,68 @@ TEST_SUITE("daemon/supervisor") {
       REQUIRE(run_until(io, [&] { return broker.received(vl::BrokerOp::kStart); }));
       supervisor.launch_failed(vl::Error::make(vl::ErrorCode::kNotFound, "zone bridge 'br-lan' does not exist"));
       REQUIRE(run_until(io, [&] { return started.has_value(); }));
+      REQUIRE_FALSE(started->ok());
+      CHECK_MESSAGE(started->error().message().find("br-lan") != std::string::npos, started->error().message());
+      CHECK(supervisor.info().status == vl::VmStatus::kFailed);
+      CHECK(supervisor.info().reason.find("br-lan") != std::string::npos);
+    }
+  }
+
+  TEST_CASE("under systemd a Launched read before the broker's answer is kept until that answer, and the start goes on") {
+    // A loaded host can order them so: the unit's ExecStartPost speaks before the loop reads
+    // the broker's answer to the StartUnit that queued it (reliability finding 9).
+    AdoptableVm fixture;
+    auto& [emulator, dir, config, vm, state] = fixture;
+    asio::io_context io;
+    {
+      std::atomic<bool> answer{false};
+      ScriptedBroker broker(config.helper_socket(), unit_queued_once(answer));
+      std::atomic<bool> resumed{false};
+      FakeMonitor monitor(config.vm_runtime_dir(vm) + "/qmp.sock", [&](const std::string& command) {
+        if (command == "cont") resumed = true;
+        return std::optional<Json>(Json::object());
+      });
+      vl::BrokerClient client(io, config.helper_socket());
+      vl::SupervisorContext ctx{io, config, client, [](const vl::VmName&) { return std::string(); }, nullptr};
+      ctx.start_deadline = 3s;
+      vl::Supervisor supervisor(ctx, vm);
+
+      std::optional<vl::Result<void>> started, launched;
+      supervisor.start([&](vl::Result<void> r) { started = std::move(r); });
+      REQUIRE(run_until(io, [&] { return broker.received(vl::BrokerOp::kStart); }));
+      supervisor.launched([&](vl::Result<void> r) { launched = std::move(r); });
+      // Nothing is resumed before the broker has answered: its answer may still be a failure.
+      CHECK_FALSE(run_until(io, [&] { return started.has_value() || launched.has_value(); }, 200ms));
+      CHECK_FALSE(resumed);
+      answer = true;
+      REQUIRE(run_until(io, [&] { return started.has_value() && launched.has_value(); }, 10000ms));
+      CHECK_MESSAGE(started->ok(), started->error().message());
+      CHECK_MESSAGE(launched->ok(), launched->error().message());
+      CHECK(resumed);
+      CHECK(supervisor.info().status == vl::VmStatus::kRunning);
+      CHECK(supervisor.info().pid == emulator);
+    }
+  }
+
+  TEST_CASE("under systemd a LaunchFailed read before the broker's answer fails the start with the launch's error at that answer") {
+    AdoptableVm fixture;
+    auto& [emulator, dir, config, vm, state] = fixture;
+    asio::io_context io;
+    {
+      std::atomic<bool> answer{false};
+      ScriptedBroker broker(config.helper_socket(), unit_queued_once(answer));
+      vl::BrokerClient client(io, config.helper_socket());
+      vl::SupervisorContext ctx{io, config, client, [](const vl::VmName&) { return std::string(); }, nullptr};
+      ctx.start_deadline = 3s;
+      vl::Supervisor supervisor(ctx, vm);
+
+      std::optional<vl::Result<void>> started;
+      supervisor.start([&](vl::Result<void> r) { started = std::move(r); });
+      REQUIRE(run_until(io, [&] { return broker.received(vl::BrokerOp::kStart); }));
+      supervisor.launch_failed(vl::Error::make(vl::ErrorCode::kNotFound, "zone bridge 'br-lan' does not exist"));
+      CHECK_FALSE(run_until(io, [&] { return started.has_value(); }, 200ms));
+      answer = true;
+      REQUIRE(run_until(io, [&] { return started.has_value(); }, 10000ms));
       REQUIRE_FALSE(started->ok());
       CHECK_MESSAGE(started->error().message().find("br-lan") != std::string::npos, started->error().message());
       CHECK(supervisor.info().status == vl::VmStatus::kFailed);
