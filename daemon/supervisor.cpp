@@ -40,9 +40,11 @@ constexpr auto kKillGrace = std::chrono::seconds(5);
 constexpr auto kMonitorLossGrace = std::chrono::milliseconds(500);
 constexpr auto kPowerButtonRepeat = std::chrono::seconds(2);
 constexpr auto kWatchRetry = std::chrono::seconds(1);
-// How long the reason of a unit's failed run waits for journald to hold the emulator's last
-// lines; only an emulator that said nothing waits it all.
-constexpr auto kJournalWait = std::chrono::seconds(2);
+// How long the reason of a failed run waits for the emulator's last lines: for journald to hold
+// them (a unit's run), or for the log relay to end its copy (standalone). Only an emulator that
+// said nothing waits it all under systemd; the relay ends its copy as soon as the emulator's
+// pipe is closed.
+constexpr auto kSaidWait = std::chrono::seconds(2);
 
 Result<VmState> read_state(const HostConfig& config, const VmName& vm) {
   return read_vm_state_file(config.vm_runtime_dir(vm) + "/state.json");
@@ -276,21 +278,24 @@ void Supervisor::fail_start(const Error& error) {
   // killed through the broker, then cleaned up (idempotent), before the failure is reported.
   Done done = std::exchange(starting_, nullptr);
   end_run();
-  gather_said([this, done = std::move(done), error](std::string said) mutable {
-    failure_ = error.message() + said;
-    log_vm_event(name_.str(), LogLevel::kError, "start failed: " + failure_);
-    teardown([this, done = std::move(done), failed = Error::make(error.code, failure_)](Result<void> cleaned) {
-      if (cleaned) set_status(VmStatus::kFailed, failure_);
-      done(failed);
+  // Killed first: its last lines are complete only once it is gone (the relay's copy ends when
+  // the emulator's output does). Kill answers once it is gone, or that nothing runs.
+  ctx_.broker.call({BrokerOp::kKill, name_, SIGKILL}, [this, done = std::move(done), error](Result<int>) mutable {
+    gather_said([this, done = std::move(done), error](std::string said) mutable {
+      failure_ = error.message() + said;
+      log_vm_event(name_.str(), LogLevel::kError, "start failed: " + failure_);
+      teardown([this, done = std::move(done), failed = Error::make(error.code, failure_)](Result<void> cleaned) {
+        if (cleaned) set_status(VmStatus::kFailed, failure_);
+        done(failed);
+      });
     });
   });
 }
 
 void Supervisor::gather_said(std::function<void(std::string)> next) {
   // Read before the cleanup, which removes the relay's copy with the runtime directory.
-  if (run_state_.invocation.empty())
-    return next(format_emulator_said(relay_output_lines(ctx_.config.vm_runtime_dir(name_) + "/emulator.log")));
-  said_.push_back(std::make_unique<EmulatorSaid>(ctx_.io, name_, run_state_, kJournalWait, std::move(next)));
+  said_.push_back(std::make_unique<EmulatorSaid>(ctx_.io, name_, run_state_, ctx_.config.vm_runtime_dir(name_) + "/emulator.log",
+                                                 kSaidWait, std::move(next)));
 }
 
 void Supervisor::teardown(std::function<void(Result<void>)> done) {

@@ -274,7 +274,7 @@ class Supervisor final {
   std::string failure_;        ///< why the VM failed, for the reasons of later retries
   std::optional<StopIntent> resumed_stop_;  ///< found at adoption, carried on once the monitor answers
   VmState run_state_;  ///< the current (or last) run's state, as attached; empty before that
-  std::vector<std::unique_ptr<EmulatorSaid>> said_;  ///< journal reads of the last run's lines
+  std::vector<std::unique_ptr<EmulatorSaid>> said_;  ///< gatherings of the last run's lines
 };
 
 }  // namespace vl

@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "common/broker_protocol.h"
+#include "common/emulator_tail.h"
 #include "common/sys.h"
 #include "common/vm_state.h"
 #include "tests/support/temp_dir.h"
@@ -291,6 +292,24 @@ bool run_until(asio::io_context& io, Pred done, std::chrono::milliseconds limit 
   }
   return done();
 }
+
+// A VM adopted running, under a broker that grants everything and a monitor that says it runs.
+struct RunningVm : AdoptableVm {
+  asio::io_context io;
+  ScriptedBroker broker{config.helper_socket(), [](const vl::BrokerRequest&) { return ok_reply(); }};
+  FakeMonitor monitor{config.vm_runtime_dir(vm) + "/qmp.sock", [](const std::string& command) {
+                        if (command == "query-status") return std::optional<Json>(Json{{"status", "running"}, {"running", true}});
+                        return std::optional<Json>(Json::object());
+                      }};
+  vl::BrokerClient client{io, config.helper_socket()};
+  vl::SupervisorContext ctx{io, config, client, [](const vl::VmName&) { return std::string(); }, nullptr};
+  vl::Supervisor supervisor{ctx, vm};
+
+  RunningVm() {
+    supervisor.adopt(state);
+    REQUIRE(run_until(io, [&] { return supervisor.info().status == vl::VmStatus::kRunning; }));
+  }
+};
 
 // A broker's answers: a start is held back until `answer` is set (10 s at most), then answered
 // "the unit is queued" (pid 0); anything else is granted at once.
@@ -1045,33 +1064,36 @@ TEST_SUITE("daemon/supervisor") {
     }
   }
 
-  TEST_CASE("a crash quotes qemu's last two lines of output, bounded") {
-    AdoptableVm fixture;
-    auto& [emulator, dir, config, vm, state] = fixture;
-    asio::io_context io;
-    {
-      ScriptedBroker broker(config.helper_socket(), [](const vl::BrokerRequest&) { return ok_reply(); });
-      FakeMonitor monitor(config.vm_runtime_dir(vm) + "/qmp.sock", [](const std::string& command) {
-        if (command == "query-status") return std::optional<Json>(Json{{"status", "running"}, {"running", true}});
-        return std::optional<Json>(Json::object());
-      });
-      vl::BrokerClient client(io, config.helper_socket());
-      vl::SupervisorContext ctx{io, config, client, [](const vl::VmName&) { return std::string(); }, nullptr};
-      vl::Supervisor supervisor(ctx, vm);
-      supervisor.adopt(state);
-      REQUIRE(run_until(io, [&] { return supervisor.info().status == vl::VmStatus::kRunning; }));
+  TEST_CASE("a crash quotes the lines the relay copies after the exit: the reason waits for the relay's end") {
+    // The relay reads the emulator's pipe on its own schedule: on a loaded host the emulator's
+    // last lines (the ones that say why) can reach the copy after its exit is seen.
+    RunningVm f;
+    std::string copy = f.config.vm_runtime_dir(f.vm) + "/emulator.log";
+    REQUIRE(vl::sys::write_file_atomic(copy, "qemu: early notice\n", 0640));
+    ::kill(f.emulator, SIGKILL);
+    // The exit is seen; the relay has not caught up yet.
+    CHECK_FALSE(run_until(f.io, [&] { return f.supervisor.info().status == vl::VmStatus::kFailed; }, 300ms));
+    vl::UniqueFd out(::open(copy.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC));
+    REQUIRE(out);
+    REQUIRE(vl::sys::write_all(out.get(), "qemu: last words\n"));
+    REQUIRE(vl::sys::write_all(out.get(), vl::kEmulatorTailEnd));
+    REQUIRE(run_until(f.io, [&] { return f.supervisor.info().status == vl::VmStatus::kFailed; }));
+    CHECK(f.supervisor.info().reason == "emulator exited unexpectedly; qemu said: early notice | last words");
+  }
 
-      // The relay's copy of the emulator's output, as the helper leaves it (a long first part).
-      std::string early(8000, 'x');
-      REQUIRE(vl::sys::write_file_atomic(config.vm_runtime_dir(vm) + "/emulator.log",
-                                         "qemu: " + early + "\nqemu: one\nqemu: qemu-system-x86_64: " + std::string(500, 'y') +
-                                             "\nqemu: char device redirected to /dev/pts/3 (label charserial0)\nqemu: last words\n",
-                                         0640));
-      ::kill(emulator, SIGKILL);
-      REQUIRE(run_until(io, [&] { return supervisor.info().status == vl::VmStatus::kFailed; }));
-      CHECK(supervisor.info().reason ==
-            "emulator exited unexpectedly; qemu said: qemu-system-x86_64: " + std::string(300 - 20, 'y') + " | last words");
-    }
+  TEST_CASE("a crash quotes qemu's last two lines of output, bounded") {
+    RunningVm f;
+    // The relay's copy of the emulator's output, as the helper leaves it (a long first part).
+    std::string early(8000, 'x');
+    REQUIRE(vl::sys::write_file_atomic(f.config.vm_runtime_dir(f.vm) + "/emulator.log",
+                                       "qemu: " + early + "\nqemu: one\nqemu: qemu-system-x86_64: " + std::string(500, 'y') +
+                                           "\nqemu: char device redirected to /dev/pts/3 (label charserial0)\nqemu: last words\n" +
+                                           std::string(vl::kEmulatorTailEnd),
+                                       0640));
+    ::kill(f.emulator, SIGKILL);
+    REQUIRE(run_until(f.io, [&] { return f.supervisor.info().status == vl::VmStatus::kFailed; }));
+    CHECK(f.supervisor.info().reason ==
+          "emulator exited unexpectedly; qemu said: qemu-system-x86_64: " + std::string(300 - 20, 'y') + " | last words");
   }
 }
 
