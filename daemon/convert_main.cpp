@@ -101,14 +101,25 @@ std::string convert(const std::string& xml, const std::string& root) {
 // Writes the answer for the daemon ('K' + the command line, or 'E' + why); the exit status.
 int answer(const std::string& reply) { return vl::sys::write_all(1, reply) ? 0 : 1; }
 
-// The namespace's init: converts and writes the reply. `parent_alive` is the read end of a
-// pipe whose write end only the parent holds.
+// The namespace's init. It converts in a child of its own and reaps every process the
+// namespace orphans until that child ends: libvirt kills its probe and waits for it to be gone,
+// and a probe left a zombie (the daemonized probe's parent is this init) would look alive to it
+// for its whole 40 s kill timeout. `parent_alive` is the read end of a pipe whose write end only
+// the parent holds.
 [[noreturn]] void init_main(int parent_alive, const std::string& xml, const std::string& root) {
   if (::prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) ::_exit(1);
   // A parent that died before the prctl sent no signal; then nothing holds the write end.
   pollfd p{parent_alive, POLLIN, 0};
   if (::poll(&p, 1, 0) != 0) ::_exit(1);
-  ::_exit(answer(convert(xml, root)));
+  pid_t converter = ::fork();
+  if (converter < 0) ::_exit(answer("E" + vl::Error::from_errno("fork the conversion").message()));
+  if (converter == 0) ::_exit(answer(convert(xml, root)));
+  for (;;) {
+    int status = 0;
+    pid_t ended = ::waitpid(-1, &status, 0);
+    if (ended == converter) ::_exit(WIFEXITED(status) ? WEXITSTATUS(status) : 1);
+    if (ended < 0 && errno != EINTR) ::_exit(1);
+  }
 }
 
 // Enters the private namespaces and runs the conversion as the init of the new PID namespace
@@ -119,7 +130,7 @@ int run_as_namespace_init(const std::string& xml, const std::string& root) {
   if (::pipe2(fds, O_CLOEXEC) < 0) return answer("E" + vl::Error::from_errno("pipe2").message());
   vl::UniqueFd alive_read(fds[0]), alive_write(fds[1]);  // the write end: held until the init ends
   pid_t init = ::fork();
-  if (init < 0) return answer("E" + vl::Error::from_errno("fork the conversion").message());
+  if (init < 0) return answer("E" + vl::Error::from_errno("fork the namespace's init").message());
   if (init == 0) {
     alive_write.reset();
     init_main(alive_read.get(), xml, root);
