@@ -30,7 +30,15 @@
 // or VNC stream instead of growing the daemon.
 // Errors are D-Bus errors named org.vmlaunch.Error.<Code> (NotFound, Denied, Conflict, ...)
 // whose message is the error's context.
+//
+// A client that relays an SSH session (`vmctl dial-stdio` run by sshd) binds its end of the
+// control socket to the abstract name kSshRelayName + "PID ADDRESS PORT", the SSH client's
+// address and port from SSH_CONNECTION: the daemon then logs every call of the connection
+// with them. A note for the log, never a credential: any local process may bind such a name,
+// and what a caller may do stays its uid's (daemon/authorization.h).
 #pragma once
+
+#include <string_view>
 
 #include "common/error.h"
 
@@ -38,6 +46,7 @@ namespace vl {
 
 inline constexpr char kControlPath[] = "/org/vmlaunch1";
 inline constexpr char kControlInterface[] = "org.vmlaunch.Manager1";
+inline constexpr std::string_view kSshRelayName = "vmlaunch-ssh-relay ";
 
 /// "org.vmlaunch.Error.NotFound" and so on.
 inline std::string control_error_name(ErrorCode code) {

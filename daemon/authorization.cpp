@@ -1,9 +1,12 @@
 #include "daemon/authorization.h"
 
+#include <arpa/inet.h>
 #include <pwd.h>
 
 #include <algorithm>
 #include <array>
+
+#include "common/control_protocol.h"
 
 namespace vl {
 
@@ -114,7 +117,29 @@ Result<void> permit(const Identity& who, std::string_view method) {
 
 bool is_audited(const Identity& who, std::string_view method) {
   if (std::find(kChannelMethods.begin(), kChannelMethods.end(), method) != kChannelMethods.end()) return false;
-  return who.remote() || role_needed(method) > Role::kReadOnly;
+  return who.remote() || !who.from.empty() || role_needed(method) > Role::kReadOnly;
+}
+
+std::string ssh_relay_claim(std::string_view name) {
+  if (!name.starts_with(kSshRelayName)) return "";
+  name.remove_prefix(kSshRelayName.size());
+  std::string_view words[3];
+  size_t n = 0;
+  for (; n < 3 && !name.empty(); ++n) {
+    size_t space = n < 2 ? name.find(' ') : std::string_view::npos;
+    words[n] = name.substr(0, space);
+    name = space == std::string_view::npos ? std::string_view() : name.substr(space + 1);
+  }
+  auto digits = [](std::string_view w, size_t max) {
+    return !w.empty() && w.size() <= max && w.find_first_not_of("0123456789") == std::string_view::npos;
+  };
+  // Only what is checked reaches the log: the peer chose these bytes.
+  std::string address(words[1]);
+  unsigned char ip[16];
+  bool ok = n == 3 && name.empty() && digits(words[0], 10) && digits(words[2], 5) && std::stoul(std::string(words[2])) <= 65535 &&
+            (::inet_pton(AF_INET, address.c_str(), ip) == 1 || ::inet_pton(AF_INET6, address.c_str(), ip) == 1);
+  if (!ok) return "ssh client (unreadable address)";
+  return "ssh client " + address + " port " + std::string(words[2]);
 }
 
 }  // namespace vl

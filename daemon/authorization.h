@@ -4,7 +4,9 @@
 // peer from its socket credentials (its uid and groups), a TLS peer from its verified client
 // certificate (its subject DN). The method handlers see only the identity, so the same checks
 // hold whichever way the client came in. An SSH client reaches the daemon through
-// `vmctl dial-stdio` on the far side, and is therefore the local peer the SSH login made it.
+// `vmctl dial-stdio` on the far side, and is therefore the local peer the SSH login made it;
+// dial-stdio names the SSH client in its socket's name (common/control_protocol.h), which the
+// identity carries as `from`, for the log only.
 //
 // Roles, from least to most: none (every call refused, with a message saying what would let
 // it in), read-only (List and Status), admin (everything but the root-only calls), root (also
@@ -33,7 +35,9 @@ struct Identity {
   std::string transport = "local";
   /// For messages and the log: "uid 1000 (alice)" or the certificate's subject DN.
   std::string who;
-  /// Where a remote peer connected from ("192.0.2.7:40112"); "" for a local one.
+  /// Where a remote peer connected from ("192.0.2.7:40112"); for a local peer that relays an
+  /// SSH session, the SSH client as the relay names it (ssh_relay_claim); else "". Never a
+  /// reason to permit anything: a relay's claim is only what the peer says.
   std::string from;
   /// The local peer's uid, for the per-uid connection caps; -1 for a TLS peer.
   uid_t uid = static_cast<uid_t>(-1);
@@ -76,8 +80,15 @@ Role role_needed(std::string_view method);
 /// Whether `who` may call `method`; the error names who and what they lack.
 Result<void> permit(const Identity& who, std::string_view method);
 
-/// Whether a call of `method` by `who` goes to the event log: every call of a remote peer,
-/// and every call that changes something (anything beyond the read-only role).
+/// Whether a call of `method` by `who` goes to the event log: every call of a remote peer or
+/// of a local one relaying an SSH session (`from` set), and every call that changes something
+/// (anything beyond the read-only role).
 bool is_audited(const Identity& who, std::string_view method);
+
+/// What a local peer whose socket is bound to the abstract name `name` says it relays: for
+/// kSshRelayName + "PID ADDRESS PORT" (common/control_protocol.h) "ssh client ADDRESS port
+/// PORT"; "ssh client (unreadable address)" if the rest is not a pid, an IP address and a port;
+/// "" for any other name.
+std::string ssh_relay_claim(std::string_view name);
 
 }  // namespace vl

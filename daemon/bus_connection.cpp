@@ -3,8 +3,11 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstddef>
 #include <cstdio>
 #include <cstring>
 #include <utility>
@@ -27,6 +30,11 @@ Peer peer_of(int fd) {
   len = sizeof groups;
   if (::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) == 0)
     peer.groups.insert(peer.groups.end(), groups, groups + len / sizeof(gid_t));
+  sockaddr_un name{};
+  len = sizeof name;
+  constexpr socklen_t kPathAt = offsetof(sockaddr_un, sun_path);
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&name), &len) == 0 && len > kPathAt + 1 && name.sun_path[0] == '\0')
+    peer.abstract_name.assign(name.sun_path + 1, std::min<size_t>(len - kPathAt - 1, sizeof name.sun_path - 1));
   return peer;
 }
 

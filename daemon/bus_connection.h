@@ -35,13 +35,15 @@
 
 namespace vl {
 
-/// The peer's credentials, read once at accept time (SO_PEERCRED, SO_PEERGROUPS).
+/// The peer's credentials, read once at accept time (SO_PEERCRED, SO_PEERGROUPS), and the
+/// abstract name its socket is bound to, if any (what it says of itself, not a credential).
 struct Peer {
   uid_t uid = static_cast<uid_t>(-1);
   std::vector<gid_t> groups;
+  std::string abstract_name;  ///< without the leading NUL; "" if none
 };
 
-/// Reads the credentials of the process at the other end of a connected unix socket.
+/// Reads the credentials and name of the process at the other end of a connected unix socket.
 Peer peer_of(int fd);
 
 /// What one connection may cost the daemon.

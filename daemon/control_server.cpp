@@ -456,7 +456,9 @@ void ControlServer::accept_next() {
 
 void ControlServer::admit_local(UniqueFd fd) {
   Peer peer = peer_of(fd.get());
-  admit(std::move(fd), local_identity(peer.uid, peer.groups, roles_));
+  Identity who = local_identity(peer.uid, peer.groups, roles_);
+  who.from = ssh_relay_claim(peer.abstract_name);  // for the log only (authorization.h)
+  admit(std::move(fd), std::move(who));
 }
 
 // Who may connect is decided here, from the identity, before a byte is read: root always;

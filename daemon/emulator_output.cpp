@@ -1,6 +1,7 @@
 #include "daemon/emulator_output.h"
 
 #include <fcntl.h>
+#include <sys/inotify.h>
 #include <sys/stat.h>
 #include <systemd/sd-journal.h>
 #include <unistd.h>
@@ -8,6 +9,7 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "common/emulator_tail.h"
 #include "common/sys.h"
 
 namespace vl {
@@ -89,7 +91,15 @@ std::string format_emulator_said(const std::vector<std::string>& lines) {
   return out;
 }
 
-std::vector<std::string> relay_output_lines(const std::string& path) {
+namespace {
+
+// The relay's copy as it is now: its lines, and whether the relay has ended it.
+struct RelayCopy {
+  std::vector<std::string> lines;
+  bool ended = false;
+};
+
+RelayCopy read_relay_copy(const std::string& path) {
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
   struct stat st {};
   if (!fd || ::fstat(fd.get(), &st) < 0 || !S_ISREG(st.st_mode) || st.st_size <= 0) return {};
@@ -98,17 +108,23 @@ std::vector<std::string> relay_output_lines(const std::string& path) {
   ssize_t n = ::pread(fd.get(), text.data(), text.size(), from);
   if (n <= 0) return {};
   text.resize(static_cast<size_t>(n));
-  std::vector<std::string> lines;
+  RelayCopy copy;
+  copy.ended = text.ends_with(kEmulatorTailEnd);
+  if (copy.ended) text.resize(text.size() - kEmulatorTailEnd.size());
   for (size_t pos = 0; pos < text.size();) {
     size_t nl = text.find('\n', pos);
     std::string line = text.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
     pos = nl == std::string::npos ? text.size() : nl + 1;
     if (line.rfind("qemu: ", 0) == 0) line.erase(0, 6);
-    lines.push_back(std::move(line));
+    copy.lines.push_back(std::move(line));
   }
-  if (from > 0 && !lines.empty()) lines.erase(lines.begin());  // cut at its start
-  return lines;
+  if (from > 0 && !copy.lines.empty()) copy.lines.erase(copy.lines.begin());  // cut at its start
+  return copy;
 }
+
+}  // namespace
+
+std::vector<std::string> relay_output_lines(const std::string& path) { return read_relay_copy(path).lines; }
 
 Result<std::vector<std::string>> journal_output_lines(const VmName& vm, const VmState& state) {
   JournalPtr j = VL_TRY(open_run_journal(vm, state));
@@ -117,11 +133,12 @@ Result<std::vector<std::string>> journal_output_lines(const VmName& vm, const Vm
 
 // Owned by its EmulatorSaid and by the asynchronous waits in flight, so that a wait completing
 // after the EmulatorSaid is gone finds `done_` empty and does nothing. finish() ends the
-// waits; the answer is posted, so it never runs inside start().
+// waits; the answer is posted, so it never runs inside a start_*(). One source per waiter:
+// the journal (journal_ set) or the relay's copy (copy_ set).
 struct EmulatorSaid::Waiter final : std::enable_shared_from_this<Waiter> {
   Waiter(boost::asio::io_context& io, std::function<void(std::string)> done) : io_(io), timer_(io), done_(std::move(done)) {}
 
-  void start(const VmName& vm, const VmState& state, std::chrono::milliseconds wait) {
+  void start_journal(const VmName& vm, const VmState& state, std::chrono::milliseconds wait) {
     auto opened = open_run_journal(vm, state);
     if (!opened) return finish({});
     journal_ = std::move(*opened);
@@ -132,12 +149,28 @@ struct EmulatorSaid::Waiter final : std::enable_shared_from_this<Waiter> {
     // A dup for asio: the journal keeps its own fd (one owner each); readiness is shared.
     int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 3);
     if (copy < 0) return finish({});
-    changes_ = std::make_unique<boost::asio::posix::stream_descriptor>(io_, copy);
+    wait_for_changes(UniqueFd(copy), wait);
+  }
+
+  void start_relay_copy(std::string path, std::chrono::milliseconds wait) {
+    copy_ = std::move(path);
+    // The watch before the first read, so that nothing appended after it goes unnoticed. No
+    // copy (a launch without a relay): nothing will come.
+    UniqueFd fd(::inotify_init1(IN_NONBLOCK | IN_CLOEXEC));
+    if (!fd || ::inotify_add_watch(fd.get(), copy_.c_str(), IN_MODIFY | IN_DONT_FOLLOW) < 0)
+      return finish(relay_output_lines(copy_));
+    if (check()) return;
+    wait_for_changes(std::move(fd), wait);
+  }
+
+  // Until `wait` passes, checks again whenever `fd` says the source changed.
+  void wait_for_changes(UniqueFd fd, std::chrono::milliseconds wait) {
+    changes_ = std::make_unique<boost::asio::posix::stream_descriptor>(io_, fd.release());
     timer_.expires_after(wait);
     timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
       if (ec || self->finished_) return;
-      (void)sd_journal_process(self->journal_.get());  // takes in what was appended meanwhile
-      self->finish(read_run_lines(self->journal_.get()));
+      self->take_in_changes();
+      self->finish(self->read_lines());
     });
     watch();
   }
@@ -145,13 +178,33 @@ struct EmulatorSaid::Waiter final : std::enable_shared_from_this<Waiter> {
   void watch() {
     changes_->async_wait(boost::asio::posix::stream_descriptor::wait_read, [self = shared_from_this()](boost::system::error_code ec) {
       if (ec || self->finished_) return;
-      (void)sd_journal_process(self->journal_.get());
+      self->take_in_changes();
       if (!self->check()) self->watch();
     });
   }
 
-  // True once the run's lines are there (and handed over).
+  void take_in_changes() {
+    if (journal_) {
+      (void)sd_journal_process(journal_.get());  // takes in what was appended meanwhile
+      return;
+    }
+    // The inotify events only say "look again": drained, unread.
+    char buf[4096];
+    while (changes_ && ::read(changes_->native_handle(), buf, sizeof buf) > 0) {
+    }
+  }
+
+  std::vector<std::string> read_lines() { return journal_ ? read_run_lines(journal_.get()) : relay_output_lines(copy_); }
+
+  // True once the run's lines are all there (and handed over): the journal has any, or the
+  // relay has ended its copy.
   bool check() {
+    if (!journal_) {
+      RelayCopy copy = read_relay_copy(copy_);
+      if (!copy.ended) return false;
+      finish(std::move(copy.lines));
+      return true;
+    }
     std::vector<std::string> lines = read_run_lines(journal_.get());
     if (format_emulator_said(lines).empty()) return false;
     finish(std::move(lines));
@@ -179,13 +232,15 @@ struct EmulatorSaid::Waiter final : std::enable_shared_from_this<Waiter> {
   std::function<void(std::string)> done_;
   bool finished_ = false;
   JournalPtr journal_;
+  std::string copy_;
   std::unique_ptr<boost::asio::posix::stream_descriptor> changes_;
 };
 
-EmulatorSaid::EmulatorSaid(boost::asio::io_context& io, VmName vm, VmState state, std::chrono::milliseconds wait,
-                           std::function<void(std::string)> done)
+EmulatorSaid::EmulatorSaid(boost::asio::io_context& io, VmName vm, VmState state, std::string relay_copy,
+                           std::chrono::milliseconds wait, std::function<void(std::string)> done)
     : waiter_(std::make_shared<Waiter>(io, std::move(done))) {
-  waiter_->start(vm, state, wait);
+  if (state.invocation.empty()) waiter_->start_relay_copy(std::move(relay_copy), wait);
+  else waiter_->start_journal(vm, state, wait);
 }
 
 EmulatorSaid::~EmulatorSaid() { waiter_->cancel(); }

@@ -3,7 +3,7 @@
 // unreadable kernel, a bad -device) is only there.
 //
 // Two sources, one format. A standalone launch leaves the log relay's copy of the output in
-// RUNTIME/vms/NAME/emulator.log (helper/runtime_dir.h). Under systemd the output goes to the
+// RUNTIME/vms/NAME/emulator.log (helper/runtime_dir.h, common/emulator_tail.h). Under systemd the output goes to the
 // journal, from the unit kvm-vm@NAME.service: it is read with sd-journal, matched by the unit,
 // the run's invocation ID (VmState::invocation), the emulator's pid and the stdout transport,
 // so that neither an earlier run's lines nor the helper's own are quoted. Reading them needs
@@ -29,8 +29,8 @@ namespace vl {
 std::string format_emulator_said(const std::vector<std::string>& lines);
 
 /// The lines of the log relay's copy of the emulator's output at `path` (its last 4 KiB; a
-/// line cut by that is dropped), with the relay's "qemu: " prefixes removed; none if it is
-/// missing.
+/// line cut by that is dropped), with the relay's "qemu: " prefixes and its end line
+/// (common/emulator_tail.h) removed; none if it is missing.
 std::vector<std::string> relay_output_lines(const std::string& path);
 
 /// The emulator's lines in the journal (the last 16 at most) from the run of `state`
@@ -38,14 +38,19 @@ std::vector<std::string> relay_output_lines(const std::string& path);
 /// readable (the daemon's user is not in group systemd-journal).
 Result<std::vector<std::string>> journal_output_lines(const VmName& vm, const VmState& state);
 
-/// Waits for the journal to hold the emulator's last lines from the run of a unit that just
-/// ended (journald may write them a moment after the exit): `done` gets format_emulator_said()
-/// of them as soon as there are any, or of none after `wait`, or at once if the journal cannot
-/// be read. It runs once, on `io`, never within the constructor, and never once the
-/// EmulatorSaid is destroyed.
+/// Waits for the emulator's last lines from a run that just ended, which may be written a
+/// moment after its exit: `done` gets format_emulator_said() of them.
+/// - A run of a unit (state.invocation set): from the journal (journald files them late), as
+///   soon as there are any, or none after `wait`, or at once if the journal cannot be read.
+/// - A standalone run: from the relay's copy at `relay_copy` (the relay reads the emulator's
+///   pipe on its own schedule), once the copy ends with the relay's end line, or as it is
+///   after `wait`, or at once if there is no copy.
+/// `done` runs once, on `io`, never within the constructor, and never once the EmulatorSaid is
+/// destroyed.
 class EmulatorSaid final {
  public:
-  EmulatorSaid(boost::asio::io_context& io, VmName vm, VmState state, std::chrono::milliseconds wait, std::function<void(std::string)> done);
+  EmulatorSaid(boost::asio::io_context& io, VmName vm, VmState state, std::string relay_copy, std::chrono::milliseconds wait,
+               std::function<void(std::string)> done);
   ~EmulatorSaid();
   EmulatorSaid(const EmulatorSaid&) = delete;
   EmulatorSaid& operator=(const EmulatorSaid&) = delete;

@@ -40,9 +40,11 @@ constexpr auto kKillGrace = std::chrono::seconds(5);
 constexpr auto kMonitorLossGrace = std::chrono::milliseconds(500);
 constexpr auto kPowerButtonRepeat = std::chrono::seconds(2);
 constexpr auto kWatchRetry = std::chrono::seconds(1);
-// How long the reason of a unit's failed run waits for journald to hold the emulator's last
-// lines; only an emulator that said nothing waits it all.
-constexpr auto kJournalWait = std::chrono::seconds(2);
+// How long the reason of a failed run waits for the emulator's last lines: for journald to hold
+// them (a unit's run), or for the log relay to end its copy (standalone). Only an emulator that
+// said nothing waits it all under systemd; the relay ends its copy as soon as the emulator's
+// pipe is closed.
+constexpr auto kSaidWait = std::chrono::seconds(2);
 
 Result<VmState> read_state(const HostConfig& config, const VmName& vm) {
   return read_vm_state_file(config.vm_runtime_dir(vm) + "/state.json");
@@ -168,9 +170,17 @@ void Supervisor::begin_start(Done done) {
   stop_requested_ = false;
   starting_ = std::move(done);
   start_step_ = "the broker's launch";
+  awaiting_broker_ = true;
   ctx_.broker.call({BrokerOp::kStart, name_, 0}, [this, run = run_](Result<int> pid) {
     if (run != run_) return;
+    awaiting_broker_ = false;
+    std::optional<Result<void>> early = std::exchange(early_unit_word_, std::nullopt);
     if (!pid) return fail_start(pid.error());
+    if (*pid == 0 && early) {
+      // The unit spoke before this answer was read (a loaded host): its word goes on now.
+      if (!*early) return fail_start(early->error());
+      return attach_launched();
+    }
     if (*pid == 0) {
       // systemd launches it (kvm-vm@NAME.service): wait for the unit's word, within the
       // start's deadline; its ExecStartPost calls launched(), a failed helper launch_failed().
@@ -199,14 +209,20 @@ void Supervisor::begin_start(Done done) {
 }
 
 void Supervisor::launched(Done done) {
-  if (starting_ && awaiting_unit_) {
+  if (starting_ && (awaiting_unit_ || awaiting_broker_)) {
     // The start asked through the broker: the unit's caller is answered with it.
-    awaiting_unit_ = false;
     Done requester = std::move(starting_);
     starting_ = [requester = std::move(requester), done = std::move(done)](Result<void> r) {
       done(r);
       requester(std::move(r));
     };
+    // Read before the broker's answer to that start (reliability finding 9): kept until it
+    // comes, which may still be a failure, and nothing is attached before.
+    if (awaiting_broker_) {
+      early_unit_word_ = Result<void>();
+      return;
+    }
+    awaiting_unit_ = false;
     return attach_launched();
   }
   enqueue([this, done = std::move(done)]() mutable {
@@ -232,6 +248,10 @@ void Supervisor::attach_launched() {
 }
 
 void Supervisor::launch_failed(const Error& error) {
+  if (starting_ && awaiting_broker_) {
+    early_unit_word_ = Result<void>(error);  // as in launched(): acted on at the broker's answer
+    return;
+  }
   if (starting_ && awaiting_unit_) {
     awaiting_unit_ = false;
     return fail_start(error);
@@ -258,21 +278,24 @@ void Supervisor::fail_start(const Error& error) {
   // killed through the broker, then cleaned up (idempotent), before the failure is reported.
   Done done = std::exchange(starting_, nullptr);
   end_run();
-  gather_said([this, done = std::move(done), error](std::string said) mutable {
-    failure_ = error.message() + said;
-    log_vm_event(name_.str(), LogLevel::kError, "start failed: " + failure_);
-    teardown([this, done = std::move(done), failed = Error::make(error.code, failure_)](Result<void> cleaned) {
-      if (cleaned) set_status(VmStatus::kFailed, failure_);
-      done(failed);
+  // Killed first: its last lines are complete only once it is gone (the relay's copy ends when
+  // the emulator's output does). Kill answers once it is gone, or that nothing runs.
+  ctx_.broker.call({BrokerOp::kKill, name_, SIGKILL}, [this, done = std::move(done), error](Result<int>) mutable {
+    gather_said([this, done = std::move(done), error](std::string said) mutable {
+      failure_ = error.message() + said;
+      log_vm_event(name_.str(), LogLevel::kError, "start failed: " + failure_);
+      teardown([this, done = std::move(done), failed = Error::make(error.code, failure_)](Result<void> cleaned) {
+        if (cleaned) set_status(VmStatus::kFailed, failure_);
+        done(failed);
+      });
     });
   });
 }
 
 void Supervisor::gather_said(std::function<void(std::string)> next) {
   // Read before the cleanup, which removes the relay's copy with the runtime directory.
-  if (run_state_.invocation.empty())
-    return next(format_emulator_said(relay_output_lines(ctx_.config.vm_runtime_dir(name_) + "/emulator.log")));
-  said_.push_back(std::make_unique<EmulatorSaid>(ctx_.io, name_, run_state_, kJournalWait, std::move(next)));
+  said_.push_back(std::make_unique<EmulatorSaid>(ctx_.io, name_, run_state_, ctx_.config.vm_runtime_dir(name_) + "/emulator.log",
+                                                 kSaidWait, std::move(next)));
 }
 
 void Supervisor::teardown(std::function<void(Result<void>)> done) {
@@ -310,6 +333,8 @@ void Supervisor::schedule_converge() {
 void Supervisor::end_run() {
   ++run_;
   awaiting_unit_ = false;
+  awaiting_broker_ = false;
+  early_unit_word_.reset();
   watch_failed_ = false;
   if (qmp_) {
     qmp_->on_event = nullptr;

@@ -18,8 +18,8 @@
 //   (awaiting_unit_, with the start's deadline) for the unit to say Launched (its ExecStartPost)
 //   or LaunchFailed (the helper). A Launched nobody waits for is a `systemctl start`: a start
 //   op of its own. Either way the unit is active only once the start answered (architecture.md).
-//   Open gap: a Launched read before the broker's answer to the same start (a loaded host
-//   can order them so) is queued behind that start, which then fails at its deadline.
+//   A Launched or LaunchFailed read before the broker's answer to the same start (a loaded
+//   host can order them so) is kept (early_unit_word_) and acted on when that answer comes.
 //   restart (op): stop, then start, as one operation: nothing queued runs between the two.
 //   kill: running or stopping: a signal through the broker, its exit then expected (recorded
 //     as a StopIntent, so that a daemon restarted before the exit reads it `stopped` too);
@@ -147,10 +147,11 @@ class Supervisor final {
   void kill(int signal, Done done);
   /// The VM's systemd unit exec'd its emulator (paused before `cont`): the start waiting for
   /// the unit goes on with it, or, if none waits (`systemctl start` issued directly), a start
-  /// begins with it. `done` once the guest runs or the start failed.
+  /// begins with it. `done` once the guest runs or the start failed. A start still waiting for
+  /// the broker's answer (which queued the unit) goes on with it once that answer comes.
   void launched(Done done);
   /// The VM's systemd unit reports its launch failed: the start waiting for it fails with
-  /// `error`; with none waiting, the VM reads failed with it.
+  /// `error` (once the broker has answered it); with none waiting, the VM reads failed with it.
   void launch_failed(const Error& error);
   /// Takes over a VM found running at daemon start; a dead one is cleaned up.
   void adopt(const VmState& state);
@@ -265,12 +266,15 @@ class Supervisor final {
   bool guest_shutdown_ = false;
   bool watch_failed_ = false;  ///< an adopted VM whose pidfd could not be opened (retrying)
   bool awaiting_unit_ = false;  ///< the start in progress waits for its systemd unit's launch
+  bool awaiting_broker_ = false;  ///< the start in progress waits for the broker's answer
+  /// The unit's Launched (success) or LaunchFailed (its error), read while awaiting_broker_.
+  std::optional<Result<void>> early_unit_word_;
   bool adopting_ = false;      ///< an adoption holds the queue until the monitor's verdict
   bool unconverged_ = false;   ///< a teardown is unfinished (footnote [3])
   std::string failure_;        ///< why the VM failed, for the reasons of later retries
   std::optional<StopIntent> resumed_stop_;  ///< found at adoption, carried on once the monitor answers
   VmState run_state_;  ///< the current (or last) run's state, as attached; empty before that
-  std::vector<std::unique_ptr<EmulatorSaid>> said_;  ///< journal reads of the last run's lines
+  std::vector<std::unique_ptr<EmulatorSaid>> said_;  ///< gatherings of the last run's lines
 };
 
 }  // namespace vl

@@ -17,6 +17,7 @@
 #include <string_view>
 #include <span>
 
+#include "common/emulator_tail.h"
 #include "common/sys.h"
 #include "helper/launch.h"
 #include "helper/log.h"
@@ -66,6 +67,8 @@ class Relay final {
       }
     }
     if (!truncated_) finish();
+    // Last, and only in the copy: the daemon quotes the copy once this is there.
+    if (tail_) (void)sys::write_all(kTailFd, kEmulatorTailEnd);
   }
 
  private:

@@ -10,7 +10,9 @@
 // (then one marker line, and the rest is read and discarded so the emulator never blocks).
 //
 // It appends the same lines to RUNTIME/vms/NAME/emulator.log (root:daemon group 0640), the
-// copy from which the daemon quotes qemu's last lines when the VM fails.
+// copy from which the daemon quotes qemu's last lines when the VM fails, and at EOF ends the
+// copy with kEmulatorTailEnd (common/emulator_tail.h): the emulator's exit does not say that
+// the relay has copied its last lines yet, this line does.
 //
 // The relay holds nothing but the pipe, the log and that copy; it is not the emulator's child (a double
 // fork reparents it); it ends at EOF, once every writer (the emulator and whatever inherited

@@ -8,11 +8,15 @@
 #include <csignal>
 #include <cctype>
 #include <cerrno>
+#include <cstddef>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <sstream>
 #include <vector>
 
 #include "common/config.h"
+#include "common/control_protocol.h"
 #include "common/unique_fd.h"
 #include "common/vm_name.h"
 
@@ -90,6 +94,28 @@ std::string ssh_bus_address(const RemoteTarget& target, const std::string& ssh_p
   return address;
 }
 
+namespace {
+
+// Under sshd, names the SSH client this relays in the name of its end of the connection
+// (common/control_protocol.h), so that the daemon logs every call with it. Only a note: the
+// daemon decides from the login's uid, as for any local caller. Without SSH_CONNECTION, or if
+// the name cannot be bound, the connection is an ordinary local one.
+void name_ssh_relay(int sock) {
+  const char* connection = std::getenv("SSH_CONNECTION");  // "CLIENT PORT SERVER PORT"
+  if (!connection) return;
+  std::istringstream words(connection);
+  std::string address, port;
+  if (!(words >> address >> port)) return;
+  std::string name = std::string(kSshRelayName) + std::to_string(::getpid()) + " " + address + " " + port;
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  if (name.size() + 1 > sizeof sa.sun_path) return;
+  name.copy(sa.sun_path + 1, name.size());  // sun_path[0] stays NUL: an abstract name
+  (void)::bind(sock, reinterpret_cast<sockaddr*>(&sa), static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size()));
+}
+
+}  // namespace
+
 // Two directions, each ended on its own: EOF on stdin shuts down the socket's sending side
 // (the daemon then ends the session), EOF from the socket ends the copy to stdout. A poll loop
 // on three descriptors: small enough to read at once, and without threads.
@@ -104,6 +130,7 @@ int dial_stdio(const std::string& socket_path) {
   socket_path.copy(sa.sun_path, sizeof sa.sun_path - 1);
   // A vanished ssh on the other end of stdout is an ordinary end, not a signal to die of.
   ::signal(SIGPIPE, SIG_IGN);
+  name_ssh_relay(sock.get());
   if (::connect(sock.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
     std::fprintf(stderr, "vmctl: dial-stdio: connect to %s: %s\n", socket_path.c_str(), std::strerror(errno));
     return 1;

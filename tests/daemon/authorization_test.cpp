@@ -152,4 +152,43 @@ TEST_SUITE("daemon/authorization") {
     CHECK(vl::is_audited(remote_reader, "List"));
     CHECK(vl::is_audited(remote_reader, "Status"));
   }
+
+  TEST_CASE("a local peer relaying an SSH session is audited on every call, with the role of its uid") {
+    vl::Identity relayed = vl::local_identity(1000, {200}, kRoles);
+    relayed.from = vl::ssh_relay_claim("vmlaunch-ssh-relay 4321 192.0.2.7 40112");
+    CHECK(relayed.from == "ssh client 192.0.2.7 port 40112");
+    CHECK(vl::is_audited(relayed, "List"));
+    CHECK(vl::is_audited(relayed, "Status"));
+    CHECK_FALSE(vl::is_audited(relayed, "ChannelWrite"));  // a channel's bytes never are
+    // The claim changes nothing it may call.
+    CHECK(relayed.role == vl::Role::kReadOnly);
+    CHECK(vl::permit(relayed, "List").ok());
+    CHECK_FALSE(vl::permit(relayed, "Start").ok());
+  }
+
+  TEST_CASE("the SSH client a relay's socket name claims: an IP address and a port, or unreadable, or no claim") {
+    struct Row {
+      const char* name;
+      const char* claim;
+    };
+    const Row rows[] = {
+        {"vmlaunch-ssh-relay 4321 192.0.2.7 40112", "ssh client 192.0.2.7 port 40112"},
+        {"vmlaunch-ssh-relay 1 2001:db8::7 22", "ssh client 2001:db8::7 port 22"},
+        {"vmlaunch-ssh-relay 1 ::1 65535", "ssh client ::1 port 65535"},
+        {"vmlaunch-ssh-relay 1 192.0.2.7 65536", "ssh client (unreadable address)"},
+        {"vmlaunch-ssh-relay 1 192.0.2.7", "ssh client (unreadable address)"},
+        {"vmlaunch-ssh-relay 1 192.0.2.7 22 extra", "ssh client (unreadable address)"},
+        {"vmlaunch-ssh-relay 1 host.example 22", "ssh client (unreadable address)"},
+        {"vmlaunch-ssh-relay 1 192.0.2.7\n[forged] 22", "ssh client (unreadable address)"},
+        {"vmlaunch-ssh-relay x 192.0.2.7 22", "ssh client (unreadable address)"},
+        {"vmlaunch-ssh-relay ", "ssh client (unreadable address)"},
+        {"vmlaunch-ssh-relay", ""},
+        {"", ""},
+        {"some-other-name", ""},
+    };
+    for (const Row& r : rows) {
+      CAPTURE(r.name);
+      CHECK(vl::ssh_relay_claim(r.name) == r.claim);
+    }
+  }
 }

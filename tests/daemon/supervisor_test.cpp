@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "common/broker_protocol.h"
+#include "common/emulator_tail.h"
 #include "common/sys.h"
 #include "common/vm_state.h"
 #include "tests/support/temp_dir.h"
@@ -292,6 +293,33 @@ bool run_until(asio::io_context& io, Pred done, std::chrono::milliseconds limit 
   return done();
 }
 
+// A VM adopted running, under a broker that grants everything and a monitor that says it runs.
+struct RunningVm : AdoptableVm {
+  asio::io_context io;
+  ScriptedBroker broker{config.helper_socket(), [](const vl::BrokerRequest&) { return ok_reply(); }};
+  FakeMonitor monitor{config.vm_runtime_dir(vm) + "/qmp.sock", [](const std::string& command) {
+                        if (command == "query-status") return std::optional<Json>(Json{{"status", "running"}, {"running", true}});
+                        return std::optional<Json>(Json::object());
+                      }};
+  vl::BrokerClient client{io, config.helper_socket()};
+  vl::SupervisorContext ctx{io, config, client, [](const vl::VmName&) { return std::string(); }, nullptr};
+  vl::Supervisor supervisor{ctx, vm};
+
+  RunningVm() {
+    supervisor.adopt(state);
+    REQUIRE(run_until(io, [&] { return supervisor.info().status == vl::VmStatus::kRunning; }));
+  }
+};
+
+// A broker's answers: a start is held back until `answer` is set (10 s at most), then answered
+// "the unit is queued" (pid 0); anything else is granted at once.
+ScriptedBroker::Answer unit_queued_once(const std::atomic<bool>& answer) {
+  return [&answer](const vl::BrokerRequest& req) {
+    for (int i = 0; req.op == vl::BrokerOp::kStart && !answer && i < 1000; ++i) std::this_thread::sleep_for(10ms);
+    return ok_reply(0);
+  };
+}
+
 }  // namespace
 
 TEST_SUITE("daemon/supervisor") {
@@ -520,9 +548,8 @@ TEST_SUITE("daemon/supervisor") {
       std::optional<vl::Result<void>> started, launched;
       supervisor.start([&](vl::Result<void> r) { started = std::move(r); });
       REQUIRE(run_until(io, [&] { return broker.received(vl::BrokerOp::kStart); }));
-      // As the unit's Launched comes after the broker's answer (pid 0, the unit is queued):
-      // the loop reads that answer first. A Launched before it is an open gap (supervisor.h).
-      CHECK_FALSE(run_until(io, [&] { return started.has_value(); }, 1000ms));
+      // The unit's Launched, whether the loop has read the broker's answer (pid 0: the unit is
+      // queued) yet or not.
       supervisor.launched([&](vl::Result<void> r) { launched = std::move(r); });
       REQUIRE(run_until(io, [&] { return started.has_value() && launched.has_value(); }));
       CHECK_MESSAGE(started->ok(), started->error().message());
@@ -553,6 +580,68 @@ TEST_SUITE("daemon/supervisor") {
       REQUIRE(run_until(io, [&] { return broker.received(vl::BrokerOp::kStart); }));
       supervisor.launch_failed(vl::Error::make(vl::ErrorCode::kNotFound, "zone bridge 'br-lan' does not exist"));
       REQUIRE(run_until(io, [&] { return started.has_value(); }));
+      REQUIRE_FALSE(started->ok());
+      CHECK_MESSAGE(started->error().message().find("br-lan") != std::string::npos, started->error().message());
+      CHECK(supervisor.info().status == vl::VmStatus::kFailed);
+      CHECK(supervisor.info().reason.find("br-lan") != std::string::npos);
+    }
+  }
+
+  TEST_CASE("under systemd a Launched read before the broker's answer is kept until that answer, and the start goes on") {
+    // A loaded host can order them so: the unit's ExecStartPost speaks before the loop reads
+    // the broker's answer to the StartUnit that queued it (reliability finding 9).
+    AdoptableVm fixture;
+    auto& [emulator, dir, config, vm, state] = fixture;
+    asio::io_context io;
+    {
+      std::atomic<bool> answer{false};
+      ScriptedBroker broker(config.helper_socket(), unit_queued_once(answer));
+      std::atomic<bool> resumed{false};
+      FakeMonitor monitor(config.vm_runtime_dir(vm) + "/qmp.sock", [&](const std::string& command) {
+        if (command == "cont") resumed = true;
+        return std::optional<Json>(Json::object());
+      });
+      vl::BrokerClient client(io, config.helper_socket());
+      vl::SupervisorContext ctx{io, config, client, [](const vl::VmName&) { return std::string(); }, nullptr};
+      ctx.start_deadline = 3s;
+      vl::Supervisor supervisor(ctx, vm);
+
+      std::optional<vl::Result<void>> started, launched;
+      supervisor.start([&](vl::Result<void> r) { started = std::move(r); });
+      REQUIRE(run_until(io, [&] { return broker.received(vl::BrokerOp::kStart); }));
+      supervisor.launched([&](vl::Result<void> r) { launched = std::move(r); });
+      // Nothing is resumed before the broker has answered: its answer may still be a failure.
+      CHECK_FALSE(run_until(io, [&] { return started.has_value() || launched.has_value(); }, 200ms));
+      CHECK_FALSE(resumed);
+      answer = true;
+      REQUIRE(run_until(io, [&] { return started.has_value() && launched.has_value(); }, 10000ms));
+      CHECK_MESSAGE(started->ok(), started->error().message());
+      CHECK_MESSAGE(launched->ok(), launched->error().message());
+      CHECK(resumed);
+      CHECK(supervisor.info().status == vl::VmStatus::kRunning);
+      CHECK(supervisor.info().pid == emulator);
+    }
+  }
+
+  TEST_CASE("under systemd a LaunchFailed read before the broker's answer fails the start with the launch's error at that answer") {
+    AdoptableVm fixture;
+    auto& [emulator, dir, config, vm, state] = fixture;
+    asio::io_context io;
+    {
+      std::atomic<bool> answer{false};
+      ScriptedBroker broker(config.helper_socket(), unit_queued_once(answer));
+      vl::BrokerClient client(io, config.helper_socket());
+      vl::SupervisorContext ctx{io, config, client, [](const vl::VmName&) { return std::string(); }, nullptr};
+      ctx.start_deadline = 3s;
+      vl::Supervisor supervisor(ctx, vm);
+
+      std::optional<vl::Result<void>> started;
+      supervisor.start([&](vl::Result<void> r) { started = std::move(r); });
+      REQUIRE(run_until(io, [&] { return broker.received(vl::BrokerOp::kStart); }));
+      supervisor.launch_failed(vl::Error::make(vl::ErrorCode::kNotFound, "zone bridge 'br-lan' does not exist"));
+      CHECK_FALSE(run_until(io, [&] { return started.has_value(); }, 200ms));
+      answer = true;
+      REQUIRE(run_until(io, [&] { return started.has_value(); }, 10000ms));
       REQUIRE_FALSE(started->ok());
       CHECK_MESSAGE(started->error().message().find("br-lan") != std::string::npos, started->error().message());
       CHECK(supervisor.info().status == vl::VmStatus::kFailed);
@@ -975,33 +1064,36 @@ TEST_SUITE("daemon/supervisor") {
     }
   }
 
-  TEST_CASE("a crash quotes qemu's last two lines of output, bounded") {
-    AdoptableVm fixture;
-    auto& [emulator, dir, config, vm, state] = fixture;
-    asio::io_context io;
-    {
-      ScriptedBroker broker(config.helper_socket(), [](const vl::BrokerRequest&) { return ok_reply(); });
-      FakeMonitor monitor(config.vm_runtime_dir(vm) + "/qmp.sock", [](const std::string& command) {
-        if (command == "query-status") return std::optional<Json>(Json{{"status", "running"}, {"running", true}});
-        return std::optional<Json>(Json::object());
-      });
-      vl::BrokerClient client(io, config.helper_socket());
-      vl::SupervisorContext ctx{io, config, client, [](const vl::VmName&) { return std::string(); }, nullptr};
-      vl::Supervisor supervisor(ctx, vm);
-      supervisor.adopt(state);
-      REQUIRE(run_until(io, [&] { return supervisor.info().status == vl::VmStatus::kRunning; }));
+  TEST_CASE("a crash quotes the lines the relay copies after the exit: the reason waits for the relay's end") {
+    // The relay reads the emulator's pipe on its own schedule: on a loaded host the emulator's
+    // last lines (the ones that say why) can reach the copy after its exit is seen.
+    RunningVm f;
+    std::string copy = f.config.vm_runtime_dir(f.vm) + "/emulator.log";
+    REQUIRE(vl::sys::write_file_atomic(copy, "qemu: early notice\n", 0640));
+    ::kill(f.emulator, SIGKILL);
+    // The exit is seen; the relay has not caught up yet.
+    CHECK_FALSE(run_until(f.io, [&] { return f.supervisor.info().status == vl::VmStatus::kFailed; }, 300ms));
+    vl::UniqueFd out(::open(copy.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC));
+    REQUIRE(out);
+    REQUIRE(vl::sys::write_all(out.get(), "qemu: last words\n"));
+    REQUIRE(vl::sys::write_all(out.get(), vl::kEmulatorTailEnd));
+    REQUIRE(run_until(f.io, [&] { return f.supervisor.info().status == vl::VmStatus::kFailed; }));
+    CHECK(f.supervisor.info().reason == "emulator exited unexpectedly; qemu said: early notice | last words");
+  }
 
-      // The relay's copy of the emulator's output, as the helper leaves it (a long first part).
-      std::string early(8000, 'x');
-      REQUIRE(vl::sys::write_file_atomic(config.vm_runtime_dir(vm) + "/emulator.log",
-                                         "qemu: " + early + "\nqemu: one\nqemu: qemu-system-x86_64: " + std::string(500, 'y') +
-                                             "\nqemu: char device redirected to /dev/pts/3 (label charserial0)\nqemu: last words\n",
-                                         0640));
-      ::kill(emulator, SIGKILL);
-      REQUIRE(run_until(io, [&] { return supervisor.info().status == vl::VmStatus::kFailed; }));
-      CHECK(supervisor.info().reason ==
-            "emulator exited unexpectedly; qemu said: qemu-system-x86_64: " + std::string(300 - 20, 'y') + " | last words");
-    }
+  TEST_CASE("a crash quotes qemu's last two lines of output, bounded") {
+    RunningVm f;
+    // The relay's copy of the emulator's output, as the helper leaves it (a long first part).
+    std::string early(8000, 'x');
+    REQUIRE(vl::sys::write_file_atomic(f.config.vm_runtime_dir(f.vm) + "/emulator.log",
+                                       "qemu: " + early + "\nqemu: one\nqemu: qemu-system-x86_64: " + std::string(500, 'y') +
+                                           "\nqemu: char device redirected to /dev/pts/3 (label charserial0)\nqemu: last words\n" +
+                                           std::string(vl::kEmulatorTailEnd),
+                                       0640));
+    ::kill(f.emulator, SIGKILL);
+    REQUIRE(run_until(f.io, [&] { return f.supervisor.info().status == vl::VmStatus::kFailed; }));
+    CHECK(f.supervisor.info().reason ==
+          "emulator exited unexpectedly; qemu said: qemu-system-x86_64: " + std::string(300 - 20, 'y') + " | last words");
   }
 }
 

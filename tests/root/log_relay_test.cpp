@@ -11,10 +11,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <set>
 
+#include "common/emulator_tail.h"
 #include "helper/uid_map.h"
 #include "tests/support/helper_env.h"
 
@@ -175,6 +177,14 @@ TEST_SUITE("root/log_relay") {
     CHECK(text.find('\x1b') == std::string::npos);
     CHECK(text.find('\r') == std::string::npos);
     CHECK(text.find("qemu: no newline yet\n") != std::string::npos);
+    // The daemon's copy ends with the relay's end line, after the emulator's last: the daemon
+    // quotes it only once that is there. The log has no such line.
+    std::string copy = vl::sys::read_file(env.config().vm_runtime_dir(vl::VmName::parse("web1").value()) + "/emulator.log",
+                                          1 << 20).value();
+    std::string last = "qemu: no newline yet\n" + std::string(vl::kEmulatorTailEnd);
+    CHECK_MESSAGE(copy.size() >= last.size(), copy);
+    CHECK_MESSAGE(copy.compare(copy.size() - std::min(copy.size(), last.size()), std::string::npos, last) == 0, copy);
+    CHECK(text.find(vl::kEmulatorTailEnd) == std::string::npos);
     for (size_t at = 0, end; at < text.size(); at = end + 1) {
       end = text.find('\n', at);
       REQUIRE(end != std::string::npos);  // only whole lines

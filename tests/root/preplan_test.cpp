@@ -3,10 +3,16 @@
 // Observed through the plan cache and the conversion count `status` reports; no timings.
 #include <doctest/doctest.h>
 
+#include <signal.h>
+
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <thread>
+#include <vector>
 
 #include "tests/support/system_env.h"
 
@@ -66,9 +72,65 @@ Json list_row(SystemEnv& env, const std::string& vm) {
   return {};
 }
 
+// The processes whose command line has all of `words` (NUL-separated arguments joined with
+// spaces), by pid.
+std::vector<pid_t> processes_with(const std::vector<std::string>& words) {
+  std::vector<pid_t> found;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
+    std::string name = e.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream in(e.path() / "cmdline", std::ios::binary);
+    std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+    bool all = !cmdline.empty();
+    for (const std::string& w : words) all = all && cmdline.find(w) != std::string::npos;
+    if (all) found.push_back(static_cast<pid_t>(std::stol(name)));
+  }
+  return found;
+}
+
+// libvirt's QEMU capabilities probe of this environment's conversion roots (`-machine none`,
+// its monitor socket under the root), whichever stage of its -daemonize it is in.
+std::vector<pid_t> capability_probes(SystemEnv& env) { return processes_with({"-machine none", env.root() + "/"}); }
+
+// A daemon whose pre-plan is in libvirt's capabilities probe stops (`kill_daemon`: how), and
+// no probe may be left: an orphaned one waits for its monitor's client forever.
+void probe_dies_with_daemon(SystemEnv& env, const std::function<void()>& kill_daemon) {
+  env.stop_daemon();
+  env.define({.name = "web1", .mac = mac_of(1)});  // a fresh cache: the probe runs at the daemon's start
+  env.start_daemon();
+  std::vector<pid_t> probes;
+  auto seen_by = std::chrono::steady_clock::now() + std::chrono::minutes(2);
+  while ((probes = capability_probes(env)).empty() && std::chrono::steady_clock::now() < seen_by)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  REQUIRE_MESSAGE(!probes.empty(), "no capabilities probe seen\n" << env.log());
+  // Stopped, the probe stands for one the daemon's end catches mid-way, however fast it is.
+  for (pid_t p : probes) ::kill(p, SIGSTOP);
+  kill_daemon();
+  auto gone_by = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (!(probes = capability_probes(env)).empty() && std::chrono::steady_clock::now() < gone_by)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  CHECK_MESSAGE(probes.empty(), probes.size() << " capabilities probe(s) outlived the daemon, the first pid " << probes.front());
+  for (pid_t p : probes) ::kill(p, SIGKILL);  // not left to the next test
+  // The next daemon plans: nothing of the interrupted conversion holds its root.
+  env.start_daemon();
+  CHECK(wait_until_ready(env, "web1")["plan"] == "ready");
+}
+
 }  // namespace
 
 TEST_SUITE("root/preplan") {
+  TEST_CASE("a daemon stopped during a pre-plan's capabilities probe leaves no probe emulator behind") {
+    SystemEnv env;
+    probe_dies_with_daemon(env, [&] { env.stop_daemon(); });
+  }
+
+  TEST_CASE("a daemon killed during a pre-plan's capabilities probe leaves no probe emulator behind") {
+    SystemEnv env;
+    probe_dies_with_daemon(env, [&] { env.kill_daemon(); });
+  }
+
   TEST_CASE("a VM defined before the daemon starts is planned ahead: its first start runs no conversion") {
     SystemEnv env;
     env.stop_daemon();

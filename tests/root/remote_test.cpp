@@ -315,6 +315,27 @@ bool closed_by_daemon(int fd, int limit_ms) {
   return ::recv(fd, &c, 1, 0) <= 0;
 }
 
+// True if one line of `log` has every one of `parts`, in order.
+bool log_has_line(const std::string& log, const std::vector<std::string>& parts) {
+  for (size_t at = 0; at < log.size();) {
+    size_t end = log.find('\n', at);
+    std::string line = log.substr(at, end == std::string::npos ? std::string::npos : end - at);
+    at = end == std::string::npos ? log.size() : end + 1;
+    size_t pos = 0;
+    bool all = true;
+    for (const std::string& p : parts) {
+      pos = line.find(p, pos);
+      if (pos == std::string::npos) {
+        all = false;
+        break;
+      }
+      pos += p.size();
+    }
+    if (all) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 TEST_SUITE("root/remote") {
@@ -369,8 +390,12 @@ TEST_SUITE("root/remote") {
     auto stop = sshd.vmctl("vladmin", {"stop", "--force", "web1"});
     CHECK_MESSAGE(stop.exit_code == 0, stop.out);
     CHECK(state_of(env, "web1") == "stopped");
-    // The far daemon saw the ssh login's uid and groups.
-    CHECK(env.log().find("uid 4243 [local, admin]: Start 'web1': allowed") != std::string::npos);
+    // The far daemon saw the ssh login's uid and groups, and logged every call, reads too,
+    // with the SSH client dial-stdio relays.
+    CHECK_MESSAGE(log_has_line(env.log(), {"uid 4243", " [local from ssh client 127.0.0.1 port ", ", admin]: Start 'web1': allowed"}),
+                  env.log());
+    CHECK(log_has_line(env.log(), {"uid 4243", " [local from ssh client 127.0.0.1 port ", ", admin]: List: allowed"}));
+    CHECK(log_has_line(env.log(), {"uid 4243", " [local from ssh client 127.0.0.1 port ", ", admin]: Status 'web1': allowed"}));
 
     auto stranger = sshd.vmctl("vlstranger", {"start", "web1"});
     CHECK(stranger.exit_code == 1);
@@ -381,6 +406,7 @@ TEST_SUITE("root/remote") {
 
     auto reader = sshd.vmctl("vlreader", {"list"});
     CHECK_MESSAGE(reader.exit_code == 0, reader.out);
+    CHECK(log_has_line(env.log(), {"uid 4244", " [local from ssh client 127.0.0.1 port ", ", read-only]: List: allowed"}));
     auto reader_stop = sshd.vmctl("vlreader", {"kill", "web1"});
     CHECK(reader_stop.exit_code == 1);
     CHECK(reader_stop.out.find("is read-only and may not call Kill") != std::string::npos);
