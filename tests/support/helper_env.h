@@ -270,9 +270,10 @@ class HelperEnv {
     for (const auto& e : std::filesystem::recursive_directory_iterator(root_)) {
       std::string p = e.path().string();
       // uid assignments, their userdb names, the helpers' lock files and the serial logs (a
-      // record of each run, kept after the VM) are permanent by design.
+      // record of each run, kept after the VM) are permanent by design; the daemon's plan cache
+      // is its own, filled in the background whenever it plans ahead.
       if (p.find("/state/uids") != std::string::npos || p.find("/userdb") != std::string::npos ||
-          p.rfind(root_ + "/log", 0) == 0 ||
+          p.rfind(root_ + "/log", 0) == 0 || p.rfind(root_ + "/cache/", 0) == 0 ||
           p.ends_with("/state/helper.lock") || p.find("/state/locks") != std::string::npos ||
           p.ends_with("helper.log") || p.ends_with(".plan.json"))
         continue;
