@@ -249,6 +249,16 @@ TEST_CASE("under systemd, vmctl and systemctl tell one truth from boot to powero
       }
   }
 
+  // `vmctl vnc` works under the unit's IP sandbox: the daemon reaches the VM's VNC server on
+  // loopback and a viewer gets its RFB banner.
+  {
+    auto banner = c.run(
+        "bash -c 'vmctl vnc vm0 --listen 127.0.0.1:15900 >/dev/null 2>&1 & p=$!; "
+        "for i in $(seq 100); do exec 3<>/dev/tcp/127.0.0.1/15900 2>/dev/null && break; sleep 0.2; done; "
+        "timeout 20 head -c 12 <&3; kill $p'");
+    CHECK_MESSAGE(banner.out.find("RFB 003.008") != std::string::npos, banner.out);
+  }
+
   // vmlaunchd is Type=notify and reports its VMs; machined knows every VM, class vm.
   {
     auto status = c.run("systemctl show -p StatusText --value vmlaunchd.service");
