@@ -230,7 +230,7 @@ std::string start_hint(const std::string& config) {
   if (systemd && config == VMLAUNCH_DEFAULT_CONFIG) return "start it with 'systemctl start vmlaunchd'";
   std::string hint = "start it as the daemon user with 'vmlaunchd";
   if (config != VMLAUNCH_DEFAULT_CONFIG) hint += " --config " + config;
-  return hint + "'";
+  return hint + " run'";
 }
 
 // The daemon this invocation talks to: a far one (-H, VMCTL_HOST) or the local one.

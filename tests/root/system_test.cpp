@@ -11,10 +11,12 @@
 #include <future>
 #include <thread>
 #include <set>
+#include <sstream>
 #include <net/if.h>
 
 #include "common/control_protocol.h"
 #include "common/vm_state.h"
+#include "tests/support/eventually.h"
 #include "tests/support/system_env.h"
 
 using vl::test::DomainSpec;
@@ -363,14 +365,27 @@ TEST_SUITE("root/system") {
     CHECK(row["reason"] == "");
   }
 
-  TEST_CASE("without a daemon, vmctl says how to start it with the configuration it was given, on one line") {
+  TEST_CASE("without a daemon, vmctl says how to start it with the configuration it was given, on one line, and that command starts it") {
     SystemEnv env;
     env.stop_daemon();
     auto r = env.vmctl({"list"});
     CHECK(r.exit_code == 1);
     CHECK_MESSAGE(r.out == "vmctl: vmlaunchd is not running (no daemon at " + env.config().control_socket() +
-                               "); start it as the daemon user with 'vmlaunchd --config " + env.config_path() + "'\n",
+                               "); start it as the daemon user with 'vmlaunchd --config " + env.config_path() + " run'\n",
                   r.out);
+    // The hint is a command that works: run as the daemon's user, word for word, it serves vmctl.
+    size_t open = r.out.find("with '"), close = r.out.rfind('\'');
+    REQUIRE(open != std::string::npos);
+    std::vector<std::string> argv = {"setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"};
+    std::istringstream words(r.out.substr(open + 6, close - open - 6));
+    for (std::string w; words >> w;) argv.push_back(w == "vmlaunchd" ? vl::test::build_path("VMLAUNCH_DAEMON") : w);
+    ::unlink(env.config().control_socket().c_str());
+    auto daemon = vl::spawn({"/usr/bin/setpriv", argv, {"PATH=/usr/bin:/bin"}, {}});
+    REQUIRE(daemon.ok());
+    bool served = vl::test::eventually([&] { return env.vmctl({"list"}).exit_code == 0; }, std::chrono::seconds(30));
+    ::kill(*daemon, SIGTERM);
+    int status = vl::wait_for(*daemon).value();
+    CHECK_MESSAGE(served, "the hinted command did not start a daemon; it exited " << status);
   }
 
   TEST_CASE("a start that qemu refuses says what qemu said, in the error and in status") {
