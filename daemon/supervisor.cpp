@@ -619,6 +619,8 @@ void Supervisor::stop_by_button(bool force, std::chrono::system_clock::time_poin
   record_intent(StopIntent{force ? StopIntent::kForced : StopIntent::kGraceful, deadline});
   press_button_ = true;
   drive_stop(force, deadline, force ? "forced" : "");
+  // Its exit says how it ended, as a deadline's "forced after N s" does (drive_stop cleared it).
+  if (force) exit_reason_ = "forced at once: the guest was not asked to power off";
 }
 
 // The VM stays `running` while the agent is asked: if it does not answer, nothing was

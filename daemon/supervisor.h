@@ -29,6 +29,7 @@
 //     guest, N s left"); at the deadline `quit`, and the exit reads "forced after N s: ...".
 //     A plain stop first offers it to the guest agent (5 s at most); taken, the stop waits for
 //     the power-off without pressing, and a stop resumed after a restart does the same.
+//   forced stop: `quit` at once (the kill after its grace); the exit reads "forced at once: ...".
 //   forget (the domain XML was removed): only an idle VM (idle()): its last outcome is dropped.
 //   adopt (daemon start): emulator gone: cleanup; stopped. Alive: `starting` (operations wait)
 //     until the monitor says what runs: `running` is running; no answer: running, with the

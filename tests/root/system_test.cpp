@@ -196,11 +196,52 @@ TEST_SUITE("root/system") {
     CHECK_MESSAGE(stubborn.exit_code == 0, stubborn.out);
     CHECK(stubborn_secs >= 2);
     CHECK(stubborn_secs < 10);
-    CHECK(vm_row(env, "stubborn")["state"] == "stopped");
+    // While it waited, vmctl showed how long was left; the end says it was forced, and when.
+    CHECK_MESSAGE(stubborn.out.find("stubborn stopping: waiting for the guest, 2 s left\n") != std::string::npos, stubborn.out);
+    Json row = vm_row(env, "stubborn");
+    CHECK(row["state"] == "stopped");
+    CHECK(row["reason"] == "forced after 2 s: the guest did not power off");
+    CHECK_MESSAGE(env.log().find("vmlaunchd: VM 'stubborn': stopped: forced after 2 s: the guest did not power off") !=
+                      std::string::npos,
+                  env.log());
 
-    // A guest that powers itself off is noticed too.
-    REQUIRE(env.vmctl({"start", "polite"}).exit_code == 0);
-    REQUIRE(env.vmctl({"kill", "polite", "--signal", "KILL"}).exit_code == 0);
+    // --force asks the guest nothing; its reason and the log say so.
+    REQUIRE(env.vmctl({"start", "stubborn"}).exit_code == 0);
+    auto forced = env.vmctl({"stop", "stubborn", "--force"});
+    CHECK_MESSAGE(forced.exit_code == 0, forced.out);
+    row = vm_row(env, "stubborn");
+    CHECK(row["state"] == "stopped");
+    CHECK(row["reason"] == "forced at once: the guest was not asked to power off");
+    CHECK_MESSAGE(env.log().find("vmlaunchd: VM 'stubborn': stopped: forced at once: the guest was not asked to power off") !=
+                      std::string::npos,
+                  env.log());
+  }
+
+  TEST_CASE("a guest that powers itself off reads stopped, 'guest powered off', and the log says so") {
+    SystemEnv env;
+    env.define({.name = "selfoff", .mac = mac_of(3)});
+    // The variant of the test guest that powers off by itself about 2 s after its banner.
+    std::filesystem::copy_file(vl::test::build_path("VMLAUNCH_GUEST_POWEROFF_IMG"), env.root() + "/images/selfoff.img",
+                               std::filesystem::copy_options::overwrite_existing);
+    auto started = env.vmctl({"start", "selfoff"});
+    REQUIRE_MESSAGE(started.exit_code == 0, started.out << env.log());
+    int pid = vm_row(env, "selfoff")["pid"].get<int>();
+    // Real QEMU: the guest's SHUTDOWN (guest: true), the daemon's `quit`, the second SHUTDOWN
+    // (guest: false), the exit. None of it may read as a crash.
+    Json row;
+    bool ended = vl::test::eventually([&] {
+      row = vm_row(env, "selfoff");
+      return row["state"] == "stopped" || row["state"] == "failed";
+    });
+    REQUIRE_MESSAGE(ended, row.dump() << env.log());
+    CHECK(row["state"] == "stopped");
+    CHECK(row["reason"] == "guest powered off");
+    CHECK(row["pid"] == 0);
+    CHECK_FALSE(vl::test::process_alive(pid));
+    CHECK(::if_nametoindex("selfoff-0") == 0);
+    CHECK_MESSAGE(env.log().find("vmlaunchd: VM 'selfoff': stopped: guest powered off") != std::string::npos, env.log());
+    // A stop now finds nothing to do, and a start runs it again.
+    CHECK(env.vmctl({"stop", "selfoff"}).exit_code == 0);
   }
 
   TEST_CASE("VMs survive a daemon killed with SIGKILL and are re-adopted") {
