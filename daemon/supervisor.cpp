@@ -432,9 +432,20 @@ void Supervisor::attach(const VmState& state, bool fresh) {
     if (!ready) {
       Error e = ready.error().wrap("VM '" + name_.str() + "'");
       if (!fresh) return adopted_without_monitor(e.message());  // keep watching the process
-      return fail_start(e);
+      return fail_start_unless_exiting(e);
     }
     after_monitor_ready(fresh);
+  });
+}
+
+// A monitor lost during a start is most often an emulator that refused the start and exited
+// (an unreadable kernel, a bad -device): it closes its monitor a moment before its pidfd says
+// so. That moment is waited for, so that the exit answers the start ("the emulator exited
+// during its start; qemu said: ..."), QEMU's reason rather than the connection's echo of it.
+void Supervisor::fail_start_unless_exiting(const Error& error) {
+  monitor_grace_.expires_after(kMonitorLossGrace);
+  monitor_grace_.async_wait([this, run = run_, error](boost::system::error_code ec) {
+    if (!ec && run == run_) fail_start(error);
   });
 }
 
@@ -442,7 +453,7 @@ void Supervisor::start_command(const std::string& command, Json arguments, std::
   start_step_ = "'" + command + "'";
   qmp_->execute(command, std::move(arguments), [this, run = run_, command, next = std::move(next)](Result<Json> r) {
     if (run != run_) return;
-    if (!r) return fail_start(r.error().wrap("VM '" + name_.str() + "': '" + command + "' failed"));
+    if (!r) return fail_start_unless_exiting(r.error().wrap("VM '" + name_.str() + "': '" + command + "' failed"));
     next(*r);
   });
 }

@@ -205,6 +205,9 @@ class Supervisor final {
   /// Ends the run, kills its emulator, cleans up and fails the start in progress, if one is
   /// still waiting.
   void fail_start(const Error& error);
+  /// fail_start() unless the emulator's exit is seen within kMonitorLossGrace: the exit then
+  /// answers the start, with QEMU's last lines.
+  void fail_start_unless_exiting(const Error& error);
   /// Answers the start in progress, if one is still waiting.
   void complete_start(Result<void> result);
   /// Kills the VM's emulator through the broker (whatever its state file names), then cleans
@@ -256,7 +259,7 @@ class Supervisor final {
   boost::asio::steady_timer stop_timer_;
   boost::asio::steady_timer start_timer_;
   boost::asio::steady_timer converge_timer_;
-  boost::asio::steady_timer monitor_grace_;  ///< a monitor lost mid-stop: the exit's moment
+  boost::asio::steady_timer monitor_grace_;  ///< a monitor lost mid-start or mid-stop: the exit's moment
   std::chrono::steady_clock::time_point deadline_;
   std::vector<Done> stop_waiters_;
   std::optional<Error> stop_error_;  ///< a monitor failure during the stop in progress

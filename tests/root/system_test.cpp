@@ -446,6 +446,10 @@ TEST_SUITE("root/system") {
     const std::string said = "qemu said: qemu: ";
     CHECK_MESSAGE(started.out.find(said) != std::string::npos, started.out);
     CHECK(started.out.find("kernel") != std::string::npos);
+    // What happened, in the operator's words: the monitor's lost connection is only its echo.
+    CHECK_MESSAGE(started.out.find("VM 'kern1': the emulator exited during its start; " + said) != std::string::npos,
+                  started.out);
+    CHECK_MESSAGE(started.out.find("monitor") == std::string::npos, started.out);
     Json row = vm_row(env, "kern1");
     CHECK(row["state"] == "failed");
     CHECK_MESSAGE(row["reason"].get<std::string>().find(said) != std::string::npos, row.dump());
