@@ -4,7 +4,9 @@
 
 #include <poll.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 
 #include "common/vm_state.h"
@@ -134,11 +136,28 @@ class SystemEnv : public HelperEnv {
     return log_.get();
   }
 
-  // Polls for a socket to appear (a test harness may wait; the product never polls).
+  // Polls until the socket accepts connections (a test harness may wait; the product never
+  // polls): its file appears at bind(), before the listener is ready. Generous, as a daemon's
+  // start plans ahead, slow on a loaded machine.
   static void wait_for_socket(const std::string& path) {
-    for (int i = 0; i < 2000 && !std::filesystem::exists(path); ++i)
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (!accepts_connections(path) && std::chrono::steady_clock::now() < deadline)
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    REQUIRE_MESSAGE(std::filesystem::exists(path), path << " never appeared");
+    REQUIRE_MESSAGE(accepts_connections(path), path << " never accepted a connection");
+  }
+
+  // The daemon's socket is a stream, the broker's a seqpacket one.
+  static bool accepts_connections(const std::string& path) {
+    for (int type : {SOCK_STREAM, SOCK_SEQPACKET}) {
+      UniqueFd fd(::socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
+      sockaddr_un addr{};
+      addr.sun_family = AF_UNIX;
+      if (!fd || path.size() >= sizeof addr.sun_path) return false;
+      std::memcpy(addr.sun_path, path.c_str(), path.size());
+      if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) return true;
+      if (errno != EPROTOTYPE) return false;
+    }
+    return false;
   }
 
   std::string daemon_groups_;
