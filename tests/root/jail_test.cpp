@@ -137,4 +137,15 @@ TEST_SUITE("root/jail") {
     env.kill_vm(vm.pid);
     CHECK(WEXITSTATUS(env.helper({"cleanup", "web1"}).status) == 0);
   }
+
+  TEST_CASE("a file the jail would have to mount inside another of its directories is refused, naming both, and nothing changes") {
+    HelperEnv env;
+    // A read-only image inside the runtime directory, which the jail mounts whole: its mount
+    // point would be made in the host's directory.
+    std::string inside = env.root() + "/run/vms/web1/install.iso";
+    env.define({.name = "web1",
+                .devices = "    <disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='" + inside +
+                           "'/><target dev='hdc' bus='ide'/><readonly/></disk>\n"});
+    vl::test::check_launch_refused(env, "web1", "jail: '" + inside + "' lies inside '" + env.root() + "/run/vms/web1'");
+  }
 }
