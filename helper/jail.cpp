@@ -276,7 +276,7 @@ int landlock_abi() {
 }
 
 Result<JailSpec> jail_spec(const HostConfig& config, const Domain& domain, const std::vector<DiskClaim>& claims) {
-  JailSpec spec{domain.name.str(), config.state_dir, {}};
+  JailSpec spec{config.state_dir, {}};
   using K = JailPath::Kind;
   // The emulator's tree: its binary, libraries, modules, firmware and keymaps all live in
   // /usr on a merged-/usr system, reached through the top-level links too.
@@ -304,8 +304,12 @@ Result<JailSpec> jail_spec(const HostConfig& config, const Domain& domain, const
   for (const Disk& disk : domain.disks) {
     if (disk.source.empty()) continue;
     JailPath p{disk.source, disk.kind == Disk::Kind::kBlock ? K::kDevice : K::kFile, !disk.read_only};
-    for (const DiskClaim& c : claims)
-      if (c.path == disk.source) p.dev = c.st.st_dev, p.ino = c.st.st_ino, p.check_inode = true;
+    for (const DiskClaim& c : claims) {
+      if (c.path != disk.source) continue;
+      p.dev = c.st.st_dev;
+      p.ino = c.st.st_ino;
+      p.check_inode = true;
+    }
     spec.paths.push_back(p);
     for (const BackingLayer& layer : disk.backing) spec.paths.push_back({layer.source, layer.block ? K::kDevice : K::kFile});
   }
@@ -328,7 +332,7 @@ Result<JailSpec> jail_spec(const HostConfig& config, const Domain& domain, const
     if (in_tree) continue;
     auto same = std::find_if(kept.begin(), kept.end(), [&](const JailPath& k) { return k.path == p.path; });
     if (same != kept.end()) {
-      if (same->kind != p.kind) return Error::invalid("jail: " + q(p.path) + " is used both as a " + "disk and as another kind of file");
+      if (same->kind != p.kind) return Error::invalid("jail: " + q(p.path) + " is named both as a block device and as a file");
       same->writable = same->writable || p.writable;
       continue;
     }

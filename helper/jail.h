@@ -53,7 +53,6 @@ struct JailPath {
 
 /// Everything the jail of one VM holds, and where it is built.
 struct JailSpec {
-  std::string vm;       ///< for messages
   std::string staging;  ///< a root-only directory the new root is mounted on while it is built
   std::vector<JailPath> paths;
 };
