@@ -270,9 +270,14 @@ Result<UniqueFd> make_ruleset(const JailSpec& spec, int abi) {
 
 }  // namespace
 
-int landlock_abi() {
+Result<int> landlock_abi() {
   long abi = ::syscall(SYS_landlock_create_ruleset, nullptr, 0, LANDLOCK_CREATE_RULESET_VERSION);
-  return abi < 0 ? 0 : static_cast<int>(abi);
+  if (abi >= 0) return static_cast<int>(abi);
+  // Not built in, or not enabled at boot. Anything else (EPERM from a seccomp filter around
+  // the helper) must not quietly launch the emulator without its rules.
+  if (errno == ENOSYS || errno == EOPNOTSUPP) return 0;
+  return Error::from_errno("ask the kernel for its Landlock ABI (a seccomp filter around the helper must allow "
+                           "landlock_create_ruleset, landlock_add_rule and landlock_restrict_self)");
 }
 
 Result<JailSpec> jail_spec(const HostConfig& config, const Domain& domain, const std::vector<DiskClaim>& claims) {
@@ -382,7 +387,7 @@ Result<Jail> Jail::enter(const JailSpec& spec) {
   VL_CHECK(pivot_into(root));
 
   // Phase 3's rules, made while root can still open every path of the jail.
-  if (int abi = landlock_abi(); abi > 0) jail.ruleset_ = VL_TRY(make_ruleset(spec, abi));
+  if (int abi = VL_TRY(landlock_abi()); abi > 0) jail.ruleset_ = VL_TRY(make_ruleset(spec, abi));
   VL_CHECK(maybe_fail("jail"));
   return jail;
 }

@@ -64,8 +64,9 @@ struct JailSpec {
 /// not absolute.
 Result<JailSpec> jail_spec(const HostConfig& config, const Domain& domain, const std::vector<DiskClaim>& claims);
 
-/// The highest Landlock ABI this kernel offers, or 0 if it has none.
-int landlock_abi();
+/// The highest Landlock ABI this kernel offers, or 0 if it has none (ENOSYS, EOPNOTSUPP); any
+/// other failure is an error.
+Result<int> landlock_abi();
 
 /// The launch process inside its jail. While it is still root, destroying it returns the
 /// process to the host's mount namespace (the launch's rollback then works on the host's

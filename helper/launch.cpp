@@ -206,7 +206,9 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
   // What the emulator's jail holds: from the validated domain and claims, never the plan.
   auto jail_or = jail_spec(config, env.domain, claims);
   if (!jail_or) return log_error(std::move(jail_or).error());
-  if (landlock_abi() == 0)
+  auto landlock = landlock_abi();
+  if (!landlock) return log_error(std::move(landlock).error());
+  if (*landlock == 0)
     log_warning("the kernel has no Landlock: VM '" + vm.str() + "' runs in its mount namespace without Landlock's file rules");
 
   // Declared before the transaction: its rollback (in its destructor) still uses them.
