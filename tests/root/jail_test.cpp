@@ -148,4 +148,49 @@ TEST_SUITE("root/jail") {
                            "'/><target dev='hdc' bus='ide'/><readonly/></disk>\n"});
     vl::test::check_launch_refused(env, "web1", "jail: '" + inside + "' lies inside '" + env.root() + "/run/vms/web1'");
   }
+
+  TEST_CASE("without Landlock in the kernel the VM starts in its mount namespace with a warning; a filter that refuses Landlock stops the launch") {
+    HelperEnv env;
+    env.define({.name = "web1"});
+    // The helper run through a wrapper that makes Landlock's calls fail (HelperEnv runs
+    // whatever VMLAUNCH_HELPER names, with the environment given here).
+    std::string helper = vl::test::build_path("VMLAUNCH_HELPER");
+    struct RestoreHelper {
+      std::string path;
+      ~RestoreHelper() { ::setenv("VMLAUNCH_HELPER", path.c_str(), 1); }  // for the cases after this one
+    } restore{helper};
+    REQUIRE(::setenv("VMLAUNCH_HELPER", vl::test::build_path("VMLAUNCH_LANDLOCK_BLOCKER").c_str(), 1) == 0);
+    auto launch_with_errno = [&](int err) {
+      return env.launch("web1", {"VMLAUNCH_REAL_HELPER=" + helper, "VMLAUNCH_LANDLOCK_ERRNO=" + std::to_string(err)});
+    };
+
+    auto before = env.snapshot();
+    auto refused = launch_with_errno(EPERM);
+    CHECK_FALSE(refused.running());
+    CHECK(WEXITSTATUS(refused.status) == 1);
+    CHECK_MESSAGE(refused.log.find("ask the kernel for its Landlock ABI (a seccomp filter around the helper must allow "
+                                   "landlock_create_ruleset, landlock_add_rule and landlock_restrict_self): Operation not permitted") !=
+                      std::string::npos,
+                  refused.log);
+    CHECK_MESSAGE(vl::test::snapshot_diff(before, env.snapshot()).empty(), vl::test::snapshot_diff(before, env.snapshot()));
+
+    auto vm = launch_with_errno(ENOSYS);
+    REQUIRE(::setenv("VMLAUNCH_HELPER", helper.c_str(), 1) == 0);  // the real one for cleanup
+    REQUIRE_MESSAGE(vm.running(), vm.log);
+    CHECK_MESSAGE(vm.log.find("the kernel has no Landlock: VM 'web1' runs in its mount namespace without Landlock's file rules") !=
+                      std::string::npos,
+                  vm.log);
+    auto qmp = vl::test::QmpConnection::connect(env.root() + "/run/vms/web1/qmp.sock");
+    REQUIRE_MESSAGE(qmp.ok(), qmp.error().message());
+    REQUIRE(qmp->execute("qmp_capabilities").ok());
+    // The mount namespace still hides the host; only what a mount adds is no longer refused.
+    CHECK(open_in_emulator(*qmp, "/etc/shadow").find("No such file or directory") != std::string::npos);
+    REQUIRE(mount_ns(vm.pid) != mount_ns(::getpid()));
+    std::string inside = env.root() + "/images";
+    vl::test::run_ok("nsenter -t " + std::to_string(vm.pid) + " -m -- sh -c 'mount -t tmpfs probe " + inside +
+                     " && echo not-for-any-vm > " + inside + "/planted && chmod 644 " + inside + "/planted'");
+    CHECK(open_in_emulator(*qmp, inside + "/planted") == "");
+    env.kill_vm(vm.pid);
+    CHECK(WEXITSTATUS(env.helper({"cleanup", "web1"}).status) == 0);
+  }
 }
