@@ -113,7 +113,7 @@ Result<void> check_readable_by_vm(const std::vector<std::string>& files, const V
                          std::to_string(creds.vm_group) + ", as QEMU opens it as the VM's user");
 }
 
-Error drop_privileges_and_exec(const ExecSpec& spec, const VmCredentials& creds) {
+Error drop_privileges_and_exec(const ExecSpec& spec, const VmCredentials& creds, const JailSpec& jail_spec) {
   if (auto v = validate_fd_mappings(spec.fds); !v) return std::move(v).error();
   std::vector<char*> argv, env;
   for (const auto& a : spec.argv) argv.push_back(const_cast<char*>(a.c_str()));
@@ -128,10 +128,13 @@ Error drop_privileges_and_exec(const ExecSpec& spec, const VmCredentials& creds)
   for (const FdMapping& m : spec.fds)
     if (m.target >= kReportFdTarget && ::fcntl(m.target, F_SETFD, FD_CLOEXEC) < 0)
       return Error::from_errno("mark fd " + std::to_string(m.target) + " close-on-exec");
+  auto jail = Jail::enter(jail_spec);
+  if (!jail) return std::move(jail).error();
   if (auto r = clear_bounding_and_ambient(); !r) return std::move(r).error();
   if (auto r = change_ids(creds); !r) return std::move(r).error();
   if (auto r = verify_ids(creds); !r) return std::move(r).error();
   if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) return Error::from_errno("set no_new_privs");
+  if (auto r = jail->restrict_files(); !r) return std::move(r).error();
   if (auto r = install_seccomp_baseline(); !r) return std::move(r).error();
   ::execve(spec.path.c_str(), argv.data(), env.data());
   return Error::from_errno("execute " + quote_for_message(spec.path, kQuotePathMax));

@@ -19,6 +19,7 @@
 #include "helper/console_filter.h"
 #include "helper/disk_owner.h"
 #include "helper/exec.h"
+#include "helper/jail.h"
 #include "helper/log.h"
 #include "helper/locks.h"
 #include "helper/log_relay.h"
@@ -202,6 +203,13 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
   if (!claims_or) return log_error(std::move(claims_or).error());
   if (auto r = check_backing_layers(config, env.domain); !r) return log_error(std::move(r).error());
   std::vector<DiskClaim>& claims = *claims_or;
+  // What the emulator's jail holds: from the validated domain and claims, never the plan.
+  auto jail_or = jail_spec(config, env.domain, claims);
+  if (!jail_or) return log_error(std::move(jail_or).error());
+  auto landlock = landlock_abi();
+  if (!landlock) return log_error(std::move(landlock).error());
+  if (*landlock == 0)
+    log_warning("the kernel has no Landlock: VM '" + vm.str() + "' runs in its mount namespace without Landlock's file rules");
 
   // Declared before the transaction: its rollback (in its destructor) still uses them.
   uid_t uid = 0;
@@ -397,7 +405,7 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
       log_warning(Error::from_errno(r < 0 ? -r : 0, "sd_notify READY=1").message() + ", ignoring");
   }
   log_info("executing '" + spec.path + "' as uid " + std::to_string(uid) + " (pid " + std::to_string(state.pid) + ")");
-  Error failed = drop_privileges_and_exec(spec, {uid, uid, env.vm_group});
+  Error failed = drop_privileges_and_exec(spec, {uid, uid, env.vm_group}, *jail_or);
   if (::geteuid() != 0) {
     tx.commit();  // no longer root: nothing can be undone from here
     failed = failed.wrap("after the privilege drop; run 'vmlaunch-helper cleanup " + vm.str() + "'");

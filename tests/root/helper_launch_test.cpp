@@ -272,7 +272,7 @@ TEST_SUITE("root/helper_launch") {
 
     // disk-chmod fails inside the disk-owner step, after the first disk's owner has changed.
     for (const char* step : {"runtime-dir", "mac-claim", "disk-journal", "uid", "disk-owner", "disk-chmod", "udev-rule", "nft-filter", "tap",
-                             "bridge-attach", "monitor-socket", "console-socket", "serial-log", "state-file", "exec"}) {
+                             "bridge-attach", "monitor-socket", "console-socket", "serial-log", "state-file", "exec", "jail"}) {
       INFO(std::string(step));
       auto r = env.launch("web1", {std::string("VMLAUNCH_FAIL_AT=") + step});
       CHECK_FALSE(r.running());
