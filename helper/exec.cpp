@@ -12,6 +12,7 @@
 
 #include "common/sys.h"
 #include "helper/launch.h"
+#include "helper/net_namespace.h"
 
 namespace vl::helper {
 
@@ -114,6 +115,7 @@ Result<void> check_readable_by_vm(const std::vector<std::string>& files, const V
 }
 
 Error drop_privileges_and_exec(const ExecSpec& spec, const VmCredentials& creds) {
+  if (auto r = enter_own_network_namespace(); !r) return std::move(r).error();
   if (auto v = validate_fd_mappings(spec.fds); !v) return std::move(v).error();
   std::vector<char*> argv, env;
   for (const auto& a : spec.argv) argv.push_back(const_cast<char*>(a.c_str()));
@@ -131,6 +133,10 @@ Error drop_privileges_and_exec(const ExecSpec& spec, const VmCredentials& creds)
   if (auto r = clear_bounding_and_ambient(); !r) return std::move(r).error();
   if (auto r = change_ids(creds); !r) return std::move(r).error();
   if (auto r = verify_ids(creds); !r) return std::move(r).error();
+  // QEMU binds the VNC socket itself, as the VM's user, in a directory whose group is the
+  // daemon's (vnc_socket.h): the daemon can connect only if the socket is group-writable. Set
+  // after the ids change, so no file of root's is ever created with this mask.
+  ::umask(007);
   if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) return Error::from_errno("set no_new_privs");
   if (auto r = install_seccomp_baseline(); !r) return std::move(r).error();
   ::execve(spec.path.c_str(), argv.data(), env.data());

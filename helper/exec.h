@@ -30,11 +30,13 @@ Result<void> check_emulator(const std::string& path);
 Result<void> check_readable_by_vm(const std::vector<std::string>& files, const VmCredentials& creds);
 
 /// Replaces the current (root) process with the emulator:
+///  0. a network namespace of its own, holding only loopback (net_namespace.h);
 ///  1. fds moved to their plan numbers, everything else closed;
 ///  2. capability bounding and ambient sets cleared;
 ///  3. setgroups([vm_group]), setresgid(gid), setresuid(uid), then verified, with every
 ///     capability set (inheritable included) emptied;
-///  4. no_new_privs and the baseline seccomp filter (see seccomp.cpp);
+///  4. umask 007 (for the VNC socket QEMU binds, vnc_socket.h), no_new_privs and the baseline
+///     seccomp filter (see seccomp.cpp);
 ///  5. execve with the clean emulator environment.
 /// Returns only on failure, possibly after the uid change (nothing can then be undone by this
 /// process: `vmlaunch-helper cleanup` does it).
