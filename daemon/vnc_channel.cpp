@@ -41,9 +41,13 @@ class VncChannel final : public Channel {
       self->path_fd_.reset();
       if (!ec && self->closed()) ec = asio::error::operation_aborted;  // its owner left meanwhile
       if (ec) {
+        // A Unix listener whose backlog is full refuses at once (EAGAIN, or ENOBUFS as Linux
+        // reports it here) where TCP would have kept retrying: the same cause either way.
+        bool full = ec == asio::error::try_again || ec == asio::error::would_block || ec == asio::error::no_buffer_space;
         std::string why = self->timed_out_ ? "no answer within " + std::to_string(kVncConnectDeadline.count()) +
                                                  " s (its emulator is stopped or busy)"
                           : self->closed() ? std::string("the client left")
+                          : full           ? std::string("it accepts no connection now (its emulator is stopped or busy)")
                                            : ec.message();
         ChannelTable::remove(self->id());
         return done(Error::make(ErrorCode::kConflict, "connect to the VNC server of VM '" + self->vm_ + "' at " +
