@@ -59,9 +59,17 @@ Result<void> create_vnc_socket_dir(const HostConfig& config, const VmName& vm, u
   UniqueFd dir(::openat(base.get(), vm.str().c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
   Result<void> done = dir ? Result<void>() : Result<void>(Error::from_errno("open " + quote_for_message(path, kQuotePathMax)));
   // PRIV: the directory root just created, handed to the VM's uid (which binds the socket
-  // there) with the daemon's group, inherited by the socket through the setgid bit.
-  if (done && ::fchown(dir.get(), uid, daemon_gid) < 0) done = Error::from_errno("chown " + quote_for_message(path, kQuotePathMax));
+  // there) with the daemon's group, inherited by the socket through the setgid bit. The mode
+  // first, while the group is still root's: a chmod that sets S_ISGID on a directory of a group
+  // the caller is not in needs CAP_FSETID, which kvm-vm@.service does not grant (the kernel
+  // would drop the bit silently); a chown of a directory keeps it.
   if (done && ::fchmod(dir.get(), 02750) < 0) done = Error::from_errno("chmod " + quote_for_message(path, kQuotePathMax));
+  if (done && ::fchown(dir.get(), uid, daemon_gid) < 0) done = Error::from_errno("chown " + quote_for_message(path, kQuotePathMax));
+  struct stat st {};
+  if (done && ::fstat(dir.get(), &st) < 0) done = Error::from_errno("stat " + quote_for_message(path, kQuotePathMax));
+  if (done && ((st.st_mode & 07777) != 02750 || st.st_uid != uid || st.st_gid != daemon_gid))
+    done = Error::make(ErrorCode::kSystem, quote_for_message(path, kQuotePathMax) + " did not get owner " + std::to_string(uid) + ":" +
+                                               std::to_string(daemon_gid) + " and mode 02750");
   if (!done) (void)::unlinkat(base.get(), vm.str().c_str(), AT_REMOVEDIR);  // still empty: nobody else can enter it
   return done;
 }

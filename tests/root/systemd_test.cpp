@@ -247,9 +247,9 @@ TEST_CASE("under systemd, vmctl and systemctl tell one truth from boot to powero
   // viewer gets its RFB banner.
   {
     auto banner = c.run(
-        "bash -c 'vmctl vnc vm0 --listen 127.0.0.1:15900 >/dev/null 2>&1 & p=$!; "
+        "bash -c 'vmctl vnc vm0 --listen 127.0.0.1:15900 >/tmp/vmctl-vnc.out 2>&1 & p=$!; "
         "for i in $(seq 100); do exec 3<>/dev/tcp/127.0.0.1/15900 2>/dev/null && break; sleep 0.2; done; "
-        "timeout 20 head -c 12 <&3; kill $p'");
+        "timeout 20 head -c 12 <&3; kill $p; cat /tmp/vmctl-vnc.out'");
     CHECK_MESSAGE(banner.out.find("RFB 003.008") != std::string::npos, banner.out);
   }
 
