@@ -739,16 +739,12 @@ Result<void> ArgvChecker::check_vnc(const QemuOption& opt) {
   const Vnc& vnc = *domain_.vnc;
   std::vector<std::string> parts = split_keyval(opt.value);
   if (parts.empty()) return refuse(opt, "empty value");
-  std::string prefix = vnc.listen + ":";
-  if (parts[0].rfind(prefix, 0) != 0) return refuse(opt, "VNC must listen on " + vnc.listen + " as the domain XML says");
-  std::string display = parts[0].substr(prefix.size());
-  char* end = nullptr;
-  long d = std::strtol(display.c_str(), &end, 10);
-  if (display.empty() || *end != '\0' || d < 0 || d > 65535 - 5900 || display.size() > 5)
-    return refuse(opt, "malformed VNC display");
-  if (vnc.port && d != *vnc.port - 5900) return refuse(opt, "VNC must use port " + std::to_string(*vnc.port) + " as the domain XML says");
-  if (!plan_.vnc || plan_.vnc->listen != vnc.listen || plan_.vnc->display != d ||
-      plan_.vnc->has_password != !vnc.password.empty())
+  // The emulator has a network namespace of its own: its VNC server is the Unix socket in the
+  // directory root made for this VM (helper/vnc_socket.h) and nothing else — not TCP, which
+  // would reach nobody, not another VM's socket, not a websocket.
+  if (vnc.socket.empty() || parts[0] != "unix:" + vnc.socket)
+    return refuse(opt, "VNC must listen on unix:" + vnc.socket + " (the VM's own socket) and nowhere else");
+  if (!plan_.vnc || plan_.vnc->socket != vnc.socket || plan_.vnc->has_password != !vnc.password.empty())
     return refuse(opt, "the plan's VNC setup does not match its -vnc option");
   bool password = false, tls = false;
   for (size_t i = 1; i < parts.size(); ++i) {

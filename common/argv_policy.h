@@ -27,7 +27,8 @@ namespace vl {
 ///    exactly one QMP monitor;
 ///  - -blockdev only for the domain's disks (exact paths, declared format, no backing file:
 ///    qcow2 nodes must say "backing": null) and read-only root-owned firmware;
-///  - -vnc exactly as the domain's <graphics> says (listen address, port, password), with
+///  - -vnc only on the VM's own Unix socket (Vnc::socket: the emulator has a network
+///    namespace of its own, so never TCP), with the password the domain's <graphics> says, and
 ///    TLS exactly when [vnc] tls is on: tls-creds= naming the one tls-creds-x509 object, whose
 ///    dir is the VM's own credentials directory (Vnc::tls_dir), endpoint server;
 ///  - -kernel/-initrd/-bios/-dtb and firmware images only files the domain's <os> names or

@@ -120,6 +120,11 @@ struct HostConfig {
   /// A launched VM's copy of the VNC TLS credentials (helper/vnc_tls.h): the directory its
   /// plan's tls-creds-x509 object must name. Outside vms/NAME, which the VM's uid cannot enter.
   std::string vnc_tls_dir(const VmName& vm) const { return runtime_dir + "/vnc-tls/" + vm.str(); }
+  /// The directory in which a VM's emulator binds its VNC socket (helper/vnc_socket.h): the
+  /// VM's uid must create the socket there, so it cannot be vms/NAME, which that uid cannot
+  /// enter. vnc_socket_path is the one -vnc address a plan may have.
+  std::string vnc_socket_dir(const VmName& vm) const { return runtime_dir + "/vnc/" + vm.str(); }
+  std::string vnc_socket_path(const VmName& vm) const { return vnc_socket_dir(vm) + "/vnc.sock"; }
   std::string udev_rule_path(const VmName& vm) const {
     return udev_rules_dir + "/90-vmlaunch-" + vm.str() + ".rules";
   }

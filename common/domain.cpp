@@ -589,35 +589,39 @@ Result<void> DomainParser::parse_graphics(const xmlNode* n) {
   if (type != "vnc") return unsupported(n, "<graphics type=" + quote_for_message(type) + "> is not supported (only 'vnc')");
   if (vnc_) return unsupported(n, "more than one <graphics> is not supported");
   VL_CHECK(refuse_repeated(n, {}));
-  if (attr(n, "socket") || attr(n, "websocket"))
-    return unsupported(n, "VNC sockets and websockets are not supported");
+  if (attr(n, "websocket")) return unsupported(n, "VNC websockets are not supported");
+  // The emulator has a network namespace of its own (domain.h): whatever the XML asks, VNC is
+  // a Unix socket of vmlaunch's choosing, reached through `vmctl vnc`. Loopback and a socket
+  // say as much; another address or a fixed port would be a promise of TCP it cannot keep.
+  const char* kHow = ": each emulator runs in a network namespace of its own, so VNC is a Unix socket that "
+                     "'vmctl vnc' reaches (locally, or remotely over SSH or TLS)";
+  auto check_listen = [&](const xmlNode* at, const std::string& address) -> Result<void> {
+    in_addr a{};
+    if (address == "localhost" || (::inet_pton(AF_INET, address.c_str(), &a) == 1 && (ntohl(a.s_addr) >> 24) == 127))
+      return {};
+    return unsupported(at, "VNC listen address " + quote_for_message(address) + " cannot be honoured" + kHow +
+                               "; use listen='127.0.0.1' or <listen type='socket'/>");
+  };
+  if (attr(n, "socket")) return unsupported(n, "a VNC socket path of the XML's own is not supported (vmlaunch chooses it); use <listen type='socket'/>");
   Vnc vnc;
-  if (auto listen = attr(n, "listen")) vnc.listen = *listen;
+  if (auto listen = attr(n, "listen")) VL_CHECK(check_listen(n, *listen));
   Result<void> status;
   for_each_element(n, [&](const xmlNode* c) {
-    if (name_of(c) != "listen") return;
-    // libvirt's other listen types would silently become TCP on 127.0.0.1 here.
+    if (name_of(c) != "listen" || !status) return;
     std::string type = attr(c, "type").value_or("address");
-    if (type == "socket")
-      status = unsupported(c, "<listen type='socket'> (VNC on a Unix socket) is not supported yet");
-    else if (type == "none")
+    if (type == "socket") {
+      if (attr(c, "socket")) status = unsupported(c, "a VNC socket path of the XML's own is not supported (vmlaunch chooses it); remove socket=");
+    } else if (type == "none")
       status = unsupported(c, "<listen type='none'> (VNC without a listener) is not supported yet; remove the <graphics>");
     else if (type != "address")
-      status = unsupported(c, "<listen type=" + quote_for_message(type) + "> is not supported (only 'address')");
+      status = unsupported(c, "<listen type=" + quote_for_message(type) + "> is not supported (only 'address' and 'socket')");
     else if (attr(c, "address"))
-      vnc.listen = *attr(c, "address");
+      status = check_listen(c, *attr(c, "address"));
   });
   VL_CHECK(status);
-  if (vnc.listen.empty() || vnc.listen.find_first_of(",:") != std::string::npos)
-    return unsupported(n, "VNC listen address " + quote_for_message(vnc.listen) + " is not supported (IPv4 only)");
-  if (attr(n, "autoport").value_or("yes") == "no") {
-    std::string port = attr(n, "port").value_or("");
-    char* end = nullptr;
-    long p = std::strtol(port.c_str(), &end, 10);
-    if (port.empty() || *end != '\0' || p < 5900 || p > 65535)
-      return error(n, "VNC port " + quote_for_message(port) + " must be 5900-65535 when autoport='no'");
-    vnc.port = static_cast<int>(p);
-  }
+  if (attr(n, "autoport").value_or("yes") == "no")
+    return unsupported(n, "a fixed VNC port (autoport='no' port=" + quote_for_message(attr(n, "port").value_or("")) + ") cannot be honoured" +
+                              kHow + "; 'vmctl vnc NAME --listen 127.0.0.1:PORT' serves it on a port of your choice");
   vnc.password = attr(n, "passwd").value_or("");
   vnc_ = vnc;
   return {};

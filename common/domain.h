@@ -116,12 +116,17 @@ struct Disk {
 };
 
 /// <graphics type='vnc'>.
+/// The emulator runs in a network namespace of its own (helper/net_namespace.h), so VNC is
+/// never on TCP: QEMU listens on a Unix socket that only root and the daemon's group reach,
+/// and operators use `vmctl vnc`. The XML may say where libvirt would have listened only if
+/// that was the loopback or a socket; a fixed port or any other address is refused by name.
 struct Vnc {
-  std::string listen = "127.0.0.1";
-  std::optional<int> port;  ///< fixed port (autoport='no'); otherwise a free display is chosen
   std::string password;     ///< empty: none
+  /// The socket QEMU binds (HostConfig::vnc_socket_path). Never from the XML: set from the
+  /// configuration by resolve_vnc (zone_network.h).
+  std::string socket;
   /// VNC over TLS: the VM's credentials directory (HostConfig::vnc_tls_dir), empty for none.
-  /// Never from the XML: set from the configuration by resolve_vnc_tls (zone_network.h).
+  /// Never from the XML: set from the configuration by resolve_vnc (zone_network.h).
   std::string tls_dir;
   bool tls_verify_client = false;
 };

@@ -125,7 +125,7 @@ Result<Domain> load_domain_definition(const HostConfig& config, const VmName& vm
     return Error::invalid(file.path + ": <name> is " + quote_for_message(domain.name.str()) + ", expected '" + vm.str() + "'");
   if (auto resolved = resolve_networks(domain, config); !resolved) return resolved.error().wrap(file.path);
   resolve_nvram(domain, config);
-  resolve_vnc_tls(domain, config);
+  resolve_vnc(domain, config);
   return domain;
 }
 

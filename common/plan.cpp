@@ -42,9 +42,7 @@ std::string plan_to_json(const Plan& plan, bool pretty) {
   }
   j["fds"] = std::move(fds);
   if (plan.vnc)
-    j["vnc"] = {{"listen", plan.vnc->listen},
-                {"display", plan.vnc->display},
-                {"password", plan.vnc->has_password}};
+    j["vnc"] = {{"socket", plan.vnc->socket}, {"password", plan.vnc->has_password}};
   j["serial_ptys"] = plan.serial_ptys;
   j["cache_key"] = plan.cache_key;
   return j.dump(pretty ? 2 : -1);
@@ -131,8 +129,7 @@ Result<Plan> plan_from_json(std::string_view text) {
   if (auto vnc = j.find("vnc"); vnc != j.end()) {
     if (!vnc->is_object()) return Error::invalid("plan: 'vnc' must be an object");
     VncSetup v;
-    v.listen = VL_TRY(get_string(*vnc, "listen", 64));
-    v.display = VL_TRY(get_int(*vnc, "display", 0, 65535 - 5900));
+    v.socket = VL_TRY(get_string(*vnc, "socket", 107));  // what fits sockaddr_un
     auto pw = vnc->find("password");
     if (pw == vnc->end() || !pw->is_boolean()) return Error::invalid("plan: 'vnc.password' must be a boolean");
     v.has_password = pw->get<bool>();

@@ -27,8 +27,7 @@ struct FdSlot {
 
 /// What the supervisor must do over QMP before `cont`, because libvirt would have.
 struct VncSetup {
-  std::string listen;
-  int display = 0;
+  std::string socket;  ///< where QEMU listens (HostConfig::vnc_socket_path)
   bool has_password = false;  ///< password comes from the XML at runtime, never in the plan
   friend bool operator==(const VncSetup&, const VncSetup&) = default;
 };

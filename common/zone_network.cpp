@@ -25,8 +25,10 @@ void resolve_nvram(Domain& domain, const HostConfig& config) {
   if (domain.uefi) domain.uefi->nvram = config.nvram_path(domain.name);
 }
 
-void resolve_vnc_tls(Domain& domain, const HostConfig& config) {
-  if (!domain.vnc || !config.vnc.tls) return;
+void resolve_vnc(Domain& domain, const HostConfig& config) {
+  if (!domain.vnc) return;
+  domain.vnc->socket = config.vnc_socket_path(domain.name);
+  if (!config.vnc.tls) return;
   domain.vnc->tls_dir = config.vnc_tls_dir(domain.name);
   domain.vnc->tls_verify_client = config.vnc.verify_client;
 }

@@ -23,9 +23,10 @@ Result<void> resolve_networks(Domain& domain, const HostConfig& config);
 /// each side from the configuration it read itself.
 void resolve_nvram(Domain& domain, const HostConfig& config);
 
-/// With [vnc] tls on, points a VNC domain's TLS credentials at the directory the helper fills
-/// for it (HostConfig::vnc_tls_dir), the only one a plan's tls-creds-x509 object may name.
-void resolve_vnc_tls(Domain& domain, const HostConfig& config);
+/// Points a VNC domain at its socket (HostConfig::vnc_socket_path), the only address a plan's
+/// -vnc may name, and, with [vnc] tls on, its TLS credentials at the directory the helper
+/// fills for it (HostConfig::vnc_tls_dir), the only one a plan's tls-creds-x509 object may name.
+void resolve_vnc(Domain& domain, const HostConfig& config);
 
 /// Zone name -> bridge, for rewriting the XML libvirt converts (converter.h).
 std::map<std::string, std::string> zone_bridges(const HostConfig& config);

@@ -270,8 +270,9 @@ int method_open_vnc(sd_bus_message* m, void* userdata, sd_bus_error*) {
     return reply_error(m, Error::make(ErrorCode::kNotFound, "VM '" + info->name + "' has no VNC display"));
   // Answered once connected: the connect may wait on a stopped emulator, the daemon does not.
   sd_bus_message_ref(m);
-  open_vnc_channel(*s->io, info->name, info->vnc_listen, static_cast<uint16_t>(5900 + info->vnc_display),
-                   BusConnection::of(m), [m](Result<std::shared_ptr<Channel>> channel) {
+  auto vm = VmName::parse(info->name);
+  if (!vm) return reply_error(m, vm.error());
+  open_vnc_channel(*s->io, info->name, s->config->vnc_socket_path(*vm), info->uid, BusConnection::of(m), [m](Result<std::shared_ptr<Channel>> channel) {
                      reply_channel(m, std::move(channel));
                      if (auto conn = BusConnection::of(m)) conn->schedule_pump();
                      sd_bus_message_unref(m);

@@ -56,7 +56,7 @@ int run_plan(const std::string& config_path, const std::string& xml_path) {
   if (!domain) return fail(domain.error());
   if (auto resolved = vl::resolve_networks(*domain, *config); !resolved) return fail(resolved.error().wrap(xml_path));
   vl::resolve_nvram(*domain, *config);
-  vl::resolve_vnc_tls(*domain, *config);
+  vl::resolve_vnc(*domain, *config);
   vl::Planner planner(*config);
   auto plan = planner.plan(*domain, *xml);
   if (!plan) return fail(plan.error().wrap(xml_path));

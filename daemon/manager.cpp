@@ -52,7 +52,7 @@ Result<const DomainCatalog::Entry*> DomainCatalog::refresh(const VmName& vm) {
   if (domain) {
     if (auto resolved = resolve_networks(*domain, config_); !resolved) domain = resolved.error().wrap(file->path);
     if (domain) resolve_nvram(*domain, config_);
-    if (domain) resolve_vnc_tls(*domain, config_);
+    if (domain) resolve_vnc(*domain, config_);
   }
   if (domain) entry.domain = std::move(domain).value();
   else entry.error = domain.error();
@@ -102,11 +102,6 @@ Manager::Manager(boost::asio::io_context& io, const HostConfig& config)
     return domain && domain->vnc ? domain->vnc->password : std::string();
   };
   context_.state_changed = [this](const VmInfo& info) {
-    // A run that ended (or a start that failed, abandoning its plan) frees its VNC display.
-    if (info.status == VmStatus::kStopped || info.status == VmStatus::kFailed)
-      planner_.release_vnc_display(info.name);
-    else if (info.vnc_display >= 0)
-      planner_.reserve_vnc_display(info.name, info.vnc_display);  // an adopted VM's, too
     link_watch_.poke();  // a VM that runs now is checked; one that stopped is forgotten
     if (on_state_changed) on_state_changed(info);
   };

@@ -83,25 +83,6 @@ Result<void> check_conversion_access(const Domain& domain) {
   return {};
 }
 
-Result<int> find_free_vnc_display(const std::string& listen, const std::set<int>& skip) {
-  in_addr addr{};
-  if (::inet_pton(AF_INET, listen.c_str(), &addr) != 1)
-    return Error::invalid("VNC listen address '" + listen + "' is not an IPv4 address");
-  for (int display = 0; display < 100; ++display) {
-    if (skip.contains(display)) continue;
-    UniqueFd s = VL_TRY(sys::check_fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket"));
-    int one = 1;
-    ::setsockopt(s.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);  // ignore TIME_WAIT
-    sockaddr_in sa{};
-    sa.sin_family = AF_INET;
-    sa.sin_addr = addr;
-    sa.sin_port = htons(static_cast<uint16_t>(5900 + display));
-    if (::bind(s.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0) return display;
-    if (errno != EADDRINUSE) return Error::from_errno("probe VNC port on " + listen);
-  }
-  return Error::make(ErrorCode::kConflict, "no free VNC display 0-99 on " + listen);
-}
-
 Planner::Planner(const HostConfig& config)
     : config_(config), cache_(config.cache_dir + "/plans") {}
 
@@ -167,7 +148,7 @@ void Planner::prepare_async(boost::asio::io_context& io, const Domain& domain, s
   entry_async(io, domain, std::move(input->xml), input->key, /*background=*/true,
               [this, domain, key = input->key, done = std::move(done)](Result<std::string> entry) {
                 if (!entry) return done(entry.error());
-                auto plan = plan_from_entry(domain, *entry, key, /*for_launch=*/false);
+                auto plan = plan_from_entry(domain, *entry, key);
                 if (!plan) return done(plan.error());
                 done({});
               });
@@ -223,27 +204,12 @@ void Planner::finish_conversion(const std::string& key, const Result<std::string
   }
 }
 
-void Planner::release_vnc_display(const std::string& vm) { vnc_reserved_.erase(vm); }
-
-void Planner::reserve_vnc_display(const std::string& vm, int display) { vnc_reserved_[vm] = display; }
-
-Result<Plan> Planner::plan_from_entry(const Domain& domain, const std::string& entry, const std::string& key,
-                                      bool for_launch) {
+Result<Plan> Planner::plan_from_entry(const Domain& domain, const std::string& entry, const std::string& key) {
   size_t newline = entry.find('\n');
   if (newline == std::string::npos) return Error::make(ErrorCode::kInternal, "corrupt plan cache entry " + key);
   std::string root = entry.substr(0, newline);
   std::vector<std::string> words = VL_TRY(split_shell_words(std::string_view(entry).substr(newline + 1)));
-  int display = 0;
-  const bool autoport = for_launch && domain.vnc && !domain.vnc->port;
-  if (autoport) {
-    // Displays are reserved whatever the listen address: a display is a port number, and
-    // 0.0.0.0 and 127.0.0.1 collide on it.
-    vnc_reserved_.erase(domain.name.str());  // a VM has one emulator: its new plan replaces the old
-    std::set<int> taken;
-    for (const auto& [vm, reserved] : vnc_reserved_) taken.insert(reserved);
-    display = VL_TRY(find_free_vnc_display(domain.vnc->listen, taken));
-  }
-  Plan plan = VL_TRY(rewrite_native_argv(words, domain, root, display));
+  Plan plan = VL_TRY(rewrite_native_argv(words, domain, root));
   // The helper refuses what this refuses; saying so now puts the reason in front of the
   // operator at plan time. It also covers cache entries, which this uid can write.
   VL_CHECK(check_plan_argv(plan, domain));
@@ -251,7 +217,6 @@ Result<Plan> Planner::plan_from_entry(const Domain& domain, const std::string& e
   // And the structural caps the helper applies to any plan it receives (1024 words, 256 KiB):
   // a domain that needs more is refused now, in the helper's words, not at every start.
   VL_CHECK(plan_from_json(plan_to_json(plan, false)));
-  if (autoport) vnc_reserved_[domain.name.str()] = display;
   return plan;
 }
 

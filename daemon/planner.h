@@ -1,4 +1,4 @@
-// Domain XML -> launch plan: conversion (cached), rewrite, VNC display.
+// Domain XML -> launch plan: conversion (cached), rewrite.
 #pragma once
 
 #include <chrono>
@@ -47,13 +47,6 @@ class Planner {
   /// that found its plan ready runs none).
   unsigned conversions(const std::string& vm) const;
 
-  /// Frees the VNC display reserved for `vm`'s latest plan: its run ended, or the plan was
-  /// abandoned (the start failed). Unknown VMs are ignored.
-  void release_vnc_display(const std::string& vm);
-  /// Reserves `display` for `vm`, whose emulator holds it without a plan of this daemon's (a VM
-  /// re-adopted after a restart): until its run ends and is cleaned up, no plan gets it.
-  void reserve_vnc_display(const std::string& vm, int display);
-
  private:
   Result<std::string> cache_key_for(const Domain& domain, std::string_view xml);
   /// What libvirt converts (the XML after the UEFI rewrite) and the cache key of its result.
@@ -62,10 +55,7 @@ class Planner {
     std::string key;
   };
   Result<Input> input_for(const Domain& domain, std::string xml);
-  /// `for_launch`: reserve a VNC display for the plan; otherwise (a pre-plan, which only checks
-  /// the argv) display 0 stands in and nothing is reserved.
-  Result<Plan> plan_from_entry(const Domain& domain, const std::string& entry, const std::string& key,
-                               bool for_launch = true);
+  Result<Plan> plan_from_entry(const Domain& domain, const std::string& entry, const std::string& key);
   Result<std::string> native_command_line(const Domain& domain, std::string_view xml,
                                           const std::string& key, PlanStats* stats);
   /// Stores a conversion made in embed root `root`; returns the cache entry.
@@ -86,18 +76,8 @@ class Planner {
   /// Conversions under way, by cache key, with everything waiting for their entry.
   std::map<std::string, std::vector<EntryDone>> converting_;
   std::map<std::string, unsigned> conversions_;
-  /// VNC displays handed out with plans, by VM, skipped by the probe until released. Nothing
-  /// listens on a display between the plan and the emulator's start, so the probe alone gives
-  /// concurrent starts the same display (issue 9, item 7). One entry per VM at most: a new
-  /// plan for a VM replaces its old reservation.
-  std::map<std::string, int> vnc_reserved_;
 };
 
-/// The first VNC display (0-99) not in `skip` on which nothing listens at `listen`:5900+display.
-/// The probe alone is racy (qemu binds later): the Planner passes the displays it already
-/// handed out as `skip`; a display taken by another program meanwhile still fails the start
-/// with qemu's "address in use".
-Result<int> find_free_vnc_display(const std::string& listen, const std::set<int>& skip = {});
 
 /// A clear error if /dev/net/tun cannot be opened, which libvirt needs to describe taps.
 Result<void> check_tun_access();

@@ -68,8 +68,7 @@ Result<std::string> string_member(const Json& j, const char* key, std::string_vi
 
 class Rewriter {
  public:
-  Rewriter(const Domain& domain, const std::string& root, int vnc_display)
-      : domain_(domain), root_(root), vnc_display_(vnc_display) {}
+  Rewriter(const Domain& domain, const std::string& root) : domain_(domain), root_(root) {}
 
   Result<Plan> run(const std::vector<std::string>& words);
 
@@ -89,7 +88,6 @@ class Rewriter {
 
   const Domain& domain_;
   const std::string& root_;
-  int vnc_display_;
   Plan plan_;
   bool have_monitor_ = false;
   bool have_agent_ = false;
@@ -364,22 +362,25 @@ Result<void> Rewriter::rewrite_vnc(QemuOption& opt) {
         key != "non-adaptive" && key != "power-control")
       return Error::unsupported("VNC option " + quote_for_message(key) + " is not supported");
   }
-  int display = domain_.vnc->port ? *domain_.vnc->port - 5900 : vnc_display_;
-  parts[0] = domain_.vnc->listen + ":" + std::to_string(display);
+  // The emulator has a network namespace of its own: TCP there reaches nobody. QEMU 7.2 takes
+  // no passed listening fd for VNC (`-vnc fd:N` is read as host "fd"), so it binds the socket
+  // itself, in the directory the helper made for it (helper/vnc_socket.h).
+  if (domain_.vnc->socket.empty()) return Error::make(ErrorCode::kInternal, "the VM's VNC socket path is unset");
+  parts[0] = "unix:" + domain_.vnc->socket;
   // VNC over TLS is vmlaunch's configuration ([vnc] tls), not libvirt's: the converter runs
   // with a qemu.conf of its own, so the words for it are added here (helper/vnc_tls.h).
   if (!domain_.vnc->tls_dir.empty()) parts.push_back(std::string("tls-creds=") + kVncTlsCredsId);
   opt.value = join_keyval(parts);
-  plan_.vnc = VncSetup{domain_.vnc->listen, display, !domain_.vnc->password.empty()};
+  plan_.vnc = VncSetup{domain_.vnc->socket, !domain_.vnc->password.empty()};
   return {};
 }
 
 }  // namespace
 
 Result<Plan> rewrite_native_argv(const std::vector<std::string>& words, const Domain& domain,
-                                 const std::string& conversion_root, int vnc_display) {
+                                 const std::string& conversion_root) {
   if (conversion_root.size() < 2) return Error::make(ErrorCode::kInternal, "conversion root unset");
-  Rewriter rewriter(domain, conversion_root, vnc_display);
+  Rewriter rewriter(domain, conversion_root);
   return rewriter.run(words);
 }
 

@@ -2,8 +2,8 @@
 //
 // libvirt's domxml-to-native output is "not trivially usable outside of libvirt": it carries
 // the caller's environment, a master-key secret file that never gets written, a monitor socket
-// path inside the conversion root, tap fd numbers of a process that never existed, and always
-// VNC display 0. The rewrite works on parsed structure (options, keyval lists with ',,'
+// path inside the conversion root, tap fd numbers of a process that never existed, and VNC on
+// TCP (the emulator's own network namespace leaves it a Unix socket). The rewrite works on parsed structure (options, keyval lists with ',,'
 // escapes, JSON objects), never on substrings, and refuses what it cannot make safe.
 #pragma once
 
@@ -27,12 +27,12 @@ inline constexpr int kSerialFd = kAgentFd + 1;
 inline constexpr int kSerialLogFd = kAgentFd + 2;
 
 /// The rewrite's own version: part of the plan cache key, bump it when the output changes.
-inline constexpr int kRewriteVersion = 5;
+inline constexpr int kRewriteVersion = 6;
 
 /// Rewrites the words of a native command line (environment assignments included) into a
 /// plan for `domain`. `conversion_root` is the embed root the words came from: no word of the
-/// result may mention it. `vnc_display` is used when the domain has VNC without a fixed port.
+/// result may mention it. VNC listens on the domain's Vnc::socket.
 Result<Plan> rewrite_native_argv(const std::vector<std::string>& words, const Domain& domain,
-                                 const std::string& conversion_root, int vnc_display);
+                                 const std::string& conversion_root);
 
 }  // namespace vl

@@ -462,11 +462,12 @@ void Supervisor::after_monitor_ready(bool fresh) {
   const uint64_t run = run_;
   qmp_->execute("query-vnc", nullptr, [this, run](Result<Json> r) {
     if (run != run_) return;  // informational: a failure here shows in the next command
-    if (r && QmpClient::bool_field(*r, "enabled")) {
-      std::string service = QmpClient::string_field(*r, "service");
-      int port = std::atoi(service.c_str());
-      if (port >= 5900 && port <= 65535) info_.vnc_display = port - 5900;
-      info_.vnc_listen = QmpClient::string_field(*r, "host");
+    // The emulator's one VNC server listens on its Unix socket (daemon/vnc_channel.h): display
+    // 0 of that socket. An emulator of an older version, listening on TCP in the host's
+    // network, is left without one here until it restarts.
+    if (r && QmpClient::bool_field(*r, "enabled") && QmpClient::string_field(*r, "family") == "unix") {
+      info_.vnc_display = 0;
+      info_.vnc_listen = "unix:" + QmpClient::string_field(*r, "service");  // QEMU puts the path there
     }
   });
   if (!fresh) {

@@ -1,7 +1,12 @@
 #include "daemon/vnc_channel.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+
 #include <array>
 
+#include "common/unique_fd.h"
+#include "common/vm_name.h"
 #include "daemon/stream_writer.h"
 
 namespace vl {
@@ -17,7 +22,9 @@ class VncChannel final : public Channel {
 
   // The channel is in the table already (its owner's cap counts it); one that does not connect
   // leaves it again without a ChannelClosed, its id never having been told.
-  void connect(const asio::ip::tcp::endpoint& endpoint, ChannelOpened done) {
+  // `socket` is an O_PATH fd of the checked socket, connected to through /proc/self/fd: the
+  // name the check saw cannot be swapped for another between the check and the connect.
+  void connect(UniqueFd socket, std::string path, ChannelOpened done) {
     auto self = std::static_pointer_cast<VncChannel>(shared_from_this());
     deadline_.expires_after(kVncConnectDeadline);
     deadline_.async_wait([weak = std::weak_ptr<VncChannel>(self)](boost::system::error_code ec) {
@@ -27,18 +34,24 @@ class VncChannel final : public Channel {
       boost::system::error_code ignored;
       ch->socket_.close(ignored);  // the connect ends with operation_aborted
     });
-    socket_.async_connect(endpoint, [self, endpoint, done = std::move(done)](boost::system::error_code ec) {
+    path_fd_ = std::move(socket);
+    asio::local::stream_protocol::endpoint endpoint("/proc/self/fd/" + std::to_string(path_fd_.get()));
+    socket_.async_connect(endpoint, [self, path = std::move(path), done = std::move(done)](boost::system::error_code ec) {
       self->deadline_.cancel();
+      self->path_fd_.reset();
       if (!ec && self->closed()) ec = asio::error::operation_aborted;  // its owner left meanwhile
       if (ec) {
+        // A Unix listener whose backlog is full refuses at once (EAGAIN, or ENOBUFS as Linux
+        // reports it here) where TCP would have kept retrying: the same cause either way.
+        bool full = ec == asio::error::try_again || ec == asio::error::would_block || ec == asio::error::no_buffer_space;
         std::string why = self->timed_out_ ? "no answer within " + std::to_string(kVncConnectDeadline.count()) +
                                                  " s (its emulator is stopped or busy)"
                           : self->closed() ? std::string("the client left")
+                          : full           ? std::string("it accepts no connection now (its emulator is stopped or busy)")
                                            : ec.message();
         ChannelTable::remove(self->id());
         return done(Error::make(ErrorCode::kConflict, "connect to the VNC server of VM '" + self->vm_ + "' at " +
-                                                          endpoint.address().to_string() + ":" +
-                                                          std::to_string(endpoint.port()) + ": " + why));
+                                                          quote_for_message(path, kQuotePathMax) + ": " + why));
       }
       self->read_next();
       done(std::shared_ptr<Channel>(self));
@@ -69,9 +82,10 @@ class VncChannel final : public Channel {
     writer_.fail_all("the channel is closed");
   }
 
-  asio::ip::tcp::socket socket_;
-  StreamWriter<asio::ip::tcp::socket> writer_;
+  asio::local::stream_protocol::socket socket_;
+  StreamWriter<asio::local::stream_protocol::socket> writer_;
   asio::steady_timer deadline_;  ///< for the connect
+  UniqueFd path_fd_;             ///< the checked socket, until the connect ends
   bool timed_out_ = false;
   std::string vm_;
   std::array<uint8_t, kChannelChunk> buf_{};
@@ -79,15 +93,21 @@ class VncChannel final : public Channel {
 
 }  // namespace
 
-void open_vnc_channel(asio::io_context& io, const std::string& vm, const std::string& address, uint16_t port,
+void open_vnc_channel(asio::io_context& io, const std::string& vm, const std::string& path, uid_t vm_uid,
                       std::weak_ptr<BusConnection> owner, ChannelOpened done) {
-  boost::system::error_code ec;
-  std::string host = address.empty() || address == "0.0.0.0" ? "127.0.0.1" : address == "::" ? "::1" : address;
-  auto ip = asio::ip::make_address(host, ec);
-  if (ec) return done(Error::make(ErrorCode::kUnsupported, "VM '" + vm + "' has VNC on '" + address + "', not an IP address"));
+  // The directory is the emulator's own (its uid may put anything there): the socket must not
+  // be a symlink, which would make the daemon connect, with its group, wherever the emulator
+  // points it (another VM's monitor socket, say), and must be the emulator's.
+  UniqueFd fd(::open(path.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd) return done(Error::from_errno("open the VNC socket of VM '" + vm + "' at " + quote_for_message(path, kQuotePathMax)));
+  struct stat st {};
+  if (::fstat(fd.get(), &st) < 0) return done(Error::from_errno("stat the VNC socket of VM '" + vm + "'"));
+  if (!S_ISSOCK(st.st_mode) || st.st_uid != vm_uid)
+    return done(Error::make(ErrorCode::kDenied, quote_for_message(path, kQuotePathMax) + " is not a socket of VM '" + vm +
+                                                    "' (uid " + std::to_string(vm_uid) + ")"));
   auto channel = std::make_shared<VncChannel>(io, std::move(owner), vm);
   if (auto added = ChannelTable::add(channel); !added) return done(added.error());
-  channel->connect({ip, port}, std::move(done));
+  channel->connect(std::move(fd), path, std::move(done));
 }
 
 }  // namespace vl

@@ -1,10 +1,14 @@
-// A channel to a VM's VNC server (channel.h): one TCP connection from the daemon to QEMU's
-// VNC port per channel, so that `vmctl vnc` can forward each local viewer connection through
-// the control protocol. The daemon's user may connect there (helper/console_filter.h); the
-// viewer still authenticates to QEMU itself (the VNC password travels inside the stream).
+// A channel to a VM's VNC server (channel.h): one connection from the daemon to QEMU's VNC
+// socket per channel, so that `vmctl vnc` can forward each local viewer connection through
+// the control protocol. The emulator has a network namespace of its own, so its VNC server
+// is a Unix socket it binds in a directory of its own whose group is the daemon's
+// (helper/vnc_socket.h); the viewer still authenticates to QEMU itself (the VNC password and
+// any TLS travel inside the stream).
 #pragma once
 
 #include "daemon/asio.h"
+#include <sys/types.h>
+
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -23,11 +27,11 @@ using ChannelOpened = std::function<void(Result<std::shared_ptr<Channel>>)>;
 /// and a connect would wait minutes.
 inline constexpr std::chrono::seconds kVncConnectDeadline{10};
 
-/// Connects to `address`:`port` (the VM's VNC listener; the wildcard addresses mean the
-/// loopback address) without holding the event loop, and calls `done` with the channel for
+/// Connects to the VNC socket at `path` (HostConfig::vnc_socket_path), which must be a socket
+/// owned by `vm_uid`, without holding the event loop, and calls `done` with the channel for
 /// `owner`, registered in the ChannelTable, or with why not (within kVncConnectDeadline). A
 /// channel counts against its owner's kMaxChannelsPerConnection from the start of the connect.
-void open_vnc_channel(boost::asio::io_context& io, const std::string& vm, const std::string& address, uint16_t port,
+void open_vnc_channel(boost::asio::io_context& io, const std::string& vm, const std::string& path, uid_t vm_uid,
                       std::weak_ptr<BusConnection> owner, ChannelOpened done);
 
 }  // namespace vl

@@ -19,6 +19,7 @@
 #include "helper/runtime_dir.h"
 #include "helper/uid_map.h"
 #include "helper/uid_reaper.h"
+#include "helper/vnc_socket.h"
 #include "helper/vnc_tls.h"
 
 namespace vl::helper {
@@ -137,7 +138,9 @@ Result<void> cleanup_vm(const HostConfig& config, const VmName& vm) {
       {"remove-filter", [&] { return with_shared_lock(config, [&] { return remove_vm_filter(vm.str()); }); }},
   };
   const Step independent[] = {
+      // An earlier version's rule, for an emulator it started (console_filter.h).
       {"remove-console-filter", [&] { return with_shared_lock(config, [&] { return remove_console_filter(vm.str()); }); }},
+      {"remove-vnc-socket", [&] { return remove_vnc_socket_dir(config, vm); }},
       {"remove-udev-rule", [&] { return remove_udev_rule(config, vm); }},
       {"remove-vnc-tls", [&] { return remove_vnc_credentials(config, vm); }},
       {"restore-disks", [&] { return restore_disks(config, vm); }},

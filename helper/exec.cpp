@@ -12,6 +12,7 @@
 
 #include "common/sys.h"
 #include "helper/launch.h"
+#include "helper/net_namespace.h"
 
 namespace vl::helper {
 
@@ -128,11 +129,19 @@ Error drop_privileges_and_exec(const ExecSpec& spec, const VmCredentials& creds,
   for (const FdMapping& m : spec.fds)
     if (m.target >= kReportFdTarget && ::fcntl(m.target, F_SETFD, FD_CLOEXEC) < 0)
       return Error::from_errno("mark fd " + std::to_string(m.target) + " close-on-exec");
+  // Opened after the fds are placed, which closes every fd not in the plan; both leave the
+  // process in the host's namespaces again if anything fails before the ids change.
+  auto net = OwnNetworkNamespace::enter();
+  if (!net) return std::move(net).error();
   auto jail = Jail::enter(jail_spec);
   if (!jail) return std::move(jail).error();
   if (auto r = clear_bounding_and_ambient(); !r) return std::move(r).error();
   if (auto r = change_ids(creds); !r) return std::move(r).error();
   if (auto r = verify_ids(creds); !r) return std::move(r).error();
+  // QEMU binds the VNC socket itself, as the VM's user, in a directory whose group is the
+  // daemon's (vnc_socket.h): the daemon can connect only if the socket is group-writable. Set
+  // after the ids change, so no file of root's is ever created with this mask.
+  ::umask(007);
   if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) return Error::from_errno("set no_new_privs");
   if (auto r = jail->restrict_files(); !r) return std::move(r).error();
   if (auto r = install_seccomp_baseline(); !r) return std::move(r).error();

@@ -32,16 +32,17 @@ Result<void> check_readable_by_vm(const std::vector<std::string>& files, const V
 
 /// Replaces the current (root) process with the emulator:
 ///  1. fds moved to their plan numbers, everything else closed;
-///  2. the filesystem jail entered (jail.h), then the capability bounding and ambient sets
+///  2. a network namespace of its own, holding only loopback (net_namespace.h), and the
+///     filesystem jail (jail.h) entered, then the capability bounding and ambient sets
 ///     cleared;
 ///  3. setgroups([vm_group]), setresgid(gid), setresuid(uid), then verified, with every
 ///     capability set (inheritable included) emptied;
-///  4. no_new_privs, the jail's Landlock rules, and the baseline seccomp filter (see
-///     seccomp.cpp);
+///  4. umask 007 (for the VNC socket QEMU binds, vnc_socket.h), no_new_privs, the jail's
+///     Landlock rules, and the baseline seccomp filter (see seccomp.cpp);
 ///  5. execve with the clean emulator environment.
 /// Returns only on failure, possibly after the uid change (nothing can then be undone by this
 /// process: `vmlaunch-helper cleanup` does it). A failure before the uid change returns in the
-/// host's mount namespace.
+/// host's namespaces.
 Error drop_privileges_and_exec(const ExecSpec& spec, const VmCredentials& creds, const JailSpec& jail);
 
 /// Installs the baseline seccomp filter in the current process.

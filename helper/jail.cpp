@@ -302,9 +302,10 @@ Result<JailSpec> jail_spec(const HostConfig& config, const Domain& domain, const
     spec.paths.push_back({dev, K::kDevice, true});
   if (domain.type == "kvm") spec.paths.push_back({"/dev/kvm", K::kDevice, true});
   spec.paths.push_back({domain.emulator, K::kProgram});
-  // The monitor, agent and console sockets are passed as fds; the directory will hold the
-  // sockets the emulator binds itself.
+  // The monitor, agent and console sockets are passed as fds; the VNC socket the emulator
+  // binds itself, in a directory of its own (vnc_socket.h).
   spec.paths.push_back({config.vm_runtime_dir(domain.name), K::kDir, true});
+  if (domain.vnc) spec.paths.push_back({config.vnc_socket_dir(domain.name), K::kDir, true});
   if (domain.vnc && !domain.vnc->tls_dir.empty()) spec.paths.push_back({config.vnc_tls_dir(domain.name), K::kDir});
   for (const Disk& disk : domain.disks) {
     if (disk.source.empty()) continue;

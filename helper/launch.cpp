@@ -16,7 +16,6 @@
 #include "common/sys.h"
 #include "common/vm_state.h"
 #include "helper/bridge_port.h"
-#include "helper/console_filter.h"
 #include "helper/disk_owner.h"
 #include "helper/exec.h"
 #include "helper/jail.h"
@@ -32,6 +31,7 @@
 #include "helper/tap.h"
 #include "helper/transaction.h"
 #include "helper/uid_map.h"
+#include "helper/vnc_socket.h"
 #include "helper/vnc_tls.h"
 
 namespace vl::helper {
@@ -281,16 +281,11 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
     VL_CHECK(tx.step("nft-filter", [&] { return with_shared_lock(config, [&] { return install_vm_filter(vm.str(), filters); }); }, [&] {
       if (auto r = with_shared_lock(config, [&] { return remove_vm_filter(vm.str()); }); !r) log_error(r.error());
     }));
-    // Before the emulator listens: no moment at which another uid can reach the console. The
-    // checked argv has -vnc only with a matching plan.vnc (argv_policy.h): every listener is covered.
+    // Where the emulator binds its VNC socket: TCP in its own network namespace reaches
+    // nobody (vnc_socket.h). The checked argv has -vnc only on this VM's socket (argv_policy.h).
     if (env.plan.vnc)
-      VL_CHECK(tx.step("console-filter", [&] {
-        auto operators = console_operators(config);
-        return with_shared_lock(config, [&] {
-          return install_console_filter(vm.str(), static_cast<uint16_t>(5900 + env.plan.vnc->display), operators);
-        });
-      }, [&] {
-        if (auto r = with_shared_lock(config, [&] { return remove_console_filter(vm.str()); }); !r) log_error(r.error());
+      VL_CHECK(tx.step("vnc-socket", [&] { return create_vnc_socket_dir(config, vm, uid, env.daemon_gid); }, [&] {
+        if (auto r = remove_vnc_socket_dir(config, vm); !r) log_error(r.error());
       }));
     Netlink nl = VL_TRY(Netlink::open());
     for (size_t i = 0; i < filters.size(); ++i) {

@@ -70,6 +70,15 @@ Result<RuntimeDirs> open_runtime_dirs(const HostConfig& config, bool create) {
   return dirs;
 }
 
+Result<UniqueFd> open_runtime_subdir(const HostConfig& config, const char* name, bool create) {
+  RuntimeDirs dirs = VL_TRY(open_runtime_dirs(config, create));
+  std::string path = config.runtime_dir + "/" + name;
+  // PRIV: a fixed name inside a directory just checked to be root's (or sticky).
+  if (create && ::mkdirat(dirs.runtime.get(), name, 0711) < 0 && errno != EEXIST)
+    return Error::from_errno("create " + quote_for_message(path, kQuotePathMax));
+  return open_root_dir(dirs.runtime.get(), name, path, Writers::kRootOnly);
+}
+
 Result<void> create_runtime_dir(const HostConfig& config, const VmName& vm, gid_t daemon_gid) {
   RuntimeDirs dirs = VL_TRY(open_runtime_dirs(config, true));
   std::string dir = config.vm_runtime_dir(vm);

@@ -37,6 +37,11 @@ struct RuntimeDirs {
 /// a missing directory (without `create`) is an error for which is_missing() holds.
 Result<RuntimeDirs> open_runtime_dirs(const HostConfig& config, bool create);
 
+/// RUNTIME/`name`: a directory of root's (0711 when `create` makes it: traversable, not
+/// listable) for per-VM directories the VM's uid must reach, which vms/NAME does not let it
+/// (vnc-tls, vnc). Checked like vms/; a missing one (without `create`) is_missing().
+Result<UniqueFd> open_runtime_subdir(const HostConfig& config, const char* name, bool create);
+
 /// True for the error of a runtime directory or state file that does not exist.
 bool is_missing(const Error& error);
 

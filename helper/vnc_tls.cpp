@@ -54,19 +54,6 @@ Result<std::string> read_credential(int dir, const std::string& dir_path, const 
   return text;
 }
 
-// RUNTIME/vnc-tls, created root 0711 if `create`, and checked to be root's alone.
-Result<UniqueFd> open_base_dir(const HostConfig& config, bool create) {
-  RuntimeDirs dirs = VL_TRY(open_runtime_dirs(config, create));
-  std::string path = config.runtime_dir + "/" + kBaseDir;
-  // PRIV: root's own directory, created inside one just checked to be root's (or sticky).
-  if (create && ::mkdirat(dirs.runtime.get(), kBaseDir, 0711) < 0 && errno != EEXIST)
-    return Error::from_errno("create " + quote_for_message(path, kQuotePathMax));
-  UniqueFd fd(::openat(dirs.runtime.get(), kBaseDir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-  if (!fd) return Error::from_errno("open " + quote_for_message(path, kQuotePathMax));
-  VL_CHECK(check_root_dir_fd(fd.get(), path));
-  return fd;
-}
-
 Result<void> write_credentials(int base, const HostConfig& config, const VmName& vm, const VncCredentials& creds,
                                uid_t uid, gid_t gid) {
   std::string dir_path = config.vnc_tls_dir(vm);
@@ -125,14 +112,14 @@ Result<void> install_vnc_credentials(const HostConfig& config, const VmName& vm,
   // A leftover of a launch whose cleanup did not finish: the emulator it served is gone
   // (the runtime directory, created before this, is the VM's launch lock).
   VL_CHECK(remove_vnc_credentials(config, vm));
-  UniqueFd base = VL_TRY(open_base_dir(config, /*create=*/true));
+  UniqueFd base = VL_TRY(open_runtime_subdir(config, kBaseDir, /*create=*/true));
   auto written = write_credentials(base.get(), config, vm, creds, uid, gid);
   if (!written) (void)remove_vnc_credentials(config, vm);  // the error below is the one that matters
   return written;
 }
 
 Result<void> remove_vnc_credentials(const HostConfig& config, const VmName& vm) {
-  auto base = open_base_dir(config, /*create=*/false);
+  auto base = open_runtime_subdir(config, kBaseDir, /*create=*/false);
   if (!base) return is_missing(base.error()) ? Result<void>() : Result<void>(base.error());
   std::string dir_path = config.vnc_tls_dir(vm);
   UniqueFd dir(::openat(base->get(), vm.str().c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));

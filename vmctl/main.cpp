@@ -33,7 +33,7 @@ constexpr char kUsage[] =
     "  restart NAME...      Stop, then start\n"
     "  kill NAME...         Signal the emulator (--signal, default SIGTERM) and wait until it\n"
     "                       is gone and cleaned up (10 s at most)\n"
-    "  vncdisplay NAME      Print the VM's VNC display (\"127.0.0.1:3\")\n"
+    "  vncdisplay NAME      Print the VM's VNC socket (\"unix:PATH\"; 'vnc' connects to it)\n"
     "  console NAME         Attach to the VM's serial console through vmlaunchd; Ctrl-] detaches\n"
     "                       (--read-only: watch only; --log: print the serial log instead)\n"
     "  vnc NAME             Forward a local port to the VM's VNC server through vmlaunchd\n"
@@ -218,7 +218,10 @@ int cmd_vncdisplay(vl::ctl::Client& client, const Options& o) {
     if (k == "vnc_listen") listen = v;
   }
   if (!display.empty()) {
-    std::printf("%s:%s\n", listen.empty() ? "127.0.0.1" : listen.c_str(), display.c_str());
+    // A jailed emulator's VNC is a Unix socket (only root and the daemon's group may connect):
+    // "unix:PATH", as QEMU names it.
+    if (listen.rfind("unix:", 0) == 0) std::printf("%s\n", listen.c_str());
+    else std::printf("%s:%s\n", listen.empty() ? "127.0.0.1" : listen.c_str(), display.c_str());
     return 0;
   }
   return fail(vl::Error::make(vl::ErrorCode::kNotFound, "VM " + vl::quote_for_message(o.names[0]) + " has no VNC display (is it running?)"));

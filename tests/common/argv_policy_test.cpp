@@ -11,6 +11,16 @@ using vl::Plan;
 
 namespace {
 
+constexpr char kVncSocket[] = "/run/vmlaunch/vnc/web1/vnc.sock";
+constexpr char kVnc[] = "unix:/run/vmlaunch/vnc/web1/vnc.sock,password=on,audiodev=audio1";
+
+// A domain as the helper reads it: its VNC socket set from the configuration (resolve_vnc).
+vl::Result<vl::Domain> parse_resolved(const std::string& xml) {
+  auto d = vl::parse_domain(xml, "web1.xml");
+  if (d.ok() && d->vnc) d->vnc->socket = kVncSocket;
+  return d;
+}
+
 constexpr char kEmulator[] = "/usr/bin/qemu-system-x86_64";
 
 vl::Domain sample_domain(const std::string& extra_devices = "") {
@@ -24,7 +34,7 @@ vl::Domain sample_domain(const std::string& extra_devices = "") {
       "<interface type='bridge'><mac address='52:54:00:00:00:01'/><source bridge='br-dmz'/></interface>"
       "<graphics type='vnc' passwd='secret'/><serial type='pty'/>" +
       extra_devices + "</devices></domain>";
-  auto d = vl::parse_domain(xml, "web1.xml");
+  auto d = parse_resolved(xml);
   REQUIRE_MESSAGE(d.ok(), d.error().context);
   return std::move(d).value();
 }
@@ -52,7 +62,7 @@ std::vector<std::string> sample_args() {
       "-chardev", "pty,id=charserial0",
       "-device", R"({"driver":"isa-serial","chardev":"charserial0","id":"serial0","index":0})",
       "-audiodev", R"({"id":"audio1","driver":"none"})",
-      "-vnc", "127.0.0.1:2,password=on,audiodev=audio1",
+      "-vnc", kVnc,
       "-device", R"({"driver":"cirrus-vga","id":"video0","bus":"pci.0","addr":"0x2"})",
       "-object", R"({"qom-type":"rng-random","id":"objrng0","filename":"/dev/urandom"})",
       "-device", R"({"driver":"virtio-rng-pci","rng":"objrng0","id":"rng0","bus":"pci.0","addr":"0x9"})",
@@ -66,7 +76,7 @@ Plan plan_with(const std::vector<std::string>& args) {
   p.argv = {kEmulator};
   p.argv.insert(p.argv.end(), args.begin(), args.end());
   p.fds = {{FdSlot::Kind::kMonitor, 3, -1}, {FdSlot::Kind::kTap, 4, 0}};
-  p.vnc = vl::VncSetup{"127.0.0.1", 2, true};
+  p.vnc = vl::VncSetup{kVncSocket, true};
   p.serial_ptys = 1;
   return p;
 }
@@ -193,12 +203,26 @@ TEST_SUITE("common/argv_policy") {
         {plus({"-device", R"({"driver":"e1000","romfile":"/tmp/evil.rom"})"}), "romfile"},
         {plus({"-device", "e1000,netdev=hostnet0"}), "JSON object"},
         {plus({"-global", "isa-serial.chardev=charmonitor"}), "global property 'chardev'"},
-        // VNC exactly as the XML says, password included.
-        {with_value("-vnc", "0.0.0.0:2,password=on,audiodev=audio1"), "listen on 127.0.0.1"},
-        {with_value("-vnc", "127.0.0.1:2,audiodev=audio1"), "requires a VNC password"},
-        {with_value("-vnc", "127.0.0.1:3,password=on"), "VNC setup does not match"},
-        {with_value("-vnc", "127.0.0.1:2,password=on,reverse=on"), "'reverse'"},
-        {with_value("-vnc", "127.0.0.1:2,password=on,tls-creds=t"), "'tls-creds'"},
+        // VNC on the VM's own socket and nowhere else (its emulator has a network namespace of
+        // its own), with the password the XML says.
+        {with_value("-vnc", "127.0.0.1:2,password=on,audiodev=audio1"), "unix:/run/vmlaunch/vnc/web1/vnc.sock (the VM's own socket)"},
+        {with_value("-vnc", "0.0.0.0:2,password=on"), "the VM's own socket"},
+        {with_value("-vnc", "[::]:2,password=on"), "the VM's own socket"},
+        {with_value("-vnc", "unix:/run/vmlaunch/vnc/web2/vnc.sock,password=on"), "the VM's own socket"},
+        {with_value("-vnc", "unix:/run/vmlaunch/vms/web2/qmp.sock,password=on"), "the VM's own socket"},
+        {with_value("-vnc", "unix:/run/vmlaunch/vnc/web1/../web2/vnc.sock,password=on"), "the VM's own socket"},
+        {with_value("-vnc", "unix:/run/vmlaunch/vnc/web1/vnc.sock/,password=on"), "the VM's own socket"},
+        {with_value("-vnc", "/run/vmlaunch/vnc/web1/vnc.sock,password=on"), "the VM's own socket"},
+        {with_value("-vnc", "none"), "the VM's own socket"},
+        {with_value("-vnc", "vnc=unix:/run/vmlaunch/vnc/web1/vnc.sock,password=on"), "the VM's own socket"},
+        {with_value("-vnc", std::string(kVnc) + ",websocket=5700"), "'websocket'"},
+        {with_value("-vnc", std::string(kVnc) + ",websocket=on"), "'websocket'"},
+        {with_value("-vnc", std::string(kVnc) + ",to=99"), "'to'"},
+        {with_value("-vnc", std::string(kVnc) + ",reverse=on"), "'reverse'"},
+        {with_value("-vnc", std::string(kVnc) + ",ipv4=on"), "'ipv4'"},
+        {with_value("-vnc", std::string(kVnc) + ",display=video0"), "'display'"},
+        {with_value("-vnc", "unix:/run/vmlaunch/vnc/web1/vnc.sock,audiodev=audio1"), "requires a VNC password"},
+        {with_value("-vnc", std::string(kVnc) + ",tls-creds=t"), "'tls-creds'"},
         // Boot files only from directories root controls; no symlinks.
         {plus({"-kernel", "/tmp/vmlinuz"}), "neither named"},
         {plus({"-bios", "/etc/passwd"}), "neither named in the domain's <os> nor QEMU firmware"},
@@ -271,7 +295,7 @@ TEST_SUITE("common/argv_policy") {
         "<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='/srv/iso/inst.iso'/><readonly/></disk>"
         "<interface type='bridge'><mac address='52:54:00:00:00:01'/><source bridge='br-dmz'/></interface>"
         "</devices></domain>";
-    auto headless = vl::parse_domain(xml, "web1.xml");
+    auto headless = parse_resolved(xml);
     REQUIRE(headless.ok());
     auto r = vl::check_plan_argv(plan_with(sample_args()), *headless);
     REQUIRE_FALSE(r.ok());
@@ -296,7 +320,7 @@ TEST_SUITE("common/argv_policy") {
                       "<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='/srv/iso/inst.iso'/><readonly/></disk>"
                       "<interface type='bridge'><mac address='52:54:00:00:00:01'/><source bridge='br-dmz'/></interface>"
                       "<graphics type='vnc' passwd='secret'/></devices></domain>";
-    auto with_kernel = vl::parse_domain(xml, "web1.xml");
+    auto with_kernel = parse_resolved(xml);
     REQUIRE_MESSAGE(with_kernel.ok(), with_kernel.error().context);
     CHECK(vl::check_plan_argv(plan_with(plus({"-kernel", "/usr/bin/env"})), *with_kernel).ok());
     auto tmp = vl::check_plan_argv(plan_with(plus({"-initrd", "/tmp/initrd"})), *with_kernel);
@@ -319,7 +343,7 @@ TEST_SUITE("common/argv_policy") {
         "<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='/srv/iso/inst.iso'/><readonly/></disk>"
         "<interface type='bridge'><mac address='52:54:00:00:00:01'/><source bridge='br-dmz'/></interface>"
         "<graphics type='vnc' passwd='secret'/></devices></domain>";
-    auto domain = vl::parse_domain(xml, "web1.xml");
+    auto domain = parse_resolved(xml);
     REQUIRE_MESSAGE(domain.ok(), domain.error().context);
     REQUIRE(domain->disks[0].backing.size() == 1);
     CHECK(domain->disks[0].backing[0] == vl::BackingLayer{false, "/srv/vm/base.qcow2", "qcow2"});
@@ -549,9 +573,9 @@ namespace {
 constexpr char kTlsDir[] = "/run/vmlaunch/vnc-tls/web1";
 constexpr char kTlsObject[] =
     R"({"qom-type":"tls-creds-x509","id":"vnc-tls-creds0","dir":"/run/vmlaunch/vnc-tls/web1","endpoint":"server","verify-peer":false})";
-constexpr char kTlsVnc[] = "127.0.0.1:2,password=on,audiodev=audio1,tls-creds=vnc-tls-creds0";
+constexpr char kTlsVnc[] = "unix:/run/vmlaunch/vnc/web1/vnc.sock,password=on,audiodev=audio1,tls-creds=vnc-tls-creds0";
 
-// sample_domain() as the helper sees it with [vnc] tls on (resolve_vnc_tls).
+// sample_domain() as the helper sees it with [vnc] tls on (resolve_vnc).
 vl::Domain tls_domain(bool verify_client = false) {
   vl::Domain d = sample_domain();
   d.vnc->tls_dir = kTlsDir;
@@ -607,22 +631,22 @@ TEST_SUITE("common/argv_policy") {
         {tls_args(kTlsVnc, {object_with("\"verify-peer\":false", "\"verify-peer\":\"no\"")}), tls_domain(), "the only TLS credentials"},
         {tls_args(kTlsVnc, {object_with("tls-creds-x509", "tls-creds-anon")}), tls_domain(), "object type 'tls-creds-anon'"},
         {tls_args(kTlsVnc, {object_with("tls-creds-x509", "tls-creds-psk")}), tls_domain(), "object type 'tls-creds-psk'"},
-        {tls_args("127.0.0.1:2,password=on,audiodev=audio1,tls-creds=evil",
+        {tls_args("unix:/run/vmlaunch/vnc/web1/vnc.sock,password=on,audiodev=audio1,tls-creds=evil",
                   {kTlsObject, object_with("vnc-tls-creds0", "evil")}),
          tls_domain(), "the only TLS credentials"},
         {tls_args(kTlsVnc, {kTlsObject, kTlsObject}), tls_domain(), "declared twice"},
         // -vnc: TLS exactly when configured, on the one object.
-        {tls_args("127.0.0.1:2,password=on,audiodev=audio1", {kTlsObject}), tls_domain(), "tls-creds=vnc-tls-creds0 is required"},
-        {tls_args("127.0.0.1:2,password=on,audiodev=audio1", {}), tls_domain(), "tls-creds=vnc-tls-creds0 is required"},
+        {tls_args(kVnc, {kTlsObject}), tls_domain(), "tls-creds=vnc-tls-creds0 is required"},
+        {tls_args(kVnc, {}), tls_domain(), "tls-creds=vnc-tls-creds0 is required"},
         {tls_args(kTlsVnc, {}), tls_domain(), "one credentials object"},
-        {tls_args("127.0.0.1:2,password=on,audiodev=audio1,tls-creds=vnc-tls-creds0,tls-creds=vnc-tls-creds0", {kTlsObject}),
+        {tls_args(std::string(kVnc) + ",tls-creds=vnc-tls-creds0,tls-creds=vnc-tls-creds0", {kTlsObject}),
          tls_domain(), "one credentials object"},
-        {tls_args("127.0.0.1:2,password=on,audiodev=audio1,tls-creds=objrng0", {kTlsObject}), tls_domain(), "one credentials object"},
+        {tls_args("unix:/run/vmlaunch/vnc/web1/vnc.sock,password=on,audiodev=audio1,tls-creds=objrng0", {kTlsObject}), tls_domain(), "one credentials object"},
         {tls_args(kTlsVnc + std::string(",tls-authz=a"), {kTlsObject}), tls_domain(), "'tls-authz'"},
         {tls_args(kTlsVnc + std::string(",sasl=on"), {kTlsObject}), tls_domain(), "'sasl'"},
         // With TLS off, neither the object nor tls-creds.
         {tls_args(kTlsVnc, {kTlsObject}), sample_domain(), "off for this VM"},
-        {tls_args("127.0.0.1:2,password=on,audiodev=audio1", {kTlsObject}), sample_domain(), "off for this VM"},
+        {tls_args(kVnc, {kTlsObject}), sample_domain(), "off for this VM"},
         {tls_args(kTlsVnc, {}), sample_domain(), "needs VNC over TLS, which is off"},
     };
     for (const Case& c : cases) {

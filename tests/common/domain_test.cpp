@@ -80,8 +80,7 @@ TEST_SUITE("common/domain") {
     CHECK(r->disks[2].read_only);
     REQUIRE(r->vnc);
     CHECK(r->vnc->password == "secret12");
-    CHECK(r->vnc->listen == "127.0.0.1");
-    CHECK_FALSE(r->vnc->port);
+    CHECK(r->vnc->socket.empty());  // the configuration's, set by resolve_vnc
     CHECK(r->serial_ptys == 1);
     CHECK(r->meta.zone == "dmz");
     CHECK(r->meta.autostart);
@@ -383,16 +382,38 @@ TEST_SUITE("common/domain") {
     }
   }
 
-  TEST_CASE("VNC listeners other than an address are refused, never turned into TCP") {
-    CHECK(error_of(domain_xml("    <graphics type='vnc'><listen type='socket' socket='/run/x.sock'/></graphics>\n"))
-              .find("<listen type='socket'> (VNC on a Unix socket) is not supported yet") != std::string::npos);
-    CHECK(error_of(domain_xml("    <graphics type='vnc'><listen type='none'/></graphics>\n"))
-              .find("<listen type='none'> (VNC without a listener) is not supported yet") != std::string::npos);
-    CHECK(error_of(domain_xml("    <graphics type='vnc'><listen type='network' network='default'/></graphics>\n"))
-              .find("<listen type='network'> is not supported") != std::string::npos);
-    auto ok = parse_domain(domain_xml("    <graphics type='vnc'><listen type='address' address='127.0.0.2'/></graphics>\n"), "web1.xml");
-    REQUIRE_MESSAGE(ok.ok(), ok.error().context);
-    CHECK(ok->vnc->listen == "127.0.0.2");
+  TEST_CASE("VNC: loopback or a socket is served on the VM's Unix socket; another address or a fixed port is refused by name") {
+    for (const char* ok : {"    <graphics type='vnc'/>\n", "    <graphics type='vnc' listen='127.0.0.1'/>\n",
+                           "    <graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.2'/>\n",
+                           "    <graphics type='vnc' listen='localhost'/>\n",
+                           "    <graphics type='vnc'><listen type='address' address='127.0.0.1'/></graphics>\n",
+                           "    <graphics type='vnc'><listen type='address'/></graphics>\n",
+                           "    <graphics type='vnc'><listen type='socket'/></graphics>\n"}) {
+      CAPTURE(ok);
+      auto d = parse_domain(domain_xml(ok), "web1.xml");
+      REQUIRE_MESSAGE(d.ok(), d.error().context);
+      CHECK(d->vnc);
+    }
+    struct Case {
+      const char* graphics;
+      const char* expected;
+    };
+    const Case refused[] = {
+        {"    <graphics type='vnc' listen='0.0.0.0'/>\n", "VNC listen address '0.0.0.0' cannot be honoured: each emulator runs in a network namespace of its own"},
+        {"    <graphics type='vnc' listen='192.0.2.7'/>\n", "VNC listen address '192.0.2.7' cannot be honoured"},
+        {"    <graphics type='vnc' listen='::1'/>\n", "VNC listen address '::1' cannot be honoured"},
+        {"    <graphics type='vnc'><listen type='address' address='0.0.0.0'/></graphics>\n", "VNC listen address '0.0.0.0' cannot be honoured"},
+        {"    <graphics type='vnc' autoport='no' port='5901' listen='127.0.0.1'/>\n", "a fixed VNC port (autoport='no' port='5901') cannot be honoured"},
+        {"    <graphics type='vnc'><listen type='socket' socket='/run/x.sock'/></graphics>\n", "a VNC socket path of the XML's own is not supported"},
+        {"    <graphics type='vnc' socket='/run/x.sock'/>\n", "a VNC socket path of the XML's own is not supported"},
+        {"    <graphics type='vnc' websocket='5700'/>\n", "VNC websockets are not supported"},
+        {"    <graphics type='vnc'><listen type='none'/></graphics>\n", "<listen type='none'> (VNC without a listener) is not supported yet"},
+        {"    <graphics type='vnc'><listen type='network' network='default'/></graphics>\n", "<listen type='network'> is not supported"},
+    };
+    for (const Case& c : refused) {
+      CAPTURE(c.graphics);
+      CHECK(error_of(domain_xml(c.graphics)).find(c.expected) != std::string::npos);
+    }
   }
 }
 

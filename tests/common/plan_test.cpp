@@ -12,7 +12,7 @@ Plan sample_plan() {
   p.emulator = "/usr/bin/qemu-system-x86_64";
   p.argv = {p.emulator, "-S", "-name", "guest=web1"};
   p.fds = {{FdSlot::Kind::kMonitor, 3, -1}, {FdSlot::Kind::kTap, 4, 0}};
-  p.vnc = vl::VncSetup{"127.0.0.1", 2, true};
+  p.vnc = vl::VncSetup{"/run/vmlaunch/vnc/web1/vnc.sock", true};
   p.serial_ptys = 1;
   p.cache_key = "abc";
   return p;

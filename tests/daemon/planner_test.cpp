@@ -16,9 +16,17 @@
 #include "daemon/converter.h"
 
 #include "common/unique_fd.h"
+#include "common/zone_network.h"
 #include "tests/support/temp_dir.h"
 
 namespace {
+
+// A domain as the daemon reads it (manager.cpp): its VNC socket set from the configuration.
+vl::Result<vl::Domain> parse_resolved(const std::string& xml, const std::string& source) {
+  auto d = vl::parse_domain(xml, source);
+  if (d.ok()) vl::resolve_vnc(*d, vl::HostConfig{});
+  return d;
+}
 
 std::string sample_xml(std::string_view name, std::string_view disk, std::string_view extra = "") {
   return "<domain type='qemu'><name>" + std::string(name) +
@@ -41,7 +49,7 @@ TEST_SUITE("daemon/planner") {
     config.cache_dir = tmp.path() + "/cache";
     vl::Planner planner(config);
     std::string xml = sample_xml("web1", tmp.path() + "/disk one,a.img");
-    auto domain = vl::parse_domain(xml, "web1.xml");
+    auto domain = parse_resolved(xml, "web1.xml");
     REQUIRE(domain.ok());
 
     vl::PlanStats cold, warm;
@@ -59,7 +67,7 @@ TEST_SUITE("daemon/planner") {
 
     // A different XML is a different key: never a stale plan.
     std::string xml2 = sample_xml("web1", tmp.path() + "/other.img");
-    auto domain2 = vl::parse_domain(xml2, "web1.xml");
+    auto domain2 = parse_resolved(xml2, "web1.xml");
     vl::PlanStats third;
     auto changed = planner.plan(*domain2, xml2, &third);
     REQUIRE(changed.ok());
@@ -73,7 +81,7 @@ TEST_SUITE("daemon/planner") {
     config.cache_dir = tmp.path() + "/cache";
     vl::Planner planner(config);
     std::string xml = sample_xml("web1", tmp.path() + "/disk.img");
-    auto domain = vl::parse_domain(xml, "web1.xml");
+    auto domain = parse_resolved(xml, "web1.xml");
     REQUIRE(domain.ok());
     boost::asio::io_context io;
     std::optional<vl::Result<void>> prepared;
@@ -100,7 +108,7 @@ TEST_SUITE("daemon/planner") {
     vl::Planner planner(config);
     std::string xml = sample_xml("web1", "/srv/a.img");
     xml.replace(xml.find("secret12"), 8, "much-too-long-password");
-    auto domain = vl::parse_domain(xml, "web1.xml");
+    auto domain = parse_resolved(xml, "web1.xml");
     REQUIRE(domain.ok());
     auto plan = planner.plan(*domain, xml);
     REQUIRE_FALSE(plan.ok());
@@ -120,7 +128,7 @@ TEST_SUITE("daemon/planner") {
     plain.insert(plain.find("</name>") + 7, "<uuid>6c0e0c8e-3f7a-4b0b-9d7e-1b2a3c4d5e6f</uuid>");
     std::string xml = plain;
     xml.insert(xml.find("<model type='virtio'/>"), ips);
-    auto domain = vl::parse_domain(xml, "web1.xml");
+    auto domain = parse_resolved(xml, "web1.xml");
     REQUIRE_MESSAGE(domain.ok(), domain.error().context);
     REQUIRE(domain->nics.at(0).ips.size() == 2);
 
@@ -135,7 +143,7 @@ TEST_SUITE("daemon/planner") {
     }
     // The addresses are part of the cache key: the same domain without them is another plan
     // (and the same argv, since libvirt never saw them).
-    auto bare_domain = vl::parse_domain(plain, "web1.xml");
+    auto bare_domain = parse_resolved(plain, "web1.xml");
     REQUIRE(bare_domain.ok());
     vl::PlanStats bare_stats;
     auto bare = planner.plan(*bare_domain, plain, &bare_stats);
@@ -149,7 +157,7 @@ TEST_SUITE("daemon/planner") {
     boost::asio::io_context io;
     std::string changed = xml;
     changed.replace(changed.find("192.0.2.10"), 10, "192.0.2.11");
-    auto changed_domain = vl::parse_domain(changed, "web1.xml");
+    auto changed_domain = parse_resolved(changed, "web1.xml");
     REQUIRE(changed_domain.ok());
     planner.plan_async(io, *changed_domain, changed, [&](vl::Result<vl::Plan> p) { async = std::move(p); });
     io.run_for(std::chrono::seconds(120));
@@ -207,67 +215,11 @@ TEST_SUITE("daemon/planner") {
     config.emulators = {"/usr/bin/qemu-system-aarch64"};
     vl::Planner planner(config);
     std::string xml = sample_xml("web1", "/srv/a.img");
-    auto domain = vl::parse_domain(xml, "web1.xml");
+    auto domain = parse_resolved(xml, "web1.xml");
     auto plan = planner.plan(*domain, xml);
     REQUIRE_FALSE(plan.ok());
     CHECK(plan.error().code == vl::ErrorCode::kDenied);
     CHECK_FALSE(std::filesystem::exists(config.cache_dir + "/embed"));
-  }
-
-  TEST_CASE("VNC displays in use are skipped") {
-    auto first = vl::find_free_vnc_display("127.0.0.1");
-    REQUIRE(first.ok());
-    vl::UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    sockaddr_in sa{};
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons(static_cast<uint16_t>(5900 + *first));
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::bind(s.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
-    REQUIRE(::listen(s.get(), 1) == 0);
-    auto next = vl::find_free_vnc_display("127.0.0.1");
-    REQUIRE(next.ok());
-    CHECK(*next > *first);
-    CHECK_FALSE(vl::find_free_vnc_display("::1").ok());
-  }
-
-  TEST_CASE("concurrent plans of VNC-autoport domains get distinct displays until their run ends") {
-    // Nothing listens yet when the plans are made (the emulators bind later): the probe alone
-    // would hand display 0 to every one of them.
-    vl::test::TempDir tmp;
-    vl::HostConfig config;
-    config.cache_dir = tmp.path() + "/cache";
-    vl::Planner planner(config);
-    boost::asio::io_context io;
-    constexpr int kVms = 20;
-    std::map<std::string, vl::Result<vl::Plan>> plans;
-    for (int i = 0; i < kVms; ++i) {
-      std::string name = "vm" + std::to_string(i);
-      std::string xml = sample_xml(name, tmp.path() + "/disk.img");
-      auto domain = vl::parse_domain(xml, name + ".xml");
-      REQUIRE(domain.ok());
-      planner.plan_async(io, *domain, xml, [&plans, name](vl::Result<vl::Plan> p) { plans.emplace(name, std::move(p)); });
-    }
-    io.run_for(std::chrono::seconds(120));
-    REQUIRE(plans.size() == kVms);
-    std::set<int> displays;
-    for (auto& [name, plan] : plans) {
-      REQUIRE_MESSAGE(plan.ok(), (plan.ok() ? std::string() : plan.error().message()));
-      REQUIRE(plan->vnc.has_value());
-      displays.insert(plan->vnc->display);
-    }
-    CHECK(displays.size() == kVms);
-
-    // A new plan for the same VM replaces its reservation; a released display is handed out again.
-    int vm3 = plans.at("vm3")->vnc->display;
-    planner.release_vnc_display("vm3");
-    std::string xml = sample_xml("vm20", tmp.path() + "/disk.img");
-    auto domain = vl::parse_domain(xml, "vm20.xml");
-    auto again = planner.plan(*domain, xml);
-    REQUIRE(again.ok());
-    CHECK(again->vnc->display == vm3);
-    auto replanned = planner.plan(*domain, xml);
-    REQUIRE(replanned.ok());
-    CHECK(replanned->vnc->display == vm3);
   }
 
   TEST_CASE("an unreadable plan cache entry is an error naming it, not a miss") {
@@ -276,7 +228,7 @@ TEST_SUITE("daemon/planner") {
     config.cache_dir = tmp.path() + "/cache";
     vl::Planner planner(config);
     std::string xml = sample_xml("web1", "/srv/a.img");
-    auto domain = vl::parse_domain(xml, "web1.xml");
+    auto domain = parse_resolved(xml, "web1.xml");
     REQUIRE(domain.ok());
     auto id = vl::libvirt_identity();
     REQUIRE(id.ok());
@@ -351,7 +303,7 @@ TEST_SUITE("daemon/planner") {
         settings(first) +
         "</interface><interface type='bridge'><mac address='52:54:00:12:34:57'/><source bridge='br0'/>"
         "<model type='e1000'/>" + settings(second) + "</interface></devices></domain>";
-    auto domain = vl::parse_domain(xml, "web1.xml");
+    auto domain = parse_resolved(xml, "web1.xml");
     REQUIRE_MESSAGE(domain.ok(), domain.error().context);
     auto plan = planner.plan(*domain, xml);
     REQUIRE_MESSAGE(plan.ok(), plan.error().message());
@@ -383,7 +335,7 @@ TEST_SUITE("daemon/planner") {
     vl::Planner planner(config);
     std::string xml = sample_xml("web1", "/srv/a.img", "");
     xml.insert(xml.find("<model type='virtio'/>"), "<address type='pci' domain='0' bus='3' slot='1' function='0'/>");
-    auto domain = vl::parse_domain(xml, "web1.xml");
+    auto domain = parse_resolved(xml, "web1.xml");
     REQUIRE_MESSAGE(domain.ok(), domain.error().context);
     auto plan = planner.plan(*domain, xml);
     REQUIRE_MESSAGE(plan.ok(), plan.error().message());
@@ -408,7 +360,7 @@ TEST_SUITE("daemon/planner") {
     for (int i = 0; i < 520; ++i) args += "<qemu:arg value='-msg'/><qemu:arg value='timestamp=on'/>";
     xml.insert(xml.rfind("</domain>"),
                "<qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>" + args + "</qemu:commandline>");
-    auto domain = vl::parse_domain(xml, "web1.xml");
+    auto domain = parse_resolved(xml, "web1.xml");
     REQUIRE_MESSAGE(domain.ok(), domain.error().context);
     auto plan = planner.plan(*domain, xml);
     REQUIRE_FALSE(plan.ok());

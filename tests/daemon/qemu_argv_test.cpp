@@ -40,10 +40,14 @@ std::string native_line(std::string extra = "") {
          "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -msg timestamp=on";
 }
 
-vl::Result<vl::Plan> rewrite(const std::string& line, const vl::Domain& d, int display = 7) {
+constexpr char kVncSocket[] = "/run/vmlaunch/vnc/web1/vnc.sock";
+
+// `d` as the daemon has it: its VNC socket set from the configuration (resolve_vnc).
+vl::Result<vl::Plan> rewrite(const std::string& line, vl::Domain d) {
+  if (d.vnc && d.vnc->socket.empty()) d.vnc->socket = kVncSocket;
   auto words = vl::split_shell_words(line);
   REQUIRE_MESSAGE(words.ok(), (words.ok() ? std::string() : words.error().context));
-  return vl::rewrite_native_argv(*words, d, kRoot, display);
+  return vl::rewrite_native_argv(*words, d, kRoot);
 }
 
 bool contains(const std::vector<std::string>& v, std::string_view w) {
@@ -73,7 +77,8 @@ TEST_SUITE("daemon/qemu_argv") {
     }
     CHECK(contains(argv, "socket,id=charmonitor,fd=3,server=on,wait=off"));
     CHECK(contains(argv, "{\"type\":\"tap\",\"fd\":\"4\",\"id\":\"hostnet0\"}"));
-    CHECK(contains(argv, "127.0.0.1:7,password=on,audiodev=audio1"));
+    // VNC on the VM's own Unix socket: TCP would reach nobody from its network namespace.
+    CHECK(contains(argv, "unix:/run/vmlaunch/vnc/web1/vnc.sock,password=on,audiodev=audio1"));
     // Paths with quotes, commas, spaces and '$' pass through untouched.
     CHECK(contains(argv, "{\"driver\":\"file\",\"filename\":\"/srv/it's a \\\"disk\\\", $1.img\",\"node-name\":\"s\"}"));
     CHECK(contains(argv, "-S"));
@@ -89,7 +94,7 @@ TEST_SUITE("daemon/qemu_argv") {
     CHECK(plan->fds[2] == vl::FdSlot{vl::FdSlot::Kind::kSerial, 15, -1});
     CHECK(plan->fds[3] == vl::FdSlot{vl::FdSlot::Kind::kSerialLog, 16, -1});
     REQUIRE(plan->vnc);
-    CHECK(plan->vnc->display == 7);
+    CHECK(plan->vnc->socket == kVncSocket);
     CHECK(plan->vnc->has_password);
     CHECK(plan->serial_ptys == 1);
   }
@@ -103,7 +108,7 @@ TEST_SUITE("daemon/qemu_argv") {
     const auto& argv = plan->argv;
     auto vnc = std::find(argv.begin(), argv.end(), "-vnc");
     REQUIRE(vnc != argv.end());
-    CHECK(vnc[1] == "127.0.0.1:7,password=on,audiodev=audio1,tls-creds=vnc-tls-creds0");
+    CHECK(vnc[1] == "unix:/run/vmlaunch/vnc/web1/vnc.sock,password=on,audiodev=audio1,tls-creds=vnc-tls-creds0");
     REQUIRE(vnc - argv.begin() >= 2);
     CHECK(vnc[-2] == "-object");
     CHECK(vnc[-1] == R"({"qom-type":"tls-creds-x509","id":"vnc-tls-creds0","dir":"/run/vmlaunch/vnc-tls/web1",)"
@@ -114,8 +119,16 @@ TEST_SUITE("daemon/qemu_argv") {
   TEST_CASE("with VNC over TLS off, -vnc stays clear text and no credentials object is added") {
     auto plan = rewrite(native_line(), test_domain());
     REQUIRE(plan.ok());
-    CHECK(contains(plan->argv, "127.0.0.1:7,password=on,audiodev=audio1"));
+    CHECK(contains(plan->argv, "unix:/run/vmlaunch/vnc/web1/vnc.sock,password=on,audiodev=audio1"));
     CHECK_FALSE(contains(plan->argv, "-object"));
+  }
+
+  TEST_CASE("libvirt's socket for <listen type='socket'> (inside the conversion root) becomes the VM's own socket") {
+    std::string line = native_line();
+    line.replace(line.find("-vnc 127.0.0.1:0"), 16, "-vnc unix:" + std::string(kRoot) + "/lib/qemu/domain--1-web1/vnc.sock");
+    auto plan = rewrite(line, test_domain());
+    REQUIRE_MESSAGE(plan.ok(), (plan.ok() ? std::string() : plan.error().context));
+    CHECK(contains(plan->argv, "unix:/run/vmlaunch/vnc/web1/vnc.sock,password=on,audiodev=audio1"));
   }
 
   TEST_CASE("a second serial console chardev is refused, not given the console's fds twice") {

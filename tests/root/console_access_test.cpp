@@ -1,27 +1,29 @@
-// Who may reach a VM's VNC console, against the real helper binary, a real qemu and the real
-// nftables rule, in a network namespace of the test's own: root and the admin group's members
-// get QEMU's RFB banner; another VM's uid (even one listed in the admin group) and any other
-// local user get "connection refused". The rule goes with cleanup and with a failed launch.
+// Who may reach a VM's VNC console, against the real helper binary and a real qemu: its
+// emulator runs in a network namespace of its own, so VNC is a Unix socket in a directory of
+// the VM's uid with the daemon's group (helper/vnc_socket.h). Root and the daemon's group get
+// QEMU's RFB banner; another VM's uid, the admin group's members and any other local user are
+// denied (operators use `vmctl vnc`). The directory goes with cleanup and with a failed launch,
+// and cleanup still removes the nftables console rule an earlier version installed.
 //
-// The users and the admin group exist only in a private mount namespace, where /etc/passwd and
-// /etc/group are replaced by copies with the test's entries: the helper resolves operators from
-// the group database, and the host's must not change.
+// The users and the admin group of the last case exist only in a private mount namespace,
+// where /etc/passwd and /etc/group are replaced by copies with the test's entries: the daemon
+// resolves the admin group from the group database, and the host's must not change.
 #include <doctest/doctest.h>
-#include <arpa/inet.h>
 #include <fcntl.h>
 #include <grp.h>
-#include <netinet/in.h>
 #include <sched.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 
-#include "helper/console_filter.h"
 #include "helper/uid_map.h"
 #include "tests/support/system_env.h"
 
@@ -30,7 +32,6 @@ using vl::test::HelperEnv;
 
 namespace {
 
-constexpr uint16_t kPort = 5907;
 constexpr gid_t kAdminGid = 4250;
 constexpr uid_t kStranger = 4242;       // no group of vmlaunch's
 constexpr uid_t kAdmin = 4243;          // listed in the admin group
@@ -67,19 +68,20 @@ class ScopedUserDb final {
   vl::UniqueFd original_;
 };
 
-// Gives a defined domain a VNC server on 127.0.0.1:kPort.
+// Gives a defined domain a VNC server (on its socket).
 void add_vnc(HelperEnv& env, const std::string& name) {
   std::string path = env.root() + "/domains/" + name + ".xml";
   std::string xml = vl::sys::read_file(path, 1 << 20).value();
   size_t end = xml.find("  </devices>");
   REQUIRE(end != std::string::npos);
-  xml.insert(end, "    <graphics type='vnc' autoport='no' port='" + std::to_string(kPort) + "' listen='127.0.0.1'/>\n");
+  xml.insert(end, "    <graphics type='vnc' listen='127.0.0.1'/>\n");
   std::ofstream(path, std::ios::trunc) << xml;
 }
 
-// Connects to 127.0.0.1:port from a child running as uid:gid (groups: `groups`): "refused",
-// the first line the server sent, or what else went wrong.
-std::string connect_as(uid_t uid, gid_t gid, std::vector<gid_t> groups, uint16_t port = kPort) {
+// Connects to the Unix socket at `path` from a child running as uid:gid (groups: `groups`):
+// "denied", "refused" (nothing listens yet), the first line the server sent (without its
+// newline), or what else went wrong.
+std::string connect_as(const std::string& path, uid_t uid, gid_t gid, std::vector<gid_t> groups) {
   int fds[2];
   REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
   vl::UniqueFd read_end(fds[0]), write_end(fds[1]);
@@ -92,15 +94,14 @@ std::string connect_as(uid_t uid, gid_t gid, std::vector<gid_t> groups, uint16_t
     };
     if (::setgroups(groups.size(), groups.data()) != 0 || ::setresgid(gid, gid, gid) != 0 || ::setresuid(uid, uid, uid) != 0)
       report("cannot become uid " + std::to_string(uid));
-    int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int s = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     timeval timeout{30, 0};
     ::setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
-    sockaddr_in sa{};
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons(port);
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    std::strncpy(sa.sun_path, path.c_str(), sizeof sa.sun_path - 1);
     if (::connect(s, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0)
-      report(errno == ECONNREFUSED ? "refused" : std::string("connect: ") + std::strerror(errno));
+      report(errno == EACCES ? "denied" : errno == ECONNREFUSED || errno == ENOENT ? "refused" : std::string("connect: ") + std::strerror(errno));
     char banner[12];
     size_t got = 0;
     while (got < sizeof banner) {
@@ -108,7 +109,7 @@ std::string connect_as(uid_t uid, gid_t gid, std::vector<gid_t> groups, uint16_t
       if (n <= 0) report("read: " + std::string(n == 0 ? "EOF" : std::strerror(errno)));
       got += static_cast<size_t>(n);
     }
-    report(std::string(banner, 11));  // without the newline
+    report(std::string(banner, 11));
   }
   write_end.reset();
   std::string result = vl::sys::read_all(read_end.get(), 4096).value();
@@ -117,96 +118,117 @@ std::string connect_as(uid_t uid, gid_t gid, std::vector<gid_t> groups, uint16_t
 }
 
 // Root's view, polled: the emulator may not be listening yet when the helper has become it.
-std::string wait_for_console() {
+std::string wait_for_console(const std::string& path) {
   std::string seen;
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   while (std::chrono::steady_clock::now() < deadline) {
-    seen = connect_as(0, 0, {});
+    seen = connect_as(path, 0, 0, {});
     if (seen != "refused") break;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   return seen;
 }
 
-bool console_rule_exists(const std::string& vm) { return vl::helper::console_filter_exists(vm).value(); }
+std::string vnc_socket(HelperEnv& env, const std::string& vm) { return env.config().vnc_socket_path(vl::VmName::parse(vm).value()); }
 
 }  // namespace
 
 TEST_SUITE("root/console_access") {
-  TEST_CASE("a VM's console answers root and the admin group; other VMs' uids and other users are refused") {
-    HelperEnv env;
+  TEST_CASE("a VM's VNC socket answers root and the daemon's group; other VMs' uids and other users are denied") {
+    HelperEnv env;  // its daemon group is root's (gid 0)
     // Another VM, whose uid is the attacker's: it exists only once that VM has launched.
     env.define({.name = "dmz1", .mac = "52:54:00:00:00:01", .bridge = "br-dmz"});
+    add_vnc(env, "dmz1");
     auto dmz = env.launch("dmz1");
     REQUIRE_MESSAGE(dmz.running(), dmz.log);
     uid_t dmz_uid = vl::helper::read_uid_map(env.config()).value().at("dmz1");
-    // The admin group lists the DMZ VM's user too: a VM's uid is never an operator.
-    ScopedUserDb users(env.root(),
-                       "vncstranger:x:4242:4242::/:/usr/sbin/nologin\n"
-                       "vncadmin:x:4243:4243::/:/usr/sbin/nologin\n"
-                       "vncprimary:x:4244:4250::/:/usr/sbin/nologin\n"
-                       "dmzvm:x:" + std::to_string(dmz_uid) + ":" + std::to_string(dmz_uid) + "::/:/usr/sbin/nologin\n",
-                       "vmlaunch-admin:x:4250:vncadmin,dmzvm\n");
 
     env.define({.name = "intra1", .mac = "52:54:00:00:00:02", .bridge = "br-lan"});
     add_vnc(env, "intra1");
     auto intra = env.launch("intra1");
     REQUIRE_MESSAGE(intra.running(), intra.log);
-    CHECK_MESSAGE(intra.log.find("has uid " + std::to_string(dmz_uid) + ", which is a VM's") != std::string::npos, intra.log);
+    uid_t intra_uid = vl::helper::read_uid_map(env.config()).value().at("intra1");
+    const std::string path = vnc_socket(env, "intra1");
 
-    CHECK(wait_for_console() == "RFB 003.008");
-    CHECK(connect_as(dmz_uid, dmz_uid, {}) == "refused");
-    CHECK(connect_as(dmz_uid, dmz_uid, {kAdminGid}) == "refused");  // group membership alone is not enough
-    CHECK(connect_as(kStranger, kStranger, {}) == "refused");
-    CHECK(connect_as(kAdmin, kAdmin, {kAdminGid}) == "RFB 003.008");
-    CHECK(connect_as(kPrimaryAdmin, kAdminGid, {}) == "RFB 003.008");
-    CHECK(connect_as(0, 0, {}) == "RFB 003.008");
-    CHECK(console_rule_exists("intra1"));
-    CHECK_FALSE(console_rule_exists("dmz1"));  // no VNC, no rule
+    CHECK(wait_for_console(path) == "RFB 003.008");
+    CHECK(connect_as(path, kStranger, kStranger, {0}) == "RFB 003.008");  // the daemon's group
+    CHECK(connect_as(path, dmz_uid, dmz_uid, {}) == "denied");
+    CHECK(connect_as(path, kStranger, kStranger, {}) == "denied");
+    CHECK(connect_as(path, kAdmin, kAdmin, {kAdminGid}) == "denied");
+    // The other VM reaches its own socket only: it cannot even enter intra1's directory.
+    CHECK(wait_for_console(vnc_socket(env, "dmz1")) == "RFB 003.008");
+    // The directory: the VM's uid binds the socket there, the daemon's group may enter.
+    struct stat st {};
+    REQUIRE(::stat(env.config().vnc_socket_dir(vl::VmName::parse("intra1").value()).c_str(), &st) == 0);
+    CHECK(st.st_uid == intra_uid);
+    CHECK(st.st_gid == 0);
+    CHECK((st.st_mode & 07777) == 02750);
+    REQUIRE(::stat(path.c_str(), &st) == 0);
+    CHECK(S_ISSOCK(st.st_mode));
+    CHECK((st.st_mode & 0777) == 0770);
+    // No console rule any more: nothing of vmlaunch's in the inet family.
+    CHECK(vl::test::command_output("nft list tables").find("inet vmlaunch") == std::string::npos);
 
     env.kill_vm(intra.pid);
     auto cleaned = env.helper({"cleanup", "intra1"});
     CHECK_MESSAGE(WIFEXITED(cleaned.status), cleaned.log);
     CHECK_MESSAGE(WEXITSTATUS(cleaned.status) == 0, cleaned.log);
-    CHECK_FALSE(console_rule_exists("intra1"));
-    // It was the table's only VM: the table goes too.
-    CHECK(vl::test::command_output("nft list tables").find("inet vmlaunch") == std::string::npos);
+    CHECK_FALSE(std::filesystem::exists(env.config().vnc_socket_dir(vl::VmName::parse("intra1").value())));
     // Cleanup is idempotent.
     cleaned = env.helper({"cleanup", "intra1"});
     CHECK_MESSAGE(WEXITSTATUS(cleaned.status) == 0, cleaned.log);
+    env.kill_vm(dmz.pid);
+    (void)env.helper({"cleanup", "dmz1"});
   }
 
-  TEST_CASE("a port another VM's console rule guards is refused, and the refusal changes nothing") {
+  TEST_CASE("cleanup removes the console rule an earlier version installed, and its table with the last VM's") {
     HelperEnv env;
     env.define({.name = "intra1", .mac = "52:54:00:00:00:02", .bridge = "br-lan"});
-    add_vnc(env, "intra1");
-    auto intra = env.launch("intra1");
-    REQUIRE_MESSAGE(intra.running(), intra.log);
     env.define({.name = "intra2", .mac = "52:54:00:00:00:03", .bridge = "br-lan"});
-    add_vnc(env, "intra2");
-    vl::test::check_launch_refused(env, "intra2", "VNC port 5907 is guarded for VM 'intra1'");
-    CHECK(console_rule_exists("intra1"));
+    // What an earlier helper left for two VMs whose emulators it started (console_filter.h).
+    auto legacy = vl::test::command_output(
+        "nft -f - 2>&1 <<'EOF'\n"
+        "add table inet vmlaunch\n"
+        "add map inet vmlaunch consoles { type inet_service : verdict; }\n"
+        "add chain inet vmlaunch output { type filter hook output priority 0; policy accept; }\n"
+        "add rule inet vmlaunch output tcp flags & (syn | ack) == syn fib daddr type local tcp dport vmap @consoles\n"
+        "add chain inet vmlaunch vm-intra1\n"
+        "add rule inet vmlaunch vm-intra1 meta skuid != { 0 } counter reject with tcp reset\n"
+        "add chain inet vmlaunch vm-intra2\n"
+        "add rule inet vmlaunch vm-intra2 meta skuid != { 0 } counter reject with tcp reset\n"
+        "add element inet vmlaunch consoles { 5907 : jump vm-intra1, 5908 : jump vm-intra2 }\n"
+        "EOF\n");
+    REQUIRE_MESSAGE(legacy.empty(), legacy);
+    auto cleaned = env.helper({"cleanup", "intra1"});
+    CHECK_MESSAGE(WEXITSTATUS(cleaned.status) == 0, cleaned.log);
+    std::string table = vl::test::command_output("nft list table inet vmlaunch 2>&1");
+    CHECK(table.find("vm-intra1") == std::string::npos);
+    CHECK(table.find("5907") == std::string::npos);
+    CHECK(table.find("vm-intra2") != std::string::npos);
+    cleaned = env.helper({"cleanup", "intra2"});
+    CHECK_MESSAGE(WEXITSTATUS(cleaned.status) == 0, cleaned.log);
+    CHECK(vl::test::command_output("nft list tables").find("inet vmlaunch") == std::string::npos);
   }
 
-  TEST_CASE("a launch that fails at or after the console rule leaves no rule") {
+  TEST_CASE("a launch that fails at or after the VNC socket's directory leaves no directory") {
     if (!kFaultInjection) return;
     HelperEnv env;
     env.define({.name = "intra1", .mac = "52:54:00:00:00:02", .bridge = "br-lan"});
     add_vnc(env, "intra1");
-    for (const char* step : {"console-filter", "tap", "bridge-attach", "monitor-socket", "state-file", "exec"}) {
+    for (const char* step : {"vnc-socket", "tap", "bridge-attach", "monitor-socket", "state-file", "exec"}) {
       CAPTURE(step);
       auto before = env.snapshot();  // interfaces, nftables tables, files
       auto r = env.launch("intra1", {std::string("VMLAUNCH_FAIL_AT=") + step});
       REQUIRE_FALSE(r.running());
       CHECK(WEXITSTATUS(r.status) == 1);
-      if (std::string(step) != "console-filter")  // the rule was there, and went
-        CHECK_MESSAGE(r.log.find("rolling back step 'console-filter'") != std::string::npos, r.log);
-      CHECK_FALSE(console_rule_exists("intra1"));
+      if (std::string(step) != "vnc-socket")  // the directory was there, and went
+        CHECK_MESSAGE(r.log.find("rolling back step 'vnc-socket'") != std::string::npos, r.log);
+      CHECK_FALSE(std::filesystem::exists(env.config().vnc_socket_dir(vl::VmName::parse("intra1").value())));
       CHECK_MESSAGE(vl::test::snapshot_diff(before, env.snapshot()).empty(), vl::test::snapshot_diff(before, env.snapshot()));
     }
   }
 
-  TEST_CASE("an admin member asks vmctl for the display and reaches the console; a stranger does neither") {
+  TEST_CASE("an admin member asks vmctl for the VNC socket, but only the daemon reaches it; a stranger gets neither") {
     vl::test::TempDir db;
     ::chmod(db.path().c_str(), 0755);
     // Before the broker and the daemon start: they must see the same users.
@@ -233,17 +255,11 @@ TEST_SUITE("root/console_access") {
     };
     auto display = vncdisplay_as({"--reuid=4243", "--regid=4243", "--groups=4250"});
     REQUIRE_MESSAGE(display.exit_code == 0, display.out);
-    REQUIRE(display.out.rfind("127.0.0.1:", 0) == 0);
-    uint16_t port = static_cast<uint16_t>(5900 + std::stoi(display.out.substr(10)));
-    CHECK(connect_as(kAdmin, kAdmin, {kAdminGid}, port) == "RFB 003.008");
+    std::string socket = "unix:" + env.config().vnc_socket_path(vl::VmName::parse("intra1").value());
+    CHECK(display.out == socket + "\n");
+    CHECK(connect_as(socket.substr(5), kAdmin, kAdmin, {kAdminGid}) == "denied");
     CHECK(vncdisplay_as({"--reuid=4242", "--regid=4242", "--clear-groups"}).exit_code == 1);
-    CHECK(connect_as(kStranger, kStranger, {}, port) == "refused");
     auto stopped = env.vmctl({"stop", "--force", "intra1"});
     CHECK_MESSAGE(stopped.exit_code == 0, stopped.out);
-    // The daemon runs cleanup once the emulator has gone, which takes the rule with it.
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-    while (console_rule_exists("intra1") && std::chrono::steady_clock::now() < deadline)
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    CHECK_FALSE(console_rule_exists("intra1"));
   }
 }

@@ -13,6 +13,7 @@
 
 #include "common/argv_policy.h"
 #include "common/domain.h"
+#include "common/zone_network.h"
 #include "common/spawn.h"
 #include "daemon/planner.h"
 #include "tests/support/netns.h"
@@ -76,9 +77,13 @@ TEST_SUITE("root/plan_exec") {
 
     vl::HostConfig config;
     config.cache_dir = tmp.path() + "/cache";
+    config.runtime_dir = tmp.path() + "/run";
     std::string xml = domain_xml(disk);
     auto domain = vl::parse_domain(xml, "web1.xml");
     REQUIRE_MESSAGE(domain.ok(), domain.error().message());
+    // Its VNC socket, where the helper would have made the directory (vnc_socket.h).
+    vl::resolve_vnc(*domain, config);
+    std::filesystem::create_directories(config.vnc_socket_dir(domain->name));
     vl::Planner planner(config);
     auto plan = planner.plan(*domain, xml);
     REQUIRE_MESSAGE(plan.ok(), plan.error().message());
@@ -143,10 +148,11 @@ TEST_SUITE("root/plan_exec") {
       std::filesystem::remove(tmp.path() + "/console.sock");
     }
     CHECK_FALSE(vl::test::netns_in_use(ns_inode));
-    // Only what the test made itself is left in its directory: the disk, the log, the cache.
+    // Only what the test made itself is left in its directory: the disk, the log, the cache, and
+    // the VNC socket's directory (what is in it is the helper's cleanup's business, not tested here).
     for (const auto& e : std::filesystem::directory_iterator(tmp.path())) {
       auto name = e.path().filename().string();
-      CHECK_MESSAGE((name == "web 1,disk.img" || name == "qemu.log" || name == "cache"), name);
+      CHECK_MESSAGE((name == "web 1,disk.img" || name == "qemu.log" || name == "cache" || name == "run"), name);
     }
   }
 }

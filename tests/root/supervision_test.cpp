@@ -76,7 +76,7 @@ class IdleBrokerClient final {
   pid_t pid_ = -1;
 };
 
-// Gives a defined domain a VNC display chosen by the daemon (autoport).
+// Gives a defined domain a VNC server (on its own socket).
 void add_vnc_autoport(SystemEnv& env, const std::string& name) {
   std::string path = env.root() + "/domains/" + name + ".xml";
   std::string xml = vl::sys::read_file(path, 1 << 20).value();
@@ -238,7 +238,7 @@ TEST_SUITE("root/supervision") {
     CHECK_MESSAGE(env.broker_exited_within(1500), "the broker ignored SIGTERM");
   }
 
-  TEST_CASE("VNC-autoport VMs started in parallel all run, each on its own display") {
+  TEST_CASE("VNC-autoport VMs started in parallel all run, each on its own socket") {
     SystemEnv env;
     constexpr int kVms = 10;
     std::vector<std::string> args = {"start", "--parallel", std::to_string(kVms)};

@@ -11,6 +11,9 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <sys/socket.h>
+#include <sys/un.h>
+
+#include <csignal>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -31,7 +34,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-constexpr uint16_t kPort = 5911;
 #ifdef VMLAUNCH_FAULT_INJECTION
 constexpr bool kFaultInjection = true;
 #else
@@ -93,22 +95,50 @@ class VncPki final {
   std::string dir_;
 };
 
-vl::UniqueFd connect_vnc(uint16_t port = kPort) {
+// Connects to a VNC server at `sa` (the VM's Unix socket, or the port vmctl vnc listens on).
+template <typename Address>
+vl::UniqueFd connect_vnc_at(int family, const Address& sa) {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   for (;;) {
-    vl::UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    vl::UniqueFd s(::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
     REQUIRE(s);
     timeval timeout{30, 0};
     ::setsockopt(s.get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
-    sockaddr_in sa{};
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons(port);
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (::connect(s.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0) return s;
+    if (::connect(s.get(), reinterpret_cast<const sockaddr*>(&sa), sizeof sa) == 0) return s;
     // The emulator may not be listening yet when the helper has become it.
-    REQUIRE_MESSAGE((errno == ECONNREFUSED && std::chrono::steady_clock::now() < deadline), std::strerror(errno));
+    REQUIRE_MESSAGE(((errno == ECONNREFUSED || errno == ENOENT) && std::chrono::steady_clock::now() < deadline), std::strerror(errno));
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
+}
+
+// A viewer the server turns away (a failed handshake, a refused certificate) may still be
+// writing when the server closes. On the VM's Unix socket that write fails at once with EPIPE,
+// which the test checks by its results; the signal would kill the test process instead.
+class IgnoreSigpipe final {
+ public:
+  IgnoreSigpipe() { old_ = ::signal(SIGPIPE, SIG_IGN); }
+  ~IgnoreSigpipe() { ::signal(SIGPIPE, old_); }
+  IgnoreSigpipe(const IgnoreSigpipe&) = delete;
+  IgnoreSigpipe& operator=(const IgnoreSigpipe&) = delete;
+
+ private:
+  sighandler_t old_;
+};
+
+// The VM's VNC socket (its emulator has a network namespace of its own).
+vl::UniqueFd connect_vnc(HelperEnv& env, const std::string& vm = "tls1") {
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  env.config().vnc_socket_path(vl::VmName::parse(vm).value()).copy(sa.sun_path, sizeof sa.sun_path - 1);
+  return connect_vnc_at(AF_UNIX, sa);
+}
+
+vl::UniqueFd connect_tcp(uint16_t port) {
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(port);
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  return connect_vnc_at(AF_INET, sa);
 }
 
 std::string read_exactly(int fd, size_t n) {
@@ -222,20 +252,20 @@ std::string tls_read_exactly(SSL* ssl, size_t n) {
 
 std::string vm_tls_dir(HelperEnv& env, const std::string& vm) { return env.root() + "/run/vnc-tls/" + vm; }
 
-// A VM with an interface on br-lan, VNC on 127.0.0.1:kPort and the configuration's [vnc] tls on.
+// A VM with an interface on br-lan, VNC (on its socket) and the configuration's [vnc] tls on.
 void define_tls_vm(HelperEnv& env, const VncPki& pki, const std::string& password = "", bool verify_client = false) {
   env.write_config("[vnc]\ntls = true\ntls_dir = \"" + pki.dir() + "\"\n" +
                    (verify_client ? "tls_verify_client = true\n" : ""));
   std::string passwd = password.empty() ? "" : " passwd='" + password + "'";
   env.define({.name = "tls1", .mac = "52:54:00:00:41:01", .bridge = "br-lan",
-              .devices = "    <graphics type='vnc' autoport='no' port='" + std::to_string(kPort) +
-                         "' listen='127.0.0.1'" + passwd + "/>\n"});
+              .devices = "    <graphics type='vnc' listen='127.0.0.1'" + passwd + "/>\n"});
 }
 
 }  // namespace
 
 TEST_SUITE("root/vnc_tls") {
   TEST_CASE("VNC over TLS: VeNCrypt x509 with a certificate the CA verifies; the key copy is the VM's alone and goes with cleanup") {
+    IgnoreSigpipe quiet;
     HelperEnv env;
     VncPki pki(env.root() + "/pki");
     define_tls_vm(env, pki);
@@ -257,7 +287,7 @@ TEST_SUITE("root/vnc_tls") {
 
     {
       // No VNC password in the XML: x509 without the VNC challenge.
-      vl::UniqueFd s = connect_vnc();
+      vl::UniqueFd s = connect_vnc(env);
       std::vector<uint32_t> offered = vencrypt_until_tls(s.get(), kX509None);
       CHECK(offered == std::vector<uint32_t>{kX509None});
       TlsClient tls = tls_handshake(s.get(), pki.work("ca.pem"));
@@ -273,7 +303,7 @@ TEST_SUITE("root/vnc_tls") {
     }
     {
       // A client that trusts another CA does not accept the server.
-      vl::UniqueFd s = connect_vnc();
+      vl::UniqueFd s = connect_vnc(env);
       vencrypt_until_tls(s.get(), kX509None);
       TlsClient tls = tls_handshake(s.get(), pki.work("otherca.pem"));
       CHECK(tls.connected != 1);
@@ -288,6 +318,7 @@ TEST_SUITE("root/vnc_tls") {
   }
 
   TEST_CASE("a VM with a directory of its own in tls_dir presents that identity, not the shared one") {
+    IgnoreSigpipe quiet;
     HelperEnv env;
     VncPki pki(env.root() + "/pki");
     pki.own_identity("tls1");
@@ -298,7 +329,7 @@ TEST_SUITE("root/vnc_tls") {
           vl::sys::read_file(pki.dir() + "/tls1/server-key.pem", 1 << 16).value());
     for (auto [ca, accepted] : {std::pair{"otherca.pem", true}, std::pair{"ca.pem", false}}) {
       CAPTURE(ca);
-      vl::UniqueFd s = connect_vnc();
+      vl::UniqueFd s = connect_vnc(env);
       vencrypt_until_tls(s.get(), kX509None);
       TlsClient tls = tls_handshake(s.get(), pki.work(ca));
       CHECK((tls.connected == 1) == accepted);
@@ -308,12 +339,13 @@ TEST_SUITE("root/vnc_tls") {
   }
 
   TEST_CASE("VNC over TLS with a password: VeNCrypt x509 then the VNC challenge") {
+    IgnoreSigpipe quiet;
     HelperEnv env;
     VncPki pki(env.root() + "/pki");
     define_tls_vm(env, pki, "secret");
     auto launched = env.launch("tls1");
     REQUIRE_MESSAGE(launched.running(), launched.log);
-    vl::UniqueFd s = connect_vnc();
+    vl::UniqueFd s = connect_vnc(env);
     CHECK(vencrypt_until_tls(s.get(), kX509Vnc) == std::vector<uint32_t>{kX509Vnc});
     TlsClient tls = tls_handshake(s.get(), pki.work("ca.pem"));
     REQUIRE_MESSAGE(tls.connected == 1, X509_verify_cert_error_string(tls.verify));
@@ -324,20 +356,21 @@ TEST_SUITE("root/vnc_tls") {
   }
 
   TEST_CASE("with tls_verify_client, a viewer without a certificate from the CA is turned away, one with it is served") {
+    IgnoreSigpipe quiet;
     HelperEnv env;
     VncPki pki(env.root() + "/pki");
     define_tls_vm(env, pki, "", /*verify_client=*/true);
     auto launched = env.launch("tls1");
     REQUIRE_MESSAGE(launched.running(), launched.log);
     {
-      vl::UniqueFd s = connect_vnc();
+      vl::UniqueFd s = connect_vnc(env);
       vencrypt_until_tls(s.get(), kX509None);
       TlsClient tls = tls_handshake(s.get(), pki.work("ca.pem"));
       // Under TLS 1.3 the client's handshake may complete before the server refuses it.
       CHECK((tls.connected != 1 || security_result(tls.ssl.get()).empty()));
     }
     {
-      vl::UniqueFd s = connect_vnc();
+      vl::UniqueFd s = connect_vnc(env);
       vencrypt_until_tls(s.get(), kX509None);
       TlsClient tls = tls_handshake(s.get(), pki.work("ca.pem"), pki.work("client.pem"));
       REQUIRE_MESSAGE(tls.connected == 1, X509_verify_cert_error_string(tls.verify));
@@ -348,20 +381,21 @@ TEST_SUITE("root/vnc_tls") {
   }
 
   TEST_CASE("VNC over TLS through vmctl vnc: the daemon plans it, and the channel relays the TLS session unchanged") {
+    IgnoreSigpipe quiet;
     SystemEnv env;
     VncPki pki(env.root() + "/pki");
     env.write_config("[vnc]\ntls = true\ntls_dir = \"" + pki.dir() + "\"\n");
     env.stop_daemon();  // the daemon reads [vnc] at start
     env.start_daemon();
     env.define({.name = "tls1", .nic = false,
-                .devices = "    <graphics type='vnc' autoport='no' port='" + std::to_string(kPort) + "' listen='127.0.0.1'/>\n"});
+                .devices = "    <graphics type='vnc' listen='127.0.0.1'/>\n"});
     auto started = env.vmctl({"start", "tls1"});
     REQUIRE_MESSAGE(started.exit_code == 0, started.out << env.log());
     LiveVmctl vnc(env, {"vnc", "tls1", "--listen", "127.0.0.1:0"});
     REQUIRE_MESSAGE(vnc.wait_for("; connect a VNC viewer", 60s), vnc.output());
     size_t at = vnc.output().find("127.0.0.1:");
     REQUIRE(at != std::string::npos);
-    vl::UniqueFd viewer = connect_vnc(static_cast<uint16_t>(std::stoi(vnc.output().substr(at + 10))));
+    vl::UniqueFd viewer = connect_tcp(static_cast<uint16_t>(std::stoi(vnc.output().substr(at + 10))));
     CHECK(vencrypt_until_tls(viewer.get(), kX509None) == std::vector<uint32_t>{kX509None});
     // The certificate names the VM's host (127.0.0.1 here), which the local forward also is.
     TlsClient tls = tls_handshake(viewer.get(), pki.work("ca.pem"));
@@ -383,7 +417,7 @@ TEST_SUITE("root/vnc_tls") {
     HelperEnv env;
     VncPki pki(env.root() + "/pki");
     define_tls_vm(env, pki);
-    for (const char* step : {"vnc-tls", "disk-owner", "console-filter", "tap", "bridge-attach", "monitor-socket", "exec"}) {
+    for (const char* step : {"vnc-tls", "disk-owner", "vnc-socket", "tap", "bridge-attach", "monitor-socket", "exec"}) {
       CAPTURE(step);
       auto r = env.launch("tls1", {std::string("VMLAUNCH_FAIL_AT=") + step});
       REQUIRE_FALSE(r.running());

@@ -93,7 +93,7 @@ class HelperEnv {
     root_ = tmp_.path();
     ::chmod(root_.c_str(), 0755);  // VM uids must be able to traverse to their disks
     // What packaging installs: the directories themselves persist, their contents do not.
-    for (const char* d : {"domains", "images", "run", "run/vms", "state", "state/disks", "udev"})
+    for (const char* d : {"domains", "images", "run", "run/vms", "run/vnc", "state", "state/disks", "udev"})
       std::filesystem::create_directory(root_ + "/" + d);
     ::chmod((root_ + "/state").c_str(), 0700);
     write_config("");
@@ -193,7 +193,7 @@ class HelperEnv {
     auto domain = parse_domain(xml, name + ".xml");
     REQUIRE_MESSAGE(domain.ok(), domain.error().message());
     resolve_nvram(*domain, config_);
-    resolve_vnc_tls(*domain, config_);
+    resolve_vnc(*domain, config_);
     HostConfig planning = config_;
     planning.emulators = {domain->emulator};
     Planner planner(planning);
