@@ -3,7 +3,8 @@
 // libvirt's domxml-to-native output is "not trivially usable outside of libvirt": it carries
 // the caller's environment, a master-key secret file that never gets written, a monitor socket
 // path inside the conversion root, tap fd numbers of a process that never existed, and always
-// VNC display 0. The rewrite works on parsed structure (options, keyval lists with ',,'
+// VNC display 0; and the daemon gives libvirt its disks without <encryption> (converter.h),
+// so the LUKS layer and its secret are added here. The rewrite works on parsed structure (options, keyval lists with ',,'
 // escapes, JSON objects), never on substrings, and refuses what it cannot make safe.
 #pragma once
 
@@ -25,6 +26,9 @@ inline constexpr int kAgentFd = kFirstTapFd + static_cast<int>(VmName::kMaxNics)
 /// the number of the fd set, /dev/fdset/N, that names the pipe to the chardev's logfile).
 inline constexpr int kSerialFd = kAgentFd + 1;
 inline constexpr int kSerialLogFd = kAgentFd + 2;
+
+/// The sealed memfd with the encrypted disks' passphrase (plan.h disk_secret_object).
+inline constexpr int kDiskSecretFd = kAgentFd + 3;
 
 /// The rewrite's own version: part of the plan cache key, bump it when the output changes.
 inline constexpr int kRewriteVersion = 5;
