@@ -194,6 +194,7 @@ inline BareVm bare_start(const Plan& plan, const std::string& tap_name, const st
       case FdSlot::Kind::kAgent: die("bare exec: the plan has a guest agent channel, the baseline prepares none");
       case FdSlot::Kind::kSerial:
       case FdSlot::Kind::kSerialLog: die("bare exec: the plan has a serial port, the baseline prepares none");
+      case FdSlot::Kind::kDiskSecret: die("bare exec: the plan has an encrypted disk, the baseline prepares no passphrase");
     }
   }
   std::vector<std::string> argv = plan.argv;

@@ -95,6 +95,7 @@ class ArgvChecker {
   Result<void> declare_object(const QemuOption& opt);
   Result<void> declare_audiodev(const QemuOption& opt);
   Result<void> declare_vnc_tls(const QemuOption& opt, const Json& obj);
+  Result<void> declare_disk_secret(const QemuOption& opt, const Json& obj);
   Result<void> check_disk_nodes();
 
   // Second pass: one function per option.
@@ -153,8 +154,11 @@ class ArgvChecker {
   std::set<std::string> format_nodes_;          // what devices may use as a drive
   std::map<std::string, Image> layer_nodes_;    // format nodes of backing layers
   std::set<Image> images_opened_;
+  // Encrypted disks (by index) whose secret object was declared, and those a node unlocks.
+  std::set<int> secrets_declared_, secrets_used_;
   Result<Image> image_of(const QemuOption& opt, const std::string& driver, const std::string& filename) const;
   Result<void> check_backing(const QemuOption& opt, const Json& bd, const Image& image) const;
+  Result<void> check_encryption(const QemuOption& opt, const Json& bd, const std::string& driver, const Image& image);
   Result<void> check_boot_path(const QemuOption& opt, const std::string& path) const;
   Result<void> check_pflash_code(const QemuOption& opt, const std::string& node) const;
 };
@@ -435,6 +439,8 @@ Result<void> ArgvChecker::declare_blockdev(const QemuOption& opt) {
           if (!one_of(k, {"direct", "no-flush"}) || !v.is_boolean()) return refuse(opt, "cache property " + quote_for_message(k) + " is not allowed");
       } else if (key == "backing") {
         if (!value.is_null() && !value.is_string()) return refuse(opt, "'backing' must be null or a node name");
+      } else if (key == "encrypt") {
+        // qcow2's LUKS encryption: check_encryption checks it
       } else if (value.is_object() || value.is_array()) {
         return refuse(opt, "property " + quote_for_message(key) + " must be a plain value");
       }
@@ -465,8 +471,9 @@ Result<void> ArgvChecker::declare_blockdev(const QemuOption& opt) {
     protocol_nodes_[node] = ProtocolNode{image, false, bd["filename"].get<std::string>()};
     return {};
   }
-  if (driver == "raw" || driver == "qcow2") {
-    VL_CHECK(only_keys({"node-name", "read-only", "driver", "file", "backing", "cache", "discard", "detect-zeroes"}));
+  if (driver == "raw" || driver == "qcow2" || driver == "luks") {
+    VL_CHECK(only_keys({"node-name", "read-only", "driver", "file", "backing", "cache", "discard", "detect-zeroes",
+                        driver == "luks" ? "key-secret" : driver == "qcow2" ? "encrypt" : "file"}));
     if (!bd.contains("file") || !bd["file"].is_string())
       return refuse(opt, "a format node's file must name a protocol node declared before it");
     auto proto = protocol_nodes_.find(bd["file"].get<std::string>());
@@ -487,17 +494,18 @@ Result<void> ArgvChecker::declare_blockdev(const QemuOption& opt) {
       firmware_nodes_[node] = proto->second.filename;
       return {};
     }
+    VL_CHECK(check_encryption(opt, bd, driver, image));
     const Disk& disk = domain_.disks[image.disk];
     const std::string& format = image.layer < 0 ? disk.format : disk.backing[image.layer].format;
     const std::string& source = image.layer < 0 ? disk.source : disk.backing[image.layer].source;
-    if (format != driver) return refuse(opt, quote_for_message(source, kQuotePathMax) + " is declared " + quote_for_message(format) + ", not " + quote_for_message(driver));
+    if (format != (driver == "luks" ? "raw" : driver)) return refuse(opt, quote_for_message(source, kQuotePathMax) + " is declared " + quote_for_message(format) + ", not " + quote_for_message(driver));
     if ((image.layer >= 0 || disk.read_only) && !read_only)
       return refuse(opt, quote_for_message(source, kQuotePathMax) + " is read-only in the domain XML");
     if (image.layer < 0) format_nodes_.insert(node);
     else layer_nodes_[node] = image;
     return {};
   }
-  return refuse(opt, "blockdev driver " + quote_for_message(driver) + " is not allowed (only file, host_device, host_cdrom, raw, qcow2)");
+  return refuse(opt, "blockdev driver " + quote_for_message(driver) + " is not allowed (only file, host_device, host_cdrom, raw, qcow2, luks)");
 }
 
 // Which of the domain's images a protocol node opens. A file that is no disk or declared
@@ -530,7 +538,7 @@ Result<ArgvChecker::Image> ArgvChecker::image_of(const QemuOption& opt, const st
 // explicitly: the next declared layer of its disk, or null where the declared chain ends.
 Result<void> ArgvChecker::check_backing(const QemuOption& opt, const Json& bd, const Image& image) const {
   std::string driver = VL_TRY(string_member(opt, bd, "driver"));
-  if (driver == "raw") {
+  if (driver == "raw" || driver == "luks") {
     if (bd.contains("backing")) return refuse(opt, "raw nodes have no backing");
     return {};
   }
@@ -550,7 +558,43 @@ Result<void> ArgvChecker::check_backing(const QemuOption& opt, const Json& bd, c
   return {};
 }
 
+// An encrypted disk is opened through QEMU's LUKS layer with its own secret, and nothing else
+// is: a LUKS node on a disk the XML does not encrypt, on a backing layer or firmware, or an
+// encrypted disk opened as plain raw or qcow2 (the guest would see ciphertext, or a plan could
+// hand its secret to another image) is refused.
+Result<void> ArgvChecker::check_encryption(const QemuOption& opt, const Json& bd, const std::string& driver,
+                                           const Image& image) {
+  bool decrypts = driver == "luks" || bd.contains("encrypt");
+  bool encrypted = image.disk >= 0 && image.layer < 0 && domain_.disks[image.disk].luks;
+  if (!encrypted) {
+    if (decrypts) return refuse(opt, "only a disk with <encryption> in the domain XML is opened with a LUKS secret");
+    return {};
+  }
+  const Disk& disk = domain_.disks[image.disk];
+  if (!decrypts)
+    return refuse(opt, "disk '" + disk.target + "' is encrypted in the domain XML: its node must unlock it with its secret");
+  std::string secret;
+  if (driver == "luks") {
+    secret = VL_TRY(string_member(opt, bd, "key-secret"));
+  } else {
+    const Json& encrypt = bd["encrypt"];
+    if (!encrypt.is_object() || encrypt.size() != 2 || !encrypt.contains("format") || encrypt["format"] != "luks" ||
+        !encrypt.contains("key-secret") || !encrypt["key-secret"].is_string())
+      return refuse(opt, "'encrypt' must be {\"format\":\"luks\",\"key-secret\":ID}");
+    secret = encrypt["key-secret"].get<std::string>();
+  }
+  if (secret != disk_secret_id(static_cast<size_t>(image.disk)) || !secrets_declared_.count(image.disk))
+    return refuse(opt, "disk '" + disk.target + "' must be unlocked with its own secret " +
+                           quote_for_message(disk_secret_id(static_cast<size_t>(image.disk))) + ", declared before it");
+  if (!secrets_used_.insert(image.disk).second) return refuse(opt, "the secret of disk '" + disk.target + "' is used twice");
+  return {};
+}
+
 Result<void> ArgvChecker::check_disk_nodes() {
+  for (int d : secrets_declared_)
+    if (!secrets_used_.count(d))
+      return Error::make(ErrorCode::kDenied, "the emulator command line is refused: the secret of disk '" +
+                                                 domain_.disks[static_cast<size_t>(d)].target + "' unlocks no node");
   for (const auto& [name, node] : protocol_nodes_)
     if (!node.used)
       return Error::make(ErrorCode::kDenied, "the emulator command line is refused: protocol node '" + name +
@@ -582,6 +626,8 @@ Result<void> ArgvChecker::declare_object(const QemuOption& opt) {
     rngs_.insert(id);
   } else if (type == "tls-creds-x509") {
     VL_CHECK(declare_vnc_tls(opt, obj));
+  } else if (type == "secret") {
+    VL_CHECK(declare_disk_secret(opt, obj));
   } else if (type == "iothread") {
     for (const auto& [key, value] : obj.items())
       if (!one_of(key, {"qom-type", "id", "poll-max-ns", "poll-grow", "poll-shrink", "aio-max-batch",
@@ -606,6 +652,23 @@ Result<void> ArgvChecker::declare_vnc_tls(const QemuOption& opt, const Json& obj
   if (have_vnc_tls_) return refuse(opt, "the VNC TLS credentials are declared twice");
   have_vnc_tls_ = true;
   return {};
+}
+
+// A secret is exactly the object vmlaunch writes for one encrypted disk (disk_secret_object):
+// read from the plan's disk-secret fd, never given inline (data=, which would put the passphrase
+// in the argv), never from another path (a file the VM's uid can read), never decrypted with
+// another secret (keyid=), and only for a disk the domain XML encrypts.
+Result<void> ArgvChecker::declare_disk_secret(const QemuOption& opt, const Json& obj) {
+  const FdSlot* slot = slot_of(FdSlot::Kind::kDiskSecret);
+  for (size_t d = 0; d < domain_.disks.size(); ++d) {
+    if (!domain_.disks[d].luks || VL_TRY(string_member(opt, obj, "id")) != disk_secret_id(d)) continue;
+    std::string expected = disk_secret_object(d, slot ? slot->fd : -1);
+    if (!slot || obj != Json::parse(expected))
+      return refuse(opt, "the secret of disk '" + domain_.disks[d].target + "' must be exactly " + expected);
+    if (!secrets_declared_.insert(static_cast<int>(d)).second) return refuse(opt, "the secret is declared twice");
+    return {};
+  }
+  return refuse(opt, "object type 'secret' is only the passphrase of an encrypted disk of the domain");
 }
 
 Result<void> ArgvChecker::declare_audiodev(const QemuOption& opt) {

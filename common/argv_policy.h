@@ -26,7 +26,11 @@ namespace vl {
 ///    /dev/fdset/N where the one -add-fd puts the plan's serial log pipe (fd=N,set=N);
 ///    exactly one QMP monitor;
 ///  - -blockdev only for the domain's disks (exact paths, declared format, no backing file:
-///    qcow2 nodes must say "backing": null) and read-only root-owned firmware;
+///    qcow2 nodes must say "backing": null) and read-only root-owned firmware; a disk with
+///    <encryption> only through QEMU's LUKS layer (driver luks on raw, "encrypt" on qcow2)
+///    with its own secret, and no other node with a secret;
+///  - -object secret only as disk_secret_object (plan.h), one per encrypted disk, reading the
+///    plan's disk-secret fd: no inline data, no other file, no keyid;
 ///  - -vnc only on the VM's own Unix socket (Vnc::socket: the emulator has a network
 ///    namespace of its own, so never TCP), with the password the domain's <graphics> says, and
 ///    TLS exactly when [vnc] tls is on: tls-creds= naming the one tls-creds-x509 object, whose

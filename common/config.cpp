@@ -306,6 +306,7 @@ Result<HostConfig> parse_config(std::string_view text, const std::string& source
   if (const toml::table* t = top.sub_table("paths", status)) {
     TableReader r(*t, "paths.", source);
     VL_CHECK(r.read_path("domains", config.domains_dir));
+    VL_CHECK(r.read_path("keys", config.keys_dir));
     VL_CHECK(r.read_path("runtime", config.runtime_dir));
     VL_CHECK(r.read_path("state", config.state_dir));
     VL_CHECK(r.read_path("cache", config.cache_dir));

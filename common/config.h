@@ -75,6 +75,7 @@ struct HostConfig {
   std::string source;  ///< the file it was read from, for messages
 
   std::string domains_dir = "/etc/vmlaunch/domains";
+  std::string keys_dir = "/etc/vmlaunch/keys";  ///< [paths] keys: KEYS/NAME.key, encrypted disks' passphrases
   std::string runtime_dir = "/run/vmlaunch";
   std::string state_dir = "/var/lib/vmlaunch";
   std::string cache_dir = "/var/cache/vmlaunch";
@@ -101,6 +102,7 @@ struct HostConfig {
   bool emulator_allowed(std::string_view path) const;
 
   std::string domain_xml_path(const VmName& vm) const { return domains_dir + "/" + vm.str() + ".xml"; }
+  std::string key_file_path(const VmName& vm) const { return keys_dir + "/" + vm.str() + ".key"; }
   std::string control_socket() const { return runtime_dir + "/control.sock"; }
   std::string helper_socket() const { return runtime_dir + "/helper.sock"; }
   std::string vm_runtime_dir(const VmName& vm) const { return runtime_dir + "/vms/" + vm.str(); }

@@ -5,10 +5,15 @@
 //                                                  vnc display (-1: none), autostart, start order
 //   Status(s name)                  -> a{ss}       every field of one VM, as strings
 //   Start(s name)                   -> ()          returns once the VM runs (or fails)
+//   StartWithPassphrase(s name, h passphrase) -> () the same, with the passphrase of the VM's
+//                                                  encrypted disks as a sealed memfd, which the
+//                                                  daemon keeps unread for the launch
 //   Stop(s name, u timeout, b force)-> ()          returns once it is stopped
 //   Restart(s name, u timeout)      -> ()
 //   Kill(s name, i signal)          -> ()
 //   GetLaunchPlan(s name)           -> s           the plan as JSON; root peers only
+//   TakePassphrase(s name)          -> h           root only: the passphrase given with the start
+//                                                  under way, once (NotFound: none was given)
 //   Launched(s name)                -> ()          root only: a kvm-vm@NAME unit exec'd the emulator;
 //                                                  returns once the guest runs (or fails)
 //   LaunchFailed(s name, s message) -> ()          root only: a kvm-vm@NAME unit's launch failed

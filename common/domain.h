@@ -109,11 +109,18 @@ struct Disk {
   std::string target;           ///< <target dev=...>
   bool read_only = false;
   bool shareable = false;
+  /// <encryption format='luks'>: the image is LUKS-encrypted and QEMU's own LUKS driver opens
+  /// it (a raw disk with a LUKS header, or a qcow2 image with LUKS encryption inside). The
+  /// passphrase is never in the XML: the helper reads it for the launch (helper/disk_secret.h).
+  bool luks = false;
   /// The declared backing chain, the layer right below the disk first. Empty: the image has
   /// no backing file, whatever its header says.
   std::vector<BackingLayer> backing;
   int line = 0;
 };
+
+/// Whether any disk of `disks` is encrypted (Disk::luks).
+bool has_encrypted_disk(const std::vector<Disk>& disks);
 
 /// <graphics type='vnc'>.
 /// The emulator runs in a network namespace of its own (helper/net_namespace.h), so VNC is

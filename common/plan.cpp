@@ -14,6 +14,14 @@ std::string vnc_tls_object(const std::string& dir, bool verify_client) {
   return obj.dump();
 }
 
+std::string disk_secret_id(size_t disk) { return "disk" + std::to_string(disk) + "-secret"; }
+
+std::string disk_secret_object(size_t disk, int fd) {
+  Json obj = {{"qom-type", "secret"}, {"id", disk_secret_id(disk)}, {"format", "raw"},
+              {"file", "/proc/self/fd/" + std::to_string(fd)}};
+  return obj.dump();
+}
+
 const char* fd_kind_name(FdSlot::Kind kind) {
   switch (kind) {
     case FdSlot::Kind::kMonitor: return "monitor";
@@ -21,6 +29,7 @@ const char* fd_kind_name(FdSlot::Kind kind) {
     case FdSlot::Kind::kAgent: return "agent";
     case FdSlot::Kind::kSerial: return "serial";
     case FdSlot::Kind::kSerialLog: return "serial-log";
+    case FdSlot::Kind::kDiskSecret: return "disk-secret";
   }
   return "?";
 }
@@ -113,6 +122,8 @@ Result<Plan> plan_from_json(std::string_view text) {
       slot.kind = FdSlot::Kind::kSerial;
     } else if (kind == "serial-log") {
       slot.kind = FdSlot::Kind::kSerialLog;
+    } else if (kind == "disk-secret") {
+      slot.kind = FdSlot::Kind::kDiskSecret;
     } else if (kind == "tap") {
       slot.kind = FdSlot::Kind::kTap;
       slot.nic = VL_TRY(get_int(f, "nic", 0, 9));

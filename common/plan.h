@@ -17,8 +17,10 @@ namespace vl {
 struct FdSlot {
   /// kAgent: the guest agent channel's listening socket; kSerial: the first serial port's
   /// listening socket (the console the daemon relays); kSerialLog: the write end of the pipe
-  /// through which root's relay logs that port's output (helper/serial_log.h).
-  enum class Kind { kMonitor, kTap, kAgent, kSerial, kSerialLog };
+  /// through which root's relay logs that port's output (helper/serial_log.h); kDiskSecret:
+  /// the sealed memfd holding the passphrase of the domain's encrypted disks, which QEMU's
+  /// secret objects read as /proc/self/fd/N (disk_secret_object).
+  enum class Kind { kMonitor, kTap, kAgent, kSerial, kSerialLog, kDiskSecret };
   Kind kind = Kind::kMonitor;
   int fd = -1;
   int nic = -1;  ///< for kTap: index of the <interface> in the domain XML
@@ -66,6 +68,16 @@ inline constexpr char kVncTlsCredsId[] = "vnc-tls-creds0";
 /// clients for a certificate if `verify_client`. The only such object a plan may have
 /// (argv_policy.h); libvirt writes the same for vnc_tls = 1.
 std::string vnc_tls_object(const std::string& dir, bool verify_client);
+
+/// The id of the secret object that unlocks disk `disk` (its index in Domain::disks).
+std::string disk_secret_id(size_t disk);
+
+/// The JSON value of the `-object` that gives QEMU the passphrase of encrypted disk `disk`:
+/// a secret read, as raw bytes, from the plan's disk-secret fd `fd` through /proc/self/fd/N
+/// (QEMU 7.2 reads a secret's file by path only). Never data= (the passphrase would be in the
+/// argv) and never keyid= (it would name another secret to decrypt this one with). The only
+/// secret objects a plan may have, one per encrypted disk (argv_policy.h).
+std::string disk_secret_object(size_t disk, int fd);
 
 /// Name of an fd slot kind on the wire ("monitor", "tap", "agent").
 const char* fd_kind_name(FdSlot::Kind kind);

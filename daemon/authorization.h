@@ -10,7 +10,8 @@
 //
 // Roles, from least to most: none (every call refused, with a message saying what would let
 // it in), read-only (List and Status), admin (everything but the root-only calls), root (also
-// GetLaunchPlan, Launched and LaunchFailed, which the helper's launch makes as root).
+// GetLaunchPlan, Launched, LaunchFailed and TakePassphrase, which the helper's launch makes as
+// root).
 #pragma once
 
 #include <sys/types.h>
@@ -73,7 +74,7 @@ Identity tls_identity(const std::string& dn, const std::vector<std::string>& adm
 bool dn_matches(std::string_view pattern, std::string_view dn);
 
 /// The role a method of org.vmlaunch.Manager1 needs: read-only for List and Status, root for
-/// GetLaunchPlan, Launched and LaunchFailed, admin for everything else (so a method added
+/// GetLaunchPlan, Launched, LaunchFailed and TakePassphrase, admin for everything else (so a method added
 /// without thought here is an admin's).
 Role role_needed(std::string_view method);
 

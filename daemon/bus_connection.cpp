@@ -97,8 +97,8 @@ Result<void> BusConnection::start(const sd_bus_vtable* vtable, void* userdata) {
   // The peer was identified at admission (its socket's credentials, or its certificate);
   // sd-bus would see only the relay, whose peer is the daemon itself.
   if (r >= 0) r = sd_bus_set_anonymous(bus_, 1);
-  // Descriptors cannot pass through the relay, and no method takes one.
-  if (r >= 0) r = sd_bus_negotiate_fds(bus_, 0);
+  // Descriptors pass through the relay with the bytes they came with (read_client).
+  if (r >= 0) r = sd_bus_negotiate_fds(bus_, 1);
   if (r >= 0) r = sd_bus_add_object_vtable(bus_, nullptr, kControlPath, kControlInterface, vtable, userdata);
   if (r >= 0) r = sd_bus_start(bus_);
   if (r < 0) return Error::from_errno(-r, "set up control connection");
@@ -180,16 +180,53 @@ void BusConnection::run_drained_waiters() {
 
 void BusConnection::read_client() {
   reading_ = true;
-  client_.async_read_some(asio::buffer(in_), [self = shared_from_this()](boost::system::error_code ec, size_t n) {
+  client_.async_wait(asio::posix::stream_descriptor::wait_read, [self = shared_from_this()](boost::system::error_code ec) {
     self->reading_ = false;
     if (self->closed_) return;
-    if (ec) {  // EOF (or a dead socket): pass the end on; sd-bus drops the connection after the rest
+    if (ec || !self->receive_client()) {
+      if (!ec) return self->read_client();  // a spurious wakeup: wait again
       self->client_eof_ = true;
       ::shutdown(self->feed_.native_handle(), SHUT_WR);
       return self->pump();
     }
-    self->on_client_bytes(n);
   });
+}
+
+// recvmsg, not read: a client's descriptors (SCM_RIGHTS) arrive with the bytes of the message
+// that carries them, and go on to sd-bus with those bytes (feed_bus).
+bool BusConnection::receive_client() {
+  iovec iov{in_.data(), in_.size()};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerRead)];
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  ssize_t n = ::recvmsg(client_.native_handle(), &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  if (n < 0 && (errno == EAGAIN || errno == EINTR)) return false;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+      in_fds_.emplace_back(fd);
+    }
+  }
+  if (n <= 0) {  // EOF (or a dead socket): pass the end on; sd-bus drops the connection after the rest
+    in_fds_.clear();
+    client_eof_ = true;
+    ::shutdown(feed_.native_handle(), SHUT_WR);
+    pump();
+    return true;
+  }
+  // The kernel dropped descriptors that did not fit: the message they came with cannot be whole.
+  if (msg.msg_flags & MSG_CTRUNC) {
+    drop("it sent more than " + std::to_string(kMaxFdsPerRead) + " descriptors at once");
+    return true;
+  }
+  on_client_bytes(static_cast<size_t>(n));
+  return true;
 }
 
 // Bytes reach sd-bus only after the framer has accepted them: an oversized message is refused
@@ -208,9 +245,27 @@ void BusConnection::on_client_bytes(size_t n) {
 void BusConnection::feed_bus() {
   bool pumped = false;
   while (in_fed_ < in_len_) {
-    ssize_t k = ::send(feed_.native_handle(), in_.data() + in_fed_, in_len_ - in_fed_, MSG_DONTWAIT | MSG_NOSIGNAL);
+    iovec iov{in_.data() + in_fed_, in_len_ - in_fed_};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerRead)];
+    if (!in_fds_.empty()) {  // with the first byte that goes, as they came
+      msg.msg_control = control;
+      msg.msg_controllen = CMSG_SPACE(sizeof(int) * in_fds_.size());
+      cmsghdr* c = CMSG_FIRSTHDR(&msg);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int) * in_fds_.size());
+      for (size_t i = 0; i < in_fds_.size(); ++i) {
+        int fd = in_fds_[i].get();
+        std::memcpy(CMSG_DATA(c) + i * sizeof(int), &fd, sizeof fd);
+      }
+    }
+    ssize_t k = ::sendmsg(feed_.native_handle(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
     if (k > 0) {
       in_fed_ += static_cast<size_t>(k);
+      in_fds_.clear();  // sd-bus holds its own copies now
       continue;
     }
     if (k < 0 && errno == EINTR) continue;

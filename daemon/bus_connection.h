@@ -13,7 +13,9 @@
 // writes them into a socketpair whose other end is sd-bus's input. sd-bus itself accepts
 // messages up to 128 MiB and buffers them as they arrive; this way no client gets more than
 // Limits::max_message bytes into the daemon, and no handshake or message may take longer than
-// Limits::message_deadline to arrive.
+// Limits::message_deadline to arrive. Descriptors a client sends (SCM_RIGHTS, D-Bus type 'h':
+// `vmctl start --ask-passphrase`) travel with the bytes they came with, at most
+// kMaxFdsPerRead at a time; more in one read drop the connection.
 #pragma once
 
 #include <sys/types.h>
@@ -60,6 +62,9 @@ struct BusLimits {
   std::chrono::milliseconds lifetime{0};
 };
 
+/// The most descriptors one read from a client may carry: a method takes one at most.
+inline constexpr size_t kMaxFdsPerRead = 4;
+
 class BusConnection final : public std::enable_shared_from_this<BusConnection> {
  public:
   /// Takes the accepted socket; start() hands it to sd-bus.
@@ -101,6 +106,8 @@ class BusConnection final : public std::enable_shared_from_this<BusConnection> {
 
  private:
   void read_client();
+  /// Reads what the client sent, with its descriptors; false if the read must wait.
+  bool receive_client();
   void on_client_bytes(size_t n);
   void feed_bus();
   void track_deadline();
@@ -118,6 +125,7 @@ class BusConnection final : public std::enable_shared_from_this<BusConnection> {
   BusFramer framer_;
   std::array<uint8_t, 64 * 1024> in_{};
   size_t in_len_ = 0, in_fed_ = 0;  ///< bytes read from the client and not yet given to sd-bus
+  std::vector<UniqueFd> in_fds_;    ///< descriptors that came with them, passed on with their first byte
   uint64_t received_ = 0;
   uint64_t deadline_for_ = UINT64_MAX;  ///< the message (framer_.completed()) the deadline guards
   uint64_t deadline_gen_ = 0;

@@ -1,5 +1,7 @@
 #include "daemon/control_server.h"
 
+#include <fcntl.h>
+
 #include <grp.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -148,6 +150,32 @@ int method_start(sd_bus_message* m, void* userdata, sd_bus_error*) {
   if (int r = sd_bus_message_read(m, "s", &name); r < 0) return r;
   s->manager->start(name, reply_later(m));
   return 1;
+}
+
+// Start with the passphrase of the VM's encrypted disks (`vmctl start --ask-passphrase`): the
+// descriptor is kept, unread, until the launch takes it (method_take_passphrase).
+int method_start_with_passphrase(sd_bus_message* m, void* userdata, sd_bus_error*) {
+  auto* s = static_cast<ServerState*>(userdata);
+  AUTHORIZE(m);
+  const char* name = nullptr;
+  int fd = -1;
+  if (int r = sd_bus_message_read(m, "sh", &name, &fd); r < 0) return r;
+  UniqueFd own(::fcntl(fd, F_DUPFD_CLOEXEC, 3));  // the message's copy goes with the message
+  if (!own) return reply_error(m, Error::from_errno("keep the passphrase descriptor"));
+  s->manager->start_with_passphrase(name, std::move(own), reply_later(m));
+  return 1;
+}
+
+// From `vmlaunch-helper launch` (root only): the passphrase given with the start under way,
+// passed on as the descriptor it came as.
+int method_take_passphrase(sd_bus_message* m, void* userdata, sd_bus_error*) {
+  auto* s = static_cast<ServerState*>(userdata);
+  AUTHORIZE(m);
+  const char* name = nullptr;
+  if (int r = sd_bus_message_read(m, "s", &name); r < 0) return r;
+  auto fd = s->manager->take_passphrase(name);
+  if (!fd) return reply_error(m, fd.error());
+  return sd_bus_reply_method_return(m, "h", fd->get());  // sd-bus sends its own dup; ours closes here
 }
 
 int method_stop(sd_bus_message* m, void* userdata, sd_bus_error*) {
@@ -340,6 +368,10 @@ const sd_bus_vtable kVtable[] = {
                             SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD_WITH_ARGS("Start", SD_BUS_ARGS("s", name), SD_BUS_NO_RESULT, method_start,
                             SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD_WITH_ARGS("StartWithPassphrase", SD_BUS_ARGS("s", name, "h", passphrase), SD_BUS_NO_RESULT,
+                            method_start_with_passphrase, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD_WITH_ARGS("TakePassphrase", SD_BUS_ARGS("s", name), SD_BUS_RESULT("h", passphrase),
+                            method_take_passphrase, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD_WITH_ARGS("Stop", SD_BUS_ARGS("s", name, "u", timeout, "b", force), SD_BUS_NO_RESULT,
                             method_stop, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD_WITH_ARGS("Shutdown", SD_BUS_ARGS("s", name, "u", timeout, "s", mode), SD_BUS_NO_RESULT,

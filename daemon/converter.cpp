@@ -29,15 +29,19 @@ namespace {
 constexpr size_t kMaxNativeBytes = 1 << 20;
 constexpr size_t kMaxXmlBytes = 1 << 20;
 
-// The <ip> elements of <domain><devices><interface>: where the domain parser reads them.
-std::vector<xmlNode*> interface_ips(xmlNode* domain) {
+// What only vmlaunch reads, where the domain parser reads it: the <ip> elements of
+// <devices><interface>, and the <encryption> of <devices><disk> (libvirt would look its secret
+// up in a store the embedded driver does not have; the rewrite puts the LUKS layer and its
+// secret back, daemon/qemu_argv.h).
+std::vector<xmlNode*> vmlaunch_only_elements(xmlNode* domain) {
   std::vector<xmlNode*> found;
   for (xmlNode* devices = domain->children; devices; devices = devices->next) {
     if (!is_domain_element(devices, "devices")) continue;
-    for (xmlNode* nic = devices->children; nic; nic = nic->next) {
-      if (!is_domain_element(nic, "interface")) continue;
-      for (xmlNode* c = nic->children; c; c = c->next)
-        if (is_domain_element(c, "ip")) found.push_back(c);
+    for (xmlNode* dev = devices->children; dev; dev = dev->next) {
+      const char* child = is_domain_element(dev, "interface") ? "ip" : is_domain_element(dev, "disk") ? "encryption" : nullptr;
+      if (!child) continue;
+      for (xmlNode* c = dev->children; c; c = c->next)
+        if (is_domain_element(c, child)) found.push_back(c);
     }
   }
   return found;
@@ -152,12 +156,12 @@ Result<std::string> xml_for_libvirt(std::string_view xml, const std::map<std::st
   if (xml.size() > kMaxXmlBytes) return Error::invalid("domain XML larger than 1 MiB");
   XmlDocument doc = VL_TRY(read_domain_document(xml));
   xmlNode* root = xmlDocGetRootElement(doc.get());
-  std::vector<xmlNode*> ips = interface_ips(root);
+  std::vector<xmlNode*> ours = vmlaunch_only_elements(root);
   bool bridged = VL_TRY(networks_to_bridges(root, zone_bridges));
-  if (ips.empty() && !bridged) return std::string(xml);
-  for (xmlNode* ip : ips) {
-    xmlUnlinkNode(ip);
-    xmlFreeNode(ip);
+  if (ours.empty() && !bridged) return std::string(xml);
+  for (xmlNode* n : ours) {
+    xmlUnlinkNode(n);
+    xmlFreeNode(n);
   }
   return write_domain_document(doc.get());
 }

@@ -19,7 +19,9 @@ std::string converter_path();
 
 /// The domain XML as libvirt is given it: `xml` without the elements only vmlaunch reads, which
 /// are the <ip> children of <devices><interface> (libvirt refuses them for QEMU guests: "not
-/// supported by QEMU"; vmlaunch reads them as the addresses a VM may send from). The document
+/// supported by QEMU"; vmlaunch reads them as the addresses a VM may send from) and the
+/// <encryption> of <devices><disk> (libvirt would need the secret from its own store; the
+/// rewrite adds the LUKS layer, daemon/qemu_argv.h). The document
 /// is parsed and written back with libxml2, never edited as text; without such elements it is
 /// returned unchanged. Plans are still keyed by the original XML (plan_cache.h).
 /// An <interface type='network'> becomes type='bridge' on its zone's bridge from `zone_bridges`

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
 
 #include "common/emulator_tail.h"
@@ -89,6 +90,23 @@ std::string format_emulator_said(const std::vector<std::string>& lines) {
   for (size_t i = first; i < said.size(); ++i)
     out += (i == first ? "" : " | ") + escape_controls(*said[i]).substr(0, kSaidLineMax);
   return out;
+}
+
+std::string explain_emulator_said(const std::string& said, const std::vector<std::string>& disk_targets) {
+  // crypto/block-luks.c's words when no keyslot opens with the passphrase, after the option
+  // of the node that failed.
+  if (said.find("Invalid password, cannot unlock any keyslot") == std::string::npos) return said;
+  constexpr std::string_view kSecret = "\"key-secret\":\"disk";
+  std::string disk = "an encrypted disk";
+  if (size_t at = said.find(kSecret); at != std::string::npos) {
+    size_t digits = at + kSecret.size(), end = digits;
+    while (end < said.size() && end - digits < 3 && std::isdigit(static_cast<unsigned char>(said[end]))) ++end;
+    if (end > digits && said.compare(end, 8, "-secret\"") == 0) {
+      size_t index = std::stoul(said.substr(digits, end - digits));
+      if (index < disk_targets.size()) disk = "disk " + quote_for_message(disk_targets[index]);
+    }
+  }
+  return "; wrong passphrase for " + disk + said;
 }
 
 namespace {

@@ -28,6 +28,13 @@ namespace vl {
 /// joined with " | "; "" if none is left.
 std::string format_emulator_said(const std::vector<std::string>& lines);
 
+/// QEMU's reason for refusing a LUKS passphrase ("Invalid password, cannot unlock any
+/// keyslot") in `said` (format_emulator_said's text) becomes the operator's words before it:
+/// "; wrong passphrase for disk 'vda'" + said, the disk found by the secret its node names
+/// (plan.h disk_secret_id) among `disk_targets` (the domain's <target dev>, in order). Any
+/// other `said` is returned as it is.
+std::string explain_emulator_said(const std::string& said, const std::vector<std::string>& disk_targets);
+
 /// The lines of the log relay's copy of the emulator's output at `path` (its last 4 KiB; a
 /// line cut by that is dropped), with the relay's "qemu: " prefixes and its end line
 /// (common/emulator_tail.h) removed; none if it is missing.

@@ -1,5 +1,7 @@
 #include "daemon/manager.h"
 
+#include <fcntl.h>
+
 #include "daemon/event_log.h"
 
 #include <dirent.h>
@@ -100,6 +102,12 @@ Manager::Manager(boost::asio::io_context& io, const HostConfig& config)
   context_.vnc_password = [this](const VmName& vm) {
     auto domain = catalog_.get(vm);
     return domain && domain->vnc ? domain->vnc->password : std::string();
+  };
+  context_.disk_targets = [this](const VmName& vm) {
+    std::vector<std::string> targets;
+    if (auto domain = catalog_.get(vm))
+      for (const Disk& d : domain->disks) targets.push_back(d.target);
+    return targets;
   };
   context_.state_changed = [this](const VmInfo& info) {
     link_watch_.poke();  // a VM that runs now is checked; one that stopped is forgotten
@@ -279,6 +287,34 @@ void Manager::start(const std::string& name, Done done) {
   auto s = supervisor(name, true);
   if (!s) return done(s.error());
   (*s)->start(std::move(done));
+}
+
+void Manager::start_with_passphrase(const std::string& name, UniqueFd passphrase, Done done) {
+  auto vm = VmName::parse(name);
+  if (!vm) return done(vm.error());
+  auto domain = catalog_.get(*vm);
+  if (!domain) return done(domain.error());
+  if (!has_encrypted_disk(domain->disks))
+    return done(Error::invalid("VM '" + name + "' has no encrypted disk (<encryption>): it takes no passphrase"));
+  // A sealed memfd is what the helper accepts; saying so now spares a launch. F_GET_SEALS
+  // reads nothing of its content.
+  int seals = ::fcntl(passphrase.get(), F_GET_SEALS);
+  if (seals < 0 || (seals & (F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK)) != (F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK))
+    return done(Error::invalid("the passphrase for VM '" + name + "' must come as a sealed memfd"));
+  uint64_t start = ++passphrase_starts_;
+  passphrases_[name] = Passphrase{start, std::move(passphrase)};
+  this->start(name, [this, name, start, done = std::move(done)](Result<void> r) {
+    // Whichever way the start ended, its passphrase goes (unless a newer start gave another).
+    if (auto it = passphrases_.find(name); it != passphrases_.end() && it->second.start == start) passphrases_.erase(it);
+    done(std::move(r));
+  });
+}
+
+Result<UniqueFd> Manager::take_passphrase(const std::string& name) {
+  auto it = passphrases_.find(name);
+  if (it == passphrases_.end() || !it->second.fd)
+    return Error::make(ErrorCode::kNotFound, "no passphrase was given for the start of VM " + quote_for_message(name));
+  return std::move(it->second.fd);
 }
 
 void Manager::stop(const std::string& name, std::chrono::seconds timeout, bool force, Done done, StopMode mode) {

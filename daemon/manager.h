@@ -66,6 +66,14 @@ class Manager final {
   std::vector<VmInfo> list();
   Result<VmInfo> status(const std::string& name);
   void start(const std::string& name, Done done);
+  /// The same with the passphrase of the VM's encrypted disks, as the operator gave it: a
+  /// sealed memfd that this process never reads. It waits for the launch's TakePassphrase
+  /// (take_passphrase) and is closed when the start ends, whichever way. Refused for a VM
+  /// without encrypted disks.
+  void start_with_passphrase(const std::string& name, UniqueFd passphrase, Done done);
+  /// The passphrase given with the start of `name` under way, handed over once; kNotFound if
+  /// there is none (the launch then reads the VM's key file).
+  Result<UniqueFd> take_passphrase(const std::string& name);
   void stop(const std::string& name, std::chrono::seconds timeout, bool force, Done done,
             StopMode mode = StopMode::kAuto);
   void restart(const std::string& name, std::chrono::seconds timeout, Done done);
@@ -102,6 +110,13 @@ class Manager final {
   Preplanner preplanner_;
   SupervisorContext context_;
   std::map<std::string, std::unique_ptr<Supervisor>> vms_;
+  /// Passphrases given with starts under way, by VM, with the start they belong to.
+  struct Passphrase {
+    uint64_t start = 0;
+    UniqueFd fd;
+  };
+  std::map<std::string, Passphrase> passphrases_;
+  uint64_t passphrase_starts_ = 0;
   LinkWatch link_watch_;
   DomainWatch domain_watch_;
   EmulatorWatch emulator_watch_;

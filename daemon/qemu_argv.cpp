@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <map>
 
 #include "common/vm_name.h"
 
@@ -78,6 +79,7 @@ class Rewriter {
   Result<void> rewrite_chardev(QemuOption& opt);
   Result<void> rewrite_netdev(QemuOption& opt);
   Result<void> rewrite_blockdev(QemuOption& opt);
+  Result<void> add_encryption(Json& bd, size_t disk);
   Result<void> rewrite_vnc(QemuOption& opt);
   Result<void> rewrite_device(QemuOption& opt);
   Result<void> apply_nic_settings(const Nic& nic, Json& dev, std::string_view id);
@@ -89,6 +91,10 @@ class Rewriter {
   const Domain& domain_;
   const std::string& root_;
   Plan plan_;
+  /// Words that go just before the option being rewritten (an encrypted disk's secret).
+  std::vector<std::string> before_;
+  std::map<std::string, std::string> protocol_files_;  ///< protocol node name -> filename
+  std::vector<bool> disks_encrypted_;                   ///< by disk index, once rewritten
   bool have_monitor_ = false;
   bool have_agent_ = false;
   bool have_serial_ = false;
@@ -126,6 +132,8 @@ Result<Plan> Rewriter::run(const std::vector<std::string>& words) {
   for (QemuOption& opt : options) {
     bool keep = true;
     VL_CHECK(rewrite(opt, keep));
+    for (std::string& w : before_) plan_.argv.push_back(std::move(w));
+    before_.clear();
     if (!keep) continue;
     have_s |= opt.name == "-S";
     have_no_shutdown |= opt.name == "-no-shutdown";
@@ -148,6 +156,9 @@ Result<Plan> Rewriter::run(const std::vector<std::string>& words) {
     plan_.argv.push_back(join_keyval({"fd=" + std::to_string(kSerialLogFd), "set=" + std::to_string(kSerialLogFd)}));
   }
   if (!have_monitor_) return Error::invalid("native command line has no QMP monitor chardev");
+  for (size_t d = 0; d < domain_.disks.size(); ++d)
+    if (domain_.disks[d].luks && (d >= disks_encrypted_.size() || !disks_encrypted_[d]))
+      return Error::invalid("native command line does not open encrypted disk '" + domain_.disks[d].target + "'");
 
   size_t taps = std::count_if(plan_.fds.begin(), plan_.fds.end(),
                               [](const FdSlot& s) { return s.kind == FdSlot::Kind::kTap; });
@@ -346,9 +357,41 @@ Result<void> Rewriter::rewrite_netdev(QemuOption& opt) {
 Result<void> Rewriter::rewrite_blockdev(QemuOption& opt) {
   Json bd = Json::parse(opt.value, nullptr, false);
   if (bd.is_discarded() || !bd.is_object()) return Error::unsupported("-blockdev in non-JSON form is not supported: " + opt.value);
-  if (VL_TRY(string_member(bd, "driver", "-blockdev")) != "qcow2" || bd.contains("backing")) return {};
-  bd["backing"] = nullptr;
-  opt.value = bd.dump();
+  std::string driver = VL_TRY(string_member(bd, "driver", "-blockdev"));
+  std::string node = VL_TRY(string_member(bd, "node-name", "-blockdev"));
+  if (driver == "file") protocol_files_[node] = VL_TRY(string_member(bd, "filename", "-blockdev"));
+  bool changed = false;
+  if (driver == "qcow2" && !bd.contains("backing")) {
+    bd["backing"] = nullptr;
+    changed = true;
+  }
+  // The format node of an encrypted disk (never of a backing layer: libvirt names those by
+  // their own files, which no <encryption> covers).
+  if (driver == "raw" || driver == "qcow2") {
+    auto file = protocol_files_.find(VL_TRY(string_member(bd, "file", "-blockdev")));
+    for (size_t d = 0; file != protocol_files_.end() && d < domain_.disks.size(); ++d) {
+      if (!domain_.disks[d].luks || domain_.disks[d].source != file->second) continue;
+      VL_CHECK(add_encryption(bd, d));
+      changed = true;
+    }
+  }
+  if (changed) opt.value = bd.dump();
+  return {};
+}
+
+// libvirt's own form for <encryption format='luks'>: a raw image becomes a "luks" format node,
+// a qcow2 image gets "encrypt", each naming its secret object, which goes just before it. The
+// secret reads the passphrase from the plan's disk-secret fd, which the helper fills.
+Result<void> Rewriter::add_encryption(Json& bd, size_t disk) {
+  if (disks_encrypted_.size() <= disk) disks_encrypted_.resize(disk + 1);
+  if (disks_encrypted_[disk]) return Error::invalid("encrypted disk '" + domain_.disks[disk].target + "' is opened twice");
+  disks_encrypted_[disk] = true;
+  if (bd["driver"] == "raw") bd["driver"] = "luks";
+  if (bd["driver"] == "luks") bd["key-secret"] = disk_secret_id(disk);
+  else bd["encrypt"] = {{"format", "luks"}, {"key-secret", disk_secret_id(disk)}};
+  before_ = {"-object", disk_secret_object(disk, kDiskSecretFd)};
+  if (std::none_of(plan_.fds.begin(), plan_.fds.end(), [](const FdSlot& s) { return s.kind == FdSlot::Kind::kDiskSecret; }))
+    plan_.fds.push_back({FdSlot::Kind::kDiskSecret, kDiskSecretFd, -1});
   return {};
 }
 

@@ -3,7 +3,9 @@
 // libvirt's domxml-to-native output is "not trivially usable outside of libvirt": it carries
 // the caller's environment, a master-key secret file that never gets written, a monitor socket
 // path inside the conversion root, tap fd numbers of a process that never existed, and VNC on
-// TCP (the emulator's own network namespace leaves it a Unix socket). The rewrite works on parsed structure (options, keyval lists with ',,'
+// TCP (the emulator's own network namespace leaves it a Unix socket); and the daemon gives
+// libvirt its disks without <encryption> (converter.h), so the LUKS layer and its secret are
+// added here. The rewrite works on parsed structure (options, keyval lists with ',,'
 // escapes, JSON objects), never on substrings, and refuses what it cannot make safe.
 #pragma once
 
@@ -26,8 +28,11 @@ inline constexpr int kAgentFd = kFirstTapFd + static_cast<int>(VmName::kMaxNics)
 inline constexpr int kSerialFd = kAgentFd + 1;
 inline constexpr int kSerialLogFd = kAgentFd + 2;
 
+/// The sealed memfd with the encrypted disks' passphrase (plan.h disk_secret_object).
+inline constexpr int kDiskSecretFd = kAgentFd + 3;
+
 /// The rewrite's own version: part of the plan cache key, bump it when the output changes.
-inline constexpr int kRewriteVersion = 6;
+inline constexpr int kRewriteVersion = 7;
 
 /// Rewrites the words of a native command line (environment assignments included) into a
 /// plan for `domain`. `conversion_root` is the embed root the words came from: no word of the

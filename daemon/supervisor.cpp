@@ -294,8 +294,11 @@ void Supervisor::fail_start(const Error& error) {
 
 void Supervisor::gather_said(std::function<void(std::string)> next) {
   // Read before the cleanup, which removes the relay's copy with the runtime directory.
+  auto explained = [this, next = std::move(next)](std::string said) {
+    next(explain_emulator_said(said, ctx_.disk_targets ? ctx_.disk_targets(name_) : std::vector<std::string>()));
+  };
   said_.push_back(std::make_unique<EmulatorSaid>(ctx_.io, name_, run_state_, ctx_.config.vm_runtime_dir(name_) + "/emulator.log",
-                                                 kSaidWait, std::move(next)));
+                                                 kSaidWait, std::move(explained)));
 }
 
 void Supervisor::teardown(std::function<void(Result<void>)> done) {

@@ -125,6 +125,9 @@ struct SupervisorContext {
   std::chrono::milliseconds converge_retry = std::chrono::seconds(2);
   /// How long a kill waits for the emulator to be gone before it answers that it is not.
   std::chrono::milliseconds kill_wait = std::chrono::seconds(10);
+  /// The <target dev> of each disk of the VM's domain XML, in order (to name the disk whose
+  /// passphrase QEMU refused); none if unset.
+  std::function<std::vector<std::string>(const VmName&)> disk_targets = nullptr;
 };
 
 class Supervisor final {

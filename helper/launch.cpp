@@ -17,6 +17,7 @@
 #include "common/vm_state.h"
 #include "helper/bridge_port.h"
 #include "helper/disk_owner.h"
+#include "helper/disk_secret.h"
 #include "helper/exec.h"
 #include "helper/jail.h"
 #include "helper/log.h"
@@ -26,6 +27,7 @@
 #include "helper/netlink.h"
 #include "helper/nft_filter.h"
 #include "helper/nvram.h"
+#include "helper/plan_client.h"
 #include "helper/runtime_dir.h"
 #include "helper/serial_log.h"
 #include "helper/tap.h"
@@ -48,6 +50,7 @@ struct LaunchEnv {
   gid_t daemon_gid = 0;
   gid_t vm_group = 0;
   std::optional<VncCredentials> vnc_tls;  ///< read when [vnc] tls is on and the VM has VNC
+  UniqueFd disk_secret;  ///< the encrypted disks' passphrase (disk_secret.h), if the VM has any
 };
 
 Result<gid_t> group_id(const std::string& name, const char* role) {
@@ -60,7 +63,7 @@ Result<void> check_plan(const Plan& plan, const Domain& domain) {
   if (plan.vm != domain.name.str()) return Error::invalid("plan is for VM " + quote_for_message(plan.vm) + ", not '" + domain.name.str() + "'");
   if (plan.emulator != domain.emulator)
     return Error::make(ErrorCode::kDenied, "plan runs " + quote_for_message(plan.emulator, kQuotePathMax) + ", the domain XML says " + quote_for_message(domain.emulator, kQuotePathMax));
-  size_t monitors = 0, agents = 0, serials = 0;
+  size_t monitors = 0, agents = 0, serials = 0, disk_secrets = 0;
   std::vector<bool> nic_seen(domain.nics.size(), false);
   for (const FdSlot& slot : plan.fds) {
     if (slot.kind == FdSlot::Kind::kMonitor) {
@@ -73,6 +76,10 @@ Result<void> check_plan(const Plan& plan, const Domain& domain) {
     }
     if (slot.kind == FdSlot::Kind::kSerial || slot.kind == FdSlot::Kind::kSerialLog) {
       ++serials;
+      continue;
+    }
+    if (slot.kind == FdSlot::Kind::kDiskSecret) {
+      ++disk_secrets;
       continue;
     }
     if (slot.nic < 0 || static_cast<size_t>(slot.nic) >= domain.nics.size() || nic_seen[slot.nic])
@@ -89,6 +96,10 @@ Result<void> check_plan(const Plan& plan, const Domain& domain) {
   if (serials != (domain.serial_ptys > 0 ? 2u : 0u))
     return Error::invalid(domain.serial_ptys > 0 ? "plan must have the serial console fd and its log pipe"
                                                  : "plan has serial console fds, but the domain XML declares no serial port");
+  // The passphrase goes to an emulator whose XML asks for it, and to no other.
+  if (disk_secrets != (has_encrypted_disk(domain.disks) ? 1u : 0u))
+    return Error::invalid(has_encrypted_disk(domain.disks) ? "plan must have exactly one disk secret fd"
+                                                           : "plan has a disk secret fd, but the domain XML encrypts no disk");
   // The argv is the daemon's proposal; what root executes is decided here (argv_policy.h).
   return check_plan_argv(plan, domain);
 }
@@ -143,7 +154,8 @@ Result<void> check_macs_unique(const HostConfig& config, const Domain& domain) {
   return {};
 }
 
-Result<LaunchEnv> read_and_validate(const HostConfig& config, const VmName& vm, const std::string& plan_json) {
+Result<LaunchEnv> read_and_validate(const HostConfig& config, const VmName& vm, const std::string& plan_json,
+                                    bool passphrase_from_daemon) {
   // Refuses a definition that anyone but root could change or anyone but root and the daemon's
   // group could read (domain_file.h).
   Domain domain = VL_TRY(load_domain_definition(config, vm));
@@ -159,7 +171,15 @@ Result<LaunchEnv> read_and_validate(const HostConfig& config, const VmName& vm, 
   gid_t vm_group = VL_TRY(group_id(config.vm_group, "VM"));
   std::optional<VncCredentials> vnc_tls;
   if (domain.vnc && !domain.vnc->tls_dir.empty()) vnc_tls = VL_TRY(read_vnc_credentials(config, vm));
-  return LaunchEnv{config, std::move(domain), std::move(plan).value(), zone, mtus, daemon_gid, vm_group, std::move(vnc_tls)};
+  // Before any change: a VM whose passphrase is missing is refused with nothing to undo.
+  UniqueFd disk_secret;
+  if (has_encrypted_disk(domain.disks)) {
+    UniqueFd given;  // the operator's, if the start came with one (else the key file)
+    if (passphrase_from_daemon) given = VL_TRY(take_passphrase_from_daemon(config, vm));
+    disk_secret = VL_TRY(disk_secret_for(config, domain, given.get()));
+  }
+  return LaunchEnv{config,   std::move(domain), std::move(plan).value(), zone, mtus, daemon_gid, vm_group, std::move(vnc_tls),
+                   std::move(disk_secret)};
 }
 
 // STATE/NAME.launch: a VM name has no '.', so it cannot meet STATE's other entries. A file,
@@ -190,13 +210,13 @@ bool launch_unconfirmed(const HostConfig& config, const VmName& vm, const VmStat
 }
 
 Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& plan_json, int* report_fd,
-                bool in_unit) {
+                bool in_unit, bool passphrase_from_daemon) {
   log_set_vm(vm.str());
   // One launch, cleanup or reattach of this VM at a time, until exec (the fd is CLOEXEC).
   // Other VMs' launches run alongside; what they share is locked per section (locks.h).
   auto vm_lock = lock_vm(config, vm);
   if (!vm_lock) return log_error(std::move(vm_lock).error());
-  auto env_or = read_and_validate(config, vm, plan_json);
+  auto env_or = read_and_validate(config, vm, plan_json, passphrase_from_daemon);
   if (!env_or) return log_error(std::move(env_or).error());
   LaunchEnv& env = *env_or;
   auto claims_or = resolve_disks(config, env.domain);
@@ -369,6 +389,7 @@ Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& p
       case FdSlot::Kind::kTap: fd = taps[slot.nic].get(); break;
       case FdSlot::Kind::kSerial: fd = console.get(); break;
       case FdSlot::Kind::kSerialLog: fd = serial_pipe.get(); break;
+      case FdSlot::Kind::kDiskSecret: fd = env.disk_secret.get(); break;
     }
     spec.fds.push_back({fd, slot.fd});
   }

@@ -27,8 +27,11 @@ namespace vl::helper {
 /// exec it registers the VM with systemd-machined and sends READY=1, so that the unit's
 /// ExecStartPost (`supervise`) hands the emulator to the daemon; the unit is active only
 /// once the daemon has the guest running.
+/// `passphrase_from_daemon`: for a VM with encrypted disks, first ask the daemon for a
+/// passphrase the operator gave with the start (a launch with the daemon's plan); without one,
+/// the VM's key file is read (disk_secret.h).
 Error launch_vm(const HostConfig& config, const VmName& vm, const std::string& plan_json, int* report_fd,
-                bool in_unit = false);
+                bool in_unit = false, bool passphrase_from_daemon = false);
 
 /// Above every fd number a plan may use (3..18). Targets from here up are the helper's own
 /// (this report pipe, its private log fd): placed for the emulator but closed by its execve.

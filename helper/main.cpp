@@ -189,6 +189,7 @@ int main(int argc, char** argv) {
   auto plan = plan_path.empty() ? vl::helper::fetch_plan_from_daemon(*config, *vm)
                                 : vl::sys::read_file(plan_path, 256 * 1024);
   if (!plan) return fail_launch(vl::helper::log_error(plan.error()));
-  vl::Error failed = vl::helper::launch_vm(*config, *vm, *plan, &report_fd, in_unit);  // returns only on failure
+  vl::Error failed = vl::helper::launch_vm(*config, *vm, *plan, &report_fd, in_unit,
+                                           /*passphrase_from_daemon=*/plan_path.empty());  // returns only on failure
   return fail_launch(failed);
 }

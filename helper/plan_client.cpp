@@ -1,5 +1,6 @@
 #include "helper/plan_client.h"
 
+#include <fcntl.h>
 #include <systemd/sd-bus.h>
 
 #include <memory>
@@ -73,6 +74,26 @@ Result<std::string> fetch_plan_from_daemon(const HostConfig& config, const VmNam
   sd_bus_message_unref(reply);
   if (r < 0) return Error::from_errno(-r, "read the launch plan from vmlaunchd");
   return plan;
+}
+
+Result<UniqueFd> take_passphrase_from_daemon(const HostConfig& config, const VmName& vm) {
+  Bus bus = VL_TRY(connect_daemon(config, "for the passphrase given at start"));
+  sd_bus_message* m = VL_TRY(new_call(bus.get(), "TakePassphrase", "the passphrase"));
+  std::unique_ptr<sd_bus_message, sd_bus_message*(*)(sd_bus_message*)> request(m, sd_bus_message_unref);
+  if (int r = sd_bus_message_append(m, "s", vm.str().c_str()); r < 0) return Error::from_errno(-r, "build the request to vmlaunchd (the passphrase)");
+  sd_bus_message* reply = nullptr;
+  auto taken = call(bus.get(), "has no passphrase for VM '" + vm.str() + "'", m, &reply);
+  if (!taken && taken.error().code == ErrorCode::kNotFound) return UniqueFd();  // none given: the key file
+  VL_CHECK(taken);
+  int fd = -1;
+  int r = sd_bus_message_read(reply, "h", &fd);
+  // The message owns its descriptor: keep a copy of our own.
+  UniqueFd own(r >= 0 ? ::fcntl(fd, F_DUPFD_CLOEXEC, 3) : -1);
+  int dup_errno = errno;
+  sd_bus_message_unref(reply);
+  if (r < 0) return Error::from_errno(-r, "read the passphrase from vmlaunchd");
+  if (!own) return Error::from_errno(dup_errno, "keep the passphrase descriptor from vmlaunchd");
+  return own;
 }
 
 Result<void> report_launched(const HostConfig& config, const VmName& vm) {

@@ -370,8 +370,11 @@ std::vector<Result<void>> Client::run_batch(
     while (next < calls.size() && in_flight < std::max(parallel, 1u)) {
       const BatchCall& c = calls[next];
       sd_bus_message* msg = nullptr;
-      int r = sd_bus_message_new_method_call(bus_, &msg, nullptr, kControlPath, kControlInterface, c.method.c_str());
+      bool with_passphrase = c.method == "Start" && c.passphrase >= 0;
+      int r = sd_bus_message_new_method_call(bus_, &msg, nullptr, kControlPath, kControlInterface,
+                                             with_passphrase ? "StartWithPassphrase" : c.method.c_str());
       if (r >= 0) r = sd_bus_message_append(msg, "s", c.vm.c_str());
+      if (r >= 0 && with_passphrase) r = sd_bus_message_append(msg, "h", c.passphrase);
       if (r >= 0 && c.method == "Stop") r = sd_bus_message_append(msg, "ub", c.timeout, static_cast<int>(c.force));
       if (r >= 0 && c.method == "Shutdown") r = sd_bus_message_append(msg, "us", c.timeout, c.mode.c_str());
       if (r >= 0 && c.method == "Restart") r = sd_bus_message_append(msg, "u", c.timeout);

@@ -33,6 +33,7 @@ struct BatchCall {
   bool force = false;      // Stop
   int signal = 0;          // Kill
   std::string mode;        // Shutdown: "acpi" or "agent"
+  int passphrase = -1;     // Start: the disks' passphrase as a sealed memfd (StartWithPassphrase)
 };
 
 class Client final {

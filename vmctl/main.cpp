@@ -14,6 +14,7 @@
 #include "common/config.h"
 #include "vmctl/client.h"
 #include "vmctl/console.h"
+#include "vmctl/passphrase.h"
 #include "vmctl/remote.h"
 #include "vmctl/tls_client.h"
 #include "vmlaunch_build_config.h"
@@ -64,6 +65,9 @@ constexpr char kUsage[] =
     "  --read-only          console: watch without writing (another client may be the writer)\n"
     "  --log                console: print the VM's serial log, from its boot\n"
     "  --listen ADDR:PORT   vnc: where to listen (IPv4)\n"
+    "  --ask-passphrase     start: ask on the terminal for the passphrase of each VM's\n"
+    "                       encrypted disks (without echo) and pass it to this host's daemon\n"
+    "                       as a sealed memfd (instead of the VM's key file)\n"
     "  --help, --version\n"
     "\n"
     "start and stop always wait for the operation to finish.\n"
@@ -76,7 +80,7 @@ struct Options {
   vl::ctl::TlsFiles tls = vl::ctl::default_tls_files();
   std::string command;
   std::vector<std::string> names;
-  bool all = false, json = false, force = false, read_only = false, log = false;
+  bool all = false, json = false, force = false, read_only = false, log = false, ask_passphrase = false;
   std::string listen = "127.0.0.1:0";  // vnc --listen
   unsigned timeout = 120;
   unsigned parallel = 0;  // 0: the command's default (parallel_for)
@@ -188,12 +192,21 @@ int cmd_batch(vl::ctl::Client& client, const Options& o) {
                 reason.empty() ? "" : ": ", reason.c_str());
     std::fflush(stdout);
   };
+  // Every passphrase is asked before the first start: no prompt among the progress lines.
+  std::map<std::string, vl::UniqueFd> passphrases;
+  for (const auto& n : o.ask_passphrase ? names : std::vector<std::string>{}) {
+    if (passphrases.count(n)) continue;
+    auto fd = vl::ctl::ask_passphrase(n);
+    if (!fd) return fail(fd.error());
+    passphrases[n] = std::move(fd).value();
+  }
   size_t failed = 0;
   nlohmann::json out = nlohmann::json::array();
   for (int group : groups) {
     std::vector<vl::ctl::BatchCall> calls;
     for (const auto& n : names)
-      if (order[n] == group) calls.push_back({n, method, o.timeout, o.force, o.signal, o.mode});
+      if (order[n] == group)
+        calls.push_back({n, method, o.timeout, o.force, o.signal, o.mode, passphrases.count(n) ? passphrases[n].get() : -1});
     auto results = client.run_batch(calls, parallel_for(o), progress);
     for (size_t i = 0; i < calls.size(); ++i) {
       const auto& r = results[i];
@@ -315,6 +328,8 @@ int main(int argc, char** argv) {
       const char* v = value("--listen");
       if (!v) return usage_error("--listen needs ADDRESS:PORT");
       o.listen = v;
+    } else if (a == "--ask-passphrase") {
+      o.ask_passphrase = true;
     } else if (a == "--read-only") {
       o.read_only = true;
     } else if (a == "--log") {
@@ -340,6 +355,7 @@ int main(int argc, char** argv) {
   if (o.command.empty()) return usage_error("no command given");
   if ((o.read_only || o.log) && o.command != "console") return usage_error("--read-only and --log are options of console");
   if (o.read_only && o.log) return usage_error("--read-only and --log exclude each other");
+  if (o.ask_passphrase && (o.command != "start" || o.all)) return usage_error("--ask-passphrase is an option of start with VM names");
   // --config or --socket name this host's daemon: they win over VMCTL_HOST, not over -H.
   if (host_given && local_given) return usage_error("-H names another host's daemon; --config and --socket this one's");
   if (local_given || o.command == "dial-stdio") o.host.clear();
@@ -366,6 +382,8 @@ int main(int argc, char** argv) {
     }
     return vl::ctl::dial_stdio(o.socket);
   }
+  // A descriptor cannot cross ssh or TLS: the passphrase goes to this host's daemon only.
+  if (o.ask_passphrase && !o.host.empty()) return usage_error("--ask-passphrase works with this host's daemon only, not with -H");
   auto client = open_client(o);
   if (!client) return fail(client.error());
   if (o.command == "list") return cmd_list(*client, o);

@@ -111,6 +111,59 @@ std::vector<std::string> without(const std::string& option) {
   return args;
 }
 
+
+// `text` with the first `from` replaced by `to`.
+std::string replaced(std::string text, const std::string& from, const std::string& to) {
+  size_t at = text.find(from);
+  REQUIRE_MESSAGE(at != std::string::npos, from);
+  return text.replace(at, from.size(), to);
+}
+
+// A domain with one file disk, encrypted (unless `encrypted` is false), of format `format`.
+vl::Domain luks_domain(const std::string& format = "raw", bool encrypted = true) {
+  std::string xml =
+      "<domain type='qemu'><name>web1</name><devices><emulator>/usr/bin/qemu-system-x86_64</emulator>"
+      "<disk type='file' device='disk'><driver name='qemu' type='" + format + "'/><source file='/srv/vm/web1.img'/>"
+      "<target dev='vda' bus='virtio'/>" +
+      std::string(encrypted ? "<encryption format='luks'><secret type='passphrase' usage='web1'/></encryption>" : "") +
+      "</disk></devices></domain>";
+  auto d = vl::parse_domain(xml, "web1.xml");
+  REQUIRE_MESSAGE(d.ok(), d.error().context);
+  return std::move(d).value();
+}
+
+constexpr char kLuksSecret[] = R"({"qom-type":"secret","id":"disk0-secret","format":"raw","file":"/proc/self/fd/17"})";
+constexpr char kLuksFormat[] =
+    R"({"node-name":"libvirt-1-format","read-only":false,"driver":"luks","file":"libvirt-1-storage","key-secret":"disk0-secret"})";
+constexpr char kQcow2LuksFormat[] =
+    R"({"node-name":"libvirt-1-format","read-only":false,"driver":"qcow2","file":"libvirt-1-storage","backing":null,"encrypt":{"format":"luks","key-secret":"disk0-secret"}})";
+
+// The rewritten command line for luks_domain(): the secret (if any) just before the disk's
+// format node, then `more`.
+std::vector<std::string> luks_args(const std::string& secret = kLuksSecret, const std::string& format = kLuksFormat,
+                                   const std::vector<std::string>& more = {}) {
+  std::vector<std::string> args = {
+      "-name", "guest=web1,debug-threads=on", "-S", "-machine", "pc-i440fx-7.2,usb=off", "-accel", "tcg", "-m", "64",
+      "-no-user-config", "-nodefaults", "-chardev", "socket,id=charmonitor,fd=3,server=on,wait=off",
+      "-mon", "chardev=charmonitor,id=monitor,mode=control", "-no-shutdown",
+      "-blockdev", R"({"driver":"file","filename":"/srv/vm/web1.img","node-name":"libvirt-1-storage","auto-read-only":true,"discard":"unmap"})"};
+  if (!secret.empty()) args.insert(args.end(), {"-object", secret});
+  args.insert(args.end(), {"-blockdev", format, "-device",
+                           R"({"driver":"virtio-blk-pci","bus":"pci.0","addr":"0x4","drive":"libvirt-1-format","id":"virtio-disk0"})"});
+  args.insert(args.end(), more.begin(), more.end());
+  return args;
+}
+
+Plan luks_plan(const std::vector<std::string>& args) {
+  Plan p;
+  p.vm = "web1";
+  p.emulator = kEmulator;
+  p.argv = {kEmulator};
+  p.argv.insert(p.argv.end(), args.begin(), args.end());
+  p.fds = {{FdSlot::Kind::kMonitor, 3, -1}, {FdSlot::Kind::kDiskSecret, 17, -1}};
+  return p;
+}
+
 }  // namespace
 
 TEST_SUITE("common/argv_policy") {
@@ -606,11 +659,7 @@ TEST_SUITE("common/argv_policy") {
   }
 
   TEST_CASE("VNC over TLS: credentials elsewhere, a second object, a client endpoint or clear text are refused") {
-    auto object_with = [](const std::string& from, const std::string& to) {
-      std::string o = kTlsObject;
-      o.replace(o.find(from), from.size(), to);
-      return o;
-    };
+    auto object_with = [](const std::string& from, const std::string& to) { return replaced(kTlsObject, from, to); };
     struct Case {
       std::vector<std::string> args;
       vl::Domain domain;
@@ -654,6 +703,85 @@ TEST_SUITE("common/argv_policy") {
       for (const auto& a : c.args) shown += a + " ";
       CAPTURE(shown);
       auto r = vl::check_plan_argv(plan_with(c.args), c.domain);
+      REQUIRE_FALSE(r.ok());
+      CAPTURE(r.error().context);
+      CHECK(r.error().context.find(c.expected) != std::string::npos);
+      CHECK(r.error().code == vl::ErrorCode::kDenied);
+    }
+  }
+
+  // --- Encrypted disks (<encryption format='luks'>) ---
+
+  TEST_CASE("an encrypted disk through QEMU's LUKS driver, unlocked by its secret from the plan's fd, is accepted") {
+    auto r = vl::check_plan_argv(luks_plan(luks_args()), luks_domain());
+    CHECK_MESSAGE(r.ok(), (r.ok() ? "" : r.error().context));
+    // qcow2 with LUKS inside: the same secret, named by "encrypt".
+    r = vl::check_plan_argv(luks_plan(luks_args(kLuksSecret, kQcow2LuksFormat)), luks_domain("qcow2"));
+    CHECK_MESSAGE(r.ok(), (r.ok() ? "" : r.error().context));
+    // The words the daemon writes are the words the helper accepts.
+    CHECK(vl::disk_secret_object(0, 17) == kLuksSecret);
+  }
+
+  TEST_CASE("hostile secrets and LUKS nodes are refused: inline data, another file, keyid, wrong disk, none at all") {
+    auto secret_with = [](const std::string& from, const std::string& to) { return replaced(kLuksSecret, from, to); };
+    struct Case {
+      std::vector<std::string> args;
+      vl::Domain domain;
+      std::string expected;
+      std::vector<FdSlot> fds = {{FdSlot::Kind::kDiskSecret, 17, -1}};
+    };
+    const std::string plain_format = R"({"node-name":"libvirt-1-format","read-only":false,"driver":"raw","file":"libvirt-1-storage"})";
+    const Case cases[] = {
+        // The passphrase in the argv, or from a file by path, or another fd.
+        {luks_args(secret_with(R"("file":"/proc/self/fd/17")", R"("data":"hunter2")")), luks_domain(), "must be exactly"},
+        {luks_args(secret_with(R"("format":"raw",)", R"("data":"hunter2","format":"raw",)")), luks_domain(), "must be exactly"},
+        {luks_args(secret_with("/proc/self/fd/17", "/etc/vmlaunch/keys/web1.key")), luks_domain(), "must be exactly"},
+        {luks_args(secret_with("/proc/self/fd/17", "/proc/self/fd/3")), luks_domain(), "must be exactly"},
+        {luks_args(secret_with("/proc/self/fd/17", "/proc/1/fd/17")), luks_domain(), "must be exactly"},
+        {luks_args(secret_with("/proc/self/fd/17", "/dev/fdset/17")), luks_domain(), "must be exactly"},
+        {luks_args(secret_with(R"("format":"raw")", R"("format":"base64")")), luks_domain(), "must be exactly"},
+        // Decrypted with another secret (libvirt's master key scheme), or a secret of another id.
+        {luks_args(secret_with(R"("format":"raw",)", R"("format":"raw","keyid":"disk1-secret","iv":"AAAA",)")), luks_domain(), "must be exactly"},
+        {luks_args(secret_with("disk0-secret", "masterKey0")), luks_domain(), "only the passphrase of an encrypted disk of the domain"},
+        {luks_args(secret_with("disk0-secret", "disk1-secret")), luks_domain(), "only the passphrase of an encrypted disk of the domain"},
+        // The fd slot must be the plan's.
+        {luks_args(), luks_domain(), "must be exactly", {}},
+        {luks_args(), luks_domain(), "must be exactly", {{FdSlot::Kind::kDiskSecret, 18, -1}}},
+        // A secret on a disk the XML does not encrypt, or an encrypted disk without it.
+        {luks_args(), luks_domain("raw", false), "only the passphrase of an encrypted disk of the domain"},
+        {luks_args("", R"({"node-name":"libvirt-1-format","read-only":false,"driver":"luks","file":"libvirt-1-storage","key-secret":"disk0-secret"})"),
+         luks_domain("raw", false), "only a disk with <encryption>"},
+        {luks_args("", plain_format), luks_domain(), "encrypted in the domain XML"},
+        {luks_args(kLuksSecret, plain_format), luks_domain(), "encrypted in the domain XML"},
+        // The LUKS node must name this disk's own secret, declared before it, once.
+        {luks_args(kLuksSecret, R"({"node-name":"libvirt-1-format","read-only":false,"driver":"luks","file":"libvirt-1-storage","key-secret":"objrng0"})"),
+         luks_domain(), "its own secret"},
+        {luks_args("", kLuksFormat), luks_domain(), "its own secret"},
+        {luks_args(kLuksSecret, R"({"node-name":"libvirt-1-format","read-only":false,"driver":"luks","file":"libvirt-1-storage"})"),
+         luks_domain(), "its own secret"},
+        {luks_args(kLuksSecret, kLuksFormat, {"-object", kLuksSecret}), luks_domain(), "declared twice"},
+        // Keys a LUKS node does not have, and qcow2's "encrypt" in any other shape.
+        {luks_args(kLuksSecret, R"({"node-name":"libvirt-1-format","driver":"luks","file":"libvirt-1-storage","key-secret":"disk0-secret","encrypt":{}})"),
+         luks_domain(), "'encrypt' is not allowed"},
+        {luks_args(kLuksSecret, R"({"node-name":"libvirt-1-format","driver":"raw","file":"libvirt-1-storage","key-secret":"disk0-secret"})"),
+         luks_domain(), "'key-secret' is not allowed"},
+        {luks_args(kLuksSecret, R"({"node-name":"libvirt-1-format","driver":"qcow2","file":"libvirt-1-storage","backing":null,"encrypt":{"format":"luks","key-secret":"disk0-secret","keyid":"x"}})"),
+         luks_domain("qcow2"), "'encrypt' must be"},
+        {luks_args(kLuksSecret, R"({"node-name":"libvirt-1-format","driver":"qcow2","file":"libvirt-1-storage","backing":null,"encrypt":{"format":"aes","key-secret":"disk0-secret"}})"),
+         luks_domain("qcow2"), "'encrypt' must be"},
+        {luks_args(kLuksSecret, kLuksFormat), luks_domain("qcow2"), "is declared 'qcow2', not 'luks'"},
+        // A declared secret that unlocks nothing is refused too.
+        {luks_args(kLuksSecret, kLuksFormat, {"-object", secret_with("disk0-secret", "disk2-secret")}), luks_domain(), "only the passphrase of an encrypted disk"},
+    };
+    for (const Case& c : cases) {
+      std::string shown;
+      for (const auto& a : c.args) shown += a + " ";
+      CAPTURE(shown);
+      Plan p = luks_plan(c.args);
+      p.fds.erase(std::remove_if(p.fds.begin(), p.fds.end(), [](const FdSlot& s) { return s.kind == FdSlot::Kind::kDiskSecret; }),
+                  p.fds.end());
+      p.fds.insert(p.fds.end(), c.fds.begin(), c.fds.end());
+      auto r = vl::check_plan_argv(p, c.domain);
       REQUIRE_FALSE(r.ok());
       CAPTURE(r.error().context);
       CHECK(r.error().context.find(c.expected) != std::string::npos);

@@ -538,4 +538,73 @@ TEST_SUITE("common/domain: serial console") {
     REQUIRE(d.ok());
     CHECK(d->serial_ptys == 0);
   }
+
+  TEST_CASE("<encryption format='luks'> on a file disk is read; its secret names no file") {
+    auto disk = [](std::string_view format, std::string_view secret) {
+      return "<disk type='file' device='disk'><driver name='qemu' type='" + std::string(format) +
+             "'/><source file='/srv/vm/web1.img'/><target dev='vda' bus='virtio'/><encryption format='luks'>" +
+             std::string(secret) + "</encryption></disk><disk type='file'><driver type='raw'/><source file='/srv/vm/b.img'/>"
+             "<target dev='vdb'/></disk>\n";
+    };
+    for (std::string_view secret : {"<secret type='passphrase' uuid='0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f'/>",
+                                    "<secret type='passphrase' usage='web1-disk'/>"}) {
+      for (std::string_view format : {"raw", "qcow2"}) {
+        auto d = parse_domain(domain_xml(disk(format, secret)), "web1.xml");
+        REQUIRE_MESSAGE(d.ok(), d.error().context);
+        REQUIRE(d->disks.size() == 2);
+        CHECK(d->disks[0].luks);
+        CHECK(d->disks[0].format == format);
+        CHECK_FALSE(d->disks[1].luks);
+        CHECK(vl::has_encrypted_disk(d->disks));
+      }
+    }
+    auto plain = parse_domain(domain_xml("<disk type='file'><driver type='raw'/><source file='/x'/><target dev='vda'/></disk>\n"), "web1.xml");
+    REQUIRE(plain.ok());
+    CHECK_FALSE(vl::has_encrypted_disk(plain->disks));
+  }
+
+  TEST_CASE("<encryption> vmlaunch cannot honour is refused, naming what") {
+    const std::string secret = "<secret type='passphrase' usage='u'/>";
+    auto disk = [](std::string_view attrs, std::string_view encryption, std::string_view type = "file",
+                   std::string_view device = "disk") {
+      return "<disk type='" + std::string(type) + "' device='" + std::string(device) + "'><driver type='raw'/><source " +
+             (type == "file" ? "file" : "dev") + "='/srv/vm/a.img'/><target dev='vda'/><encryption" + std::string(attrs) + ">" +
+             std::string(encryption) + "</encryption></disk>\n";
+    };
+    struct Case {
+      std::string devices, expected;
+    };
+    const Case cases[] = {
+        {disk(" format='qcow'", secret), "legacy AES) is not supported"},
+        {disk(" format='luks2'", secret), "<encryption format='luks2'> is not supported (only 'luks')"},
+        {disk(" format='luks-any'", secret), "only 'luks'"},
+        {disk("", secret), "<encryption format=''> is not supported"},
+        {disk(" format='luks' engine='librbd'", secret), "<encryption engine='librbd'>"},
+        {disk(" format='luks' cipher='x'", secret), "cipher"},
+        {disk(" format='luks'", ""), "needs one <secret type='passphrase'/>"},
+        {disk(" format='luks'", secret + secret), "<secret> appears more than once"},
+        {disk(" format='luks'", "<secret type='ceph' usage='u'/>"), "<secret type='ceph'> is not supported"},
+        {disk(" format='luks'", "<secret type='passphrase'/>"), "needs a uuid or a usage"},
+        {disk(" format='luks'", "<secret type='passphrase' uuid='a' usage='b'/>"), "needs a uuid or a usage"},
+        {disk(" format='luks'", "<secret type='passphrase' usage='u' file='/etc/key'/>"), "file"},
+        {disk(" format='luks'", secret + "<cipher name='aes' size='256' mode='xts'/>"), "<encryption><cipher> is not supported"},
+        {disk(" format='luks'", secret + "<ivgen name='plain64'/>"), "<encryption><ivgen> is not supported"},
+        {disk(" format='luks'", secret, "block"), "on <disk type='file' device='disk'> only"},
+        {disk(" format='luks'", secret, "file", "cdrom"), "on <disk type='file' device='disk'> only"},
+        {"<disk type='file'><driver type='raw'/><source file='/x'/><encryption format='luks'>" + secret +
+             "</encryption><encryption format='luks'>" + secret + "</encryption></disk>\n",
+         "<encryption> appears more than once"},
+        {"<disk type='file'><driver type='qcow2'/><source file='/x'/><backingStore type='file'><format type='raw'/>"
+         "<source file='/y'/><encryption format='luks'>" + secret + "</encryption></backingStore></disk>\n",
+         "<backingStore><encryption> is not supported"},
+        {"<disk type='file'><driver type='raw'/><source file='/x'/><auth username='u'/></disk>\n", "<auth> needs libvirt secrets"},
+    };
+    for (const auto& c : cases) {
+      CAPTURE(c.devices);
+      std::string e = error_of(domain_xml(c.devices));
+      CAPTURE(e);
+      CHECK(e.find(c.expected) != std::string::npos);
+      CHECK(e.rfind("web1.xml:", 0) == 0);
+    }
+  }
 }

@@ -111,7 +111,8 @@ TEST_SUITE("daemon/authorization") {
 
   TEST_CASE("each role may call exactly its methods; the refusal names the caller and what it lacks") {
     const char* kMethods[] = {"List", "Status", "Start", "Stop", "Shutdown", "Restart", "Kill",
-                              "GetLaunchPlan", "Launched", "LaunchFailed", "SomeFutureMethod"};
+                              "GetLaunchPlan", "Launched", "LaunchFailed", "StartWithPassphrase",
+                              "TakePassphrase", "SomeFutureMethod"};
     vl::Identity root = vl::local_identity(0, {}, kRoles);
     vl::Identity admin = vl::local_identity(1000, {100}, kRoles);
     vl::Identity reader = vl::local_identity(1001, {200}, kRoles);
@@ -120,7 +121,8 @@ TEST_SUITE("daemon/authorization") {
       CAPTURE(m);
       std::string_view method = m;
       bool read = method == "List" || method == "Status";
-      bool root_only = method == "GetLaunchPlan" || method == "Launched" || method == "LaunchFailed";
+      bool root_only = method == "GetLaunchPlan" || method == "Launched" || method == "LaunchFailed" ||
+                       method == "TakePassphrase";
       CHECK(vl::permit(root, method).ok());
       CHECK(vl::permit(admin, method).ok() == !root_only);
       CHECK(vl::permit(reader, method).ok() == read);

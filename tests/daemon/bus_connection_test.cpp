@@ -5,11 +5,14 @@
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <thread>
 
+#include "common/control_protocol.h"
 #include "common/unique_fd.h"
 
 namespace asio = boost::asio;
@@ -20,12 +23,18 @@ namespace {
 const sd_bus_vtable kEmpty[] = {SD_BUS_VTABLE_START(0), SD_BUS_VTABLE_END};
 
 // A client that authenticates, pings the server (sd-bus answers Peer.Ping itself) and leaves.
-void ping_and_leave(int fd) {
+// The client end of a connection on `fd`, authenticated.
+sd_bus* client_bus(int fd) {
   sd_bus* bus = nullptr;
   REQUIRE(sd_bus_new(&bus) >= 0);
   REQUIRE(sd_bus_set_fd(bus, fd, fd) >= 0);
   REQUIRE(sd_bus_set_anonymous(bus, 1) >= 0);
   REQUIRE(sd_bus_start(bus) >= 0);
+  return bus;
+}
+
+void ping_and_leave(int fd) {
+  sd_bus* bus = client_bus(fd);
   sd_bus_error error = SD_BUS_ERROR_NULL;
   sd_bus_message* reply = nullptr;
   int r = sd_bus_call_method(bus, nullptr, "/", "org.freedesktop.DBus.Peer", "Ping", &error, &reply, "");
@@ -36,6 +45,30 @@ void ping_and_leave(int fd) {
 }
 
 bool is_open(int fd) { return ::fcntl(fd, F_GETFD) >= 0; }
+
+// A method that takes a descriptor ('h') and notes the inode it refers to.
+ino_t g_taken_inode = 0;
+int method_take(sd_bus_message* m, void*, sd_bus_error*) {
+  int fd = -1;
+  if (int r = sd_bus_message_read(m, "h", &fd); r < 0) return r;
+  struct stat st {};
+  if (::fstat(fd, &st) == 0) g_taken_inode = st.st_ino;
+  return sd_bus_reply_method_return(m, "");
+}
+const sd_bus_vtable kTake[] = {SD_BUS_VTABLE_START(0),
+                               SD_BUS_METHOD("Take", "h", "", method_take, SD_BUS_VTABLE_UNPRIVILEGED), SD_BUS_VTABLE_END};
+
+// A client that passes `passed` to Take (kControlPath: the vtable's object).
+void take(int fd, int passed) {
+  sd_bus* bus = client_bus(fd);
+  sd_bus_error error = SD_BUS_ERROR_NULL;
+  sd_bus_message* reply = nullptr;
+  int r = sd_bus_call_method(bus, nullptr, vl::kControlPath, vl::kControlInterface, "Take", &error, &reply, "h", passed);
+  CHECK_MESSAGE(r >= 0, (error.message ? error.message : ""));
+  sd_bus_error_free(&error);
+  sd_bus_message_unref(reply);
+  sd_bus_flush_close_unref(bus);
+}
 
 }  // namespace
 
@@ -113,6 +146,53 @@ TEST_SUITE("daemon/bus_connection") {
     int after = 0;
     for (int fd = 0; fd < 1024; ++fd) after += is_open(fd);
     CHECK(after == before - 2);  // the accepted socket and the client's end; no copy left behind
+  }
+  TEST_CASE("a descriptor a client sends arrives with its message; more than 4 in one read drop the connection") {
+    asio::io_context io;
+    int fds[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0);
+    auto conn = std::make_shared<vl::BusConnection>(io, vl::UniqueFd(fds[0]), vl::local_identity(0, {}, {}));
+    REQUIRE(conn->start(kTake, nullptr).ok());
+    conn->pump();
+    int pipe_fds[2];
+    REQUIRE(::pipe2(pipe_fds, O_CLOEXEC) == 0);
+    vl::UniqueFd pipe_read(pipe_fds[0]), pipe_write(pipe_fds[1]);
+    struct stat st {};
+    REQUIRE(::fstat(pipe_read.get(), &st) == 0);
+    g_taken_inode = 0;
+    std::thread client(take, fds[1], pipe_read.get());
+    for (auto until = std::chrono::steady_clock::now() + 5s; !conn->closed() && std::chrono::steady_clock::now() < until;)
+      io.run_for(10ms);
+    client.join();
+    CHECK(g_taken_inode == st.st_ino);  // the very pipe, through the relay
+
+    // Five descriptors with one byte, before the handshake is even done: dropped, saying why.
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0);
+    vl::UniqueFd hostile(fds[1]);
+    auto second = std::make_shared<vl::BusConnection>(io, vl::UniqueFd(fds[0]), vl::local_identity(0, {}, {}));
+    REQUIRE(second->start(kTake, nullptr).ok());
+    second->pump();
+    char byte = 0;
+    iovec iov{&byte, 1};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 5)] = {};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * 5);
+    int five[5];
+    for (int& f : five) f = pipe_read.get();
+    std::memcpy(CMSG_DATA(c), five, sizeof five);
+    REQUIRE(::sendmsg(hostile.get(), &msg, 0) == 1);
+    io.restart();
+    for (auto until = std::chrono::steady_clock::now() + 5s; !second->closed() && std::chrono::steady_clock::now() < until;)
+      io.run_for(10ms);
+    REQUIRE(second->closed());
+    CHECK_MESSAGE(second->close_reason().find("more than 4 descriptors at once") != std::string::npos, second->close_reason());
   }
 }
 

@@ -190,6 +190,19 @@ TEST_SUITE("daemon/planner") {
     CHECK_FALSE(vl::xml_for_libvirt("<!DOCTYPE domain [<!ENTITY a 'b'>]><domain/>").ok());
   }
 
+  TEST_CASE("what libvirt is given: a disk's <encryption> removed (the rewrite adds the LUKS layer), the disk kept") {
+    std::string xml =
+        "<domain type='qemu'><name>web1</name><devices><emulator>/usr/bin/qemu-system-x86_64</emulator>"
+        "<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='/srv/a.img'/><target dev='vda'/>"
+        "<encryption format='luks'><secret type='passphrase' usage='web1'/></encryption></disk>"
+        "</devices></domain>";
+    auto stripped = vl::xml_for_libvirt(xml);
+    REQUIRE_MESSAGE(stripped.ok(), stripped.error().message());
+    CHECK(stripped->find("encryption") == std::string::npos);
+    CHECK(stripped->find("secret") == std::string::npos);
+    CHECK(stripped->find("<source file=\"/srv/a.img\"/><target dev=\"vda\"/></disk>") != std::string::npos);
+  }
+
   TEST_CASE("libvirt gets a network interface as a bridge interface on its zone's bridge") {
     std::string xml =
         "<domain type='qemu'><name>web1</name><devices><emulator>/usr/bin/qemu-system-x86_64</emulator>"

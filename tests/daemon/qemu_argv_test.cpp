@@ -301,4 +301,60 @@ TEST_SUITE("daemon/qemu_argv: guest agent channel") {
     REQUIRE_FALSE(foreign.ok());
     CHECK(foreign.error().message().find("not supported") != std::string::npos);
   }
+
+  TEST_CASE("an encrypted disk gets QEMU's LUKS layer and a secret read from the disk-secret fd, never inline") {
+    for (std::string format : {"raw", "qcow2"}) {
+      CAPTURE(format);
+      auto d = vl::parse_domain(
+          "<domain type='qemu'><name>web1</name><devices><emulator>/usr/bin/qemu-system-x86_64</emulator>"
+          "<disk type='file' device='disk'><driver name='qemu' type='" + format + "'/><source file='/srv/enc.img'/>"
+          "<target dev='vda'/><encryption format='luks'><secret type='passphrase' usage='web1'/></encryption></disk>"
+          "<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='/srv/plain.img'/><target dev='vdb'/></disk>"
+          "<interface type='bridge'><mac address='52:54:00:00:00:01'/><source bridge='br0'/></interface>"
+          "<graphics type='vnc' passwd='abc'/><serial type='pty'/></devices></domain>",
+          "t.xml");
+      REQUIRE_MESSAGE(d.ok(), (d.ok() ? std::string() : d.error().context));
+      // libvirt's output for the XML without <encryption> (converter.h): plain format nodes.
+      std::string disks =
+          "-blockdev '{\"driver\":\"file\",\"filename\":\"/srv/plain.img\",\"node-name\":\"libvirt-2-storage\"}' "
+          "-blockdev '{\"node-name\":\"libvirt-2-format\",\"read-only\":false,\"driver\":\"raw\",\"file\":\"libvirt-2-storage\"}' "
+          "-blockdev '{\"driver\":\"file\",\"filename\":\"/srv/enc.img\",\"node-name\":\"libvirt-1-storage\"}' "
+          "-blockdev '{\"node-name\":\"libvirt-1-format\",\"read-only\":false,\"driver\":\"" + format +
+          "\",\"file\":\"libvirt-1-storage\"}' ";
+      auto plan = rewrite(native_line(disks), *d);
+      REQUIRE_MESSAGE(plan.ok(), (plan.ok() ? std::string() : plan.error().context));
+      const auto& argv = plan->argv;
+      std::string unlocked = format == "raw"
+          ? R"({"node-name":"libvirt-1-format","read-only":false,"driver":"luks","file":"libvirt-1-storage","key-secret":"disk0-secret"})"
+          : R"({"node-name":"libvirt-1-format","read-only":false,"driver":"qcow2","file":"libvirt-1-storage","backing":null,)"
+            R"("encrypt":{"format":"luks","key-secret":"disk0-secret"}})";
+      auto node = std::find(argv.begin(), argv.end(), unlocked);
+      REQUIRE(node != argv.end());
+      // The secret object just before the node it unlocks, reading the plan's fd 17.
+      CHECK(*(node - 3) == "-object");
+      CHECK(*(node - 2) == vl::disk_secret_object(0, vl::kDiskSecretFd));
+      CHECK(vl::disk_secret_object(0, vl::kDiskSecretFd) ==
+            R"({"qom-type":"secret","id":"disk0-secret","format":"raw","file":"/proc/self/fd/17"})");
+      CHECK(contains(argv, R"({"node-name":"libvirt-2-format","read-only":false,"driver":"raw","file":"libvirt-2-storage"})"));
+      CHECK(std::count(plan->fds.begin(), plan->fds.end(), vl::FdSlot{vl::FdSlot::Kind::kDiskSecret, 17, -1}) == 1);
+      for (const auto& w : argv) CHECK(w.find("\"data\"") == std::string::npos);
+      // The plan travels as JSON to the helper; the slot survives it.
+      auto back = vl::plan_from_json(vl::plan_to_json(*plan, false));
+      REQUIRE(back.ok());
+      CHECK(back->fds == plan->fds);
+
+      // libvirt's output without the encrypted disk's node is refused: it would not start.
+      std::string missing = disks.substr(0, disks.find("-blockdev '{\"driver\":\"file\",\"filename\":\"/srv/enc.img\""));
+      auto refused = rewrite(native_line(missing), *d);
+      REQUIRE_FALSE(refused.ok());
+      CHECK(refused.error().context.find("does not open encrypted disk 'vda'") != std::string::npos);
+    }
+  }
+
+  TEST_CASE("a domain without encrypted disks gets no secret and no disk-secret fd") {
+    auto plan = rewrite(native_line(), test_domain());
+    REQUIRE(plan.ok());
+    for (const auto& s : plan->fds) CHECK(s.kind != vl::FdSlot::Kind::kDiskSecret);
+    for (const auto& w : plan->argv) CHECK(w.find("\"secret\"") == std::string::npos);
+  }
 }

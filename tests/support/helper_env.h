@@ -65,6 +65,7 @@ struct DomainSpec {
   std::string zone;                 // metadata zone, empty: none
   std::string disk;                 // default: images/NAME.img
   std::string disk_format = "raw";
+  bool luks = false;                // the disk has <encryption format='luks'> (its image must be LUKS)
   std::string block_disk;           // optional second disk, a block device node
   std::string emulator = "/usr/bin/qemu-system-x86_64";
   std::vector<std::string> ips;     // <ip address=..>, family='ipv6' added for IPv6 addresses
@@ -104,6 +105,7 @@ class HelperEnv {
   void write_config(const std::string& extra) {
     std::ofstream(root_ + "/vmlaunch.toml") << "[paths]\n"
         << "domains = \"" << root_ << "/domains\"\n"
+        << "keys = \"" << root_ << "/keys\"\n"
         << "runtime = \"" << root_ << "/run\"\n"
         << "state = \"" << root_ << "/state\"\n"
         << "cache = \"" << cache_dir_ << "\"\n"
@@ -156,7 +158,9 @@ class HelperEnv {
       xml += "  <metadata><vl:vm xmlns:vl='urn:vmlaunch:domain:1'><vl:zone>" + spec.zone + "</vl:zone></vl:vm></metadata>\n";
     xml += "  <devices>\n    <emulator>" + spec.emulator + "</emulator>\n"
            "    <disk type='file' device='disk'><driver name='qemu' type='" + spec.disk_format + "'/><source file='" + disk +
-           "'/><target dev='hda' bus='ide'/></disk>\n";
+           "'/><target dev='hda' bus='ide'/>" +
+           (spec.luks ? "<encryption format='luks'><secret type='passphrase' usage='" + spec.name + "'/></encryption>" : "") +
+           "</disk>\n";
     if (!spec.block_disk.empty())
       xml += "    <disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='" + spec.block_disk +
              "'/><target dev='hdb' bus='ide'/></disk>\n";
