@@ -37,7 +37,8 @@ Json host_json(const HostFacts& h) {
     bridges.push_back({{"name", b.name}, {"exists", b.exists}, {"addresses", b.addresses}});
   Json nft = {{"table", h.nft.table}, {"tap_hooks", h.nft.tap_hooks}, {"tap_map", h.nft.tap_map},
               {"vm_chains", h.nft.vm_chains}, {"mac_rules", rules}};
-  return {{"live", live}, {"taps", taps}, {"nft", nft}, {"journals", h.journals}, {"bridges", bridges}};
+  return {{"live", live}, {"taps", taps}, {"nft", nft}, {"journals", h.journals},
+          {"udev_rules", h.udev_rules}, {"bridges", bridges}};
 }
 
 // Strict, exception-free reads (common/ builds without exceptions, and nlohmann's typed reads
@@ -140,7 +141,7 @@ bool read_host(const Json& j, HostFacts& h) {
          read_each(*nft, "mac_rules", h.nft.mac_rules, [](const Json& e, MacRule& r) {
            return read(e, "chain", r.chain) && read(e, "tap", r.tap) && read(e, "mac", r.mac);
          }) &&
-         read(j, "journals", h.journals) &&
+         read(j, "journals", h.journals) && read(j, "udev_rules", h.udev_rules) &&
          read_each(j, "bridges", h.bridges, [](const Json& e, BridgeFacts& b) {
            return read(e, "name", b.name) && read(e, "exists", b.exists) && read(e, "addresses", b.addresses);
          });

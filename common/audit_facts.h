@@ -110,6 +110,7 @@ struct HostFacts {
   std::vector<TunFacts> taps;
   NftFacts nft;
   std::vector<std::string> journals;  ///< VM names with a disk journal
+  std::vector<std::string> udev_rules;  ///< VM names with a udev rule (block disks)
   std::vector<BridgeFacts> bridges;
 };
 

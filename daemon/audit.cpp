@@ -223,7 +223,7 @@ std::vector<Finding> audit_vm(const HostConfig& config, const Domain& domain, co
 std::vector<Finding> audit_host(const HostConfig& config, const std::optional<HostFacts>& host, const LocalFacts& local) {
   Report r("");
   if (!host) {
-    for (const char* rule : {"stale-taps", "stale-chains", "stale-journals", "bridge-address"})
+    for (const char* rule : {"stale-taps", "stale-chains", "stale-journals", "stale-udev-rules", "bridge-address"})
       r.skip(rule, "no VM is defined, so root was not asked");
   } else {
     std::set<std::string> live, live_taps;
@@ -247,6 +247,11 @@ std::vector<Finding> audit_host(const HostConfig& config, const std::optional<Ho
       if (!live.count(j)) journals.push_back("VM '" + j + "' is not running and has a disk journal");
     r.judge("stale-journals", journals, "no disk journal of a stopped VM",
             "vmlaunch-helper cleanup NAME: it gives the journal's disks back to their owners");
+    std::vector<std::string> rules;
+    for (const std::string& u : host->udev_rules)
+      if (!live.count(u)) rules.push_back("VM '" + u + "' is not running and has a udev rule");
+    r.judge("stale-udev-rules", rules, "no udev rule of a stopped VM",
+            "vmlaunch-helper cleanup NAME: it removes the rule that keeps the VM's block disks its uid's");
     std::vector<std::string> addresses;
     for (const BridgeFacts& b : host->bridges)
       for (const std::string& a : b.addresses) addresses.push_back("zone bridge '" + b.name + "' has address " + a);

@@ -56,9 +56,9 @@ struct LocalFacts {
   FileFacts tls_key;      ///< only read while the TLS listener is on
 };
 
-/// The host rules: stale-taps, stale-chains, stale-journals, bridge-address (from root's
-/// facts; skipped when `host` is nullopt, i.e. no VM was inspected), control-socket and
-/// tls-listener (from the daemon's own view).
+/// The host rules: stale-taps, stale-chains, stale-journals, stale-udev-rules, bridge-address
+/// (from root's facts; skipped when `host` is nullopt, i.e. no VM was inspected),
+/// control-socket and tls-listener (from the daemon's own view).
 std::vector<Finding> audit_host(const HostConfig& config, const std::optional<HostFacts>& host, const LocalFacts& local);
 
 /// {"findings": [{rule, vm, verdict, evidence, fix}...], "passed": N, "failed": N, "skipped": N}.

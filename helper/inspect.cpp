@@ -106,15 +106,16 @@ Result<std::vector<LiveVm>> live_vms(const HostConfig& config) {
   return live;
 }
 
-Result<std::vector<std::string>> journals(const HostConfig& config) {
+// The VM names of the files PREFIX + NAME + SUFFIX in `dir` (disk journals, udev rules).
+Result<std::vector<std::string>> names_in(const std::string& dir, std::string_view prefix, std::string_view suffix) {
   std::vector<std::string> names;
-  std::string dir = config.state_dir + "/disks";
   std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir.c_str()), ::closedir);
   if (!d) return errno == ENOENT ? Result<std::vector<std::string>>(names) : Error::from_errno("open " + quote_for_message(dir, kQuotePathMax));
   while (dirent* e = ::readdir(d.get())) {
-    std::string file = e->d_name;
-    if (file.size() <= 5 || file.compare(file.size() - 5, 5, ".json") != 0) continue;
-    if (auto name = VmName::parse(file.substr(0, file.size() - 5))) names.push_back(name->str());
+    std::string_view file = e->d_name;
+    if (file.size() <= prefix.size() + suffix.size() || !file.starts_with(prefix) || !file.ends_with(suffix)) continue;
+    file = file.substr(prefix.size(), file.size() - prefix.size() - suffix.size());
+    if (auto name = VmName::parse(std::string(file))) names.push_back(name->str());
   }
   std::sort(names.begin(), names.end());
   return names;
@@ -250,7 +251,8 @@ Result<std::string> inspect_vm(const HostConfig& config, const VmName& vm) {
   facts.host.live = VL_TRY(live_vms(config));
   VL_CHECK(link_facts(config, nl, facts.host));
   facts.host.nft = VL_TRY(nft_facts());
-  facts.host.journals = VL_TRY(journals(config));
+  facts.host.journals = VL_TRY(names_in(config.state_dir + "/disks", "", ".json"));
+  facts.host.udev_rules = VL_TRY(names_in(config.udev_rules_dir, "90-vmlaunch-", ".rules"));  // HostConfig::udev_rule_path
   std::string out = audit_facts_to_json(facts);
   if (out.size() > kMaxBrokerReply - kInspectReserve)
     return Error::make(ErrorCode::kInvalid, "the facts of VM '" + vm.str() + "' exceed " +

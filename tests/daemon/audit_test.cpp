@@ -102,7 +102,7 @@ TEST_SUITE("daemon/audit") {
     CHECK(failed(vm).empty());
     CHECK(failed(host).empty());
     CHECK(vm.size() == 12);
-    CHECK(host.size() == 6);
+    CHECK(host.size() == 7);
     for (const auto& f : vm) CHECK_MESSAGE(f.verdict == vl::Verdict::kPass, f.rule);
   }
 
@@ -227,6 +227,10 @@ TEST_SUITE("daemon/audit") {
     SUBCASE("stale-journals") {
       h.journals.push_back("old");
       check_fails(vl::audit_host(config(), h, l), "stale-journals", "VM 'old' is not running and has a disk journal");
+    }
+    SUBCASE("stale-udev-rules") {
+      h.udev_rules = {"web1", "old"};
+      check_fails(vl::audit_host(config(), h, l), "stale-udev-rules", "VM 'old' is not running and has a udev rule");
     }
     SUBCASE("bridge-address") {
       h.bridges[1].addresses = {"192.0.2.1/24"};

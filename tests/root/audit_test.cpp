@@ -167,6 +167,12 @@ TEST_SUITE("root/audit") {
       expect_only(env, "", "stale-journals", "VM 'ghost' is not running and has a disk journal", running);
       std::filesystem::remove(journal);
     }
+    {  // stale-udev-rules: a rule of a VM that does not run
+      std::string rule = env.root() + "/udev/90-vmlaunch-ghost.rules";
+      std::ofstream(rule) << "# vmlaunch: block devices of VM ghost\n";
+      expect_only(env, "", "stale-udev-rules", "VM 'ghost' is not running and has a udev rule", running);
+      std::filesystem::remove(rule);
+    }
     {  // control-socket: its directory opened to everyone
       std::string run = env.root() + "/run";
       struct stat st {};
