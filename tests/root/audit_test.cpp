@@ -182,6 +182,17 @@ TEST_SUITE("root/audit") {
                   "'" + run + "' is uid 0 mode 1777 (want root's, 1775): others could replace the control socket", running);
       REQUIRE(::chmod(run.c_str(), st.st_mode & 07777) == 0);
     }
+    {  // nic-zone: the tap moved to another zone's bridge (a new port learns, too)
+      run_ok("ip link set dev web1-0 master br-lan");
+      Audit a = audit(env);
+      std::set<std::string> want = healthy_failures(running);
+      want.insert({"web1/nic-zone", "web1/bridge-learning"});
+      CHECK_MESSAGE(failures(a) == want, a.out);
+      CHECK(a.exit_code == 1);
+      CHECK(finding(a, "web1", "nic-zone")["evidence"] == "tap 'web1-0' is on bridge 'br-lan', not 'br-dmz'");
+      run_ok("ip link set dev web1-0 master br-dmz && bridge link set dev web1-0 learning off && "
+             "bridge fdb replace 52:54:00:00:20:01 dev web1-0 master static sticky");
+    }
     // Each repair brings the audit back to healthy.
     CHECK(failures(audit(env)) == healthy_failures(running));
   }
