@@ -19,7 +19,8 @@ Json process_json(const ProcessFacts& p) {
 Json vm_json(const VmFacts& v) {
   Json taps = Json::array(), disks = Json::array();
   for (const TapFacts& t : v.taps)
-    taps.push_back({{"name", t.name}, {"exists", t.exists}, {"master", t.master}, {"learning", t.learning}});
+    taps.push_back({{"name", t.name}, {"exists", t.exists}, {"master", t.master}, {"learning", t.learning},
+                    {"static_macs", t.static_macs}});
   for (const DiskFacts& d : v.disks)
     disks.push_back({{"path", d.path}, {"exists", d.exists}, {"uid", d.uid}, {"mode", d.mode}});
   Json j = {{"name", v.name}, {"running", v.running}, {"taps", taps}, {"disks", disks}};
@@ -110,7 +111,7 @@ bool read_vm(const Json& j, VmFacts& v) {
   bool ok = read(j, "name", v.name) && read(j, "running", v.running) &&
             read_each(j, "taps", v.taps, [](const Json& e, TapFacts& t) {
               return read(e, "name", t.name) && read(e, "exists", t.exists) && read(e, "master", t.master) &&
-                     read(e, "learning", t.learning);
+                     read(e, "learning", t.learning) && read(e, "static_macs", t.static_macs);
             }) &&
             read_each(j, "disks", v.disks, [](const Json& e, DiskFacts& d) {
               return read(e, "path", d.path) && read(e, "exists", d.exists) && read(e, "uid", d.uid) && read(e, "mode", d.mode);

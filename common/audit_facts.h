@@ -46,6 +46,7 @@ struct TapFacts {
   bool exists = false;
   std::string master;     ///< the bridge it is a port of, "" if none
   bool learning = false;  ///< IFLA_BRPORT_LEARNING of its bridge port
+  std::vector<std::string> static_macs;  ///< static, sticky FDB entries on its port
 };
 
 /// One writable disk of the domain, by lstat() of its path.

@@ -169,10 +169,16 @@ void network_rules(Report& r, const HostConfig& config, const Domain& domain, co
   r.judge("anti-spoofing", spoof, domain.nics.empty() ? "no NICs" : "prerouting drops every tap's frames not from its MAC",
           "restart the VM (vmctl restart): its launch installs the chain again; find what flushed it");
   std::vector<std::string> learning;
-  for (const TapFacts& t : f.vm.taps)
-    if (t.exists && t.learning) learning.push_back("bridge port '" + t.name + "' learns MACs");
-  r.judge("bridge-learning", learning, "no port of the VM learns MACs",
-          "bridge link set dev TAP learning off (or restart the VM)");
+  for (size_t i = 0; i < f.vm.taps.size(); ++i) {
+    const TapFacts& t = f.vm.taps[i];
+    if (!t.exists) continue;
+    if (t.learning) learning.push_back("bridge port '" + t.name + "' learns MACs");
+    std::string mac = i < domain.nics.size() ? domain.nics[i].mac.str() : "";
+    if (std::find(t.static_macs.begin(), t.static_macs.end(), mac) == t.static_macs.end())
+      learning.push_back("bridge port '" + t.name + "' has no static, sticky FDB entry for " + mac);
+  }
+  r.judge("bridge-learning", learning, "no port of the VM learns MACs; each has its MAC as a static, sticky entry",
+          "restart the VM (or: bridge link set dev TAP learning off; bridge fdb replace MAC dev TAP master static sticky)");
 }
 
 void vnc_rules(Report& r, const HostConfig& config, const Domain& domain) {

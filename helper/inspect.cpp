@@ -207,6 +207,7 @@ Result<void> link_facts(const HostConfig& config, Netlink& nl, HostFacts& host) 
 
 Result<std::vector<TapFacts>> tap_facts(const VmName& vm, size_t nics, Netlink& nl) {
   auto learning = VL_TRY(nl.port_learning());
+  auto fdb = VL_TRY(nl.static_fdb());
   std::vector<TapFacts> taps;
   for (size_t i = 0; i < nics && i < VmName::kMaxNics; ++i) {
     TapFacts t;
@@ -219,6 +220,7 @@ Result<std::vector<TapFacts>> tap_facts(const VmName& vm, size_t nics, Netlink& 
       }
       auto it = learning.find(link->ifindex);
       t.learning = it != learning.end() && it->second;
+      for (const MacAddress& mac : fdb[link->ifindex]) t.static_macs.push_back(mac.str());
     }
     taps.push_back(std::move(t));
   }

@@ -12,6 +12,7 @@
 #include <netlink/route/addr.h>
 #include <netlink/route/link.h>
 
+#include <cstring>
 #include <memory>
 
 namespace vl::helper {
@@ -46,6 +47,21 @@ int parse_port_learning(nl_msg* msg, void* arg) {
     return NL_OK;
   const auto* ifi = static_cast<const ifinfomsg*>(nlmsg_data(hdr));
   (*learning)[ifi->ifi_index] = nla_get_u8(port[IFLA_BRPORT_LEARNING]) != 0;
+  return NL_OK;
+}
+
+// Collects one static (NUD_NOARP), sticky entry of an AF_BRIDGE FDB dump.
+int parse_static_fdb(nl_msg* msg, void* arg) {
+  auto* entries = static_cast<std::map<int, std::vector<MacAddress>>*>(arg);
+  nlmsghdr* hdr = nlmsg_hdr(msg);
+  nlattr* attrs[NDA_MAX + 1];
+  if (nlmsg_parse(hdr, sizeof(ndmsg), attrs, NDA_MAX, nullptr) < 0 || !attrs[NDA_LLADDR] || nla_len(attrs[NDA_LLADDR]) != 6)
+    return NL_OK;
+  const auto* ndm = static_cast<const ndmsg*>(nlmsg_data(hdr));
+  if (!(ndm->ndm_state & NUD_NOARP) || !(ndm->ndm_flags & NTF_STICKY)) return NL_OK;
+  MacAddress mac;
+  std::memcpy(mac.bytes.data(), nla_data(attrs[NDA_LLADDR]), 6);
+  (*entries)[ndm->ndm_ifindex].push_back(mac);
   return NL_OK;
 }
 
@@ -121,20 +137,33 @@ Result<std::vector<std::pair<std::string, LinkInfo>>> Netlink::list_links() {
   return links;
 }
 
-Result<std::map<int, bool>> Netlink::port_learning() {
-  const std::string what = "read the bridge ports' learning flags";
-  // Port flags come only with a dump in the AF_BRIDGE family (rtnl_bridge_getlink).
-  ifinfomsg request{};
-  request.ifi_family = AF_BRIDGE;
-  if (int r = nl_send_simple(sock_, RTM_GETLINK, NLM_F_DUMP, &request, sizeof request); r < 0) return netlink_error(r, what);
+Result<void> Netlink::dump(int type, const void* header, size_t size, int (*parse)(nl_msg*, void*), void* arg,
+                           const std::string& what) {
+  if (int r = nl_send_simple(sock_, type, NLM_F_DUMP, const_cast<void*>(header), size); r < 0) return netlink_error(r, what);
   nl_cb* sock_cb = nl_socket_get_cb(sock_);
   std::unique_ptr<nl_cb, void (*)(nl_cb*)> cb(nl_cb_clone(sock_cb), nl_cb_put);
   nl_cb_put(sock_cb);
   if (!cb) return Error::make(ErrorCode::kSystem, "allocate netlink callbacks");
-  std::map<int, bool> learning;
-  nl_cb_set(cb.get(), NL_CB_VALID, NL_CB_CUSTOM, parse_port_learning, &learning);
+  nl_cb_set(cb.get(), NL_CB_VALID, NL_CB_CUSTOM, parse, arg);
   if (int r = nl_recvmsgs(sock_, cb.get()); r < 0) return netlink_error(r, what);
+  return {};
+}
+
+Result<std::map<int, bool>> Netlink::port_learning() {
+  // Port flags come only with a dump in the AF_BRIDGE family (rtnl_bridge_getlink).
+  ifinfomsg request{};
+  request.ifi_family = AF_BRIDGE;
+  std::map<int, bool> learning;
+  VL_CHECK(dump(RTM_GETLINK, &request, sizeof request, parse_port_learning, &learning, "read the bridge ports' learning flags"));
   return learning;
+}
+
+Result<std::map<int, std::vector<MacAddress>>> Netlink::static_fdb() {
+  ndmsg request{};
+  request.ndm_family = AF_BRIDGE;
+  std::map<int, std::vector<MacAddress>> entries;
+  VL_CHECK(dump(RTM_GETNEIGH, &request, sizeof request, parse_static_fdb, &entries, "read the bridges' static FDB entries"));
+  return entries;
 }
 
 Result<std::vector<std::string>> Netlink::addresses(int ifindex) {

@@ -65,6 +65,8 @@ class Netlink final {
   Result<std::vector<std::pair<std::string, LinkInfo>>> list_links();
   /// Whether each bridge port learns MACs (IFLA_BRPORT_LEARNING), by ifindex.
   Result<std::map<int, bool>> port_learning();
+  /// The static, sticky bridge FDB entries (as add_static_fdb makes them), by port ifindex.
+  Result<std::map<int, std::vector<MacAddress>>> static_fdb();
   /// The addresses of the link with this ifindex, "ADDRESS/PREFIX", every family.
   Result<std::vector<std::string>> addresses(int ifindex);
   /// Turns MAC learning on or off on the bridge port with this ifindex (IFLA_BRPORT_LEARNING,
@@ -80,6 +82,8 @@ class Netlink final {
   Result<LinkPtr> get(const std::string& name);
   Result<void> change(const std::string& name, unsigned mtu, bool up);
   Result<void> send_and_ack(nl_msg* msg, const std::string& what);
+  /// Sends a dump request of `type` with header `header` and hands each answer to `parse`.
+  Result<void> dump(int type, const void* header, size_t size, int (*parse)(nl_msg*, void*), void* arg, const std::string& what);
   nl_sock* sock_;
 };
 

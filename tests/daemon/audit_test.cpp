@@ -49,7 +49,7 @@ vl::AuditFacts healthy() {
   p.argv = {"/usr/bin/qemu-system-x86_64", "-name", "guest=web1", "-sandbox",
             "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"};
   f.vm.process = p;
-  f.vm.taps = {{"web1-0", true, "br-dmz", false}};
+  f.vm.taps = {{"web1-0", true, "br-dmz", false, {"52:54:00:12:34:56"}}};
   f.vm.disks = {{"/var/lib/vmlaunch/images/web1.img", true, kUid, S_IFREG | 0600}};
   f.host.live = {{"web1", kUid, {"web1-0"}}};
   f.host.taps = {{"web1-0", kUid, "br-dmz"}};
@@ -179,6 +179,11 @@ TEST_SUITE("daemon/audit") {
       f.vm.taps[0].learning = true;
       check_fails(vl::audit_vm(config(), domain(), f), "bridge-learning", "bridge port 'web1-0' learns MACs");
     }
+    SUBCASE("bridge-learning: the static entry gone") {
+      f.vm.taps[0].static_macs.clear();
+      check_fails(vl::audit_vm(config(), domain(), f), "bridge-learning",
+                  "bridge port 'web1-0' has no static, sticky FDB entry for 52:54:00:12:34:56");
+    }
     SUBCASE("vnc-listen") {
       check_fails(vl::audit_vm(config(), domain("<graphics type='vnc' autoport='yes' listen='0.0.0.0'/>"), f), "vnc-listen",
                   "listens on 0.0.0.0 without TLS");
@@ -201,7 +206,7 @@ TEST_SUITE("daemon/audit") {
     vl::AuditFacts f = healthy();
     f.vm.running = false;
     f.vm.process.reset();
-    f.vm.taps[0] = {"web1-0", false, "", false};
+    f.vm.taps[0] = {"web1-0", false, "", false, {}};
     auto all = vl::audit_vm(config(), domain("<graphics type='vnc' autoport='yes' listen='0.0.0.0'/>", "br-x"), f);
     for (const char* rule : {"own-uid", "no-capabilities", "no-new-privs", "seccomp", "jailed-namespaces", "sandbox",
                              "disk-owner", "anti-spoofing", "bridge-learning"}) {

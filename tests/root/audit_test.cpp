@@ -136,6 +136,12 @@ TEST_SUITE("root/audit") {
       expect_only(env, "web1", "bridge-learning", "bridge port 'web1-0' learns MACs", running);
       run_ok("bridge link set dev web1-0 learning off");
     }
+    {  // bridge-learning: the static entry of the VM's MAC removed
+      run_ok("bridge fdb del 52:54:00:00:20:01 dev web1-0 master");
+      expect_only(env, "web1", "bridge-learning",
+                  "bridge port 'web1-0' has no static, sticky FDB entry for 52:54:00:00:20:01", running);
+      run_ok("bridge fdb replace 52:54:00:00:20:01 dev web1-0 master static sticky");
+    }
     {  // anti-spoofing: the chain flushed
       run_ok("nft flush chain bridge vmlaunch vm-web1");
       expect_only(env, "web1", "anti-spoofing",
