@@ -246,8 +246,12 @@ Result<std::string> inspect_vm(const HostConfig& config, const VmName& vm) {
   for (const Disk& disk : domain.disks) {
     if (disk.read_only || disk.shareable || disk.source.empty()) continue;  // never given to the VM (disk_owner.h)
     DiskFacts d{disk.source, false, 0, 0};
+    // Not through symlinks, which the launch refuses, except below /dev, where block devices
+    // are named by links (/dev/disk/by-id/...) that the launch follows too (disk_owner.h).
     struct stat st {};
-    if (::lstat(disk.source.c_str(), &st) == 0) d = {disk.source, true, st.st_uid, st.st_mode};
+    bool found = ::lstat(disk.source.c_str(), &st) == 0;
+    if (found && S_ISLNK(st.st_mode) && disk.source.starts_with("/dev/")) found = ::stat(disk.source.c_str(), &st) == 0;
+    if (found) d = {disk.source, true, st.st_uid, st.st_mode};
     facts.vm.disks.push_back(std::move(d));
   }
   facts.host.live = VL_TRY(live_vms(config));
