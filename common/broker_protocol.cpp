@@ -14,7 +14,7 @@ using Json = nlohmann::json;
 
 constexpr std::pair<BrokerOp, const char*> kOpNames[] = {
     {BrokerOp::kStart, "start"}, {BrokerOp::kKill, "kill"}, {BrokerOp::kCleanup, "cleanup"},
-    {BrokerOp::kReattach, "reattach"}};
+    {BrokerOp::kReattach, "reattach"}, {BrokerOp::kInspect, "inspect"}};
 
 // Takes the number as sent: narrowing it to int first would let 2^32 + 9 pass as SIGKILL.
 bool signal_allowed(int64_t s) { return s == SIGTERM || s == SIGKILL || s == SIGINT; }
@@ -67,7 +67,8 @@ std::string encode_error(const Error& error) { return error_json(error).dump(); 
 std::string encode_broker_reply(const BrokerReply& r) {
   Json j = {{"ok", r.ok}};
   if (r.ok) j["pid"] = r.pid;
-  else j["error"] = error_json(r.error);
+  if (r.ok && !r.facts.empty()) j["facts"] = Json::parse(r.facts, nullptr, false);
+  if (!r.ok) j["error"] = error_json(r.error);
   return j.dump();
 }
 
@@ -88,6 +89,7 @@ bool int_in_range(const Json& v, int64_t lo, int64_t hi) {
 // reads these from the broker, and the broker reads the launch's report pipe in this format.
 Result<BrokerReply> parse_broker_reply(std::string_view text) {
   auto malformed = [](const char* why) { return Error::invalid(std::string("malformed broker reply: ") + why); };
+  if (text.size() > kMaxBrokerReply) return malformed("too large");
   Json j = Json::parse(text, nullptr, false);
   if (j.is_discarded() || !j.is_object()) return malformed("not a JSON object");
   auto ok = j.find("ok");
@@ -98,6 +100,10 @@ Result<BrokerReply> parse_broker_reply(std::string_view text) {
     if (auto pid = j.find("pid"); pid != j.end()) {
       if (!int_in_range(*pid, 0, INT32_MAX)) return malformed("'pid' must be a process id");
       reply.pid = static_cast<int>(pid->get<int64_t>());
+    }
+    if (auto facts = j.find("facts"); facts != j.end()) {
+      if (!facts->is_object()) return malformed("'facts' must be an object");
+      reply.facts = facts->dump();
     }
     return reply;
   }

@@ -3,8 +3,9 @@
 // One request per SOCK_SEQPACKET message, one reply per request, in order on each connection.
 // Requests on different connections are handled concurrently: the daemon keeps up to
 // kBrokerConnections connections, one request in flight on each. Messages are JSON objects of at
-// most kMaxBrokerMessage bytes. The request set is closed: start, kill, cleanup,
-// reattach, each naming one VM; nothing else is ever parsed into a request.
+// most kMaxBrokerMessage bytes, except the reply to `inspect` (kMaxBrokerReply). The request set
+// is closed: start, kill, cleanup, reattach, inspect, each naming one VM; nothing else is ever
+// parsed into a request.
 #pragma once
 
 #include <string>
@@ -15,10 +16,14 @@
 namespace vl {
 
 inline constexpr size_t kMaxBrokerMessage = 4096;
+/// The largest reply: an `inspect` reply's facts (common/audit_facts.h) are bounded by it.
+inline constexpr size_t kMaxBrokerReply = 64 * 1024;
 /// How many connections (and so requests in flight) the daemon uses at most.
 inline constexpr size_t kBrokerConnections = 16;
 
-enum class BrokerOp : unsigned char { kStart, kKill, kCleanup, kReattach };
+/// kInspect reads, as root, the facts `vmctl audit` judges (common/audit_facts.h); it changes
+/// nothing.
+enum class BrokerOp : unsigned char { kStart, kKill, kCleanup, kReattach, kInspect };
 
 /// A validated broker request.
 struct BrokerRequest {
@@ -27,11 +32,13 @@ struct BrokerRequest {
   int signal = 0;  ///< kKill only: SIGTERM, SIGKILL or SIGINT
 };
 
-/// The broker's answer: success (with the emulator's pid for kStart) or an error.
+/// The broker's answer: success (with the emulator's pid for kStart, the facts for kInspect)
+/// or an error.
 struct BrokerReply {
   bool ok = false;
   int pid = 0;
   Error error;
+  std::string facts = {};  ///< kInspect: a JSON object (common/audit_facts.h); "" otherwise
 };
 
 std::string encode_broker_request(const BrokerRequest& request);

@@ -23,6 +23,7 @@ const char* op_name(BrokerOp op) {
     case BrokerOp::kKill: return "kill";
     case BrokerOp::kCleanup: return "cleanup";
     case BrokerOp::kReattach: return "reattach";
+    case BrokerOp::kInspect: return "inspect";
   }
   return "request";
 }
@@ -32,6 +33,13 @@ const char* op_name(BrokerOp op) {
 BrokerClient::BrokerClient(asio::io_context& io, std::string socket_path) : io_(io), path_(std::move(socket_path)) {}
 
 void BrokerClient::call(const BrokerRequest& request, Callback done) {
+  call_for_reply(request, [done = std::move(done)](Result<BrokerReply> reply) {
+    if (!reply) return done(std::move(reply).error());
+    done(reply->pid);
+  });
+}
+
+void BrokerClient::call_for_reply(const BrokerRequest& request, ReplyCallback done) {
   queue_.push_back({encode_broker_request(request), request.op, request.vm.str(), std::move(done)});
   dispatch();
 }
@@ -66,7 +74,7 @@ void BrokerClient::dispatch() {
   }
 }
 
-void BrokerClient::finish(Lane& lane, Result<int> result) {
+void BrokerClient::finish(Lane& lane, Result<BrokerReply> result) {
   Pending done = std::move(*lane.current);
   lane.current.reset();
   done.done(std::move(result));  // may call(), which dispatches
@@ -101,9 +109,10 @@ Result<void> BrokerClient::connect(Lane& lane) {
 void BrokerClient::connection_lost(Lane& lane, bool request_unread, const std::string& what) {
   lane.socket.reset();
   Pending& current = *lane.current;
-  // Cleanup and reattach are idempotent by contract (helper/cleanup.h, helper/reattach.h):
-  // sending them twice is harmless.
-  bool retry = !current.resent && (request_unread || current.op == BrokerOp::kCleanup || current.op == BrokerOp::kReattach);
+  // Cleanup and reattach are idempotent by contract (helper/cleanup.h, helper/reattach.h), and
+  // inspect changes nothing: sending them twice is harmless.
+  bool retry = !current.resent && (request_unread || current.op == BrokerOp::kCleanup || current.op == BrokerOp::kReattach ||
+                                   current.op == BrokerOp::kInspect);
   if (retry) {
     current.resent = true;
     return send(lane);
@@ -132,16 +141,16 @@ void BrokerClient::send(Lane& lane) {
 void BrokerClient::await_reply(Lane& lane) {
   lane.socket->async_wait(asio::posix::stream_descriptor::wait_read, [this, &lane](boost::system::error_code ec) {
     if (ec) return fail_all(lane, Error::make(ErrorCode::kSystem, "broker connection: " + ec.message()));
-    char buf[kMaxBrokerMessage];
-    ssize_t n = ::recv(lane.socket->native_handle(), buf, sizeof buf, MSG_DONTWAIT);
+    std::vector<char> buf(kMaxBrokerReply);
+    ssize_t n = ::recv(lane.socket->native_handle(), buf.data(), buf.size(), MSG_DONTWAIT);
     if (n < 0 && (errno == EAGAIN || errno == EINTR)) return await_reply(lane);
     if (n < 0 && errno == ECONNRESET)  // closed with our request unread in its queue
       return connection_lost(lane, true, "the vmlaunch broker reset the connection");
     if (n <= 0) return connection_lost(lane, false, "");
-    auto reply = parse_broker_reply(std::string_view(buf, static_cast<size_t>(n)));
+    auto reply = parse_broker_reply(std::string_view(buf.data(), static_cast<size_t>(n)));
     if (!reply) return finish(lane, reply.error());
     if (!reply->ok) return finish(lane, reply->error);
-    finish(lane, reply->pid);
+    finish(lane, std::move(reply).value());
   });
 }
 

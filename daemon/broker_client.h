@@ -12,7 +12,7 @@
 // says: the send failed (EPIPE, ECONNRESET, ENOTCONN), or the broker closed the connection
 // with the request still unread in its queue (our recv sees ECONNRESET). When the broker
 // closed the connection after reading a request (plain EOF), it may have acted on it: only an
-// idempotent request (cleanup, reattach) is sent again; a start or kill fails with a message saying its
+// idempotent request (cleanup, reattach, inspect) is sent again; a start or kill fails with a message saying its
 // outcome is unknown, so that no VM is ever started twice behind the caller's back.
 #pragma once
 
@@ -31,6 +31,7 @@ namespace vl {
 class BrokerClient final {
  public:
   using Callback = std::function<void(Result<int>)>;
+  using ReplyCallback = std::function<void(Result<BrokerReply>)>;
 
   BrokerClient(boost::asio::io_context& io, std::string socket_path);
   BrokerClient(const BrokerClient&) = delete;
@@ -38,13 +39,15 @@ class BrokerClient final {
 
   /// Sends `request`; `done` gets the pid (start) or 0, or the broker's error.
   void call(const BrokerRequest& request, Callback done);
+  /// Sends `request`; `done` gets the whole successful reply (an inspect's facts), or the error.
+  void call_for_reply(const BrokerRequest& request, ReplyCallback done);
 
  private:
   struct Pending {
     std::string message;
     BrokerOp op;
     std::string vm;
-    Callback done;
+    ReplyCallback done;
     bool resent = false;  ///< the one retry on a new connection is used up
   };
   /// One connection and the request in flight on it, if any.
@@ -67,7 +70,7 @@ class BrokerClient final {
   /// Fails the lane's request and every queued one (the broker cannot be reached).
   void fail_all(Lane& lane, const Error& error);
   /// Ends the lane's request with `result`, then lets the lane take the next.
-  void finish(Lane& lane, Result<int> result);
+  void finish(Lane& lane, Result<BrokerReply> result);
 
   boost::asio::io_context& io_;
   std::string path_;

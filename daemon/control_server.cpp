@@ -63,6 +63,17 @@ Supervisor::Done reply_later(sd_bus_message* m) {
   };
 }
 
+// A deferred reply of one string.
+std::function<void(Result<std::string>)> reply_string_later(sd_bus_message* m) {
+  sd_bus_message_ref(m);
+  return [m](Result<std::string> text) {
+    if (text) sd_bus_reply_method_return(m, "s", text->c_str());
+    else reply_error(m, text.error());
+    if (auto conn = BusConnection::of(m)) conn->schedule_pump();
+    sd_bus_message_unref(m);
+  };
+}
+
 // Every call passes here first, with the method's name from the message itself: what a role
 // may call is one table (authorization.cpp), not a flag at each handler.
 Result<void> authorize(sd_bus_message* m) {
@@ -232,13 +243,21 @@ int method_plan(sd_bus_message* m, void* userdata, sd_bus_error*) {
   AUTHORIZE(m);
   const char* name = nullptr;
   if (int r = sd_bus_message_read(m, "s", &name); r < 0) return r;
-  sd_bus_message_ref(m);
-  s->manager->launch_plan(name, [m](Result<std::string> plan) {
-    if (plan) sd_bus_reply_method_return(m, "s", plan->c_str());
-    else reply_error(m, plan.error());
-    if (auto conn = BusConnection::of(m)) conn->schedule_pump();
-    sd_bus_message_unref(m);
-  });
+  s->manager->launch_plan(name, reply_string_later(m));
+  return 1;
+}
+
+// `vmctl audit`: the findings as JSON (daemon/audit.h); names empty for every defined VM.
+int method_audit(sd_bus_message* m, void* userdata, sd_bus_error*) {
+  auto* s = static_cast<ServerState*>(userdata);
+  AUTHORIZE(m);
+  char** raw = nullptr;
+  if (int r = sd_bus_message_read_strv(m, &raw); r < 0) return r;
+  std::vector<std::string> names;
+  for (char** p = raw; p && *p; ++p) names.emplace_back(*p);
+  for (char** p = raw; p && *p; ++p) ::free(*p);
+  ::free(raw);
+  s->manager->audit(names, reply_string_later(m));
   return 1;
 }
 
@@ -381,6 +400,8 @@ const sd_bus_vtable kVtable[] = {
     SD_BUS_METHOD_WITH_ARGS("Kill", SD_BUS_ARGS("s", name, "i", signal), SD_BUS_NO_RESULT, method_kill,
                             SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD_WITH_ARGS("GetLaunchPlan", SD_BUS_ARGS("s", name), SD_BUS_RESULT("s", plan), method_plan,
+                            SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD_WITH_ARGS("Audit", SD_BUS_ARGS("as", names), SD_BUS_RESULT("s", report), method_audit,
                             SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD_WITH_ARGS("Launched", SD_BUS_ARGS("s", name), SD_BUS_NO_RESULT, method_launched,
                             SD_BUS_VTABLE_UNPRIVILEGED),

@@ -7,10 +7,13 @@
 #include <dirent.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 
+#include "common/audit_facts.h"
 #include "common/domain_file.h"
+#include "daemon/audit.h"
 #include "common/zone_network.h"
 #include "common/plan.h"
 #include "common/sys.h"
@@ -360,6 +363,79 @@ void Manager::launch_plan(const std::string& name, std::function<void(Result<std
     if (!plan) return done(plan.error());
     done(plan_to_json(*plan, false));
   });
+}
+
+}  // namespace vl
+
+namespace vl {
+
+namespace {
+
+FileFacts file_facts(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return {};
+  return {true, st.st_uid, st.st_gid, st.st_mode};
+}
+
+}  // namespace
+
+void Manager::audit(const std::vector<std::string>& names, std::function<void(Result<std::string>)> done) {
+  // Every name is checked before root is asked anything.
+  std::vector<std::pair<VmName, Domain>> vms;
+  std::vector<VmName> wanted;
+  for (const std::string& n : names) {
+    auto vm = VmName::parse(n);
+    if (!vm) return done(vm.error());
+    wanted.push_back(*vm);
+  }
+  if (names.empty()) wanted = catalog_.names();
+  for (const VmName& vm : wanted) {
+    auto domain = catalog_.get(vm);
+    if (!domain) return done(domain.error());
+    vms.emplace_back(vm, std::move(domain).value());
+  }
+  struct Run {
+    std::vector<std::pair<VmName, Domain>> vms;
+    std::vector<std::optional<AuditFacts>> facts;
+    size_t pending = 0;
+    std::optional<Error> error;
+    std::function<void(Result<std::string>)> done;
+  };
+  auto run = std::make_shared<Run>();
+  run->vms = std::move(vms);
+  run->facts.resize(run->vms.size());
+  run->pending = run->vms.size();
+  run->done = std::move(done);
+  auto finish = [this, run] {
+    if (run->error) return run->done(*run->error);
+    std::vector<Finding> findings;
+    std::optional<HostFacts> host;
+    for (size_t i = 0; i < run->vms.size(); ++i) {
+      auto more = audit_vm(config_, run->vms[i].second, *run->facts[i]);
+      findings.insert(findings.end(), more.begin(), more.end());
+      host = run->facts[i]->host;
+    }
+    LocalFacts local;
+    local.daemon_uid = ::geteuid();
+    local.control_socket = file_facts(config_.control_socket());
+    local.runtime_dir = file_facts(config_.runtime_dir);
+    if (!config_.tls.listen.empty()) local.tls_key = file_facts(config_.tls.key);
+    auto more = audit_host(config_, host, local);
+    findings.insert(findings.end(), more.begin(), more.end());
+    run->done(findings_to_json(findings));
+  };
+  if (run->vms.empty()) return finish();
+  for (size_t i = 0; i < run->vms.size(); ++i) {
+    broker_.call_for_reply({BrokerOp::kInspect, run->vms[i].first, 0}, [run, i, finish](Result<BrokerReply> reply) {
+      if (!reply && !run->error) run->error = reply.error().wrap("inspect VM '" + run->vms[i].first.str() + "'");
+      if (reply) {
+        auto facts = audit_facts_from_json(reply->facts);
+        if (facts) run->facts[i] = std::move(facts).value();
+        else if (!run->error) run->error = facts.error();
+      }
+      if (--run->pending == 0) finish();
+    });
+  }
 }
 
 }  // namespace vl

@@ -86,6 +86,11 @@ class Manager final {
   /// The plan of a defined VM as JSON; a cache miss converts without blocking the loop.
   void launch_plan(const std::string& name, std::function<void(Result<std::string>)> done);
 
+  /// `vmctl audit`: the findings (daemon/audit.h) for `names`, every defined VM if empty, and
+  /// for the host, as JSON (findings_to_json). A name that is invalid or not defined is an
+  /// error before root is asked anything. Root's facts come from one `inspect` per VM.
+  void audit(const std::vector<std::string>& names, std::function<void(Result<std::string>)> done);
+
   std::function<void(const VmInfo&)> on_state_changed;
 
  private:

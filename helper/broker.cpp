@@ -29,6 +29,7 @@
 #include "common/sys.h"
 #include "common/vm_state.h"
 #include "helper/cleanup.h"
+#include "helper/inspect.h"
 #include "helper/launch.h"
 #include "helper/log.h"
 #include "helper/reattach.h"
@@ -144,16 +145,34 @@ Result<int> handle_reattach(const BrokerContext& ctx, const BrokerRequest& req) 
   return 0;
 }
 
+// Read-only: gathers facts for `vmctl audit` and changes nothing (inspect.h).
+Result<BrokerReply> handle_inspect(const BrokerContext& ctx, const BrokerRequest& req) {
+  BrokerReply reply;
+  reply.ok = true;
+  reply.facts = VL_TRY(inspect_vm(ctx.config, req.vm));
+  return reply;
+}
+
+// A handler whose whole answer is a pid (or 0).
+template <Result<int> (*Handle)(const BrokerContext&, const BrokerRequest&)>
+Result<BrokerReply> answer_pid(const BrokerContext& ctx, const BrokerRequest& req) {
+  BrokerReply reply;
+  reply.pid = VL_TRY(Handle(ctx, req));
+  reply.ok = true;
+  return reply;
+}
+
 // The closed request set: one handler per op, nothing else dispatches.
 struct OpEntry {
   BrokerOp op;
-  Result<int> (*handle)(const BrokerContext&, const BrokerRequest&);
+  Result<BrokerReply> (*handle)(const BrokerContext&, const BrokerRequest&);
 };
 constexpr OpEntry kOps[] = {
-    {BrokerOp::kStart, handle_start},
-    {BrokerOp::kKill, handle_kill},
-    {BrokerOp::kCleanup, handle_cleanup},
-    {BrokerOp::kReattach, handle_reattach},
+    {BrokerOp::kStart, answer_pid<handle_start>},
+    {BrokerOp::kKill, answer_pid<handle_kill>},
+    {BrokerOp::kCleanup, answer_pid<handle_cleanup>},
+    {BrokerOp::kReattach, answer_pid<handle_reattach>},
+    {BrokerOp::kInspect, handle_inspect},
 };
 
 // A start whose outcome cannot be delivered (the daemon died during the launch) is undone: a
@@ -177,8 +196,7 @@ BrokerReply handle_request(const BrokerContext& ctx, const BrokerRequest& reques
   for (const OpEntry& entry : kOps) {
     if (entry.op != request.op) continue;
     auto result = entry.handle(ctx, request);
-    reply.ok = result.ok();
-    if (result) reply.pid = *result;
+    if (result) reply = std::move(result).value();
     else reply.error = log_error(result.error());
   }
   return reply;
@@ -192,7 +210,7 @@ struct Connection {
   std::chrono::steady_clock::time_point last_heard;
   UniqueFd worker;  ///< the read end of the busy worker's reply pipe
   std::optional<BrokerRequest> request;  ///< what the worker handles
-  std::string reply;  ///< what the worker said so far (one message of at most kMaxBrokerMessage)
+  std::string reply;  ///< what the worker said so far (one message of at most kMaxBrokerReply)
   bool busy() const { return worker.valid(); }
 };
 
@@ -229,7 +247,8 @@ Result<UniqueFd> fork_worker(const Broker& broker, const BrokerRequest& request)
     if (fd >= 0 && fd != reply_write.get()) ::close(fd);
   log_set_vm(request.vm.str());
   std::string out = encode_broker_reply(handle_request(broker.ctx, request));
-  // At most kMaxBrokerMessage (< PIPE_BUF) bytes: one atomic write the loop reads whole.
+  // At most kMaxBrokerReply bytes (inspect.h bounds its facts; every other reply is under
+  // kMaxBrokerMessage): the loop collects it until EOF.
   (void)sys::write_all(reply_write.get(), out);
   ::_exit(0);
 }
@@ -269,7 +288,7 @@ bool read_request(Broker& broker, Connection& conn) {
 void collect_reply(const Broker& broker, Connection& conn) {
   char buf[kMaxBrokerMessage];
   ssize_t n = sys::retry_eintr([&] { return ::read(conn.worker.get(), buf, sizeof buf); });
-  if (n > 0 && conn.reply.size() + static_cast<size_t>(n) <= kMaxBrokerMessage) {
+  if (n > 0 && conn.reply.size() + static_cast<size_t>(n) <= kMaxBrokerReply) {
     conn.reply.append(buf, static_cast<size_t>(n));
     return;
   }

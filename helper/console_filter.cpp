@@ -29,15 +29,10 @@ struct VmObjects {
 
 Result<VmObjects> find_vm_objects(const std::string& vm) {
   VmObjects found;
-  auto listed = nft::run(std::string("list table ") + kFamily + " " + kNftTable);
-  if (!listed) {
-    if (listed.error().context.find("No such file or directory") != std::string::npos) return found;
-    return std::move(listed).error();
-  }
-  Json j = Json::parse(*listed, nullptr, false);
-  if (j.is_discarded() || !j.contains("nftables")) return Error::make(ErrorCode::kSystem, "nftables: unreadable listing");
+  auto items = VL_TRY(nft::list_table(kFamily));
+  if (!items) return found;
   found.table = true;
-  for (const Json& item : j["nftables"]) {
+  for (const Json& item : *items) {
     if (item.contains("chain")) {
       std::string name = item["chain"].value("name", "");
       if (name == chain_name(vm)) found.chain = true;

@@ -150,7 +150,7 @@ int main(int argc, char** argv) {
   const bool in_unit = !notify_socket.empty() && report_fd < 0 && command == "launch";
   // Tell whoever started `launch` why it failed (the broker relays it to the daemon).
   auto fail = [&](const vl::Error& e) {
-    if (report_fd >= 3) (void)vl::sys::write_all(report_fd, vl::encode_broker_reply({false, 0, e}));
+    if (report_fd >= 3) (void)vl::sys::write_all(report_fd, vl::encode_broker_reply({false, 0, e, {}}));
     return 1;
   };
 

@@ -4,11 +4,16 @@
 #include <linux/if_link.h>
 #include <linux/neighbour.h>
 #include <net/if.h>
+#include <netinet/in.h>
 #include <netlink/attr.h>
 #include <netlink/errno.h>
 #include <netlink/msg.h>
 #include <netlink/netlink.h>
+#include <netlink/route/addr.h>
 #include <netlink/route/link.h>
+
+#include <cstring>
+#include <memory>
 
 namespace vl::helper {
 
@@ -29,6 +34,41 @@ int parse_tun_owner(nl_msg* msg, void* arg) {
   *owner = nla_get_u32(tun[IFLA_TUN_OWNER]);
   return NL_OK;
 }
+
+// Reads IFLA_PROTINFO / IFLA_BRPORT_LEARNING of one bridge port of an AF_BRIDGE dump.
+int parse_port_learning(nl_msg* msg, void* arg) {
+  auto* learning = static_cast<std::map<int, bool>*>(arg);
+  nlattr* link[IFLA_MAX + 1];
+  nlattr* port[IFLA_BRPORT_MAX + 1];
+  nlmsghdr* hdr = nlmsg_hdr(msg);
+  if (nlmsg_parse(hdr, sizeof(ifinfomsg), link, IFLA_MAX, nullptr) < 0 || !link[IFLA_PROTINFO] ||
+      !(link[IFLA_PROTINFO]->nla_type & NLA_F_NESTED) ||  // nla_type() masks the flag out
+      nla_parse_nested(port, IFLA_BRPORT_MAX, link[IFLA_PROTINFO], nullptr) < 0 || !port[IFLA_BRPORT_LEARNING])
+    return NL_OK;
+  const auto* ifi = static_cast<const ifinfomsg*>(nlmsg_data(hdr));
+  (*learning)[ifi->ifi_index] = nla_get_u8(port[IFLA_BRPORT_LEARNING]) != 0;
+  return NL_OK;
+}
+
+// Collects one static (NUD_NOARP), sticky entry of an AF_BRIDGE FDB dump.
+int parse_static_fdb(nl_msg* msg, void* arg) {
+  auto* entries = static_cast<std::map<int, std::vector<MacAddress>>*>(arg);
+  nlmsghdr* hdr = nlmsg_hdr(msg);
+  nlattr* attrs[NDA_MAX + 1];
+  if (nlmsg_parse(hdr, sizeof(ndmsg), attrs, NDA_MAX, nullptr) < 0 || !attrs[NDA_LLADDR] || nla_len(attrs[NDA_LLADDR]) != 6)
+    return NL_OK;
+  const auto* ndm = static_cast<const ndmsg*>(nlmsg_data(hdr));
+  if (!(ndm->ndm_state & NUD_NOARP) || !(ndm->ndm_flags & NTF_STICKY)) return NL_OK;
+  MacAddress mac;
+  std::memcpy(mac.bytes.data(), nla_data(attrs[NDA_LLADDR]), 6);
+  (*entries)[ndm->ndm_ifindex].push_back(mac);
+  return NL_OK;
+}
+
+struct CacheFree {
+  void operator()(nl_cache* cache) const { nl_cache_free(cache); }
+};
+using CachePtr = std::unique_ptr<nl_cache, CacheFree>;
 
 }  // namespace
 
@@ -75,6 +115,69 @@ Result<std::optional<LinkInfo>> Netlink::find(const std::string& name) {
   info.master = rtnl_link_get_master(link.get());
   info.up = (rtnl_link_get_flags(link.get()) & IFF_UP) != 0;
   return std::optional<LinkInfo>(info);
+}
+
+Result<std::vector<std::pair<std::string, LinkInfo>>> Netlink::list_links() {
+  nl_cache* raw = nullptr;
+  if (int r = rtnl_link_alloc_cache(sock_, AF_UNSPEC, &raw); r < 0) return netlink_error(r, "list interfaces");
+  CachePtr cache(raw);
+  std::vector<std::pair<std::string, LinkInfo>> links;
+  for (nl_object* o = nl_cache_get_first(cache.get()); o; o = nl_cache_get_next(o)) {
+    auto* link = reinterpret_cast<rtnl_link*>(o);
+    LinkInfo info;
+    info.ifindex = rtnl_link_get_ifindex(link);
+    const char* kind = rtnl_link_get_type(link);
+    info.kind = kind ? kind : "";
+    info.mtu = rtnl_link_get_mtu(link);
+    info.master = rtnl_link_get_master(link);
+    info.up = (rtnl_link_get_flags(link) & IFF_UP) != 0;
+    const char* name = rtnl_link_get_name(link);
+    links.emplace_back(name ? name : "", info);
+  }
+  return links;
+}
+
+Result<void> Netlink::dump(int type, const void* header, size_t size, int (*parse)(nl_msg*, void*), void* arg,
+                           const std::string& what) {
+  if (int r = nl_send_simple(sock_, type, NLM_F_DUMP, const_cast<void*>(header), size); r < 0) return netlink_error(r, what);
+  nl_cb* sock_cb = nl_socket_get_cb(sock_);
+  std::unique_ptr<nl_cb, void (*)(nl_cb*)> cb(nl_cb_clone(sock_cb), nl_cb_put);
+  nl_cb_put(sock_cb);
+  if (!cb) return Error::make(ErrorCode::kSystem, "allocate netlink callbacks");
+  nl_cb_set(cb.get(), NL_CB_VALID, NL_CB_CUSTOM, parse, arg);
+  if (int r = nl_recvmsgs(sock_, cb.get()); r < 0) return netlink_error(r, what);
+  return {};
+}
+
+Result<std::map<int, bool>> Netlink::port_learning() {
+  // Port flags come only with a dump in the AF_BRIDGE family (rtnl_bridge_getlink).
+  ifinfomsg request{};
+  request.ifi_family = AF_BRIDGE;
+  std::map<int, bool> learning;
+  VL_CHECK(dump(RTM_GETLINK, &request, sizeof request, parse_port_learning, &learning, "read the bridge ports' learning flags"));
+  return learning;
+}
+
+Result<std::map<int, std::vector<MacAddress>>> Netlink::static_fdb() {
+  ndmsg request{};
+  request.ndm_family = AF_BRIDGE;
+  std::map<int, std::vector<MacAddress>> entries;
+  VL_CHECK(dump(RTM_GETNEIGH, &request, sizeof request, parse_static_fdb, &entries, "read the bridges' static FDB entries"));
+  return entries;
+}
+
+Result<std::vector<std::string>> Netlink::addresses(int ifindex) {
+  nl_cache* raw = nullptr;
+  if (int r = rtnl_addr_alloc_cache(sock_, &raw); r < 0) return netlink_error(r, "list addresses");
+  CachePtr cache(raw);
+  std::vector<std::string> out;
+  for (nl_object* o = nl_cache_get_first(cache.get()); o; o = nl_cache_get_next(o)) {
+    auto* addr = reinterpret_cast<rtnl_addr*>(o);
+    if (rtnl_addr_get_ifindex(addr) != ifindex || !rtnl_addr_get_local(addr)) continue;
+    char buf[INET6_ADDRSTRLEN + 8];
+    out.push_back(nl_addr2str(rtnl_addr_get_local(addr), buf, sizeof buf));
+  }
+  return out;
 }
 
 Result<void> Netlink::enslave(int bridge, int port, const std::string& what) {

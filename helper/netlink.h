@@ -1,6 +1,8 @@
 // A route-netlink socket (libnl-route) and link lookups shared by launch.cpp and cleanup.cpp.
 #pragma once
 
+#include <map>
+
 #include <sys/types.h>
 
 #include <memory>
@@ -59,6 +61,14 @@ class Netlink final {
   /// The owner of the tun/tap link with this ifindex (IFLA_TUN_OWNER), or nullopt if it has
   /// none or is not a tun/tap. `name` is for messages.
   Result<std::optional<uid_t>> tun_owner(int ifindex, const std::string& name);
+  /// Every link with its name (for `inspect`, inspect.h).
+  Result<std::vector<std::pair<std::string, LinkInfo>>> list_links();
+  /// Whether each bridge port learns MACs (IFLA_BRPORT_LEARNING), by ifindex.
+  Result<std::map<int, bool>> port_learning();
+  /// The static, sticky bridge FDB entries (as add_static_fdb makes them), by port ifindex.
+  Result<std::map<int, std::vector<MacAddress>>> static_fdb();
+  /// The addresses of the link with this ifindex, "ADDRESS/PREFIX", every family.
+  Result<std::vector<std::string>> addresses(int ifindex);
   /// Turns MAC learning on or off on the bridge port with this ifindex (IFLA_BRPORT_LEARNING,
   /// as `bridge link set dev NAME learning off`). `name` is for messages.
   Result<void> set_port_learning(int port, bool on, const std::string& name);
@@ -72,6 +82,8 @@ class Netlink final {
   Result<LinkPtr> get(const std::string& name);
   Result<void> change(const std::string& name, unsigned mtu, bool up);
   Result<void> send_and_ack(nl_msg* msg, const std::string& what);
+  /// Sends a dump request of `type` with header `header` and hands each answer to `parse`.
+  Result<void> dump(int type, const void* header, size_t size, int (*parse)(nl_msg*, void*), void* arg, const std::string& what);
   nl_sock* sock_;
 };
 

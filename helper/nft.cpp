@@ -31,6 +31,18 @@ Result<std::string> run(const std::string& input) {
   return std::string(nft_ctx_get_output_buffer(ctx.get()));
 }
 
+Result<std::optional<Json>> list_table(const char* family) {
+  auto listed = run(std::string("list table ") + family + " " + kNftTable);
+  if (!listed) {
+    if (listed.error().context.find("No such file or directory") != std::string::npos) return std::optional<Json>();
+    return std::move(listed).error();
+  }
+  Json j = Json::parse(*listed, nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("nftables") || !j["nftables"].is_array())
+    return Error::make(ErrorCode::kSystem, "nftables: unreadable listing");
+  return std::optional<Json>(std::move(j["nftables"]));
+}
+
 std::string chain_name(const std::string& vm) { return "vm-" + vm; }
 
 Json table_ref(const char* family) { return {{"family", family}, {"table", kNftTable}}; }

@@ -2,6 +2,8 @@
 // bridge filter (nft_filter.h) and the console rule (console_filter.h) share.
 #pragma once
 
+#include <optional>
+
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -13,6 +15,10 @@ using Json = nlohmann::json;
 
 /// Runs one JSON batch (atomic) or one text command; returns the (JSON) output.
 Result<std::string> run(const std::string& input);
+
+/// The items of vmlaunch's table in `family` ("nftables" of `list table`, an array), or nullopt
+/// if the table does not exist.
+Result<std::optional<Json>> list_table(const char* family);
 
 /// The chain that holds VM `vm`'s rules, in either table.
 std::string chain_name(const std::string& vm);

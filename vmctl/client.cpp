@@ -221,6 +221,22 @@ int on_write_reply(sd_bus_message* m, void* userdata, sd_bus_error*) {
 
 }  // namespace
 
+Result<std::string> Client::audit(const std::vector<std::string>& vms) {
+  auto reply = call(bus_, "Audit", [&](sd_bus_message* m) {
+    int r = sd_bus_message_open_container(m, 'a', "s");
+    for (const std::string& vm : vms)
+      if (r >= 0) r = sd_bus_message_append(m, "s", vm.c_str());
+    return r >= 0 ? sd_bus_message_close_container(m) : r;
+  });
+  if (!reply) return std::move(reply).error();
+  const char* report = nullptr;
+  int r = sd_bus_message_read(*reply, "s", &report);
+  std::string out = r >= 0 && report ? report : "";
+  sd_bus_message_unref(*reply);
+  if (r < 0) return Error::from_errno(-r, "read Audit reply");
+  return out;
+}
+
 Result<std::string> Client::read_serial_log(const std::string& vm) {
   auto reply = call(bus_, "ReadSerialLog", [&](sd_bus_message* m) { return sd_bus_message_append(m, "s", vm.c_str()); });
   if (!reply) return std::move(reply).error();

@@ -58,6 +58,8 @@ class Client final {
   Result<std::vector<VmRow>> list();
   Result<std::vector<std::pair<std::string, std::string>>> status(const std::string& vm);
   Result<std::string> launch_plan(const std::string& vm);
+  /// The daemon's audit findings as JSON (daemon/audit.h): of `vms`, of every VM if empty.
+  Result<std::string> audit(const std::vector<std::string>& vms);
 
   /// The VM's serial log (both parts, older first).
   Result<std::string> read_serial_log(const std::string& vm);

@@ -35,6 +35,8 @@ constexpr char kUsage[] =
     "  kill NAME...         Signal the emulator (--signal, default SIGTERM) and wait until it\n"
     "                       is gone and cleaned up (10 s at most)\n"
     "  vncdisplay NAME      Print the VM's VNC socket (\"unix:PATH\"; 'vnc' connects to it)\n"
+    "  audit [NAME...|--all] Check VMs and the host against the hardening baseline\n"
+    "                       (exit status 1 if any rule fails)\n"
     "  console NAME         Attach to the VM's serial console through vmlaunchd; Ctrl-] detaches\n"
     "                       (--read-only: watch only; --log: print the serial log instead)\n"
     "  vnc NAME             Forward a local port to the VM's VNC server through vmlaunchd\n"
@@ -222,6 +224,40 @@ int cmd_batch(vl::ctl::Client& client, const Options& o) {
   return failed ? 1 : 0;
 }
 
+// Prints the findings, failures first; 1 if any rule fails.
+int cmd_audit(vl::ctl::Client& client, const Options& o) {
+  auto report = client.audit(o.names);
+  if (!report) return fail(report.error());
+  nlohmann::json j = nlohmann::json::parse(*report, nullptr, false);
+  auto field = [](const nlohmann::json& f, const char* key) {
+    auto it = f.find(key);
+    return it != f.end() && it->is_string() ? it->get<std::string>() : std::string();
+  };
+  if (j.is_discarded() || !j.is_object() || !j.contains("findings") || !j["findings"].is_array())
+    return fail(vl::Error::invalid("the daemon's audit report is malformed"));
+  std::map<std::string, unsigned> counts;
+  for (const auto& f : j["findings"])
+    if (f.is_object()) ++counts[field(f, "verdict")];
+  int status = counts["fail"] > 0 ? 1 : 0;
+  if (o.json) {
+    std::printf("%s\n", j.dump(2).c_str());
+    return status;
+  }
+  for (const char* verdict : {"fail", "skip", "pass"}) {
+    for (const auto& f : j["findings"]) {
+      if (!f.is_object() || field(f, "verdict") != verdict) continue;
+      std::string vm = field(f, "vm");
+      std::string label = verdict;
+      for (char& c : label) c = static_cast<char>(c - 'a' + 'A');
+      std::printf("%-4s %-18s %s: %s\n", label.c_str(), field(f, "rule").c_str(), vm.empty() ? "(host)" : vm.c_str(),
+                  field(f, "evidence").c_str());
+      if (!field(f, "fix").empty()) std::printf("     fix: %s\n", field(f, "fix").c_str());
+    }
+  }
+  std::printf("audit: %u passed, %u failed, %u skipped\n", counts["pass"], counts["fail"], counts["skip"]);
+  return status;
+}
+
 int cmd_vncdisplay(vl::ctl::Client& client, const Options& o) {
   auto fields = client.status(o.names[0]);
   if (!fields) return fail(fields.error());
@@ -369,6 +405,8 @@ int main(int argc, char** argv) {
   } else if (batch) {
     if (o.all && !o.names.empty()) return usage_error(o.command + " takes VM names or --all, not both");
     if (!o.all && o.names.empty()) return usage_error(o.command + " needs VM names or --all");
+  } else if (o.command == "audit") {
+    if (o.all && !o.names.empty()) return usage_error("audit takes VM names or --all, not both");
   } else if (o.command == "vncdisplay" || o.command == "plan" || o.command == "console" || o.command == "vnc") {
     if (o.names.size() != 1) return usage_error(o.command + " takes exactly one VM name");
   } else {
@@ -389,6 +427,7 @@ int main(int argc, char** argv) {
   if (o.command == "list") return cmd_list(*client, o);
   if (o.command == "status") return cmd_status(*client, o);
   if (o.command == "vncdisplay") return cmd_vncdisplay(*client, o);
+  if (o.command == "audit") return cmd_audit(*client, o);
   if (o.command == "console" && o.log) {
     auto log = client->read_serial_log(o.names[0]);
     if (!log) return fail(log.error());

@@ -92,4 +92,20 @@ TEST_SUITE("common/broker_protocol") {
     CHECK(bare->error.code == vl::ErrorCode::kInternal);
     CHECK(bare->error.context == "unknown broker error");
   }
+
+  TEST_CASE("inspect names a VM and nothing else; its reply carries the facts as an object, within the reply cap") {
+    auto inspect = vl::parse_broker_request(R"({"op":"inspect","vm":"web1"})");
+    REQUIRE(inspect.ok());
+    CHECK(inspect->op == vl::BrokerOp::kInspect);
+    CHECK(vl::encode_broker_request(*inspect) == R"({"op":"inspect","vm":"web1"})");
+    CHECK_FALSE(vl::parse_broker_request(R"({"op":"inspect","vm":"web1","pid":1})").ok());
+    CHECK_FALSE(vl::parse_broker_request(R"({"op":"inspect","vm":"../etc"})").ok());
+    vl::BrokerReply reply{true, 0, {}, R"({"vm":{}})"};
+    auto back = vl::parse_broker_reply(vl::encode_broker_reply(reply));
+    REQUIRE(back.ok());
+    CHECK(back->facts == R"({"vm":{}})");
+    CHECK_FALSE(vl::parse_broker_reply(R"({"ok":true,"facts":"x"})").ok());
+    std::string huge = R"({"ok":true,"facts":{"x":")" + std::string(vl::kMaxBrokerReply, 'a') + R"("}})";
+    CHECK_FALSE(vl::parse_broker_reply(huge).ok());
+  }
 }
