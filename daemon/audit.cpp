@@ -181,18 +181,35 @@ void network_rules(Report& r, const HostConfig& config, const Domain& domain, co
           "restart the VM (or: bridge link set dev TAP learning off; bridge fdb replace MAC dev TAP master static sticky)");
 }
 
-void vnc_rules(Report& r, const HostConfig& config, const Domain& domain) {
+// The definition allows VNC only on the VM's Unix socket (domain.h); a running emulator
+// started by an earlier version may still listen on TCP, so its command line is what counts.
+void vnc_rules(Report& r, const HostConfig& config, const Domain& domain, const ProcessFacts* p) {
   if (!domain.vnc) {
     r.pass("vnc-listen", "no VNC");
     r.pass("vnc-password", "no VNC");
     return;
   }
   const Vnc& vnc = *domain.vnc;
-  if (is_loopback(vnc.listen)) r.pass("vnc-listen", "listens on " + vnc.listen);
-  else if (config.vnc.tls) r.pass("vnc-listen", "listens on " + vnc.listen + " with TLS");
-  else
-    r.fail("vnc-listen", "listens on " + vnc.listen + " without TLS",
-           "set <graphics listen='127.0.0.1'> (and use vmctl vnc), or turn on [vnc] tls in vmlaunch.toml");
+  std::string where;
+  if (p)
+    for (size_t i = 0; i + 1 < p->argv.size(); ++i)
+      if (p->argv[i] == "-vnc") where = p->argv[i + 1].substr(0, p->argv[i + 1].find(','));
+  std::string socket = "unix:" + config.vnc_socket_path(domain.name);
+  if (p && where.empty()) {
+    r.pass("vnc-listen", "no -vnc in the running command line");
+  } else if (!p || where == socket) {
+    r.pass("vnc-listen", "on the VM's Unix socket only" + std::string(p ? "" : " (from its definition)"));
+  } else if (where.rfind("unix:", 0) == 0) {
+    r.fail("vnc-listen", "listens on " + quote_for_message(where, kQuotePathMax) + ", not " + quote_for_message(socket, kQuotePathMax),
+           "restart the VM (vmctl restart)");
+  } else {
+    std::string host = where.substr(0, where.rfind(':'));
+    if (is_loopback(host)) r.pass("vnc-listen", "listens on TCP " + host);
+    else if (config.vnc.tls) r.pass("vnc-listen", "listens on TCP " + host + " with TLS");
+    else
+      r.fail("vnc-listen", "listens on TCP " + host + " without TLS",
+             "restart the VM (vmctl restart): vmlaunch now serves VNC on the VM's Unix socket only, for vmctl vnc");
+  }
   if (vnc.password.size() <= 8)
     r.pass("vnc-password", vnc.password.empty() ? "no password" : std::to_string(vnc.password.size()) + " characters");
   else
@@ -222,7 +239,7 @@ std::vector<Finding> audit_vm(const HostConfig& config, const Domain& domain, co
       r.skip(rule, "not running");
   }
   network_rules(r, config, domain, f, f.vm.process.has_value());
-  vnc_rules(r, config, domain);
+  vnc_rules(r, config, domain, f.vm.process ? &*f.vm.process : nullptr);
   return r.take();
 }
 

@@ -184,22 +184,35 @@ TEST_SUITE("daemon/audit") {
       check_fails(vl::audit_vm(config(), domain(), f), "bridge-learning",
                   "bridge port 'web1-0' has no static, sticky FDB entry for 52:54:00:12:34:56");
     }
-    SUBCASE("vnc-listen") {
-      check_fails(vl::audit_vm(config(), domain("<graphics type='vnc' autoport='yes' listen='0.0.0.0'/>"), f), "vnc-listen",
-                  "listens on 0.0.0.0 without TLS");
+    SUBCASE("vnc-listen: TCP beyond loopback, an emulator of an earlier version") {
+      f.vm.process->argv.insert(f.vm.process->argv.end(), {"-vnc", "0.0.0.0:1,password=on"});
+      check_fails(vl::audit_vm(config(), domain("<graphics type='vnc' autoport='yes'/>"), f), "vnc-listen",
+                  "listens on TCP 0.0.0.0 without TLS");
+    }
+    SUBCASE("vnc-listen: another socket") {
+      f.vm.process->argv.insert(f.vm.process->argv.end(), {"-vnc", "unix:/tmp/x.sock"});
+      check_fails(vl::audit_vm(config(), domain("<graphics type='vnc' autoport='yes'/>"), f), "vnc-listen",
+                  "listens on 'unix:/tmp/x.sock', not 'unix:" + config().vnc_socket_path(vl::VmName::parse("web1").value()) + "'");
     }
     SUBCASE("vnc-password") {
-      check_fails(vl::audit_vm(config(), domain("<graphics type='vnc' autoport='yes' listen='127.0.0.1' passwd='123456789'/>"), f),
+      check_fails(vl::audit_vm(config(), domain("<graphics type='vnc' autoport='yes' passwd='123456789'/>"), f),
                   "vnc-password", "the password has 9 characters; VNC uses only the first 8");
     }
   }
 
-  TEST_CASE("VNC beyond loopback passes with TLS on") {
+  TEST_CASE("VNC on the VM's socket passes, and TCP beyond loopback passes with TLS on") {
+    vl::AuditFacts f = healthy();
+    std::string socket = "unix:" + config().vnc_socket_path(vl::VmName::parse("web1").value());
+    f.vm.process->argv.insert(f.vm.process->argv.end(), {"-vnc", socket + ",password=on"});
+    auto own = vl::audit_vm(config(), domain("<graphics type='vnc' autoport='yes'/>"), f);
+    CHECK(finding(own, "vnc-listen").verdict == vl::Verdict::kPass);
+    CHECK(finding(own, "vnc-listen").evidence == "on the VM's Unix socket only");
     vl::HostConfig c = config();
     c.vnc.tls = true;
-    auto all = vl::audit_vm(c, domain("<graphics type='vnc' autoport='yes' listen='0.0.0.0'/>"), healthy());
+    f.vm.process->argv.back() = "0.0.0.0:1,tls-creds=vnc-tls-creds0";
+    auto all = vl::audit_vm(c, domain("<graphics type='vnc' autoport='yes'/>"), f);
     CHECK(finding(all, "vnc-listen").verdict == vl::Verdict::kPass);
-    CHECK(finding(all, "vnc-listen").evidence == "listens on 0.0.0.0 with TLS");
+    CHECK(finding(all, "vnc-listen").evidence == "listens on TCP 0.0.0.0 with TLS");
   }
 
   TEST_CASE("a VM that is not running skips what needs its process, and is still judged on its definition") {
@@ -207,13 +220,14 @@ TEST_SUITE("daemon/audit") {
     f.vm.running = false;
     f.vm.process.reset();
     f.vm.taps[0] = {"web1-0", false, "", false, {}};
-    auto all = vl::audit_vm(config(), domain("<graphics type='vnc' autoport='yes' listen='0.0.0.0'/>", "br-x"), f);
+    auto all = vl::audit_vm(config(), domain("<graphics type='vnc' autoport='yes'/>", "br-x"), f);
     for (const char* rule : {"own-uid", "no-capabilities", "no-new-privs", "seccomp", "jailed-namespaces", "sandbox",
                              "disk-owner", "anti-spoofing", "bridge-learning"}) {
       CHECK_MESSAGE(finding(all, rule).verdict == vl::Verdict::kSkip, rule);
       CHECK(finding(all, rule).evidence == "not running");
     }
-    CHECK(failed(all) == std::vector<std::string>{"nic-zone", "vnc-listen"});
+    CHECK(failed(all) == std::vector<std::string>{"nic-zone"});
+    CHECK(finding(all, "vnc-listen").evidence == "on the VM's Unix socket only (from its definition)");
     CHECK(finding(all, "nic-zone").evidence == "NIC 0 bridge 'br-x' is no declared zone's");
   }
 
