@@ -55,6 +55,13 @@ Result<void> verify_ids(const VmCredentials& c) {
   return {};
 }
 
+// "'kvm' (gid 995)": the name the operator knows, and the number chmod/chgrp would take.
+std::string group_for_message(gid_t gid) {
+  const group* g = ::getgrgid(gid);  // the launch process is single-threaded
+  std::string number = "(gid " + std::to_string(gid) + ")";
+  return g ? quote_for_message(g->gr_name) + " " + number : number;
+}
+
 }  // namespace
 
 Result<void> check_emulator(const std::string& path) {
@@ -111,7 +118,7 @@ Result<void> check_readable_by_vm(const std::vector<std::string>& files, const V
   return Error::make(ErrorCode::kDenied,
                      "the VM's user (uid " + std::to_string(creds.uid) + ") cannot read " + quote_for_message(file, kQuotePathMax) + " (" +
                          std::strerror(report[1]) + "); make it readable by that uid or by group " +
-                         std::to_string(creds.vm_group) + ", as QEMU opens it as the VM's user");
+                         group_for_message(creds.vm_group) + ", as QEMU opens it as the VM's user");
 }
 
 Error drop_privileges_and_exec(const ExecSpec& spec, const VmCredentials& creds, const JailSpec& jail_spec) {

@@ -338,6 +338,8 @@ TEST_SUITE("root/helper_report") {
     REQUIRE(::chmod(initrd.c_str(), 0644) == 0);
     env.define({.name = "kern1", .mac = "52:54:00:00:00:41", .kernel = kernel, .initrd = initrd, .cmdline = "console=ttyS0"});
     vl::test::check_launch_refused(env, "kern1", "cannot read '" + kernel + "' (Permission denied)");
+    // The fix names the group as the operator knows it.
+    vl::test::check_launch_refused(env, "kern1", "or by group '" + env.config().vm_group + "' (gid ");
 
     // Readable, it passes this check (and boots, or fails, as QEMU decides).
     REQUIRE(::chmod(kernel.c_str(), 0644) == 0);
