@@ -47,7 +47,7 @@ void check_as_plan(const std::vector<std::string>& words) {
   plan.argv = {kEmulator};
   plan.argv.insert(plan.argv.end(), words.begin(), words.end());
   plan.fds = {{vl::FdSlot::Kind::kMonitor, 3, -1}, {vl::FdSlot::Kind::kTap, 4, 0}};
-  plan.vnc = vl::VncSetup{"127.0.0.1", 2, true};
+  plan.vnc = vl::VncSetup{vl::fuzz::sample_domain().vnc->socket, true};
   plan.serial_ptys = 1;
   (void)vl::check_plan_argv(plan, vl::fuzz::sample_domain());
 }
@@ -67,7 +67,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   check_as_plan(words);
 
-  auto plan = vl::rewrite_native_argv(words, vl::fuzz::sample_domain(), kRoot, 7);
+  auto plan = vl::rewrite_native_argv(words, vl::fuzz::sample_domain(), kRoot);
   if (plan) {
     // The rewrite's promises: no word mentions the conversion root, and the plan the daemon
     // sends is exactly the plan the helper reads back.
